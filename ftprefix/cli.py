@@ -1,0 +1,50 @@
+"""`ftprefix` command line: each subcommand lives in its own module under ftprefix.commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ftprefix import __version__
+from ftprefix.errors import UserError
+
+# name -> module under ftprefix.commands providing `register(subparsers)`; each module imports its
+# heavy dependencies (torch, tritonclient) lazily so `ftprefix --help` stays fast.
+COMMANDS = ("convert", "tasks", "verify", "serve", "triton_repo", "generate", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftprefix",
+        description="Serve one GPT-NeoX base model with many prefix-tuned tasks on FasterTransformer/Triton.",
+    )
+    parser.add_argument("--version", action="version", version=f"ftprefix {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"ftprefix.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"ftprefix.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"ftprefix {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"ftprefix {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `ftprefix` subcommand; each defines `register(subparsers)`."""

@@ -1,0 +1,431 @@
+"""The single source of truth for FasterTransformer's GPT-NeoX on-disk format.
+
+Everything that names an FT file, gives its shape, says how it is split across tensor-parallel
+ranks, or reads/writes `config.ini` lives here. The converter writes through it, the engine reads
+through it; neither knows a file name of its own.
+
+Facts checked against NVIDIA/FasterTransformer:
+- src/fastertransformer/triton_backend/gptneox/GptNeoXTritonModel.cc (config.ini keys, task table)
+- src/fastertransformer/models/gptneox/GptNeoXWeight.cc (model.wte / lm_head / prefix file names)
+- src/fastertransformer/models/gptneox/GptNeoXDecoderLayerWeight.cc (per-layer files and shapes;
+  with use_gptj_residual=1 only `mlp.attention.bias.sum` is read, the two row-parallel biases not)
+- src/fastertransformer/models/gptneox/GptNeoX.h (layernorm_eps_ = 1e-6f, not the model's own eps)
+"""
+
+from __future__ import annotations
+
+import configparser
+import enum
+import io
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ftprefix.errors import UserError
+
+SECTION = "gptneox"
+CONFIG_FILE = "config.ini"
+PROMPT_LEARNING_TYPE_PREFIX = 2  # FT's PromptLearningType::prefix_prompt
+ROTARY_BASE = 10000.0  # hard-coded in FT's rotary kernels
+LAYERNORM_EPS = 1e-6  # GptNeoX.h: static constexpr float layernorm_eps_ = 1e-6f
+SUPPORTED_TP = (1, 2, 4, 8)
+
+WEIGHT_DTYPES: dict[str, np.dtype] = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2")}
+
+# INIReader (FT's config parser) splits on '=' / ':' and trims whitespace, and task names become
+# part of file names, so only a conservative character set survives the round trip.
+_TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def model_dir(out: str | os.PathLike[str], tp: int) -> Path:
+    """FT convention: weights for tensor-parallel size `tp` live in `<out>/<tp>-gpu/`."""
+    return Path(out) / f"{tp}-gpu"
+
+
+def find_model_dir(path: str | os.PathLike[str]) -> Path:
+    """Accept either the `<tp>-gpu` directory itself or its parent holding exactly one such directory."""
+    p = Path(path)
+    if (p / CONFIG_FILE).is_file():
+        return p
+    candidates = sorted(d for d in p.glob("*-gpu") if (d / CONFIG_FILE).is_file()) if p.is_dir() else []
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise UserError(f"{p} is not a converted model: no {CONFIG_FILE} in it or in a '<tp>-gpu' subdirectory")
+    names = ", ".join(c.name for c in candidates)
+    raise UserError(f"{p} holds several conversions ({names}); pass one of them")
+
+
+def validate_task_name(name: str) -> None:
+    if not name:
+        raise UserError("empty task name; give each prefix a name, e.g. --prefix taskA=path")
+    if not _TASK_NAME_RE.match(name):
+        raise UserError(
+            f"task name {name!r} cannot be read back by FasterTransformer "
+            "(use only letters, digits, '_', '-', '.'; no whitespace, '/', '[', ']', '=')"
+        )
+    if name in (".", ".."):
+        raise UserError(f"task name {name!r} is not a valid file name part")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    prompt_length: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything in `config.ini` FT reads, plus `tensor_para_size` (FT ignores unknown keys)."""
+
+    model_name: str
+    head_num: int
+    size_per_head: int
+    inter_size: int
+    num_layer: int
+    rotary_embedding: int
+    vocab_size: int
+    start_id: int
+    end_id: int
+    use_gptj_residual: bool
+    weight_data_type: str
+    tensor_para_size: int
+    tasks: tuple[Task, ...] = field(default_factory=tuple)
+
+    @property
+    def hidden_units(self) -> int:
+        return self.head_num * self.size_per_head
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return WEIGHT_DTYPES[self.weight_data_type]
+
+    def task_id(self, name: str) -> int:
+        for i, task in enumerate(self.tasks):
+            if task.name == name:
+                return i
+        known = ", ".join(t.name for t in self.tasks) or "none"
+        raise UserError(f"unknown task {name!r}; known tasks: {known}")
+
+    def with_tasks(self, tasks: Sequence[Task]) -> ModelConfig:
+        return replace(self, tasks=tuple(tasks))
+
+
+# ---------------------------------------------------------------------------------------------
+# config.ini
+
+
+def config_to_text(cfg: ModelConfig) -> str:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep key case
+    section = {
+        "model_name": cfg.model_name,
+        "head_num": str(cfg.head_num),
+        "size_per_head": str(cfg.size_per_head),
+        "inter_size": str(cfg.inter_size),
+        "num_layer": str(cfg.num_layer),
+        "rotary_embedding": str(cfg.rotary_embedding),
+        "vocab_size": str(cfg.vocab_size),
+        "start_id": str(cfg.start_id),
+        "end_id": str(cfg.end_id),
+        "use_gptj_residual": str(int(cfg.use_gptj_residual)),
+        "weight_data_type": cfg.weight_data_type,
+        "tensor_para_size": str(cfg.tensor_para_size),
+    }
+    if cfg.tasks:
+        section["num_tasks"] = str(len(cfg.tasks))
+        section["prompt_learning_type"] = str(PROMPT_LEARNING_TYPE_PREFIX)
+    parser[SECTION] = section
+    for i, task in enumerate(cfg.tasks):
+        parser[f"task_{i}"] = {"task_name": task.name, "prompt_length": str(task.prompt_length)}
+    buf = io.StringIO()
+    parser.write(buf)
+    return buf.getvalue()
+
+
+def config_from_text(text: str, source: str = CONFIG_FILE) -> ModelConfig:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text, source=source)
+        sec = parser[SECTION]
+        num_tasks = sec.getint("num_tasks", 0)
+        tasks = tuple(
+            Task(parser[f"task_{i}"]["task_name"], parser[f"task_{i}"].getint("prompt_length"))
+            for i in range(num_tasks)
+        )
+        dtype = sec.get("weight_data_type", "fp32")
+        if dtype not in WEIGHT_DTYPES:
+            raise UserError(f"{source}: weight_data_type {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+        return ModelConfig(
+            model_name=sec.get("model_name", "gptneox"),
+            head_num=sec.getint("head_num"),
+            size_per_head=sec.getint("size_per_head"),
+            inter_size=sec.getint("inter_size"),
+            num_layer=sec.getint("num_layer"),
+            rotary_embedding=sec.getint("rotary_embedding"),
+            vocab_size=sec.getint("vocab_size"),
+            start_id=sec.getint("start_id"),
+            end_id=sec.getint("end_id"),
+            use_gptj_residual=bool(sec.getint("use_gptj_residual", 1)),
+            weight_data_type=dtype,
+            tensor_para_size=sec.getint("tensor_para_size", 1),
+            tasks=tasks,
+        )
+    except (configparser.Error, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{source} is not a valid FasterTransformer GPT-NeoX config: {exc}") from None
+
+
+def read_config(directory: str | os.PathLike[str]) -> ModelConfig:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{directory} is not a converted model directory: {CONFIG_FILE} not found")
+    return config_from_text(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def write_config(directory: str | os.PathLike[str], cfg: ModelConfig) -> Path:
+    """Write `config.ini` atomically (temp file in the same directory, then rename)."""
+    path = Path(directory) / CONFIG_FILE
+    atomic_write_bytes(path, config_to_text(cfg).encode("utf-8"))
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Base weights: names, shapes, split rules
+
+
+class Split(enum.Enum):
+    NONE = "none"  # one file, `<name>.bin`
+    QKV_WEIGHT = "qkv_weight"  # [hidden, 3, heads, head_dim], heads axis split
+    QKV_BIAS = "qkv_bias"  # [3, heads, head_dim], heads axis split
+    ROWS = "rows"  # split axis 0 (input features of a row-parallel layer)
+    COLS = "cols"  # split last axis (output features of a column-parallel layer)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One FT tensor. `sources` are the HF GPT-NeoX tensors it is built from (see `hf_to_ft`)."""
+
+    name: str  # file stem, e.g. "model.layers.0.attention.dense.weight"
+    shape: tuple[int, ...]  # full FT shape before splitting
+    split: Split
+    sources: tuple[str, ...]
+    transpose: bool = False  # HF Linear weight [out, in] -> FT [in, out]
+    # `mlp.attention.bias.sum` is added by every rank before the all-reduce, so FT needs it / tp.
+    divide_by_tp: bool = False
+
+    def file_names(self, tp: int) -> list[str]:
+        if self.split is Split.NONE:
+            return [f"{self.name}.bin"]
+        return [f"{self.name}.{r}.bin" for r in range(tp)]
+
+    def rank_shape(self, tp: int) -> tuple[int, ...]:
+        shape = list(self.shape)
+        if self.split is Split.NONE:
+            return tuple(shape)
+        axis = _SPLIT_AXIS[self.split]
+        shape[axis] //= tp
+        return tuple(shape)
+
+
+_SPLIT_AXIS = {Split.QKV_WEIGHT: 2, Split.QKV_BIAS: 1, Split.ROWS: 0, Split.COLS: -1}
+
+HF_LAYER = "gpt_neox.layers.{i}."
+
+
+def layer_tensors(cfg: ModelConfig, i: int) -> list[TensorSpec]:
+    h, heads, hd, inter = cfg.hidden_units, cfg.head_num, cfg.size_per_head, cfg.inter_size
+    ft, hf = f"model.layers.{i}.", HF_LAYER.format(i=i)
+    specs = [
+        TensorSpec(ft + "input_layernorm.weight", (h,), Split.NONE, (hf + "input_layernorm.weight",)),
+        TensorSpec(ft + "input_layernorm.bias", (h,), Split.NONE, (hf + "input_layernorm.bias",)),
+        TensorSpec(
+            ft + "post_attention_layernorm.weight", (h,), Split.NONE, (hf + "post_attention_layernorm.weight",)
+        ),
+        TensorSpec(ft + "post_attention_layernorm.bias", (h,), Split.NONE, (hf + "post_attention_layernorm.bias",)),
+        TensorSpec(
+            ft + "attention.query_key_value.weight",
+            (h, 3, heads, hd),
+            Split.QKV_WEIGHT,
+            (hf + "attention.query_key_value.weight",),
+            transpose=True,
+        ),
+        TensorSpec(
+            ft + "attention.query_key_value.bias", (3, heads, hd), Split.QKV_BIAS, (hf + "attention.query_key_value.bias",)
+        ),
+        TensorSpec(ft + "attention.dense.weight", (h, h), Split.ROWS, (hf + "attention.dense.weight",), transpose=True),
+        TensorSpec(ft + "attention.dense.bias", (h,), Split.NONE, (hf + "attention.dense.bias",)),
+        TensorSpec(
+            ft + "mlp.dense_h_to_4h.weight", (h, inter), Split.COLS, (hf + "mlp.dense_h_to_4h.weight",), transpose=True
+        ),
+        TensorSpec(ft + "mlp.dense_h_to_4h.bias", (inter,), Split.COLS, (hf + "mlp.dense_h_to_4h.bias",)),
+        TensorSpec(
+            ft + "mlp.dense_4h_to_h.weight", (inter, h), Split.ROWS, (hf + "mlp.dense_4h_to_h.weight",), transpose=True
+        ),
+        TensorSpec(ft + "mlp.dense_4h_to_h.bias", (h,), Split.NONE, (hf + "mlp.dense_4h_to_h.bias",)),
+    ]
+    if cfg.use_gptj_residual:
+        specs.append(
+            TensorSpec(
+                ft + "mlp.attention.bias.sum",
+                (h,),
+                Split.NONE,
+                (hf + "attention.dense.bias", hf + "mlp.dense_4h_to_h.bias"),
+                divide_by_tp=True,
+            )
+        )
+    return specs
+
+
+# HF names of the output head: transformers 5.x calls it `lm_head.weight` in memory, while
+# `save_pretrained` (and every published checkpoint) writes `embed_out.weight`.
+HF_LM_HEAD_NAMES = ("embed_out.weight", "lm_head.weight")
+
+
+def global_tensors(cfg: ModelConfig) -> list[TensorSpec]:
+    h, v = cfg.hidden_units, cfg.vocab_size
+    return [
+        TensorSpec("model.wte", (v, h), Split.NONE, ("gpt_neox.embed_in.weight",)),
+        TensorSpec("model.final_layernorm.weight", (h,), Split.NONE, ("gpt_neox.final_layer_norm.weight",)),
+        TensorSpec("model.final_layernorm.bias", (h,), Split.NONE, ("gpt_neox.final_layer_norm.bias",)),
+        # stored as HF has it, [vocab, hidden]: FT multiplies by its transpose
+        TensorSpec("model.lm_head.weight", (v, h), Split.NONE, (HF_LM_HEAD_NAMES[0],)),
+    ]
+
+
+def base_tensors(cfg: ModelConfig) -> list[TensorSpec]:
+    """Every base-model tensor FT may read, in a stable order."""
+    specs = global_tensors(cfg)
+    for i in range(cfg.num_layer):
+        specs.extend(layer_tensors(cfg, i))
+    return specs
+
+
+def hf_to_ft(spec: TensorSpec, sources: Sequence[np.ndarray], cfg: ModelConfig) -> list[np.ndarray]:
+    """HF tensor(s) -> FT array per file of `spec.file_names(tp)` (one for unsplit tensors).
+
+    Arithmetic happens in the sources' dtype; the caller casts to the weight dtype afterwards
+    (so a bias sum of fp32 sources is summed in fp32, then rounded once).
+    """
+    tp = cfg.tensor_para_size
+    if len(sources) != len(spec.sources):
+        raise ValueError(f"{spec.name}: expected {len(spec.sources)} sources, got {len(sources)}")
+    x = sources[0] if len(sources) == 1 else np.sum(np.stack(sources), axis=0)
+    if spec.divide_by_tp:
+        x = x / np.asarray(tp, dtype=x.dtype)
+    if spec.transpose:
+        x = x.T
+    heads, hd, h = cfg.head_num, cfg.size_per_head, cfg.hidden_units
+    if spec.split is Split.QKV_WEIGHT:
+        # HF fuses q/k/v per head: output rows ordered [heads, 3, head_dim]
+        x = x.reshape(h, heads, 3, hd).transpose(0, 2, 1, 3)
+    elif spec.split is Split.QKV_BIAS:
+        x = x.reshape(heads, 3, hd).transpose(1, 0, 2)
+    if tuple(x.shape) != spec.shape:
+        raise ValueError(f"{spec.name}: expected shape {spec.shape}, got {tuple(x.shape)}")
+    if spec.split is Split.NONE:
+        return [np.ascontiguousarray(x)]
+    return [np.ascontiguousarray(p) for p in np.split(x, tp, axis=_SPLIT_AXIS[spec.split])]
+
+
+def join_ranks(spec: TensorSpec, parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Rank files of `spec` (already reshaped to `rank_shape`) -> the full FT-shaped tensor."""
+    if spec.split is Split.NONE:
+        (only,) = parts
+        return only
+    return np.concatenate(list(parts), axis=_SPLIT_AXIS[spec.split])
+
+
+def ft_to_hf(spec: TensorSpec, full: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """Inverse of `hf_to_ft` for single-source tensors: full FT tensor -> HF layout.
+
+    For `mlp.attention.bias.sum` it returns the undivided sum of both biases.
+    """
+    x = full
+    h = cfg.hidden_units
+    if spec.split is Split.QKV_WEIGHT:
+        x = x.transpose(0, 2, 1, 3).reshape(h, 3 * h)
+    elif spec.split is Split.QKV_BIAS:
+        x = x.transpose(1, 0, 2).reshape(3 * h)
+    if spec.transpose:
+        x = x.T
+    if spec.divide_by_tp:
+        x = x * np.asarray(cfg.tensor_para_size, dtype=x.dtype)
+    return np.ascontiguousarray(x)
+
+
+def read_array(path: str | os.PathLike[str], shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """Read one raw FT file, checking its size matches `shape` exactly."""
+    path = Path(path)
+    expected = int(np.prod(shape)) * dtype.itemsize
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UserError(f"missing weight file {path}") from None
+    if size != expected:
+        raise UserError(f"{path} has {size} bytes, expected {expected} for shape {tuple(shape)} {dtype.name}")
+    return np.fromfile(path, dtype=dtype).reshape(shape)
+
+
+def read_tensor(directory: str | os.PathLike[str], spec: TensorSpec, cfg: ModelConfig) -> np.ndarray:
+    """All rank files of `spec` joined into the full FT-shaped tensor, in the stored dtype."""
+    d = Path(directory)
+    rank_shape = spec.rank_shape(cfg.tensor_para_size)
+    parts = [read_array(d / f, rank_shape, cfg.np_dtype) for f in spec.file_names(cfg.tensor_para_size)]
+    return join_ranks(spec, parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefixes
+
+
+def prefix_file_names(task: str, tp: int) -> list[str]:
+    return [f"model.prefix_prompt.{task}.weight.{r}.bin" for r in range(tp)]
+
+
+def prefix_width(cfg: ModelConfig) -> int:
+    """Values per prefix token in the canonical [P, layers*2*hidden] tensor."""
+    return cfg.num_layer * 2 * cfg.hidden_units
+
+
+def prefix_rank_shape(cfg: ModelConfig, prompt_length: int) -> tuple[int, ...]:
+    return (cfg.num_layer, 2, cfg.head_num // cfg.tensor_para_size, prompt_length, cfg.size_per_head)
+
+
+def prefix_to_ft(prefix: np.ndarray, cfg: ModelConfig) -> list[np.ndarray]:
+    """Canonical prefix [P, layers*2*hidden] (layer, key/value, head, head_dim) -> per-rank arrays
+    [layers, 2, heads/tp, P, head_dim] (FT's prefix_prompt layout, heads split across ranks)."""
+    p = prefix.shape[0]
+    x = prefix.reshape(p, cfg.num_layer, 2, cfg.head_num, cfg.size_per_head).transpose(1, 2, 3, 0, 4)
+    return [np.ascontiguousarray(part) for part in np.split(x, cfg.tensor_para_size, axis=2)]
+
+
+def prefix_from_ft(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-rank [layers, 2, heads/tp, P, head_dim] arrays -> [P, layers, 2, heads, head_dim]."""
+    return np.ascontiguousarray(np.concatenate(list(parts), axis=2).transpose(3, 0, 1, 2, 4))
+
+
+def read_prefix(directory: str | os.PathLike[str], cfg: ModelConfig, task: Task) -> np.ndarray:
+    """A task's prefix as [P, layers, 2, heads, head_dim] in the stored dtype."""
+    d = Path(directory)
+    shape = prefix_rank_shape(cfg, task.prompt_length)
+    parts = [read_array(d / f, shape, cfg.np_dtype) for f in prefix_file_names(task.name, cfg.tensor_para_size)]
+    return prefix_from_ft(parts)
