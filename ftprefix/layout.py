@@ -56,7 +56,7 @@ def find_model_dir(path: str | os.PathLike[str]) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
-        raise UserError(f"{p} is not a converted model: no {CONFIG_FILE} in it or in a '<tp>-gpu' subdirectory")
+        raise UserError(f"{p} is not a converted model: no {CONFIG_FILE} in it or in a <tp>-gpu subdirectory")
     names = ", ".join(c.name for c in candidates)
     raise UserError(f"{p} holds several conversions ({names}); pass one of them")
 
@@ -254,33 +254,22 @@ HF_LAYER = "gpt_neox.layers.{i}."
 def layer_tensors(cfg: ModelConfig, i: int) -> list[TensorSpec]:
     h, heads, hd, inter = cfg.hidden_units, cfg.head_num, cfg.size_per_head, cfg.inter_size
     ft, hf = f"model.layers.{i}.", HF_LAYER.format(i=i)
+    def same_name(name: str, shape: tuple[int, ...], split: Split, transpose: bool = False) -> TensorSpec:
+        return TensorSpec(ft + name, shape, split, (hf + name,), transpose)
+
     specs = [
-        TensorSpec(ft + "input_layernorm.weight", (h,), Split.NONE, (hf + "input_layernorm.weight",)),
-        TensorSpec(ft + "input_layernorm.bias", (h,), Split.NONE, (hf + "input_layernorm.bias",)),
-        TensorSpec(
-            ft + "post_attention_layernorm.weight", (h,), Split.NONE, (hf + "post_attention_layernorm.weight",)
-        ),
-        TensorSpec(ft + "post_attention_layernorm.bias", (h,), Split.NONE, (hf + "post_attention_layernorm.bias",)),
-        TensorSpec(
-            ft + "attention.query_key_value.weight",
-            (h, 3, heads, hd),
-            Split.QKV_WEIGHT,
-            (hf + "attention.query_key_value.weight",),
-            transpose=True,
-        ),
-        TensorSpec(
-            ft + "attention.query_key_value.bias", (3, heads, hd), Split.QKV_BIAS, (hf + "attention.query_key_value.bias",)
-        ),
-        TensorSpec(ft + "attention.dense.weight", (h, h), Split.ROWS, (hf + "attention.dense.weight",), transpose=True),
-        TensorSpec(ft + "attention.dense.bias", (h,), Split.NONE, (hf + "attention.dense.bias",)),
-        TensorSpec(
-            ft + "mlp.dense_h_to_4h.weight", (h, inter), Split.COLS, (hf + "mlp.dense_h_to_4h.weight",), transpose=True
-        ),
-        TensorSpec(ft + "mlp.dense_h_to_4h.bias", (inter,), Split.COLS, (hf + "mlp.dense_h_to_4h.bias",)),
-        TensorSpec(
-            ft + "mlp.dense_4h_to_h.weight", (inter, h), Split.ROWS, (hf + "mlp.dense_4h_to_h.weight",), transpose=True
-        ),
-        TensorSpec(ft + "mlp.dense_4h_to_h.bias", (h,), Split.NONE, (hf + "mlp.dense_4h_to_h.bias",)),
+        same_name("input_layernorm.weight", (h,), Split.NONE),
+        same_name("input_layernorm.bias", (h,), Split.NONE),
+        same_name("post_attention_layernorm.weight", (h,), Split.NONE),
+        same_name("post_attention_layernorm.bias", (h,), Split.NONE),
+        same_name("attention.query_key_value.weight", (h, 3, heads, hd), Split.QKV_WEIGHT, transpose=True),
+        same_name("attention.query_key_value.bias", (3, heads, hd), Split.QKV_BIAS),
+        same_name("attention.dense.weight", (h, h), Split.ROWS, transpose=True),
+        same_name("attention.dense.bias", (h,), Split.NONE),
+        same_name("mlp.dense_h_to_4h.weight", (h, inter), Split.COLS, transpose=True),
+        same_name("mlp.dense_h_to_4h.bias", (inter,), Split.COLS),
+        same_name("mlp.dense_4h_to_h.weight", (inter, h), Split.ROWS, transpose=True),
+        same_name("mlp.dense_4h_to_h.bias", (h,), Split.NONE),
     ]
     if cfg.use_gptj_residual:
         specs.append(
@@ -427,5 +416,6 @@ def read_prefix(directory: str | os.PathLike[str], cfg: ModelConfig, task: Task)
     """A task's prefix as [P, layers, 2, heads, head_dim] in the stored dtype."""
     d = Path(directory)
     shape = prefix_rank_shape(cfg, task.prompt_length)
-    parts = [read_array(d / f, shape, cfg.np_dtype) for f in prefix_file_names(task.name, cfg.tensor_para_size)]
+    files = prefix_file_names(task.name, cfg.tensor_para_size)
+    parts = [read_array(d / f, shape, cfg.np_dtype) for f in files]
     return prefix_from_ft(parts)

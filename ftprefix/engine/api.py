@@ -1,0 +1,38 @@
+"""Request/response types of the reference engine, mirroring FasterTransformer's Triton tensors.
+
+One `GenerationRequest` is one row of FT's batch; the fields map 1:1 onto the FT backend's inputs
+(input_ids/input_lengths, request_output_len, runtime_top_k, runtime_top_p, temperature,
+repetition_penalty, random_seed, end_id, stop_words_list, bad_words_list, is_return_log_probs,
+prompt_learning_task_name_ids). `GenerationResult` maps onto its outputs (output_ids,
+sequence_length, cum_log_probs, output_log_probs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerationRequest:
+    input_ids: list[int]
+    request_output_len: int
+    task_id: int | None = None  # index into the task table; None = plain base model
+    top_k: int = 0  # FT: top_k == 0 and top_p == 0 means greedy
+    top_p: float = 0.0
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    random_seed: int = 0
+    end_id: int | None = None  # None = the model's end_id from config.ini
+    stop_words: list[list[int]] = field(default_factory=list)  # each a token sequence
+    bad_words: list[list[int]] = field(default_factory=list)
+    return_log_probs: bool = False
+
+
+@dataclass
+class GenerationResult:
+    output_ids: list[int]  # the input tokens followed by the generated ones, as FT returns them
+    sequence_length: int  # len(input) + number of generated tokens kept
+    generated_ids: list[int]
+    finish_reason: str  # "length" | "end_id" | "stop_words"
+    cum_log_prob: float = 0.0
+    output_log_probs: list[float] = field(default_factory=list)  # one per generated token
