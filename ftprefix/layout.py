@@ -254,6 +254,7 @@ HF_LAYER = "gpt_neox.layers.{i}."
 def layer_tensors(cfg: ModelConfig, i: int) -> list[TensorSpec]:
     h, heads, hd, inter = cfg.hidden_units, cfg.head_num, cfg.size_per_head, cfg.inter_size
     ft, hf = f"model.layers.{i}.", HF_LAYER.format(i=i)
+
     def same_name(name: str, shape: tuple[int, ...], split: Split, transpose: bool = False) -> TensorSpec:
         return TensorSpec(ft + name, shape, split, (hf + name,), transpose)
 

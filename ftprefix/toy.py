@@ -7,6 +7,7 @@ biases to 0 and LayerNorm weights to 1, which would hide a wrong bias rule or a 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ TOY_SENTENCES = [
 EOS_TOKEN = "<|endoftext|>"
 
 
-def build_tokenizer(directory: str | os.PathLike[str], vocab_size: int = 200) -> Any:
+def build_tokenizer(
+    directory: str | os.PathLike[str], vocab_size: int = 200, sentences: Sequence[str] = TOY_SENTENCES
+) -> Any:
     """Train a byte-level BPE tokenizer on a few sentences and save it as a HF fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -38,7 +41,7 @@ def build_tokenizer(directory: str | os.PathLike[str], vocab_size: int = 200) ->
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(TOY_SENTENCES, trainer=trainer)
+    tok.train_from_iterator(list(sentences), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, unk_token=EOS_TOKEN
     )
@@ -61,6 +64,8 @@ def build_model(
     seed: int = 0,
     scale: float = 0.2,
     with_tokenizer: bool = True,
+    tokenizer_sentences: Sequence[str] = TOY_SENTENCES,
+    tokenizer_vocab_size: int | None = None,
     safe_serialization: bool = True,
 ) -> Any:
     """Make a randomly initialised GPTNeoXForCausalLM (fp32, eval mode); save it to `directory` if given.
@@ -74,7 +79,9 @@ def build_model(
     tokenizer = None
     if with_tokenizer and directory is not None:
         Path(directory).mkdir(parents=True, exist_ok=True)
-        tokenizer = build_tokenizer(directory, vocab_size=min(vocab_size, 400))
+        tokenizer = build_tokenizer(
+            directory, vocab_size=tokenizer_vocab_size or min(vocab_size, 400), sentences=tokenizer_sentences
+        )
         vocab_size = max(vocab_size, len(tokenizer))
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN) if tokenizer is not None else 0
     config = GPTNeoXConfig(

@@ -1,0 +1,85 @@
+"""config.ini as FasterTransformer reads it, and task-name rules."""
+
+from __future__ import annotations
+
+import configparser
+
+import numpy as np
+import pytest
+
+from ftprefix import layout
+from ftprefix.errors import UserError
+
+
+def _cfg(**kw: object) -> layout.ModelConfig:
+    base = dict(
+        model_name="toy",
+        head_num=8,
+        size_per_head=16,
+        inter_size=512,
+        num_layer=3,
+        rotary_embedding=4,
+        vocab_size=1000,
+        start_id=0,
+        end_id=2,
+        use_gptj_residual=False,
+        weight_data_type="fp16",
+        tensor_para_size=2,
+        tasks=(layout.Task("shout", 8), layout.Task("smile", 3)),
+    )
+    base.update(kw)
+    return layout.ModelConfig(**base)  # type: ignore[arg-type]
+
+
+def test_config_ini_has_the_keys_ft_reads(tmp_path):
+    layout.write_config(tmp_path, _cfg())
+    # Read it the way FT's INIReader does: plain key = value pairs per section.
+    ini = configparser.ConfigParser()
+    ini.read(tmp_path / "config.ini")
+    sec = ini["gptneox"]
+    assert sec["head_num"] == "8" and sec["size_per_head"] == "16" and sec["inter_size"] == "512"
+    assert sec["num_layer"] == "3" and sec["rotary_embedding"] == "4" and sec["vocab_size"] == "1000"
+    assert sec["start_id"] == "0" and sec["end_id"] == "2"
+    assert sec["use_gptj_residual"] == "0" and sec["weight_data_type"] == "fp16"
+    assert sec["num_tasks"] == "2" and sec["prompt_learning_type"] == "2"
+    assert ini["task_0"]["task_name"] == "shout" and ini["task_0"]["prompt_length"] == "8"
+    assert ini["task_1"]["task_name"] == "smile" and ini["task_1"]["prompt_length"] == "3"
+    assert layout.read_config(tmp_path) == _cfg()
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp file behind
+
+
+def test_config_without_tasks_has_no_prompt_learning_keys(tmp_path):
+    layout.write_config(tmp_path, _cfg(tasks=()))
+    text = (tmp_path / "config.ini").read_text()
+    assert "num_tasks" not in text and "prompt_learning_type" not in text and "task_0" not in text
+
+
+@pytest.mark.parametrize("name", ["", "a b", "a/b", "a[b", "a]b", "a=b", "tab\t", "..", "ü"])
+def test_task_names_ft_cannot_read_back_are_refused(name):
+    with pytest.raises(UserError):
+        layout.validate_task_name(name)
+
+
+@pytest.mark.parametrize("name", ["shout", "task-1", "rinna.smileface", "A_9"])
+def test_plain_task_names_are_accepted(name):
+    layout.validate_task_name(name)
+
+
+def test_prefix_permutation_matches_design_by_index():
+    cfg = _cfg(tensor_para_size=2)
+    p, heads, hd, layers = 5, cfg.head_num, cfg.size_per_head, cfg.num_layer
+    prefix = np.random.default_rng(0).standard_normal((p, layers * 2 * heads * hd)).astype(np.float32)
+    parts = layout.prefix_to_ft(prefix, cfg)
+    assert [x.shape for x in parts] == [(layers, 2, heads // 2, p, hd)] * 2
+    # element (layer l, kv, head h, token t, dim d) comes from prefix[t, ((l*2 + kv)*heads + h)*hd + d]
+    for l_, kv, h, t, d in [(0, 0, 0, 0, 0), (2, 1, 7, 4, 15), (1, 0, 4, 2, 3), (1, 1, 3, 3, 9)]:
+        rank, local = divmod(h, heads // 2)
+        assert parts[rank][l_, kv, local, t, d] == prefix[t, ((l_ * 2 + kv) * heads + h) * hd + d]
+    back = layout.prefix_from_ft(parts)
+    np.testing.assert_array_equal(back.reshape(p, -1), prefix)
+
+
+def test_read_array_rejects_wrong_size(tmp_path):
+    np.zeros(7, dtype=np.float32).tofile(tmp_path / "x.bin")
+    with pytest.raises(UserError, match="28 bytes, expected 32"):
+        layout.read_array(tmp_path / "x.bin", (8,), np.dtype("<f4"))
