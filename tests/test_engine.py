@@ -1,0 +1,193 @@
+"""The reference engine against Hugging Face GPTNeoXForCausalLM with the prefix as past_key_values.
+
+FT directories here are written with layout's own functions (the format's single source of
+truth), so these tests do not depend on the converter; test_verify.py runs the real converter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import DynamicCache
+from transformers.activations import ACT2FN
+
+from ftprefix import layout, toy
+from ftprefix.engine import Engine, GenerationRequest
+
+TASKS = (("alpha", 3), ("beta", 6), ("gamma", 9))
+
+
+@dataclass
+class Built:
+    model: object  # fp32 HF GPTNeoXForCausalLM, weights as the files hold them
+    cfg: layout.ModelConfig
+    directory: Path
+    prefixes: list[np.ndarray]  # canonical [P, layers*2*hidden] per task id
+
+
+def write_ft(directory: Path, model, cfg: layout.ModelConfig, prefixes: list[np.ndarray]) -> Path:
+    out = layout.model_dir(directory, cfg.tensor_para_size)
+    out.mkdir(parents=True)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    state.setdefault("embed_out.weight", state.get("lm_head.weight"))
+    for spec in layout.base_tensors(cfg):
+        parts = layout.hf_to_ft(spec, [state[s] for s in spec.sources], cfg)
+        for name, part in zip(spec.file_names(cfg.tensor_para_size), parts, strict=True):
+            part.astype(cfg.np_dtype).tofile(out / name)
+    for task, prefix in zip(cfg.tasks, prefixes, strict=True):
+        parts = layout.prefix_to_ft(prefix, cfg)
+        for name, part in zip(layout.prefix_file_names(task.name, cfg.tensor_para_size), parts, strict=True):
+            part.astype(cfg.np_dtype).tofile(out / name)
+    layout.write_config(out, cfg)
+    return out
+
+
+def build(directory: Path, tp: int, parallel: bool, rotary_pct: float, dtype: str = "fp32") -> Built:
+    model = toy.build_model(None, use_parallel_residual=parallel, rotary_pct=rotary_pct, seed=tp)
+    c = model.config
+    head_dim = c.hidden_size // c.num_attention_heads
+    cfg = layout.ModelConfig(
+        model_name="toy",
+        head_num=c.num_attention_heads,
+        size_per_head=head_dim,
+        inter_size=c.intermediate_size,
+        num_layer=c.num_hidden_layers,
+        rotary_embedding=int(head_dim * rotary_pct),
+        vocab_size=c.vocab_size,
+        start_id=0,
+        end_id=0,
+        use_gptj_residual=parallel,
+        weight_data_type=dtype,
+        tensor_para_size=tp,
+        tasks=tuple(layout.Task(n, p) for n, p in TASKS),
+    )
+    prefixes = [
+        toy.random_prefix(p, c.num_hidden_layers, c.hidden_size, seed=10 + i).numpy()
+        for i, (_, p) in enumerate(TASKS)
+    ]
+    write_ft(directory, model, cfg, prefixes)
+    if dtype == "fp16":  # HF gets exactly the values the files hold
+        with torch.no_grad():
+            for param in model.parameters():
+                param.copy_(param.half().float())
+        prefixes = [p.astype(np.float16).astype(np.float32) for p in prefixes]
+    return Built(model, cfg, directory, prefixes)
+
+
+def hf_logits(built: Built, ids: list[int], task_id: int | None) -> np.ndarray:
+    cfg, tokens = built.cfg, torch.tensor([ids])
+    with torch.no_grad():
+        if task_id is None:
+            return built.model(tokens).logits[0].numpy()
+        prefix = torch.from_numpy(built.prefixes[task_id])
+        p = prefix.shape[0]
+        kv = prefix.view(p, cfg.num_layer, 2, cfg.head_num, cfg.size_per_head)
+        cache = DynamicCache()
+        for layer in range(cfg.num_layer):
+            cache.update(
+                kv[:, layer, 0].permute(1, 0, 2)[None].contiguous(),
+                kv[:, layer, 1].permute(1, 0, 2)[None].contiguous(),
+                layer,
+            )
+        out = built.model(
+            tokens,
+            past_key_values=cache,
+            attention_mask=torch.ones((1, p + len(ids)), dtype=torch.long),
+            position_ids=torch.arange(p, p + len(ids))[None],
+        )
+        return out.logits[0].numpy()
+
+
+def hf_greedy(built: Built, ids: list[int], task_id: int | None, steps: int) -> list[int]:
+    seq = list(ids)
+    for _ in range(steps):
+        seq.append(int(hf_logits(built, seq, task_id)[-1].argmax()))
+    return seq[len(ids) :]
+
+
+# every row a different task (or none), prefix length and input length
+MIXED_ROWS = [
+    [5, 17, 42, 99],
+    [7, 3, 250, 11, 64, 1, 33],
+    [300, 2],
+    [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+]
+MIXED_TASKS: list[int | None] = [2, None, 0, 1]
+
+CONFIGS = [(1, True, 0.25), (2, False, 1.0), (2, True, 1.0), (1, False, 0.25)]
+
+
+@pytest.fixture(
+    scope="module", params=CONFIGS, ids=lambda c: f"tp{c[0]}-{'parallel' if c[1] else 'sequential'}-rot{c[2]}"
+)
+def built(request, tmp_path_factory) -> Built:
+    tp, parallel, rotary_pct = request.param
+    return build(tmp_path_factory.mktemp("ft"), tp, parallel, rotary_pct)
+
+
+@pytest.fixture(scope="module")
+def erf_engine(built: Built) -> Engine:
+    return Engine.load(built.directory, gelu="erf")
+
+
+def test_logits_match_hf_for_a_mixed_batch(built: Built, erf_engine: Engine) -> None:
+    ours = erf_engine.logits(MIXED_ROWS, MIXED_TASKS)
+    for row, ids, task_id in zip(ours, MIXED_ROWS, MIXED_TASKS, strict=True):
+        assert row.shape == (len(ids), built.cfg.vocab_size)
+        assert np.abs(row - hf_logits(built, ids, task_id)).max() < 1e-4
+
+
+def test_greedy_20_tokens_match_hf_for_a_mixed_batch(built: Built, erf_engine: Engine) -> None:
+    requests = [
+        GenerationRequest(ids, 20, task_id=t, end_id=-1)
+        for ids, t in zip(MIXED_ROWS, MIXED_TASKS, strict=True)
+    ]
+    results = erf_engine.generate(requests)
+    for result, ids, task_id in zip(results, MIXED_ROWS, MIXED_TASKS, strict=True):
+        assert result.generated_ids == hf_greedy(built, ids, task_id, 20)
+        assert result.output_ids == ids + result.generated_ids
+        assert result.sequence_length == len(ids) + 20
+        assert result.finish_reason == "length"
+
+
+def test_incremental_decoding_equals_full_recomputation(built: Built, erf_engine: Engine) -> None:
+    requests = [
+        GenerationRequest(ids, 12, task_id=t, end_id=-1)
+        for ids, t in zip(MIXED_ROWS, MIXED_TASKS, strict=True)
+    ]
+    step_logits = erf_engine.decode_logits(requests)
+    results = erf_engine.generate(requests)
+    full = erf_engine.logits([r.output_ids for r in results], MIXED_TASKS)
+    for steps, whole, ids in zip(step_logits, full, MIXED_ROWS, strict=True):
+        # the logits that chose generated token i are the full pass's logits at position len(ids)-1+i
+        np.testing.assert_allclose(steps, whole[len(ids) - 1 : len(ids) - 1 + 12], atol=2e-5, rtol=0)
+
+
+def test_tanh_gelu_matches_hf_tanh_and_differs_from_erf(built: Built) -> None:
+    engine = Engine.load(built.directory)  # FT's tanh GELU
+    erf_diff = np.abs(engine.logits([MIXED_ROWS[1]], [0])[0] - hf_logits(built, MIXED_ROWS[1], 0)).max()
+    assert erf_diff > 1e-4  # the GELU form is visible at this tolerance
+    originals = [layer.mlp.act for layer in built.model.gpt_neox.layers]
+    try:
+        for layer in built.model.gpt_neox.layers:
+            layer.mlp.act = ACT2FN["gelu_pytorch_tanh"]
+        tanh_diff = np.abs(engine.logits([MIXED_ROWS[1]], [0])[0] - hf_logits(built, MIXED_ROWS[1], 0)).max()
+    finally:
+        for layer, act in zip(built.model.gpt_neox.layers, originals, strict=True):
+            layer.mlp.act = act
+    assert tanh_diff < 1e-4
+
+
+def test_fp16_files_match_hf_with_the_same_rounded_weights(tmp_path: Path) -> None:
+    # sequential residual: with the parallel one FT stores the two row-parallel biases as one
+    # pre-summed fp16 tensor, whose rounding differs from HF's two rounded biases (~2e-4 here)
+    built16 = build(tmp_path, 2, False, 0.25, dtype="fp16")
+    engine = Engine.load(tmp_path, gelu="erf")
+    for row, ids, task_id in zip(
+        engine.logits(MIXED_ROWS, MIXED_TASKS), MIXED_ROWS, MIXED_TASKS, strict=True
+    ):
+        assert np.abs(row - hf_logits(built16, ids, task_id)).max() < 1e-4

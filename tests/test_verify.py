@@ -1,0 +1,138 @@
+"""`ftprefix verify` on directories made by the real converter, and on deliberately broken copies."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ftprefix import cli, layout, toy
+from ftprefix.engine.model import Transformer
+from ftprefix.engine.verify import verify
+
+TP = 2
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """(converted dir, HF dir, --prefix values): one rinna prefix and one soft prompt task."""
+    from ftprefix.converter import convert
+    from ftprefix.converter.checkpoints import parse_prefix_args
+
+    root = tmp_path_factory.mktemp("verify")
+    hf = root / "hf"
+    model = toy.build_model(hf, rotary_pct=0.25, seed=5, with_tokenizer=False)
+    c = model.config
+    rinna = root / "smile_prefix_encoder.seed1.best.checkpoint"
+    torch.save(toy.random_prefix(5, c.num_hidden_layers, c.hidden_size, seed=2), rinna)
+    soft = root / "soft.pt"
+    torch.save(torch.randn(3, c.hidden_size, generator=torch.Generator().manual_seed(4)) * 0.5, soft)
+    prefix_args = [f"{rinna},story={soft}"]
+    convert(hf, parse_prefix_args(prefix_args), root / "ft", tp=TP, dtype="fp32")
+    return root / "ft", hf, prefix_args
+
+
+def broken_copy(converted, tmp_path: Path) -> tuple[Path, layout.ModelConfig]:
+    ft, _, _ = converted
+    shutil.copytree(ft, tmp_path / "ft")
+    model_dir = layout.find_model_dir(tmp_path / "ft")
+    return model_dir, layout.read_config(model_dir)
+
+
+def results(directory: Path, hf: Path, prefix_args: list[str]) -> dict[str, bool]:
+    return {row.task: row.ok for row in verify(directory, hf, prefix_args)}
+
+
+def test_verify_passes_on_a_correct_conversion(converted, capsys) -> None:
+    ft, hf, prefix_args = converted
+    assert cli.main(["verify", str(ft), "--model", str(hf), "--prefix", prefix_args[0]]) == 0
+    out = capsys.readouterr().out
+    for name in ("(base model)", "smile", "story"):
+        assert name in out
+    assert "MISMATCH" not in out
+
+
+def test_tasks_without_their_checkpoint_are_listed_not_checked(converted) -> None:
+    ft, hf, _ = converted
+    rows = verify(ft, hf, [])
+    assert [r.task for r in rows] == ["(base model)", "smile", "story"]
+    assert rows[0].max_abs_diff is not None and rows[0].ok
+    assert all(r.max_abs_diff is None and "not checked" in r.note for r in rows[1:])
+
+
+def _mutate_prefix(model_dir: Path, cfg: layout.ModelConfig, task: str, change) -> None:
+    spec = next(t for t in cfg.tasks if t.name == task)
+    for name in layout.prefix_file_names(task, cfg.tensor_para_size):
+        path = model_dir / name
+        arr = layout.read_array(path, layout.prefix_rank_shape(cfg, spec.prompt_length), cfg.np_dtype)
+        change(arr.copy()).astype(cfg.np_dtype).tofile(path)
+
+
+def _rotate(keys: np.ndarray, rot: int) -> np.ndarray:
+    """NeoX rotary at positions 0..P-1 on [..., P, head_dim] keys (what a wrong converter might do)."""
+    p = keys.shape[-2]
+    inv_freq = 1.0 / (10000.0 ** (np.arange(0, rot, 2) / rot))
+    freqs = np.arange(p)[:, None] * inv_freq[None, :]
+    cos, sin = np.cos(np.concatenate([freqs, freqs], -1)), np.sin(np.concatenate([freqs, freqs], -1))
+    x = keys[..., :rot]
+    rotated = np.concatenate([-x[..., rot // 2 :], x[..., : rot // 2]], -1)
+    out = keys.copy()
+    out[..., :rot] = x * cos + rotated * sin
+    return out
+
+
+def test_swapped_prefix_key_and_value_is_caught(converted, tmp_path: Path) -> None:
+    model_dir, cfg = broken_copy(converted, tmp_path)
+    _mutate_prefix(model_dir, cfg, "smile", lambda a: a[:, ::-1])  # [layers, 2, heads, P, hd]
+    assert results(model_dir, converted[1], converted[2]) == {
+        "(base model)": True,
+        "smile": False,
+        "story": True,
+    }
+
+
+def test_rotated_prefix_key_is_caught(converted, tmp_path: Path) -> None:
+    model_dir, cfg = broken_copy(converted, tmp_path)
+
+    def rotate_keys(a: np.ndarray) -> np.ndarray:
+        a[:, 0] = _rotate(a[:, 0], cfg.rotary_embedding)
+        return a
+
+    _mutate_prefix(model_dir, cfg, "smile", rotate_keys)
+    assert results(model_dir, converted[1], converted[2])["smile"] is False
+
+
+def test_untransposed_qkv_is_caught(converted, tmp_path: Path, capsys) -> None:
+    model_dir, cfg = broken_copy(converted, tmp_path)
+    spec = next(s for s in layout.layer_tensors(cfg, 0) if s.name.endswith("query_key_value.weight"))
+    shape = spec.rank_shape(cfg.tensor_para_size)  # [hidden, 3, heads/tp, head_dim]
+    for name in spec.file_names(cfg.tensor_para_size):
+        arr = layout.read_array(model_dir / name, shape, cfg.np_dtype)
+        # HF's fused order (head, q/k/v) written where FT expects (q/k/v, head)
+        np.ascontiguousarray(arr.transpose(0, 2, 1, 3)).tofile(model_dir / name)
+    assert (
+        cli.main(["verify", str(model_dir), "--model", str(converted[1]), "--prefix", converted[2][0]]) == 1
+    )
+    out = capsys.readouterr().out
+    assert out.count("MISMATCH") >= 3  # base model and both tasks, then the summary
+
+
+def test_tokens_at_positions_not_offset_by_the_prefix_is_caught(converted, monkeypatch) -> None:
+    rotary = Transformer._rotary
+
+    def from_zero(self: Transformer, positions: torch.Tensor) -> torch.Tensor:
+        # an engine whose prompt pass starts each row's tokens at rotary position 0 instead of P
+        return rotary(self, positions - positions[:, :1] if positions.shape[1] > 1 else positions)
+
+    monkeypatch.setattr(Transformer, "_rotary", from_zero)
+    assert results(*converted) == {"(base model)": True, "smile": False, "story": False}
+
+
+def test_verify_rejects_an_unknown_task_in_one_line(converted, capsys) -> None:
+    ft, hf, _ = converted
+    assert cli.main(["verify", str(ft), "--model", str(hf), "--prefix", f"nope={hf / 'config.json'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ftprefix verify: error: unknown task 'nope'") and "\n" not in err
