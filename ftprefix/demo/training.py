@@ -75,8 +75,11 @@ def train_base(model_dir: str | os.PathLike[str], steps: int = 300, seed: int = 
     """Build, train and save the base model (and its tokenizer) into `model_dir`."""
     import torch
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from ftprefix.toy import build_model
+
+    hf_logging.disable_progress_bar()  # save_pretrained's one-shard bar is noise in the demo
 
     model = build_model(
         model_dir,

@@ -1,0 +1,39 @@
+"""`ftprefix demo` end to end: train, convert (tp 2, fp16), verify, real Triton on CPU, client per task."""
+
+from __future__ import annotations
+
+import re
+
+from ftprefix.cli import main
+from ftprefix.demo.training import QUESTIONS_AND_ANSWERS, shout, smile
+
+
+def test_demo_answers_differ_per_task_as_trained(tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("prompt "))
+    assert "(base model)" in lines[header] and "shout" in lines[header] and "smile" in lines[header]
+    table = "\n".join(lines[header : header + 5])
+    # Each task's answer is what its prefix was trained to say, served through the converted files.
+    for question, answer in QUESTIONS_AND_ANSWERS[:3]:
+        row = next(line for line in table.splitlines() if line.startswith(question))
+        expected = [question, answer.strip(), shout(answer).strip(), smile(answer).strip()]
+        assert re.split(r"\s{2,}", row) == expected
+    # The converted artefacts a user would deploy are kept in --workdir.
+    assert (workdir / "ft" / "2-gpu" / "config.ini").is_file()
+    assert sorted(p.name for p in (workdir / "ft" / "2-gpu").glob("model.prefix_prompt.*.bin")) == [
+        "model.prefix_prompt.shout.weight.0.bin",
+        "model.prefix_prompt.shout.weight.1.bin",
+        "model.prefix_prompt.smile.weight.0.bin",
+        "model.prefix_prompt.smile.weight.1.bin",
+    ]
+
+
+def test_demo_refuses_a_non_empty_workdir(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["demo", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
