@@ -1,0 +1,60 @@
+"""`ftprefix triton-repo DIR --out REPO`: write the Triton model repository for the GPU server."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_CONTAINER_MODEL_ROOT = "/ftprefix/model"  # where docker/docker-compose.yml mounts the conversion
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "triton-repo",
+        help="write the Triton model repository (FasterTransformer backend for the GPU, or the CPU twin)",
+        description=(
+            "Write fastertransformer/config.pbtxt (tensor_para_size, data_type and model_checkpoint_path "
+            "matching the conversion, task table in the parameter 'prompt_learning_tasks') and, with "
+            "--tokenizer, preprocessing / postprocessing / ensemble. After `ftprefix tasks add`, run this "
+            "again and load the model again on the running server: "
+            "curl -X POST http://HOST:8000/v2/repository/models/fastertransformer/load "
+            "(then .../ensemble/load)."
+        ),
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="converted model (<tp>-gpu directory or its parent)")
+    p.add_argument("--out", type=Path, required=True, help="model repository to write")
+    p.add_argument("--tokenizer", type=Path, metavar="HF_DIR", help="Hugging Face tokenizer directory")
+    p.add_argument(
+        "--target", choices=("gpu", "cpu"), default="gpu",
+        help="gpu: FasterTransformer backend (default); cpu: python-backend twin running ftprefix.engine",
+    )
+    p.add_argument(
+        "--checkpoint-path",
+        help=(
+            "the <tp>-gpu directory as the server sees it (default for gpu: "
+            f"{DEFAULT_CONTAINER_MODEL_ROOT}/<tp>-gpu, where docker-compose mounts the conversion; "
+            "for cpu: its absolute path here)"
+        ),
+    )
+    p.add_argument(
+        "--streaming", action="store_true", help="decoupled fastertransformer model (token streaming)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ftprefix import layout
+    from ftprefix.serving import repository
+
+    model_dir = layout.find_model_dir(args.dir)
+    checkpoint = args.checkpoint_path
+    if checkpoint is None and args.target == "gpu":
+        checkpoint = f"{DEFAULT_CONTAINER_MODEL_ROOT}/{model_dir.name}"
+    info = repository.write_repository(
+        model_dir, args.out, target=args.target, tokenizer_dir=args.tokenizer,
+        streaming=args.streaming, checkpoint_path=checkpoint,
+    )
+    tasks = ", ".join(t.name for t in info.config.tasks) or "none"
+    where = checkpoint or info.model_dir
+    print(f"wrote {', '.join(info.models)} to {info.path} (model_checkpoint_path {where}; tasks: {tasks})")
+    return 0

@@ -1,0 +1,164 @@
+"""Write a Triton model repository for a converted model: GPU (FT backend) or CPU twin (python backend).
+
+Layout written (both targets):
+  fastertransformer/config.pbtxt    FT's tensor interface; task table in parameter `prompt_learning_tasks`
+  fastertransformer/1/              CPU: model.py (+ ftprefix_site.py); GPU: empty (the FT backend
+                                    reads the weights from `model_checkpoint_path`)
+  preprocessing/, postprocessing/   python models, HF tokenizer copied to 1/tokenizer  (with a tokenizer)
+  ensemble/                         text in, text out                                  (with a tokenizer)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ftprefix import layout, protocol
+from ftprefix.errors import UserError
+from ftprefix.serving import interface
+
+CPU, GPU = "cpu", "gpu"
+VERSION = "1"
+TOKENIZER_SUBDIR = "tokenizer"
+SITE_MODULE = "ftprefix_site.py"
+# Files a Hugging Face tokenizer directory may hold; weights and model configs are not copied.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+)
+
+
+@dataclass(frozen=True)
+class RepositoryInfo:
+    path: Path
+    models: tuple[str, ...]  # in load order: dependencies before the ensemble
+    model_dir: Path  # the converted <tp>-gpu directory
+    config: layout.ModelConfig
+
+
+def task_table(cfg: layout.ModelConfig) -> str:
+    return protocol.encode_task_table(
+        [protocol.TaskInfo(i, t.name, t.prompt_length) for i, t in enumerate(cfg.tasks)]
+    )
+
+
+def ft_parameters(cfg: layout.ModelConfig, checkpoint_path: str) -> dict[str, str]:
+    """The FT backend's parameters (libfastertransformer.cc ModelFactory) plus the task table."""
+    return {
+        "tensor_para_size": str(cfg.tensor_para_size),
+        "pipeline_para_size": "1",
+        "data_type": cfg.weight_data_type,
+        "model_type": "GPT-NeoX",
+        "model_checkpoint_path": checkpoint_path,
+        "enable_custom_all_reduce": "0",
+        protocol.TASK_TABLE_PARAMETER: task_table(cfg),
+    }
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+
+
+def _template(name: str) -> bytes:
+    return resources.files("ftprefix.serving.templates").joinpath(name).read_bytes()
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layout.atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def _write_python_model(repo: Path, name: str, template: str) -> None:
+    version_dir = repo / name / VERSION
+    _write(version_dir / "model.py", _template(template))
+    _write(version_dir / SITE_MODULE, _template(SITE_MODULE))
+
+
+def _copy_tokenizer(src: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in _TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
+
+
+def write_repository(
+    converted: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    target: str = CPU,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+    streaming: bool = False,
+    checkpoint_path: str | None = None,
+) -> RepositoryInfo:
+    """Generate the repository. `checkpoint_path`: the `<tp>-gpu` directory as the server sees it
+    (inside the container for the GPU server); default: its absolute path on this machine."""
+    if target not in (CPU, GPU):
+        raise UserError(f"unknown target {target!r}: use {CPU!r} or {GPU!r}")
+    model_dir = layout.find_model_dir(converted).resolve()
+    cfg = layout.read_config(model_dir)
+    tok = Path(tokenizer_dir) if tokenizer_dir is not None else None
+    if tok is not None and not has_tokenizer(tok):
+        raise UserError(
+            f"{tok} holds no Hugging Face tokenizer (tokenizer.json, tokenizer.model or vocab.json)"
+        )
+    repo = Path(out)
+    if repo.exists() and not repo.is_dir():
+        raise UserError(f"{repo} exists and is not a directory; choose another --out")
+    ft_dir = repo / protocol.FT_MODEL
+    backend = "python" if target == CPU else "fastertransformer"
+    ckpt = checkpoint_path or str(model_dir)
+    params = ft_parameters(cfg, ckpt)
+    ft_cfg = interface.fastertransformer_config(backend=backend, parameters=params, decoupled=streaming)
+    _write(ft_dir / "config.pbtxt", interface.to_pbtxt(ft_cfg))
+    (ft_dir / VERSION).mkdir(parents=True, exist_ok=True)
+    if target == CPU:
+        _write_python_model(repo, protocol.FT_MODEL, "fastertransformer_cpu.py")
+    else:
+        _write(ft_dir / VERSION / ".gitkeep", b"")
+        stale = ft_dir / VERSION / "model.py"
+        stale.unlink(missing_ok=True)
+    models = [protocol.FT_MODEL]
+    if tok is not None:
+        text_params = {"tokenizer_path": TOKENIZER_SUBDIR, "end_id": str(cfg.end_id)}
+        for name, make, template in (
+            (interface.PREPROCESSING, interface.preprocessing_config, "preprocessing.py"),
+            (interface.POSTPROCESSING, interface.postprocessing_config, "postprocessing.py"),
+        ):
+            _write(repo / name / "config.pbtxt", interface.to_pbtxt(make(text_params)))
+            _write_python_model(repo, name, template)
+            _copy_tokenizer(tok, repo / name / VERSION / TOKENIZER_SUBDIR)
+            models.append(name)
+        ens = interface.ensemble_config({protocol.TASK_TABLE_PARAMETER: task_table(cfg)})
+        _write(repo / protocol.ENSEMBLE_MODEL / "config.pbtxt", interface.to_pbtxt(ens))
+        _write(repo / protocol.ENSEMBLE_MODEL / VERSION / ".gitkeep", b"")
+        models.append(protocol.ENSEMBLE_MODEL)
+    return RepositoryInfo(repo, tuple(models), model_dir, cfg)
+
+
+def refresh_task_table(repo: str | os.PathLike[str], cfg: layout.ModelConfig) -> list[str]:
+    """Rewrite the task-table parameter in the repository's configs to match `cfg`.
+
+    Returns the models whose config changed (and must be loaded again to be seen by clients).
+    """
+    changed = []
+    table = task_table(cfg)
+    for name in (protocol.FT_MODEL, protocol.ENSEMBLE_MODEL):
+        path = Path(repo) / name / "config.pbtxt"
+        if not path.is_file():
+            continue
+        model_cfg = interface.parse_pbtxt(path.read_text(encoding="utf-8"))
+        if model_cfg.parameters[protocol.TASK_TABLE_PARAMETER].string_value == table:
+            continue
+        model_cfg.parameters[protocol.TASK_TABLE_PARAMETER].string_value = table
+        _write(path, interface.to_pbtxt(model_cfg))
+        changed.append(name)
+    return changed

@@ -1,0 +1,266 @@
+"""Run a real Triton Inference Server (pytriton's `tritonserver` binary) on a converted model, on CPU.
+
+    with EmbeddedServer(converted_dir, tokenizer_dir=None, grpc_port=0, http_port=0) as srv:
+        srv.grpc_url   # "127.0.0.1:PORT"
+
+The server runs in its own process group; `stop()` terminates the whole group, an atexit hook
+and (on Linux) PR_SET_PDEATHSIG make sure it never outlives this process. Hot reload: a watcher
+thread notices when `config.ini` of the converted model changes (e.g. after `ftprefix tasks add`),
+rewrites the task table in the generated configs and asks Triton to load the models again
+(model control, explicit mode); `reload()` does the same on demand.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from ftprefix import layout, protocol
+from ftprefix.errors import UserError
+from ftprefix.serving import repository, tritonserver
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ServerError(RuntimeError):
+    """The server failed to start or to load a model; carries the tail of its log."""
+
+
+class EmbeddedServer:
+    def __init__(
+        self,
+        converted_dir: str | os.PathLike[str],
+        tokenizer_dir: str | os.PathLike[str] | None = None,
+        grpc_port: int = 0,
+        http_port: int = 0,
+        streaming: bool = False,
+        *,
+        host: str = "127.0.0.1",
+        workdir: str | os.PathLike[str] | None = None,
+        start_timeout: float = 180.0,
+        watch_interval: float | None = 0.5,
+        log_to: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.model_dir = layout.find_model_dir(converted_dir).resolve()
+        self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
+        self.host = host
+        self.grpc_port = grpc_port or free_port(host)
+        self.http_port = http_port or free_port(host)
+        self.streaming = streaming
+        self.start_timeout = start_timeout
+        self.watch_interval = watch_interval
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ftprefix-serve-"))
+        self.repository = self.workdir / "model_repository"
+        self.log_path = Path(log_to) if log_to is not None else self.workdir / "tritonserver.log"
+        self.models: tuple[str, ...] = ()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._config_digest = ""
+        self._lock = threading.Lock()
+        self._stop_watch = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.reload_count = 0  # model reloads done (by the watcher or `reload()`)
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> EmbeddedServer:
+        if self._proc is not None:
+            return self
+        self._config_digest = self._digest()
+        info = repository.write_repository(
+            self.model_dir, self.repository, target=repository.CPU,
+            tokenizer_dir=self.tokenizer_dir, streaming=self.streaming,
+        )
+        self.models = info.models
+        backends = tritonserver.prepare_backends(self.workdir / "backends")
+        cmd = tritonserver.command(
+            self.repository, backends, host=self.host,
+            grpc_port=self.grpc_port, http_port=self.http_port, models=self.models,
+        )
+        log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed below)
+        try:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=tritonserver.server_env(),
+                start_new_session=True,  # own process group: stop() signals the stubs too
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+        atexit.register(self.stop)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        if self.watch_interval:
+            self._watcher = threading.Thread(target=self._watch, name="ftprefix-reload", daemon=True)
+            self._watcher.start()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise ServerError(
+                    f"tritonserver exited with code {self._proc.returncode} while starting:\n"
+                    + self.log_tail()
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            # bounded poll interval while the server loads the models
+            self._stop_watch.wait(0.1)
+        raise ServerError(f"tritonserver not ready after {self.start_timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop_watch.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=5)
+        self._watcher = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            # stubs left in the group after the server exited
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        if self._own_workdir and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def wait(self) -> int:
+        """Block until the server exits (used by `ftprefix serve`)."""
+        assert self._proc is not None
+        return self._proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- model control / hot reload ------------------------------------------------------------
+
+    def _digest(self) -> str:
+        path = self.model_dir / layout.CONFIG_FILE
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return ""
+
+    def load_model(self, name: str) -> None:
+        """Ask Triton to (re)load one model; returns once it is loaded."""
+        req = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/models/{name}/load", data=b"{}", method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=300):
+                pass
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", errors="replace")
+            raise ServerError(f"loading model {name!r} failed: {detail}\n{self.log_tail()}") from None
+
+    def reload(self) -> bool:
+        """Pick up a changed converted model (new tasks): refresh the task table and load again.
+
+        Returns True when something changed and the models were reloaded."""
+        with self._lock:
+            digest = self._digest()
+            if digest == self._config_digest:
+                return False
+            cfg = layout.read_config(self.model_dir)
+            changed = repository.refresh_task_table(self.repository, cfg)
+            # fastertransformer always: config.ini changed, so tasks or prefixes did
+            names = [protocol.FT_MODEL] + [m for m in changed if m != protocol.FT_MODEL]
+            for name in names:
+                if name in self.models:
+                    self.load_model(name)
+            self._config_digest = digest
+            self.reload_count += 1
+            return True
+
+    def _watch(self) -> None:
+        assert self.watch_interval
+        while not self._stop_watch.wait(self.watch_interval):
+            try:
+                self.reload()
+            except (UserError, ServerError, OSError) as exc:
+                # a half-written conversion or a failed load: report and keep the old models
+                print(f"ftprefix serve: reload failed: {exc}", file=sys.stderr)
+
+    def model_parameters(self, name: str = protocol.FT_MODEL) -> dict[str, str]:
+        """The parameters of a loaded model's config, as clients see them."""
+        with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{name}/config", timeout=10) as resp:
+            cfg = json.loads(resp.read())
+        return {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}

@@ -1,0 +1,117 @@
+"""Locate and prepare the `tritonserver` binary shipped in the PyPI package nvidia-pytriton.
+
+Facts (checked with nvidia-pytriton 0.7 / tritonserver 2.51, and how pytriton itself starts it in
+pytriton/triton.py `_prepare_triton_inference_server` and pytriton/server/triton_server.py):
+- binary `pytriton/tritonserver/bin/tritonserver`; its shared libraries in `nvidia_pytriton.libs`
+  next to the package, which must be on LD_LIBRARY_PATH for the python backend library;
+- the python backend needs `triton_python_backend_stub` for the running Python version next to
+  `libtriton_python.so`; pytriton ships stubs per version in `python_backend_stubs/<major.minor>/`.
+  We assemble a private backend directory instead of writing into site-packages;
+- the stub embeds the interpreter library it is linked with (found through LD_LIBRARY_PATH, so the
+  running interpreter's LIBDIR goes first) and ignores PYTHONPATH: the virtualenv reaches the
+  models through FTPREFIX_SITE_DIRS (read by templates/ftprefix_site.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import site
+import sys
+import sysconfig
+from pathlib import Path
+
+from ftprefix.errors import UserError
+
+SITE_DIRS_ENV = "FTPREFIX_SITE_DIRS"
+
+
+def pytriton_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the embedded server needs the package nvidia-pytriton: pip install nvidia-pytriton")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def server_dist() -> Path:
+    return pytriton_root() / "tritonserver"
+
+
+def binary_path() -> Path:
+    path = server_dist() / "bin" / "tritonserver"
+    if not path.is_file():
+        raise UserError(f"tritonserver binary not found at {path}; reinstall nvidia-pytriton")
+    return path
+
+
+def libs_path() -> Path:
+    return pytriton_root().parent / "nvidia_pytriton.libs"
+
+
+def prepare_backends(dest: Path) -> Path:
+    """Create `dest/python/` with the python backend and the stub for this interpreter; return dest."""
+    src = server_dist()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = src / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise UserError(f"nvidia-pytriton ships no python backend stub for Python {version}")
+    python_dir = dest / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copy2(src / "backends" / "python" / name, python_dir / name)
+    shutil.copy2(stub, python_dir / "triton_python_backend_stub")
+    return dest
+
+
+def site_dirs() -> list[str]:
+    """Where the models' imports come from: this interpreter's site-packages (with their .pth files,
+    which carry an editable install) and the directory holding the ftprefix package itself."""
+    import ftprefix
+
+    dirs = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    package_parent = str(Path(ftprefix.__file__).resolve().parent.parent)
+    if package_parent not in dirs:
+        dirs.append(package_parent)
+    return dirs
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    parts = [p for p in (libdir, str(libs_path()), env.get("LD_LIBRARY_PATH", "")) if p]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(parts)
+    env[SITE_DIRS_ENV] = os.pathsep.join(site_dirs())
+    # numpy/torch in the model process: one thread pool per process is enough on shared CPUs
+    env.setdefault("OMP_NUM_THREADS", str(max(1, min(4, os.cpu_count() or 1))))
+    return env
+
+
+def command(
+    repository: Path,
+    backends: Path,
+    *,
+    host: str,
+    grpc_port: int,
+    http_port: int,
+    models: list[str] | tuple[str, ...],
+) -> list[str]:
+    cmd = [
+        str(binary_path()),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends}",
+        f"--http-address={host}",
+        f"--http-port={http_port}",
+        f"--grpc-address={host}",
+        f"--grpc-port={grpc_port}",
+        "--allow-metrics=false",
+        "--allow-sagemaker=false",
+        "--allow-vertex-ai=false",
+        # explicit control: the server loads what we name and reloads a model on request (hot reload)
+        "--model-control-mode=explicit",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--exit-timeout-secs=10",
+    ]
+    cmd += [f"--load-model={m}" for m in models]
+    return cmd

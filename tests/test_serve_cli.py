@@ -1,0 +1,122 @@
+"""`ftprefix serve` as a user runs it: prints where it listens, serves, stops cleanly on Ctrl-C, and
+its child processes never outlive it (even when it is killed with SIGKILL)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from test_serving_support import make_converted
+
+from ftprefix import protocol
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> Path:
+    _model, model_dir, _ = make_converted(tmp_path_factory.mktemp("cli"), {"smile": 2}, seed=3)
+    return model_dir
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        for k in map(int, kids):
+            found.add(k)
+            todo.append(k)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start(model_dir: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ftprefix.cli",
+            "serve",
+            str(model_dir),
+            "--port-grpc",
+            "0",
+            "--port-http",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # ends at EOF if the server fails; pytest's timeout is the bound
+        lines.append(line)
+        if "ready" in line:
+            break
+    text = "".join(lines)
+    match = re.search(r"listening on grpc (\S+) and http (\S+)", text)
+    assert match, text + (proc.stderr.read() if proc.poll() is not None else "")
+    return proc, match.group(1)
+
+
+def _wait_gone(pids: set[int], seconds: float = 30) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = {p for p in pids if _alive(p)}
+        if not left:
+            return left
+        time.sleep(0.1)  # bounded poll; the return value is the check
+    return {p for p in pids if _alive(p)}
+
+
+def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
+    proc, grpc_url = _start(converted)
+    try:
+        children = _descendants(proc.pid)
+        assert children, "tritonserver runs as a child process"
+        with grpcclient.InferenceServerClient(grpc_url) as client:
+            arrays = {
+                protocol.INPUT_IDS: np.array([[4, 5, 6]], dtype=np.uint32),
+                protocol.INPUT_LENGTHS: np.array([[3]], dtype=np.uint32),
+                protocol.REQUEST_OUTPUT_LEN: np.array([[2]], dtype=np.uint32),
+            }
+            inputs = []
+            for name, arr in arrays.items():
+                inp = grpcclient.InferInput(name, list(arr.shape), "UINT32")
+                inp.set_data_from_numpy(arr)
+                inputs.append(inp)
+            res = client.infer(protocol.FT_MODEL, inputs)
+            assert res.as_numpy(protocol.SEQUENCE_LENGTH).tolist() == [[5]]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert _wait_gone(children, seconds=5) == set()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_server_dies_with_a_killed_serve_process(converted):
+    proc, _ = _start(converted)
+    children = _descendants(proc.pid)
+    assert children
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _wait_gone(children) == set()

@@ -1,0 +1,161 @@
+"""Generated model repositories: GPU config for the FT backend vs the CPU twin, and `triton_models/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from ftprefix import layout, protocol
+from ftprefix.cli import main
+from ftprefix.toy import build_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO_ROOT / "triton_models"
+EXAMPLE_TASKS = (layout.Task("smileface", 10), layout.Task("summary", 16))
+
+
+def _config_only_conversion(root: Path, tp: int, dtype: str, tasks=EXAMPLE_TASKS) -> Path:
+    """A converted directory as far as the repository generator reads it: config.ini."""
+    cfg = layout.ModelConfig(
+        model_name="example",
+        head_num=8,
+        size_per_head=16,
+        inter_size=512,
+        num_layer=2,
+        rotary_embedding=4,
+        vocab_size=512,
+        start_id=0,
+        end_id=0,
+        use_gptj_residual=True,
+        weight_data_type=dtype,
+        tensor_para_size=tp,
+        tasks=tuple(tasks),
+    )
+    model_dir = layout.model_dir(root, tp)
+    model_dir.mkdir(parents=True)
+    layout.write_config(model_dir, cfg)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tok")
+    build_tokenizer(d)
+    return d
+
+
+def _parse(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
+
+
+def _io(cfg: mc.ModelConfig) -> tuple:
+    def one(t) -> tuple:
+        return (
+            t.name,
+            t.data_type,
+            tuple(t.dims),
+            t.HasField("reshape"),
+            tuple(t.reshape.shape),
+            getattr(t, "optional", None),
+        )
+
+    return tuple(one(t) for t in cfg.input), tuple(one(t) for t in cfg.output)
+
+
+def test_gpu_config_matches_conversion_and_cpu_twin_interface(tmp_path, tokenizer_dir):
+    model_dir = _config_only_conversion(tmp_path / "conv", tp=2, dtype="fp16")
+    gpu, cpu = tmp_path / "gpu", tmp_path / "cpu"
+    assert (
+        main(["triton-repo", str(model_dir.parent), "--out", str(gpu), "--tokenizer", str(tokenizer_dir)])
+        == 0
+    )
+    assert main(["triton-repo", str(model_dir), "--out", str(cpu), "--target", "cpu"]) == 0
+
+    g = _parse(gpu / "fastertransformer" / "config.pbtxt")
+    c = _parse(cpu / "fastertransformer" / "config.pbtxt")
+    assert g.backend == "fastertransformer" and c.backend == "python"
+    params = {k: v.string_value for k, v in g.parameters.items()}
+    assert params["tensor_para_size"] == "2"
+    assert params["pipeline_para_size"] == "1"
+    assert params["data_type"] == "fp16"
+    assert params["model_type"] == "GPT-NeoX"
+    assert params["model_checkpoint_path"] == "/ftprefix/model/2-gpu"
+    assert params["enable_custom_all_reduce"] == "0"
+    table = protocol.decode_task_table(params[protocol.TASK_TABLE_PARAMETER])
+    assert [(t.id, t.name, t.prompt_length) for t in table] == [(0, "smileface", 10), (1, "summary", 16)]
+    assert c.parameters["model_checkpoint_path"].string_value == str(model_dir.resolve())
+
+    # same tensor interface, names/types/dims/reshape/optional, as the FT backend's gptneox example
+    assert _io(g) == _io(c)
+    names = {t.name: t for t in g.input}
+    assert names["input_ids"].data_type == mc.TYPE_UINT32 and list(names["input_ids"].dims) == [-1]
+    assert not names["input_ids"].optional and not names["input_lengths"].optional
+    assert names["prompt_learning_task_name_ids"].optional
+    assert names["prompt_learning_task_name_ids"].HasField("reshape")
+    assert (
+        list(names["stop_words_list"].dims) == [2, -1] and names["stop_words_list"].data_type == mc.TYPE_INT32
+    )
+    assert [(o.name, list(o.dims)) for o in g.output] == [
+        ("output_ids", [-1, -1]),
+        ("sequence_length", [-1]),
+        ("cum_log_probs", [-1]),
+        ("output_log_probs", [-1, -1]),
+    ]
+    assert g.max_batch_size == c.max_batch_size == 1024
+    assert g.HasField("dynamic_batching") and c.HasField("dynamic_batching")
+    assert not g.model_transaction_policy.decoupled
+
+    assert not (gpu / "fastertransformer" / "1" / "model.py").exists()
+    assert (cpu / "fastertransformer" / "1" / "model.py").is_file()
+    for name in ("preprocessing", "postprocessing"):
+        assert _parse(gpu / name / "config.pbtxt").backend == "python"
+        assert (gpu / name / "1" / "tokenizer" / "tokenizer.json").is_file()
+    ens = _parse(gpu / "ensemble" / "config.pbtxt")
+    steps = [s.model_name for s in ens.ensemble_scheduling.step]
+    assert steps == ["preprocessing", "fastertransformer", "postprocessing"]
+    assert ens.parameters[protocol.TASK_TABLE_PARAMETER].string_value == params[protocol.TASK_TABLE_PARAMETER]
+
+
+def test_streaming_makes_the_model_decoupled(tmp_path):
+    model_dir = _config_only_conversion(tmp_path / "conv", tp=1, dtype="fp32")
+    assert main(["triton-repo", str(model_dir), "--out", str(tmp_path / "r"), "--streaming"]) == 0
+    assert _parse(tmp_path / "r" / "fastertransformer" / "config.pbtxt").model_transaction_policy.decoupled
+
+
+def test_bad_input_is_one_line_error_and_nothing_written(tmp_path, capsys, tokenizer_dir):
+    out = tmp_path / "out"
+    assert main(["triton-repo", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ftprefix triton-repo: error:") and "\n" not in err
+    assert not out.exists()
+    model_dir = _config_only_conversion(tmp_path / "conv", tp=1, dtype="fp32")
+    assert main(["triton-repo", str(model_dir), "--out", str(out), "--tokenizer", str(tmp_path)]) == 2
+    assert "no Hugging Face tokenizer" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_triton_models_templates_are_what_the_generator_writes(tmp_path, tokenizer_dir):
+    """`triton_models/` is the GPU repository for an example conversion (tp 2, fp16, two tasks),
+    minus the tokenizer files; regenerate it with the command in triton_models/README.md."""
+    model_dir = _config_only_conversion(tmp_path / "conv", tp=2, dtype="fp16")
+    out = tmp_path / "gen"
+    assert (
+        main(["triton-repo", str(model_dir.parent), "--out", str(out), "--tokenizer", str(tokenizer_dir)])
+        == 0
+    )
+    generated = {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in out.rglob("*")
+        if p.is_file() and "tokenizer" not in p.relative_to(out).parts
+    }
+    committed = {
+        p.relative_to(EXAMPLE).as_posix(): p.read_bytes()
+        for p in EXAMPLE.rglob("*")
+        if p.is_file() and p.name != "README.md" and "__pycache__" not in p.parts
+    }
+    assert sorted(committed) == sorted(generated)
+    for name, data in generated.items():
+        assert committed[name] == data, f"triton_models/{name} differs from the generator's output"
