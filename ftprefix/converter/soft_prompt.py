@@ -1,0 +1,69 @@
+"""Soft prompt (prompt tuning) -> prefix, exactly.
+
+Prepending P soft-prompt embeddings to the input is the same as starting from a KV cache that holds
+what every layer computes for those P embeddings at positions 0..P-1: the real tokens then sit at
+positions P, P+1, ... either way, and the cache already holds rotated keys. So running the base
+model once over the embeddings and keeping each layer's keys (after rotary) and values gives a
+prefix that FT can serve per task id like any prefix-tuned one.
+
+The base model runs in Hugging Face (fp32, its own layer_norm_eps and activation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def soft_prompt_to_prefix(embeddings: np.ndarray, model_dir: Path) -> np.ndarray:
+    """[P, hidden] soft prompt -> [P, layers*2*hidden] canonical prefix (float32)."""
+    return soft_prompts_to_prefixes([embeddings], model_dir)[0]
+
+
+def soft_prompts_to_prefixes(embeddings: Sequence[np.ndarray], model_dir: Path) -> list[np.ndarray]:
+    """Like soft_prompt_to_prefix for several prompts, loading the base model once."""
+    import torch
+
+    model = _load_model(Path(model_dir))
+    results = []
+    with torch.no_grad():
+        for emb in embeddings:
+            inputs = torch.from_numpy(np.asarray(emb, dtype=np.float32)).unsqueeze(0)
+            out = model(inputs_embeds=inputs, use_cache=True)
+            results.append(cache_to_prefix(out.past_key_values, model.config.num_hidden_layers))
+    return results
+
+
+def cache_to_prefix(cache: Any, num_layers: int) -> np.ndarray:
+    """A batch-of-one HF KV cache ([1, heads, P, head_dim] per layer) -> [P, layers*2*hidden]."""
+    import torch
+
+    per_layer = []
+    for i in range(num_layers):
+        if hasattr(cache, "layers"):
+            keys, values = cache.layers[i].keys, cache.layers[i].values
+        else:  # older transformers: cache[i] -> (keys, values)
+            keys, values = cache[i][0], cache[i][1]
+        per_layer.append(torch.stack([keys[0], values[0]]))  # [2, heads, P, head_dim]
+    stacked = torch.stack(per_layer)  # [layers, 2, heads, P, head_dim]
+    p = stacked.shape[3]
+    return stacked.permute(3, 0, 1, 2, 4).reshape(p, -1).float().numpy().copy()
+
+
+def _load_model(model_dir: Path) -> Any:
+    import torch
+    from transformers import GPTNeoXForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = GPTNeoXForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    return model.eval()

@@ -1,0 +1,241 @@
+"""`ftprefix convert`: every file's bytes against DESIGN.md's rules, for both residual styles."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_convert_support import (
+    expected_base_files,
+    hf_json,
+    hf_state,
+    read_prefix_files,
+    recombine_to_hf,
+    tree_digest,
+)
+
+from ftprefix.cli import main
+from ftprefix.converter import convert
+from ftprefix.converter.checkpoints import PrefixSource
+from ftprefix.toy import build_model, random_prefix
+
+STYLES = {
+    # parallel residual with partial rotary; sequential residual with full rotary
+    "parallel": dict(use_parallel_residual=True, rotary_pct=0.25, seed=1),
+    "sequential": dict(use_parallel_residual=False, rotary_pct=1.0, seed=2),
+}
+
+
+@pytest.fixture(scope="session")
+def toy_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    dirs = {}
+    for style, kw in STYLES.items():
+        d = root / style
+        build_model(
+            d,
+            hidden_size=32,
+            num_heads=4,
+            num_layers=2,
+            intermediate_size=96,
+            vocab_size=64,
+            with_tokenizer=False,
+            **kw,
+        )
+        dirs[style] = d
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def rinna_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "smile_prefix_encoder.seed42.2024.best.checkpoint"
+    torch.save(random_prefix(3, 2, 32, seed=7), path)
+    return path
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("tp", [1, 2])
+def test_every_file_matches_the_design_rules(toy_models, rinna_file, tmp_path, style, dtype, tp):
+    model_dir = toy_models[style]
+    cfg, sd = hf_json(model_dir), hf_state(model_dir)
+    out = tmp_path / "out"
+    convert(
+        model_dir,
+        [PrefixSource("smile", rinna_file)],
+        out,
+        tp=tp,
+        dtype=dtype,
+        progress=False,
+        warn=lambda _m: None,
+    )
+    ft_dir = out / f"{tp}-gpu"
+
+    expected = expected_base_files(sd, cfg, tp, dtype)
+    written = {p.name: p.read_bytes() for p in ft_dir.iterdir()}
+    prefix_files = {f"model.prefix_prompt.smile.weight.{r}.bin" for r in range(tp)}
+    assert set(written) == set(expected) | prefix_files | {"config.ini"}
+    for name, data in expected.items():
+        assert written[name] == data, name
+
+    # and the rank files recombine into the HF tensors
+    back = recombine_to_hf(ft_dir, cfg, tp, dtype)
+    tol = 0 if dtype == "fp32" else 2e-3
+    for name, tensor in back.items():
+        np.testing.assert_allclose(tensor, sd[name], rtol=tol, atol=tol, err_msg=name)
+
+    prefix = torch.load(rinna_file).numpy().reshape(3, 2, 2, 4, 8)
+    got = read_prefix_files(ft_dir, "smile", cfg, tp, dtype, 3)
+    np.testing.assert_allclose(got, prefix, rtol=tol, atol=tol)
+
+    ini = configparser.ConfigParser()
+    ini.read(ft_dir / "config.ini")
+    sec = ini["gptneox"]
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    rotary = int(head_dim * STYLES[style]["rotary_pct"])
+    assert dict(sec) == {
+        "model_name": style,
+        "head_num": "4",
+        "size_per_head": str(head_dim),
+        "inter_size": "96",
+        "num_layer": "2",
+        "rotary_embedding": str(rotary),
+        "vocab_size": "64",
+        "start_id": str(cfg["bos_token_id"]),
+        "end_id": str(cfg["eos_token_id"]),
+        "use_gptj_residual": str(int(STYLES[style]["use_parallel_residual"])),
+        "weight_data_type": dtype,
+        "tensor_para_size": str(tp),
+        "num_tasks": "1",
+        "prompt_learning_type": "2",
+    }
+    assert dict(ini["task_0"]) == {"task_name": "smile", "prompt_length": "3"}
+
+
+def _write_torch_bins(src: Path, dst: Path, shards: int) -> None:
+    """The same weights as `pytorch_model.bin` (or sharded with an index), as older transformers saved."""
+    from safetensors.torch import load_file
+
+    shutil.copytree(src, dst)
+    (dst / "model.safetensors").unlink()
+    state = load_file(str(src / "model.safetensors"))
+    if shards == 1:
+        torch.save(state, dst / "pytorch_model.bin")
+        return
+    names = sorted(state)
+    weight_map = {}
+    for i in range(shards):
+        shard = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        part = {n: state[n] for n in names[i::shards]}
+        torch.save(part, dst / shard)
+        weight_map.update(dict.fromkeys(part, shard))
+    (dst / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def _old_style_config(src: Path, dst: Path) -> None:
+    """The same model described with the older rotary_pct / rotary_emb_base keys."""
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    rope = cfg.pop("rope_parameters")
+    cfg["rotary_pct"] = rope["partial_rotary_factor"]
+    cfg["rotary_emb_base"] = rope["rope_theta"]
+    cfg["rope_scaling"] = None
+    (dst / "config.json").write_text(json.dumps(cfg))
+
+
+def test_every_source_format_gives_the_same_files(toy_models, tmp_path):
+    src = toy_models["parallel"]
+    variants = {"safetensors": src}
+    sharded = tmp_path / "sharded"
+    model = build_model(
+        None,
+        hidden_size=32,
+        num_heads=4,
+        num_layers=2,
+        intermediate_size=96,
+        vocab_size=64,
+        with_tokenizer=False,
+        **STYLES["parallel"],
+    )
+    model.save_pretrained(str(sharded), max_shard_size="20KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    variants["sharded"] = sharded
+    _write_torch_bins(src, tmp_path / "bin", shards=1)
+    _write_torch_bins(src, tmp_path / "bins", shards=3)
+    _old_style_config(src, tmp_path / "old")
+    variants.update(bin=tmp_path / "bin", bins=tmp_path / "bins", old=tmp_path / "old")
+
+    digests = {}
+    for name, model_dir in variants.items():
+        out = tmp_path / f"out-{name}"
+        convert(model_dir, [], out, tp=2, dtype="fp16", progress=False, warn=lambda _m: None)
+        digest = tree_digest(out)
+        digest.pop("2-gpu/config.ini")  # model_name is the directory name
+        digests[name] = digest
+    for name, digest in digests.items():
+        assert digest == digests["safetensors"], name
+
+
+def test_bf16_weights_are_widened_exactly(toy_models, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = toy_models["sequential"]
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(src, bf16)
+    state = {k: v.to(torch.bfloat16) for k, v in load_file(str(src / "model.safetensors")).items()}
+    save_file(state, str(bf16 / "model.safetensors"))
+    convert(bf16, [], tmp_path / "out", tp=1, dtype="fp32", progress=False, warn=lambda _m: None)
+    wte = np.fromfile(tmp_path / "out/1-gpu/model.wte.bin", dtype=np.float32)
+    np.testing.assert_array_equal(wte, state["gpt_neox.embed_in.weight"].float().numpy().ravel())
+
+
+def test_cli_prints_summary_and_warnings(toy_models, rinna_file, tmp_path, capsys):
+    model_dir = toy_models["parallel"]
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "convert",
+            "--model",
+            str(model_dir),
+            "--prefix",
+            str(rinna_file),
+            "--prefix",
+            f"again={rinna_file}",
+            "--tp",
+            "2",
+            "--dtype",
+            "fp16",
+            "--out",
+            str(out),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0
+    lines = captured.out.splitlines()
+    assert lines[0].split() == ["id", "task", "from", "prefix", "length", "bytes", "written"]
+    assert lines[2].split()[:4] == ["0", "smile", "prefix", "3"]
+    assert lines[3].split()[:4] == ["1", "again", "prefix", "3"]
+    assert "(tp 2, fp16)" in lines[-1]
+    # toy models use exact-erf GELU; FT computes the tanh form: one warning line, no progress bar
+    assert captured.err.strip().splitlines() == [
+        "ftprefix convert: warning: the model's hidden_act is 'gelu' (exact erf GELU); "
+        "FasterTransformer computes GELU in its tanh form"
+    ]
+    assert (out / "2-gpu/config.ini").is_file()
+
+
+def test_force_replaces_an_existing_output(toy_models, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    convert(
+        toy_models["parallel"], [], out, tp=1, dtype="fp32", force=True, progress=False, warn=lambda _m: None
+    )
+    assert not (out / "stale.txt").exists()
+    assert (out / "1-gpu/config.ini").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or old copies left

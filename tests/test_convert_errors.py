@@ -1,0 +1,276 @@
+"""Bad input: one clear error line, exit code 2, and nothing written or changed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_convert_support import tree_digest
+
+from ftprefix.cli import main
+from ftprefix.converter import convert
+from ftprefix.converter.checkpoints import PrefixSource
+from ftprefix.converter.output_dir import staged_directory
+from ftprefix.errors import UserError
+from ftprefix.toy import build_model, random_prefix
+
+LAYERS, HIDDEN, HEADS = 2, 32, 4
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("hf") / "base"
+    build_model(
+        d, hidden_size=HIDDEN, num_heads=HEADS, num_layers=LAYERS, vocab_size=64, with_tokenizer=False
+    )
+    return d
+
+
+@pytest.fixture
+def work(tmp_path: Path, base: Path) -> Path:
+    """A scratch directory holding a good prefix checkpoint `good.pt` and a copy of the base model."""
+    torch.save(random_prefix(3, LAYERS, HIDDEN), tmp_path / "good.pt")
+    shutil.copytree(base, tmp_path / "model")
+    return tmp_path
+
+
+def _edit_config(model: Path, **changes: object) -> None:
+    cfg = json.loads((model / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    (model / "config.json").write_text(json.dumps(cfg))
+
+
+def _fails(argv: list[str], work: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    before = tree_digest(work)
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    errors = [line for line in err if ": error: " in line]
+    assert len(errors) == 1 and errors[0] == err[-1]
+    assert tree_digest(work) == before  # nothing written, nothing changed
+    return errors[0]
+
+
+def _convert_argv(work: Path, *prefixes: str, tp: int = 2) -> list[str]:
+    argv = [
+        "convert",
+        "--model",
+        str(work / "model"),
+        "--tp",
+        str(tp),
+        "--dtype",
+        "fp16",
+        "--out",
+        str(work / "out"),
+    ]
+    for p in prefixes:
+        argv += ["--prefix", p]
+    return argv
+
+
+def _without_tensor(work: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = work / "model/model.safetensors"
+    state = load_file(str(path))
+    del state["gpt_neox.layers.1.mlp.dense_4h_to_h.weight"]
+    save_file(state, str(path))
+
+
+def _peft_dir(work: Path, **config: object) -> str:
+    from safetensors.torch import save_file
+
+    d = work / "adapter"
+    d.mkdir()
+    cfg = {
+        "peft_type": "PREFIX_TUNING",
+        "num_virtual_tokens": 3,
+        "num_layers": LAYERS,
+        "token_dim": HIDDEN,
+        "num_attention_heads": HEADS,
+        "num_transformer_submodules": 1,
+    }
+    cfg.update(config)
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    save_file({"prompt_embeddings": random_prefix(3, LAYERS, HIDDEN)}, str(d / "adapter_model.safetensors"))
+    return str(d)
+
+
+def _save(work: Path, name: str, obj: object) -> str:
+    torch.save(obj, work / name)
+    return str(work / name)
+
+
+CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
+    "not gpt-neox": (
+        lambda w: (_edit_config(w / "model", model_type="llama"), _convert_argv(w))[1],
+        "not a GPT-NeoX model (model_type is 'llama', expected 'gpt_neox')",
+    ),
+    "not a GELU": (
+        lambda w: (_edit_config(w / "model", hidden_act="relu"), _convert_argv(w))[1],
+        "hidden_act 'relu' is not a GELU",
+    ),
+    "rope theta": (
+        lambda w: (
+            _edit_config(
+                w / "model",
+                rope_parameters={"rope_type": "default", "rope_theta": 500000, "partial_rotary_factor": 0.25},
+            ),
+            _convert_argv(w),
+        )[1],
+        "rope_theta is 500000; FasterTransformer hard-codes the rotary base 10000",
+    ),
+    "rope scaling": (
+        lambda w: (
+            _edit_config(
+                w / "model", rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000}
+            ),
+            _convert_argv(w),
+        )[1],
+        "rope scaling 'linear' is not supported",
+    ),
+    "old-style rotary base": (
+        lambda w: (
+            _edit_config(w / "model", rope_parameters=None, rotary_pct=0.25, rotary_emb_base=20000),
+            _convert_argv(w),
+        )[1],
+        "rope_theta is 20000",
+    ),
+    "old-style rope scaling": (
+        lambda w: (
+            _edit_config(
+                w / "model",
+                rope_parameters=None,
+                rotary_pct=0.25,
+                rope_scaling={"type": "dynamic", "factor": 2.0},
+            ),
+            _convert_argv(w),
+        )[1],
+        "rope scaling 'dynamic' is not supported",
+    ),
+    "missing weight": (
+        lambda w: (_without_tensor(w), _convert_argv(w))[1],
+        "missing weight gpt_neox.layers.1.mlp.dense_4h_to_h.weight",
+    ),
+    "heads vs tp": (
+        lambda w: _convert_argv(w, tp=8),
+        "the model's 4 attention heads do not divide by --tp 8",
+    ),
+    "output exists": (
+        lambda w: ((w / "out").mkdir(), _convert_argv(w, str(w / "good.pt")))[1],
+        "already exists; pass --force to replace it",
+    ),
+    "prefix layers": (
+        lambda w: _convert_argv(w, "deep=" + _save(w, "deep.pt", random_prefix(3, 3, HIDDEN))),
+        "task deep: prefix shape [3, 192] does not match the base model: expected [P, 128] = "
+        "[P, layers 2 x 2 x heads 4 x head_dim 8]; it looks like 3 layers",
+    ),
+    "prefix hidden": (
+        lambda w: _convert_argv(w, "wide=" + _save(w, "wide.pt", random_prefix(3, LAYERS, 48))),
+        "task wide: prefix shape [3, 192] does not match the base model: expected [P, 128]",
+    ),
+    "adapter heads": (
+        lambda w: _convert_argv(w, _peft_dir(w, num_attention_heads=8)),
+        "task adapter: adapter was trained for another model: num_attention_heads 8 (base: 4)",
+    ),
+    "whole tokens": (
+        lambda w: _convert_argv(w, "odd=" + _save(w, "odd.pt", torch.randn(200))),
+        "task odd: 200 values do not divide into whole tokens of 128",
+    ),
+    "duplicate names": (
+        lambda w: _convert_argv(w, f"a={w / 'good.pt'}", f"b={w / 'good.pt'},a={w / 'good.pt'}"),
+        "duplicate task name 'a' (given twice)",
+    ),
+    "name with whitespace": (
+        lambda w: _convert_argv(w, f"my task={w / 'good.pt'}"),
+        "task name 'my task' cannot be read back by FasterTransformer",
+    ),
+    "name with slash": (
+        lambda w: _convert_argv(w, f"a/b={w / 'good.pt'}"),
+        "task name 'a/b' cannot be read back by FasterTransformer",
+    ),
+    "name with brackets": (
+        lambda w: _convert_argv(w, f"[x]={w / 'good.pt'}"),
+        "task name '[x]' cannot be read back by FasterTransformer",
+    ),
+    "empty name": (
+        lambda w: _convert_argv(w, f"={w / 'good.pt'}"),
+        "empty task name",
+    ),
+    "missing checkpoint": (
+        lambda w: _convert_argv(w, str(w / "nope.pt")),
+        "task nope: checkpoint",
+    ),
+    "pickle needing code": (
+        lambda w: _convert_argv(
+            w,
+            _save(
+                w,
+                "meta.pt",
+                {"prompt_embeddings": random_prefix(3, LAYERS, HIDDEN), "args": argparse.Namespace(lr=0.1)},
+            ),
+        ),
+        "needs code execution to load",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_nothing_written(case, work, capsys):
+    make_argv, message = CASES[case]
+    line = _fails(make_argv(work), work, capsys)
+    assert line.startswith("ftprefix convert: error: ")
+    assert message in line
+    if case == "pickle needing code":
+        assert "--trust-pickle" in line
+
+
+def test_name_with_equals_sign_is_refused(work):
+    with pytest.raises(UserError, match="task name 'a=b' cannot be read back"):
+        convert(work / "model", [PrefixSource("a=b", work / "good.pt")], work / "out", tp=1, dtype="fp16")
+    assert not (work / "out").exists()
+
+
+def test_trust_pickle_opts_in(work, capsys):
+    path = _save(
+        work,
+        "meta.pt",
+        {"prompt_embeddings": random_prefix(3, LAYERS, HIDDEN), "args": argparse.Namespace(lr=0.1)},
+    )
+    assert main([*_convert_argv(work, path), "--trust-pickle"]) == 0
+    assert (work / "out/2-gpu/model.prefix_prompt.meta.weight.1.bin").is_file()
+
+
+def test_failed_force_keeps_the_previous_output(work, capsys):
+    assert main(_convert_argv(work, str(work / "good.pt"))) == 0
+    _fails([*_convert_argv(work, str(work / "nope.pt")), "--force"], work, capsys)
+
+
+def test_failure_midway_leaves_no_complete_looking_directory(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), staged_directory(out) as staging:
+        (staging / "1-gpu").mkdir()
+        (staging / "1-gpu/config.ini").write_text("[gptneox]\n")
+        raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_differences_ft_ignores_are_warned_not_refused(work, capsys):
+    _edit_config(work / "model", layer_norm_eps=1e-5, hidden_act="gelu_new")
+    assert main(_convert_argv(work)) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "ftprefix convert: warning: the model's layer_norm_eps is 1e-05; FasterTransformer computes "
+        "GPT-NeoX LayerNorm with eps 1e-06"
+    ]
+    assert np.fromfile(work / "out/2-gpu/model.wte.bin", dtype=np.float16).size == 64 * HIDDEN
