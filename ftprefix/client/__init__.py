@@ -1,0 +1,42 @@
+"""gRPC client for an ftprefix server: pick the prefix-tuned task by name on every request.
+
+    from ftprefix.client import Client
+
+    with Client("localhost:8001", tokenizer="path/to/hf_model") as client:
+        print(client.generate("Hello", task="taskA", max_new_tokens=16).text)
+
+No torch here: tokenising uses the `tokenizers` library, transport uses tritonclient[grpc].
+"""
+
+from ftprefix.client.aio import AsyncClient
+from ftprefix.client.errors import (
+    FtprefixClientError,
+    InferenceError,
+    InvalidRequestError,
+    ModelNotReadyError,
+    RequestTimeoutError,
+    ServerUnavailableError,
+    StreamingNotSupportedError,
+    UnknownTaskError,
+)
+from ftprefix.client.sync import Client
+from ftprefix.client.types import Completion, FinishReason, SamplingParams, StreamChunk
+from ftprefix.protocol import TaskInfo
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Completion",
+    "FinishReason",
+    "FtprefixClientError",
+    "InferenceError",
+    "InvalidRequestError",
+    "ModelNotReadyError",
+    "RequestTimeoutError",
+    "SamplingParams",
+    "ServerUnavailableError",
+    "StreamChunk",
+    "StreamingNotSupportedError",
+    "TaskInfo",
+    "UnknownTaskError",
+]

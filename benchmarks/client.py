@@ -1,0 +1,176 @@
+"""Client benchmark against the embedded CPU server (a tiny random GPT-NeoX with 4 prefix tasks).
+
+1. Per-request overhead of `Client.generate` (tokenise, validate the task, build tensors, decode)
+   over a raw `tritonclient` call sending the same pre-built tensors: median of N sequential calls.
+2. Throughput of `AsyncClient.generate` with 1, 8 and 32 requests in flight.
+
+    .venv/bin/python benchmarks/client.py [--requests 64] [--new-tokens 16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import tritonclient.grpc as grpcclient
+
+from ftprefix import cli, protocol, toy
+from ftprefix.client import AsyncClient, Client
+from ftprefix.client.sync import infer_inputs
+from ftprefix.serving.server import EmbeddedServer
+
+TASKS = {"taskA": 3, "taskB": 5, "taskC": 1, "taskD": 4}
+PROMPT = "One base model serves many tasks"
+
+
+def build(root: Path) -> tuple[Path, Path]:
+    hf_dir, out = root / "hf", root / "ft"
+    toy.build_model(hf_dir)
+    argv = ["convert", "--model", str(hf_dir), "--tp", "1", "--dtype", "fp32", "--out", str(out)]
+    for seed, (name, length) in enumerate(TASKS.items(), start=1):
+        path = root / f"{name}.pt"
+        torch.save(toy.random_prefix(length, 2, 64, seed=seed), path)
+        argv += ["--prefix", f"{name}={path}"]
+    if cli.main(argv) != 0:
+        raise SystemExit("conversion failed")
+    return hf_dir, out
+
+
+def raw_arrays(client: Client, new_tokens: int) -> dict[str, np.ndarray]:
+    """The tensors `Client.generate(PROMPT, task='taskA')` sends, built by hand once."""
+    assert client.tokenizer is not None
+    ids = client.tokenizer.encode(PROMPT)
+    return {
+        protocol.INPUT_IDS: np.array([ids], dtype=np.uint32),
+        protocol.INPUT_LENGTHS: np.array([[len(ids)]], dtype=np.uint32),
+        protocol.REQUEST_OUTPUT_LEN: np.array([[new_tokens]], dtype=np.uint32),
+        protocol.RUNTIME_TOP_K: np.array([[0]], dtype=np.uint32),
+        protocol.RUNTIME_TOP_P: np.array([[0.0]], dtype=np.float32),
+        protocol.TEMPERATURE: np.array([[1.0]], dtype=np.float32),
+        protocol.REPETITION_PENALTY: np.array([[1.0]], dtype=np.float32),
+        protocol.RANDOM_SEED: np.array([[0]], dtype=np.uint64),
+        protocol.TASK_IDS: np.array([[0]], dtype=np.uint32),
+    }
+
+
+def median_ms(fn, n: int) -> float:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def overhead(url: str, hf_dir: Path, n: int, new_tokens: int) -> dict[str, float]:
+    with Client(url, tokenizer=hf_dir) as client, grpcclient.InferenceServerClient(url) as raw:
+        arrays = raw_arrays(client, new_tokens)
+        outputs = [
+            grpcclient.InferRequestedOutput(protocol.OUTPUT_IDS),
+            grpcclient.InferRequestedOutput(protocol.SEQUENCE_LENGTH),
+        ]
+
+        def raw_call() -> None:
+            raw.infer(protocol.FT_MODEL, infer_inputs(arrays), outputs=outputs)
+
+        def client_call() -> None:
+            client.generate(PROMPT, task="taskA", max_new_tokens=new_tokens)
+
+        expected = client.generate(PROMPT, task="taskA", max_new_tokens=new_tokens).token_ids
+        got = raw.infer(protocol.FT_MODEL, infer_inputs(arrays), outputs=outputs)
+        length = int(got.as_numpy(protocol.SEQUENCE_LENGTH)[0, 0])
+        assert (
+            got.as_numpy(protocol.OUTPUT_IDS)[0, 0, len(arrays[protocol.INPUT_IDS][0]) : length].tolist()
+            == expected
+        )
+        for _ in range(3):  # warm up both paths
+            raw_call()
+            client_call()
+        raw_ms, client_ms = median_ms(raw_call, n), median_ms(client_call, n)
+        # the client's own work, without the server: tokenise + plan + tensors + decode
+        plan_ms = median_ms(
+            lambda: client._plan(
+                client.model_info(), None, [PROMPT], "taskA", _params(new_tokens), None
+            ).requests(),
+            n,
+        )
+    return {
+        "raw_ms": raw_ms,
+        "client_ms": client_ms,
+        "overhead_ms": client_ms - raw_ms,
+        "client_side_prepare_ms": plan_ms,
+    }
+
+
+def _params(new_tokens: int):
+    from ftprefix.client import SamplingParams
+
+    return SamplingParams(max_new_tokens=new_tokens)
+
+
+async def throughput(
+    url: str, hf_dir: Path, concurrency: int, total: int, new_tokens: int
+) -> dict[str, float]:
+    names = list(TASKS)
+    async with AsyncClient(url, tokenizer=hf_dir) as client:
+        await client.generate(PROMPT, task="taskA", max_new_tokens=new_tokens)  # warm up
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(total):
+            queue.put_nowait(i)
+        tokens = 0
+
+        async def worker() -> None:
+            nonlocal tokens
+            while not queue.empty():
+                i = queue.get_nowait()
+                completion = await client.generate(
+                    PROMPT, task=names[i % len(names)], max_new_tokens=new_tokens
+                )
+                tokens += len(completion.token_ids)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "seconds": elapsed,
+        "requests_per_s": total / elapsed,
+        "tokens_per_s": tokens / elapsed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=64, help="requests per throughput run")
+    parser.add_argument("--overhead-calls", type=int, default=50)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ftprefix-bench-") as tmp:
+        hf_dir, ft_dir = build(Path(tmp))
+        with EmbeddedServer(ft_dir, tokenizer_dir=hf_dir) as server:
+            report = {"overhead": overhead(server.grpc_url, hf_dir, args.overhead_calls, args.new_tokens)}
+            print(json.dumps(report["overhead"], indent=1), flush=True)
+            report["throughput"] = []
+            for concurrency in (1, 8, 32):
+                row = asyncio.run(
+                    throughput(server.grpc_url, hf_dir, concurrency, args.requests, args.new_tokens)
+                )
+                report["throughput"].append(row)
+                print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""What the client needs to know about the served model, read once from its Triton model config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ftprefix import protocol
+from ftprefix.client.errors import UnknownTaskError
+from ftprefix.protocol import TaskInfo
+
+
+def _parameter(config: Mapping[str, Any], key: str) -> str | None:
+    value = config.get("parameters", {}).get(key)
+    return None if value is None else str(value.get("string_value", ""))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model's config as the client uses it (from `get_model_config(..., as_json=True)`)."""
+
+    name: str
+    inputs: frozenset[str]
+    outputs: frozenset[str]
+    decoupled: bool
+    max_batch_size: int
+    tasks: tuple[TaskInfo, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ModelInfo:
+        config = config.get("config", config)
+        table = _parameter(config, protocol.TASK_TABLE_PARAMETER)
+        return cls(
+            name=str(config.get("name", "")),
+            inputs=frozenset(str(i["name"]) for i in config.get("input", [])),
+            outputs=frozenset(str(o["name"]) for o in config.get("output", [])),
+            decoupled=bool(config.get("model_transaction_policy", {}).get("decoupled", False)),
+            max_batch_size=int(config.get("max_batch_size", 0)),
+            tasks=tuple(protocol.decode_task_table(table)) if table else (),
+        )
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task_id(self, name: str | None) -> int | None:
+        """The id FT expects for task `name` (None = the base model); UnknownTaskError if not served."""
+        if name is None:
+            return None
+        for task in self.tasks:
+            if task.name == name:
+                return task.id
+        raise UnknownTaskError(name, self.task_names)

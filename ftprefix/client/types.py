@@ -1,0 +1,73 @@
+"""Public result and parameter types of the client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ftprefix.client.errors import InvalidRequestError
+
+FinishReason = Literal["length", "end_id", "stop_words"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each new token; maps 1:1 onto the FT backend's optional inputs.
+
+    FT decodes greedily when `top_k` and `top_p` are both 0 (the default here).
+    """
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise InvalidRequestError for a value FT would reject or misread."""
+        if self.max_new_tokens < 1:
+            raise InvalidRequestError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise InvalidRequestError(
+                f"temperature must be > 0, got {self.temperature} (for greedy use top_k=0, top_p=0)"
+            )
+        if self.top_k < 0:
+            raise InvalidRequestError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise InvalidRequestError(f"top_p must be within [0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise InvalidRequestError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not 0 <= self.seed < 2**64:
+            raise InvalidRequestError(f"seed must be within [0, 2**64), got {self.seed}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated continuation.
+
+    `token_ids` are the generated tokens exactly as the server returned them (a final end token or
+    stop sequence included, as FT keeps them); `text` is their decoding without special tokens and
+    without a trailing stop string. `text` is None when there is no tokenizer to decode with;
+    `token_ids` is empty, and `finish_reason` None unless a stop string ended it, when the text
+    went through the server's ensemble (it returns neither ids nor a token count).
+    """
+
+    text: str | None
+    token_ids: list[int]
+    finish_reason: FinishReason | None
+    task: str | None
+    prompt_token_count: int | None = None
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """The tokens (and text) that arrived since the previous chunk of a stream.
+
+    `finish_reason` is set on the last chunk only.
+    """
+
+    token_ids: list[int]
+    text: str | None
+    finish_reason: FinishReason | None = None
+    index: int = 0  # row of the batch this chunk belongs to

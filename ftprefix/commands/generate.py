@@ -1,0 +1,116 @@
+"""`ftprefix generate --url HOST:PORT --task NAME "text"`: generate with a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ftprefix.errors import UserError
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text with a running server, choosing the task by name",
+        description="Send prompts to a running ftprefix/Triton server and print the continuations.",
+    )
+    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt text (several make one batch)")
+    p.add_argument(
+        "--url", default="localhost:8001", help="gRPC address of the server (default: %(default)s)"
+    )
+    p.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="task for every prompt, or repeat once per prompt; leave out for the base model",
+    )
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        metavar="HF_DIR",
+        help="tokenise here with the model's tokenizer.json (default: send text to the server's ensemble)",
+    )
+    p.add_argument(
+        "--token-ids", action="store_true", help="each PROMPT is token ids separated by commas or spaces"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 with --top-p 0 decodes greedily (default)")
+    p.add_argument("--top-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="stop after this text; repeatable"
+    )
+    p.add_argument(
+        "--stream", action="store_true", help="print tokens as they arrive (server started with streaming)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    p.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="per request (default: %(default)s)"
+    )
+    p.set_defaults(func=run)
+
+
+def _token_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"--token-ids: {text!r} is not a list of integers like '12,7,99'") from None
+
+
+def _tasks(names: list[str], count: int) -> str | list[str | None] | None:
+    if not names:
+        return None
+    if len(names) == 1:
+        return names[0]
+    if len(names) != count:
+        raise UserError(f"got {len(names)} --task options for {count} prompts; give one, or one per prompt")
+    return list(names)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ftprefix.client import Client
+
+    prompts: list[Any] = [_token_ids(p) for p in args.prompts] if args.token_ids else list(args.prompts)
+    tasks = _tasks(args.task, len(prompts))
+    sampling = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+    }
+    with Client(args.url, tokenizer=args.tokenizer, timeout=args.timeout) as client:
+        if args.stream:
+            if len(prompts) != 1:
+                raise UserError("--stream takes exactly one prompt")
+            task = tasks if tasks is None or isinstance(tasks, str) else tasks[0]
+            for chunk in client.stream(prompts[0], task=task, stop=args.stop or None, **sampling):
+                if args.json:
+                    print(json.dumps(asdict(chunk)), flush=True)
+                else:
+                    print(
+                        chunk.text if chunk.text is not None else _ids(chunk.token_ids) + " ",
+                        end="",
+                        flush=True,
+                    )
+            if not args.json:
+                print()
+            return 0
+        completions = client.generate_batch(prompts, tasks=tasks, stop=args.stop or None, **sampling)
+    for completion in completions:
+        if args.json:
+            print(json.dumps(asdict(completion)))
+        else:
+            print(completion.text if completion.text is not None else _ids(completion.token_ids))
+    return 0
+
+
+def _ids(ids: list[int]) -> str:
+    return " ".join(str(t) for t in ids)

@@ -1,0 +1,299 @@
+"""The client against a real `ftprefix serve` (Triton on CPU): answers equal the reference engine's.
+
+Expected outputs come from `ftprefix.engine.Engine` run in this process on the same converted
+files, and texts from the Hugging Face tokenizer: neither goes through the client or the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from transformers import AutoTokenizer
+
+from ftprefix import cli, layout, protocol, toy
+from ftprefix.client import (
+    AsyncClient,
+    Client,
+    RequestTimeoutError,
+    ServerUnavailableError,
+    StreamingNotSupportedError,
+    UnknownTaskError,
+)
+from ftprefix.engine import Engine, GenerationRequest
+from ftprefix.serving.server import EmbeddedServer
+
+LAYERS, HIDDEN = 2, 64
+TASKS = {"taskA": 3, "taskB": 5, "taskC": 1, "taskD": 4}  # name -> prefix length
+PROMPTS = ["The quick brown fox", "Hello world! How", "One base model serves", "the cat"]
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("client_model")
+    hf_dir, out = root / "hf", root / "ft"
+    toy.build_model(hf_dir)
+    argv = ["convert", "--model", str(hf_dir), "--tp", "2", "--dtype", "fp32", "--out", str(out)]
+    for seed, (name, length) in enumerate(TASKS.items(), start=1):
+        path = root / f"{name}.pt"
+        torch.save(toy.random_prefix(length, LAYERS, HIDDEN, seed=seed), path)
+        argv += ["--prefix", f"{name}={path}"]
+    assert cli.main(argv) == 0
+    return {"hf": hf_dir, "ft": out}
+
+
+@pytest.fixture(scope="module")
+def reference(model: dict[str, Path]):
+    """greedy(prompt, task, **words) -> (generated ids, text, finish reason), computed by the engine."""
+    engine = Engine.load(model["ft"])
+    tokenizer = AutoTokenizer.from_pretrained(str(model["hf"]))
+    task_ids = {t.name: i for i, t in enumerate(layout.read_config(layout.find_model_dir(model["ft"])).tasks)}
+
+    def greedy(prompt: str, task: str | None, new_tokens: int = NEW_TOKENS, stop_words=()):
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        request = GenerationRequest(
+            ids, new_tokens, task_id=None if task is None else task_ids[task], stop_words=list(stop_words)
+        )
+        result = engine.generate([request])[0]
+        text = tokenizer.decode(result.generated_ids, skip_special_tokens=True)
+        return result.generated_ids, text, result.finish_reason
+
+    greedy.tokenizer = tokenizer  # type: ignore[attr-defined]
+    return greedy
+
+
+@pytest.fixture(scope="module")
+def server(model: dict[str, Path]):
+    with EmbeddedServer(model["ft"], tokenizer_dir=model["hf"]) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def streaming_server(model: dict[str, Path]):
+    with EmbeddedServer(model["ft"], tokenizer_dir=model["hf"], streaming=True) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def client(server: EmbeddedServer, model: dict[str, Path]):
+    with Client(server.grpc_url, tokenizer=model["hf"]) as c:
+        yield c
+
+
+def _inference_count(url: str) -> int:
+    with grpcclient.InferenceServerClient(url) as raw:
+        stats = raw.get_inference_statistics(protocol.FT_MODEL, as_json=True)
+    return sum(int(s.get("inference_count", 0)) for s in stats.get("model_stats", []))
+
+
+def test_tasks_are_read_from_the_server(client: Client, model: dict[str, Path]) -> None:
+    table = layout.read_config(layout.find_model_dir(model["ft"])).tasks
+    assert [(t.id, t.name, t.prompt_length) for t in client.tasks()] == [
+        (i, t.name, t.prompt_length) for i, t in enumerate(table)
+    ]
+
+
+@pytest.mark.parametrize("task", [None, *TASKS])
+def test_each_task_equals_engine_greedy(client: Client, reference, task: str | None) -> None:
+    ids, text, reason = reference(PROMPTS[0], task)
+    completion = client.generate(PROMPTS[0], task=task, max_new_tokens=NEW_TOKENS)
+    assert completion.token_ids == ids
+    assert completion.text == text
+    assert completion.finish_reason == reason
+    assert completion.task == task
+
+
+def test_tasks_give_different_answers(client: Client) -> None:
+    # guards the test above: the prefixes must matter, or a client ignoring the task would pass
+    answers = {tuple(client.generate(PROMPTS[1], task=t, max_new_tokens=NEW_TOKENS).token_ids) for t in TASKS}
+    assert len(answers) == len(TASKS)
+
+
+def test_mixed_task_batch(client: Client, reference) -> None:
+    tasks = ["taskB", None, "taskA", "taskD", "taskC", "taskA"]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(tasks))]
+    completions = client.generate_batch(prompts, tasks=tasks, max_new_tokens=NEW_TOKENS)
+    for prompt, task, completion in zip(prompts, tasks, completions, strict=True):
+        ids, text, _ = reference(prompt, task)
+        assert (completion.task, completion.token_ids, completion.text) == (task, ids, text)
+
+
+def test_token_ids_in_without_tokenizer(server: EmbeddedServer, reference) -> None:
+    ids, _, _ = reference(PROMPTS[2], "taskC")
+    prompt_ids = reference.tokenizer.encode(PROMPTS[2], add_special_tokens=False)
+    with Client(server.grpc_url) as c:
+        completion = c.generate(prompt_ids, task="taskC", max_new_tokens=NEW_TOKENS)
+    assert completion.token_ids == ids
+    assert completion.text is None
+
+
+def test_text_through_the_server_ensemble(server: EmbeddedServer, reference) -> None:
+    _, text, _ = reference(PROMPTS[3], "taskB")
+    with Client(server.grpc_url) as c:  # no tokenizer: the ensemble tokenises on the server
+        completion = c.generate(PROMPTS[3], task="taskB", max_new_tokens=NEW_TOKENS)
+    assert completion.text == text
+
+
+def test_stop_string_ends_generation(client: Client, reference) -> None:
+    ids, _, _ = reference(PROMPTS[0], "taskA")
+    tok = reference.tokenizer
+    # a greedy token past the first whose text tokenises back to itself and is new at that point
+    k = next(
+        k
+        for k in range(1, len(ids) - 1)
+        if ids[k] not in ids[:k] and tok.encode(tok.decode([ids[k]]), add_special_tokens=False) == [ids[k]]
+    )
+    stop_text = tok.decode([ids[k]])
+    expected_ids, expected_text, reason = reference(PROMPTS[0], "taskA", stop_words=[[ids[k]]])
+    assert reason == "stop_words" and expected_ids == ids[: k + 1]
+    for stop in ([stop_text], [[ids[k]]]):
+        completion = client.generate(PROMPTS[0], task="taskA", max_new_tokens=NEW_TOKENS, stop=stop)
+        assert completion.token_ids == expected_ids
+        assert completion.finish_reason == "stop_words"
+    assert completion.text == expected_text  # token-id stop: nothing to strip from the text
+    completion = client.generate(PROMPTS[0], task="taskA", max_new_tokens=NEW_TOKENS, stop=[stop_text])
+    assert completion.text + stop_text == expected_text
+
+
+def test_unknown_task_fails_before_any_request(client: Client, server: EmbeddedServer) -> None:
+    client.tasks()  # table cached; the check below must not send an inference request
+    before = _inference_count(server.grpc_url)
+    with pytest.raises(UnknownTaskError, match="taskA, taskB, taskC, taskD") as info:
+        client.generate_batch(PROMPTS[:2], tasks=["taskA", "nope"])
+    assert info.value.task == "nope"
+    assert _inference_count(server.grpc_url) == before
+    client.generate(PROMPTS[0], task="taskA", max_new_tokens=1)
+    assert _inference_count(server.grpc_url) == before + 1  # the counter does count requests
+
+
+def test_stream_needs_a_decoupled_model(client: Client) -> None:
+    with pytest.raises(StreamingNotSupportedError, match="not decoupled"):
+        next(iter(client.stream(PROMPTS[0], task="taskA")))
+
+
+def test_timeout_is_reported(server: EmbeddedServer, model: dict[str, Path]) -> None:
+    with Client(server.grpc_url, tokenizer=model["hf"], timeout=0.001) as c:
+        c.tasks()
+        with pytest.raises(RequestTimeoutError, match=r"did not answer within 0\.001 s"):
+            c.generate(PROMPTS[0], task="taskA", max_new_tokens=200)
+
+
+def test_unreachable_server_names_url_and_how_to_start_one(server: EmbeddedServer) -> None:
+    from ftprefix.serving.server import free_port
+
+    url = f"127.0.0.1:{free_port()}"
+    with Client(url, connect_retries=1, retry_delay=0.01) as c, pytest.raises(ServerUnavailableError) as info:
+        c.tasks()
+    assert (
+        url in str(info.value)
+        and "ftprefix serve" in str(info.value)
+        and "docker compose up" in str(info.value)
+    )
+
+
+def test_cli_generate(server: EmbeddedServer, model: dict[str, Path], reference, capsys) -> None:
+    _, text, _ = reference(PROMPTS[1], "taskD")
+    argv = ["generate", "--url", server.grpc_url, "--task", "taskD", "--tokenizer", str(model["hf"])]
+    assert cli.main([*argv, "--max-new-tokens", str(NEW_TOKENS), PROMPTS[1]]) == 0
+    assert capsys.readouterr().out == text + "\n"
+    assert cli.main([*argv, "--json", "--max-new-tokens", str(NEW_TOKENS), PROMPTS[1]]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == text
+
+
+def test_cli_unknown_task_is_one_line_exit_2(server: EmbeddedServer, capsys) -> None:
+    assert cli.main(["generate", "--url", server.grpc_url, "--task", "nope", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ftprefix generate: error: unknown task 'nope'")
+
+
+# -- streaming server -------------------------------------------------------------------------
+
+
+def test_stream_yields_the_generate_tokens(streaming_server: EmbeddedServer, model, reference) -> None:
+    ids, text, reason = reference(PROMPTS[0], "taskB")
+    with Client(streaming_server.grpc_url, tokenizer=model["hf"]) as c:
+        chunks = list(c.stream(PROMPTS[0], task="taskB", max_new_tokens=NEW_TOKENS))
+        completion = c.generate(PROMPTS[0], task="taskB", max_new_tokens=NEW_TOKENS)
+    assert len(chunks) >= 2  # really streamed, not one answer at the end
+    assert [t for chunk in chunks for t in chunk.token_ids] == completion.token_ids == ids
+    assert "".join(chunk.text or "" for chunk in chunks) == completion.text == text
+    assert chunks[-1].finish_reason == reason and all(ch.finish_reason is None for ch in chunks[:-1])
+
+
+def test_mixed_batch_on_streaming_server(streaming_server: EmbeddedServer, model, reference) -> None:
+    tasks = ["taskC", None, "taskA"]
+    with Client(streaming_server.grpc_url, tokenizer=model["hf"]) as c:
+        completions = c.generate_batch(PROMPTS[:3], tasks=tasks, max_new_tokens=NEW_TOKENS)
+    assert [c.token_ids for c in completions] == [
+        reference(p, t)[0] for p, t in zip(PROMPTS[:3], tasks, strict=True)
+    ]
+
+
+def test_async_stream(streaming_server: EmbeddedServer, model, reference) -> None:
+    ids, _, _ = reference(PROMPTS[2], "taskD")
+
+    async def collect() -> list[int]:
+        async with AsyncClient(streaming_server.grpc_url, tokenizer=model["hf"]) as c:
+            return [
+                t
+                async for chunk in c.stream(PROMPTS[2], task="taskD", max_new_tokens=NEW_TOKENS)
+                for t in chunk.token_ids
+            ]
+
+    assert asyncio.run(collect()) == ids
+
+
+# -- async client under load ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["server", "streaming_server"])
+def test_async_32_concurrent_requests_over_4_tasks(which: str, request, model, reference) -> None:
+    srv = request.getfixturevalue(which)
+    jobs = [(PROMPTS[i % len(PROMPTS)], list(TASKS)[(i // len(PROMPTS)) % len(TASKS)]) for i in range(32)]
+    expected = {(p, t): reference(p, t)[:2] for p, t in set(jobs)}
+
+    async def run_all():
+        async with AsyncClient(srv.grpc_url, tokenizer=model["hf"]) as c:
+            return await asyncio.gather(*(c.generate(p, task=t, max_new_tokens=NEW_TOKENS) for p, t in jobs))
+
+    completions = asyncio.run(run_all())
+    assert len(completions) == 32
+    for (prompt, task), completion in zip(jobs, completions, strict=True):
+        assert completion.task == task
+        assert (completion.token_ids, completion.text) == expected[(prompt, task)]
+
+
+def test_text_through_ensemble_on_streaming_server(streaming_server: EmbeddedServer, reference) -> None:
+    _, text, _ = reference(PROMPTS[1], "taskA")
+    with Client(streaming_server.grpc_url) as c:
+        assert c.generate(PROMPTS[1], task="taskA", max_new_tokens=NEW_TOKENS).text == text
+
+
+def test_cli_tasks_list_from_server(server: EmbeddedServer, capsys) -> None:
+    assert cli.main(["tasks", "list", "--url", server.grpc_url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[:-1] if line.split() and line.split()[0].isdigit()]
+    assert [(int(r[0]), r[1], int(r[2])) for r in rows] == [
+        (i, n, p) for i, (n, p) in enumerate(TASKS.items())
+    ]
+    assert lines[-1] == f"4 task(s) served at {server.grpc_url}"
+
+
+def test_cli_generate_stream(streaming_server: EmbeddedServer, model, reference, capsys) -> None:
+    _, text, _ = reference(PROMPTS[3], "taskC")
+    argv = [
+        "generate",
+        "--url",
+        streaming_server.grpc_url,
+        "--task",
+        "taskC",
+        "--tokenizer",
+        str(model["hf"]),
+    ]
+    assert cli.main([*argv, "--stream", "--max-new-tokens", str(NEW_TOKENS), PROMPTS[3]]) == 0
+    assert capsys.readouterr().out == text + "\n"
