@@ -147,6 +147,30 @@ async def throughput(
     }
 
 
+def format_report(report: dict, new_tokens: int) -> str:
+    o = report["overhead"]
+    lines = [
+        f"CPU server, tiny GPT-NeoX with {len(TASKS)} prefix tasks, {new_tokens} new tokens per request",
+        "",
+        "| per request (median) | ms |",
+        "|---|---|",
+        f"| raw tritonclient infer (pre-built tensors) | {o['raw_ms']:.2f} |",
+        f"| Client.generate (tokenise, resolve task, decode) | {o['client_ms']:.2f} |",
+        f"| overhead of Client.generate | {o['overhead_ms']:+.2f} ({o['overhead_ms'] / o['raw_ms']:+.1%}) |",
+        f"| client-side preparation alone | {o['client_side_prepare_ms']:.3f} |",
+        "",
+        "| AsyncClient, requests in flight | requests/s | tokens/s | vs 1 in flight |",
+        "|---|---|---|---|",
+    ]
+    base = report["throughput"][0]["requests_per_s"]
+    for row in report["throughput"]:
+        lines.append(
+            f"| {row['concurrency']} | {row['requests_per_s']:.0f} | {row['tokens_per_s']:.0f} "
+            f"| {row['requests_per_s'] / base:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,14 +184,11 @@ def main() -> None:
         hf_dir, ft_dir = build(Path(tmp))
         with EmbeddedServer(ft_dir, tokenizer_dir=hf_dir) as server:
             report = {"overhead": overhead(server.grpc_url, hf_dir, args.overhead_calls, args.new_tokens)}
-            print(json.dumps(report["overhead"], indent=1), flush=True)
-            report["throughput"] = []
-            for concurrency in (1, 8, 32):
-                row = asyncio.run(
-                    throughput(server.grpc_url, hf_dir, concurrency, args.requests, args.new_tokens)
-                )
-                report["throughput"].append(row)
-                print(json.dumps(row), flush=True)
+            report["throughput"] = [
+                asyncio.run(throughput(server.grpc_url, hf_dir, c, args.requests, args.new_tokens))
+                for c in (1, 8, 32)
+            ]
+    print(format_report(report, args.new_tokens))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_convert_support import hf_json, prefix_cache, read_prefix_files
+from convert_support import hf_json, prefix_cache, read_prefix_files
 
 from ftprefix.converter import convert
 from ftprefix.converter.checkpoints import PrefixSource, load_checkpoint, parse_prefix_args

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_convert_support import (
+from convert_support import (
     expected_base_files,
     hf_json,
     hf_state,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_convert_support import tree_digest
+from convert_support import tree_digest
 
 from ftprefix.cli import main
 from ftprefix.converter import convert

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from test_serving_support import make_converted
+from serving_support import make_converted
 
 from ftprefix import protocol
 

@@ -7,7 +7,7 @@ import queue
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from test_serving_support import make_converted
+from serving_support import make_converted
 
 from ftprefix import protocol
 from ftprefix.engine import Engine, GenerationRequest

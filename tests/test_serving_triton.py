@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from test_serving_support import HIDDEN, LAYERS, add_task, make_converted
+from serving_support import HIDDEN, LAYERS, add_task, make_converted
 from tritonclient.utils import InferenceServerException
 
 from ftprefix import protocol

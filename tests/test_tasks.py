@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_convert_support import hf_json, read_prefix_files, tree_digest
+from convert_support import hf_json, read_prefix_files, tree_digest
 
 from ftprefix.cli import main
 from ftprefix.toy import build_model, random_prefix
