@@ -6,7 +6,7 @@ Builds a randomly initialised GPT-NeoX with pythia-1b's shape as an fp16 `model.
 - `ftprefix convert --tp 2 --dtype fp16` with one prefix task,
 and reports seconds, peak RSS and bytes read+written for both, with ratios, as a Markdown table.
 
-    .venv/bin/python benchmarks/convert.py [--layers 16] [--workdir DIR] [--keep]
+    .venv/bin/python benchmarks/convert.py [--layers 16 --hidden 2048 --vocab 50304] [--workdir DIR] [--keep]
 
 Page cache is not dropped: both runs read a source that the build just wrote (warm cache).
 """
@@ -129,13 +129,22 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--layers", type=int, default=PYTHIA_1B["num_hidden_layers"])
+    parser.add_argument("--hidden", type=int, default=PYTHIA_1B["hidden_size"], help="(intermediate = 4x)")
+    parser.add_argument("--vocab", type=int, default=PYTHIA_1B["vocab_size"])
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the fastest counts")
     parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    cfg = dict(PYTHIA_1B, num_hidden_layers=args.layers)
+    cfg = dict(
+        PYTHIA_1B,
+        num_hidden_layers=args.layers,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        vocab_size=args.vocab,
+    )
+    shape_args = ["--layers", str(args.layers), "--hidden", str(args.hidden), "--vocab", str(args.vocab)]
     if args.build_only:
         build_random_model(args.build_only, cfg)
         return 0
@@ -146,7 +155,7 @@ def main() -> int:
         # In a child process: the random tensors must not inflate this process, whose RSS every
         # measured child inherits at fork time.
         subprocess.run(
-            [sys.executable, __file__, "--layers", str(args.layers), "--build-only", str(src)], check=True
+            [sys.executable, __file__, *shape_args, "--build-only", str(src)], check=True
         )
         params = sum(int(np.prod(s)) for s in tensor_shapes(cfg).values())
         print(
@@ -185,8 +194,9 @@ def main() -> int:
             ),
         ]
         print(
-            f"GPT-NeoX {params / 1e9:.2f}B (pythia-1b shape, {cfg['num_hidden_layers']} layers), fp16 -> "
-            f"FT fp16 tp=2, one 20-token prefix; {os.cpu_count()} CPU cores\n"
+            f"GPT-NeoX {params / 1e9:.2f}B (hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, "
+            f"vocab {cfg['vocab_size']}), fp16 -> FT fp16 tp=2, one 20-token prefix; "
+            f"{os.cpu_count()} CPU cores\n"
         )
         print("| | ftprefix convert | cp (disk limit) | ratio |")
         print("|---|---|---|---|")

@@ -1,0 +1,80 @@
+"""The README's benchmark commands run and print their side-by-side tables (tiny sizes here).
+
+Figures are not asserted: wall-clock numbers belong in the README, not in pass/fail.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def _number(row: str, column: int) -> float:
+    cell = row.strip().strip("|").split("|")[column]
+    return float(re.search(r"[-+]?\d+(\.\d+)?", cell).group())  # type: ignore[union-attr]
+
+
+def test_convert_benchmark_compares_with_cp(tmp_path):
+    out = _run(
+        "convert.py",
+        "--layers",
+        "2",
+        "--hidden",
+        "64",
+        "--vocab",
+        "512",
+        "--repeat",
+        "1",
+        "--workdir",
+        str(tmp_path),
+    )
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"seconds", "peak RSS", "bytes read+written"} <= rows.keys()
+    # both sides read the same source; convert writes about as many bytes as it reads
+    assert _number(rows["bytes read+written"], 3) == pytest.approx(1.0, abs=0.2)
+    assert list(tmp_path.iterdir()) == []  # scratch space removed
+
+
+def test_engine_benchmark_reports_batched_and_sequential_rates():
+    out = _run(
+        "engine.py",
+        "--hidden",
+        "64",
+        "--heads",
+        "4",
+        "--layers",
+        "1",
+        "--vocab",
+        "256",
+        "--tasks",
+        "4",
+        "--new-tokens",
+        "4",
+        "--threads",
+        "1",
+    )
+    for label in ("engine, batch 1", "engine, batch 4 (4 different tasks)", "HF generate + prefix, 4 tasks"):
+        assert label in out
+    assert re.search(r"mixed-task batch vs per-task sequential HF: \d+(\.\d+)?x", out)
+
+
+def test_client_benchmark_reports_overhead_and_throughput():
+    out = _run("client.py", "--requests", "8", "--overhead-calls", "3", "--new-tokens", "2")
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert any("overhead of Client.generate" in r for r in rows)
+    in_flight = [r for r in rows if re.match(r"\| (1|8|32) \|", r)]
+    assert [int(_number(r, 0)) for r in in_flight] == [1, 8, 32]
