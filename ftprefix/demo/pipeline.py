@@ -63,7 +63,14 @@ def run_demo(
 
     say(f"[2/5] ftprefix convert --tp {tp} --dtype {dtype}")
     prefix_arg = ",".join(str(p) for p in checkpoints)
-    report = convert(model_dir, parse_prefix_args([prefix_arg]), workdir / "ft", tp=tp, dtype=dtype, warn=say)
+    report = convert(
+        model_dir,
+        parse_prefix_args([prefix_arg]),
+        workdir / "ft",
+        tp=tp,
+        dtype=dtype,
+        warn=lambda m: say(f"      note: {m}"),
+    )
     result.converted_dir = report.model_dir
     stage("convert")
 
