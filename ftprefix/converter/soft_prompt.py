@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ftprefix.hf_cache import cache_to_prefix
+
 
 def soft_prompt_to_prefix(embeddings: np.ndarray, model_dir: Path) -> np.ndarray:
     """[P, hidden] soft prompt -> [P, layers*2*hidden] canonical prefix (float32)."""
@@ -35,22 +37,6 @@ def soft_prompts_to_prefixes(embeddings: Sequence[np.ndarray], model_dir: Path) 
             out = model(inputs_embeds=inputs, use_cache=True)
             results.append(cache_to_prefix(out.past_key_values, model.config.num_hidden_layers))
     return results
-
-
-def cache_to_prefix(cache: Any, num_layers: int) -> np.ndarray:
-    """A batch-of-one HF KV cache ([1, heads, P, head_dim] per layer) -> [P, layers*2*hidden]."""
-    import torch
-
-    per_layer = []
-    for i in range(num_layers):
-        if hasattr(cache, "layers"):
-            keys, values = cache.layers[i].keys, cache.layers[i].values
-        else:  # older transformers: cache[i] -> (keys, values)
-            keys, values = cache[i][0], cache[i][1]
-        per_layer.append(torch.stack([keys[0], values[0]]))  # [2, heads, P, head_dim]
-    stacked = torch.stack(per_layer)  # [layers, 2, heads, P, head_dim]
-    p = stacked.shape[3]
-    return stacked.permute(3, 0, 1, 2, 4).reshape(p, -1).float().numpy().copy()
 
 
 def _load_model(model_dir: Path) -> Any:

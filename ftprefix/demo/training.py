@@ -109,23 +109,6 @@ def train_base(model_dir: str | os.PathLike[str], steps: int = 300, seed: int = 
     return model, tokenizer
 
 
-def prefix_as_cache(prefix: Any, config: Any, batch_size: int) -> Any:
-    """Canonical prefix [P, layers*2*hidden] -> HF DynamicCache (keys/values [batch, heads, P, head_dim])."""
-    from transformers import DynamicCache
-
-    p, layers = prefix.shape[0], config.num_hidden_layers
-    heads = config.num_attention_heads
-    kv = prefix.view(p, layers, 2, heads, config.hidden_size // heads).permute(1, 2, 3, 0, 4)
-    cache = DynamicCache()
-    for layer in range(layers):
-        cache.update(
-            kv[layer, 0].unsqueeze(0).expand(batch_size, -1, -1, -1),
-            kv[layer, 1].unsqueeze(0).expand(batch_size, -1, -1, -1),
-            layer,
-        )
-    return cache
-
-
 def train_prefix(
     model: Any,
     tokenizer: Any,
@@ -136,6 +119,8 @@ def train_prefix(
 ) -> Any:
     """Prefix tuning with the base frozen; returns the learned float32 tensor [P, layers*2*hidden]."""
     import torch
+
+    from ftprefix.hf_cache import prefix_to_cache
 
     config = model.config
     for param in model.parameters():
@@ -149,7 +134,7 @@ def train_prefix(
     mask = torch.cat([torch.ones(rows, prompt_length, dtype=torch.long), b.attention_mask], dim=1)
     positions = torch.arange(prompt_length, prompt_length + length).unsqueeze(0).expand(rows, -1)
     for _ in range(steps):
-        cache = prefix_as_cache(prefix, config, rows)
+        cache = prefix_to_cache(prefix, config.num_hidden_layers, config.num_attention_heads, rows)
         loss = model(
             input_ids=b.input_ids,
             attention_mask=mask,

@@ -76,7 +76,8 @@ def _load_hf(model_dir: Path, weight_dtype: str) -> Any:
 def _hf_logits(model: Any, ids: Sequence[int], ref: _Reference, cfg: layout.ModelConfig) -> np.ndarray:
     """HF logits [len(ids), vocab] for one row with its task's prefix or soft prompt."""
     import torch
-    from transformers import DynamicCache
+
+    from ftprefix.hf_cache import prefix_to_cache
 
     tokens = torch.tensor([list(ids)], dtype=torch.long)
     n = len(ids)
@@ -88,12 +89,7 @@ def _hf_logits(model: Any, ids: Sequence[int], ref: _Reference, cfg: layout.Mode
         if ref.prefix is None:
             return model(tokens).logits[0].numpy()
         p = ref.prefix.shape[0]
-        kv = torch.from_numpy(ref.prefix).float().view(p, cfg.num_layer, 2, cfg.head_num, cfg.size_per_head)
-        cache = DynamicCache()
-        for layer in range(cfg.num_layer):
-            keys = kv[:, layer, 0].permute(1, 0, 2)[None].contiguous()  # [1, heads, P, head_dim]
-            values = kv[:, layer, 1].permute(1, 0, 2)[None].contiguous()
-            cache.update(keys, values, layer)
+        cache = prefix_to_cache(torch.from_numpy(ref.prefix).float(), cfg.num_layer, cfg.head_num)
         out = model(
             tokens,
             past_key_values=cache,
