@@ -1,7 +1,6 @@
 """The reference engine against Hugging Face GPTNeoXForCausalLM with the prefix as past_key_values.
 
-FT directories here are written with layout's own functions (the format's single source of
-truth), so these tests do not depend on the converter; test_verify.py runs the real converter.
+FT directories here are made with `ftprefix convert`, as a user makes them.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from transformers import DynamicCache
 from transformers.activations import ACT2FN
 
 from ftprefix import layout, toy
+from ftprefix.cli import main
 from ftprefix.engine import Engine, GenerationRequest
 
 TASKS = (("alpha", 3), ("beta", 6), ("gamma", 9))
@@ -29,53 +29,41 @@ class Built:
     prefixes: list[np.ndarray]  # canonical [P, layers*2*hidden] per task id
 
 
-def write_ft(directory: Path, model, cfg: layout.ModelConfig, prefixes: list[np.ndarray]) -> Path:
-    out = layout.model_dir(directory, cfg.tensor_para_size)
-    out.mkdir(parents=True)
-    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    state.setdefault("embed_out.weight", state.get("lm_head.weight"))
-    for spec in layout.base_tensors(cfg):
-        parts = layout.hf_to_ft(spec, [state[s] for s in spec.sources], cfg)
-        for name, part in zip(spec.file_names(cfg.tensor_para_size), parts, strict=True):
-            part.astype(cfg.np_dtype).tofile(out / name)
-    for task, prefix in zip(cfg.tasks, prefixes, strict=True):
-        parts = layout.prefix_to_ft(prefix, cfg)
-        for name, part in zip(layout.prefix_file_names(task.name, cfg.tensor_para_size), parts, strict=True):
-            part.astype(cfg.np_dtype).tofile(out / name)
-    layout.write_config(out, cfg)
-    return out
-
-
 def build(directory: Path, tp: int, parallel: bool, rotary_pct: float, dtype: str = "fp32") -> Built:
-    model = toy.build_model(None, use_parallel_residual=parallel, rotary_pct=rotary_pct, seed=tp)
-    c = model.config
-    head_dim = c.hidden_size // c.num_attention_heads
-    cfg = layout.ModelConfig(
-        model_name="toy",
-        head_num=c.num_attention_heads,
-        size_per_head=head_dim,
-        inter_size=c.intermediate_size,
-        num_layer=c.num_hidden_layers,
-        rotary_embedding=int(head_dim * rotary_pct),
-        vocab_size=c.vocab_size,
-        start_id=0,
-        end_id=0,
-        use_gptj_residual=parallel,
-        weight_data_type=dtype,
-        tensor_para_size=tp,
-        tasks=tuple(layout.Task(n, p) for n, p in TASKS),
+    """A toy HF model and one prefix per task, converted with `ftprefix convert`."""
+    hf_dir = directory / "hf"
+    model = toy.build_model(
+        hf_dir, use_parallel_residual=parallel, rotary_pct=rotary_pct, seed=tp, with_tokenizer=False
     )
+    c = model.config
     prefixes = [
         toy.random_prefix(p, c.num_hidden_layers, c.hidden_size, seed=10 + i).numpy()
         for i, (_, p) in enumerate(TASKS)
     ]
-    write_ft(directory, model, cfg, prefixes)
+    argv = [
+        "convert",
+        "--model",
+        str(hf_dir),
+        "--tp",
+        str(tp),
+        "--dtype",
+        dtype,
+        "--out",
+        str(directory / "ft"),
+    ]
+    for (name, _), prefix in zip(TASKS, prefixes, strict=True):
+        np.save(directory / f"{name}.npy", prefix)
+        argv += ["--prefix", f"{name}={directory / name}.npy"]
+    assert main(argv) == 0
+    model_dir = layout.model_dir(directory / "ft", tp)
+    cfg = layout.read_config(model_dir)
+    assert [t.name for t in cfg.tasks] == [n for n, _ in TASKS]
     if dtype == "fp16":  # HF gets exactly the values the files hold
         with torch.no_grad():
             for param in model.parameters():
                 param.copy_(param.half().float())
         prefixes = [p.astype(np.float16).astype(np.float32) for p in prefixes]
-    return Built(model, cfg, directory, prefixes)
+    return Built(model, cfg, model_dir, prefixes)
 
 
 def hf_logits(built: Built, ids: list[int], task_id: int | None) -> np.ndarray:
@@ -186,7 +174,7 @@ def test_fp16_files_match_hf_with_the_same_rounded_weights(tmp_path: Path) -> No
     # sequential residual: with the parallel one FT stores the two row-parallel biases as one
     # pre-summed fp16 tensor, whose rounding differs from HF's two rounded biases (~2e-4 here)
     built16 = build(tmp_path, 2, False, 0.25, dtype="fp16")
-    engine = Engine.load(tmp_path, gelu="erf")
+    engine = Engine.load(built16.directory, gelu="erf")
     for row, ids, task_id in zip(
         engine.logits(MIXED_ROWS, MIXED_TASKS), MIXED_ROWS, MIXED_TASKS, strict=True
     ):
