@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -120,3 +122,23 @@ def test_server_dies_with_a_killed_serve_process(converted):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _wait_gone(children) == set()
+
+
+def test_serve_refuses_a_port_in_use_before_starting_anything(converted, capsys, monkeypatch, tmp_path):
+    from ftprefix.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a server's scratch directory would go
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        before = _descendants(os.getpid())
+        assert main(["serve", str(converted), "--port-grpc", str(port), "--port-http", "0"]) == 2
+        assert _descendants(os.getpid()) == before  # no tritonserver was started
+    assert list(tmp_path.iterdir()) == []  # and no scratch directory left behind
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ftprefix serve: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "pass another --port-grpc (0 = any free port)"
+    )

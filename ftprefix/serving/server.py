@@ -50,6 +50,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def check_port_free(host: str, port: int, option: str) -> None:
+    """Refuse a taken port up front: Triton would fail later with a page of start-up log."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR as Triton's own listeners set it, so a port in TIME_WAIT is not refused
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UserError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); pass another {option} (0 = any free port)"
+            ) from None
+
+
 class ServerError(RuntimeError):
     """The server failed to start or to load a model; carries the tail of its log."""
 
@@ -74,6 +87,8 @@ class EmbeddedServer:
         self.host = host
         self.grpc_port = grpc_port or free_port(host)
         self.http_port = http_port or free_port(host)
+        check_port_free(host, self.grpc_port, "--port-grpc")  # before any temporary directory exists
+        check_port_free(host, self.http_port, "--port-http")
         self.streaming = streaming
         self.start_timeout = start_timeout
         self.watch_interval = watch_interval
