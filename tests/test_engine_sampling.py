@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_engine import TASKS, Built, build, hf_greedy, hf_logits, write_ft
+from test_engine import TASKS, Built, build, hf_greedy, hf_logits
 
-from ftprefix import layout, toy
+from ftprefix import toy
+from ftprefix.cli import main
 from ftprefix.engine import Engine, GenerationRequest
 from ftprefix.engine.words import batch_words_to_ft, words_from_ft, words_to_ft
 
@@ -153,21 +154,17 @@ def test_bad_requests_raise_clear_value_errors(
 
 
 def test_reload_picks_up_a_new_task(tmp_path: Path, built: Built) -> None:
-    cfg = built.cfg.with_tasks([layout.Task("alpha", 3)])
-    write_ft(tmp_path, built.model, cfg, built.prefixes[:1])
-    engine = Engine.load(tmp_path, gelu="erf")
+    root = built.directory.parent.parent  # build() keeps the HF model and the prefixes there
+    out = tmp_path / "ft"
+    argv = ["convert", "--model", str(root / "hf"), "--prefix", f"alpha={root / 'alpha.npy'}"]
+    assert main([*argv, "--tp", "1", "--dtype", "fp32", "--out", str(out)]) == 0
+    engine = Engine.load(out, gelu="erf")
     with pytest.raises(ValueError, match="unknown task id 1"):
         engine.logits([PROMPT], [1])
-    # what `ftprefix tasks add` does: a new prefix file, then the task table in config.ini
-    new_prefix = toy.random_prefix(4, cfg.num_layer, cfg.hidden_units, seed=99).numpy()
-    full = cfg.with_tasks([*cfg.tasks, layout.Task("delta", 4)])
-    model_dir = layout.model_dir(tmp_path, 1)
-    for name, part in zip(
-        layout.prefix_file_names("delta", 1), layout.prefix_to_ft(new_prefix, full), strict=True
-    ):
-        part.tofile(model_dir / name)
-    layout.write_config(model_dir, full)
+    new_prefix = toy.random_prefix(4, built.cfg.num_layer, built.cfg.hidden_units, seed=99).numpy()
+    np.save(tmp_path / "delta.npy", new_prefix)
+    assert main(["tasks", "add", str(out), "--prefix", f"delta={tmp_path / 'delta.npy'}"]) == 0
     engine.reload()
     assert [t.name for t in engine.config.tasks] == ["alpha", "delta"]
-    ref = Built(built.model, full, tmp_path, [built.prefixes[0], new_prefix])
+    ref = Built(built.model, engine.config, engine.directory, [built.prefixes[0], new_prefix])
     assert np.abs(engine.logits([PROMPT], [1])[0] - hf_logits(ref, PROMPT, 1)).max() < 1e-4
