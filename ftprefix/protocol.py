@@ -45,6 +45,14 @@ TEXT_OUTPUT = "OUTPUT_0"  # BYTES [batch, beam]
 # Model config `parameters` entry publishing the task table, so clients never hard-code ids.
 TASK_TABLE_PARAMETER = "prompt_learning_tasks"
 
+# Request `parameters` entry: the task name of each row, as the client resolved it, JSON-encoded.
+# Task ids are positions in the table and `ftprefix tasks remove` moves later ones down, so a
+# client holding an older table could name the wrong prefix. The CPU server refuses a request
+# whose ids no longer name those tasks, with TASK_TABLE_CHANGED in the message, before generating
+# anything (so resending after re-reading the table is safe); FT's GPU backend ignores it.
+TASK_NAMES_PARAMETER = "prompt_learning_task_names"
+TASK_TABLE_CHANGED = "task table changed"
+
 
 @dataclass(frozen=True)
 class TaskInfo:

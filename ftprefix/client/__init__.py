@@ -17,6 +17,7 @@ from ftprefix.client.errors import (
     RequestTimeoutError,
     ServerUnavailableError,
     StreamingNotSupportedError,
+    TaskTableChangedError,
     UnknownTaskError,
 )
 from ftprefix.client.sync import Client
@@ -38,5 +39,6 @@ __all__ = [
     "StreamChunk",
     "StreamingNotSupportedError",
     "TaskInfo",
+    "TaskTableChangedError",
     "UnknownTaskError",
 ]

@@ -21,7 +21,7 @@ from ftprefix.client.common import (
     TASK_TABLE_TTL_S,
     ClientBase,
 )
-from ftprefix.client.errors import ModelNotReadyError
+from ftprefix.client.errors import ModelNotReadyError, TaskTableChangedError
 from ftprefix.client.failures import from_rpc_error, is_connection_failure, translate
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import ChunkMaker, Collector, Plan, Prompt, Request, Stop
@@ -187,7 +187,14 @@ class AsyncClient(ClientBase):
     ) -> list[Completion]:
         """Continue many prompts, each with its own task; see `Client.generate_batch`."""
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-        info, plan = await self._resolve(prompts, tasks, params, stop)
+        try:
+            return await self._run_plan(*await self._resolve(prompts, tasks, params, stop))
+        except TaskTableChangedError:
+            # refused before anything ran: read the task table again and resend once
+            await self.model_info(refresh=True)
+            return await self._run_plan(*await self._resolve(prompts, tasks, params, stop))
+
+    async def _run_plan(self, info: ModelInfo, plan: Plan) -> list[Completion]:
         answers = await asyncio.gather(*(self._run(info, plan, request) for request in plan.requests()))
         results = {row: completion for answer in answers for row, completion in answer}
         return [results[i] for i in range(len(plan.rows))]
@@ -195,10 +202,10 @@ class AsyncClient(ClientBase):
     async def _run(self, info: ModelInfo, plan: Plan, request: Request) -> list[tuple[int, Completion]]:
         collector = Collector(plan, request)
         if info.decoupled:  # the ensemble streams too when its fastertransformer step does
-            async for outputs in self._stream_outputs(plan.info, request.arrays):
+            async for outputs in self._stream_outputs(plan.info, request):
                 collector.add(outputs)
         else:
-            collector.add(await self._infer(plan.info, request.arrays))
+            collector.add(await self._infer(plan.info, request))
         return collector.completions()
 
     async def stream(
@@ -216,33 +223,45 @@ class AsyncClient(ClientBase):
     ) -> AsyncIterator[StreamChunk]:
         """Yield new tokens (and text) as they come; see `Client.stream`."""
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-        info, plan = await self._resolve([prompt], task, params, stop)
-        self._check_streamable(info, plan)
+        for attempt in (1, 2):
+            info, plan = await self._resolve([prompt], task, params, stop)
+            self._check_streamable(info, plan)
+            responses = self._stream_outputs(info, plan.requests()[0])
+            try:
+                first = await anext(responses, None)
+                break
+            except TaskTableChangedError:
+                if attempt == 2:
+                    raise
+                await self.model_info(refresh=True)  # refused before anything ran: resend once
         maker = ChunkMaker(plan)
-        async for outputs in self._stream_outputs(info, plan.requests()[0].arrays):
+        outputs = first
+        while outputs is not None:
             chunk = maker.update(outputs[protocol.OUTPUT_IDS], outputs[protocol.SEQUENCE_LENGTH])
             if chunk is not None:
                 yield chunk
+            outputs = await anext(responses, None)
         closing = maker.close()
         if closing is not None:
             yield closing
 
     # -- transport ---------------------------------------------------------------------------
-    async def _infer(self, info: ModelInfo, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def _infer(self, info: ModelInfo, request: Request) -> dict[str, np.ndarray]:
         names = self._outputs(info)
         try:
             result = await self._grpc.infer(
                 info.name,
-                infer_inputs(arrays),
+                infer_inputs(request.arrays),
                 outputs=[grpcclient.InferRequestedOutput(n) for n in names],
                 client_timeout=self.timeout,
+                parameters=request.parameters,
             )
         except InferenceServerException as exc:
             raise translate(exc, self.url, info.name, self.timeout) from None
         return {name: result.as_numpy(name) for name in names}
 
     async def _stream_outputs(
-        self, info: ModelInfo, arrays: dict[str, np.ndarray]
+        self, info: ModelInfo, request: Request
     ) -> AsyncIterator[dict[str, np.ndarray]]:
         """The outputs of each response of a decoupled model.
 
@@ -255,8 +274,9 @@ class AsyncClient(ClientBase):
         async def one_request() -> AsyncIterator[dict[str, object]]:
             yield {
                 "model_name": info.name,
-                "inputs": infer_inputs(arrays),
+                "inputs": infer_inputs(request.arrays),
                 "outputs": [grpcclient.InferRequestedOutput(n) for n in names],
+                "parameters": request.parameters,
             }
 
         responses = self._grpc.stream_infer(one_request(), stream_timeout=self.timeout)

@@ -71,3 +71,9 @@ class InferenceError(FtprefixClientError):
 
 class StreamingNotSupportedError(FtprefixClientError):
     """`stream()` needs a decoupled model; this server's model answers once per request."""
+
+
+class TaskTableChangedError(InferenceError):
+    """The server's task ids moved (a task was removed) since the table was read; nothing ran.
+
+    `Client` and `AsyncClient` read the table again and resend once on their own."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import grpc
 from tritonclient.utils import InferenceServerException
 
+from ftprefix import protocol
 from ftprefix.client.errors import (
     FtprefixClientError,
     InferenceError,
     ModelNotReadyError,
     RequestTimeoutError,
     ServerUnavailableError,
+    TaskTableChangedError,
 )
 
 _MODEL_MISSING_HINTS = ("unknown model", "is not ready", "not found", "no version", "unavailable model")
@@ -33,6 +35,8 @@ def translate(
         return ServerUnavailableError(url, message.splitlines()[0] if message else "")
     if any(h in message.lower() for h in _MODEL_MISSING_HINTS):
         return ModelNotReadyError(url, model, message)
+    if protocol.TASK_TABLE_CHANGED in message:
+        return TaskTableChangedError(f"the server at {url} refused the request to {model!r}: {message}")
     return InferenceError(f"the server at {url} rejected the request to {model!r}: {message}")
 
 

@@ -5,6 +5,7 @@ Nothing here talks to the network: the clients send `Plan.requests()` and hand t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ class Request:
 
     rows: list[int]
     arrays: dict[str, np.ndarray]
+    # Triton request parameters; protocol.TASK_NAMES_PARAMETER lets the server catch stale task ids
+    parameters: dict[str, str] | None = None
 
 
 def _task_list(tasks: str | Sequence[str | None] | None, batch: int) -> list[str | None]:
@@ -128,7 +131,13 @@ class Plan:
         for with_task in (False, True):
             members = [i for i, row in enumerate(self.rows) if (row.task_id is not None) == with_task]
             groups += [members[s : s + limit] for s in range(0, len(members), limit)]
-        return [Request(group, self._arrays(group)) for group in groups]
+        return [Request(group, self._arrays(group), self._parameters(group)) for group in groups]
+
+    def _parameters(self, group: list[int]) -> dict[str, str] | None:
+        names = [self.tasks[i] for i in group]
+        if self.text_prompts is not None or all(n is None for n in names):
+            return None  # the ensemble's steps do not see request parameters; base rows name no task
+        return {protocol.TASK_NAMES_PARAMETER: json.dumps(names)}
 
     def _arrays(self, group: list[int]) -> dict[str, np.ndarray]:
         if self.text_prompts is not None:

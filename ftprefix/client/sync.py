@@ -20,10 +20,10 @@ from ftprefix.client.common import (
     TASK_TABLE_TTL_S,
     ClientBase,
 )
-from ftprefix.client.errors import ModelNotReadyError, RequestTimeoutError
+from ftprefix.client.errors import ModelNotReadyError, RequestTimeoutError, TaskTableChangedError
 from ftprefix.client.failures import is_connection_failure, translate
 from ftprefix.client.model_info import ModelInfo
-from ftprefix.client.plan import ChunkMaker, Collector, Plan, Prompt, Stop
+from ftprefix.client.plan import ChunkMaker, Collector, Plan, Prompt, Request, Stop
 from ftprefix.client.tokenizer import ClientTokenizer
 from ftprefix.client.types import Completion, SamplingParams, StreamChunk
 from ftprefix.protocol import TaskInfo
@@ -202,15 +202,22 @@ class Client(ClientBase):
         FT has no id for "no task", so base-model rows (task None) go in a request of their own.
         """
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-        info, plan = self._resolve(prompts, tasks, params, stop)
+        try:
+            return self._run_plan(*self._resolve(prompts, tasks, params, stop))
+        except TaskTableChangedError:
+            # refused before anything ran: read the task table again and resend once
+            self.model_info(refresh=True)
+            return self._run_plan(*self._resolve(prompts, tasks, params, stop))
+
+    def _run_plan(self, info: ModelInfo, plan: Plan) -> list[Completion]:
         results: dict[int, Completion] = {}
         for request in plan.requests():
             collector = Collector(plan, request)
             if info.decoupled:  # the ensemble streams too when its fastertransformer step does
-                for outputs in self._stream_outputs(plan.info, request.arrays):
+                for outputs in self._stream_outputs(plan.info, request):
                     collector.add(outputs)
             else:
-                collector.add(self._infer(plan.info, request.arrays))
+                collector.add(self._infer(plan.info, request))
             results.update(collector.completions())
         return [results[i] for i in range(len(plan.rows))]
 
@@ -233,31 +240,44 @@ class Client(ClientBase):
         finish reason. Concatenated, the chunks' token ids equal `generate(...).token_ids`.
         """
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-        info, plan = self._resolve([prompt], task, params, stop)
-        self._check_streamable(info, plan)
+        for attempt in (1, 2):
+            info, plan = self._resolve([prompt], task, params, stop)
+            self._check_streamable(info, plan)
+            responses = self._stream_outputs(info, plan.requests()[0])
+            try:
+                first = next(responses, None)
+                break
+            except TaskTableChangedError:
+                if attempt == 2:
+                    raise
+                self.model_info(refresh=True)  # refused before anything ran: resend once
         maker = ChunkMaker(plan)
-        for outputs in self._stream_outputs(info, plan.requests()[0].arrays):
+        outputs = first
+        while outputs is not None:
             chunk = maker.update(outputs[protocol.OUTPUT_IDS], outputs[protocol.SEQUENCE_LENGTH])
             if chunk is not None:
                 yield chunk
+            outputs = next(responses, None)
         closing = maker.close()
         if closing is not None:
             yield closing
 
     # -- transport ---------------------------------------------------------------------------
-    def _infer(self, info: ModelInfo, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, info: ModelInfo, request: Request) -> dict[str, np.ndarray]:
         outputs = [grpcclient.InferRequestedOutput(name) for name in self._outputs(info)]
         try:
             result = self._grpc.infer(
-                info.name, infer_inputs(arrays), outputs=outputs, client_timeout=self.timeout
+                info.name,
+                infer_inputs(request.arrays),
+                outputs=outputs,
+                client_timeout=self.timeout,
+                parameters=request.parameters,
             )
         except InferenceServerException as exc:
             raise translate(exc, self.url, info.name, self.timeout) from None
         return {o.name(): result.as_numpy(o.name()) for o in outputs}
 
-    def _stream_outputs(
-        self, info: ModelInfo, arrays: dict[str, np.ndarray]
-    ) -> Iterator[dict[str, np.ndarray]]:
+    def _stream_outputs(self, info: ModelInfo, request: Request) -> Iterator[dict[str, np.ndarray]]:
         """The outputs of each response of a decoupled model, until the last."""
         responses: queue.Queue[tuple[grpcclient.InferResult | None, InferenceServerException | None]]
         responses = queue.Queue()
@@ -270,9 +290,10 @@ class Client(ClientBase):
             )
             stream_client.async_stream_infer(
                 info.name,
-                infer_inputs(arrays),
+                infer_inputs(request.arrays),
                 outputs=[grpcclient.InferRequestedOutput(n) for n in names],
                 enable_empty_final_response=True,
+                parameters=request.parameters,
             )
             while True:
                 try:

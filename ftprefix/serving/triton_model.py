@@ -55,9 +55,29 @@ class TritonPythonModel:
                 inputs[t.name] = tensor.as_numpy()
         rows = ft_tensors.requests_from_tensors(inputs)
         # checked per request so that one bad request cannot fail the others it is batched with
+        self._check_task_names(request, rows)
         self.engine.validate(rows)
         ids = inputs[protocol.INPUT_IDS]
         return _Pending(request, rows, ids.reshape(ids.shape[0], -1))
+
+    def _check_task_names(self, request: object, rows: Sequence[GenerationRequest]) -> None:
+        """Refuse ids that no longer name the tasks the client meant (see protocol.TASK_NAMES_PARAMETER)."""
+        params = json.loads(request.parameters() or "{}")  # type: ignore[attr-defined]
+        if protocol.TASK_NAMES_PARAMETER not in params:
+            return
+        names = json.loads(params[protocol.TASK_NAMES_PARAMETER])
+        if len(names) != len(rows):
+            raise ValueError(f"{protocol.TASK_NAMES_PARAMETER} names {len(names)} tasks for {len(rows)} rows")
+        tasks = self.engine.config.tasks
+        for i, (row, name) in enumerate(zip(rows, names, strict=True)):
+            if row.task_id is None or name is None:
+                continue
+            now = tasks[row.task_id].name if 0 <= row.task_id < len(tasks) else "no task"
+            if now != name:
+                raise ValueError(
+                    f"{protocol.TASK_TABLE_CHANGED}: row {i} sends task id {row.task_id} for {name!r}, "
+                    f"but id {row.task_id} is now {now!r}; read the task table again and resend"
+                )
 
     # -- non-streaming -------------------------------------------------------------------------
 

@@ -1,0 +1,110 @@
+"""Task ids are positions: after `ftprefix tasks remove` on a running server, a client holding the
+old table must never reach the wrong prefix. The server refuses ids that no longer name the task
+the client meant (request parameter `prompt_learning_task_names`), and the client re-reads the
+table and resends once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from ftprefix import cli, protocol, toy
+from ftprefix.client import AsyncClient, Client, UnknownTaskError
+from ftprefix.engine import Engine, GenerationRequest
+from ftprefix.serving.server import EmbeddedServer
+
+TASKS = {"taskA": 2, "taskB": 3, "taskC": 4}
+PROMPT = [5, 17, 42, 99, 7]
+
+
+def _served_names(url: str) -> list[str]:
+    with grpcclient.InferenceServerClient(url) as raw:
+        config = raw.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
+    table = config["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"]
+    return [t.name for t in protocol.decode_task_table(table)]
+
+
+def test_stale_task_table_never_reaches_the_wrong_prefix(tmp_path: Path) -> None:
+    hf_dir, out = tmp_path / "hf", tmp_path / "ft"
+    toy.build_model(hf_dir, hidden_size=32, num_heads=4, with_tokenizer=False)
+    argv = ["convert", "--model", str(hf_dir), "--tp", "1", "--dtype", "fp32", "--out", str(out)]
+    for seed, (name, length) in enumerate(TASKS.items(), start=1):
+        np.save(tmp_path / f"{name}.npy", toy.random_prefix(length, 2, 32, seed=seed).numpy())
+        argv += ["--prefix", f"{name}={tmp_path / name}.npy"]
+    assert cli.main(argv) == 0
+    engine = Engine.load(out)
+    want = {
+        name: engine.generate([GenerationRequest(PROMPT, 6, task_id=i, end_id=-1)])[0].generated_ids
+        for i, name in enumerate(TASKS)
+    }
+    assert want["taskB"] != want["taskC"]  # otherwise a swap could not show
+
+    loop = asyncio.new_event_loop()  # one loop for the async client's whole life
+    with EmbeddedServer(out) as server:
+        sync_client = Client(server.grpc_url, task_table_ttl=None)
+        async_client = AsyncClient(server.grpc_url, task_table_ttl=None)
+        assert [t.name for t in sync_client.tasks()] == list(TASKS)
+        assert [t.name for t in loop.run_until_complete(async_client.tasks())] == list(TASKS)
+
+        assert cli.main(["tasks", "remove", str(out), "taskB"]) == 0  # taskC: id 2 -> 1
+        deadline = time.monotonic() + 60
+        while _served_names(server.grpc_url) != ["taskA", "taskC"] and time.monotonic() < deadline:
+            time.sleep(0.2)  # bounded poll for the server's reload; asserted next
+        assert _served_names(server.grpc_url) == ["taskA", "taskC"]
+
+        # Both clients still hold the old table (id 2 for taskC, id 1 for taskB).
+        got = sync_client.generate(PROMPT, task="taskC", max_new_tokens=6).token_ids
+        assert got == want["taskC"]
+        with pytest.raises(UnknownTaskError):  # id 1 is taskC now: refused, not answered by taskC
+            sync_client.generate(PROMPT, task="taskB", max_new_tokens=6)
+
+        async def stale_async() -> list[int]:
+            with pytest.raises(UnknownTaskError):
+                await async_client.generate(PROMPT, task="taskB", max_new_tokens=6)
+            return (await async_client.generate(PROMPT, task="taskC", max_new_tokens=6)).token_ids
+
+        assert loop.run_until_complete(stale_async()) == want["taskC"]
+        loop.run_until_complete(async_client.close())
+        sync_client.close()
+    loop.close()
+
+
+def test_server_refuses_ids_that_name_another_task_and_keeps_serving(tmp_path: Path) -> None:
+    hf_dir, out = tmp_path / "hf", tmp_path / "ft"
+    toy.build_model(hf_dir, hidden_size=32, num_heads=4, with_tokenizer=False)
+    argv = ["convert", "--model", str(hf_dir), "--tp", "1", "--dtype", "fp32", "--out", str(out)]
+    for seed, (name, length) in enumerate(TASKS.items(), start=1):
+        np.save(tmp_path / f"{name}.npy", toy.random_prefix(length, 2, 32, seed=seed).numpy())
+        argv += ["--prefix", f"{name}={tmp_path / name}.npy"]
+    assert cli.main(argv) == 0
+
+    def inputs() -> list[grpcclient.InferInput]:
+        arrays = {
+            protocol.INPUT_IDS: np.array([PROMPT], dtype=np.uint32),
+            protocol.INPUT_LENGTHS: np.array([[len(PROMPT)]], dtype=np.uint32),
+            protocol.REQUEST_OUTPUT_LEN: np.array([[4]], dtype=np.uint32),
+            protocol.TASK_IDS: np.array([[1]], dtype=np.uint32),
+        }
+        result = []
+        for name, array in arrays.items():
+            item = grpcclient.InferInput(name, list(array.shape), "UINT32")
+            item.set_data_from_numpy(array)
+            result.append(item)
+        return result
+
+    with (
+        EmbeddedServer(out, watch_interval=None) as server,
+        grpcclient.InferenceServerClient(server.grpc_url) as raw,
+    ):
+        wrong = {protocol.TASK_NAMES_PARAMETER: json.dumps(["taskC"])}
+        with pytest.raises(grpcclient.InferenceServerException, match="task table changed"):
+            raw.infer(protocol.FT_MODEL, inputs(), parameters=wrong)
+        right = {protocol.TASK_NAMES_PARAMETER: json.dumps(["taskB"])}
+        ok = raw.infer(protocol.FT_MODEL, inputs(), parameters=right)
+        assert ok.as_numpy(protocol.OUTPUT_IDS).shape[:2] == (1, 1)
