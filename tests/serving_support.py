@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
-from ftprefix import layout
+from ftprefix import layout, protocol
 from ftprefix.cli import main
 from ftprefix.toy import build_model, random_prefix
 
@@ -41,3 +42,24 @@ def make_converted(root: Path, tasks: dict[str, int], seed: int = 0):
         argv += ["--prefix", f"{name}={_save_prefix(root, name, prefix)}"]
     assert main(argv) == 0
     return model, layout.model_dir(root / "ft", 1), prefixes
+
+
+def ft_inputs(rows: list[list[int]], out_len: int, task_ids: list[int] | None = None, pad: int = 0):
+    """FT's tensors exactly as a user sends them to the GPU server."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad, dtype=np.uint32)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = r
+    arrays = {
+        protocol.INPUT_IDS: ids,
+        protocol.INPUT_LENGTHS: np.array([[len(r)] for r in rows], dtype=np.uint32),
+        protocol.REQUEST_OUTPUT_LEN: np.full((len(rows), 1), out_len, dtype=np.uint32),
+    }
+    if task_ids is not None:
+        arrays[protocol.TASK_IDS] = np.array([[t] for t in task_ids], dtype=np.uint32)
+    inputs = []
+    for name, arr in arrays.items():
+        inp = grpcclient.InferInput(name, list(arr.shape), "UINT32")
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    return inputs

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from serving_support import ft_inputs
 
 from ftprefix import cli, protocol, toy
 from ftprefix.client import AsyncClient, Client, UnknownTaskError
@@ -30,7 +31,8 @@ def _served_names(url: str) -> list[str]:
     return [t.name for t in protocol.decode_task_table(table)]
 
 
-def test_stale_task_table_never_reaches_the_wrong_prefix(tmp_path: Path) -> None:
+def _convert(tmp_path: Path) -> Path:
+    """A toy model with TASKS, converted with `ftprefix convert` into tmp_path/ft."""
     hf_dir, out = tmp_path / "hf", tmp_path / "ft"
     toy.build_model(hf_dir, hidden_size=32, num_heads=4, with_tokenizer=False)
     argv = ["convert", "--model", str(hf_dir), "--tp", "1", "--dtype", "fp32", "--out", str(out)]
@@ -38,6 +40,11 @@ def test_stale_task_table_never_reaches_the_wrong_prefix(tmp_path: Path) -> None
         np.save(tmp_path / f"{name}.npy", toy.random_prefix(length, 2, 32, seed=seed).numpy())
         argv += ["--prefix", f"{name}={tmp_path / name}.npy"]
     assert cli.main(argv) == 0
+    return out
+
+
+def test_stale_task_table_never_reaches_the_wrong_prefix(tmp_path: Path) -> None:
+    out = _convert(tmp_path)
     engine = Engine.load(out)
     want = {
         name: engine.generate([GenerationRequest(PROMPT, 6, task_id=i, end_id=-1)])[0].generated_ids
@@ -76,27 +83,7 @@ def test_stale_task_table_never_reaches_the_wrong_prefix(tmp_path: Path) -> None
 
 
 def test_server_refuses_ids_that_name_another_task_and_keeps_serving(tmp_path: Path) -> None:
-    hf_dir, out = tmp_path / "hf", tmp_path / "ft"
-    toy.build_model(hf_dir, hidden_size=32, num_heads=4, with_tokenizer=False)
-    argv = ["convert", "--model", str(hf_dir), "--tp", "1", "--dtype", "fp32", "--out", str(out)]
-    for seed, (name, length) in enumerate(TASKS.items(), start=1):
-        np.save(tmp_path / f"{name}.npy", toy.random_prefix(length, 2, 32, seed=seed).numpy())
-        argv += ["--prefix", f"{name}={tmp_path / name}.npy"]
-    assert cli.main(argv) == 0
-
-    def inputs() -> list[grpcclient.InferInput]:
-        arrays = {
-            protocol.INPUT_IDS: np.array([PROMPT], dtype=np.uint32),
-            protocol.INPUT_LENGTHS: np.array([[len(PROMPT)]], dtype=np.uint32),
-            protocol.REQUEST_OUTPUT_LEN: np.array([[4]], dtype=np.uint32),
-            protocol.TASK_IDS: np.array([[1]], dtype=np.uint32),
-        }
-        result = []
-        for name, array in arrays.items():
-            item = grpcclient.InferInput(name, list(array.shape), "UINT32")
-            item.set_data_from_numpy(array)
-            result.append(item)
-        return result
+    out = _convert(tmp_path)
 
     with (
         EmbeddedServer(out, watch_interval=None) as server,
@@ -104,7 +91,7 @@ def test_server_refuses_ids_that_name_another_task_and_keeps_serving(tmp_path: P
     ):
         wrong = {protocol.TASK_NAMES_PARAMETER: json.dumps(["taskC"])}
         with pytest.raises(grpcclient.InferenceServerException, match="task table changed"):
-            raw.infer(protocol.FT_MODEL, inputs(), parameters=wrong)
+            raw.infer(protocol.FT_MODEL, ft_inputs([PROMPT], 4, [1]), parameters=wrong)
         right = {protocol.TASK_NAMES_PARAMETER: json.dumps(["taskB"])}
-        ok = raw.infer(protocol.FT_MODEL, inputs(), parameters=right)
+        ok = raw.infer(protocol.FT_MODEL, ft_inputs([PROMPT], 4, [1]), parameters=right)
         assert ok.as_numpy(protocol.OUTPUT_IDS).shape[:2] == (1, 1)

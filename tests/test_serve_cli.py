@@ -13,10 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from serving_support import make_converted
+from serving_support import ft_inputs, make_converted
 
 from ftprefix import protocol
 
@@ -94,17 +93,7 @@ def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
         children = _descendants(proc.pid)
         assert children, "tritonserver runs as a child process"
         with grpcclient.InferenceServerClient(grpc_url) as client:
-            arrays = {
-                protocol.INPUT_IDS: np.array([[4, 5, 6]], dtype=np.uint32),
-                protocol.INPUT_LENGTHS: np.array([[3]], dtype=np.uint32),
-                protocol.REQUEST_OUTPUT_LEN: np.array([[2]], dtype=np.uint32),
-            }
-            inputs = []
-            for name, arr in arrays.items():
-                inp = grpcclient.InferInput(name, list(arr.shape), "UINT32")
-                inp.set_data_from_numpy(arr)
-                inputs.append(inp)
-            res = client.infer(protocol.FT_MODEL, inputs)
+            res = client.infer(protocol.FT_MODEL, ft_inputs([[4, 5, 6]], 2))
             assert res.as_numpy(protocol.SEQUENCE_LENGTH).tolist() == [[5]]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import queue
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from serving_support import make_converted
+from serving_support import ft_inputs, make_converted
 
 from ftprefix import protocol
 from ftprefix.engine import Engine, GenerationRequest
@@ -22,25 +21,6 @@ def streaming_server(tmp_path_factory):
     _model, model_dir, _ = make_converted(root, {"smile": 3}, seed=1)
     with EmbeddedServer(model_dir, streaming=True, watch_interval=None) as srv:
         yield srv, model_dir
-
-
-def _inputs(rows, task_ids):
-    width = max(len(r) for r in rows)
-    ids = np.zeros((len(rows), width), dtype=np.uint32)
-    for b, r in enumerate(rows):
-        ids[b, : len(r)] = r
-    arrays = {
-        protocol.INPUT_IDS: ids,
-        protocol.INPUT_LENGTHS: np.array([[len(r)] for r in rows], dtype=np.uint32),
-        protocol.REQUEST_OUTPUT_LEN: np.full((len(rows), 1), OUT_LEN, dtype=np.uint32),
-        protocol.TASK_IDS: np.array([[t] for t in task_ids], dtype=np.uint32),
-    }
-    out = []
-    for name, arr in arrays.items():
-        inp = grpcclient.InferInput(name, list(arr.shape), "UINT32")
-        inp.set_data_from_numpy(arr)
-        out.append(inp)
-    return out
 
 
 def _collect(url, inputs):
@@ -72,7 +52,7 @@ def test_stream_sends_full_output_ids_each_step_then_final(streaming_server):
             ]
         )
     ]
-    got = _collect(srv.grpc_url, _inputs(rows, task_ids))
+    got = _collect(srv.grpc_url, ft_inputs(rows, OUT_LEN, task_ids))
     assert all(err is None for _, err in got)
     assert len(got) == OUT_LEN + 1  # one per step, then the final response
     width = 4
@@ -91,6 +71,6 @@ def test_stream_sends_full_output_ids_each_step_then_final(streaming_server):
 
 def test_stream_error_is_one_final_error(streaming_server):
     srv, _ = streaming_server
-    got = _collect(srv.grpc_url, _inputs([[1, 2, 3]], [5]))
+    got = _collect(srv.grpc_url, ft_inputs([[1, 2, 3]], OUT_LEN, [5]))
     assert len(got) == 1
     assert got[0][1] is not None and "unknown task id 5" in str(got[0][1])

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from serving_support import HIDDEN, LAYERS, add_task, make_converted
+from serving_support import HIDDEN, LAYERS, add_task, ft_inputs, make_converted
 from tritonclient.utils import InferenceServerException
 
 from ftprefix import protocol
@@ -42,27 +42,6 @@ def server(converted):
 def client(server):
     with grpcclient.InferenceServerClient(server.grpc_url) as c:
         yield c
-
-
-def ft_inputs(rows: list[list[int]], out_len: int, task_ids: list[int] | None = None, pad: int = 0):
-    """FT's tensors exactly as a user sends them to the GPU server."""
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad, dtype=np.uint32)
-    for b, r in enumerate(rows):
-        ids[b, : len(r)] = r
-    arrays = {
-        protocol.INPUT_IDS: ids,
-        protocol.INPUT_LENGTHS: np.array([[len(r)] for r in rows], dtype=np.uint32),
-        protocol.REQUEST_OUTPUT_LEN: np.full((len(rows), 1), out_len, dtype=np.uint32),
-    }
-    if task_ids is not None:
-        arrays[protocol.TASK_IDS] = np.array([[t] for t in task_ids], dtype=np.uint32)
-    inputs = []
-    for name, arr in arrays.items():
-        inp = grpcclient.InferInput(name, list(arr.shape), "UINT32")
-        inp.set_data_from_numpy(arr)
-        inputs.append(inp)
-    return inputs
 
 
 def generated_rows(result, rows: list[list[int]]) -> list[list[int]]:
