@@ -1,5 +1,7 @@
 """FasterTransformer's stop_words_list / bad_words_list layout, [2, L] per row (numpy only).
 
+The client builds its lists with it, so no torch here.
+
 Row 0 holds the words' token ids back to back, row 1 the cumulative end offset of each word;
 row 0 is padded with 0 and row 1 with -1 (FT: kernels/stop_criteria_kernels.cu and
 kernels/ban_bad_words.cu read `offsets[i] < 0` as "no more words"; fastertransformer_backend's

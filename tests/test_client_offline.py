@@ -13,7 +13,8 @@ from ftprefix.client import InvalidRequestError, SamplingParams, UnknownTaskErro
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Plan
 from ftprefix.client.tokenizer import ClientTokenizer
-from ftprefix.client.wire import Row, ft_inputs, generated_ids, word_list
+from ftprefix.client.wire import Row, ft_inputs, generated_ids
+from ftprefix.words import batch_words_to_ft
 
 ALL_INPUTS = frozenset(
     {
@@ -52,10 +53,10 @@ def test_import_does_not_load_torch() -> None:
 def test_word_list_matches_ft_layout() -> None:
     # Row 0 has words [5, 6] and [7]; row 1 has [9]. FT: flat ids padded with 0,
     # cumulative end offsets padded with -1 (fastertransformer_backend .../word_list.py).
-    out = word_list([[[5, 6], [7]], [[9]]])
+    out = batch_words_to_ft([[[5, 6], [7]], [[9]]])
     assert out.dtype == np.int32
     assert out.tolist() == [[[5, 6, 7], [2, 3, -1]], [[9, 0, 0], [1, -1, -1]]]
-    assert word_list([[], []]).tolist() == [[[0], [-1]], [[0], [-1]]]
+    assert batch_words_to_ft([[], []]).tolist() == [[[0], [-1]], [[0], [-1]]]
 
 
 def test_ft_inputs_pad_rows_and_carry_task_ids() -> None:

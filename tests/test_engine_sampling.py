@@ -12,7 +12,7 @@ from test_engine import TASKS, Built, build, hf_greedy, hf_logits
 from ftprefix import toy
 from ftprefix.cli import main
 from ftprefix.engine import Engine, GenerationRequest
-from ftprefix.engine.words import batch_words_to_ft, words_from_ft, words_to_ft
+from ftprefix.words import batch_words_to_ft, words_from_ft, words_to_ft
 
 PROMPT = [5, 17, 42, 99, 7]
 

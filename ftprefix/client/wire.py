@@ -15,6 +15,7 @@ import numpy as np
 
 from ftprefix import protocol
 from ftprefix.client.types import FinishReason, SamplingParams
+from ftprefix.words import batch_words_to_ft
 
 
 @dataclass(frozen=True)
@@ -24,23 +25,6 @@ class Row:
     input_ids: list[int]
     task_id: int | None = None
     stop_words: list[list[int]] = field(default_factory=list)
-
-
-def word_list(rows: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
-    """FT's stop/bad words layout: INT32 [batch, 2, L].
-
-    Row b's words are concatenated in [b, 0, :]; [b, 1, :] holds the cumulative end offset of each
-    word; ids are padded with 0 and offsets with -1 up to the longest row (at least 1).
-    """
-    flat = [[t for word in words for t in word] for words in rows]
-    offsets = [np.cumsum([len(word) for word in words]).tolist() for words in rows]
-    width = max(1, *(len(f) for f in flat)) if flat else 1
-    out = np.zeros((len(rows), 2, width), dtype=np.int32)
-    out[:, 1, :] = -1
-    for b, (ids, offs) in enumerate(zip(flat, offsets, strict=True)):
-        out[b, 0, : len(ids)] = ids
-        out[b, 1, : len(offs)] = offs
-    return out
 
 
 def _column(values: Sequence[float | int], dtype: type) -> np.ndarray:
@@ -91,7 +75,7 @@ def ft_inputs(
         **task_ids_input(rows),
     }
     if any(row.stop_words for row in rows) and protocol.STOP_WORDS_LIST in declared:
-        arrays[protocol.STOP_WORDS_LIST] = word_list([row.stop_words for row in rows])
+        arrays[protocol.STOP_WORDS_LIST] = batch_words_to_ft([row.stop_words for row in rows])
     return arrays
 
 

@@ -1,6 +1,6 @@
 """CPU/PyTorch reference engine with FasterTransformer's GPT-NeoX semantics.
 
-`Engine` is imported lazily so that torch-free modules of this package (`api`, `words`) can be
+`Engine` is imported lazily so that the torch-free `api` module of this package can be
 used by clients without importing torch.
 """
 
