@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
 
-from ftprefix import cli, protocol, toy
+from ftprefix import cli, protocol
 from ftprefix.client import AsyncClient, Client
 from ftprefix.client.sync import infer_inputs
+from ftprefix.demo import toy
 from ftprefix.serving.server import EmbeddedServer
 
 TASKS = {"taskA": 3, "taskB": 5, "taskC": 1, "taskD": 4}

@@ -35,9 +35,9 @@ def main() -> None:
     from transformers import DynamicCache
     from transformers.utils import logging as hf_logging
 
-    from ftprefix import toy
     from ftprefix.converter import convert
-    from ftprefix.converter.checkpoints import parse_prefix_args
+    from ftprefix.converter.checkpoints import PrefixSource
+    from ftprefix.demo import toy
     from ftprefix.engine import Engine, GenerationRequest
 
     hf_logging.set_verbosity_error()
@@ -57,8 +57,8 @@ def main() -> None:
             prefix = toy.random_prefix(args.prefix_length, args.layers, args.hidden, seed=i)
             torch.save(prefix, root / f"task{i}.pt")
             prefixes.append(prefix)
-            sources.append(f"task{i}={root / f'task{i}.pt'}")
-        convert(root / "hf", parse_prefix_args(sources), root / "ft", tp=1, dtype="fp32")
+            sources.append(PrefixSource(f"task{i}", root / f"task{i}.pt"))
+        convert(root / "hf", sources, root / "ft", tp=1, dtype="fp32")
         engine = Engine.load(root / "ft", threads=args.threads)
 
         rng = np.random.default_rng(0)

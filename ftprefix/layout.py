@@ -9,7 +9,9 @@ Facts checked against NVIDIA/FasterTransformer:
 - src/fastertransformer/models/gptneox/GptNeoXWeight.cc (model.wte / lm_head / prefix file names)
 - src/fastertransformer/models/gptneox/GptNeoXDecoderLayerWeight.cc (per-layer files and shapes;
   with use_gptj_residual=1 only `mlp.attention.bias.sum` is read, the two row-parallel biases not)
-- src/fastertransformer/models/gptneox/GptNeoX.h (layernorm_eps_ = 1e-6f, not the model's own eps)
+- src/fastertransformer/models/gptneox/GptNeoX.h (layernorm_eps_, fixed, not the model's own eps)
+
+docs/design.md explains the format in prose.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ftprefix.errors import UserError
+from ftprefix.task_table import TaskTable
 
 SECTION = "gptneox"
 CONFIG_FILE = "config.ini"
@@ -42,12 +45,12 @@ WEIGHT_DTYPES: dict[str, np.dtype] = {"fp32": np.dtype("<f4"), "fp16": np.dtype(
 _TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-def model_dir(out: str | os.PathLike[str], tp: int) -> Path:
+def ft_dir(out: str | os.PathLike[str], tp: int) -> Path:
     """FT convention: weights for tensor-parallel size `tp` live in `<out>/<tp>-gpu/`."""
     return Path(out) / f"{tp}-gpu"
 
 
-def find_model_dir(path: str | os.PathLike[str]) -> Path:
+def find_ft_dir(path: str | os.PathLike[str]) -> Path:
     """Accept either the `<tp>-gpu` directory itself or its parent holding exactly one such directory."""
     p = Path(path)
     if (p / CONFIG_FILE).is_file():
@@ -74,12 +77,6 @@ def validate_task_name(name: str) -> None:
 
 
 @dataclass(frozen=True)
-class Task:
-    name: str
-    prompt_length: int
-
-
-@dataclass(frozen=True)
 class ModelConfig:
     """Everything in `config.ini` FT reads, plus `tensor_para_size` (FT ignores unknown keys)."""
 
@@ -95,7 +92,7 @@ class ModelConfig:
     use_gptj_residual: bool
     weight_data_type: str
     tensor_para_size: int
-    tasks: tuple[Task, ...] = field(default_factory=tuple)
+    tasks: TaskTable = field(default_factory=TaskTable)
 
     @property
     def hidden_units(self) -> int:
@@ -105,15 +102,8 @@ class ModelConfig:
     def np_dtype(self) -> np.dtype:
         return WEIGHT_DTYPES[self.weight_data_type]
 
-    def task_id(self, name: str) -> int:
-        for i, task in enumerate(self.tasks):
-            if task.name == name:
-                return i
-        known = ", ".join(t.name for t in self.tasks) or "none"
-        raise UserError(f"unknown task {name!r}; known tasks: {known}")
-
-    def with_tasks(self, tasks: Sequence[Task]) -> ModelConfig:
-        return replace(self, tasks=tuple(tasks))
+    def with_tasks(self, tasks: TaskTable) -> ModelConfig:
+        return replace(self, tasks=tasks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,8 +131,8 @@ def config_to_text(cfg: ModelConfig) -> str:
         section["num_tasks"] = str(len(cfg.tasks))
         section["prompt_learning_type"] = str(PROMPT_LEARNING_TYPE_PREFIX)
     parser[SECTION] = section
-    for i, task in enumerate(cfg.tasks):
-        parser[f"task_{i}"] = {"task_name": task.name, "prompt_length": str(task.prompt_length)}
+    for task in cfg.tasks:
+        parser[f"task_{task.id}"] = {"task_name": task.name, "prompt_length": str(task.prompt_length)}
     buf = io.StringIO()
     parser.write(buf)
     return buf.getvalue()
@@ -155,8 +145,8 @@ def config_from_text(text: str, source: str = CONFIG_FILE) -> ModelConfig:
         parser.read_string(text, source=source)
         sec = parser[SECTION]
         num_tasks = sec.getint("num_tasks", 0)
-        tasks = tuple(
-            Task(parser[f"task_{i}"]["task_name"], parser[f"task_{i}"].getint("prompt_length"))
+        tasks = TaskTable(
+            (parser[f"task_{i}"]["task_name"], parser[f"task_{i}"].getint("prompt_length"))
             for i in range(num_tasks)
         )
         dtype = sec.get("weight_data_type", "fp32")
@@ -344,24 +334,6 @@ def join_ranks(spec: TensorSpec, parts: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(list(parts), axis=_SPLIT_AXIS[spec.split])
 
 
-def ft_to_hf(spec: TensorSpec, full: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """Inverse of `hf_to_ft` for single-source tensors: full FT tensor -> HF layout.
-
-    For `mlp.attention.bias.sum` it returns the undivided sum of both biases.
-    """
-    x = full
-    h = cfg.hidden_units
-    if spec.split is Split.QKV_WEIGHT:
-        x = x.transpose(0, 2, 1, 3).reshape(h, 3 * h)
-    elif spec.split is Split.QKV_BIAS:
-        x = x.transpose(1, 0, 2).reshape(3 * h)
-    if spec.transpose:
-        x = x.T
-    if spec.divide_by_tp:
-        x = x * np.asarray(cfg.tensor_para_size, dtype=x.dtype)
-    return np.ascontiguousarray(x)
-
-
 def read_array(path: str | os.PathLike[str], shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
     """Read one raw FT file, checking its size matches `shape` exactly."""
     path = Path(path)
@@ -413,10 +385,12 @@ def prefix_from_ft(parts: Sequence[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(list(parts), axis=2).transpose(3, 0, 1, 2, 4))
 
 
-def read_prefix(directory: str | os.PathLike[str], cfg: ModelConfig, task: Task) -> np.ndarray:
+def read_prefix(
+    directory: str | os.PathLike[str], cfg: ModelConfig, name: str, prompt_length: int
+) -> np.ndarray:
     """A task's prefix as [P, layers, 2, heads, head_dim] in the stored dtype."""
     d = Path(directory)
-    shape = prefix_rank_shape(cfg, task.prompt_length)
-    files = prefix_file_names(task.name, cfg.tensor_para_size)
+    shape = prefix_rank_shape(cfg, prompt_length)
+    files = prefix_file_names(name, cfg.tensor_para_size)
     parts = [read_array(d / f, shape, cfg.np_dtype) for f in files]
     return prefix_from_ft(parts)

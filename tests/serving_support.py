@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 
 from ftprefix import layout, protocol
 from ftprefix.cli import main
-from ftprefix.toy import build_model, random_prefix
+from ftprefix.demo.toy import build_model, random_prefix
 
 HIDDEN, HEADS, LAYERS = 32, 4, 2
 
@@ -41,7 +41,7 @@ def make_converted(root: Path, tasks: dict[str, int], seed: int = 0):
     for name, prefix in prefixes.items():
         argv += ["--prefix", f"{name}={_save_prefix(root, name, prefix)}"]
     assert main(argv) == 0
-    return model, layout.model_dir(root / "ft", 1), prefixes
+    return model, layout.ft_dir(root / "ft", 1), prefixes
 
 
 def ft_inputs(rows: list[list[int]], out_len: int, task_ids: list[int] | None = None, pad: int = 0):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from convert_support import hf_json, prefix_cache, read_prefix_files
 
+from ftprefix.commands.options import prefix_sources
 from ftprefix.converter import convert
-from ftprefix.converter.checkpoints import PrefixSource, load_checkpoint, parse_prefix_args
-from ftprefix.toy import build_model, random_prefix
+from ftprefix.converter.checkpoints import PrefixSource, load_checkpoint
+from ftprefix.demo.toy import build_model, random_prefix
 
 LAYERS, HIDDEN, HEADS = 2, 32, 4
 HEAD_DIM = HIDDEN // HEADS
@@ -52,7 +53,7 @@ def _convert_and_read(model_dir: Path, source: PrefixSource, tmp_path: Path, tp:
 
 
 def test_names_from_file_names_and_explicit_names():
-    sources = parse_prefix_args(
+    sources = prefix_sources(
         ["smileface_prefix_encoder.seed42.2022-10-01.best.checkpoint,adapters/shout", "x=a/b.pt", "c.npy"]
     )
     assert [(s.name, str(s.path)) for s in sources] == [
@@ -70,7 +71,7 @@ def test_rinna_tensor_round_trips(model_dir, tmp_path, tp):
     saved = leaf * 1.0
     path = tmp_path / "emoji_prefix_encoder.seed1.checkpoint"
     torch.save(saved, path)
-    (source,) = parse_prefix_args([str(path)])
+    source = PrefixSource.at(path)
     assert source.name == "emoji"
     got = _convert_and_read(model_dir, source, tmp_path, tp, 5)
     np.testing.assert_array_equal(got, saved.detach().numpy().reshape(5, LAYERS, 2, HEADS, HEAD_DIM))
@@ -105,7 +106,7 @@ def test_peft_prefix_adapter_round_trips_and_means_what_peft_means(model_dir, tm
         encoder_hidden_size=16,
     )
     embeddings = _peft_adapter(model_dir, adapter, config, seed=5)
-    (source,) = parse_prefix_args([str(adapter)])
+    source = PrefixSource.at(adapter)
     assert source.name == "shout"
     loaded = load_checkpoint(source, hidden_size=HIDDEN)
     assert loaded.kind == "prefix"

@@ -8,12 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from ftprefix import protocol, toy
+from ftprefix import protocol
 from ftprefix.client import InvalidRequestError, SamplingParams, UnknownTaskError
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Plan
 from ftprefix.client.tokenizer import ClientTokenizer
 from ftprefix.client.wire import Row, ft_inputs, generated_ids
+from ftprefix.demo import toy
+from ftprefix.task_table import TaskTable
 from ftprefix.words import batch_words_to_ft
 
 ALL_INPUTS = frozenset(
@@ -36,7 +38,7 @@ INFO = ModelInfo(
     outputs=frozenset({protocol.OUTPUT_IDS, protocol.SEQUENCE_LENGTH}),
     decoupled=False,
     max_batch_size=2,
-    tasks=(protocol.TaskInfo(0, "taskA", 4), protocol.TaskInfo(1, "taskB", 2)),
+    tasks=TaskTable([("taskA", 4), ("taskB", 2)]),
 )
 
 

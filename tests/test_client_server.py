@@ -15,7 +15,7 @@ import torch
 import tritonclient.grpc as grpcclient
 from transformers import AutoTokenizer
 
-from ftprefix import cli, layout, protocol, toy
+from ftprefix import cli, layout, protocol
 from ftprefix.client import (
     AsyncClient,
     Client,
@@ -24,6 +24,7 @@ from ftprefix.client import (
     StreamingNotSupportedError,
     UnknownTaskError,
 )
+from ftprefix.demo import toy
 from ftprefix.engine import Engine, GenerationRequest
 from ftprefix.serving.server import EmbeddedServer
 
@@ -52,7 +53,7 @@ def reference(model: dict[str, Path]):
     """greedy(prompt, task, **words) -> (generated ids, text, finish reason), computed by the engine."""
     engine = Engine.load(model["ft"])
     tokenizer = AutoTokenizer.from_pretrained(str(model["hf"]))
-    task_ids = {t.name: i for i, t in enumerate(layout.read_config(layout.find_model_dir(model["ft"])).tasks)}
+    task_ids = {t.name: i for i, t in enumerate(layout.read_config(layout.find_ft_dir(model["ft"])).tasks)}
 
     def greedy(prompt: str, task: str | None, new_tokens: int = NEW_TOKENS, stop_words=()):
         ids = tokenizer.encode(prompt, add_special_tokens=False)
@@ -92,7 +93,7 @@ def _inference_count(url: str) -> int:
 
 
 def test_tasks_are_read_from_the_server(client: Client, model: dict[str, Path]) -> None:
-    table = layout.read_config(layout.find_model_dir(model["ft"])).tasks
+    table = layout.read_config(layout.find_ft_dir(model["ft"])).tasks
     assert [(t.id, t.name, t.prompt_length) for t in client.tasks()] == [
         (i, t.name, t.prompt_length) for i, t in enumerate(table)
     ]

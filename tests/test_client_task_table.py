@@ -15,10 +15,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 from serving_support import ft_inputs
 
-from ftprefix import cli, protocol, toy
+from ftprefix import cli, protocol
 from ftprefix.client import AsyncClient, Client, UnknownTaskError
+from ftprefix.demo import toy
 from ftprefix.engine import Engine, GenerationRequest
 from ftprefix.serving.server import EmbeddedServer
+from ftprefix.task_table import TaskTable
 
 TASKS = {"taskA": 2, "taskB": 3, "taskC": 4}
 PROMPT = [5, 17, 42, 99, 7]
@@ -28,7 +30,7 @@ def _served_names(url: str) -> list[str]:
     with grpcclient.InferenceServerClient(url) as raw:
         config = raw.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
     table = config["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"]
-    return [t.name for t in protocol.decode_task_table(table)]
+    return TaskTable.from_json(table).names
 
 
 def _convert(tmp_path: Path) -> Path:

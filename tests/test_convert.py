@@ -22,7 +22,7 @@ from convert_support import (
 from ftprefix.cli import main
 from ftprefix.converter import convert
 from ftprefix.converter.checkpoints import PrefixSource
-from ftprefix.toy import build_model, random_prefix
+from ftprefix.demo.toy import build_model, random_prefix
 
 STYLES = {
     # parallel residual with partial rotary; sequential residual with full rotary

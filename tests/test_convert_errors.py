@@ -17,8 +17,8 @@ from ftprefix.cli import main
 from ftprefix.converter import convert
 from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.converter.output_dir import staged_directory
+from ftprefix.demo.toy import build_model, random_prefix
 from ftprefix.errors import UserError
-from ftprefix.toy import build_model, random_prefix
 
 LAYERS, HIDDEN, HEADS = 2, 32, 4
 

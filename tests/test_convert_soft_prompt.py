@@ -11,7 +11,7 @@ from convert_support import hf_json, prefix_cache, read_prefix_files
 
 from ftprefix.converter import convert
 from ftprefix.converter.checkpoints import PrefixSource
-from ftprefix.toy import build_model
+from ftprefix.demo.toy import build_model
 
 HIDDEN, HEADS, LAYERS = 32, 4, 3
 

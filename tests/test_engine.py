@@ -14,8 +14,9 @@ import torch
 from transformers import DynamicCache
 from transformers.activations import ACT2FN
 
-from ftprefix import layout, toy
+from ftprefix import layout
 from ftprefix.cli import main
+from ftprefix.demo import toy
 from ftprefix.engine import Engine, GenerationRequest
 
 TASKS = (("alpha", 3), ("beta", 6), ("gamma", 9))
@@ -55,7 +56,7 @@ def build(directory: Path, tp: int, parallel: bool, rotary_pct: float, dtype: st
         np.save(directory / f"{name}.npy", prefix)
         argv += ["--prefix", f"{name}={directory / name}.npy"]
     assert main(argv) == 0
-    model_dir = layout.model_dir(directory / "ft", tp)
+    model_dir = layout.ft_dir(directory / "ft", tp)
     cfg = layout.read_config(model_dir)
     assert [t.name for t in cfg.tasks] == [n for n, _ in TASKS]
     if dtype == "fp16":  # HF gets exactly the values the files hold

@@ -3,14 +3,10 @@ sampling, penalties, log probs, streaming, validation and hot reload."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from test_engine import TASKS, Built, build, hf_greedy, hf_logits
 
-from ftprefix import toy
-from ftprefix.cli import main
 from ftprefix.engine import Engine, GenerationRequest
 from ftprefix.words import batch_words_to_ft, words_from_ft, words_to_ft
 
@@ -151,20 +147,3 @@ def test_bad_requests_raise_clear_value_errors(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         engine.generate([request_])
-
-
-def test_reload_picks_up_a_new_task(tmp_path: Path, built: Built) -> None:
-    root = built.directory.parent.parent  # build() keeps the HF model and the prefixes there
-    out = tmp_path / "ft"
-    argv = ["convert", "--model", str(root / "hf"), "--prefix", f"alpha={root / 'alpha.npy'}"]
-    assert main([*argv, "--tp", "1", "--dtype", "fp32", "--out", str(out)]) == 0
-    engine = Engine.load(out, gelu="erf")
-    with pytest.raises(ValueError, match="unknown task id 1"):
-        engine.logits([PROMPT], [1])
-    new_prefix = toy.random_prefix(4, built.cfg.num_layer, built.cfg.hidden_units, seed=99).numpy()
-    np.save(tmp_path / "delta.npy", new_prefix)
-    assert main(["tasks", "add", str(out), "--prefix", f"delta={tmp_path / 'delta.npy'}"]) == 0
-    engine.reload()
-    assert [t.name for t in engine.config.tasks] == ["alpha", "delta"]
-    ref = Built(built.model, engine.config, engine.directory, [built.prefixes[0], new_prefix])
-    assert np.abs(engine.logits([PROMPT], [1])[0] - hf_logits(ref, PROMPT, 1)).max() < 1e-4

@@ -9,6 +9,7 @@ import pytest
 
 from ftprefix import layout
 from ftprefix.errors import UserError
+from ftprefix.task_table import TaskTable
 
 
 def _cfg(**kw: object) -> layout.ModelConfig:
@@ -25,7 +26,7 @@ def _cfg(**kw: object) -> layout.ModelConfig:
         use_gptj_residual=False,
         weight_data_type="fp16",
         tensor_para_size=2,
-        tasks=(layout.Task("shout", 8), layout.Task("smile", 3)),
+        tasks=TaskTable([("shout", 8), ("smile", 3)]),
     )
     base.update(kw)
     return layout.ModelConfig(**base)  # type: ignore[arg-type]

@@ -8,15 +8,16 @@ import pytest
 from ftprefix import protocol
 from ftprefix.engine.api import GenerationRequest, GenerationResult
 from ftprefix.serving import ft_tensors
+from ftprefix.words import words_from_ft
 
 
 def test_word_list_in_ft_format_decodes_to_token_sequences():
     # FT format (fastertransformer_backend word_list.py): flat ids, cumulative end offsets, -1 padding
     arr = np.array([[7, 8, 9, 0], [2, 3, -1, -1]], dtype=np.int32)
-    assert ft_tensors.decode_word_list(arr) == [[7, 8], [9]]
-    assert ft_tensors.decode_word_list(np.array([[0], [-1]], dtype=np.int32)) == []
+    assert words_from_ft(arr) == [[7, 8], [9]]
+    assert words_from_ft(np.array([[0], [-1]], dtype=np.int32)) == []
     with pytest.raises(ValueError, match="offsets"):
-        ft_tensors.decode_word_list(np.array([[1, 2], [2, 1]], dtype=np.int32))
+        words_from_ft(np.array([[1, 2], [2, 1]], dtype=np.int32))
 
 
 def test_rows_use_real_lengths_optional_inputs_and_ft_defaults():

@@ -16,9 +16,10 @@ from serving_support import HIDDEN, LAYERS, add_task, ft_inputs, make_converted
 from tritonclient.utils import InferenceServerException
 
 from ftprefix import protocol
+from ftprefix.demo.toy import random_prefix
 from ftprefix.engine import Engine, GenerationRequest
 from ftprefix.serving.server import EmbeddedServer
-from ftprefix.toy import random_prefix
+from ftprefix.task_table import TaskTable
 
 TASKS = {"smile": 3, "story": 5}
 OUT_LEN = 6
@@ -92,7 +93,7 @@ def test_batch_mixing_tasks_in_rows(converted, client):
 def test_task_table_published_in_model_config(client):
     for model in (protocol.FT_MODEL, protocol.ENSEMBLE_MODEL):
         cfg = client.get_model_config(model, as_json=True)["config"]
-        table = protocol.decode_task_table(cfg["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"])
+        table = TaskTable.from_json(cfg["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"])
         assert [(t.id, t.name, t.prompt_length) for t in table[:2]] == [(0, "smile", 3), (1, "story", 5)]
 
 

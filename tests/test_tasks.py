@@ -11,7 +11,7 @@ import torch
 from convert_support import hf_json, read_prefix_files, tree_digest
 
 from ftprefix.cli import main
-from ftprefix.toy import build_model, random_prefix
+from ftprefix.demo.toy import build_model, random_prefix
 
 LAYERS, HIDDEN, HEADS = 2, 32, 4
 

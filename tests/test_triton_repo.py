@@ -8,36 +8,18 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ftprefix import layout, protocol
+from ftprefix import protocol
 from ftprefix.cli import main
-from ftprefix.toy import build_tokenizer
+from ftprefix.demo.toy import build_tokenizer
+from ftprefix.task_table import TaskTable
+from tools.regenerate_triton_models import EXAMPLE_TASKS, example_conversion
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "triton_models"
-EXAMPLE_TASKS = (layout.Task("smileface", 10), layout.Task("summary", 16))
 
 
-def _config_only_conversion(root: Path, tp: int, dtype: str, tasks=EXAMPLE_TASKS) -> Path:
-    """A converted directory as far as the repository generator reads it: config.ini."""
-    cfg = layout.ModelConfig(
-        model_name="example",
-        head_num=8,
-        size_per_head=16,
-        inter_size=512,
-        num_layer=2,
-        rotary_embedding=4,
-        vocab_size=512,
-        start_id=0,
-        end_id=0,
-        use_gptj_residual=True,
-        weight_data_type=dtype,
-        tensor_para_size=tp,
-        tasks=tuple(tasks),
-    )
-    model_dir = layout.model_dir(root, tp)
-    model_dir.mkdir(parents=True)
-    layout.write_config(model_dir, cfg)
-    return model_dir
+def _config_only_conversion(root: Path, tp: int, dtype: str, tasks: TaskTable = EXAMPLE_TASKS) -> Path:
+    return example_conversion(root, tp, dtype, tasks)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +66,7 @@ def test_gpu_config_matches_conversion_and_cpu_twin_interface(tmp_path, tokenize
     assert params["model_type"] == "GPT-NeoX"
     assert params["model_checkpoint_path"] == "/ftprefix/model/2-gpu"
     assert params["enable_custom_all_reduce"] == "0"
-    table = protocol.decode_task_table(params[protocol.TASK_TABLE_PARAMETER])
+    table = TaskTable.from_json(params[protocol.TASK_TABLE_PARAMETER])
     assert [(t.id, t.name, t.prompt_length) for t in table] == [(0, "smileface", 10), (1, "summary", 16)]
     assert c.parameters["model_checkpoint_path"].string_value == str(model_dir.resolve())
 
@@ -139,7 +121,7 @@ def test_bad_input_is_one_line_error_and_nothing_written(tmp_path, capsys, token
 
 def test_triton_models_templates_are_what_the_generator_writes(tmp_path, tokenizer_dir):
     """`triton_models/` is the GPU repository for an example conversion (tp 2, fp16, two tasks),
-    minus the tokenizer files; regenerate it with the command in triton_models/README.md."""
+    minus the tokenizer files; regenerate it with tools/regenerate_triton_models.py."""
     model_dir = _config_only_conversion(tmp_path / "conv", tp=2, dtype="fp16")
     out = tmp_path / "gen"
     assert (

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from ftprefix import cli, layout, toy
+from ftprefix import cli, layout
+from ftprefix.commands.options import prefix_sources
+from ftprefix.demo import toy
 from ftprefix.engine.model import Transformer
-from ftprefix.engine.verify import verify
+from ftprefix.verify import verify_files as verify
 
 TP = 2
 
@@ -20,7 +22,6 @@ TP = 2
 def converted(tmp_path_factory) -> tuple[Path, Path, list[str]]:
     """(converted dir, HF dir, --prefix values): one rinna prefix and one soft prompt task."""
     from ftprefix.converter import convert
-    from ftprefix.converter.checkpoints import parse_prefix_args
 
     root = tmp_path_factory.mktemp("verify")
     hf = root / "hf"
@@ -31,19 +32,19 @@ def converted(tmp_path_factory) -> tuple[Path, Path, list[str]]:
     soft = root / "soft.pt"
     torch.save(torch.randn(3, c.hidden_size, generator=torch.Generator().manual_seed(4)) * 0.5, soft)
     prefix_args = [f"{rinna},story={soft}"]
-    convert(hf, parse_prefix_args(prefix_args), root / "ft", tp=TP, dtype="fp32")
+    convert(hf, prefix_sources(prefix_args), root / "ft", tp=TP, dtype="fp32")
     return root / "ft", hf, prefix_args
 
 
 def broken_copy(converted, tmp_path: Path) -> tuple[Path, layout.ModelConfig]:
     ft, _, _ = converted
     shutil.copytree(ft, tmp_path / "ft")
-    model_dir = layout.find_model_dir(tmp_path / "ft")
+    model_dir = layout.find_ft_dir(tmp_path / "ft")
     return model_dir, layout.read_config(model_dir)
 
 
 def results(directory: Path, hf: Path, prefix_args: list[str]) -> dict[str, bool]:
-    return {row.task: row.ok for row in verify(directory, hf, prefix_args)}
+    return {row.task: row.ok for row in verify(directory, hf, prefix_sources(prefix_args))}
 
 
 def test_verify_passes_on_a_correct_conversion(converted, capsys) -> None:

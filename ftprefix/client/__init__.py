@@ -22,7 +22,7 @@ from ftprefix.client.errors import (
 )
 from ftprefix.client.sync import Client
 from ftprefix.client.types import Completion, FinishReason, SamplingParams, StreamChunk
-from ftprefix.protocol import TaskInfo
+from ftprefix.task_table import Task as TaskInfo
 
 __all__ = [
     "AsyncClient",

@@ -28,7 +28,7 @@ from ftprefix.client.plan import ChunkMaker, Collector, Plan, Prompt, Request, S
 from ftprefix.client.sync import infer_inputs
 from ftprefix.client.tokenizer import ClientTokenizer
 from ftprefix.client.types import Completion, SamplingParams, StreamChunk
-from ftprefix.protocol import TaskInfo
+from ftprefix.task_table import Task as TaskInfo
 
 T = TypeVar("T")
 

@@ -115,7 +115,7 @@ class ClientBase:
     @staticmethod
     def _known(info: ModelInfo, tasks: str | Sequence[str | None] | None) -> bool:
         names = [tasks] if tasks is None or isinstance(tasks, str) else list(tasks)
-        return all(n is None or n in info.task_names for n in names)
+        return all(n is None or info.tasks.find(n) is not None for n in names)
 
     @staticmethod
     def _outputs(info: ModelInfo) -> list[str]:

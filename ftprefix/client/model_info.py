@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ftprefix import protocol
 from ftprefix.client.errors import UnknownTaskError
-from ftprefix.protocol import TaskInfo
+from ftprefix.task_table import TaskTable
 
 
 def _parameter(config: Mapping[str, Any], key: str) -> str | None:
@@ -25,7 +25,7 @@ class ModelInfo:
     outputs: frozenset[str]
     decoupled: bool
     max_batch_size: int
-    tasks: tuple[TaskInfo, ...] = ()
+    tasks: TaskTable = field(default_factory=TaskTable)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelInfo:
@@ -37,18 +37,14 @@ class ModelInfo:
             outputs=frozenset(str(o["name"]) for o in config.get("output", [])),
             decoupled=bool(config.get("model_transaction_policy", {}).get("decoupled", False)),
             max_batch_size=int(config.get("max_batch_size", 0)),
-            tasks=tuple(protocol.decode_task_table(table)) if table else (),
+            tasks=TaskTable.from_json(table) if table else TaskTable(),
         )
-
-    @property
-    def task_names(self) -> list[str]:
-        return [t.name for t in self.tasks]
 
     def task_id(self, name: str | None) -> int | None:
         """The id FT expects for task `name` (None = the base model); UnknownTaskError if not served."""
         if name is None:
             return None
-        for task in self.tasks:
-            if task.name == name:
-                return task.id
-        raise UnknownTaskError(name, self.task_names)
+        task = self.tasks.find(name)
+        if task is None:
+            raise UnknownTaskError(name, self.tasks.names)
+        return task.id

@@ -26,7 +26,7 @@ from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import ChunkMaker, Collector, Plan, Prompt, Request, Stop
 from ftprefix.client.tokenizer import ClientTokenizer
 from ftprefix.client.types import Completion, SamplingParams, StreamChunk
-from ftprefix.protocol import TaskInfo
+from ftprefix.task_table import Task as TaskInfo
 
 T = TypeVar("T")
 

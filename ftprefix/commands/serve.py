@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         except ServerError as exc:
             print(f"ftprefix serve: error: {exc}", file=sys.stderr)
             return 1
-        print(f"ftprefix serve: models {', '.join(server.models)} from {server.model_dir}", flush=True)
+        print(f"ftprefix serve: models {', '.join(server.models)} from {server.ft_dir}", flush=True)
         print(f"ftprefix serve: listening on grpc {server.grpc_url} and http {server.http_url}", flush=True)
         print("ftprefix serve: ready; Ctrl-C to stop", flush=True)
         code = server.wait()

@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="model repository to write")
     p.add_argument("--tokenizer", type=Path, metavar="HF_DIR", help="Hugging Face tokenizer directory")
     p.add_argument(
-        "--target", choices=("gpu", "cpu"), default="gpu",
+        "--target",
+        choices=("gpu", "cpu"),
+        default="gpu",
         help="gpu: FasterTransformer backend (default); cpu: python-backend twin running ftprefix.engine",
     )
     p.add_argument(
@@ -46,15 +48,19 @@ def run(args: argparse.Namespace) -> int:
     from ftprefix import layout
     from ftprefix.serving import repository
 
-    model_dir = layout.find_model_dir(args.dir)
+    ft_dir = layout.find_ft_dir(args.dir)
     checkpoint = args.checkpoint_path
     if checkpoint is None and args.target == "gpu":
-        checkpoint = f"{DEFAULT_CONTAINER_MODEL_ROOT}/{model_dir.name}"
+        checkpoint = f"{DEFAULT_CONTAINER_MODEL_ROOT}/{ft_dir.name}"
     info = repository.write_repository(
-        model_dir, args.out, target=args.target, tokenizer_dir=args.tokenizer,
-        streaming=args.streaming, checkpoint_path=checkpoint,
+        ft_dir,
+        args.out,
+        target=args.target,
+        tokenizer_dir=args.tokenizer,
+        streaming=args.streaming,
+        checkpoint_path=checkpoint,
     )
     tasks = ", ".join(t.name for t in info.config.tasks) or "none"
-    where = checkpoint or info.model_dir
+    where = checkpoint or info.ft_dir
     print(f"wrote {', '.join(info.models)} to {info.path} (model_checkpoint_path {where}; tasks: {tasks})")
     return 0

@@ -20,6 +20,7 @@ from ftprefix.converter.output_dir import check_output, staged_directory
 from ftprefix.converter.prefixes import check_task_names, load_prefixes, write_prefix
 from ftprefix.converter.progress import progress_bar
 from ftprefix.errors import UserError
+from ftprefix.task_table import TaskTable
 
 __all__ = ["ConvertReport", "TaskReport", "convert"]
 
@@ -37,7 +38,7 @@ class TaskReport:
 @dataclass
 class ConvertReport:
     out: Path
-    model_dir: Path  # `<out>/<tp>-gpu`
+    ft_dir: Path  # `<out>/<tp>-gpu`
     config: layout.ModelConfig
     tasks: list[TaskReport] = field(default_factory=list)
     base_files: int = 0
@@ -56,7 +57,7 @@ def _stderr_warning(message: str) -> None:
 
 
 def convert(
-    model_dir: str | Path,
+    hf_dir: str | Path,
     prefixes: Sequence[PrefixSource],
     out: str | Path,
     *,
@@ -73,23 +74,23 @@ def convert(
     `warn` receives one line per FT behaviour that differs slightly from the model's own.
     """
     start = time.perf_counter()
-    model_dir, out = Path(model_dir), Path(out)
+    hf_dir, out = Path(hf_dir), Path(out)
     if dtype not in layout.WEIGHT_DTYPES:
         raise UserError(f"--dtype {dtype} is not supported; use one of {', '.join(layout.WEIGHT_DTYPES)}")
     check_task_names(prefixes)
-    check_output(out, force=force, inputs=[model_dir, *(s.path for s in prefixes)])
-    with open_hf_model(model_dir, trust_pickle=trust_pickle) as hf:
+    check_output(out, force=force, inputs=[hf_dir, *(s.path for s in prefixes)])
+    with open_hf_model(hf_dir, trust_pickle=trust_pickle) as hf:
         hf.config.check_tp(tp)
-        cfg = hf.config.to_ft(tp=tp, dtype=dtype, model_name=model_dir.resolve().name or "gptneox")
+        cfg = hf.config.to_ft(tp=tp, dtype=dtype, model_name=hf_dir.resolve().name or "gptneox")
         plan = plan_base(hf, cfg)
-        loaded = load_prefixes(prefixes, cfg, model_dir, trust_pickle=trust_pickle)
+        loaded = load_prefixes(prefixes, cfg, hf_dir, trust_pickle=trust_pickle)
         warnings = hf.config.warnings()
         for message in warnings:
             warn(message)
-        cfg = cfg.with_tasks([layout.Task(c.name, int(p.shape[0])) for c, p in loaded])
-        report = ConvertReport(out, layout.model_dir(out, tp), cfg, warnings=warnings)
+        cfg = cfg.with_tasks(TaskTable((c.name, int(p.shape[0])) for c, p in loaded))
+        report = ConvertReport(out, layout.ft_dir(out, tp), cfg, warnings=warnings)
         with staged_directory(out) as staging:
-            target = layout.model_dir(staging, tp)
+            target = layout.ft_dir(staging, tp)
             target.mkdir()
             with progress_bar(len(plan) + len(loaded), "convert", progress) as bar:
                 stats = write_base(hf, plan, cfg, target, on_tensor=lambda: bar.update(1))

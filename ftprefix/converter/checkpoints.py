@@ -1,6 +1,6 @@
 """Readers for prefix / prompt checkpoints -> one canonical float32 tensor per task.
 
-Canonical forms (see DESIGN.md "Checkpoint formats to read"):
+Canonical forms (see docs/design.md, "Checkpoint formats"):
 - kind "prefix": [P, layers*2*hidden], last axis ordered (layer, key/value, head, head_dim). That is
   the order rinna's PrefixEncoder and PEFT's prefix tuning view it in before handing it to the model
   as past_key_values (rinnakk/prefix-tuning-gpt src/model/prompt/prefix_tuning.py: view
@@ -22,7 +22,7 @@ Formats:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,8 +45,16 @@ Kind = Literal["prefix", "soft_prompt"]
 
 @dataclass(frozen=True)
 class PrefixSource:
+    """One task's checkpoint: a file or a PEFT adapter directory, and the task name to give it."""
+
     name: str
     path: Path
+
+    @classmethod
+    def at(cls, path: str | Path, name: str | None = None) -> PrefixSource:
+        """`name` defaults to the file's (rinna: up to `_prefix_encoder`) or the directory's name."""
+        path = Path(path)
+        return cls(task_name_from_path(path) if name is None else name, path)
 
 
 @dataclass
@@ -59,10 +67,6 @@ class LoadedCheckpoint:
     # mismatch can be reported in the file's own terms: keys num_layers, num_attention_heads, token_dim.
     declared: Mapping[str, int] | None = None
 
-    @property
-    def prompt_length(self) -> int:
-        return int(self.tensor.shape[0])
-
 
 def task_name_from_path(path: Path) -> str:
     """rinna: file name up to the first `_prefix_encoder`; otherwise the stem or directory name."""
@@ -70,25 +74,6 @@ def task_name_from_path(path: Path) -> str:
     if RINNA_MARKER in name:
         return name.split(RINNA_MARKER, 1)[0]
     return name if path.is_dir() else path.stem
-
-
-def parse_prefix_args(values: Sequence[str]) -> list[PrefixSource]:
-    """`--prefix` values, each "a.ckpt,b.ckpt" and/or "name=path" -> sources in the order given."""
-    sources: list[PrefixSource] = []
-    for value in values:
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                raise UserError(f"empty entry in --prefix {value!r}; separate checkpoints with single commas")
-            if "=" in item:
-                name, path = item.split("=", 1)
-                if not path:
-                    raise UserError(f"--prefix {item!r} names no path; use name=path")
-                sources.append(PrefixSource(name, Path(path)))
-            else:
-                path = Path(item)
-                sources.append(PrefixSource(task_name_from_path(path), path))
-    return sources
 
 
 def load_checkpoint(

@@ -10,14 +10,21 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ftprefix import layout
 from ftprefix.errors import UserError
 
-# GELU in tanh form is what FT computes (gelu kernel in src/fastertransformer/kernels/activation_kernels.cu).
-TANH_GELUS = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_accurate")
-ERF_GELUS = ("gelu", "gelu_python")
+# Hugging Face activation name -> the GELU formula it computes. FT computes the tanh form
+# (gelu kernel in src/fastertransformer/kernels/activation_kernels.cu).
+GELU_FORMULA: dict[str, Literal["tanh", "erf"]] = {
+    "gelu_new": "tanh",
+    "gelu_fast": "tanh",
+    "gelu_pytorch_tanh": "tanh",
+    "gelu_accurate": "tanh",
+    "gelu": "erf",
+    "gelu_python": "erf",
+}
 DEFAULT_ROTARY_PCT = 0.25  # GPTNeoXConfig's default
 
 
@@ -52,7 +59,7 @@ class NeoXConfig:
                 f"the model's layer_norm_eps is {self.layer_norm_eps:g}; FasterTransformer computes "
                 f"GPT-NeoX LayerNorm with eps {layout.LAYERNORM_EPS:g}"
             )
-        if self.hidden_act in ERF_GELUS:
+        if GELU_FORMULA[self.hidden_act] == "erf":
             notes.append(
                 f"the model's hidden_act is {self.hidden_act!r} (exact erf GELU); FasterTransformer "
                 "computes GELU in its tanh form"
@@ -94,12 +101,12 @@ class NeoXConfig:
         )
 
 
-def read_hf_config(model_dir: Path) -> NeoXConfig:
-    path = model_dir / "config.json"
-    if not model_dir.is_dir():
-        raise UserError(f"--model {model_dir} is not a directory")
+def read_hf_config(hf_dir: Path) -> NeoXConfig:
+    path = hf_dir / "config.json"
+    if not hf_dir.is_dir():
+        raise UserError(f"--model {hf_dir} is not a directory")
     if not path.is_file():
-        raise UserError(f"{model_dir} is not a Hugging Face model directory: no config.json")
+        raise UserError(f"{hf_dir} is not a Hugging Face model directory: no config.json")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -134,7 +141,7 @@ def parse_hf_config(raw: dict[str, Any], source: str = "config.json") -> NeoXCon
         raise UserError(f"{source}: incomplete GPT-NeoX config: {exc}") from None
     if hidden % heads:
         raise UserError(f"{source}: hidden_size {hidden} does not divide into {heads} heads")
-    if cfg.hidden_act not in TANH_GELUS + ERF_GELUS:
+    if cfg.hidden_act not in GELU_FORMULA:
         raise UserError(
             f"{source}: hidden_act {cfg.hidden_act!r} is not a GELU; "
             "FasterTransformer's GPT-NeoX only computes GELU"

@@ -29,14 +29,14 @@ BASE_PREFIX = "gpt_neox."  # GPTNeoXForCausalLM's name for the base model
 
 
 class HFModel:
-    """Open with `HFModel(model_dir)`; `tensor(name)` returns one weight as a numpy array.
+    """Open with `HFModel(hf_dir)`; `tensor(name)` returns one weight as a numpy array.
 
     Names are those of GPTNeoXForCausalLM (`gpt_neox.layers.0....`, `embed_out.weight`); a bare
     GPTNeoXModel checkpoint (no `gpt_neox.` prefix) is accepted too.
     """
 
-    def __init__(self, model_dir: str | Path, *, trust_pickle: bool = False) -> None:
-        self.dir = Path(model_dir)
+    def __init__(self, hf_dir: str | Path, *, trust_pickle: bool = False) -> None:
+        self.dir = Path(hf_dir)
         self.config: NeoXConfig = read_hf_config(self.dir)
         self.trust_pickle = trust_pickle
         self._safetensors: dict[Path, SafetensorsFile] = {}
@@ -71,9 +71,6 @@ class HFModel:
                 raise UserError(f"{index} lists shard {shard.name}, which is missing from {self.dir}")
         return files
 
-    def names(self) -> list[str]:
-        return list(self._file_of)
-
     def resolve(self, name: str) -> str | None:
         """The stored name of `name` (with or without the `gpt_neox.` prefix), or None if absent."""
         if name in self._file_of:
@@ -105,9 +102,6 @@ class HFModel:
             return self._safetensors_file(path).read(name)
         return to_numpy(self._torch_shard(path)[name])
 
-    def weight_files(self) -> list[Path]:
-        return sorted(set(self._file_of.values()))
-
     def _safetensors_file(self, path: Path) -> SafetensorsFile:
         if path not in self._safetensors:
             self._safetensors[path] = SafetensorsFile(path)
@@ -127,8 +121,8 @@ class HFModel:
 
 
 @contextmanager
-def open_hf_model(model_dir: str | Path, *, trust_pickle: bool = False) -> Iterator[HFModel]:
-    model = HFModel(model_dir, trust_pickle=trust_pickle)
+def open_hf_model(hf_dir: str | Path, *, trust_pickle: bool = False) -> Iterator[HFModel]:
+    model = HFModel(hf_dir, trust_pickle=trust_pickle)
     try:
         yield model
     finally:

@@ -79,9 +79,9 @@ def check_soft_prompt(ckpt: LoadedCheckpoint, cfg: layout.ModelConfig) -> np.nda
 
 
 def load_prefixes(
-    sources: Sequence[PrefixSource], cfg: layout.ModelConfig, model_dir: Path | None, *, trust_pickle: bool
+    sources: Sequence[PrefixSource], cfg: layout.ModelConfig, hf_dir: Path | None, *, trust_pickle: bool
 ) -> list[tuple[LoadedCheckpoint, np.ndarray]]:
-    """Load and check every source; soft prompts are run through the base model (needs model_dir).
+    """Load and check every source; soft prompts are run through the base model (needs hf_dir).
 
     Returns (checkpoint, canonical prefix [P, layers*2*hidden] float32) in the order given.
     """
@@ -95,7 +95,7 @@ def load_prefixes(
             soft.append((i, check_soft_prompt(ckpt, cfg)))
             prefixes.append(None)
     if soft:
-        if model_dir is None:
+        if hf_dir is None:
             names = ", ".join(loaded[i].name for i, _ in soft)
             raise UserError(
                 f"task {names}: a soft prompt needs the base model to convert; pass --model HF_DIR"
@@ -103,7 +103,7 @@ def load_prefixes(
         from ftprefix.converter.soft_prompt import soft_prompts_to_prefixes
 
         for (i, _), prefix in zip(
-            soft, soft_prompts_to_prefixes([e for _, e in soft], model_dir), strict=True
+            soft, soft_prompts_to_prefixes([e for _, e in soft], hf_dir), strict=True
         ):
             prefixes[i] = canonical_prefix(
                 LoadedCheckpoint(loaded[i].name, "prefix", prefix, loaded[i].path), cfg

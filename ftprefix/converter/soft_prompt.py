@@ -20,16 +20,12 @@ import numpy as np
 from ftprefix.hf_cache import cache_to_prefix
 
 
-def soft_prompt_to_prefix(embeddings: np.ndarray, model_dir: Path) -> np.ndarray:
-    """[P, hidden] soft prompt -> [P, layers*2*hidden] canonical prefix (float32)."""
-    return soft_prompts_to_prefixes([embeddings], model_dir)[0]
-
-
-def soft_prompts_to_prefixes(embeddings: Sequence[np.ndarray], model_dir: Path) -> list[np.ndarray]:
-    """Like soft_prompt_to_prefix for several prompts, loading the base model once."""
+def soft_prompts_to_prefixes(embeddings: Sequence[np.ndarray], hf_dir: Path) -> list[np.ndarray]:
+    """[P, hidden] soft prompts -> [P, layers*2*hidden] canonical prefixes (float32), loading the base
+    model once."""
     import torch
 
-    model = _load_model(Path(model_dir))
+    model = _load_model(Path(hf_dir))
     results = []
     with torch.no_grad():
         for emb in embeddings:
@@ -39,7 +35,7 @@ def soft_prompts_to_prefixes(embeddings: Sequence[np.ndarray], model_dir: Path) 
     return results
 
 
-def _load_model(model_dir: Path) -> Any:
+def _load_model(hf_dir: Path) -> Any:
     import torch
     from transformers import GPTNeoXForCausalLM
     from transformers.utils import logging as hf_logging
@@ -48,7 +44,7 @@ def _load_model(model_dir: Path) -> Any:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model = GPTNeoXForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        model = GPTNeoXForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()

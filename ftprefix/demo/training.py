@@ -77,7 +77,7 @@ def train_base(model_dir: str | os.PathLike[str], steps: int = 300, seed: int = 
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from ftprefix.toy import build_model
+    from ftprefix.demo.toy import build_model
 
     hf_logging.disable_progress_bar()  # save_pretrained's one-shard bar is noise in the demo
 

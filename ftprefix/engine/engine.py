@@ -34,12 +34,6 @@ from ftprefix.engine.weights import load_prefixes, load_weights
 DEFAULT_MAX_TOTAL_LEN = 4096  # prefix + input + output tokens per row
 
 
-def ft_sequence_length(results: Sequence[GenerationResult], input_lengths: Sequence[int]) -> list[int]:
-    """FT's `sequence_length` output for one batch: max input length + generated tokens per row."""
-    longest = max(input_lengths, default=0)
-    return [longest + len(r.generated_ids) for r in results]
-
-
 @dataclass
 class _RowState:
     request: GenerationRequest
@@ -79,22 +73,11 @@ class Engine:
         """Load `<out>/<tp>-gpu` (or its parent); any tp. `gelu="erf"` matches HF's exact GELU."""
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
-        model_dir = layout.find_model_dir(directory)
-        cfg = layout.read_config(model_dir)
-        weights = load_weights(model_dir, cfg)
-        prefixes = load_prefixes(model_dir, cfg)
-        return cls(model_dir, cfg, Transformer(cfg, weights, gelu), prefixes, max_total_len)
-
-    def reload(self) -> None:
-        """Re-read config.ini and the prefix files (after `ftprefix tasks add`); base weights stay."""
-        cfg = layout.read_config(self.directory)
-        if cfg.with_tasks(()) != self.config.with_tasks(()):
-            raise ValueError(
-                f"{self.directory}: the base model changed since it was loaded; restart the server"
-            )
-        prefixes = load_prefixes(self.directory, cfg)
-        # one assignment each: a concurrent reader sees the old or the new table, both consistent
-        self.config, self._prefixes = cfg, prefixes
+        ft_dir = layout.find_ft_dir(directory)
+        cfg = layout.read_config(ft_dir)
+        weights = load_weights(ft_dir, cfg)
+        prefixes = load_prefixes(ft_dir, cfg)
+        return cls(ft_dir, cfg, Transformer(cfg, weights, gelu), prefixes, max_total_len)
 
     # ------------------------------------------------------------------------------------------
     # validation
@@ -105,8 +88,7 @@ class Engine:
         if isinstance(task_id, bool) or not isinstance(task_id, (int, np.integer)):
             raise ValueError(f"task id must be an integer or None, got {task_id!r}")
         if not 0 <= task_id < len(prefixes):
-            known = ", ".join(f"{i}={t.name}" for i, t in enumerate(self.config.tasks)) or "none"
-            raise ValueError(f"unknown task id {task_id}; known task ids: {known}")
+            raise ValueError(f"unknown task id {task_id}; known task ids: {self.config.tasks.describe()}")
         return int(prefixes[task_id].shape[3])
 
     def _check_ids(self, ids: Sequence[int], what: str) -> None:

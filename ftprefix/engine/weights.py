@@ -110,6 +110,7 @@ def load_prefixes(directory: str | os.PathLike[str], cfg: layout.ModelConfig) ->
     """Per task id: its prefix as float32 [layers, 2 (key, value), heads, P, head_dim]."""
     prefixes = []
     for task in cfg.tasks:
-        canonical = layout.read_prefix(directory, cfg, task)  # [P, layers, 2, heads, head_dim]
+        # [P, layers, 2, heads, head_dim]
+        canonical = layout.read_prefix(directory, cfg, task.name, task.prompt_length)
         prefixes.append(_tensor(canonical).permute(1, 2, 3, 0, 4).contiguous())
     return prefixes

@@ -15,6 +15,7 @@ import numpy as np
 
 from ftprefix import protocol
 from ftprefix.engine.api import GenerationRequest, GenerationResult
+from ftprefix.words import words_from_ft
 
 
 class BadRequest(ValueError):
@@ -30,34 +31,19 @@ def _per_row(arr: np.ndarray | None, batch: int, name: str) -> np.ndarray | None
     return flat
 
 
-def decode_word_list(arr: np.ndarray) -> list[list[int]]:
-    """One row of FT's word list [2, L] (flat ids; cumulative end offsets, -1 padded) -> token lists."""
-    ids, ends = arr[0], arr[1]
-    words, start = [], 0
-    for end in ends:
-        end = int(end)
-        if end < 0:
-            break
-        if end > len(ids) or end < start:
-            raise BadRequest(f"word list offsets are not increasing within [0, {len(ids)}]: {ends.tolist()}")
-        words.append([int(t) for t in ids[start:end]])
-        start = end
-    return words
+def _words(arr: np.ndarray) -> list[list[int]]:
+    try:
+        return words_from_ft(arr)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def requests_from_tensors(inputs: Mapping[str, np.ndarray]) -> list[GenerationRequest]:
     """One Triton request's tensors (batch first) -> one GenerationRequest per row."""
-    input_ids = inputs.get(protocol.INPUT_IDS)
-    lengths = inputs.get(protocol.INPUT_LENGTHS)
-    output_len = inputs.get(protocol.REQUEST_OUTPUT_LEN)
-    for name, value in (
-        (protocol.INPUT_IDS, input_ids),
-        (protocol.INPUT_LENGTHS, lengths),
-        (protocol.REQUEST_OUTPUT_LEN, output_len),
-    ):
-        if value is None:
-            raise BadRequest(f"missing required input {name}")
-    assert input_ids is not None and lengths is not None and output_len is not None
+    for spec in protocol.FT_INPUTS:
+        if not spec.optional and inputs.get(spec.name) is None:
+            raise BadRequest(f"missing required input {spec.name}")
+    input_ids = inputs[protocol.INPUT_IDS]
     ids = np.asarray(input_ids).reshape(input_ids.shape[0], -1)
     batch = ids.shape[0]
 
@@ -67,7 +53,7 @@ def requests_from_tensors(inputs: Mapping[str, np.ndarray]) -> list[GenerationRe
     lens = column(protocol.INPUT_LENGTHS)
     out_lens = column(protocol.REQUEST_OUTPUT_LEN)
     assert lens is not None and out_lens is not None
-    beam = column("beam_width")
+    beam = column(protocol.BEAM_WIDTH)
     if beam is not None and np.any(beam > 1):
         raise BadRequest("beam_width > 1 is not supported: send beam_width 1 or leave it out")
     top_k, top_p = column(protocol.RUNTIME_TOP_K), column(protocol.RUNTIME_TOP_P)
@@ -102,9 +88,9 @@ def requests_from_tensors(inputs: Mapping[str, np.ndarray]) -> list[GenerationRe
         if end_id is not None:
             req.end_id = int(end_id[b, 0])
         if stop is not None:
-            req.stop_words = decode_word_list(np.asarray(stop)[b])
+            req.stop_words = _words(np.asarray(stop)[b])
         if bad is not None:
-            req.bad_words = decode_word_list(np.asarray(bad)[b])
+            req.bad_words = _words(np.asarray(bad)[b])
         rows.append(req)
     return rows
 

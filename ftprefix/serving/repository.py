@@ -41,14 +41,8 @@ _TOKENIZER_FILES = (
 class RepositoryInfo:
     path: Path
     models: tuple[str, ...]  # in load order: dependencies before the ensemble
-    model_dir: Path  # the converted <tp>-gpu directory
+    ft_dir: Path  # the converted <tp>-gpu directory
     config: layout.ModelConfig
-
-
-def task_table(cfg: layout.ModelConfig) -> str:
-    return protocol.encode_task_table(
-        [protocol.TaskInfo(i, t.name, t.prompt_length) for i, t in enumerate(cfg.tasks)]
-    )
 
 
 def ft_parameters(cfg: layout.ModelConfig, checkpoint_path: str) -> dict[str, str]:
@@ -60,7 +54,8 @@ def ft_parameters(cfg: layout.ModelConfig, checkpoint_path: str) -> dict[str, st
         "model_type": "GPT-NeoX",
         "model_checkpoint_path": checkpoint_path,
         "enable_custom_all_reduce": "0",
-        protocol.TASK_TABLE_PARAMETER: task_table(cfg),
+        protocol.TASK_TABLE_PARAMETER: cfg.tasks.to_json(),
+        protocol.END_ID_PARAMETER: str(cfg.end_id),
     }
 
 
@@ -103,8 +98,8 @@ def write_repository(
     (inside the container for the GPU server); default: its absolute path on this machine."""
     if target not in (CPU, GPU):
         raise UserError(f"unknown target {target!r}: use {CPU!r} or {GPU!r}")
-    model_dir = layout.find_model_dir(converted).resolve()
-    cfg = layout.read_config(model_dir)
+    ft_dir = layout.find_ft_dir(converted).resolve()
+    cfg = layout.read_config(ft_dir)
     tok = Path(tokenizer_dir) if tokenizer_dir is not None else None
     if tok is not None and not has_tokenizer(tok):
         raise UserError(
@@ -113,18 +108,18 @@ def write_repository(
     repo = Path(out)
     if repo.exists() and not repo.is_dir():
         raise UserError(f"{repo} exists and is not a directory; choose another --out")
-    ft_dir = repo / protocol.FT_MODEL
+    ft_model = repo / protocol.FT_MODEL
     backend = "python" if target == CPU else "fastertransformer"
-    ckpt = checkpoint_path or str(model_dir)
+    ckpt = checkpoint_path or str(ft_dir)
     params = ft_parameters(cfg, ckpt)
     ft_cfg = interface.fastertransformer_config(backend=backend, parameters=params, decoupled=streaming)
-    _write(ft_dir / "config.pbtxt", interface.to_pbtxt(ft_cfg))
-    (ft_dir / VERSION).mkdir(parents=True, exist_ok=True)
+    _write(ft_model / "config.pbtxt", interface.to_pbtxt(ft_cfg))
+    (ft_model / VERSION).mkdir(parents=True, exist_ok=True)
     if target == CPU:
         _write_python_model(repo, protocol.FT_MODEL, "fastertransformer_cpu.py")
     else:
-        _write(ft_dir / VERSION / ".gitkeep", b"")
-        stale = ft_dir / VERSION / "model.py"
+        _write(ft_model / VERSION / ".gitkeep", b"")
+        stale = ft_model / VERSION / "model.py"
         stale.unlink(missing_ok=True)
     models = [protocol.FT_MODEL]
     if tok is not None:
@@ -137,11 +132,11 @@ def write_repository(
             _write_python_model(repo, name, template)
             _copy_tokenizer(tok, repo / name / VERSION / TOKENIZER_SUBDIR)
             models.append(name)
-        ens = interface.ensemble_config({protocol.TASK_TABLE_PARAMETER: task_table(cfg)})
+        ens = interface.ensemble_config({protocol.TASK_TABLE_PARAMETER: cfg.tasks.to_json()})
         _write(repo / protocol.ENSEMBLE_MODEL / "config.pbtxt", interface.to_pbtxt(ens))
         _write(repo / protocol.ENSEMBLE_MODEL / VERSION / ".gitkeep", b"")
         models.append(protocol.ENSEMBLE_MODEL)
-    return RepositoryInfo(repo, tuple(models), model_dir, cfg)
+    return RepositoryInfo(repo, tuple(models), ft_dir, cfg)
 
 
 def refresh_task_table(repo: str | os.PathLike[str], cfg: layout.ModelConfig) -> list[str]:
@@ -150,7 +145,7 @@ def refresh_task_table(repo: str | os.PathLike[str], cfg: layout.ModelConfig) ->
     Returns the models whose config changed (and must be loaded again to be seen by clients).
     """
     changed = []
-    table = task_table(cfg)
+    table = cfg.tasks.to_json()
     for name in (protocol.FT_MODEL, protocol.ENSEMBLE_MODEL):
         path = Path(repo) / name / "config.pbtxt"
         if not path.is_file():

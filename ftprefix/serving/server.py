@@ -16,7 +16,6 @@ import atexit
 import contextlib
 import ctypes
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -82,7 +81,7 @@ class EmbeddedServer:
         watch_interval: float | None = 0.5,
         log_to: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.model_dir = layout.find_model_dir(converted_dir).resolve()
+        self.ft_dir = layout.find_ft_dir(converted_dir).resolve()
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
         self.host = host
         self.grpc_port = grpc_port or free_port(host)
@@ -102,7 +101,6 @@ class EmbeddedServer:
         self._lock = threading.Lock()
         self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
-        self.reload_count = 0  # model reloads done (by the watcher or `reload()`)
 
     # -- addresses -----------------------------------------------------------------------------
 
@@ -121,7 +119,7 @@ class EmbeddedServer:
             return self
         self._config_digest = self._digest()
         info = repository.write_repository(
-            self.model_dir, self.repository, target=repository.CPU,
+            self.ft_dir, self.repository, target=repository.CPU,
             tokenizer_dir=self.tokenizer_dir, streaming=self.streaming,
         )
         self.models = info.models
@@ -228,7 +226,7 @@ class EmbeddedServer:
     # -- model control / hot reload ------------------------------------------------------------
 
     def _digest(self) -> str:
-        path = self.model_dir / layout.CONFIG_FILE
+        path = self.ft_dir / layout.CONFIG_FILE
         try:
             return hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
@@ -254,7 +252,7 @@ class EmbeddedServer:
             digest = self._digest()
             if digest == self._config_digest:
                 return False
-            cfg = layout.read_config(self.model_dir)
+            cfg = layout.read_config(self.ft_dir)
             changed = repository.refresh_task_table(self.repository, cfg)
             # fastertransformer always: config.ini changed, so tasks or prefixes did
             names = [protocol.FT_MODEL] + [m for m in changed if m != protocol.FT_MODEL]
@@ -262,7 +260,6 @@ class EmbeddedServer:
                 if name in self.models:
                     self.load_model(name)
             self._config_digest = digest
-            self.reload_count += 1
             return True
 
     def _watch(self) -> None:
@@ -273,9 +270,3 @@ class EmbeddedServer:
             except (UserError, ServerError, OSError) as exc:
                 # a half-written conversion or a failed load: report and keep the old models
                 print(f"ftprefix serve: reload failed: {exc}", file=sys.stderr)
-
-    def model_parameters(self, name: str = protocol.FT_MODEL) -> dict[str, str]:
-        """The parameters of a loaded model's config, as clients see them."""
-        with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{name}/config", timeout=10) as resp:
-            cfg = json.loads(resp.read())
-        return {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}

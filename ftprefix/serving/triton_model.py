@@ -25,7 +25,6 @@ from ftprefix.engine import Engine
 from ftprefix.engine.api import GenerationRequest, GenerationResult
 from ftprefix.errors import UserError
 from ftprefix.serving import ft_tensors
-from ftprefix.serving.interface import FT_INPUTS
 
 
 @dataclass
@@ -49,7 +48,7 @@ class TritonPythonModel:
 
     def _decode(self, request: object) -> _Pending:
         inputs = {}
-        for t in FT_INPUTS:
+        for t in protocol.FT_INPUTS:
             tensor = pb_utils.get_input_tensor_by_name(request, t.name)
             if tensor is not None:
                 inputs[t.name] = tensor.as_numpy()
@@ -72,7 +71,7 @@ class TritonPythonModel:
         for i, (row, name) in enumerate(zip(rows, names, strict=True)):
             if row.task_id is None or name is None:
                 continue
-            now = tasks[row.task_id].name if 0 <= row.task_id < len(tasks) else "no task"
+            now = tasks.name_of(row.task_id) or "no task"
             if now != name:
                 raise ValueError(
                     f"{protocol.TASK_TABLE_CHANGED}: row {i} sends task id {row.task_id} for {name!r}, "

@@ -1,0 +1,41 @@
+"""Plain-text tables and sizes for what the commands print."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def tasks_table(tasks: Iterable[Any]) -> str:
+    """id / task / prefix length, for anything with `id`, `name` and `prompt_length`."""
+    return format_table(["id", "task", "prefix length"], [[t.id, t.name, t.prompt_length] for t in tasks])
+
+
+def written_tasks_table(reports: Iterable[Any], base: Any = None) -> str:
+    """What convert / tasks add wrote per task (and for the base model, given a ConvertReport)."""
+    rows: list[list[object]] = [
+        [r.task_id, r.name, r.kind.replace("_", " "), r.prompt_length, human_bytes(r.bytes_written)]
+        for r in reports
+    ]
+    if base is not None:
+        rows.append(
+            ["", "(base model)", f"{base.base_files} files", "", human_bytes(base.base_bytes_written)]
+        )
+    return format_table(["id", "task", "from", "prefix length", "bytes written"], rows)

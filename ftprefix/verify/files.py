@@ -1,0 +1,127 @@
+"""Check converted files before renting a GPU: the CPU engine (FT's semantics) on the converted
+directory versus Hugging Face given each task's original checkpoint, on a few fixed prompts:
+logits and greedy tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ftprefix import layout
+from ftprefix.converter.checkpoints import PrefixSource
+from ftprefix.converter.hf_config import GELU_FORMULA
+from ftprefix.errors import UserError
+from ftprefix.verify.reference import (
+    BASE,
+    TaskReference,
+    check_shapes,
+    hf_greedy,
+    hf_logits,
+    load_hf,
+    task_references,
+)
+
+PROMPT_LENGTHS = (4, 7, 11)
+GREEDY_TOKENS = 8
+DEFAULT_ATOL = {"fp32": 2e-3, "fp16": 5e-2}
+BASE_NAME = "(base model)"
+
+
+@dataclass
+class FileCheck:
+    task: str  # BASE_NAME for the plain model
+    prompt_length: int
+    max_abs_diff: float | None  # None: not checked
+    greedy_equal: bool | None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff is None or (self.note == "" and bool(self.greedy_equal))
+
+
+def prompts(vocab_size: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab_size, size=n).tolist() for n in PROMPT_LENGTHS]
+
+
+def unknown_tasks(cfg: layout.ModelConfig, sources: Sequence[PrefixSource]) -> None:
+    for source in sources:
+        if cfg.tasks.find(source.name) is None:
+            known = ", ".join(cfg.tasks.names) or "none"
+            raise UserError(f"unknown task {source.name!r}; the converted model's tasks: {known}")
+
+
+def verify_files(
+    directory: str | os.PathLike[str],
+    hf_dir: str | os.PathLike[str],
+    sources: Sequence[PrefixSource] = (),
+    *,
+    atol: float | None = None,
+    gelu: Literal["auto", "tanh", "erf"] = "auto",
+    trust_pickle: bool = False,
+) -> list[FileCheck]:
+    """One row for the base model and one per task of the converted directory."""
+    from ftprefix.engine.engine import Engine
+
+    ft_dir = layout.find_ft_dir(directory)
+    cfg = layout.read_config(ft_dir)
+    unknown_tasks(cfg, sources)
+    hf = load_hf(Path(hf_dir), cfg.weight_data_type)
+    check_shapes(hf, cfg, Path(hf_dir))
+    if gelu == "auto":
+        act = getattr(hf.config, "hidden_act", "gelu")
+        if act not in GELU_FORMULA:
+            raise UserError(
+                f"--model uses activation {act!r}; FasterTransformer's GPT-NeoX computes GELU only"
+            )
+        gelu = GELU_FORMULA[act]
+    tolerance = DEFAULT_ATOL[cfg.weight_data_type] if atol is None else atol
+    refs = task_references(cfg, sources, trust_pickle)
+    engine = Engine.load(ft_dir, gelu=gelu)
+    rows = [_check(engine, hf, cfg, BASE_NAME, None, BASE, tolerance)]
+    for task in cfg.tasks:
+        if task.name not in refs:
+            note = f"not checked: pass --prefix {task.name}=PATH"
+            rows.append(FileCheck(task.name, task.prompt_length, None, None, note))
+            continue
+        rows.append(_check(engine, hf, cfg, task.name, task.id, refs[task.name], tolerance))
+    return rows
+
+
+def _check(
+    engine: Any,
+    hf: Any,
+    cfg: layout.ModelConfig,
+    name: str,
+    task_id: int | None,
+    ref: TaskReference,
+    tolerance: float,
+) -> FileCheck:
+    from ftprefix.engine.api import GenerationRequest
+
+    batch = prompts(cfg.vocab_size)
+    ours = engine.logits(batch, [task_id] * len(batch))
+    diff = max(
+        float(np.abs(o - hf_logits(hf, ids, ref, cfg)).max()) for o, ids in zip(ours, batch, strict=True)
+    )
+    generated = engine.generate(
+        [GenerationRequest(ids, GREEDY_TOKENS, task_id=task_id, end_id=-1) for ids in batch]
+    )
+    greedy_equal = all(
+        g.generated_ids == [step.token for step in hf_greedy(hf, ids, ref, cfg, GREEDY_TOKENS)]
+        for g, ids in zip(generated, batch, strict=True)
+    )
+    if not np.isfinite(diff):
+        note = "non-finite logits: the converted model overflows or holds inf/nan"
+    else:
+        note = "" if diff <= tolerance else f"logits differ by more than {tolerance:g}"
+    if not greedy_equal:
+        note = "; ".join(n for n in (note, "greedy tokens differ") if n)
+    return FileCheck(name, ref.prompt_length, diff, greedy_equal, note)
