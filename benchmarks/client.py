@@ -22,8 +22,9 @@ import torch
 import tritonclient.grpc as grpcclient
 
 from ftprefix import cli, protocol
-from ftprefix.client import AsyncClient, Client
-from ftprefix.client.sync import infer_inputs
+from ftprefix.client import AsyncClient, Client, GenerationParams, wire
+from ftprefix.client.plan import Plan
+from ftprefix.client.wire import infer_inputs
 from ftprefix.demo import toy
 from ftprefix.serving.server import EmbeddedServer
 
@@ -45,20 +46,12 @@ def build(root: Path) -> tuple[Path, Path]:
 
 
 def raw_arrays(client: Client, new_tokens: int) -> dict[str, np.ndarray]:
-    """The tensors `Client.generate(PROMPT, task='taskA')` sends, built by hand once."""
+    """The tensors `Client.generate(PROMPT, task='taskA')` sends, built once from the wire table."""
     assert client.tokenizer is not None
-    ids = client.tokenizer.encode(PROMPT)
-    return {
-        protocol.INPUT_IDS: np.array([ids], dtype=np.uint32),
-        protocol.INPUT_LENGTHS: np.array([[len(ids)]], dtype=np.uint32),
-        protocol.REQUEST_OUTPUT_LEN: np.array([[new_tokens]], dtype=np.uint32),
-        protocol.RUNTIME_TOP_K: np.array([[0]], dtype=np.uint32),
-        protocol.RUNTIME_TOP_P: np.array([[0.0]], dtype=np.float32),
-        protocol.TEMPERATURE: np.array([[1.0]], dtype=np.float32),
-        protocol.REPETITION_PENALTY: np.array([[1.0]], dtype=np.float32),
-        protocol.RANDOM_SEED: np.array([[0]], dtype=np.uint64),
-        protocol.TASK_IDS: np.array([[0]], dtype=np.uint32),
-    }
+    info = client.model_info()
+    row = wire.Row(client.tokenizer.encode(PROMPT), task_id=info.task_id("taskA"))
+    params = GenerationParams(max_new_tokens=new_tokens)
+    return wire.ft_inputs([row], params, frozenset(t.name for t in protocol.FT_INPUTS), end_id=info.end_id)
 
 
 def median_ms(fn, n: int) -> float:
@@ -86,21 +79,16 @@ def overhead(url: str, hf_dir: Path, n: int, new_tokens: int) -> dict[str, float
 
         expected = client.generate(PROMPT, task="taskA", max_new_tokens=new_tokens).token_ids
         got = raw.infer(protocol.FT_MODEL, infer_inputs(arrays), outputs=outputs)
-        length = int(got.as_numpy(protocol.SEQUENCE_LENGTH)[0, 0])
-        assert (
-            got.as_numpy(protocol.OUTPUT_IDS)[0, 0, len(arrays[protocol.INPUT_IDS][0]) : length].tolist()
-            == expected
-        )
+        start = len(arrays[protocol.INPUT_IDS][0])  # one row, so FT's padded width is its own length
+        assert got.as_numpy(protocol.OUTPUT_IDS)[0, 0, start : start + len(expected)].tolist() == expected
         for _ in range(3):  # warm up both paths
             raw_call()
             client_call()
         raw_ms, client_ms = median_ms(raw_call, n), median_ms(client_call, n)
         # the client's own work, without the server: tokenise + plan + tensors + decode
+        params, info = GenerationParams(max_new_tokens=new_tokens), client.model_info()
         plan_ms = median_ms(
-            lambda: client._plan(
-                client.model_info(), None, [PROMPT], "taskA", _params(new_tokens), None
-            ).requests(),
-            n,
+            lambda: Plan.build([PROMPT], "taskA", params, info, client.tokenizer).requests(), n
         )
     return {
         "raw_ms": raw_ms,
@@ -108,12 +96,6 @@ def overhead(url: str, hf_dir: Path, n: int, new_tokens: int) -> dict[str, float
         "overhead_ms": client_ms - raw_ms,
         "client_side_prepare_ms": plan_ms,
     }
-
-
-def _params(new_tokens: int):
-    from ftprefix.client import SamplingParams
-
-    return SamplingParams(max_new_tokens=new_tokens)
 
 
 async def throughput(

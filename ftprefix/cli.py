@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ftprefix.client.errors import FtprefixClientError, InferenceError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -41,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"ftprefix {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except FtprefixClientError as exc:
+        # the server failing a request is not the user's mistake (1); the rest is bad input (2)
+        print(f"ftprefix {args.command}: error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, InferenceError) else 2
     except KeyboardInterrupt:
         print(f"ftprefix {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -35,7 +35,9 @@ SECTION = "gptneox"
 CONFIG_FILE = "config.ini"
 PROMPT_LEARNING_TYPE_PREFIX = 2  # FT's PromptLearningType::prefix_prompt
 ROTARY_BASE = 10000.0  # hard-coded in FT's rotary kernels
-LAYERNORM_EPS = 1e-6  # GptNeoX.h: static constexpr float layernorm_eps_ = 1e-6f
+# FT df4a753 src/fastertransformer/models/gptneox/GptNeoX.h:43 `static constexpr float layernorm_eps_
+# = 1e-5f`, whatever the model's config says (1e-6 is GPT-J's, gptj/GptJ.h:42)
+LAYERNORM_EPS = 1e-5
 SUPPORTED_TP = (1, 2, 4, 8)
 
 WEIGHT_DTYPES: dict[str, np.dtype] = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2")}

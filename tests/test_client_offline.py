@@ -1,37 +1,33 @@
-"""Client pieces that need no server: tensor layouts, request planning, tokenizer, imports."""
+"""Client pieces that need no server: tensor layouts, request planning, reading FT's answers, tokenizer.
+
+The reading tests feed the output tensors recorded from real FasterTransformer (tests/data/
+ft-golden) to the client's parsing code, so it is checked against what a GPU server returns, not
+only against ftprefix's own server.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import typing
+from dataclasses import fields
 
 import numpy as np
 import pytest
+from golden import all_scenarios
 
 from ftprefix import protocol
-from ftprefix.client import InvalidRequestError, SamplingParams, UnknownTaskError
+from ftprefix.client import GenerationParams, InvalidRequestError, MalformedResponseError, UnknownTaskError
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Plan
 from ftprefix.client.tokenizer import ClientTokenizer
-from ftprefix.client.wire import Row, ft_inputs, generated_ids
+from ftprefix.client.types import GenerateOptions
+from ftprefix.client.wire import Row, RowSpec, ft_inputs, read_rows
 from ftprefix.demo import toy
 from ftprefix.task_table import TaskTable
 from ftprefix.words import batch_words_to_ft
 
-ALL_INPUTS = frozenset(
-    {
-        protocol.INPUT_IDS,
-        protocol.INPUT_LENGTHS,
-        protocol.REQUEST_OUTPUT_LEN,
-        protocol.RUNTIME_TOP_K,
-        protocol.RUNTIME_TOP_P,
-        protocol.TEMPERATURE,
-        protocol.REPETITION_PENALTY,
-        protocol.RANDOM_SEED,
-        protocol.STOP_WORDS_LIST,
-        protocol.TASK_IDS,
-    }
-)
+ALL_INPUTS = frozenset(t.name for t in protocol.FT_INPUTS)
 INFO = ModelInfo(
     name=protocol.FT_MODEL,
     inputs=ALL_INPUTS,
@@ -39,12 +35,13 @@ INFO = ModelInfo(
     decoupled=False,
     max_batch_size=2,
     tasks=TaskTable([("taskA", 4), ("taskB", 2)]),
+    end_id=0,
 )
 
 
 def test_import_does_not_load_torch() -> None:
     code = (
-        "import sys, ftprefix.client, ftprefix.commands.generate; "
+        "import sys, ftprefix.client, ftprefix.commands.generate; from ftprefix.client import Client; "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -62,44 +59,116 @@ def test_word_list_matches_ft_layout() -> None:
 
 
 def test_ft_inputs_pad_rows_and_carry_task_ids() -> None:
-    rows = [Row([3, 4, 5], task_id=1, stop_words=[[8]]), Row([6], task_id=0)]
-    params = SamplingParams(max_new_tokens=7, temperature=0.5, top_k=3, top_p=0.9, seed=11)
-    arrays = ft_inputs(rows, params, ALL_INPUTS, pad_id=2)
+    rows = [Row([3, 4, 5], task_id=1, stop_words=[[8]], bad_words=[[6, 7]]), Row([6], task_id=0)]
+    params = GenerationParams(max_new_tokens=7, temperature=0.5, top_k=3, top_p=0.9, seed=11)
+    arrays = ft_inputs(rows, params, ALL_INPUTS, end_id=9, pad_id=2)
     assert arrays[protocol.INPUT_IDS].tolist() == [[3, 4, 5], [6, 2, 2]]
     assert arrays[protocol.INPUT_IDS].dtype == np.uint32
     assert arrays[protocol.INPUT_LENGTHS].tolist() == [[3], [1]]
     assert arrays[protocol.REQUEST_OUTPUT_LEN].tolist() == [[7], [7]]
     assert arrays[protocol.TASK_IDS].tolist() == [[1], [0]]
     assert arrays[protocol.RUNTIME_TOP_K].tolist() == [[3], [3]]
+    assert arrays[protocol.END_ID].tolist() == [[9], [9]]
     assert arrays[protocol.RANDOM_SEED].dtype == np.uint64
     assert arrays[protocol.TEMPERATURE].dtype == np.float32
     assert arrays[protocol.STOP_WORDS_LIST].tolist() == [[[8], [1]], [[0], [-1]]]
+    assert arrays[protocol.BAD_WORDS_LIST].tolist() == [[[6, 7], [2, -1]], [[0, 0], [-1, -1]]]
     base = ft_inputs([Row([1])], params, ALL_INPUTS - {protocol.RUNTIME_TOP_K})
     assert protocol.TASK_IDS not in base and protocol.RUNTIME_TOP_K not in base
 
 
-def test_generated_ids_cut_padded_input_and_fill() -> None:
-    # FT: output_ids = input_ids as sent (rows padded to 3, pad 2 here) followed by the generated
-    # tokens, the rest end_id (0); sequence_length = padded input width + generated count
-    output_ids = np.array([[[3, 4, 5, 10, 11, 0, 0]], [[6, 2, 2, 20, 21, 22, 0]]], dtype=np.uint32)
-    assert generated_ids(output_ids, np.array([[5], [6]]), 3) == [[10, 11], [20, 21, 22]]
+def test_options_name_exactly_the_generation_params() -> None:
+    assert set(typing.get_type_hints(GenerateOptions)) == {f.name for f in fields(GenerationParams)}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_tokens'"):
+        GenerationParams.from_options({"max_tokens": 3})
+
+
+# -- reading what real FT returned ---------------------------------------------------------------
+
+
+def _specs(scenario, max_new_tokens=None) -> list[RowSpec]:
+    stop = [scenario.raw["stop_words"]] if scenario.raw["stop_words"] else []
+    return [
+        RowSpec(len(r["ids"]), max_new_tokens or r["request_output_len"], scenario.raw["end_id"], stop)
+        for r in scenario.rows
+    ]
+
+
+def _tensors(entry: dict) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(entry["output_ids"], dtype=np.uint32)[:, None, :]
+    return ids, np.asarray(entry["sequence_length"], dtype=np.uint32)[:, None]
+
+
+def _final(scenario) -> dict:
+    return {
+        "output_ids": scenario.raw["ft_output_ids"],
+        "sequence_length": scenario.raw["ft_sequence_length"],
+    }
+
+
+@pytest.mark.parametrize("scenario", all_scenarios(), ids=lambda s: f"{s.model}-{s.name}")
+def test_reads_real_ft_answers_trimmed_to_the_request(scenario) -> None:
+    answers = read_rows(*_tensors(_final(scenario)), _specs(scenario), final=True)
+    for b, answer in enumerate(answers):
+        assert answer.tokens == scenario.expected(b)
+        assert answer.finish_reason is not None
+
+
+@pytest.mark.parametrize("scenario", all_scenarios(), ids=lambda s: f"{s.model}-{s.name}")
+def test_reads_real_ft_streamed_answers_as_prefixes_of_the_final(scenario) -> None:
+    previous = [0] * len(scenario.rows)
+    for entry in scenario.raw["ft_stream"]:
+        answers = read_rows(*_tensors(entry), _specs(scenario), final=False)
+        for b, answer in enumerate(answers):
+            assert answer.tokens == scenario.expected(b)[: len(answer.tokens)]
+            assert len(answer.tokens) >= previous[b]
+            previous[b] = len(answer.tokens)
+
+
+def test_the_padded_row_the_old_reader_got_wrong() -> None:
+    # FT's answer for a batch padded to width 7: the 2-token row's tokens come right after its input
+    scenario = next(s for s in all_scenarios() if s.model.startswith("g1") and s.name == "padded_mixed_tasks")
+    answers = read_rows(*_tensors(_final(scenario)), _specs(scenario), final=True)
+    assert answers[2].tokens == [144, 217, 217, 217, 217, 241]
+    assert answers[2].finish_reason == "length"
+
+
+def test_a_merged_batch_wider_than_the_request_reads_the_same() -> None:
+    # Triton merged the request with a longer one: wider rows, a larger W, and k + 1 tokens
+    scenario = next(
+        s for s in all_scenarios() if s.model.startswith("g1") and s.name == "mixed_request_output_len"
+    )
+    ids, lengths = _tensors(_final(scenario))
+    answers = read_rows(ids[2:], lengths[2:], _specs(scenario)[2:], final=True)  # row asked for 4, got 5
+    assert answers[0].tokens == scenario.ft_generated(2)[:4] and len(scenario.ft_generated(2)) == 5
+
+
+def test_a_server_echoing_padding_is_refused_not_misread() -> None:
+    # the layout ftprefix's old twin produced: padded input as sent (padding = end_id 9), generated
+    # tokens from W = 3 on; read as FT's layout, row 1 would seem to end at once
+    output_ids = np.array([[[3, 4, 5, 10, 11, 12]], [[6, 9, 9, 20, 21, 22]]], dtype=np.uint32)
+    lengths = np.array([[6], [6]], dtype=np.uint32)
+    specs = [RowSpec(3, 3, 9), RowSpec(1, 3, 9)]
+    with pytest.raises(MalformedResponseError, match="row 1"):
+        read_rows(output_ids, lengths, specs, final=True)
 
 
 def test_plan_rejects_unknown_task_and_bad_values() -> None:
+    params = GenerationParams()
     with pytest.raises(UnknownTaskError, match=r"'nope'.*taskA, taskB"):
-        Plan.build([[1, 2]], "nope", SamplingParams(), None, INFO, None, use_ensemble=False)
+        Plan.build([[1, 2]], "nope", params, INFO, None)
     with pytest.raises(InvalidRequestError, match="max_new_tokens"):
-        Plan.build([[1]], None, SamplingParams(max_new_tokens=0), None, INFO, None, use_ensemble=False)
+        GenerationParams.from_options({"max_new_tokens": 0})
     with pytest.raises(InvalidRequestError, match="empty prompt"):
-        Plan.build([[]], None, SamplingParams(), None, INFO, None, use_ensemble=False)
+        Plan.build([[]], None, params, INFO, None)
     with pytest.raises(InvalidRequestError, match="2 task names"):
-        Plan.build([[1]], ["taskA", "taskB"], SamplingParams(), None, INFO, None, use_ensemble=False)
+        Plan.build([[1]], ["taskA", "taskB"], params, INFO, None)
 
 
 def test_plan_splits_base_rows_from_task_rows_and_by_batch_limit() -> None:
     prompts = [[1], [2], [3], [4], [5]]
     tasks = ["taskA", None, "taskB", "taskA", None]
-    plan = Plan.build(prompts, tasks, SamplingParams(), None, INFO, None, use_ensemble=False)
+    plan = Plan.build(prompts, tasks, GenerationParams(), INFO, None)
     groups = [(r.rows, r.arrays.get(protocol.TASK_IDS)) for r in plan.requests()]
     assert [g[0] for g in groups] == [[1, 4], [0, 2], [3]]  # max_batch_size 2
     assert groups[0][1] is None

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from hf_reference import HFReference
 from serving_support import ft_inputs
 
 from ftprefix import cli, protocol
 from ftprefix.client import AsyncClient, Client, UnknownTaskError
 from ftprefix.demo import toy
-from ftprefix.engine import Engine, GenerationRequest
 from ftprefix.serving.server import EmbeddedServer
 from ftprefix.task_table import TaskTable
 
@@ -33,25 +33,24 @@ def _served_names(url: str) -> list[str]:
     return TaskTable.from_json(table).names
 
 
-def _convert(tmp_path: Path) -> Path:
-    """A toy model with TASKS, converted with `ftprefix convert` into tmp_path/ft."""
+def _convert(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A toy model with TASKS, converted with `ftprefix convert` into tmp_path/ft; and the prefixes."""
     hf_dir, out = tmp_path / "hf", tmp_path / "ft"
     toy.build_model(hf_dir, hidden_size=32, num_heads=4, with_tokenizer=False)
     argv = ["convert", "--model", str(hf_dir), "--tp", "1", "--dtype", "fp32", "--out", str(out)]
+    prefixes = {}
     for seed, (name, length) in enumerate(TASKS.items(), start=1):
-        np.save(tmp_path / f"{name}.npy", toy.random_prefix(length, 2, 32, seed=seed).numpy())
+        prefixes[name] = toy.random_prefix(length, 2, 32, seed=seed).numpy()
+        np.save(tmp_path / f"{name}.npy", prefixes[name])
         argv += ["--prefix", f"{name}={tmp_path / name}.npy"]
     assert cli.main(argv) == 0
-    return out
+    return out, prefixes
 
 
 def test_stale_task_table_never_reaches_the_wrong_prefix(tmp_path: Path) -> None:
-    out = _convert(tmp_path)
-    engine = Engine.load(out)
-    want = {
-        name: engine.generate([GenerationRequest(PROMPT, 6, task_id=i, end_id=-1)])[0].generated_ids
-        for i, name in enumerate(TASKS)
-    }
+    out, prefixes = _convert(tmp_path)
+    hf = HFReference(tmp_path / "hf", prefixes)
+    want = {name: hf.greedy(PROMPT, name, 6, end_id=0)[0] for name in TASKS}  # the toy model's end_id
     assert want["taskB"] != want["taskC"]  # otherwise a swap could not show
 
     loop = asyncio.new_event_loop()  # one loop for the async client's whole life
@@ -85,7 +84,7 @@ def test_stale_task_table_never_reaches_the_wrong_prefix(tmp_path: Path) -> None
 
 
 def test_server_refuses_ids_that_name_another_task_and_keeps_serving(tmp_path: Path) -> None:
-    out = _convert(tmp_path)
+    out, _ = _convert(tmp_path)
 
     with (
         EmbeddedServer(out, watch_interval=None) as server,

@@ -25,8 +25,9 @@ from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.demo.toy import build_model, random_prefix
 
 STYLES = {
-    # parallel residual with partial rotary; sequential residual with full rotary
-    "parallel": dict(use_parallel_residual=True, rotary_pct=0.25, seed=1),
+    # parallel residual with partial rotary and exact erf GELU (which FT does not compute: convert
+    # warns); sequential residual with full rotary
+    "parallel": dict(use_parallel_residual=True, rotary_pct=0.25, seed=1, hidden_act="gelu"),
     "sequential": dict(use_parallel_residual=False, rotary_pct=1.0, seed=2),
 }
 

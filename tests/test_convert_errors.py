@@ -266,11 +266,11 @@ def test_failure_midway_leaves_no_complete_looking_directory(tmp_path):
 
 
 def test_model_differences_ft_ignores_are_warned_not_refused(work, capsys):
-    _edit_config(work / "model", layer_norm_eps=1e-5, hidden_act="gelu_new")
+    _edit_config(work / "model", layer_norm_eps=1e-6, hidden_act="gelu_new")
     assert main(_convert_argv(work)) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "ftprefix convert: warning: the model's layer_norm_eps is 1e-05; FasterTransformer computes "
-        "GPT-NeoX LayerNorm with eps 1e-06"
+        "ftprefix convert: warning: the model's layer_norm_eps is 1e-06; FasterTransformer computes "
+        "GPT-NeoX LayerNorm with eps 1e-05"
     ]
     assert np.fromfile(work / "out/2-gpu/model.wte.bin", dtype=np.float16).size == 64 * HIDDEN

@@ -34,7 +34,12 @@ def build(directory: Path, tp: int, parallel: bool, rotary_pct: float, dtype: st
     """A toy HF model and one prefix per task, converted with `ftprefix convert`."""
     hf_dir = directory / "hf"
     model = toy.build_model(
-        hf_dir, use_parallel_residual=parallel, rotary_pct=rotary_pct, seed=tp, with_tokenizer=False
+        hf_dir,
+        use_parallel_residual=parallel,
+        rotary_pct=rotary_pct,
+        seed=tp,
+        with_tokenizer=False,
+        hidden_act="gelu",  # exact erf GELU: the engine's gelu="erf" path is checked against it
     )
     c = model.config
     prefixes = [
@@ -138,8 +143,6 @@ def test_greedy_20_tokens_match_hf_for_a_mixed_batch(built: Built, erf_engine: E
     results = erf_engine.generate(requests)
     for result, ids, task_id in zip(results, MIXED_ROWS, MIXED_TASKS, strict=True):
         assert result.generated_ids == hf_greedy(built, ids, task_id, 20)
-        assert result.output_ids == ids + result.generated_ids
-        assert result.sequence_length == len(ids) + 20
         assert result.finish_reason == "length"
 
 
@@ -150,7 +153,9 @@ def test_incremental_decoding_equals_full_recomputation(built: Built, erf_engine
     ]
     step_logits = erf_engine.decode_logits(requests)
     results = erf_engine.generate(requests)
-    full = erf_engine.logits([r.output_ids for r in results], MIXED_TASKS)
+    full = erf_engine.logits(
+        [ids + r.generated_ids for ids, r in zip(MIXED_ROWS, results, strict=True)], MIXED_TASKS
+    )
     for steps, whole, ids in zip(step_logits, full, MIXED_ROWS, strict=True):
         # the logits that chose generated token i are the full pass's logits at position len(ids)-1+i
         np.testing.assert_allclose(steps, whole[len(ids) - 1 : len(ids) - 1 + 12], atol=2e-5, rtol=0)

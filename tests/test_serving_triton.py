@@ -1,4 +1,5 @@
-"""The CPU twin on a REAL Triton server: raw tritonclient.grpc requests with FT's inputs.
+"""The CPU twin on a REAL Triton server: raw tritonclient.grpc requests with FT's inputs, answers
+compared with Hugging Face given the original prefixes (tests/hf_reference.py).
 
 One server for the whole module (each start costs seconds); the hot-reload test, which adds a task
 to the served model, runs last.
@@ -6,36 +7,38 @@ to the served model, runs last.
 
 from __future__ import annotations
 
-import json
+import threading
 import time
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from hf_reference import HFReference
 from serving_support import HIDDEN, LAYERS, add_task, ft_inputs, make_converted
 from tritonclient.utils import InferenceServerException
 
 from ftprefix import protocol
 from ftprefix.demo.toy import random_prefix
-from ftprefix.engine import Engine, GenerationRequest
 from ftprefix.serving.server import EmbeddedServer
 from ftprefix.task_table import TaskTable
 
 TASKS = {"smile": 3, "story": 5}
+NAMES = list(TASKS)
 OUT_LEN = 6
+END_ID = 0  # the toy model's
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    _model, model_dir, _prefixes = make_converted(root, TASKS)
-    return root, model_dir
+    _model, ft_dir, prefixes = make_converted(root, TASKS)
+    return root, ft_dir, HFReference(root / "hf", prefixes)
 
 
 @pytest.fixture(scope="module")
 def server(converted):
-    root, model_dir = converted
-    with EmbeddedServer(model_dir.parent, tokenizer_dir=root / "hf", watch_interval=0.2) as srv:
+    root, ft_dir, _ = converted
+    with EmbeddedServer(ft_dir.parent, tokenizer_dir=root / "hf", watch_interval=0.2) as srv:
         yield srv
 
 
@@ -45,66 +48,63 @@ def client(server):
         yield c
 
 
-def generated_rows(result, rows: list[list[int]]) -> list[list[int]]:
-    """FT layout: padded input (width W) then generated tokens up to sequence_length."""
-    out = result.as_numpy(protocol.OUTPUT_IDS)
-    seq = result.as_numpy(protocol.SEQUENCE_LENGTH)
+def ft_answer(rows: list[list[int]], generated: list[list[int]], out_len: int) -> tuple[list, list]:
+    """FT's output_ids / sequence_length for rows asking the same length (docs/design.md)."""
     width = max(len(r) for r in rows)
-    return [out[b, 0, width : int(seq[b, 0])].tolist() for b in range(len(rows))]
+    output_ids, lengths = [], []
+    for row, new in zip(rows, generated, strict=True):
+        output_ids.append((row + new + [END_ID] * (width + out_len))[: width + out_len])
+        lengths.append(width + len(new))
+    return output_ids, lengths
 
 
-def engine_greedy(model_dir, rows, task_ids, out_len=OUT_LEN) -> list[list[int]]:
-    engine = Engine.load(model_dir)
-    reqs = [
-        GenerationRequest(input_ids=r, request_output_len=out_len, task_id=t)
-        for r, t in zip(rows, task_ids, strict=True)
-    ]
-    return [res.generated_ids for res in engine.generate(reqs)]
+def check(result, rows, generated, out_len=OUT_LEN) -> None:
+    output_ids, lengths = ft_answer(rows, generated, out_len)
+    assert result.as_numpy(protocol.OUTPUT_IDS).dtype == np.uint32
+    assert result.as_numpy(protocol.OUTPUT_IDS)[:, 0, :].tolist() == output_ids
+    assert result.as_numpy(protocol.SEQUENCE_LENGTH)[:, 0].tolist() == lengths
 
 
 PROMPTS = [[5, 17, 42, 8], [100, 3, 77], [9, 9, 250, 31, 12]]
 
 
-def test_each_task_and_base_match_engine(converted, client):
-    _root, model_dir = converted
+def test_each_task_and_base_match_hugging_face(converted, client):
+    hf = converted[2]
     prompt = PROMPTS[0]
-    expected = {}
-    for tid in (None, 0, 1):
-        expected[tid] = engine_greedy(model_dir, [prompt], [tid])[0]
+    expected = {
+        tid: hf.greedy(prompt, None if tid is None else NAMES[tid], OUT_LEN, END_ID)[0]
+        for tid in (None, 0, 1)
+    }
     assert len({tuple(v) for v in expected.values()}) == 3, "tasks must change the output for this test"
     for tid, want in expected.items():
         res = client.infer(protocol.FT_MODEL, ft_inputs([prompt], OUT_LEN, None if tid is None else [tid]))
-        assert generated_rows(res, [prompt]) == [want]
-        assert res.as_numpy(protocol.OUTPUT_IDS).dtype == np.uint32
-        assert res.as_numpy(protocol.OUTPUT_IDS).shape == (1, 1, len(prompt) + OUT_LEN)
+        check(res, [prompt], [want])
 
 
 def test_batch_mixing_tasks_in_rows(converted, client):
-    _root, model_dir = converted
+    hf = converted[2]
     task_ids = [1, 0, 1]
-    want = engine_greedy(model_dir, PROMPTS, task_ids)
+    want = [hf.greedy(p, NAMES[t], OUT_LEN, END_ID)[0] for p, t in zip(PROMPTS, task_ids, strict=True)]
     res = client.infer(protocol.FT_MODEL, ft_inputs(PROMPTS, OUT_LEN, task_ids))
-    assert generated_rows(res, PROMPTS) == want
-    out = res.as_numpy(protocol.OUTPUT_IDS)
-    # FT echoes each row's input (padded as sent) before the generated tokens
-    assert out[1, 0, :3].tolist() == PROMPTS[1]
+    check(res, PROMPTS, want)
 
 
-def test_task_table_published_in_model_config(client):
+def test_task_table_and_end_id_published_in_model_config(client):
     for model in (protocol.FT_MODEL, protocol.ENSEMBLE_MODEL):
         cfg = client.get_model_config(model, as_json=True)["config"]
         table = TaskTable.from_json(cfg["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"])
         assert [(t.id, t.name, t.prompt_length) for t in table[:2]] == [(0, "smile", 3), (1, "story", 5)]
+    cfg = client.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
+    assert cfg["parameters"][protocol.END_ID_PARAMETER]["string_value"] == str(END_ID)
 
 
-def test_ensemble_text_in_text_out(converted, client):
-    root, model_dir = converted
+def test_ensemble_text_in_generated_text_out(converted, client):
+    root, _, hf = converted
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(root / "hf")
     text = "the cat sat on the mat"
-    ids = tok.encode(text)
-    want = engine_greedy(model_dir, [ids], [1])[0]
+    want = hf.greedy(tok.encode(text), "story", OUT_LEN, tok.eos_token_id)[0]
     arrays = [
         ("INPUT_0", np.array([[text]], dtype=object), "BYTES"),
         ("INPUT_1", np.array([[OUT_LEN]], dtype=np.uint32), "UINT32"),
@@ -118,8 +118,39 @@ def test_ensemble_text_in_text_out(converted, client):
         inp.set_data_from_numpy(arr)
         inputs.append(inp)
     res = client.infer(protocol.ENSEMBLE_MODEL, inputs)
-    got = res.as_numpy(protocol.TEXT_OUTPUT)[0, 0].decode("utf-8")
-    assert got == tok.decode(ids + want, skip_special_tokens=True)
+    assert res.as_numpy(protocol.TEXT_OUTPUT)[0, 0].decode("utf-8") == tok.decode(
+        want, skip_special_tokens=True
+    )
+
+
+def test_concurrent_prompts_of_different_lengths_are_merged_and_answered_as_alone(converted, server):
+    hf = converted[2]
+    jobs = [([7 + i] * (1 + i % 5), NAMES[i % 2], 3 + i % 4) for i in range(16)]  # lengths 1..5, k 3..6
+    results: dict[int, object] = {}
+
+    def send(i: int) -> None:
+        ids, task, out_len = jobs[i]
+        with grpcclient.InferenceServerClient(server.grpc_url) as c:
+            results[i] = c.infer(protocol.FT_MODEL, ft_inputs([ids], out_len, [NAMES.index(task)]))
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        before = c.get_inference_statistics(protocol.FT_MODEL, as_json=True)["model_stats"][0]
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        after = c.get_inference_statistics(protocol.FT_MODEL, as_json=True)["model_stats"][0]
+    requests = int(after["inference_count"]) - int(before.get("inference_count", 0))
+    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    assert requests == len(jobs) and executions < requests  # Triton merged prompts of different lengths
+    for i, (ids, task, out_len) in enumerate(jobs):
+        want = hf.greedy(ids, task, out_len, END_ID)[0]
+        out = results[i].as_numpy(protocol.OUTPUT_IDS)[0, 0]
+        # FT's layout: the row's tokens right after its own input (the batch may be wider), then
+        # one more token when merged with a request asking for more
+        assert out[len(ids) : len(ids) + out_len].tolist() == want
 
 
 @pytest.mark.parametrize(
@@ -130,12 +161,12 @@ def test_ensemble_text_in_text_out(converted, client):
     ],
     ids=["unknown-task", "too-long"],
 )
-def test_bad_requests_get_clear_errors_and_server_keeps_serving(converted, client, make_inputs, message):
-    with pytest.raises(InferenceServerException, match=message):
+def test_bad_requests_get_invalid_argument_and_server_keeps_serving(converted, client, make_inputs, message):
+    with pytest.raises(InferenceServerException, match=message) as info:
         client.infer(protocol.FT_MODEL, make_inputs())
-    _root, model_dir = converted
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     res = client.infer(protocol.FT_MODEL, ft_inputs([PROMPTS[1]], OUT_LEN, [0]))
-    assert generated_rows(res, [PROMPTS[1]]) == engine_greedy(model_dir, [PROMPTS[1]], [0])
+    check(res, [PROMPTS[1]], [converted[2].greedy(PROMPTS[1], "smile", OUT_LEN, END_ID)[0]])
 
 
 def test_wrong_dtype_is_rejected_by_triton(client):
@@ -149,24 +180,22 @@ def test_wrong_dtype_is_rejected_by_triton(client):
 
 
 def test_hot_reload_adds_task_without_restart(converted, server, client):
-    _root, model_dir = converted
+    _root, ft_dir, hf = converted
     pid = server.pid
     prefix = random_prefix(4, LAYERS, HIDDEN, seed=99).numpy()
-    add_task(model_dir, "fresh", prefix)
+    add_task(ft_dir, "fresh", prefix)
 
     deadline = time.monotonic() + 60
     names: list[str] = []
     while time.monotonic() < deadline:
         cfg = client.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
-        names = [
-            t["name"] for t in json.loads(cfg["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"])
-        ]
+        names = TaskTable.from_json(cfg["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"]).names
         if "fresh" in names and client.is_model_ready(protocol.FT_MODEL):
             break
         time.sleep(0.2)  # bounded poll for the watcher; the assertion below is the check
     assert names == ["smile", "story", "fresh"]
     assert server.pid == pid and server.running
 
-    want = engine_greedy(model_dir, [PROMPTS[2]], [2])
+    hf.prefixes["fresh"] = prefix
     res = client.infer(protocol.FT_MODEL, ft_inputs([PROMPTS[2]], OUT_LEN, [2]))
-    assert generated_rows(res, [PROMPTS[2]]) == want
+    check(res, [PROMPTS[2]], [hf.greedy(PROMPTS[2], "fresh", OUT_LEN, END_ID)[0]])

@@ -1,11 +1,12 @@
-"""`AsyncClient`: the asyncio gRPC client (tritonclient.grpc.aio), for services."""
+"""`AsyncClient`: the asyncio twin of `Client`. Only its transport lives here
+(tritonclient.grpc.aio); what each call does is written once, in `base.ClientBase`."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -13,24 +14,78 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from ftprefix import protocol
-from ftprefix.client.common import (
+from ftprefix.client.base import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
     PROBE_TIMEOUT_S,
     TASK_TABLE_TTL_S,
     ClientBase,
+    CloseStream,
+    Emit,
+    Flow,
+    Gather,
+    GetConfig,
+    Infer,
+    IsReady,
+    NextResponse,
+    Op,
+    OpenStream,
+    Sleep,
 )
-from ftprefix.client.errors import ModelNotReadyError, TaskTableChangedError
-from ftprefix.client.failures import from_rpc_error, is_connection_failure, translate
+from ftprefix.client.errors import FtprefixClientError, RequestTimeoutError
+from ftprefix.client.failures import from_rpc_error, translate
 from ftprefix.client.model_info import ModelInfo
-from ftprefix.client.plan import ChunkMaker, Collector, Plan, Prompt, Request, Stop
-from ftprefix.client.sync import infer_inputs
+from ftprefix.client.plan import Tasks
 from ftprefix.client.tokenizer import ClientTokenizer
-from ftprefix.client.types import Completion, SamplingParams, StreamChunk
-from ftprefix.task_table import Task as TaskInfo
+from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
+from ftprefix.client.wire import infer_inputs
+from ftprefix.task_table import Task
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ftprefix.client.types import GenerateOptions
+
+
+class _Stream:
+    """One decoupled request: a bidirectional gRPC stream whose request iterator ends after it, so
+    the server closes the stream once the request's last response is out."""
+
+    def __init__(self, client: AsyncClient, op: OpenStream) -> None:
+        self.client, self.model, self.names = client, op.model, op.outputs
+
+        async def one_request() -> AsyncIterator[dict[str, object]]:
+            yield {
+                "model_name": op.model,
+                "inputs": infer_inputs(op.request.arrays),
+                "outputs": [grpcclient.InferRequestedOutput(n) for n in op.outputs],
+                "parameters": op.request.parameters,
+            }
+
+        self.responses = client._grpc.stream_infer(one_request(), stream_timeout=client.timeout)
+        self.iterator = self.responses.__aiter__()
+
+    async def next(self) -> dict[str, np.ndarray] | None:
+        client = self.client
+        while True:
+            try:
+                result, error = await asyncio.wait_for(anext(self.iterator), client.timeout)
+            except StopAsyncIteration:
+                return None
+            except asyncio.TimeoutError:
+                raise RequestTimeoutError(client.url, client.timeout) from None
+            except grpc.RpcError as exc:
+                raise translate(from_rpc_error(exc), client.url, self.model, client.timeout) from exc
+            except InferenceServerException as exc:
+                raise translate(exc, client.url, self.model, client.timeout) from exc
+            if error is not None:
+                raise translate(error, client.url, self.model, client.timeout) from error
+            outputs = {name: result.as_numpy(name) for name in self.names}
+            if all(value is not None for value in outputs.values()):
+                return outputs
+
+    def close(self) -> None:
+        self.responses.cancel()
 
 
 class AsyncClient(ClientBase):
@@ -39,7 +94,8 @@ class AsyncClient(ClientBase):
     >>> async with AsyncClient("localhost:8001", tokenizer="path/to/hf_model") as client:
     ...     completion = await client.generate("Hello", task="taskA")
 
-    Many coroutines may share one AsyncClient; each call is its own gRPC request or stream.
+    Many coroutines may share one AsyncClient; each call is its own gRPC request or stream, sent
+    concurrently, so the server's dynamic batcher can merge them.
     """
 
     def __init__(
@@ -55,7 +111,7 @@ class AsyncClient(ClientBase):
         """See `Client`; the gRPC channel opens on first use."""
         super().__init__(url, tokenizer, timeout, connect_retries, retry_delay, task_table_ttl)
         self._grpc_client: aioclient.InferenceServerClient | None = None
-        self._info_lock: asyncio.Lock | None = None
+        self._probes: dict[IsReady | GetConfig, asyncio.Future[Any]] = {}
 
     @property
     def _grpc(self) -> aioclient.InferenceServerClient:
@@ -76,220 +132,109 @@ class AsyncClient(ClientBase):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # -- server state ------------------------------------------------------------------------
-    async def _retrying(self, model: str, probe: Callable[[], Awaitable[T]]) -> T:
-        delay = self.retry_delay
-        for attempt in range(self.connect_retries + 1):
-            try:
-                return await probe()
-            except InferenceServerException as exc:
-                if not is_connection_failure(exc) or attempt == self.connect_retries:
-                    raise translate(exc, self.url, model, PROBE_TIMEOUT_S) from None
-            await asyncio.sleep(delay)  # backoff before reconnecting; only probes are ever retried
-            delay *= 2
-        raise AssertionError("unreachable")
-
-    async def _wait_ready(self, model: str) -> None:
-        delay = self.retry_delay
-        for attempt in range(self.connect_retries + 1):
-            if await self._retrying(
-                model, lambda: self._grpc.is_model_ready(model, client_timeout=PROBE_TIMEOUT_S)
-            ):
-                return
-            if attempt < self.connect_retries:
-                await asyncio.sleep(delay)  # the model may still be loading
-                delay *= 2
-        raise ModelNotReadyError(self.url, model)
-
-    async def _load_info(self, model: str) -> ModelInfo:
-        await self._wait_ready(model)
-        config = await self._retrying(
-            model, lambda: self._grpc.get_model_config(model, as_json=True, client_timeout=PROBE_TIMEOUT_S)
-        )
-        return ModelInfo.from_config(config)
+    # -- public calls --------------------------------------------------------------------------
 
     async def model_info(self, refresh: bool = False) -> ModelInfo:
         """The `fastertransformer` model's config (task table, decoupled or not), cached."""
-        if self._info_lock is None:
-            self._info_lock = asyncio.Lock()
-        async with self._info_lock:  # 32 first requests at once read the config once
-            if self._info_is_stale(refresh) or self._model_info is None:
-                return self._store_info(await self._load_info(protocol.FT_MODEL))
-            return self._model_info
+        return await self._run(self._model_info_flow(refresh))
 
-    async def _ensemble(self) -> ModelInfo | None:
-        if not self._ensemble_checked:
-            ready = await self._retrying(
-                protocol.ENSEMBLE_MODEL,
-                lambda: self._grpc.is_model_ready(protocol.ENSEMBLE_MODEL, client_timeout=PROBE_TIMEOUT_S),
-            )
-            self._ensemble_info = await self._load_info(protocol.ENSEMBLE_MODEL) if ready else None
-            self._ensemble_checked = True
-        return self._ensemble_info
-
-    async def tasks(self, refresh: bool = False) -> list[TaskInfo]:
+    async def tasks(self, refresh: bool = False) -> list[Task]:
         """The tasks the server serves (id, name, prompt length), read from its model config."""
         return list((await self.model_info(refresh)).tasks)
 
-    async def _resolve(
-        self,
-        prompts: Sequence[Prompt],
-        tasks: str | Sequence[str | None] | None,
-        params: SamplingParams,
-        stop: Sequence[Stop] | None,
-    ) -> tuple[ModelInfo, Plan]:
-        info = await self.model_info()
-        if not self._known(info, tasks):
-            info = await self.model_info(refresh=True)  # the server may have been restarted with new tasks
-        ensemble = await self._ensemble() if self._needs_ensemble(prompts) else None
-        return info, self._plan(info, ensemble, prompts, tasks, params, stop)
-
-    # -- generation --------------------------------------------------------------------------
     async def generate(
-        self,
-        prompt: Prompt,
-        *,
-        task: str | None = None,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
-        stop: Sequence[Stop] | None = None,
+        self, prompt: Prompt, *, task: str | None = None, **options: Unpack[GenerateOptions]
     ) -> Completion:
         """Continue one prompt with task `task` (None: the base model); see `Client.generate`."""
-        completions = await self.generate_batch(
-            [prompt],
-            tasks=task,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
-            stop=stop,
-        )
-        return completions[0]
+        return (await self.generate_batch([prompt], tasks=task, **options))[0]
 
     async def generate_batch(
-        self,
-        prompts: Sequence[Prompt],
-        *,
-        tasks: str | Sequence[str | None] | None = None,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
-        stop: Sequence[Stop] | None = None,
+        self, prompts: Sequence[Prompt], *, tasks: Tasks = None, **options: Unpack[GenerateOptions]
     ) -> list[Completion]:
         """Continue many prompts, each with its own task; see `Client.generate_batch`."""
-        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-        try:
-            return await self._run_plan(*await self._resolve(prompts, tasks, params, stop))
-        except TaskTableChangedError:
-            # refused before anything ran: read the task table again and resend once
-            await self.model_info(refresh=True)
-            return await self._run_plan(*await self._resolve(prompts, tasks, params, stop))
-
-    async def _run_plan(self, info: ModelInfo, plan: Plan) -> list[Completion]:
-        answers = await asyncio.gather(*(self._run(info, plan, request) for request in plan.requests()))
-        results = {row: completion for answer in answers for row, completion in answer}
-        return [results[i] for i in range(len(plan.rows))]
-
-    async def _run(self, info: ModelInfo, plan: Plan, request: Request) -> list[tuple[int, Completion]]:
-        collector = Collector(plan, request)
-        if info.decoupled:  # the ensemble streams too when its fastertransformer step does
-            async for outputs in self._stream_outputs(plan.info, request):
-                collector.add(outputs)
-        else:
-            collector.add(await self._infer(plan.info, request))
-        return collector.completions()
+        return await self._run(self._generate_flow(prompts, tasks, GenerationParams.from_options(options)))
 
     async def stream(
-        self,
-        prompt: Prompt,
-        *,
-        task: str | None = None,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
-        stop: Sequence[Stop] | None = None,
+        self, prompt: Prompt, *, task: str | None = None, **options: Unpack[GenerateOptions]
     ) -> AsyncIterator[StreamChunk]:
         """Yield new tokens (and text) as they come; see `Client.stream`."""
-        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-        for attempt in (1, 2):
-            info, plan = await self._resolve([prompt], task, params, stop)
-            self._check_streamable(info, plan)
-            responses = self._stream_outputs(info, plan.requests()[0])
-            try:
-                first = await anext(responses, None)
-                break
-            except TaskTableChangedError:
-                if attempt == 2:
-                    raise
-                await self.model_info(refresh=True)  # refused before anything ran: resend once
-        maker = ChunkMaker(plan)
-        outputs = first
-        while outputs is not None:
-            chunk = maker.update(outputs[protocol.OUTPUT_IDS], outputs[protocol.SEQUENCE_LENGTH])
-            if chunk is not None:
-                yield chunk
-            outputs = await anext(responses, None)
-        closing = maker.close()
-        if closing is not None:
-            yield closing
+        params = GenerationParams.from_options(options)
+        async for chunk in self._iterate(self._stream_flow(prompt, task, params)):
+            yield chunk
 
-    # -- transport ---------------------------------------------------------------------------
-    async def _infer(self, info: ModelInfo, request: Request) -> dict[str, np.ndarray]:
-        names = self._outputs(info)
+    # -- driving flows -------------------------------------------------------------------------
+
+    async def _run(self, flow: Flow[Any]) -> Any:
+        box: list[Any] = []
+        async for _ in self._iterate(flow, box):
+            raise AssertionError("a generate flow emits nothing")
+        return box[0]
+
+    async def _iterate(self, flow: Flow[Any], result: list[Any] | None = None) -> AsyncIterator[Any]:
+        """Drive `flow`: perform its operations, yield what it emits; its return value goes to `result`."""
+        streams: list[_Stream] = []
+        value: Any = None
+        error: BaseException | None = None
         try:
-            result = await self._grpc.infer(
-                info.name,
-                infer_inputs(request.arrays),
-                outputs=[grpcclient.InferRequestedOutput(n) for n in names],
-                client_timeout=self.timeout,
-                parameters=request.parameters,
-            )
-        except InferenceServerException as exc:
-            raise translate(exc, self.url, info.name, self.timeout) from None
-        return {name: result.as_numpy(name) for name in names}
-
-    async def _stream_outputs(
-        self, info: ModelInfo, request: Request
-    ) -> AsyncIterator[dict[str, np.ndarray]]:
-        """The outputs of each response of a decoupled model.
-
-        The request iterator ends after one request, so the server closes the stream once that
-        request's last response is out.
-        """
-
-        names = self._outputs(info)
-
-        async def one_request() -> AsyncIterator[dict[str, object]]:
-            yield {
-                "model_name": info.name,
-                "inputs": infer_inputs(request.arrays),
-                "outputs": [grpcclient.InferRequestedOutput(n) for n in names],
-                "parameters": request.parameters,
-            }
-
-        responses = self._grpc.stream_infer(one_request(), stream_timeout=self.timeout)
-        try:
-            async for result, error in responses:
-                if error is not None:
-                    raise translate(error, self.url, info.name, self.timeout)
-                outputs = {name: result.as_numpy(name) for name in names}
-                if all(value is not None for value in outputs.values()):
-                    yield outputs
-        except grpc.RpcError as exc:
-            raise translate(from_rpc_error(exc), self.url, info.name, self.timeout) from None
-        except InferenceServerException as exc:
-            raise translate(exc, self.url, info.name, self.timeout) from None
+            while True:
+                try:
+                    op = flow.throw(error) if error is not None else flow.send(value)
+                except StopIteration as stop:
+                    if result is not None:
+                        result.append(stop.value)
+                    return
+                value, error = None, None
+                if isinstance(op, Emit):
+                    yield op.item
+                    continue
+                try:
+                    value = await self._perform(op, streams)
+                except FtprefixClientError as exc:
+                    error = exc
         finally:
-            responses.cancel()
+            flow.close()
+            for stream in streams:
+                stream.close()
+
+    async def _perform(self, op: Op, streams: list[_Stream]) -> Any:
+        if isinstance(op, Sleep):
+            await asyncio.sleep(op.seconds)  # backoff between retries
+            return None
+        if isinstance(op, Gather):
+            return list(await asyncio.gather(*(self._run(flow) for flow in op.flows)))
+        if isinstance(op, OpenStream):
+            stream = _Stream(self, op)
+            streams.append(stream)
+            return stream
+        if isinstance(op, NextResponse):
+            return await op.handle.next()
+        if isinstance(op, CloseStream):
+            streams.remove(op.handle)
+            op.handle.close()
+            return None
+        if isinstance(op, (IsReady, GetConfig)):
+            # many coroutines starting at once share one probe of the server
+            if op not in self._probes:
+                self._probes[op] = asyncio.ensure_future(self._call(op))
+                self._probes[op].add_done_callback(lambda _f, op=op: self._probes.pop(op, None))
+            return await asyncio.shield(self._probes[op])
+        return await self._call(op)
+
+    async def _call(self, op: IsReady | GetConfig | Infer) -> Any:
+        try:
+            if isinstance(op, IsReady):
+                return await self._grpc.is_model_ready(op.model, client_timeout=PROBE_TIMEOUT_S)
+            if isinstance(op, GetConfig):
+                return await self._grpc.get_model_config(
+                    op.model, as_json=True, client_timeout=PROBE_TIMEOUT_S
+                )
+            result = await self._grpc.infer(
+                op.model,
+                infer_inputs(op.request.arrays),
+                outputs=[grpcclient.InferRequestedOutput(n) for n in op.outputs],
+                client_timeout=self.timeout,
+                parameters=op.request.parameters,
+            )
+            return {name: result.as_numpy(name) for name in op.outputs}
+        except InferenceServerException as exc:
+            raise translate(exc, self.url, op.model, self.timeout) from exc

@@ -1,4 +1,4 @@
-"""Map tritonclient's gRPC exceptions onto the client's actionable errors."""
+"""Classify tritonclient's gRPC exceptions into the client's errors, by status code first."""
 
 from __future__ import annotations
 
@@ -9,35 +9,35 @@ from ftprefix import protocol
 from ftprefix.client.errors import (
     FtprefixClientError,
     InferenceError,
+    InvalidRequestError,
     ModelNotReadyError,
     RequestTimeoutError,
     ServerUnavailableError,
     TaskTableChangedError,
 )
 
+# Triton answers a missing or loading model with NOT_FOUND or UNAVAILABLE and one of these.
 _MODEL_MISSING_HINTS = ("unknown model", "is not ready", "not found", "no version", "unavailable model")
-
-
-def is_connection_failure(exc: InferenceServerException) -> bool:
-    """True when no server answered: the only failure worth a retry with backoff."""
-    message = (exc.message() or "").lower()
-    return "UNAVAILABLE" in str(exc.status()) and not any(h in message for h in _MODEL_MISSING_HINTS)
 
 
 def translate(
     exc: InferenceServerException, url: str, model: str, timeout: float | None
 ) -> FtprefixClientError:
-    status = str(exc.status() or "")
+    """The client error for `exc`, carrying its status; raise it `from exc` to keep the cause."""
+    status = str(exc.status() or "") or None
+    code = (status or "").removeprefix("StatusCode.")
     message = exc.message() or str(exc)
-    if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in message.lower():
-        return RequestTimeoutError(url, timeout)
-    if is_connection_failure(exc):
-        return ServerUnavailableError(url, message.splitlines()[0] if message else "")
-    if any(h in message.lower() for h in _MODEL_MISSING_HINTS):
-        return ModelNotReadyError(url, model, message)
-    if protocol.TASK_TABLE_CHANGED in message:
-        return TaskTableChangedError(f"the server at {url} refused the request to {model!r}: {message}")
-    return InferenceError(f"the server at {url} rejected the request to {model!r}: {message}")
+    model_missing = any(h in message.lower() for h in _MODEL_MISSING_HINTS)
+    if code == "DEADLINE_EXCEEDED" or "deadline exceeded" in message.lower():
+        return RequestTimeoutError(url, timeout, status=status)
+    if code == "NOT_FOUND" or (code == "UNAVAILABLE" and model_missing):
+        return ModelNotReadyError(url, model, message, status=status)
+    if code == "UNAVAILABLE":
+        return ServerUnavailableError(url, message.splitlines()[0] if message else "", status=status)
+    if code == "INVALID_ARGUMENT":
+        kind = TaskTableChangedError if protocol.TASK_TABLE_CHANGED in message else InvalidRequestError
+        return kind(f"the server at {url} refused the request to {model!r}: {message}", status=status)
+    return InferenceError(f"the server at {url} failed the request to {model!r}: {message}", status=status)
 
 
 def from_rpc_error(error: grpc.RpcError) -> InferenceServerException:

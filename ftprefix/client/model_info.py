@@ -1,4 +1,4 @@
-"""What the client needs to know about the served model, read once from its Triton model config."""
+"""What the client needs to know about the served model, read from its Triton model config."""
 
 from __future__ import annotations
 
@@ -26,11 +26,13 @@ class ModelInfo:
     decoupled: bool
     max_batch_size: int
     tasks: TaskTable = field(default_factory=TaskTable)
+    end_id: int | None = None  # config.ini's end_id, published by ftprefix's repositories
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelInfo:
         config = config.get("config", config)
         table = _parameter(config, protocol.TASK_TABLE_PARAMETER)
+        end_id = _parameter(config, protocol.END_ID_PARAMETER)
         return cls(
             name=str(config.get("name", "")),
             inputs=frozenset(str(i["name"]) for i in config.get("input", [])),
@@ -38,6 +40,7 @@ class ModelInfo:
             decoupled=bool(config.get("model_transaction_policy", {}).get("decoupled", False)),
             max_batch_size=int(config.get("max_batch_size", 0)),
             tasks=TaskTable.from_json(table) if table else TaskTable(),
+            end_id=int(end_id) if end_id else None,
         )
 
     def task_id(self, name: str | None) -> int | None:
@@ -48,3 +51,6 @@ class ModelInfo:
         if task is None:
             raise UnknownTaskError(name, self.tasks.names)
         return task.id
+
+    def serves(self, name: str | None) -> bool:
+        return name is None or self.tasks.find(name) is not None

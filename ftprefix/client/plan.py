@@ -1,4 +1,4 @@
-"""Turn user prompts into FT requests and FT answers into `Completion`s, shared by both clients.
+"""Turn user prompts into FT requests and FT answers into `Completion`s and `StreamChunk`s.
 
 Nothing here talks to the network: the clients send `Plan.requests()` and hand the answers back.
 """
@@ -16,10 +16,9 @@ from ftprefix.client import wire
 from ftprefix.client.errors import FtprefixClientError, InvalidRequestError
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.tokenizer import ClientTokenizer
-from ftprefix.client.types import Completion, FinishReason, SamplingParams, StreamChunk
+from ftprefix.client.types import Completion, FinishReason, GenerationParams, Prompt, StreamChunk, Words
 
-Prompt = str | Sequence[int]
-Stop = str | Sequence[int]
+Tasks = str | Sequence[str | None] | None
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class Request:
     parameters: dict[str, str] | None = None
 
 
-def _task_list(tasks: str | Sequence[str | None] | None, batch: int) -> list[str | None]:
+def _task_list(tasks: Tasks, batch: int) -> list[str | None]:
     if tasks is None or isinstance(tasks, str):
         return [tasks] * batch
     names = list(tasks)
@@ -43,7 +42,7 @@ def _task_list(tasks: str | Sequence[str | None] | None, batch: int) -> list[str
     return names
 
 
-def _as_ids(prompt: Prompt) -> list[int] | None:
+def _as_ids(prompt: Prompt | Sequence[int]) -> list[int] | None:
     if isinstance(prompt, str):
         return None
     ids = [int(t) for t in prompt]
@@ -52,13 +51,17 @@ def _as_ids(prompt: Prompt) -> list[int] | None:
     return ids
 
 
+def _strings(words: Words | None) -> list[str]:
+    return [w for w in words or [] if isinstance(w, str)]
+
+
 @dataclass
 class Plan:
     """A batch of prompts resolved against the server: tokenised, task ids looked up, validated."""
 
-    info: ModelInfo
+    info: ModelInfo  # the model the requests go to (`fastertransformer` or `ensemble`)
     tokenizer: ClientTokenizer | None
-    params: SamplingParams
+    params: GenerationParams
     tasks: list[str | None]
     rows: list[wire.Row]
     stop_strings: list[str] = field(default_factory=list)
@@ -69,25 +72,23 @@ class Plan:
     def build(
         cls,
         prompts: Sequence[Prompt],
-        tasks: str | Sequence[str | None] | None,
-        params: SamplingParams,
-        stop: Sequence[Stop] | None,
+        tasks: Tasks,
+        params: GenerationParams,
         info: ModelInfo,
         tokenizer: ClientTokenizer | None,
-        use_ensemble: bool,
+        ensemble: ModelInfo | None = None,
     ) -> Plan:
-        """Validate everything before a byte is sent; `use_ensemble` sends text prompts as text."""
-        params.check()
+        """Validate everything before a byte is sent. With `ensemble`, text goes to it as text."""
         prompts = list(prompts)
         if not prompts:
             raise InvalidRequestError("no prompts given")
         names = _task_list(tasks, len(prompts))
         task_ids = [info.task_id(name) for name in names]  # UnknownTaskError before any request
-        stops = list(stop or [])
-        stop_strings = [s for s in stops if isinstance(s, str)]
         token_prompts = [_as_ids(p) for p in prompts]
-        if use_ensemble:
-            if any(ids is not None for ids in token_prompts) or len(stop_strings) != len(stops):
+        words = [*(params.stop or []), *(params.bad_words or [])]
+        has_text = any(ids is None for ids in token_prompts) or any(isinstance(w, str) for w in words)
+        if ensemble is not None and tokenizer is None and has_text:
+            if any(ids is not None for ids in token_prompts) or not all(isinstance(w, str) for w in words):
                 raise InvalidRequestError(
                     "token ids need the fastertransformer model; pass prompts and stop words as text"
                 )
@@ -95,30 +96,45 @@ class Plan:
             if any(not t for t in texts):
                 raise InvalidRequestError("empty prompt; FT needs at least one input token")
             rows = [wire.Row([], task_id=t) for t in task_ids]
-            return cls(info, None, params, names, rows, stop_strings, text_prompts=texts)
-        if tokenizer is None and (any(ids is None for ids in token_prompts) or stop_strings):
+            # the ensemble serves the fastertransformer model's tasks
+            target = ModelInfo(
+                ensemble.name,
+                ensemble.inputs,
+                ensemble.outputs,
+                info.decoupled,
+                ensemble.max_batch_size,
+                info.tasks,
+            )
+            return cls(target, None, params, names, rows, _strings(params.stop), texts)
+        if tokenizer is None and has_text:
             raise FtprefixClientError(
                 "text needs a tokenizer: pass tokenizer=HF_MODEL_DIR (--tokenizer), or serve a model "
                 "repository with the text `ensemble` (ftprefix serve --tokenizer HF_MODEL_DIR)"
             )
 
-        def encode(text: str) -> list[int]:
-            assert tokenizer is not None  # checked above: text without a tokenizer was refused
-            return tokenizer.encode(text)
+        def ids(item: str | Sequence[int]) -> list[int]:
+            if isinstance(item, str):
+                assert tokenizer is not None  # checked above: text without a tokenizer was refused
+                return tokenizer.encode(item)
+            return _as_ids(item) or []
 
-        stop_ids = [encode(s) if isinstance(s, str) else _as_ids(s) or [] for s in stops]
+        stop_ids = [w for w in map(ids, params.stop or []) if w]
+        bad_ids = [w for w in map(ids, params.bad_words or []) if w]
+        end_id = params.end_id if params.end_id is not None else info.end_id
+        if end_id is None and tokenizer is not None:
+            end_id = tokenizer.eos_id
+        if end_id is None:
+            raise FtprefixClientError(
+                "the model's end token is unknown (the server publishes no end_id and there is no "
+                "tokenizer): pass end_id=... or tokenizer=HF_MODEL_DIR"
+            )
         rows = []
-        for prompt, ids, task_id in zip(prompts, token_prompts, task_ids, strict=True):
-            input_ids = ids if ids is not None else encode(str(prompt))
+        for prompt, token_ids, task_id in zip(prompts, token_prompts, task_ids, strict=True):
+            input_ids = token_ids if token_ids is not None else ids(str(prompt))
             if not input_ids:
                 raise InvalidRequestError("empty prompt; FT needs at least one input token")
-            rows.append(wire.Row(input_ids, task_id=task_id, stop_words=[w for w in stop_ids if w]))
-        end_id = tokenizer.eos_id if tokenizer is not None else None
-        return cls(info, tokenizer, params, names, rows, stop_strings, end_id=end_id)
-
-    @property
-    def input_lengths(self) -> list[int]:
-        return [len(row.input_ids) for row in self.rows]
+            rows.append(wire.Row(input_ids, task_id, stop_ids, bad_ids))
+        return cls(info, tokenizer, params, names, rows, _strings(params.stop), end_id=end_id)
 
     def requests(self) -> list[Request]:
         """One request per group of rows FT can take together.
@@ -145,26 +161,35 @@ class Plan:
                 [self.text_prompts[i] for i in group],
                 [self.rows[i].task_id for i in group],
                 self.stop_strings,
+                _strings(self.params.bad_words),
                 self.params,
                 self.info.inputs,
             )
-        pad = self.end_id if self.end_id is not None else 0
-        return wire.ft_inputs([self.rows[i] for i in group], self.params, self.info.inputs, pad_id=pad)
-
-    def finish_reason(self, index: int, generated: Sequence[int]) -> FinishReason:
-        return wire.finish_reason(
-            generated, self.params.max_new_tokens, self.end_id, self.rows[index].stop_words
+        rows = [self.rows[i] for i in group]
+        return wire.ft_inputs(
+            rows, self.params, self.info.inputs, end_id=self.end_id, pad_id=self.end_id or 0
         )
 
-    def completion(self, index: int, generated: list[int]) -> Completion:
-        """The result of row `index` from its generated token ids (FT model path)."""
-        text = None
-        if self.tokenizer is not None:
-            text = wire.strip_stop_text(self.tokenizer.decode(generated), self.stop_strings)
+    def outputs(self) -> list[str]:
+        if self.text_prompts is not None:
+            return [protocol.TEXT_OUTPUT]
+        return [protocol.OUTPUT_IDS, protocol.SEQUENCE_LENGTH]
+
+    def row_spec(self, index: int) -> wire.RowSpec:
+        row = self.rows[index]
+        return wire.RowSpec(len(row.input_ids), self.params.max_new_tokens, self.end_id, row.stop_words)
+
+    def text(self, tokens: Sequence[int]) -> str | None:
+        if self.tokenizer is None:
+            return None
+        return wire.strip_stop_text(self.tokenizer.decode(tokens), self.stop_strings)
+
+    def completion(self, index: int, answer: wire.RowAnswer) -> Completion:
+        """The result of row `index` read from FT's output tensors."""
         return Completion(
-            text=text,
-            token_ids=generated,
-            finish_reason=self.finish_reason(index, generated),
+            text=self.text(answer.tokens),
+            token_ids=answer.tokens,
+            finish_reason=answer.finish_reason,
             task=self.tasks[index],
             prompt_token_count=len(self.rows[index].input_ids),
         )
@@ -177,80 +202,69 @@ class Plan:
 
 
 class Collector:
-    """Gathers the responses to one `Request` (one, or one per step from a decoupled model)."""
+    """Reads the answer to one `Request`: its last response (FT sends the whole result in each)."""
 
     def __init__(self, plan: Plan, request: Request) -> None:
         self.plan = plan
         self.rows = request.rows
-        width = max(plan.input_lengths[i] for i in request.rows)  # the padded width sent
-        self.state = wire.StreamState(len(request.rows), width)
-        self.texts: list[str] | None = None
 
-    def add(self, outputs: dict[str, np.ndarray]) -> None:
-        """Record one response; each carries the whole sequence so far, as FT sends it."""
-        if self.plan.text_prompts is not None:
-            prompts = [self.plan.text_prompts[i] for i in self.rows]
-            self.texts = wire.ensemble_texts(outputs[protocol.TEXT_OUTPUT], prompts)
-        else:
-            self.state.update(outputs[protocol.OUTPUT_IDS], outputs[protocol.SEQUENCE_LENGTH])
-
-    def completions(self) -> list[tuple[int, Completion]]:
+    def completions(self, outputs: dict[str, np.ndarray]) -> list[tuple[int, Completion]]:
         """(row index in the plan, its completion) for every row of the request."""
-        if self.plan.text_prompts is not None:
-            texts = self.texts or [""] * len(self.rows)
-            return [(row, self.plan.text_completion(row, t)) for row, t in zip(self.rows, texts, strict=True)]
-        return [
-            (row, self.plan.completion(row, ids))
-            for row, ids in zip(self.rows, self.state.generated, strict=True)
-        ]
+        plan = self.plan
+        if plan.text_prompts is not None:
+            texts = wire.ensemble_texts(outputs[protocol.TEXT_OUTPUT], len(self.rows))
+            return [(row, plan.text_completion(row, t)) for row, t in zip(self.rows, texts, strict=True)]
+        answers = wire.read_rows(
+            outputs[protocol.OUTPUT_IDS],
+            outputs[protocol.SEQUENCE_LENGTH],
+            [plan.row_spec(i) for i in self.rows],
+            final=True,
+        )
+        return [(row, plan.completion(row, a)) for row, a in zip(self.rows, answers, strict=True)]
 
 
 class ChunkMaker:
-    """Builds `StreamChunk`s for a single-row stream, decoding text incrementally."""
+    """Builds `StreamChunk`s for a single-row stream from FT's cumulative responses."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.state = wire.StreamState(1, plan.input_lengths[0])
+        self.spec = plan.row_spec(0)
+        self.tokens: list[int] = []
         self.emitted_text = ""
         self.finished = False
 
-    def _text_delta(self) -> str | None:
-        if self.plan.tokenizer is None:
+    def _text_delta(self, final: bool) -> str | None:
+        """New text; concatenated over the stream it equals the completion's text."""
+        tokenizer = self.plan.tokenizer
+        if tokenizer is None:
             return None
-        text = self.plan.tokenizer.decode(self.state.generated[0])
-        # A BPE token may end inside a multi-byte character: wait for the rest before emitting it.
-        if text.endswith("\ufffd") or not text.startswith(self.emitted_text):
+        if final:
+            text = self.plan.text(self.tokens) or ""
+        else:
+            text = tokenizer.decode(self.tokens)
+            # A BPE token may end inside a multi-byte character, and the text's tail may still
+            # become a stop string (which the completion leaves out): hold those back.
+            if text.endswith("\ufffd"):
+                return ""
+            text = text[: len(text) - wire.stop_prefix_length(text, self.plan.stop_strings)]
+        if not text.startswith(self.emitted_text):
             return ""
         delta, self.emitted_text = text[len(self.emitted_text) :], text
         return delta
 
-    def _finished_now(self, generated: Sequence[int]) -> bool:
-        row = self.plan.rows[0]
-        return (
-            len(generated) >= self.plan.params.max_new_tokens
-            or (self.plan.end_id is not None and bool(generated) and generated[-1] == self.plan.end_id)
-            or any(list(generated[-len(w) :]) == w for w in row.stop_words)
-        )
-
-    def update(self, output_ids: np.ndarray, sequence_length: np.ndarray) -> StreamChunk | None:
-        """A chunk for the tokens new in this response, or None if it brought none."""
-        fresh = self.state.update(output_ids, sequence_length)[0]
-        if not fresh:
-            return None
-        generated = self.state.generated[0]
-        reason = None
-        if self._finished_now(generated):
-            self.finished = True
-            reason = self.plan.finish_reason(0, generated)
-        return StreamChunk(token_ids=fresh, text=self._text_delta(), finish_reason=reason)
-
-    def close(self) -> StreamChunk | None:
-        """The closing chunk when the stream ended without a recognisable last token."""
+    def update(self, outputs: dict[str, np.ndarray], final: bool) -> StreamChunk | None:
+        """A chunk for what this response adds, or None if it adds nothing. `final`: the stream's
+        last response (read again with final=True once the stream has ended)."""
         if self.finished:
             return None
-        self.finished = True
-        reason = self.plan.finish_reason(0, self.state.generated[0])
-        tail = None
-        if self.plan.tokenizer is not None:
-            tail = self.plan.tokenizer.decode(self.state.generated[0])[len(self.emitted_text) :]
-        return StreamChunk(token_ids=[], text=tail, finish_reason=reason)
+        (answer,) = wire.read_rows(
+            outputs[protocol.OUTPUT_IDS], outputs[protocol.SEQUENCE_LENGTH], [self.spec], final
+        )
+        fresh = answer.tokens[len(self.tokens) :]
+        if not fresh and answer.finish_reason is None:
+            return None
+        self.tokens = answer.tokens
+        self.finished = answer.finish_reason is not None
+        return StreamChunk(
+            token_ids=fresh, text=self._text_delta(self.finished), finish_reason=answer.finish_reason
+        )

@@ -1,49 +1,96 @@
-"""`Client`: the blocking gRPC client (tritonclient.grpc)."""
+"""`Client`: the blocking gRPC client. Only its transport lives here (tritonclient.grpc); what each
+call does is written once, in `base.ClientBase`."""
 
 from __future__ import annotations
 
 import os
 import queue
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
-from ftprefix import protocol
-from ftprefix.client.common import (
+from ftprefix.client.base import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
     PROBE_TIMEOUT_S,
     TASK_TABLE_TTL_S,
     ClientBase,
+    CloseStream,
+    Emit,
+    Flow,
+    Gather,
+    GetConfig,
+    Infer,
+    IsReady,
+    NextResponse,
+    Op,
+    OpenStream,
+    Sleep,
 )
-from ftprefix.client.errors import ModelNotReadyError, RequestTimeoutError, TaskTableChangedError
-from ftprefix.client.failures import is_connection_failure, translate
+from ftprefix.client.errors import FtprefixClientError, RequestTimeoutError
+from ftprefix.client.failures import translate
 from ftprefix.client.model_info import ModelInfo
-from ftprefix.client.plan import ChunkMaker, Collector, Plan, Prompt, Request, Stop
+from ftprefix.client.plan import Tasks
 from ftprefix.client.tokenizer import ClientTokenizer
-from ftprefix.client.types import Completion, SamplingParams, StreamChunk
-from ftprefix.task_table import Task as TaskInfo
+from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
+from ftprefix.client.wire import infer_inputs
+from ftprefix.task_table import Task
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-
-def infer_inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
-    """tritonclient inputs from named numpy arrays (the aio client uses the same classes)."""
-    inputs = []
-    for name, array in arrays.items():
-        item = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        item.set_data_from_numpy(array)
-        inputs.append(item)
-    return inputs
+    from ftprefix.client.types import GenerateOptions
 
 
 def _is_final(result: grpcclient.InferResult) -> bool:
     parameters = result.get_response().parameters
     return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+
+
+class _Stream:
+    """One decoupled request on a private gRPC stream (tritonclient allows one stream per client)."""
+
+    def __init__(self, url: str, timeout: float | None, op: OpenStream) -> None:
+        self.url, self.timeout, self.model, self.names = url, timeout, op.model, op.outputs
+        self.responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self.done = False
+        self.grpc = grpcclient.InferenceServerClient(url)
+        try:
+            self.grpc.start_stream(
+                callback=lambda result, error: self.responses.put((result, error)), stream_timeout=timeout
+            )
+            self.grpc.async_stream_infer(
+                op.model,
+                infer_inputs(op.request.arrays),
+                outputs=[grpcclient.InferRequestedOutput(n) for n in op.outputs],
+                enable_empty_final_response=True,
+                parameters=op.request.parameters,
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def next(self) -> dict[str, np.ndarray] | None:
+        while not self.done:
+            try:
+                result, error = self.responses.get(timeout=self.timeout)
+            except queue.Empty:
+                raise RequestTimeoutError(self.url, self.timeout) from None
+            if error is not None:
+                raise translate(error, self.url, self.model, self.timeout) from error
+            self.done = _is_final(result)
+            outputs = {name: result.as_numpy(name) for name in self.names}
+            if all(value is not None for value in outputs.values()):  # not the empty final one
+                return outputs
+        return None
+
+    def close(self) -> None:
+        self.grpc.stop_stream(cancel_requests=True)
+        self.grpc.close()
 
 
 class Client(ClientBase):
@@ -52,10 +99,11 @@ class Client(ClientBase):
     >>> client = Client("localhost:8001", tokenizer="path/to/hf_model")
     >>> client.generate("Hello", task="taskA", max_new_tokens=16).text
 
-    Task names are read from the server once and checked before anything is sent. Without a
-    tokenizer, text goes through the server's `ensemble` model (if it has one); token ids always go
-    to the `fastertransformer` model. Connection set-up and readiness checks are retried with
-    backoff; a generation request is never re-sent.
+    Task names are read from the server and checked before anything is sent. Without a tokenizer,
+    text goes through the server's `ensemble` model (if it has one); token ids always go to the
+    `fastertransformer` model. Connection set-up and readiness checks are retried with backoff; a
+    generation request is re-sent only when the server refused it because its task ids moved.
+    Options of every generating call: see `GenerateOptions` / `GenerationParams`.
     """
 
     def __init__(
@@ -75,7 +123,6 @@ class Client(ClientBase):
         super().__init__(url, tokenizer, timeout, connect_retries, retry_delay, task_table_ttl)
         self._grpc = grpcclient.InferenceServerClient(self.url)
 
-    # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Close the gRPC channel."""
         self._grpc.close()
@@ -86,230 +133,107 @@ class Client(ClientBase):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- server state ------------------------------------------------------------------------
-    def _retrying(self, model: str, probe: Callable[[], T]) -> T:
-        delay = self.retry_delay
-        for attempt in range(self.connect_retries + 1):
-            try:
-                return probe()
-            except InferenceServerException as exc:
-                if not is_connection_failure(exc) or attempt == self.connect_retries:
-                    raise translate(exc, self.url, model, PROBE_TIMEOUT_S) from None
-            time.sleep(delay)  # backoff before reconnecting; only probes are ever retried
-            delay *= 2
-        raise AssertionError("unreachable")
-
-    def _wait_ready(self, model: str) -> None:
-        delay = self.retry_delay
-        for attempt in range(self.connect_retries + 1):
-            if self._retrying(
-                model, lambda: self._grpc.is_model_ready(model, client_timeout=PROBE_TIMEOUT_S)
-            ):
-                return
-            if attempt < self.connect_retries:
-                time.sleep(delay)  # the model may still be loading
-                delay *= 2
-        raise ModelNotReadyError(self.url, model)
-
-    def _load_info(self, model: str) -> ModelInfo:
-        self._wait_ready(model)
-        config = self._retrying(
-            model, lambda: self._grpc.get_model_config(model, as_json=True, client_timeout=PROBE_TIMEOUT_S)
-        )
-        return ModelInfo.from_config(config)
+    # -- public calls --------------------------------------------------------------------------
 
     def model_info(self, refresh: bool = False) -> ModelInfo:
         """The `fastertransformer` model's config (task table, decoupled or not), cached."""
-        if self._info_is_stale(refresh) or self._model_info is None:
-            return self._store_info(self._load_info(protocol.FT_MODEL))
-        return self._model_info
+        return self._run(self._model_info_flow(refresh))
 
-    def _ensemble(self) -> ModelInfo | None:
-        if not self._ensemble_checked:
-            ready = self._retrying(
-                protocol.ENSEMBLE_MODEL,
-                lambda: self._grpc.is_model_ready(protocol.ENSEMBLE_MODEL, client_timeout=PROBE_TIMEOUT_S),
-            )
-            self._ensemble_info = self._load_info(protocol.ENSEMBLE_MODEL) if ready else None
-            self._ensemble_checked = True
-        return self._ensemble_info
-
-    def tasks(self, refresh: bool = False) -> list[TaskInfo]:
+    def tasks(self, refresh: bool = False) -> list[Task]:
         """The tasks the server serves (id, name, prompt length), read from its model config."""
         return list(self.model_info(refresh).tasks)
 
-    def _resolve(
-        self,
-        prompts: Sequence[Prompt],
-        tasks: str | Sequence[str | None] | None,
-        params: SamplingParams,
-        stop: Sequence[Stop] | None,
-    ) -> tuple[ModelInfo, Plan]:
-        info = self.model_info()
-        if not self._known(info, tasks):
-            info = self.model_info(refresh=True)  # the server may have been restarted with new tasks
-        ensemble = self._ensemble() if self._needs_ensemble(prompts) else None
-        return info, self._plan(info, ensemble, prompts, tasks, params, stop)
-
-    # -- generation --------------------------------------------------------------------------
     def generate(
-        self,
-        prompt: Prompt,
-        *,
-        task: str | None = None,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
-        stop: Sequence[Stop] | None = None,
+        self, prompt: Prompt, *, task: str | None = None, **options: Unpack[GenerateOptions]
     ) -> Completion:
         """Continue one prompt (text or token ids) with task `task` (None: the base model).
 
-        Greedy by default (FT: top_k = top_p = 0). `stop` holds strings or token-id sequences;
-        generation ends right after one of them.
-        """
-        completions = self.generate_batch(
-            [prompt],
-            tasks=task,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
-            stop=stop,
-        )
-        return completions[0]
+        Greedy by default (FT: top_k = top_p = 0); `stop` ends generation right after one of its
+        strings or token-id sequences."""
+        return self.generate_batch([prompt], tasks=task, **options)[0]
 
     def generate_batch(
-        self,
-        prompts: Sequence[Prompt],
-        *,
-        tasks: str | Sequence[str | None] | None = None,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
-        stop: Sequence[Stop] | None = None,
+        self, prompts: Sequence[Prompt], *, tasks: Tasks = None, **options: Unpack[GenerateOptions]
     ) -> list[Completion]:
-        """Continue many prompts in one request, each with its own task (`tasks[i]` for
-        `prompts[i]`, or one name for all); sampling settings as in `generate`.
-
-        FT has no id for "no task", so base-model rows (task None) go in a request of their own.
-        """
-        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-        try:
-            return self._run_plan(*self._resolve(prompts, tasks, params, stop))
-        except TaskTableChangedError:
-            # refused before anything ran: read the task table again and resend once
-            self.model_info(refresh=True)
-            return self._run_plan(*self._resolve(prompts, tasks, params, stop))
-
-    def _run_plan(self, info: ModelInfo, plan: Plan) -> list[Completion]:
-        results: dict[int, Completion] = {}
-        for request in plan.requests():
-            collector = Collector(plan, request)
-            if info.decoupled:  # the ensemble streams too when its fastertransformer step does
-                for outputs in self._stream_outputs(plan.info, request):
-                    collector.add(outputs)
-            else:
-                collector.add(self._infer(plan.info, request))
-            results.update(collector.completions())
-        return [results[i] for i in range(len(plan.rows))]
+        """Continue many prompts, each with its own task (`tasks[i]` for `prompts[i]`, or one name
+        for all). FT has no id for "no task", so base-model rows (task None) go in a request of
+        their own."""
+        return self._run(self._generate_flow(prompts, tasks, GenerationParams.from_options(options)))
 
     def stream(
-        self,
-        prompt: Prompt,
-        *,
-        task: str | None = None,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        seed: int = 0,
-        stop: Sequence[Stop] | None = None,
+        self, prompt: Prompt, *, task: str | None = None, **options: Unpack[GenerateOptions]
     ) -> Iterator[StreamChunk]:
         """Yield the new tokens (and text) of one prompt as the server produces them.
 
-        Needs a decoupled model (`ftprefix serve --streaming`); the last chunk carries the
-        finish reason. Concatenated, the chunks' token ids equal `generate(...).token_ids`.
-        """
-        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-        for attempt in (1, 2):
-            info, plan = self._resolve([prompt], task, params, stop)
-            self._check_streamable(info, plan)
-            responses = self._stream_outputs(info, plan.requests()[0])
-            try:
-                first = next(responses, None)
-                break
-            except TaskTableChangedError:
-                if attempt == 2:
-                    raise
-                self.model_info(refresh=True)  # refused before anything ran: resend once
-        maker = ChunkMaker(plan)
-        outputs = first
-        while outputs is not None:
-            chunk = maker.update(outputs[protocol.OUTPUT_IDS], outputs[protocol.SEQUENCE_LENGTH])
-            if chunk is not None:
-                yield chunk
-            outputs = next(responses, None)
-        closing = maker.close()
-        if closing is not None:
-            yield closing
+        Needs a decoupled model (`ftprefix serve --streaming`); the last chunk carries the finish
+        reason. Concatenated, the chunks equal `generate(...)`'s token ids and text."""
+        params = GenerationParams.from_options(options)
+        return self._iterate(self._stream_flow(prompt, task, params))
 
-    # -- transport ---------------------------------------------------------------------------
-    def _infer(self, info: ModelInfo, request: Request) -> dict[str, np.ndarray]:
-        outputs = [grpcclient.InferRequestedOutput(name) for name in self._outputs(info)]
-        try:
-            result = self._grpc.infer(
-                info.name,
-                infer_inputs(request.arrays),
-                outputs=outputs,
-                client_timeout=self.timeout,
-                parameters=request.parameters,
-            )
-        except InferenceServerException as exc:
-            raise translate(exc, self.url, info.name, self.timeout) from None
-        return {o.name(): result.as_numpy(o.name()) for o in outputs}
+    # -- driving flows -------------------------------------------------------------------------
 
-    def _stream_outputs(self, info: ModelInfo, request: Request) -> Iterator[dict[str, np.ndarray]]:
-        """The outputs of each response of a decoupled model, until the last."""
-        responses: queue.Queue[tuple[grpcclient.InferResult | None, InferenceServerException | None]]
-        responses = queue.Queue()
-        names = self._outputs(info)
-        # tritonclient allows one stream per client object: a private one keeps threads apart
-        stream_client = grpcclient.InferenceServerClient(self.url)
+    def _run(self, flow: Flow[Any]) -> Any:
+        steps = self._iterate(flow)
         try:
-            stream_client.start_stream(
-                callback=lambda result, error: responses.put((result, error)), stream_timeout=self.timeout
-            )
-            stream_client.async_stream_infer(
-                info.name,
-                infer_inputs(request.arrays),
-                outputs=[grpcclient.InferRequestedOutput(n) for n in names],
-                enable_empty_final_response=True,
-                parameters=request.parameters,
-            )
+            while True:
+                next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+    def _iterate(self, flow: Flow[Any]) -> Any:
+        """Drive `flow`: perform its operations, yield what it emits, return what it returns."""
+        streams: list[_Stream] = []
+        value: Any = None
+        error: BaseException | None = None
+        try:
             while True:
                 try:
-                    result, error = responses.get(timeout=self.timeout)
-                except queue.Empty:
-                    raise RequestTimeoutError(self.url, self.timeout) from None
-                if error is not None:
-                    raise translate(error, self.url, info.name, self.timeout)
-                assert result is not None
-                outputs = {name: result.as_numpy(name) for name in names}
-                if all(value is not None for value in outputs.values()):  # not the empty final one
-                    yield outputs
-                if _is_final(result):
-                    return
-        except InferenceServerException as exc:
-            raise translate(exc, self.url, info.name, self.timeout) from None
+                    op = flow.throw(error) if error is not None else flow.send(value)
+                except StopIteration as stop:
+                    return stop.value
+                value, error = None, None
+                if isinstance(op, Emit):
+                    yield op.item
+                    continue
+                try:
+                    value = self._perform(op, streams)
+                except FtprefixClientError as exc:
+                    error = exc
         finally:
-            stream_client.stop_stream(cancel_requests=True)
-            stream_client.close()
+            flow.close()
+            for stream in streams:
+                stream.close()
+
+    def _perform(self, op: Op, streams: list[_Stream]) -> Any:
+        if isinstance(op, Sleep):
+            time.sleep(op.seconds)  # backoff between retries
+            return None
+        if isinstance(op, Gather):
+            return [self._run(flow) for flow in op.flows]
+        if isinstance(op, OpenStream):
+            stream = _Stream(self.url, self.timeout, op)
+            streams.append(stream)
+            return stream
+        if isinstance(op, NextResponse):
+            return op.handle.next()
+        if isinstance(op, CloseStream):
+            streams.remove(op.handle)
+            op.handle.close()
+            return None
+        model = op.model
+        try:
+            if isinstance(op, IsReady):
+                return self._grpc.is_model_ready(model, client_timeout=PROBE_TIMEOUT_S)
+            if isinstance(op, GetConfig):
+                return self._grpc.get_model_config(model, as_json=True, client_timeout=PROBE_TIMEOUT_S)
+            assert isinstance(op, Infer)
+            result = self._grpc.infer(
+                model,
+                infer_inputs(op.request.arrays),
+                outputs=[grpcclient.InferRequestedOutput(n) for n in op.outputs],
+                client_timeout=self.timeout,
+                parameters=op.request.parameters,
+            )
+            return {name: result.as_numpy(name) for name in op.outputs}
+        except InferenceServerException as exc:
+            raise translate(exc, self.url, model, self.timeout) from exc

@@ -1,20 +1,40 @@
-"""Public result and parameter types of the client."""
+"""Public parameter and result types of the client."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal, TypedDict
 
 from ftprefix.client.errors import InvalidRequestError
 
 FinishReason = Literal["length", "end_id", "stop_words"]
+Prompt = str | Sequence[int]
+Words = Sequence[str | Sequence[int]]  # stop / bad words: text, or token-id sequences
+
+
+class GenerateOptions(TypedDict, total=False):
+    """The keyword arguments of every generate / generate_batch / stream call (see GenerationParams)."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    repetition_penalty: float
+    seed: int
+    stop: Words | None
+    bad_words: Words | None
+    end_id: int | None
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """How to pick each new token; maps 1:1 onto the FT backend's optional inputs.
+class GenerationParams:
+    """How to generate; maps 1:1 onto the FT backend's optional inputs.
 
-    FT decodes greedily when `top_k` and `top_p` are both 0 (the default here).
+    FT decodes greedily when `top_k` and `top_p` are both 0 (the default here). `stop`: generation
+    of a row ends right after one of these (FT keeps it in the tokens; the text leaves a stop
+    string out, as OpenAI's `stop` does). `bad_words`: never generated. `end_id`: the token that
+    ends a row (default: the model's, from the server).
     """
 
     max_new_tokens: int = 32
@@ -23,6 +43,22 @@ class SamplingParams:
     top_p: float = 0.0
     repetition_penalty: float = 1.0
     seed: int = 0
+    stop: Words | None = None
+    bad_words: Words | None = None
+    end_id: int | None = None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> GenerationParams:
+        """From a call's keyword arguments, refusing names that are not options."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument {unknown[0]!r}; options are: {', '.join(sorted(known))}"
+            )
+        params = cls(**options)
+        params.check()
+        return params
 
     def check(self) -> None:
         """Raise InvalidRequestError for a value FT would reject or misread."""
@@ -40,14 +76,16 @@ class SamplingParams:
             raise InvalidRequestError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if not 0 <= self.seed < 2**64:
             raise InvalidRequestError(f"seed must be within [0, 2**64), got {self.seed}")
+        if self.end_id is not None and not 0 <= self.end_id < 2**32:
+            raise InvalidRequestError(f"end_id must be a token id, got {self.end_id}")
 
 
 @dataclass(frozen=True)
 class Completion:
     """One generated continuation.
 
-    `token_ids` are the generated tokens exactly as the server returned them (a final end token or
-    stop sequence included, as FT keeps them); `text` is their decoding without special tokens and
+    `token_ids` are the generated tokens (at most max_new_tokens; a final end token or stop
+    sequence included, as FT keeps them); `text` is their decoding without special tokens and
     without a trailing stop string. `text` is None when there is no tokenizer to decode with;
     `token_ids` is empty, and `finish_reason` None unless a stop string ended it, when the text
     went through the server's ensemble (it returns neither ids nor a token count).

@@ -1,7 +1,13 @@
-"""Build the FT backend's input tensors and read its outputs: numpy only, no transport.
+"""Build the FT backend's input tensors and read its outputs: numpy and tritonclient types only.
 
-Layouts follow triton-inference-server/fastertransformer_backend (all_models/gptneox/*/config.pbtxt,
-all_models/gptneox/preprocessing/1/word_list.py) and `ftprefix.protocol`.
+Tensor names and dtypes come from `ftprefix.protocol`'s table. Reading follows what real FT
+returns (docs/design.md, "What FT returns"): row b's generated tokens start right after its own
+input_lengths[b] tokens; the rest of the row is end_id. The padded width W that
+`sequence_length` counts from is that of the batch FT ran, which Triton may have merged with
+other requests, so a reader must not derive token positions from it: it takes at most the
+requested number of tokens after the row's input, ends a row at its first end_id or completed
+stop word, and uses `sequence_length` only as a cross-check. Rows asking for fewer tokens than
+others in FT's batch get one extra token; trimming to the request hides it.
 """
 
 from __future__ import annotations
@@ -12,10 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype
 
 from ftprefix import protocol
-from ftprefix.client.types import FinishReason, SamplingParams
+from ftprefix.client.errors import MalformedResponseError
+from ftprefix.client.types import FinishReason, GenerationParams
 from ftprefix.words import batch_words_to_ft
+
+_COLUMN = {t.name: t.column for t in protocol.FT_INPUTS}
 
 
 @dataclass(frozen=True)
@@ -25,84 +36,77 @@ class Row:
     input_ids: list[int]
     task_id: int | None = None
     stop_words: list[list[int]] = field(default_factory=list)
+    bad_words: list[list[int]] = field(default_factory=list)
 
 
-def _column(values: Sequence[float | int], dtype: type) -> np.ndarray:
-    return np.asarray(values, dtype=dtype).reshape(-1, 1)
+def infer_inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
+    """tritonclient inputs from named numpy arrays (the aio client takes the same classes)."""
+    inputs = []
+    for name, array in arrays.items():
+        item = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        item.set_data_from_numpy(array)
+        inputs.append(item)
+    return inputs
 
 
-def sampling_inputs(batch: int, params: SamplingParams, declared: frozenset[str]) -> dict[str, np.ndarray]:
-    """The optional sampling tensors, only those the model declares (both servers declare all)."""
-    candidates = {
-        protocol.RUNTIME_TOP_K: _column([params.top_k] * batch, np.uint32),
-        protocol.RUNTIME_TOP_P: _column([params.top_p] * batch, np.float32),
-        protocol.TEMPERATURE: _column([params.temperature] * batch, np.float32),
-        protocol.REPETITION_PENALTY: _column([params.repetition_penalty] * batch, np.float32),
-        protocol.RANDOM_SEED: _column([params.seed] * batch, np.uint64),
+def sampling_inputs(batch: int, params: GenerationParams, end_id: int | None) -> dict[str, np.ndarray]:
+    """The optional per-row inputs for `params` (callers drop those the model does not declare)."""
+    values: dict[str, float | int | None] = {
+        protocol.RUNTIME_TOP_K: params.top_k,
+        protocol.RUNTIME_TOP_P: params.top_p,
+        protocol.TEMPERATURE: params.temperature,
+        protocol.REPETITION_PENALTY: params.repetition_penalty,
+        protocol.RANDOM_SEED: params.seed,
+        protocol.END_ID: end_id,
     }
-    return {name: array for name, array in candidates.items() if name in declared}
+    return {name: _COLUMN[name]([value] * batch) for name, value in values.items() if value is not None}
 
 
-def task_ids_input(rows: Sequence[Row]) -> dict[str, np.ndarray]:
+def task_ids_input(task_ids: Sequence[int | None]) -> dict[str, np.ndarray]:
     """prompt_learning_task_name_ids, or nothing for a batch of base-model rows.
 
     FT has no id meaning "no prefix", so callers must not mix base rows and task rows in one request.
     """
-    ids = [row.task_id for row in rows]
-    if all(i is None for i in ids):
+    if all(i is None for i in task_ids):
         return {}
-    if any(i is None for i in ids):
+    if any(i is None for i in task_ids):
         raise ValueError("rows with and without a task cannot share one FT request")
-    return {protocol.TASK_IDS: _column(ids, np.uint32)}
+    return {protocol.TASK_IDS: _COLUMN[protocol.TASK_IDS](task_ids)}
+
+
+def _declared(arrays: dict[str, np.ndarray], declared: frozenset[str]) -> dict[str, np.ndarray]:
+    return {name: array for name, array in arrays.items() if name in declared}
 
 
 def ft_inputs(
-    rows: Sequence[Row], params: SamplingParams, declared: frozenset[str], pad_id: int = 0
+    rows: Sequence[Row],
+    params: GenerationParams,
+    declared: frozenset[str],
+    end_id: int | None = None,
+    pad_id: int = 0,
 ) -> dict[str, np.ndarray]:
     """Every input tensor of one request to the `fastertransformer` model.
 
     Rows are right-padded to the longest (FT reads only the first input_lengths[b] ids of row b).
     """
     lengths = [len(row.input_ids) for row in rows]
-    input_ids = np.full((len(rows), max(lengths)), pad_id, dtype=np.uint32)
+    input_ids = np.full((len(rows), max(lengths)), pad_id, dtype=protocol.FT_INPUT[protocol.INPUT_IDS].dtype)
     for b, row in enumerate(rows):
         input_ids[b, : len(row.input_ids)] = row.input_ids
     arrays = {
         protocol.INPUT_IDS: input_ids,
-        protocol.INPUT_LENGTHS: _column(lengths, np.uint32),
-        protocol.REQUEST_OUTPUT_LEN: _column([params.max_new_tokens] * len(rows), np.uint32),
-        **sampling_inputs(len(rows), params, declared),
-        **task_ids_input(rows),
+        protocol.INPUT_LENGTHS: _COLUMN[protocol.INPUT_LENGTHS](lengths),
+        protocol.REQUEST_OUTPUT_LEN: _COLUMN[protocol.REQUEST_OUTPUT_LEN](
+            [params.max_new_tokens] * len(rows)
+        ),
+        **sampling_inputs(len(rows), params, end_id),
+        **task_ids_input([row.task_id for row in rows]),
     }
-    if any(row.stop_words for row in rows) and protocol.STOP_WORDS_LIST in declared:
+    if any(row.stop_words for row in rows):
         arrays[protocol.STOP_WORDS_LIST] = batch_words_to_ft([row.stop_words for row in rows])
-    return arrays
-
-
-def generated_ids(output_ids: np.ndarray, sequence_length: np.ndarray, input_width: int) -> list[list[int]]:
-    """The new tokens of each row (beam 0): output_ids[b, 0, input_width : sequence_length[b]].
-
-    FT echoes `input_ids` as sent (rows padded to `input_width`) and writes the generated tokens
-    after them, so they start at the padded width for every row; sequence_length counts both.
-    """
-    ids = np.asarray(output_ids)
-    if ids.ndim == 2:  # a server that drops the beam axis
-        ids = ids[:, None, :]
-    lengths = np.asarray(sequence_length).reshape(ids.shape[0], -1)[:, 0]
-    return [ids[b, 0, input_width : int(lengths[b])].astype(np.int64).tolist() for b in range(ids.shape[0])]
-
-
-def finish_reason(
-    generated: Sequence[int], max_new_tokens: int, end_id: int | None, stop_words: Sequence[Sequence[int]]
-) -> FinishReason:
-    """Why FT stopped a row: it stops early only at end_id or right after a stop word."""
-    if end_id is not None and generated and generated[-1] == end_id:
-        return "end_id"
-    if any(len(w) and list(generated[-len(w) :]) == list(w) for w in stop_words):
-        return "stop_words"
-    if len(generated) >= max_new_tokens:
-        return "length"
-    return "end_id"
+    if any(row.bad_words for row in rows):
+        arrays[protocol.BAD_WORDS_LIST] = batch_words_to_ft([row.bad_words for row in rows])
+    return _declared(arrays, declared)
 
 
 def strip_stop_text(text: str, stops: Sequence[str]) -> str:
@@ -111,6 +115,17 @@ def strip_stop_text(text: str, stops: Sequence[str]) -> str:
         if stop and text.endswith(stop):
             return text[: -len(stop)]
     return text
+
+
+def stop_prefix_length(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters of `text` could still grow into a stop string (held back in streams)."""
+    held = 0
+    for stop in stops:
+        for k in range(min(len(stop), len(text)), held, -1):
+            if text.endswith(stop[:k]):
+                held = k
+                break
+    return held
 
 
 def csv_words(words: Sequence[str]) -> bytes:
@@ -124,49 +139,115 @@ def ensemble_inputs(
     prompts: Sequence[str],
     task_ids: Sequence[int | None],
     stops: Sequence[str],
-    params: SamplingParams,
+    bad_words: Sequence[str],
+    params: GenerationParams,
     declared: frozenset[str],
 ) -> dict[str, np.ndarray]:
     """Every input tensor of one request to the text-in/text-out `ensemble` model."""
     batch = len(prompts)
     arrays = {
         protocol.TEXT_INPUT: np.array([[p.encode("utf-8")] for p in prompts], dtype=object),
-        protocol.TEXT_OUTPUT_LEN: _column([params.max_new_tokens] * batch, np.uint32),
-        protocol.TEXT_BAD_WORDS: np.array([[b""]] * batch, dtype=object),
+        protocol.TEXT_OUTPUT_LEN: _COLUMN[protocol.REQUEST_OUTPUT_LEN]([params.max_new_tokens] * batch),
+        protocol.TEXT_BAD_WORDS: np.array([[csv_words(bad_words)]] * batch, dtype=object),
         protocol.TEXT_STOP_WORDS: np.array([[csv_words(stops)]] * batch, dtype=object),
-        **sampling_inputs(batch, params, declared),
-        **task_ids_input([Row([0], task_id=t) for t in task_ids]),
+        **sampling_inputs(batch, params, params.end_id),
+        **task_ids_input(task_ids),
     }
-    return {name: array for name, array in arrays.items() if name in declared}
+    return _declared(arrays, declared)
 
 
-def ensemble_texts(output: np.ndarray, prompts: Sequence[str]) -> list[str]:
-    """OUTPUT_0 [batch, beam] (beam 0), without the prompt when the server echoes it as FT's does."""
-    rows = np.asarray(output).reshape(len(prompts), -1)[:, 0]
-    texts = [
+def ensemble_texts(output: np.ndarray, batch: int) -> list[str]:
+    """OUTPUT_0 [batch, beam] (beam 0): the generated text of each row."""
+    rows = np.asarray(output).reshape(batch, -1)[:, 0]
+    return [
         value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value) for value in rows
     ]
-    return [text[len(p) :] if text.startswith(p) else text for text, p in zip(texts, prompts, strict=True)]
 
 
-class StreamState:
-    """Turns the cumulative responses of a decoupled model into per-row increments.
+# -- reading FT's output tensors ---------------------------------------------------------------
 
-    Each streamed response carries output_ids/sequence_length for the whole sequence so far (as
-    FT's decoupled mode sends them), so new tokens are those past what was already seen.
+
+@dataclass(frozen=True)
+class RowSpec:
+    """What the client asked for one row: enough to read its answer out of FT's tensors."""
+
+    input_length: int
+    max_new_tokens: int
+    end_id: int | None
+    stop_words: Sequence[Sequence[int]] = ()
+
+
+@dataclass(frozen=True)
+class RowAnswer:
+    tokens: list[int]
+    finish_reason: FinishReason | None  # None: the row has not finished yet (streaming)
+
+
+def ends_with_stop_word(history: Sequence[int], words: Sequence[Sequence[int]]) -> bool:
+    return any(w and len(history) >= len(w) and list(history[-len(w) :]) == list(w) for w in words)
+
+
+def read_row(ids: np.ndarray, spec: RowSpec, final: bool) -> RowAnswer:
+    """Row `ids` (output_ids[b, 0]) -> the generated tokens the caller asked for, and why they end.
+
+    In a streamed (not final) response an end_id may be the fill after the tokens so far, so the
+    row's end at an end_id is only taken from the final response.
     """
+    start = spec.input_length
+    window = [int(t) for t in ids[start : start + spec.max_new_tokens]]
+    history = [int(t) for t in ids[:start]]
+    tokens: list[int] = []
+    for token in window:
+        if token == spec.end_id:
+            if final:
+                return RowAnswer([*tokens, token], "end_id")
+            return RowAnswer(tokens, None)
+        tokens.append(token)
+        history.append(token)
+        if ends_with_stop_word(history, spec.stop_words):
+            return RowAnswer(tokens, "stop_words")
+    if len(tokens) == spec.max_new_tokens:
+        return RowAnswer(tokens, "length")
+    return RowAnswer(tokens, None)
 
-    def __init__(self, batch: int, input_width: int) -> None:
-        self.input_width = input_width
-        self.generated: list[list[int]] = [[] for _ in range(batch)]
 
-    def update(self, output_ids: np.ndarray, sequence_length: np.ndarray) -> list[list[int]]:
-        """Record one response; return each row's tokens that are new in it."""
-        rows = generated_ids(output_ids, sequence_length, self.input_width)
-        fresh = []
-        for b, ids in enumerate(rows):
-            seen = len(self.generated[b])
-            fresh.append(ids[seen:] if len(ids) > seen else [])
-            if len(ids) > seen:
-                self.generated[b] = ids
-        return fresh
+def read_rows(
+    output_ids: np.ndarray, sequence_length: np.ndarray, specs: Sequence[RowSpec], final: bool
+) -> list[RowAnswer]:
+    """Every row of one response (beam 0), cross-checked against `sequence_length`."""
+    ids = np.asarray(output_ids)
+    if ids.ndim == 2:  # a server that drops the beam axis
+        ids = ids[:, None, :]
+    lengths = np.asarray(sequence_length).reshape(ids.shape[0], -1)[:, 0].astype(np.int64)
+    if ids.shape[0] != len(specs):
+        raise MalformedResponseError(f"the server answered {ids.shape[0]} rows for {len(specs)} prompts")
+    answers = [read_row(ids[b, 0], spec, final) for b, spec in enumerate(specs)]
+    _cross_check(answers, lengths, specs, ids.shape[-1], final)
+    return answers
+
+
+def _cross_check(
+    answers: Sequence[RowAnswer], lengths: np.ndarray, specs: Sequence[RowSpec], total: int, final: bool
+) -> None:
+    """The rows must agree on one padded width W: sequence_length[b] = W + generated tokens of row b,
+    W covers every input and leaves room for every requested length in the row width `total`."""
+    low, high = max(s.input_length for s in specs), total - max(s.max_new_tokens for s in specs)
+    for b, (answer, length) in enumerate(zip(answers, lengths, strict=True)):
+        if final and answer.finish_reason is None:
+            _malformed(b, "it neither reaches the requested length nor ends with end_id or a stop word")
+        # FT generates exactly the tokens read for a row that stopped early, and one more than
+        # read for a row given k + 1 tokens (or whose end_id fill follows in a streamed response)
+        exact = answer.finish_reason in ("end_id", "stop_words")
+        low = max(low, int(length) - len(answer.tokens) - (0 if exact else 1))
+        high = min(high, int(length) - len(answer.tokens))
+        if low > high:
+            _malformed(
+                b, f"its sequence_length {int(length)} fits no padded width shared with the other rows"
+            )
+
+
+def _malformed(row: int, problem: str) -> None:
+    raise MalformedResponseError(
+        f"row {row} of the server's answer does not follow FasterTransformer's output layout: {problem}; "
+        "is this the FT backend or ftprefix serve?"
+    )

@@ -59,7 +59,8 @@ def build_model(
     intermediate_size: int | None = None,
     rotary_pct: float = 0.25,
     use_parallel_residual: bool = True,
-    layer_norm_eps: float = 1e-6,
+    layer_norm_eps: float = 1e-5,
+    hidden_act: str = "gelu_new",
     max_position_embeddings: int = 512,
     seed: int = 0,
     scale: float = 0.2,
@@ -70,7 +71,8 @@ def build_model(
 ) -> Any:
     """Make a randomly initialised GPTNeoXForCausalLM (fp32, eval mode); save it to `directory` if given.
 
-    `layer_norm_eps` defaults to FasterTransformer's fixed 1e-6 so HF and FT semantics agree.
+    `layer_norm_eps` and `hidden_act` (tanh GELU) default to what FasterTransformer computes, so
+    Hugging Face and FT semantics agree.
     The tokenizer (if any) is saved next to it; the model's vocab is at least the tokenizer's.
     """
     import torch
@@ -97,7 +99,7 @@ def build_model(
         max_position_embeddings=max_position_embeddings,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
-        hidden_act="gelu",
+        hidden_act=hidden_act,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)

@@ -1,10 +1,10 @@
-"""Request/response types of the reference engine, mirroring FasterTransformer's Triton tensors.
+"""Request/result types of the reference engine, one row of FasterTransformer's batch each.
 
-One `GenerationRequest` is one row of FT's batch; the fields map 1:1 onto the FT backend's inputs
-(input_ids/input_lengths, request_output_len, runtime_top_k, runtime_top_p, temperature,
-repetition_penalty, random_seed, end_id, stop_words_list, bad_words_list, is_return_log_probs,
-prompt_learning_task_name_ids). `GenerationResult` maps onto its outputs (output_ids,
-sequence_length, cum_log_probs, output_log_probs).
+`GenerationRequest`'s fields map 1:1 onto the FT backend's per-row inputs (input_ids/input_lengths,
+request_output_len, runtime_top_k, runtime_top_p, temperature, repetition_penalty, random_seed,
+end_id, stop_words_list, bad_words_list, is_return_log_probs, prompt_learning_task_name_ids).
+Results hold just the generated tokens: laying them out in FT's output tensors is the serving
+layer's job (ftprefix/serving/ft_batch.py).
 """
 
 from __future__ import annotations
@@ -30,9 +30,15 @@ class GenerationRequest:
 
 @dataclass
 class GenerationResult:
-    output_ids: list[int]  # the input tokens followed by the generated ones, as FT returns them
-    sequence_length: int  # len(input) + number of generated tokens kept
-    generated_ids: list[int]
+    generated_ids: list[int]  # an end_id or stop word that ended the row included, as FT keeps it
     finish_reason: str  # "length" | "end_id" | "stop_words"
     cum_log_prob: float = 0.0
     output_log_probs: list[float] = field(default_factory=list)  # one per generated token
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decoding step of a batch: each row's new tokens (none once it has finished)."""
+
+    new_tokens: list[list[int]]
+    finished: list[bool]

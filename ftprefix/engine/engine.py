@@ -3,15 +3,12 @@
 Batched like FT: one prefill over all rows (each with its own task, prefix length and input
 length), then one token per step for every row from the KV cache.
 
-Output conventions (NVIDIA/FasterTransformer src/fastertransformer/models/gptneox/GptNeoX.cc,
-kernels/decoding_kernels.cu gatherTree, kernels/sampling_topk_kernels.cu):
-- output_ids of a row = its input without padding followed by the generated tokens; FT fills the
-  rest of its [max_input_len + max_request_output_len] buffer with end_id.
-- a row stops when it samples end_id (that end_id is kept and counted), when its tokens end with
-  a stop word (kept), or after request_output_len tokens.
-- sequence_length here is len(input) + generated tokens. FT reports max_input_len + generated
-  tokens (its counter starts at the padded input length), which is the same number whenever the
-  rows of a batch have equal input lengths; `ft_sequence_length` gives FT's number.
+Stopping as FT stops (NVIDIA/FasterTransformer src/fastertransformer/models/gptneox/GptNeoX.cc,
+kernels/stop_criteria_kernels.cu): a row finishes when it samples end_id (kept), when its tokens
+end with a stop word (kept), or after request_output_len tokens; finished rows are fed end_id
+until every row has finished. How FT lays the results out in its output tensors, including the
+extra token it gives rows asking for fewer tokens than others in the batch, is the serving
+layer's business (ftprefix/serving/ft_batch.py).
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ import numpy as np
 import torch
 
 from ftprefix import layout
-from ftprefix.engine.api import GenerationRequest, GenerationResult
+from ftprefix.engine.api import GenerationRequest, GenerationResult, Step
 from ftprefix.engine.model import KVCache, Transformer
 from ftprefix.engine.sampling import Sampler, ends_with_stop_word
 from ftprefix.engine.weights import load_prefixes, load_weights
@@ -217,15 +214,15 @@ class Engine:
     # ------------------------------------------------------------------------------------------
     # public generation API
 
-    def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[list[list[int]]]:
-        """Per decoding step: the new token ids of each row (empty for rows already finished)."""
+    def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[Step]:
+        """One `Step` per decoding step, the last one with every row finished."""
         counts = [0] * len(requests)
         for states in self._decode(requests):
             new = []
             for b, state in enumerate(states):
                 new.append(state.generated[counts[b] :])
                 counts[b] = len(state.generated)
-            yield new
+            yield Step(new, [s.finish_reason is not None for s in states])
 
     def _results(self, states: Sequence[_RowState]) -> list[GenerationResult]:
         results = []
@@ -233,8 +230,6 @@ class Engine:
             r = s.request
             results.append(
                 GenerationResult(
-                    output_ids=[int(t) for t in r.input_ids] + s.generated,
-                    sequence_length=len(r.input_ids) + len(s.generated),
                     generated_ids=list(s.generated),
                     finish_reason=s.finish_reason or "length",
                     cum_log_prob=float(sum(s.token_log_probs)) if r.return_log_probs else 0.0,

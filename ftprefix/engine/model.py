@@ -2,7 +2,8 @@
 
 Semantics (NVIDIA/FasterTransformer src/fastertransformer/models/gptneox/GptNeoXContextDecoder.cc,
 GptNeoXDecoder.cc, kernels/unfused_attention_kernels.cu, kernels/decoder_masked_multihead_attention):
-- pre-layernorm with eps 1e-6 (GptNeoX.h), parallel (use_gptj_residual=1) or sequential residual;
+- pre-layernorm with FT's fixed eps (layout.LAYERNORM_EPS, GptNeoX.h), parallel (use_gptj_residual=1)
+  or sequential residual;
 - NeoX-style rotary (rotate halves) on the first `rotary_embedding` dims of q and k, base 10000;
 - prefix keys/values sit in the cache unrotated, in front of the row's tokens;
 - real tokens of a row with a prefix of length P take rotary positions P, P+1, ...

@@ -116,8 +116,12 @@ def preprocessing_config(parameters: dict[str, str]) -> mc.ModelConfig:
 
 def postprocessing_config(parameters: dict[str, str]) -> mc.ModelConfig:
     cfg = _base(POSTPROCESSING, backend="python")
-    _add_tensor(cfg.input, _tensor("TOKENS_BATCH", "uint32", (-1, -1)), with_io_flags=False)
-    _add_tensor(cfg.input, _tensor("sequence_length", "uint32", (-1,)), with_io_flags=False)
+    for t in (
+        _tensor("TOKENS_BATCH", "uint32", (-1, -1)),
+        _tensor("REQUEST_INPUT_LEN", "uint32", (1,)),
+        _tensor("REQUEST_OUTPUT_LEN", "uint32", (-1,)),
+    ):
+        _add_tensor(cfg.input, t, with_io_flags=False)
     _add_tensor(cfg.output, _tensor("OUTPUT", "object", (-1, -1)), with_io_flags=False)
     cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
     _set_parameters(cfg, parameters)
@@ -179,7 +183,13 @@ def ensemble_config(parameters: dict[str, str]) -> mc.ModelConfig:
         }
     )
     post = cfg.ensemble_scheduling.step.add(model_name=POSTPROCESSING, model_version=-1)
-    post.input_map.update({"TOKENS_BATCH": "_TOKENS_BATCH", "sequence_length": protocol.SEQUENCE_LENGTH})
+    post.input_map.update(
+        {
+            "TOKENS_BATCH": "_TOKENS_BATCH",
+            "REQUEST_INPUT_LEN": "_REQUEST_INPUT_LEN",
+            "REQUEST_OUTPUT_LEN": "_REQUEST_OUTPUT_LEN",
+        }
+    )
     post.output_map.update({"OUTPUT": protocol.TEXT_OUTPUT})
     _set_parameters(cfg, parameters)
     return cfg

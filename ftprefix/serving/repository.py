@@ -101,6 +101,14 @@ def write_repository(
     ft_dir = layout.find_ft_dir(converted).resolve()
     cfg = layout.read_config(ft_dir)
     tok = Path(tokenizer_dir) if tokenizer_dir is not None else None
+    if tok is not None and streaming:
+        # A Triton ensemble cannot feed one step from a decoupled model and from another one, and
+        # postprocessing needs both FT's output and each row's input/output lengths to read it.
+        raise UserError(
+            "a tokenizer adds the text ensemble, which Triton cannot build on a streaming (decoupled) "
+            "model: tokenize in the client (Client(tokenizer=...), --tokenizer of ftprefix generate) and "
+            "leave the tokenizer out here, or serve without streaming"
+        )
     if tok is not None and not has_tokenizer(tok):
         raise UserError(
             f"{tok} holds no Hugging Face tokenizer (tokenizer.json, tokenizer.model or vocab.json)"

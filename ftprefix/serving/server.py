@@ -119,14 +119,21 @@ class EmbeddedServer:
             return self
         self._config_digest = self._digest()
         info = repository.write_repository(
-            self.ft_dir, self.repository, target=repository.CPU,
-            tokenizer_dir=self.tokenizer_dir, streaming=self.streaming,
+            self.ft_dir,
+            self.repository,
+            target=repository.CPU,
+            tokenizer_dir=self.tokenizer_dir,
+            streaming=self.streaming,
         )
         self.models = info.models
         backends = tritonserver.prepare_backends(self.workdir / "backends")
         cmd = tritonserver.command(
-            self.repository, backends, host=self.host,
-            grpc_port=self.grpc_port, http_port=self.http_port, models=self.models,
+            self.repository,
+            backends,
+            host=self.host,
+            grpc_port=self.grpc_port,
+            http_port=self.http_port,
+            models=self.models,
         )
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed below)
         try:

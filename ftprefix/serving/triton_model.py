@@ -1,39 +1,29 @@
 """The CPU twin of the FasterTransformer backend: a Triton python-backend model running ftprefix.engine.
 
-Loaded only inside Triton's python backend stub (it imports `triton_python_backend_utils`). It is
-a thin adapter: decode FT's tensors, run the engine once per (dynamically batched) set of requests,
-split the rows back per request and encode them in FT's shapes and dtypes. A bad request gets its
-own Triton error; the others in the batch are still served.
+Loaded only inside Triton's python backend stub (it imports `triton_python_backend_utils`). A thin
+adapter: decode FT's tensors per request, run every request Triton merged into this execution as
+ONE engine batch, and answer each request with its slice of FT's output tensors (ft_batch.py).
+A bad request gets its own INVALID_ARG error; the others are still served.
 
-Streaming (decoupled model) mirrors libfastertransformer.cc: at every generation step each request
-receives a response with the full `output_ids` buffer [batch, 1, max_input_len + max_output_len]
-(input followed by the tokens so far, the rest end_id) and `sequence_length` so far; after the last
-step a final response carries the complete result and the COMPLETE_FINAL flag.
+Streaming (decoupled model) follows the backend's `streaming_callback` and GptNeoX::forward: after
+every generation step each request gets a response laid out like the final one, except for the
+step that ends generation (FT breaks out of its loop before the callback); then the final response
+carries the complete result and the COMPLETE_FINAL flag.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ftprefix import protocol
 from ftprefix.engine import Engine
-from ftprefix.engine.api import GenerationRequest, GenerationResult
+from ftprefix.engine.api import GenerationResult
 from ftprefix.errors import UserError
-from ftprefix.serving import ft_tensors
-
-
-@dataclass
-class _Pending:
-    """One Triton request decoded into engine rows."""
-
-    request: object
-    rows: list[GenerationRequest]
-    padded_input_ids: np.ndarray  # [batch, max_input_len] as sent: FT echoes it in output_ids
+from ftprefix.serving.ft_batch import FtBatch, FtRequest, decode_request
 
 
 class TritonPythonModel:
@@ -42,33 +32,33 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.engine = Engine.load(params["model_checkpoint_path"])
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
-        self.end_id = int(self.engine.config.end_id)
 
     # -- decoding / validation -----------------------------------------------------------------
 
-    def _decode(self, request: object) -> _Pending:
+    def _decode(self, request: object) -> FtRequest:
         inputs = {}
         for t in protocol.FT_INPUTS:
             tensor = pb_utils.get_input_tensor_by_name(request, t.name)
             if tensor is not None:
                 inputs[t.name] = tensor.as_numpy()
-        rows = ft_tensors.requests_from_tensors(inputs)
+        decoded = decode_request(inputs)
         # checked per request so that one bad request cannot fail the others it is batched with
-        self._check_task_names(request, rows)
-        self.engine.validate(rows)
-        ids = inputs[protocol.INPUT_IDS]
-        return _Pending(request, rows, ids.reshape(ids.shape[0], -1))
+        self._check_task_names(request, decoded)
+        self.engine.validate(self._batch([decoded]).engine_rows())
+        return decoded
 
-    def _check_task_names(self, request: object, rows: Sequence[GenerationRequest]) -> None:
+    def _check_task_names(self, request: object, decoded: FtRequest) -> None:
         """Refuse ids that no longer name the tasks the client meant (see protocol.TASK_NAMES_PARAMETER)."""
         params = json.loads(request.parameters() or "{}")  # type: ignore[attr-defined]
         if protocol.TASK_NAMES_PARAMETER not in params:
             return
         names = json.loads(params[protocol.TASK_NAMES_PARAMETER])
-        if len(names) != len(rows):
-            raise ValueError(f"{protocol.TASK_NAMES_PARAMETER} names {len(names)} tasks for {len(rows)} rows")
+        if len(names) != len(decoded.rows):
+            raise ValueError(
+                f"{protocol.TASK_NAMES_PARAMETER} names {len(names)} tasks for {len(decoded.rows)} rows"
+            )
         tasks = self.engine.config.tasks
-        for i, (row, name) in enumerate(zip(rows, names, strict=True)):
+        for i, (row, name) in enumerate(zip(decoded.rows, names, strict=True)):
             if row.task_id is None or name is None:
                 continue
             now = tasks.name_of(row.task_id) or "no task"
@@ -78,79 +68,82 @@ class TritonPythonModel:
                     f"but id {row.task_id} is now {now!r}; read the task table again and resend"
                 )
 
-    # -- non-streaming -------------------------------------------------------------------------
+    def _batch(self, requests: Sequence[FtRequest]) -> FtBatch:
+        return FtBatch(requests, self.engine.config.end_id)
 
-    def _generate(self, pending: Sequence[_Pending]) -> list[list[GenerationResult] | Exception]:
-        """Run the engine once over all rows; if that fails, run each request alone so one bad
-        request (e.g. too long for the model) only fails itself."""
-        all_rows = [row for p in pending for row in p.rows]
-        try:
-            results = self.engine.generate(all_rows)
-        except Exception:
-            if len(pending) == 1:
-                return [self._generate_one(pending[0])]
-            return [self._generate_one(p) for p in pending]
-        out: list[list[GenerationResult] | Exception] = []
-        start = 0
-        for p in pending:
-            out.append(results[start : start + len(p.rows)])
-            start += len(p.rows)
-        return out
-
-    def _generate_one(self, p: _Pending) -> list[GenerationResult] | Exception:
-        try:
-            return self.engine.generate(p.rows)
-        except Exception as exc:
-            return exc
-
-    def _response(self, p: _Pending, results: Sequence[GenerationResult]) -> object:
-        tensors = ft_tensors.tensors_from_results(p.rows, results, p.padded_input_ids, self.end_id)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
+    # -- execution -------------------------------------------------------------------------------
 
     def execute(self, requests: list) -> list | None:
-        if self.decoupled:
-            for request in requests:
-                self._stream(request)
-            return None
         responses: list = [None] * len(requests)
-        pending: list[_Pending] = []
-        slots: list[int] = []
+        decoded: list[tuple[int, FtRequest]] = []
         for i, request in enumerate(requests):
             try:
-                pending.append(self._decode(request))
-                slots.append(i)
+                decoded.append((i, self._decode(request)))
             except Exception as exc:
                 responses[i] = _error_response(exc)
-        if pending:
-            for i, p, outcome in zip(slots, pending, self._generate(pending), strict=True):
-                responses[i] = _error_response(outcome) if isinstance(outcome, Exception) else self._response(
-                    p, outcome
-                )
+        if self.decoupled:
+            for i, response in enumerate(responses):
+                if response is not None:
+                    requests[i].get_response_sender().send(response, flags=_FINAL)
+            if decoded:
+                self._stream([requests[i] for i, _ in decoded], [d for _, d in decoded])
+            return None
+        for group in self._groups([d for _, d in decoded]):
+            indices = [decoded[j][0] for j in group]
+            batch = self._batch([decoded[j][1] for j in group])
+            try:
+                results = self.engine.generate(batch.engine_rows())
+            except Exception as exc:
+                for i in indices:
+                    responses[i] = _error_response(exc)
+                continue
+            tensors = batch.responses([r.generated_ids for r in results], results)
+            for i, t in zip(indices, tensors, strict=True):
+                responses[i] = _response(t)
         return responses
 
-    # -- streaming (decoupled) -----------------------------------------------------------------
-
-    def _stream(self, request: object) -> None:
-        sender = request.get_response_sender()  # type: ignore[attr-defined]
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    def _groups(self, decoded: Sequence[FtRequest]) -> list[list[int]]:
+        """All requests as one batch, as FT runs them; each alone if that batch is too long for the
+        engine (rows below the merged maximum get one token more than alone)."""
         try:
-            p = self._decode(request)
-            generated: list[list[int]] = [[] for _ in p.rows]
-            for step in self.engine.stream(p.rows):
-                for b, new_ids in enumerate(step):
-                    generated[b].extend(int(t) for t in new_ids)
-                partial = [ft_tensors.partial_result(r, g) for r, g in zip(p.rows, generated, strict=True)]
-                sender.send(self._response(p, partial))
-            done = [ft_tensors.partial_result(r, g) for r, g in zip(p.rows, generated, strict=True)]
-            sender.send(self._response(p, done), flags=final)
-        except Exception as exc:
-            sender.send(_error_response(exc), flags=final)
+            self.engine.validate(self._batch(decoded).engine_rows())
+        except ValueError:
+            return [[j] for j in range(len(decoded))]
+        return [list(range(len(decoded)))] if decoded else []
+
+    def _stream(self, requests: Sequence[object], decoded: Sequence[FtRequest]) -> None:
+        for group in self._groups(decoded):
+            senders = [requests[j].get_response_sender() for j in group]  # type: ignore[attr-defined]
+            batch = self._batch([decoded[j] for j in group])
+            generated: list[list[int]] = [[] for _ in batch.rows]
+            try:
+                for step in self.engine.stream(batch.engine_rows()):
+                    for tokens, new in zip(generated, step.new_tokens, strict=True):
+                        tokens.extend(new)
+                    if all(step.finished):
+                        break  # FT's loop ends before the callback of its last step
+                    for sender, tensors in zip(senders, batch.responses(generated), strict=True):
+                        sender.send(_response(tensors))
+                results = [GenerationResult(tokens, "") for tokens in generated]
+                for sender, tensors in zip(senders, batch.responses(generated, results), strict=True):
+                    sender.send(_response(tensors), flags=_FINAL)
+            except Exception as exc:
+                for sender in senders:
+                    sender.send(_error_response(exc), flags=_FINAL)
+
+
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _response(tensors: dict[str, np.ndarray]) -> object:
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
 
 
 def _error_response(exc: Exception) -> object:
     if isinstance(exc, (ValueError, UserError)):  # BadRequest; the engine's unknown task / too long input
-        message = str(exc)
+        error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
     else:  # a bug: still answer the client, naming the exception type
-        message = f"internal error: {type(exc).__name__}: {exc}"
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
-
+        error = pb_utils.TritonError(
+            f"internal error: {type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL
+        )
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)

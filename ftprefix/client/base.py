@@ -1,0 +1,310 @@
+"""Everything `Client` and `AsyncClient` share: settings, caches and the logic of every call.
+
+Each call is written once, as a generator (a "flow") that yields the operations it needs done
+(`IsReady`, `GetConfig`, `Infer`, `OpenStream`, `NextResponse`, `CloseStream`, `Sleep`, `Gather`,
+`Emit`) and receives their results. The sync and async clients only drive flows: they perform
+each operation with their own transport (tritonclient.grpc or tritonclient.grpc.aio) and send the
+result back, or throw the client error it raised. So retries with backoff, ensemble detection,
+task-table resolution and the resend after a task-table change exist in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ftprefix import protocol
+from ftprefix.client.errors import (
+    FtprefixClientError,
+    ModelNotReadyError,
+    ServerUnavailableError,
+    StreamingNotSupportedError,
+    TaskTableChangedError,
+)
+from ftprefix.client.model_info import ModelInfo
+from ftprefix.client.plan import ChunkMaker, Collector, Plan, Request, Tasks
+from ftprefix.client.tokenizer import ClientTokenizer
+from ftprefix.client.types import Completion, GenerationParams, Prompt
+
+T = TypeVar("T")
+
+DEFAULT_URL = "localhost:8001"
+DEFAULT_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 5.0
+TASK_TABLE_TTL_S = 5.0
+# After the server refused stale task ids: how long to wait for it to publish its new table.
+TABLE_CHANGE_WAIT_S = 10.0
+MAX_RESENDS = 5
+
+
+# -- operations a flow asks its driver to perform --------------------------------------------
+
+
+@dataclass(frozen=True)
+class IsReady:
+    model: str  # -> bool
+
+
+@dataclass(frozen=True)
+class GetConfig:
+    model: str  # -> the model config as JSON (dict)
+
+
+@dataclass(frozen=True)
+class Infer:
+    model: str
+    request: Request
+    outputs: list[str]  # -> {output name: array}
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    model: str
+    request: Request
+    outputs: list[str]  # -> a handle for NextResponse / CloseStream
+
+
+@dataclass(frozen=True)
+class NextResponse:
+    handle: Any  # -> {output name: array}, or None once the stream has ended
+
+
+@dataclass(frozen=True)
+class CloseStream:
+    handle: Any  # -> None
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float  # -> None
+
+
+@dataclass(frozen=True)
+class Gather:
+    flows: list[Generator[Any, Any, Any]]  # -> their results in order, run concurrently where possible
+
+
+@dataclass(frozen=True)
+class Emit:
+    item: Any  # a stream chunk for the caller; -> None
+
+
+Op = IsReady | GetConfig | Infer | OpenStream | NextResponse | CloseStream | Sleep | Gather | Emit
+Flow = Generator[Op, Any, T]
+
+
+def normalize_url(url: str) -> str:
+    """`host:port` as gRPC wants it; a `grpc://` scheme is accepted and dropped."""
+    url = url.strip()
+    for scheme in ("grpc://", "grpcs://"):
+        if url.startswith(scheme):
+            url = url[len(scheme) :]
+    if url.startswith(("http://", "https://")):
+        raise FtprefixClientError(
+            f"{url} is an HTTP URL; the client speaks gRPC: pass host:port of the gRPC endpoint "
+            "(e.g. localhost:8001)"
+        )
+    if not url or ":" not in url:
+        raise FtprefixClientError(f"server URL {url!r} needs a port: pass host:port, e.g. localhost:8001")
+    return url.rstrip("/")
+
+
+class ClientBase:
+    """Settings, caches and flows common to `Client` and `AsyncClient`."""
+
+    def __init__(
+        self,
+        url: str,
+        tokenizer: str | os.PathLike[str] | ClientTokenizer | None,
+        timeout: float | None,
+        connect_retries: int,
+        retry_delay: float,
+        task_table_ttl: float | None,
+    ) -> None:
+        self.url = normalize_url(url)
+        if tokenizer is None or isinstance(tokenizer, ClientTokenizer):
+            self.tokenizer = tokenizer
+        else:
+            self.tokenizer = ClientTokenizer(tokenizer)
+        self.timeout = timeout
+        self.connect_retries = connect_retries
+        self.retry_delay = retry_delay
+        self.task_table_ttl = task_table_ttl
+        self._model_info: ModelInfo | None = None
+        self._model_info_read_at = 0.0
+        self._ensemble_info: ModelInfo | None = None
+        self._ensemble_checked = False
+
+    # -- server state ------------------------------------------------------------------------
+
+    def _backoff(self) -> Iterator[float | None]:
+        """A delay before each retry, doubling; None when no retry is left."""
+        delay = self.retry_delay
+        for _ in range(self.connect_retries):
+            yield delay
+            delay *= 2
+        yield None
+
+    def _probe(self, op: IsReady | GetConfig) -> Flow[Any]:
+        """`op`, retried with backoff while no server answers (the only failure worth a retry)."""
+        for delay in self._backoff():
+            try:
+                return (yield op)
+            except ServerUnavailableError:
+                if delay is None:
+                    raise
+            yield Sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _load_info(self, model: str) -> Flow[ModelInfo]:
+        for delay in self._backoff():
+            if (yield from self._probe(IsReady(model))):
+                break
+            if delay is None:
+                raise ModelNotReadyError(self.url, model)
+            yield Sleep(delay)  # the model may still be loading
+        return ModelInfo.from_config((yield from self._probe(GetConfig(model))))
+
+    def _info_is_stale(self, refresh: bool) -> bool:
+        # Task ids shift down when a task is removed and the server reloads: an old table could
+        # send a row to the wrong prefix, so it is read again after `task_table_ttl` seconds.
+        if self._model_info is None or refresh:
+            return True
+        ttl = self.task_table_ttl
+        return ttl is not None and time.monotonic() - self._model_info_read_at > ttl
+
+    def _model_info_flow(self, refresh: bool = False) -> Flow[ModelInfo]:
+        if self._info_is_stale(refresh) or self._model_info is None:
+            info = yield from self._load_info(protocol.FT_MODEL)
+            self._model_info, self._model_info_read_at = info, time.monotonic()
+        return self._model_info
+
+    def _ensemble_flow(self) -> Flow[ModelInfo | None]:
+        if not self._ensemble_checked:
+            ready = yield from self._probe(IsReady(protocol.ENSEMBLE_MODEL))
+            self._ensemble_info = (yield from self._load_info(protocol.ENSEMBLE_MODEL)) if ready else None
+            self._ensemble_checked = True
+        return self._ensemble_info
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _resolve(
+        self, prompts: Sequence[Prompt], tasks: Tasks, params: GenerationParams, refresh: bool
+    ) -> Flow[Plan]:
+        info = yield from self._model_info_flow(refresh)
+        names = [tasks] if tasks is None or isinstance(tasks, str) else list(tasks)
+        if not refresh and not all(info.serves(n) for n in names):
+            info = yield from self._model_info_flow(refresh=True)  # the server may serve new tasks now
+        needs_ensemble = self.tokenizer is None and any(isinstance(p, str) for p in prompts)
+        ensemble = (yield from self._ensemble_flow()) if needs_ensemble else None
+        return Plan.build(prompts, tasks, params, info, self.tokenizer, ensemble)
+
+    def _resending(
+        self,
+        prompts: Sequence[Prompt],
+        tasks: Tasks,
+        params: GenerationParams,
+        send: Callable[[Plan], Flow[T]],
+    ) -> Flow[T]:
+        """`send(plan)` (a flow); when the server refuses stale task ids, read its table again and
+        resend, waiting with backoff until it publishes a table that differs from the refused one.
+        Nothing ran for a refused request, so resending is safe. If a task is gone from the new
+        table, the plan refuses it (UnknownTaskError)."""
+        refused: TaskTableChangedError | None = None
+        stale = None
+        resends = 0
+        deadline = 0.0
+        delay = self.retry_delay
+        while True:
+            plan = yield from self._resolve(prompts, tasks, params, refresh=refused is not None)
+            if refused is not None and plan.info.tasks == stale:
+                if time.monotonic() >= deadline:
+                    raise refused  # the server never published its new table
+                yield Sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            try:
+                return (yield from send(plan))
+            except TaskTableChangedError as exc:
+                resends += 1
+                if resends > MAX_RESENDS:
+                    raise
+                refused, stale = exc, plan.info.tasks
+                deadline = time.monotonic() + TABLE_CHANGE_WAIT_S
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def _request_flow(self, plan: Plan, request: Request) -> Flow[list[tuple[int, Completion]]]:
+        """One request's completions; a decoupled model's last response carries the whole result."""
+        collector = Collector(plan, request)
+        if not plan.info.decoupled:
+            return collector.completions((yield Infer(plan.info.name, request, plan.outputs())))
+        last = None
+        handle = yield OpenStream(plan.info.name, request, plan.outputs())
+        try:
+            while (response := (yield NextResponse(handle))) is not None:
+                last = response
+        except Exception:
+            yield CloseStream(handle)
+            raise
+        yield CloseStream(handle)
+        if last is None:
+            raise FtprefixClientError(f"the server at {self.url} ended the stream without an answer")
+        return collector.completions(last)
+
+    def _generate_flow(
+        self, prompts: Sequence[Prompt], tasks: Tasks, params: GenerationParams
+    ) -> Flow[list[Completion]]:
+        def send(plan: Plan) -> Flow[list[Completion]]:
+            answers = yield Gather([self._request_flow(plan, r) for r in plan.requests()])
+            results = {row: completion for answer in answers for row, completion in answer}
+            return [results[i] for i in range(len(plan.rows))]
+
+        return (yield from self._resending(prompts, tasks, params, send))
+
+    def _stream_flow(self, prompt: Prompt, task: str | None, params: GenerationParams) -> Flow[None]:
+        """Yields `Emit(StreamChunk)` as the server streams; resends only before the first response."""
+
+        def open_stream(plan: Plan) -> Flow[tuple[Plan, Any, Any]]:
+            if plan.text_prompts is not None:
+                raise StreamingNotSupportedError(
+                    "streaming goes to the fastertransformer model: pass tokenizer=HF_MODEL_DIR (--tokenizer)"
+                )
+            if not plan.info.decoupled:
+                raise StreamingNotSupportedError(
+                    f"model {plan.info.name!r} is not decoupled, so it answers once per request: use "
+                    "generate(), or start the server with streaming (ftprefix serve --streaming)"
+                )
+            handle = yield OpenStream(plan.info.name, plan.requests()[0], plan.outputs())
+            try:
+                first = yield NextResponse(handle)
+            except Exception:
+                yield CloseStream(handle)
+                raise
+            return plan, handle, first
+
+        # No yield in a `finally` here: a caller that stops iterating closes the flow, and the
+        # driver then closes whatever stream is still open.
+        plan, handle, response = yield from self._resending([prompt], task, params, open_stream)
+        try:
+            maker = ChunkMaker(plan)
+            last = response
+            while response is not None:
+                last = response
+                chunk = maker.update(response, final=False)
+                if chunk is not None:
+                    yield Emit(chunk)
+                response = yield NextResponse(handle)
+            # Only the last response tells an end_id that ended the row from the end_id fill.
+            chunk = maker.update(last, final=True) if last is not None else None
+            if chunk is not None:
+                yield Emit(chunk)
+            if not maker.finished:
+                raise FtprefixClientError(f"the server at {self.url} ended the stream before the answer did")
+        except Exception:
+            yield CloseStream(handle)
+            raise
+        yield CloseStream(handle)

@@ -1,0 +1,71 @@
+"""The independent reference for served answers: Hugging Face GPTNeoXForCausalLM with each task's
+original prefix as past_key_values, decoding greedily with FasterTransformer's stopping rules
+(written here from docs/design.md, not taken from ftprefix). Helpers only, no tests here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DynamicCache, GPTNeoXForCausalLM
+
+
+class HFReference:
+    """`greedy(ids, task, n)`: what FT must answer for one row, given the toy model's HF directory
+    (built with FT's eps and tanh GELU) and each task's canonical prefix [P, layers*2*hidden]."""
+
+    def __init__(self, hf_dir: Path, prefixes: dict[str, np.ndarray]) -> None:
+        self.model = GPTNeoXForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+        self.prefixes = {name: np.asarray(p, dtype=np.float32) for name, p in prefixes.items()}
+        self._cache: dict[tuple, tuple[list[int], str]] = {}
+
+    def _logits(self, ids: list[int], task: str | None) -> np.ndarray:
+        cfg = self.model.config
+        tokens = torch.tensor([ids])
+        with torch.no_grad():
+            if task is None:
+                return self.model(tokens).logits[0, -1].numpy()
+            prefix = torch.from_numpy(self.prefixes[task])
+            p, heads = prefix.shape[0], cfg.num_attention_heads
+            kv = prefix.view(p, cfg.num_hidden_layers, 2, heads, cfg.hidden_size // heads)
+            cache = DynamicCache()
+            for layer in range(cfg.num_hidden_layers):
+                cache.update(
+                    kv[:, layer, 0].permute(1, 0, 2)[None].contiguous(),
+                    kv[:, layer, 1].permute(1, 0, 2)[None].contiguous(),
+                    layer,
+                )
+            out = self.model(
+                tokens,
+                past_key_values=cache,
+                attention_mask=torch.ones((1, p + len(ids)), dtype=torch.long),
+                position_ids=torch.arange(p, p + len(ids))[None],
+            )
+            return out.logits[0, -1].numpy()
+
+    def greedy(
+        self,
+        ids: Sequence[int],
+        task: str | None,
+        max_new_tokens: int,
+        end_id: int | None = None,
+        stop_words: Sequence[Sequence[int]] = (),
+    ) -> tuple[list[int], str]:
+        """(generated tokens, finish reason): a row ends after end_id or a stop word (both kept)."""
+        key = (tuple(ids), task, max_new_tokens, end_id, tuple(map(tuple, stop_words)))
+        if key not in self._cache:
+            seq, new, reason = list(ids), [], "length"
+            for _ in range(max_new_tokens):
+                token = int(self._logits(seq, task).argmax())
+                seq.append(token)
+                new.append(token)
+                if token == end_id:
+                    reason = "end_id"
+                    break
+                if any(w and seq[-len(w) :] == list(w) for w in stop_words):
+                    reason = "stop_words"
+                    break
+            self._cache[key] = (new, reason)
+        return self._cache[key]
