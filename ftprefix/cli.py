@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from ftprefix import __version__
 from ftprefix.errors import UserError
+from ftprefix.extras import require
 
 # name -> module under ftprefix.commands providing `register(subparsers)`; each module imports its
 # heavy dependencies (torch, tritonclient) lazily so `ftprefix --help` stays fast.
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        require(*getattr(args, "extras", ()))
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"ftprefix {args.command}: error: {exc}", file=sys.stderr)

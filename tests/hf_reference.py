@@ -12,6 +12,37 @@ import torch
 from transformers import DynamicCache, GPTNeoXForCausalLM
 
 
+def prefix_cache(prefix: np.ndarray, config) -> DynamicCache:
+    """A canonical prefix [P, layers*2*hidden] (layer, key/value, head, head_dim) as HF's KV cache."""
+    t = torch.from_numpy(np.ascontiguousarray(prefix, dtype=np.float32))
+    heads = config.num_attention_heads
+    kv = t.view(t.shape[0], config.num_hidden_layers, 2, heads, config.hidden_size // heads)
+    cache = DynamicCache()
+    for layer in range(config.num_hidden_layers):
+        cache.update(
+            kv[:, layer, 0].permute(1, 0, 2)[None].contiguous(),
+            kv[:, layer, 1].permute(1, 0, 2)[None].contiguous(),
+            layer,
+        )
+    return cache
+
+
+def logits_with_prefix(model, ids: Sequence[int], prefix: np.ndarray | None) -> np.ndarray:
+    """HF logits [len(ids), vocab] of one row, the prefix (if any) as past_key_values at positions 0..P-1."""
+    tokens = torch.tensor([list(ids)])
+    with torch.no_grad():
+        if prefix is None:
+            return model(tokens).logits[0].numpy()
+        p = prefix.shape[0]
+        out = model(
+            tokens,
+            past_key_values=prefix_cache(prefix, model.config),
+            attention_mask=torch.ones((1, p + len(ids)), dtype=torch.long),
+            position_ids=torch.arange(p, p + len(ids))[None],
+        )
+        return out.logits[0].numpy()
+
+
 class HFReference:
     """`greedy(ids, task, n)`: what FT must answer for one row, given the toy model's HF directory
     (built with FT's eps and tanh GELU) and each task's canonical prefix [P, layers*2*hidden]."""
@@ -22,28 +53,7 @@ class HFReference:
         self._cache: dict[tuple, tuple[list[int], str]] = {}
 
     def _logits(self, ids: list[int], task: str | None) -> np.ndarray:
-        cfg = self.model.config
-        tokens = torch.tensor([ids])
-        with torch.no_grad():
-            if task is None:
-                return self.model(tokens).logits[0, -1].numpy()
-            prefix = torch.from_numpy(self.prefixes[task])
-            p, heads = prefix.shape[0], cfg.num_attention_heads
-            kv = prefix.view(p, cfg.num_hidden_layers, 2, heads, cfg.hidden_size // heads)
-            cache = DynamicCache()
-            for layer in range(cfg.num_hidden_layers):
-                cache.update(
-                    kv[:, layer, 0].permute(1, 0, 2)[None].contiguous(),
-                    kv[:, layer, 1].permute(1, 0, 2)[None].contiguous(),
-                    layer,
-                )
-            out = self.model(
-                tokens,
-                past_key_values=cache,
-                attention_mask=torch.ones((1, p + len(ids)), dtype=torch.long),
-                position_ids=torch.arange(p, p + len(ids))[None],
-            )
-            return out.logits[0, -1].numpy()
+        return logits_with_prefix(self.model, ids, None if task is None else self.prefixes[task])[-1]
 
     def greedy(
         self,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import DynamicCache
+from hf_reference import logits_with_prefix
 from transformers.activations import ACT2FN
 
 from ftprefix import layout
@@ -73,27 +73,7 @@ def build(directory: Path, tp: int, parallel: bool, rotary_pct: float, dtype: st
 
 
 def hf_logits(built: Built, ids: list[int], task_id: int | None) -> np.ndarray:
-    cfg, tokens = built.cfg, torch.tensor([ids])
-    with torch.no_grad():
-        if task_id is None:
-            return built.model(tokens).logits[0].numpy()
-        prefix = torch.from_numpy(built.prefixes[task_id])
-        p = prefix.shape[0]
-        kv = prefix.view(p, cfg.num_layer, 2, cfg.head_num, cfg.size_per_head)
-        cache = DynamicCache()
-        for layer in range(cfg.num_layer):
-            cache.update(
-                kv[:, layer, 0].permute(1, 0, 2)[None].contiguous(),
-                kv[:, layer, 1].permute(1, 0, 2)[None].contiguous(),
-                layer,
-            )
-        out = built.model(
-            tokens,
-            past_key_values=cache,
-            attention_mask=torch.ones((1, p + len(ids)), dtype=torch.long),
-            position_ids=torch.arange(p, p + len(ids))[None],
-        )
-        return out.logits[0].numpy()
+    return logits_with_prefix(built.model, ids, None if task_id is None else built.prefixes[task_id])
 
 
 def hf_greedy(built: Built, ids: list[int], task_id: int | None, steps: int) -> list[int]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,14 +14,12 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from ftprefix.client.base import (
-    DEFAULT_TIMEOUT_S,
-    DEFAULT_URL,
     PROBE_TIMEOUT_S,
-    TASK_TABLE_TTL_S,
     ClientBase,
     CloseStream,
     Emit,
     Flow,
+    FlowRunner,
     Gather,
     GetConfig,
     Infer,
@@ -36,7 +33,6 @@ from ftprefix.client.errors import FtprefixClientError, RequestTimeoutError
 from ftprefix.client.failures import from_rpc_error, translate
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Tasks
-from ftprefix.client.tokenizer import ClientTokenizer
 from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
 from ftprefix.client.wire import infer_inputs
 from ftprefix.task_table import Task
@@ -98,33 +94,20 @@ class AsyncClient(ClientBase):
     concurrently, so the server's dynamic batcher can merge them.
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        tokenizer: str | os.PathLike[str] | ClientTokenizer | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT_S,
-        connect_retries: int = 3,
-        retry_delay: float = 0.2,
-        task_table_ttl: float | None = TASK_TABLE_TTL_S,
-    ) -> None:
-        """See `Client`; the gRPC channel opens on first use."""
-        super().__init__(url, tokenizer, timeout, connect_retries, retry_delay, task_table_ttl)
-        self._grpc_client: aioclient.InferenceServerClient | None = None
-        self._probes: dict[IsReady | GetConfig, asyncio.Future[Any]] = {}
+    _channel: aioclient.InferenceServerClient | None = None
 
     @property
     def _grpc(self) -> aioclient.InferenceServerClient:
         # created lazily so the channel binds to the event loop that uses it
-        if self._grpc_client is None:
-            self._grpc_client = aioclient.InferenceServerClient(self.url)
-        return self._grpc_client
+        if self._channel is None:
+            self._channel = aioclient.InferenceServerClient(self.url)
+        return self._channel
 
     async def close(self) -> None:
         """Close the gRPC channel."""
-        if self._grpc_client is not None:
-            await self._grpc_client.close()
-            self._grpc_client = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -172,25 +155,18 @@ class AsyncClient(ClientBase):
 
     async def _iterate(self, flow: Flow[Any], result: list[Any] | None = None) -> AsyncIterator[Any]:
         """Drive `flow`: perform its operations, yield what it emits; its return value goes to `result`."""
-        streams: list[_Stream] = []
-        value: Any = None
-        error: BaseException | None = None
+        runner, streams = FlowRunner(flow), list[_Stream]()
         try:
-            while True:
-                try:
-                    op = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration as stop:
-                    if result is not None:
-                        result.append(stop.value)
-                    return
-                value, error = None, None
+            while (op := runner.next_op()) is not None:
                 if isinstance(op, Emit):
                     yield op.item
                     continue
                 try:
-                    value = await self._perform(op, streams)
+                    runner.value = await self._perform(op, streams)
                 except FtprefixClientError as exc:
-                    error = exc
+                    runner.error = exc
+            if result is not None:
+                result.append(runner.result)
         finally:
             flow.close()
             for stream in streams:

@@ -96,6 +96,25 @@ Op = IsReady | GetConfig | Infer | OpenStream | NextResponse | CloseStream | Sle
 Flow = Generator[Op, Any, T]
 
 
+class FlowRunner:
+    """Steps a flow for a driver: `next_op()` resumes it with the last result (`value`) or error
+    (`error`) and returns its next operation, or None once it has returned (`result`)."""
+
+    def __init__(self, flow: Flow[Any]) -> None:
+        self.flow = flow
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.result: Any = None
+
+    def next_op(self) -> Op | None:
+        value, error, self.value, self.error = self.value, self.error, None, None
+        try:
+            return self.flow.throw(error) if error is not None else self.flow.send(value)
+        except StopIteration as stop:
+            self.result = stop.value
+            return None
+
+
 def normalize_url(url: str) -> str:
     """`host:port` as gRPC wants it; a `grpc://` scheme is accepted and dropped."""
     url = url.strip()
@@ -117,13 +136,19 @@ class ClientBase:
 
     def __init__(
         self,
-        url: str,
-        tokenizer: str | os.PathLike[str] | ClientTokenizer | None,
-        timeout: float | None,
-        connect_retries: int,
-        retry_delay: float,
-        task_table_ttl: float | None,
+        url: str = DEFAULT_URL,
+        *,
+        tokenizer: str | os.PathLike[str] | ClientTokenizer | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        connect_retries: int = 3,
+        retry_delay: float = 0.2,
+        task_table_ttl: float | None = TASK_TABLE_TTL_S,
     ) -> None:
+        """`tokenizer`: the model's HF directory (tokenise here) or None (text goes to the ensemble).
+        `timeout` bounds each generation in seconds (None: wait forever). `connect_retries` extra
+        attempts, `retry_delay` seconds apart and doubling, are made to reach a ready server. The
+        task table is read again when older than `task_table_ttl` seconds (None: read once). The
+        gRPC channel opens on first use."""
         self.url = normalize_url(url)
         if tokenizer is None or isinstance(tokenizer, ClientTokenizer):
             self.tokenizer = tokenizer
@@ -137,6 +162,8 @@ class ClientBase:
         self._model_info_read_at = 0.0
         self._ensemble_info: ModelInfo | None = None
         self._ensemble_checked = False
+        # probes in flight, shared by concurrent calls of the async client
+        self._probes: dict[IsReady | GetConfig, Any] = {}
 
     # -- server state ------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@ call does is written once, in `base.ClientBase`."""
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 from collections.abc import Iterator, Sequence
@@ -14,14 +13,12 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from ftprefix.client.base import (
-    DEFAULT_TIMEOUT_S,
-    DEFAULT_URL,
     PROBE_TIMEOUT_S,
-    TASK_TABLE_TTL_S,
     ClientBase,
     CloseStream,
     Emit,
     Flow,
+    FlowRunner,
     Gather,
     GetConfig,
     Infer,
@@ -35,7 +32,6 @@ from ftprefix.client.errors import FtprefixClientError, RequestTimeoutError
 from ftprefix.client.failures import translate
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Tasks
-from ftprefix.client.tokenizer import ClientTokenizer
 from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
 from ftprefix.client.wire import infer_inputs
 from ftprefix.task_table import Task
@@ -106,26 +102,19 @@ class Client(ClientBase):
     Options of every generating call: see `GenerateOptions` / `GenerationParams`.
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        tokenizer: str | os.PathLike[str] | ClientTokenizer | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT_S,
-        connect_retries: int = 3,
-        retry_delay: float = 0.2,
-        task_table_ttl: float | None = TASK_TABLE_TTL_S,
-    ) -> None:
-        """`tokenizer`: the model's HF directory (tokenise here) or None (text goes to the ensemble).
-        `timeout` bounds each generation in seconds (None: wait forever). `connect_retries` extra
-        attempts, `retry_delay` seconds apart and doubling, are made to reach a ready server. The
-        task table is read again when older than `task_table_ttl` seconds (None: read once)."""
-        super().__init__(url, tokenizer, timeout, connect_retries, retry_delay, task_table_ttl)
-        self._grpc = grpcclient.InferenceServerClient(self.url)
+    _channel: grpcclient.InferenceServerClient | None = None
+
+    @property
+    def _grpc(self) -> grpcclient.InferenceServerClient:
+        if self._channel is None:
+            self._channel = grpcclient.InferenceServerClient(self.url)
+        return self._channel
 
     def close(self) -> None:
         """Close the gRPC channel."""
-        self._grpc.close()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     def __enter__(self) -> Client:
         return self
@@ -182,23 +171,17 @@ class Client(ClientBase):
 
     def _iterate(self, flow: Flow[Any]) -> Any:
         """Drive `flow`: perform its operations, yield what it emits, return what it returns."""
-        streams: list[_Stream] = []
-        value: Any = None
-        error: BaseException | None = None
+        runner, streams = FlowRunner(flow), list[_Stream]()
         try:
-            while True:
-                try:
-                    op = flow.throw(error) if error is not None else flow.send(value)
-                except StopIteration as stop:
-                    return stop.value
-                value, error = None, None
+            while (op := runner.next_op()) is not None:
                 if isinstance(op, Emit):
                     yield op.item
                     continue
                 try:
-                    value = self._perform(op, streams)
+                    runner.value = self._perform(op, streams)
                 except FtprefixClientError as exc:
-                    error = exc
+                    runner.error = exc
+            return runner.result
         finally:
             flow.close()
             for stream in streams:

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory (weights go to OUT/<tp>-gpu/)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     add_trust_pickle_option(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, extras=("convert",))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tp", type=int, default=2, help="tensor-parallel size to convert for (default 2)")
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16")
     p.add_argument("--steps", type=int, default=300, help="training steps for the base model and each prefix")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, extras=("serve", "verify"))
 
 
 @dataclass

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="decoupled fastertransformer model: a response per generation step, as FT streams",
     )
     p.add_argument("--no-watch", action="store_true", help="do not reload when config.ini changes")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, extras=("serve",))
 
 
 def _check_port(value: int, flag: str) -> None:

@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
         help="the base Hugging Face model directory (needed to convert soft prompts)",
     )
     add_trust_pickle_option(add)
-    add.set_defaults(func=run_add)
+    add.set_defaults(func=run_add, extras=("convert",))
 
     rm = sub.add_parser("remove", help="remove tasks and their files; later task ids move down")
     rm.add_argument("dir", type=Path, metavar="DIR", help="converted model (OUT or OUT/<tp>-gpu)")

@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
         "(FasterTransformer itself always uses tanh)",
     )
     add_trust_pickle_option(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, extras=("verify",))
 
 
 def run(args: argparse.Namespace) -> int:

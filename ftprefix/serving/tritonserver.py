@@ -30,7 +30,7 @@ SITE_DIRS_ENV = "FTPREFIX_SITE_DIRS"
 def pytriton_root() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the embedded server needs the package nvidia-pytriton: pip install nvidia-pytriton")
+        raise UserError("the embedded server needs ftprefix's 'serve' extra: pip install 'ftprefix[serve]'")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

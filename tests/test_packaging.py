@@ -1,0 +1,114 @@
+"""`pip install ftprefix` (no extras) is the client: no torch, no pytriton, and it works.
+
+The core install is rebuilt offline: a fresh virtual environment holding exactly the distributions
+ftprefix's core requirements resolve to (linked from this environment's installed files, so no
+network is needed), then a real client call against a running `ftprefix serve`.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import sysconfig
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hf_reference import HFReference
+from packaging.requirements import Requirement
+from serving_support import make_converted
+
+from ftprefix.serving.server import EmbeddedServer
+
+
+def _name(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+def core_closure() -> dict[str, metadata.Distribution]:
+    """ftprefix and everything its core requirements (no extras) pull in, recursively."""
+    found: dict[str, metadata.Distribution] = {}
+    todo: list[tuple[str, frozenset[str]]] = [("ftprefix", frozenset())]
+    while todo:
+        name, extras = todo.pop()
+        dist = metadata.distribution(name)
+        found[_name(name)] = dist
+        for line in dist.requires or []:
+            req = Requirement(line)
+            wanted = not req.marker or any(req.marker.evaluate({"extra": e}) for e in extras or {""})
+            if wanted and _name(req.name) not in found:
+                todo.append((req.name, frozenset(req.extras)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def core_venv(tmp_path_factory) -> Path:
+    venv = tmp_path_factory.mktemp("core") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}, scheme="venv"))
+    for dist in core_closure().values():
+        for file in dist.files or []:
+            source = Path(dist.locate_file(file)).resolve()
+            target = site / file
+            if source.is_file() and not target.exists() and ".." not in file.parts:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(source)
+    return venv
+
+
+def test_core_requirements_are_the_clients_and_nothing_heavy() -> None:
+    names = set(core_closure())
+    assert {"numpy", "tokenizers", "tritonclient", "grpcio", "protobuf"} <= names
+    assert not names & {"torch", "transformers", "nvidia-pytriton", "safetensors", "fastapi"}
+
+
+def test_core_install_runs_a_client_call_without_torch(core_venv: Path, tmp_path: Path) -> None:
+    python = core_venv / "bin" / "python"
+    no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True, check=False)
+    assert no_torch.returncode != 0  # the environment really lacks torch
+
+    _model, ft_dir, prefixes = make_converted(tmp_path, {"alpha": 3})
+    prompt = [5, 17, 42, 8]
+    want = HFReference(tmp_path / "hf", prefixes).greedy(prompt, "alpha", 5, end_id=0)[0]
+    code = (
+        "import sys\n"
+        "from ftprefix.client import Client\n"
+        "with Client(sys.argv[1]) as client:\n"
+        f"    print(client.generate({prompt}, task='alpha', max_new_tokens=5).token_ids)\n"
+        "heavy = [m for m in ('torch', 'transformers', 'pytriton') if m in sys.modules]\n"
+        "sys.exit(f'loaded {heavy}' if heavy else 0)\n"
+    )
+    with EmbeddedServer(ft_dir, watch_interval=None) as server:
+        run = subprocess.run(
+            [python, "-c", code, server.grpc_url], capture_output=True, text=True, check=False
+        )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(want)
+
+
+def test_a_command_needing_an_extra_names_it_in_one_line(core_venv: Path, tmp_path: Path) -> None:
+    python = core_venv / "bin" / "python"
+    np.save(tmp_path / "p.npy", np.zeros((2, 8), np.float32))
+    for argv, extra in (
+        (
+            [
+                "convert",
+                "--model",
+                str(tmp_path),
+                "--prefix",
+                str(tmp_path / "p.npy"),
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            "convert",
+        ),
+        (["serve", str(tmp_path)], "serve"),
+    ):
+        run = subprocess.run(
+            [python, "-m", "ftprefix.cli", *argv], capture_output=True, text=True, check=False
+        )
+        assert run.returncode == 2
+        assert run.stderr.count("\n") == 1 and f"pip install 'ftprefix[{extra}]'" in run.stderr
+    assert not (tmp_path / "o").exists()
