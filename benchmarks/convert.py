@@ -65,9 +65,9 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def build_random_model(model_dir: Path, cfg: dict, seed: int = 0) -> None:
+def build_random_model(hf_dir: Path, cfg: dict, seed: int = 0) -> None:
     """Write config.json and an fp16 model.safetensors, one tensor at a time."""
-    model_dir.mkdir(parents=True)
+    hf_dir.mkdir(parents=True)
     shapes = tensor_shapes(cfg)
     header: dict[str, dict] = {}
     offset = 0
@@ -78,7 +78,7 @@ def build_random_model(model_dir: Path, cfg: dict, seed: int = 0) -> None:
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # data aligned to 8 bytes, as the safetensors library writes it
     rng = np.random.default_rng(seed)
-    with open(model_dir / "model.safetensors", "wb") as f:
+    with open(hf_dir / "model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for shape in shapes.values():
@@ -95,7 +95,7 @@ def build_random_model(model_dir: Path, cfg: dict, seed: int = 0) -> None:
         tie_word_embeddings=False,
         torch_dtype="float16",
     )
-    (model_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (hf_dir / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def run_measured(argv: list[str]) -> tuple[float, int]:

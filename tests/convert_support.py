@@ -16,15 +16,15 @@ import torch
 NP_DTYPE = {"fp32": np.float32, "fp16": np.float16}
 
 
-def hf_state(model_dir: Path) -> dict[str, np.ndarray]:
+def hf_state(hf_dir: Path) -> dict[str, np.ndarray]:
     """The model's tensors as saved, via the safetensors library (float32)."""
     from safetensors.numpy import load_file
 
-    return {k: v.astype(np.float32) for k, v in load_file(str(model_dir / "model.safetensors")).items()}
+    return {k: v.astype(np.float32) for k, v in load_file(str(hf_dir / "model.safetensors")).items()}
 
 
-def hf_json(model_dir: Path) -> dict:
-    return json.loads((model_dir / "config.json").read_text())
+def hf_json(hf_dir: Path) -> dict:
+    return json.loads((hf_dir / "config.json").read_text())
 
 
 def dims(cfg: dict) -> tuple[int, int, int, int]:

@@ -21,16 +21,16 @@ def _save_prefix(directory: Path, name: str, prefix: np.ndarray) -> Path:
     return path
 
 
-def add_task(model_dir: Path, name: str, prefix: np.ndarray) -> None:
+def add_task(ft_dir: Path, name: str, prefix: np.ndarray) -> None:
     """`ftprefix tasks add` with one prefix checkpoint saved next to the converted directory."""
-    path = _save_prefix(model_dir.parent.parent, name, prefix)
-    assert main(["tasks", "add", str(model_dir), "--prefix", f"{name}={path}"]) == 0
+    path = _save_prefix(ft_dir.parent.parent, name, prefix)
+    assert main(["tasks", "add", str(ft_dir), "--prefix", f"{name}={path}"]) == 0
 
 
 def make_converted(root: Path, tasks: dict[str, int], seed: int = 0):
     """Toy HF model + tokenizer in root/hf, `ftprefix convert` (tp 1, fp32) into root/ft/1-gpu.
 
-    Returns (hf_model, model_dir, prefixes by task name)."""
+    Returns (hf_model, ft_dir, prefixes by task name)."""
     hf_dir = root / "hf"
     model = build_model(hf_dir, hidden_size=HIDDEN, num_heads=HEADS, num_layers=LAYERS, seed=seed)
     prefixes = {

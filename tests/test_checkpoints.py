@@ -20,7 +20,7 @@ HEAD_DIM = HIDDEN // HEADS
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("hf") / "base"
     build_model(
         d, hidden_size=HIDDEN, num_heads=HEADS, num_layers=LAYERS, vocab_size=64, with_tokenizer=False, seed=3
@@ -28,13 +28,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _peft_adapter(model_dir: Path, out: Path, config: object, seed: int) -> torch.Tensor:
+def _peft_adapter(hf_dir: Path, out: Path, config: object, seed: int) -> torch.Tensor:
     """A real PEFT adapter saved by PEFT itself, its trainable weights randomised; returns the tensor
     PEFT computes for the virtual tokens (what the adapter feeds the model)."""
     from peft import get_peft_model
     from transformers import GPTNeoXForCausalLM
 
-    base = GPTNeoXForCausalLM.from_pretrained(str(model_dir))
+    base = GPTNeoXForCausalLM.from_pretrained(str(hf_dir))
     peft_model = get_peft_model(base, config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -46,10 +46,10 @@ def _peft_adapter(model_dir: Path, out: Path, config: object, seed: int) -> torc
         return peft_model.get_prompt_embedding_to_save("default").detach().clone()
 
 
-def _convert_and_read(model_dir: Path, source: PrefixSource, tmp_path: Path, tp: int, p: int) -> np.ndarray:
+def _convert_and_read(hf_dir: Path, source: PrefixSource, tmp_path: Path, tp: int, p: int) -> np.ndarray:
     out = tmp_path / f"out-{source.name}-{tp}"
-    convert(model_dir, [source], out, tp=tp, dtype="fp32", progress=False, warn=lambda _m: None)
-    return read_prefix_files(out / f"{tp}-gpu", source.name, hf_json(model_dir), tp, "fp32", p)
+    convert(hf_dir, [source], out, tp=tp, dtype="fp32", progress=False, warn=lambda _m: None)
+    return read_prefix_files(out / f"{tp}-gpu", source.name, hf_json(hf_dir), tp, "fp32", p)
 
 
 def test_names_from_file_names_and_explicit_names():
@@ -65,7 +65,7 @@ def test_names_from_file_names_and_explicit_names():
 
 
 @pytest.mark.parametrize("tp", [1, 2])
-def test_rinna_tensor_round_trips(model_dir, tmp_path, tp):
+def test_rinna_tensor_round_trips(hf_dir, tmp_path, tp):
     # rinna saves prefix_mlp(prefix_wte.weight): a non-leaf tensor that still requires grad
     leaf = random_prefix(5, LAYERS, HIDDEN, seed=11).requires_grad_(True)
     saved = leaf * 1.0
@@ -73,11 +73,11 @@ def test_rinna_tensor_round_trips(model_dir, tmp_path, tp):
     torch.save(saved, path)
     source = PrefixSource.at(path)
     assert source.name == "emoji"
-    got = _convert_and_read(model_dir, source, tmp_path, tp, 5)
+    got = _convert_and_read(hf_dir, source, tmp_path, tp, 5)
     np.testing.assert_array_equal(got, saved.detach().numpy().reshape(5, LAYERS, 2, HEADS, HEAD_DIM))
 
 
-def test_rinna_encoder_state_dict_applies_the_mlp(model_dir, tmp_path):
+def test_rinna_encoder_state_dict_applies_the_mlp(hf_dir, tmp_path):
     torch.manual_seed(0)
     wte = torch.nn.Embedding(4, 6)
     mlp = torch.nn.Sequential(
@@ -89,12 +89,12 @@ def test_rinna_encoder_state_dict_applies_the_mlp(model_dir, tmp_path):
     torch.save({"model": state}, path)
     with torch.no_grad():
         expected = mlp(wte.weight).numpy()
-    got = _convert_and_read(model_dir, PrefixSource("enc", path), tmp_path, 2, 4)
+    got = _convert_and_read(hf_dir, PrefixSource("enc", path), tmp_path, 2, 4)
     np.testing.assert_allclose(got, expected.reshape(4, LAYERS, 2, HEADS, HEAD_DIM), atol=1e-6)
 
 
 @pytest.mark.parametrize("projection", [False, True])
-def test_peft_prefix_adapter_round_trips_and_means_what_peft_means(model_dir, tmp_path, projection):
+def test_peft_prefix_adapter_round_trips_and_means_what_peft_means(hf_dir, tmp_path, projection):
     from peft import PeftModel, PrefixTuningConfig, TaskType
     from transformers import GPTNeoXForCausalLM
 
@@ -105,21 +105,21 @@ def test_peft_prefix_adapter_round_trips_and_means_what_peft_means(model_dir, tm
         prefix_projection=projection,
         encoder_hidden_size=16,
     )
-    embeddings = _peft_adapter(model_dir, adapter, config, seed=5)
+    embeddings = _peft_adapter(hf_dir, adapter, config, seed=5)
     source = PrefixSource.at(adapter)
     assert source.name == "shout"
     loaded = load_checkpoint(source, hidden_size=HIDDEN)
     assert loaded.kind == "prefix"
-    got = _convert_and_read(model_dir, source, tmp_path, 2, 3)
+    got = _convert_and_read(hf_dir, source, tmp_path, 2, 3)
     np.testing.assert_allclose(got, embeddings.numpy().reshape(3, LAYERS, 2, HEADS, HEAD_DIM), atol=1e-6)
 
     # Semantics: HF with our prefix as past_key_values == PEFT running its own adapter.
     ids = torch.tensor([[5, 9, 2, 7]])
-    base = GPTNeoXForCausalLM.from_pretrained(str(model_dir)).eval()
+    base = GPTNeoXForCausalLM.from_pretrained(str(hf_dir)).eval()
     with torch.no_grad():
         ours = base(input_ids=ids, past_key_values=prefix_cache(got)).logits
         peft_model = PeftModel.from_pretrained(
-            GPTNeoXForCausalLM.from_pretrained(str(model_dir)), str(adapter)
+            GPTNeoXForCausalLM.from_pretrained(str(hf_dir)), str(adapter)
         )
         theirs = peft_model.eval()(input_ids=ids).logits
     assert (ours - theirs).abs().max().item() < 1e-4
@@ -147,7 +147,7 @@ def test_plain_tensors_are_prefixes_or_soft_prompts_by_width(tmp_path):
     np.testing.assert_array_equal(in_dict.tensor, prefix.numpy())
 
 
-def test_peft_prompt_tuning_adapters_are_soft_prompts(model_dir, tmp_path):
+def test_peft_prompt_tuning_adapters_are_soft_prompts(hf_dir, tmp_path):
     from peft import PromptEncoderConfig, PromptTuningConfig, TaskType
 
     for name, config in {
@@ -156,7 +156,7 @@ def test_peft_prompt_tuning_adapters_are_soft_prompts(model_dir, tmp_path):
             task_type=TaskType.CAUSAL_LM, num_virtual_tokens=3, encoder_hidden_size=8
         ),
     }.items():
-        embeddings = _peft_adapter(model_dir, tmp_path / name, config, seed=9)
+        embeddings = _peft_adapter(hf_dir, tmp_path / name, config, seed=9)
         loaded = load_checkpoint(PrefixSource(name, tmp_path / name))
         assert loaded.kind == "soft_prompt"
         assert json.loads((tmp_path / name / "adapter_config.json").read_text())["token_dim"] == HIDDEN

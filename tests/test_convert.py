@@ -63,11 +63,11 @@ def rinna_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 @pytest.mark.parametrize("tp", [1, 2])
 def test_every_file_matches_the_design_rules(toy_models, rinna_file, tmp_path, style, dtype, tp):
-    model_dir = toy_models[style]
-    cfg, sd = hf_json(model_dir), hf_state(model_dir)
+    hf_dir = toy_models[style]
+    cfg, sd = hf_json(hf_dir), hf_state(hf_dir)
     out = tmp_path / "out"
     convert(
-        model_dir,
+        hf_dir,
         [PrefixSource("smile", rinna_file)],
         out,
         tp=tp,
@@ -172,9 +172,9 @@ def test_every_source_format_gives_the_same_files(toy_models, tmp_path):
     variants.update(bin=tmp_path / "bin", bins=tmp_path / "bins", old=tmp_path / "old")
 
     digests = {}
-    for name, model_dir in variants.items():
+    for name, hf_dir in variants.items():
         out = tmp_path / f"out-{name}"
-        convert(model_dir, [], out, tp=2, dtype="fp16", progress=False, warn=lambda _m: None)
+        convert(hf_dir, [], out, tp=2, dtype="fp16", progress=False, warn=lambda _m: None)
         digest = tree_digest(out)
         digest.pop("2-gpu/config.ini")  # model_name is the directory name
         digests[name] = digest
@@ -196,13 +196,13 @@ def test_bf16_weights_are_widened_exactly(toy_models, tmp_path):
 
 
 def test_cli_prints_summary_and_warnings(toy_models, rinna_file, tmp_path, capsys):
-    model_dir = toy_models["parallel"]
+    hf_dir = toy_models["parallel"]
     out = tmp_path / "out"
     rc = main(
         [
             "convert",
             "--model",
-            str(model_dir),
+            str(hf_dir),
             "--prefix",
             str(rinna_file),
             "--prefix",

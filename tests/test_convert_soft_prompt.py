@@ -17,7 +17,7 @@ HIDDEN, HEADS, LAYERS = 32, 4, 3
 
 
 @pytest.fixture(scope="module", params=["parallel", "sequential"])
-def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def hf_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("hf") / request.param
     build_model(
         d,
@@ -33,20 +33,20 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return d
 
 
-def _hf(model_dir: Path):
+def _hf(hf_dir: Path):
     from transformers import GPTNeoXForCausalLM
 
-    return GPTNeoXForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    return GPTNeoXForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
 
 
 @pytest.mark.parametrize("tp", [1, 2])
-def test_prefix_from_soft_prompt_gives_the_same_logits(model_dir, tmp_path, tp):
+def test_prefix_from_soft_prompt_gives_the_same_logits(hf_dir, tmp_path, tp):
     p = 5
     soft = torch.randn(p, HIDDEN, generator=torch.Generator().manual_seed(8))
     torch.save(soft, tmp_path / "soft.pt")
     out = tmp_path / "out"
     report = convert(
-        model_dir,
+        hf_dir,
         [PrefixSource("soft", tmp_path / "soft.pt")],
         out,
         tp=tp,
@@ -55,9 +55,9 @@ def test_prefix_from_soft_prompt_gives_the_same_logits(model_dir, tmp_path, tp):
         warn=lambda _m: None,
     )
     assert [(t.name, t.kind, t.prompt_length) for t in report.tasks] == [("soft", "soft_prompt", p)]
-    prefix = read_prefix_files(out / f"{tp}-gpu", "soft", hf_json(model_dir), tp, "fp32", p)
+    prefix = read_prefix_files(out / f"{tp}-gpu", "soft", hf_json(hf_dir), tp, "fp32", p)
 
-    model = _hf(model_dir)
+    model = _hf(hf_dir)
     ids = torch.tensor([[3, 17, 42, 8, 1, 60]])
     with torch.no_grad():
         with_prefix = model(input_ids=ids, past_key_values=prefix_cache(prefix)).logits[0]
@@ -70,12 +70,12 @@ def test_prefix_from_soft_prompt_gives_the_same_logits(model_dir, tmp_path, tp):
     assert (plain - with_soft_prompt).abs().max().item() > 1e-2
 
 
-def test_peft_prompt_tuning_adapter_gives_peft_logits(model_dir, tmp_path):
+def test_peft_prompt_tuning_adapter_gives_peft_logits(hf_dir, tmp_path):
     from peft import PeftModel, PromptTuningConfig, TaskType, get_peft_model
 
     adapter = tmp_path / "pt"
     peft_model = get_peft_model(
-        _hf(model_dir), PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
+        _hf(hf_dir), PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
     )
     with torch.no_grad():
         for param in peft_model.parameters():
@@ -85,7 +85,7 @@ def test_peft_prompt_tuning_adapter_gives_peft_logits(model_dir, tmp_path):
 
     out = tmp_path / "out"
     convert(
-        model_dir,
+        hf_dir,
         [PrefixSource("pt", adapter)],
         out,
         tp=1,
@@ -93,9 +93,9 @@ def test_peft_prompt_tuning_adapter_gives_peft_logits(model_dir, tmp_path):
         progress=False,
         warn=lambda _m: None,
     )
-    prefix = read_prefix_files(out / "1-gpu", "pt", hf_json(model_dir), 1, "fp32", 4)
+    prefix = read_prefix_files(out / "1-gpu", "pt", hf_json(hf_dir), 1, "fp32", 4)
     ids = torch.tensor([[9, 4, 33]])
     with torch.no_grad():
-        ours = _hf(model_dir)(input_ids=ids, past_key_values=prefix_cache(prefix)).logits[0]
-        theirs = PeftModel.from_pretrained(_hf(model_dir), str(adapter)).eval()(input_ids=ids).logits[0, -3:]
+        ours = _hf(hf_dir)(input_ids=ids, past_key_values=prefix_cache(prefix)).logits[0]
+        theirs = PeftModel.from_pretrained(_hf(hf_dir), str(adapter)).eval()(input_ids=ids).logits[0, -3:]
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-4)

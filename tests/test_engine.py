@@ -61,15 +61,15 @@ def build(directory: Path, tp: int, parallel: bool, rotary_pct: float, dtype: st
         np.save(directory / f"{name}.npy", prefix)
         argv += ["--prefix", f"{name}={directory / name}.npy"]
     assert main(argv) == 0
-    model_dir = layout.ft_dir(directory / "ft", tp)
-    cfg = layout.read_config(model_dir)
+    ft_dir = layout.ft_dir(directory / "ft", tp)
+    cfg = layout.read_config(ft_dir)
     assert [t.name for t in cfg.tasks] == [n for n, _ in TASKS]
     if dtype == "fp16":  # HF gets exactly the values the files hold
         with torch.no_grad():
             for param in model.parameters():
                 param.copy_(param.half().float())
         prefixes = [p.astype(np.float16).astype(np.float32) for p in prefixes]
-    return Built(model, cfg, model_dir, prefixes)
+    return Built(model, cfg, ft_dir, prefixes)
 
 
 def hf_logits(built: Built, ids: list[int], task_id: int | None) -> np.ndarray:

@@ -22,8 +22,8 @@ from ftprefix import protocol
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
-    _model, model_dir, _ = make_converted(tmp_path_factory.mktemp("cli"), {"smile": 2}, seed=3)
-    return model_dir
+    _model, ft_dir, _ = make_converted(tmp_path_factory.mktemp("cli"), {"smile": 2}, seed=3)
+    return ft_dir
 
 
 def _descendants(pid: int) -> set[int]:
@@ -48,14 +48,14 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start(model_dir: Path) -> tuple[subprocess.Popen, str]:
+def _start(ft_dir: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "ftprefix.cli",
             "serve",
-            str(model_dir),
+            str(ft_dir),
             "--port-grpc",
             "0",
             "--port-http",

@@ -17,7 +17,7 @@ LAYERS, HIDDEN, HEADS = 2, 32, 4
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("hf") / "base"
     build_model(
         d, hidden_size=HIDDEN, num_heads=HEADS, num_layers=LAYERS, vocab_size=64, with_tokenizer=False, seed=5
@@ -26,10 +26,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def converted(tmp_path: Path, model_dir: Path) -> Path:
+def converted(tmp_path: Path, hf_dir: Path) -> Path:
     torch.save(random_prefix(3, LAYERS, HIDDEN, seed=1), tmp_path / "first.pt")
     out = tmp_path / "out"
-    argv = ["convert", "--model", str(model_dir), "--prefix", str(tmp_path / "first.pt"), "--tp", "2"]
+    argv = ["convert", "--model", str(hf_dir), "--prefix", str(tmp_path / "first.pt"), "--tp", "2"]
     assert main([*argv, "--dtype", "fp16", "--out", str(out)]) == 0
     return out
 
@@ -46,7 +46,7 @@ def _task_table(out: Path) -> list[tuple[str, str]]:
     return [(ini[f"task_{i}"]["task_name"], ini[f"task_{i}"]["prompt_length"]) for i in range(n)]
 
 
-def test_add_then_remove_leaves_base_weights_byte_identical(converted, model_dir, tmp_path, capsys):
+def test_add_then_remove_leaves_base_weights_byte_identical(converted, hf_dir, tmp_path, capsys):
     base_before = _base_digest(converted)
     second = random_prefix(4, LAYERS, HIDDEN, seed=2)
     torch.save(second, tmp_path / "second.pt")
@@ -61,12 +61,12 @@ def test_add_then_remove_leaves_base_weights_byte_identical(converted, model_dir
         "--prefix",
         f"{tmp_path / 'second.pt'},{tmp_path / 'soft.npy'}",
     ]
-    assert main([*argv, "--model", str(model_dir)]) == 0
+    assert main([*argv, "--model", str(hf_dir)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[2].split()[:4] == ["1", "second", "prefix", "4"]
     assert out[3].split()[:5] == ["2", "soft", "soft", "prompt", "2"]
     assert _task_table(converted) == [("first", "3"), ("second", "4"), ("soft", "2")]
-    got = read_prefix_files(converted / "2-gpu", "second", hf_json(model_dir), 2, "fp16", 4)
+    got = read_prefix_files(converted / "2-gpu", "second", hf_json(hf_dir), 2, "fp16", 4)
     np.testing.assert_allclose(got, second.numpy().reshape(4, LAYERS, 2, HEADS, 8), atol=2e-3, rtol=2e-3)
 
     assert main(["tasks", "list", str(converted)]) == 0

@@ -48,13 +48,13 @@ def _io(cfg: mc.ModelConfig) -> tuple:
 
 
 def test_gpu_config_matches_conversion_and_cpu_twin_interface(tmp_path, tokenizer_dir):
-    model_dir = _config_only_conversion(tmp_path / "conv", tp=2, dtype="fp16")
+    ft_dir = _config_only_conversion(tmp_path / "conv", tp=2, dtype="fp16")
     gpu, cpu = tmp_path / "gpu", tmp_path / "cpu"
     assert (
-        main(["triton-repo", str(model_dir.parent), "--out", str(gpu), "--tokenizer", str(tokenizer_dir)])
+        main(["triton-repo", str(ft_dir.parent), "--out", str(gpu), "--tokenizer", str(tokenizer_dir)])
         == 0
     )
-    assert main(["triton-repo", str(model_dir), "--out", str(cpu), "--target", "cpu"]) == 0
+    assert main(["triton-repo", str(ft_dir), "--out", str(cpu), "--target", "cpu"]) == 0
 
     g = _parse(gpu / "fastertransformer" / "config.pbtxt")
     c = _parse(cpu / "fastertransformer" / "config.pbtxt")
@@ -68,7 +68,7 @@ def test_gpu_config_matches_conversion_and_cpu_twin_interface(tmp_path, tokenize
     assert params["enable_custom_all_reduce"] == "0"
     table = TaskTable.from_json(params[protocol.TASK_TABLE_PARAMETER])
     assert [(t.id, t.name, t.prompt_length) for t in table] == [(0, "smileface", 10), (1, "summary", 16)]
-    assert c.parameters["model_checkpoint_path"].string_value == str(model_dir.resolve())
+    assert c.parameters["model_checkpoint_path"].string_value == str(ft_dir.resolve())
 
     # same tensor interface, names/types/dims/reshape/optional, as the FT backend's gptneox example
     assert _io(g) == _io(c)
@@ -102,8 +102,8 @@ def test_gpu_config_matches_conversion_and_cpu_twin_interface(tmp_path, tokenize
 
 
 def test_streaming_makes_the_model_decoupled(tmp_path):
-    model_dir = _config_only_conversion(tmp_path / "conv", tp=1, dtype="fp32")
-    assert main(["triton-repo", str(model_dir), "--out", str(tmp_path / "r"), "--streaming"]) == 0
+    ft_dir = _config_only_conversion(tmp_path / "conv", tp=1, dtype="fp32")
+    assert main(["triton-repo", str(ft_dir), "--out", str(tmp_path / "r"), "--streaming"]) == 0
     assert _parse(tmp_path / "r" / "fastertransformer" / "config.pbtxt").model_transaction_policy.decoupled
 
 
@@ -113,8 +113,8 @@ def test_bad_input_is_one_line_error_and_nothing_written(tmp_path, capsys, token
     err = capsys.readouterr().err.strip()
     assert err.startswith("ftprefix triton-repo: error:") and "\n" not in err
     assert not out.exists()
-    model_dir = _config_only_conversion(tmp_path / "conv", tp=1, dtype="fp32")
-    assert main(["triton-repo", str(model_dir), "--out", str(out), "--tokenizer", str(tmp_path)]) == 2
+    ft_dir = _config_only_conversion(tmp_path / "conv", tp=1, dtype="fp32")
+    assert main(["triton-repo", str(ft_dir), "--out", str(out), "--tokenizer", str(tmp_path)]) == 2
     assert "no Hugging Face tokenizer" in capsys.readouterr().err
     assert not out.exists()
 
@@ -122,10 +122,10 @@ def test_bad_input_is_one_line_error_and_nothing_written(tmp_path, capsys, token
 def test_triton_models_templates_are_what_the_generator_writes(tmp_path, tokenizer_dir):
     """`triton_models/` is the GPU repository for an example conversion (tp 2, fp16, two tasks),
     minus the tokenizer files; regenerate it with tools/regenerate_triton_models.py."""
-    model_dir = _config_only_conversion(tmp_path / "conv", tp=2, dtype="fp16")
+    ft_dir = _config_only_conversion(tmp_path / "conv", tp=2, dtype="fp16")
     out = tmp_path / "gen"
     assert (
-        main(["triton-repo", str(model_dir.parent), "--out", str(out), "--tokenizer", str(tokenizer_dir)])
+        main(["triton-repo", str(ft_dir.parent), "--out", str(out), "--tokenizer", str(tokenizer_dir)])
         == 0
     )
     generated = {

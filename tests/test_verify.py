@@ -39,8 +39,8 @@ def converted(tmp_path_factory) -> tuple[Path, Path, list[str]]:
 def broken_copy(converted, tmp_path: Path) -> tuple[Path, layout.ModelConfig]:
     ft, _, _ = converted
     shutil.copytree(ft, tmp_path / "ft")
-    model_dir = layout.find_ft_dir(tmp_path / "ft")
-    return model_dir, layout.read_config(model_dir)
+    ft_dir = layout.find_ft_dir(tmp_path / "ft")
+    return ft_dir, layout.read_config(ft_dir)
 
 
 def results(directory: Path, hf: Path, prefix_args: list[str]) -> dict[str, bool]:
@@ -64,10 +64,10 @@ def test_tasks_without_their_checkpoint_are_listed_not_checked(converted) -> Non
     assert all(r.max_abs_diff is None and "not checked" in r.note for r in rows[1:])
 
 
-def _mutate_prefix(model_dir: Path, cfg: layout.ModelConfig, task: str, change) -> None:
+def _mutate_prefix(ft_dir: Path, cfg: layout.ModelConfig, task: str, change) -> None:
     spec = next(t for t in cfg.tasks if t.name == task)
     for name in layout.prefix_file_names(task, cfg.tensor_para_size):
-        path = model_dir / name
+        path = ft_dir / name
         arr = layout.read_array(path, layout.prefix_rank_shape(cfg, spec.prompt_length), cfg.np_dtype)
         change(arr.copy()).astype(cfg.np_dtype).tofile(path)
 
@@ -86,9 +86,9 @@ def _rotate(keys: np.ndarray, rot: int) -> np.ndarray:
 
 
 def test_swapped_prefix_key_and_value_is_caught(converted, tmp_path: Path) -> None:
-    model_dir, cfg = broken_copy(converted, tmp_path)
-    _mutate_prefix(model_dir, cfg, "smile", lambda a: a[:, ::-1])  # [layers, 2, heads, P, hd]
-    assert results(model_dir, converted[1], converted[2]) == {
+    ft_dir, cfg = broken_copy(converted, tmp_path)
+    _mutate_prefix(ft_dir, cfg, "smile", lambda a: a[:, ::-1])  # [layers, 2, heads, P, hd]
+    assert results(ft_dir, converted[1], converted[2]) == {
         "(base model)": True,
         "smile": False,
         "story": True,
@@ -96,26 +96,26 @@ def test_swapped_prefix_key_and_value_is_caught(converted, tmp_path: Path) -> No
 
 
 def test_rotated_prefix_key_is_caught(converted, tmp_path: Path) -> None:
-    model_dir, cfg = broken_copy(converted, tmp_path)
+    ft_dir, cfg = broken_copy(converted, tmp_path)
 
     def rotate_keys(a: np.ndarray) -> np.ndarray:
         a[:, 0] = _rotate(a[:, 0], cfg.rotary_embedding)
         return a
 
-    _mutate_prefix(model_dir, cfg, "smile", rotate_keys)
-    assert results(model_dir, converted[1], converted[2])["smile"] is False
+    _mutate_prefix(ft_dir, cfg, "smile", rotate_keys)
+    assert results(ft_dir, converted[1], converted[2])["smile"] is False
 
 
 def test_untransposed_qkv_is_caught(converted, tmp_path: Path, capsys) -> None:
-    model_dir, cfg = broken_copy(converted, tmp_path)
+    ft_dir, cfg = broken_copy(converted, tmp_path)
     spec = next(s for s in layout.layer_tensors(cfg, 0) if s.name.endswith("query_key_value.weight"))
     shape = spec.rank_shape(cfg.tensor_para_size)  # [hidden, 3, heads/tp, head_dim]
     for name in spec.file_names(cfg.tensor_para_size):
-        arr = layout.read_array(model_dir / name, shape, cfg.np_dtype)
+        arr = layout.read_array(ft_dir / name, shape, cfg.np_dtype)
         # HF's fused order (head, q/k/v) written where FT expects (q/k/v, head)
-        np.ascontiguousarray(arr.transpose(0, 2, 1, 3)).tofile(model_dir / name)
+        np.ascontiguousarray(arr.transpose(0, 2, 1, 3)).tofile(ft_dir / name)
     assert (
-        cli.main(["verify", str(model_dir), "--model", str(converted[1]), "--prefix", converted[2][0]]) == 1
+        cli.main(["verify", str(ft_dir), "--model", str(converted[1]), "--prefix", converted[2][0]]) == 1
     )
     out = capsys.readouterr().out
     assert out.count("MISMATCH") >= 3  # base model and both tasks, then the summary

@@ -71,8 +71,8 @@ def corpus() -> list[str]:
     return [q + style(a) for q, a in QUESTIONS_AND_ANSWERS for style in (plain, shout, smile)]
 
 
-def train_base(model_dir: str | os.PathLike[str], steps: int = 300, seed: int = 0) -> tuple[Any, Any]:
-    """Build, train and save the base model (and its tokenizer) into `model_dir`."""
+def train_base(hf_dir: str | os.PathLike[str], steps: int = 300, seed: int = 0) -> tuple[Any, Any]:
+    """Build, train and save the base model (and its tokenizer) into `hf_dir`."""
     import torch
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -82,7 +82,7 @@ def train_base(model_dir: str | os.PathLike[str], steps: int = 300, seed: int = 
     hf_logging.disable_progress_bar()  # save_pretrained's one-shard bar is noise in the demo
 
     model = build_model(
-        model_dir,
+        hf_dir,
         vocab_size=320,
         hidden_size=128,
         num_heads=4,
@@ -92,7 +92,7 @@ def train_base(model_dir: str | os.PathLike[str], steps: int = 300, seed: int = 
         tokenizer_sentences=corpus(),
         tokenizer_vocab_size=320,
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     torch.manual_seed(seed)
     batches = [_batch(tokenizer, style) for style in (plain, shout, smile)]
     model.train()
@@ -105,7 +105,7 @@ def train_base(model_dir: str | os.PathLike[str], steps: int = 300, seed: int = 
         loss.backward()
         optimizer.step()
     model.eval()
-    model.save_pretrained(str(model_dir))
+    model.save_pretrained(str(hf_dir))
     return model, tokenizer
 
 
