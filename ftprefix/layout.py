@@ -45,6 +45,21 @@ WEIGHT_DTYPES: dict[str, np.dtype] = {"fp32": np.dtype("<f4"), "fp16": np.dtype(
 # INIReader (FT's config parser) splits on '=' / ':' and trims whitespace, and task names become
 # part of file names, so only a conservative character set survives the round trip.
 _TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# FT's INIReader (3rdparty/INIReader.h) reads config.ini with fgets into a buffer of INI_MAX_LINE =
+# 200 bytes: a longer line is cut, and the rest read as another line. So every line, its newline
+# included, must fit in 199 bytes; for `task_name = <name>` that leaves 186 bytes for the name.
+INI_MAX_LINE = 200
+_TASK_NAME_KEY = "task_name = "
+MAX_TASK_NAME = INI_MAX_LINE - 1 - len(_TASK_NAME_KEY) - 1
+
+# Files ftprefix owns in a conversion's output directory, besides the `<tp>-gpu` directories:
+LOCK_FILE = ".ftprefix.lock"  # see ftprefix.locking
+# `.<tp>-gpu.tmp-XXXX` (a conversion being written) and `.<tp>-gpu.old-XXXX` (the one it replaces)
+STAGING_RE = re.compile(r"^\.(\d+)-gpu\.(tmp|old)-[A-Za-z0-9_]+$")
+FT_DIR_RE = re.compile(r"^(\d+)-gpu$")
+# Files ftprefix writes inside `<tp>-gpu`: config.ini (and its temporary files), raw arrays
+FT_FILE_RE = re.compile(r"^(config\.ini|\.config\.ini\.[A-Za-z0-9_]+\.tmp|model\..+\.bin)$")
+PREFIX_FILE_RE = re.compile(r"^model\.prefix_prompt\.(.+)\.weight\.(\d+)\.bin$")
 
 
 def ft_dir(out: str | os.PathLike[str], tp: int) -> Path:
@@ -76,6 +91,11 @@ def validate_task_name(name: str) -> None:
         )
     if name in (".", ".."):
         raise UserError(f"task name {name!r} is not a valid file name part")
+    if len(name) > MAX_TASK_NAME:
+        raise UserError(
+            f"task name {name[:20]}... is {len(name)} characters long; FasterTransformer reads config.ini "
+            f"lines of at most {INI_MAX_LINE - 1} bytes, so task names can have at most {MAX_TASK_NAME}"
+        )
 
 
 @dataclass(frozen=True)
@@ -137,7 +157,15 @@ def config_to_text(cfg: ModelConfig) -> str:
         parser[f"task_{task.id}"] = {"task_name": task.name, "prompt_length": str(task.prompt_length)}
     buf = io.StringIO()
     parser.write(buf)
-    return buf.getvalue()
+    text = buf.getvalue()
+    for line in text.splitlines():
+        if len(line.encode("utf-8")) + 1 >= INI_MAX_LINE:
+            key = line.split("=", 1)[0].strip()
+            raise UserError(
+                f"config.ini line {key!r} would be {len(line) + 1} bytes; FasterTransformer cuts lines at "
+                f"{INI_MAX_LINE - 1} bytes: shorten it"
+            )
+    return text
 
 
 def config_from_text(text: str, source: str = CONFIG_FILE) -> ModelConfig:
@@ -198,6 +226,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # the rename itself must survive a crash too
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,11 +15,13 @@ import torch
 import tritonclient.grpc as grpcclient
 from hf_reference import HFReference
 from transformers import AutoTokenizer
+from tritonclient.utils import InferenceServerException
 
 from ftprefix import cli, layout, protocol
 from ftprefix.client import (
     AsyncClient,
     Client,
+    InvalidRequestError,
     RequestTimeoutError,
     ServerUnavailableError,
     StreamingNotSupportedError,
@@ -296,3 +298,11 @@ def test_cli_generate_stream(streaming_server: EmbeddedServer, model, reference,
     ]
     assert cli.main([*argv, "--stream", "--max-new-tokens", str(NEW_TOKENS), PROMPTS[3]]) == 0
     assert capsys.readouterr().out == text + "\n"
+
+
+def test_a_request_the_server_refuses_is_an_invalid_request_error(client: Client) -> None:
+    with pytest.raises(InvalidRequestError, match="exceeds the limit") as info:
+        client.generate(PROMPTS[0], task="taskA", max_new_tokens=5000)
+    assert info.value.status == "StatusCode.INVALID_ARGUMENT"
+    assert isinstance(info.value.__cause__, InferenceServerException)
+    assert client.generate(PROMPTS[0], task="taskA", max_new_tokens=2).finish_reason == "length"

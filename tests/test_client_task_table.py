@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -96,3 +97,38 @@ def test_server_refuses_ids_that_name_another_task_and_keeps_serving(tmp_path: P
         right = {protocol.TASK_NAMES_PARAMETER: json.dumps(["taskB"])}
         ok = raw.infer(protocol.FT_MODEL, ft_inputs([PROMPT], 4, [1]), parameters=right)
         assert ok.as_numpy(protocol.OUTPUT_IDS).shape[:2] == (1, 1)
+
+
+def _requests_seen(url: str) -> int:
+    """Requests the model answered, refusals included (Triton counts an error response as a success)."""
+    with grpcclient.InferenceServerClient(url) as raw:
+        stats = raw.get_inference_statistics(protocol.FT_MODEL, as_json=True)["model_stats"]
+    return sum(int(s["inference_stats"].get("success", {}).get("count", 0)) for s in stats)
+
+
+def test_the_client_waits_for_a_server_that_publishes_its_new_table_late(tmp_path: Path) -> None:
+    out, prefixes = _convert(tmp_path)
+    want = HFReference(tmp_path / "hf", prefixes).greedy(PROMPT, "taskC", 6, end_id=0)[0]
+    with (
+        EmbeddedServer(out, watch_interval=None) as server,
+        Client(server.grpc_url, task_table_ttl=None) as client,
+    ):
+        assert [t.name for t in client.tasks()] == list(TASKS)
+        assert cli.main(["tasks", "remove", str(out), "taskB"]) == 0  # taskC: id 2 -> 1
+        # the model reloads with the new ids, but the table it publishes is still the old one
+        server.load_model(protocol.FT_MODEL)
+        before = _requests_seen(server.grpc_url)
+
+        def publish_after_the_refusal() -> None:
+            deadline = time.monotonic() + 60
+            while _requests_seen(server.grpc_url) == before and time.monotonic() < deadline:
+                time.sleep(0.05)  # poll the server's statistics for the refused request
+            server.reload()  # now publish the new table
+
+        publisher = threading.Thread(target=publish_after_the_refusal)
+        publisher.start()
+        try:
+            got = client.generate(PROMPT, task="taskC", max_new_tokens=6).token_ids
+        finally:
+            publisher.join()
+        assert got == want  # refused with the old ids, resent once the new table was published

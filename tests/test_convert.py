@@ -230,13 +230,51 @@ def test_cli_prints_summary_and_warnings(toy_models, rinna_file, tmp_path, capsy
     assert (out / "2-gpu/config.ini").is_file()
 
 
-def test_force_replaces_an_existing_output(toy_models, tmp_path):
+def _quiet_convert(hf_dir: Path, out: Path, tp: int, dtype: str, **kw) -> None:
+    convert(hf_dir, [], out, tp=tp, dtype=dtype, progress=False, warn=lambda _m: None, **kw)
+
+
+def test_force_replaces_only_the_earlier_conversion_for_that_tp(toy_models, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    _quiet_convert(toy_models["parallel"], out, 1, "fp32")
+    _quiet_convert(toy_models["parallel"], out, 2, "fp32")  # beside it: one conversion per tp
+    keep = tree_digest(out / "2-gpu")
+    _quiet_convert(toy_models["sequential"], out, 1, "fp16", force=True)
+    assert "weight_data_type = fp16" in (out / "1-gpu/config.ini").read_text()
+    assert tree_digest(out / "2-gpu") == keep
+    assert sorted(p.name for p in out.iterdir()) == ["1-gpu", "2-gpu"]  # no staging, old copy or lock left
+
+
+def test_force_never_deletes_what_ftprefix_did_not_write(toy_models, tmp_path, capsys):
+    out = tmp_path / "out"
+    _quiet_convert(toy_models["parallel"], out, 1, "fp32")
+    (out / "notes.txt").write_text("mine")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/data.bin").write_text("mine too")
+    (out / "1-gpu/model.wte.bin").unlink()
+    (out / "1-gpu/model.wte.bin").symlink_to(tmp_path / "elsewhere/data.bin")
+    before = tree_digest(tmp_path)
+    argv = ["convert", "--model", str(toy_models["parallel"]), "--tp", "1", "--out", str(out), "--force"]
+    assert main(argv) == 2
+    assert "holds notes.txt, which is not an ftprefix conversion" in capsys.readouterr().err
+    (out / "notes.txt").unlink()
+    before = tree_digest(tmp_path)
+    assert main(argv) == 2  # the conversion itself holds a symlink out of it: not followed, refused
+    assert "holds model.wte.bin, which ftprefix did not write" in capsys.readouterr().err
+    assert tree_digest(tmp_path) == before and (tmp_path / "elsewhere/data.bin").read_text() == "mine too"
+
+
+def test_a_killed_conversion_is_cleaned_up_by_the_next(toy_models, tmp_path, capsys):
+    out = tmp_path / "out"
+    _quiet_convert(toy_models["parallel"], out, 1, "fp32")
+    _quiet_convert(toy_models["parallel"], out, 2, "fp32")
+    # what SIGKILL leaves: a half-written staging directory, and a replaced conversion set aside
+    (out / ".1-gpu.tmp-abc123").mkdir()
+    (out / ".1-gpu.tmp-abc123/model.wte.bin").write_bytes(b"half")
+    (out / "2-gpu").rename(out / ".2-gpu.old-def456")
+    messages: list[str] = []
     convert(
-        toy_models["parallel"], [], out, tp=1, dtype="fp32", force=True, progress=False, warn=lambda _m: None
+        toy_models["parallel"], [], out, tp=1, dtype="fp32", force=True, progress=False, warn=messages.append
     )
-    assert not (out / "stale.txt").exists()
-    assert (out / "1-gpu/config.ini").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or old copies left
+    assert sorted(p.name for p in out.iterdir()) == ["1-gpu", "2-gpu"]  # tp 2 restored, staging removed
+    assert any(".1-gpu.tmp-abc123" in m for m in messages) and any("restored" in m for m in messages)

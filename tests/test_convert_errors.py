@@ -16,7 +16,7 @@ from convert_support import tree_digest
 from ftprefix.cli import main
 from ftprefix.converter import convert
 from ftprefix.converter.checkpoints import PrefixSource
-from ftprefix.converter.output_dir import staged_directory
+from ftprefix.converter.output_dir import staged_ft_dir
 from ftprefix.demo.toy import build_model, random_prefix
 from ftprefix.errors import UserError
 
@@ -84,6 +84,16 @@ def _without_tensor(work: Path) -> None:
     path = work / "model/model.safetensors"
     state = load_file(str(path))
     del state["gpt_neox.layers.1.mlp.dense_4h_to_h.weight"]
+    save_file(state, str(path))
+
+
+def _scale_tensor(work: Path, name: str, factor: float) -> None:
+    """Multiply one stored base weight in place (e.g. by nan or by a huge number)."""
+    from safetensors.torch import load_file, save_file
+
+    path = work / "model/model.safetensors"
+    state = load_file(str(path))
+    state[name] = state[name] * factor
     save_file(state, str(path))
 
 
@@ -167,8 +177,51 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         "the model's 4 attention heads do not divide by --tp 8",
     ),
     "output exists": (
-        lambda w: ((w / "out").mkdir(), _convert_argv(w, str(w / "good.pt")))[1],
-        "already exists; pass --force to replace it",
+        lambda w: (main(_convert_argv(w, str(w / "good.pt"))), _convert_argv(w, str(w / "good.pt")))[1],
+        "already holds a conversion; pass --force to replace it",
+    ),
+    "foreign file in out": (
+        lambda w: ((w / "out").mkdir(), (w / "out/notes.txt").write_text("mine"), _convert_argv(w))[2],
+        "holds notes.txt, which is not an ftprefix conversion",
+    ),
+    "foreign file in out, --force": (
+        lambda w: (
+            (w / "out").mkdir(),
+            (w / "out/notes.txt").write_text("mine"),
+            [*_convert_argv(w), "--force"],
+        )[2],
+        "holds notes.txt, which is not an ftprefix conversion",
+    ),
+    "foreign file in the conversion, --force": (
+        lambda w: (
+            main(_convert_argv(w, str(w / "good.pt"))),
+            (w / "out/2-gpu/notes.txt").write_text("mine"),
+            [*_convert_argv(w, str(w / "good.pt")), "--force"],
+        )[2],
+        "holds notes.txt, which ftprefix did not write",
+    ),
+    "inf in a prefix": (
+        lambda w: _convert_argv(w, "hot=" + _save(w, "hot.pt", random_prefix(3, LAYERS, HIDDEN) / 0.0)),
+        "task hot",
+    ),
+    "prefix beyond fp16": (
+        lambda w: _convert_argv(w, "big=" + _save(w, "big.pt", random_prefix(3, LAYERS, HIDDEN) * 1e6)),
+        "beyond fp16's 65504: convert with --dtype fp32",
+    ),
+    "nan in a base weight": (
+        lambda w: (
+            _scale_tensor(w, "gpt_neox.layers.1.mlp.dense_4h_to_h.weight", float("nan")),
+            _convert_argv(w),
+        )[1],
+        "base weight gpt_neox.layers.1.mlp.dense_4h_to_h.weight holds inf or nan",
+    ),
+    "base weight beyond fp16": (
+        lambda w: (_scale_tensor(w, "gpt_neox.embed_in.weight", 1e7), _convert_argv(w))[1],
+        "base weight gpt_neox.embed_in.weight holds values up to",
+    ),
+    "task name too long for FT": (
+        lambda w: _convert_argv(w, "x" * 187 + "=" + str(w / "good.pt")),
+        "task names can have at most 186",
     ),
     "prefix layers": (
         lambda w: _convert_argv(w, "deep=" + _save(w, "deep.pt", random_prefix(3, 3, HIDDEN))),
@@ -258,11 +311,11 @@ def test_failed_force_keeps_the_previous_output(work, capsys):
 
 def test_failure_midway_leaves_no_complete_looking_directory(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError), staged_directory(out) as staging:
-        (staging / "1-gpu").mkdir()
-        (staging / "1-gpu/config.ini").write_text("[gptneox]\n")
+    out.mkdir()
+    with pytest.raises(RuntimeError), staged_ft_dir(out, 1) as staging:
+        (staging / "config.ini").write_text("[gptneox]\n")
         raise RuntimeError("disk full")
-    assert list(tmp_path.iterdir()) == []
+    assert list(out.iterdir()) == []
 
 
 def test_model_differences_ft_ignores_are_warned_not_refused(work, capsys):

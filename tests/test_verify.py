@@ -137,3 +137,11 @@ def test_verify_rejects_an_unknown_task_in_one_line(converted, capsys) -> None:
     assert cli.main(["verify", str(ft), "--model", str(hf), "--prefix", f"nope={hf / 'config.json'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ftprefix verify: error: unknown task 'nope'") and "\n" not in err
+
+
+def test_a_prefix_that_overflowed_is_reported_as_non_finite_logits(converted, tmp_path: Path, capsys) -> None:
+    ft_dir, cfg = broken_copy(converted, tmp_path)
+    _mutate_prefix(ft_dir, cfg, "smile", lambda a: a * np.inf)  # what an overflowing fp16 cast leaves
+    assert cli.main(["verify", str(ft_dir), "--model", str(converted[1]), "--prefix", converted[2][0]]) == 1
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("smile"))
+    assert "MISMATCH (non-finite logits" in row

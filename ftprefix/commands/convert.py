@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ftprefix import layout
-from ftprefix.commands.options import add_prefix_option, add_trust_pickle_option
+from ftprefix.commands.options import add_prefix_option, add_trust_pickle_option, add_wait_option
 
 
 def register(subparsers: Any) -> None:
@@ -29,13 +29,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tp", type=int, default=1, choices=layout.SUPPORTED_TP, help="tensor-parallel size")
     p.add_argument("--dtype", default="fp16", choices=tuple(layout.WEIGHT_DTYPES), help="weight data type")
     p.add_argument("--out", required=True, type=Path, help="output directory (weights go to OUT/<tp>-gpu/)")
-    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier conversion for the same --tp in OUT (nothing else in OUT is touched)",
+    )
+    add_wait_option(p)
     add_trust_pickle_option(p)
     p.set_defaults(func=run, extras=("convert",))
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftprefix.commands.options import prefix_sources
+    from ftprefix.commands.options import check_wait, prefix_sources
     from ftprefix.commands.tables import human_bytes, written_tasks_table
     from ftprefix.converter import convert
 
@@ -47,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         force=args.force,
         trust_pickle=args.trust_pickle,
+        wait=check_wait(args.wait),
     )
     print(written_tasks_table(report.tasks, base=report))
     print(

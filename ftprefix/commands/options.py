@@ -25,6 +25,24 @@ def add_prefix_option(
     )
 
 
+def add_wait_option(parser: argparse.ArgumentParser) -> None:
+    from ftprefix.locking import DEFAULT_WAIT_S
+
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        metavar="SECONDS",
+        help="how long to wait for another ftprefix command changing the same model (default %(default)g)",
+    )
+
+
+def check_wait(seconds: float) -> float:
+    if not seconds >= 0:
+        raise UserError(f"--wait must be 0 or more seconds, got {seconds:g}")
+    return seconds
+
+
 def add_trust_pickle_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-pickle",

@@ -7,10 +7,17 @@ sources for the table (e.g. a running server) can be added as options of `list` 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from ftprefix.commands.options import add_prefix_option, add_trust_pickle_option, prefix_sources
+from ftprefix.commands.options import (
+    add_prefix_option,
+    add_trust_pickle_option,
+    add_wait_option,
+    check_wait,
+    prefix_sources,
+)
 from ftprefix.commands.tables import tasks_table, written_tasks_table
 from ftprefix.errors import UserError
 
@@ -38,16 +45,18 @@ def register(subparsers: Any) -> None:
         help="the base Hugging Face model directory (needed to convert soft prompts)",
     )
     add_trust_pickle_option(add)
+    add_wait_option(add)
     add.set_defaults(func=run_add, extras=("convert",))
 
     rm = sub.add_parser("remove", help="remove tasks and their files; later task ids move down")
     rm.add_argument("dir", type=Path, metavar="DIR", help="converted model (OUT or OUT/<tp>-gpu)")
     rm.add_argument("names", nargs="+", metavar="NAME", help="task names to remove")
+    add_wait_option(rm)
     rm.set_defaults(func=run_remove)
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ftprefix.converter.tasks import list_tasks
+    from ftprefix.converter.tasks import leftovers, list_tasks
 
     if args.url is not None:
         if args.dir is not None:
@@ -58,6 +67,10 @@ def run_list(args: argparse.Namespace) -> int:
     ft_dir, cfg = list_tasks(args.dir)
     print(tasks_table(cfg.tasks))
     print(f"{len(cfg.tasks)} task(s) in {ft_dir}")
+    left = leftovers(ft_dir, cfg)
+    if left:
+        names = ", ".join(p.name for p in left)
+        print(f"note: {names} left by an interrupted command; the next tasks add/remove removes them")
     return 0
 
 
@@ -71,11 +84,20 @@ def _list_from_server(url: str) -> int:
     return 0
 
 
+def _note(message: str) -> None:
+    print(f"ftprefix tasks: note: {message}", file=sys.stderr)
+
+
 def run_add(args: argparse.Namespace) -> int:
     from ftprefix.converter.tasks import add_tasks
 
     reports = add_tasks(
-        args.dir, prefix_sources(args.prefix), hf_dir=args.model, trust_pickle=args.trust_pickle
+        args.dir,
+        prefix_sources(args.prefix),
+        hf_dir=args.model,
+        trust_pickle=args.trust_pickle,
+        wait=check_wait(args.wait),
+        report=_note,
     )
     print(written_tasks_table(reports))
     return 0
@@ -84,7 +106,7 @@ def run_add(args: argparse.Namespace) -> int:
 def run_remove(args: argparse.Namespace) -> int:
     from ftprefix.converter.tasks import remove_tasks
 
-    removed, moved = remove_tasks(args.dir, args.names)
+    removed, moved = remove_tasks(args.dir, args.names, wait=check_wait(args.wait), report=_note)
     for task in removed:
         print(f"removed task {task.name}")
     if moved:

@@ -12,14 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftprefix import layout
+from ftprefix import layout, locking
 from ftprefix.converter.base_weights import plan_base, write_base
 from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.converter.hf_model import open_hf_model
-from ftprefix.converter.output_dir import check_output, staged_directory
+from ftprefix.converter.output_dir import check_output, clean_stale, output_directory, staged_ft_dir
 from ftprefix.converter.prefixes import check_task_names, load_prefixes, write_prefix
 from ftprefix.converter.progress import progress_bar
 from ftprefix.errors import UserError
+from ftprefix.locking import DEFAULT_WAIT_S
 from ftprefix.task_table import TaskTable
 
 __all__ = ["ConvertReport", "TaskReport", "convert"]
@@ -67,18 +68,23 @@ def convert(
     trust_pickle: bool = False,
     progress: bool | None = None,
     warn: Callable[[str], None] = _stderr_warning,
+    wait: float = DEFAULT_WAIT_S,
 ) -> ConvertReport:
-    """Convert; raises UserError (with nothing written) on bad input.
+    """Convert into `<out>/<tp>-gpu`; raises UserError (with nothing written) on bad input.
 
+    `force` replaces an earlier conversion for the same tp, and nothing else (output_dir.py).
     `progress`: None shows a bar only on an interactive terminal outside CI.
-    `warn` receives one line per FT behaviour that differs slightly from the model's own.
+    `warn` receives one line per FT behaviour that differs slightly from the model's own, and per
+    leftover of an interrupted conversion cleaned up. `wait`: seconds to wait for another command
+    holding the model lock.
     """
     start = time.perf_counter()
     hf_dir, out = Path(hf_dir), Path(out)
     if dtype not in layout.WEIGHT_DTYPES:
         raise UserError(f"--dtype {dtype} is not supported; use one of {', '.join(layout.WEIGHT_DTYPES)}")
     check_task_names(prefixes)
-    check_output(out, force=force, inputs=[hf_dir, *(s.path for s in prefixes)])
+    inputs = [hf_dir, *(s.path for s in prefixes)]
+    check_output(out, tp, force=force, inputs=inputs)
     with open_hf_model(hf_dir, trust_pickle=trust_pickle) as hf:
         hf.config.check_tp(tp)
         cfg = hf.config.to_ft(tp=tp, dtype=dtype, model_name=hf_dir.resolve().name or "gptneox")
@@ -89,18 +95,21 @@ def convert(
             warn(message)
         cfg = cfg.with_tasks(TaskTable((c.name, int(p.shape[0])) for c, p in loaded))
         report = ConvertReport(out, layout.ft_dir(out, tp), cfg, warnings=warnings)
-        with staged_directory(out) as staging:
-            target = layout.ft_dir(staging, tp)
-            target.mkdir()
-            with progress_bar(len(plan) + len(loaded), "convert", progress) as bar:
-                stats = write_base(hf, plan, cfg, target, on_tensor=lambda: bar.update(1))
-                for task_id, (ckpt, prefix) in enumerate(loaded):
-                    written = write_prefix(target, ckpt.name, prefix, cfg)
-                    report.tasks.append(
-                        TaskReport(task_id, ckpt.name, ckpt.kind, int(prefix.shape[0]), written, ckpt.path)
-                    )
-                    bar.update(1)
-            layout.write_config(target, cfg)
+        with output_directory(out), locking.exclusive(out, wait):
+            check_output(out, tp, force=force, inputs=inputs)  # again, now that no one else writes
+            clean_stale(out, warn)
+            with staged_ft_dir(out, tp) as target:
+                with progress_bar(len(plan) + len(loaded), "convert", progress) as bar:
+                    stats = write_base(hf, plan, cfg, target, on_tensor=lambda: bar.update(1))
+                    for task_id, (ckpt, prefix) in enumerate(loaded):
+                        written = write_prefix(target, ckpt.name, prefix, cfg)
+                        report.tasks.append(
+                            TaskReport(
+                                task_id, ckpt.name, ckpt.kind, int(prefix.shape[0]), written, ckpt.path
+                            )
+                        )
+                        bar.update(1)
+                layout.write_config(target, cfg)
     report.base_files = stats.files
     report.base_bytes_written = stats.bytes_written
     report.bytes_read = stats.bytes_read

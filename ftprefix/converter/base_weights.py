@@ -12,6 +12,7 @@ import numpy as np
 
 from ftprefix import layout
 from ftprefix.converter.hf_model import HFModel
+from ftprefix.converter.values import check_servable
 from ftprefix.errors import UserError
 
 EMBED_IN = "gpt_neox.embed_in.weight"
@@ -101,6 +102,14 @@ def write_base(
 
 
 def _write_tensor(hf: HFModel, item: PlannedTensor, cfg: layout.ModelConfig, out_dir: Path) -> WriteStats:
+    # overflow to inf in a cast is checked below, with a message naming the tensor
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _write_tensor_checked(hf, item, cfg, out_dir)
+
+
+def _write_tensor_checked(
+    hf: HFModel, item: PlannedTensor, cfg: layout.ModelConfig, out_dir: Path
+) -> WriteStats:
     stats = WriteStats()
     out_dtype = cfg.np_dtype
     spec = item.spec
@@ -119,6 +128,12 @@ def _write_tensor(hf: HFModel, item: PlannedTensor, cfg: layout.ModelConfig, out
     del sources
     for file_name, part in zip(spec.file_names(cfg.tensor_para_size), parts, strict=True):
         data = part.astype(out_dtype, copy=False)
+        if not np.isfinite(data).all():
+            sources = [hf.tensor(name) for name in item.stored_sources]
+            what = f"base weight {' + '.join(item.stored_sources)}"
+            for source in sources:
+                check_servable(source, what, cfg.weight_data_type)
+            check_servable(part, what, cfg.weight_data_type, cast=data)
         data.tofile(out_dir / file_name)
         stats.bytes_written += data.nbytes
         stats.files += 1

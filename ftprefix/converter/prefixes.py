@@ -9,6 +9,7 @@ import numpy as np
 
 from ftprefix import layout
 from ftprefix.converter.checkpoints import LoadedCheckpoint, PrefixSource, load_checkpoint
+from ftprefix.converter.values import check_servable
 from ftprefix.errors import UserError
 
 
@@ -108,7 +109,10 @@ def load_prefixes(
             prefixes[i] = canonical_prefix(
                 LoadedCheckpoint(loaded[i].name, "prefix", prefix, loaded[i].path), cfg
             )
-    return [(ckpt, p) for ckpt, p in zip(loaded, prefixes, strict=True) if p is not None]
+    out = [(ckpt, p) for ckpt, p in zip(loaded, prefixes, strict=True) if p is not None]
+    for ckpt, prefix in out:
+        check_servable(prefix, f"task {ckpt.name} ({ckpt.path})", cfg.weight_data_type)
+    return out
 
 
 def write_prefix(out_dir: Path, name: str, prefix: np.ndarray, cfg: layout.ModelConfig) -> int:

@@ -1,16 +1,20 @@
 """Change the task table of an already converted model without touching its base weights.
 
-Order of writes keeps the model usable at every instant: `add` writes the new prefix files first and
-then swaps in the new config.ini (atomic rename); `remove` swaps config.ini first and deletes the
-task's files only once config.ini no longer lists it.
+Every change holds the model lock (ftprefix.locking) for its whole read-modify-write, so
+concurrent `tasks add` commands all land, with distinct ids. The order of writes keeps the model
+loadable at every instant, whatever kills the command: `add` writes the new prefix files first
+and then publishes them with an atomic rename of config.ini; `remove` renames config.ini first and
+deletes the task's files only once config.ini no longer names them. What an interrupted command
+leaves behind (prefix files config.ini does not name, config.ini temporaries) is removed by the
+next `tasks add` / `remove` and reported by `tasks list`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ftprefix import layout
+from ftprefix import layout, locking
 from ftprefix.converter import TaskReport
 from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.converter.prefixes import check_task_names, load_prefixes, write_prefix
@@ -24,53 +28,86 @@ def list_tasks(directory: str | Path) -> tuple[Path, layout.ModelConfig]:
     return ft_dir, layout.read_config(ft_dir)
 
 
+def leftovers(ft_dir: Path, cfg: layout.ModelConfig) -> list[Path]:
+    """Files of interrupted commands: prefix files config.ini does not name, config.ini temporaries."""
+    named = {f for t in cfg.tasks for f in layout.prefix_file_names(t.name, cfg.tensor_para_size)}
+    found = []
+    for entry in sorted(ft_dir.iterdir()):
+        if entry.is_symlink() or not entry.is_file():
+            continue
+        orphan_prefix = layout.PREFIX_FILE_RE.match(entry.name) and entry.name not in named
+        config_temporary = entry.name.startswith(f".{layout.CONFIG_FILE}.") and entry.name.endswith(".tmp")
+        if orphan_prefix or config_temporary:
+            found.append(entry)
+    return found
+
+
+def _clean(ft_dir: Path, cfg: layout.ModelConfig, report: Callable[[str], None]) -> None:
+    for path in leftovers(ft_dir, cfg):
+        path.unlink()
+        report(f"removed {path.name}, left by an interrupted command")
+
+
 def add_tasks(
     directory: str | Path,
     sources: Sequence[PrefixSource],
     *,
     hf_dir: Path | None = None,
     trust_pickle: bool = False,
+    wait: float = locking.DEFAULT_WAIT_S,
+    report: Callable[[str], None] = lambda _message: None,
 ) -> list[TaskReport]:
     """Append tasks (ids of existing tasks stay as they are). Soft prompts need `hf_dir`."""
     if not sources:
         raise UserError("no checkpoints given; pass --prefix PATH or --prefix NAME=PATH")
-    ft_dir, cfg = list_tasks(directory)
-    check_task_names(sources, existing=cfg.tasks.names)
-    loaded = load_prefixes(sources, cfg, hf_dir, trust_pickle=trust_pickle)
-    written: list[Path] = []
-    reports = []
-    try:
-        for offset, (ckpt, prefix) in enumerate(loaded):
-            written.extend(ft_dir / f for f in layout.prefix_file_names(ckpt.name, cfg.tensor_para_size))
-            size = write_prefix(ft_dir, ckpt.name, prefix, cfg)
-            reports.append(
-                TaskReport(
-                    len(cfg.tasks) + offset, ckpt.name, ckpt.kind, int(prefix.shape[0]), size, ckpt.path
+    ft_dir = layout.find_ft_dir(directory)
+    with locking.exclusive(ft_dir.parent, wait):
+        cfg = layout.read_config(ft_dir)
+        check_task_names(sources, existing=cfg.tasks.names)
+        loaded = load_prefixes(sources, cfg, hf_dir, trust_pickle=trust_pickle)
+        _clean(ft_dir, cfg, report)
+        written: list[Path] = []
+        reports = []
+        try:
+            for offset, (ckpt, prefix) in enumerate(loaded):
+                written.extend(ft_dir / f for f in layout.prefix_file_names(ckpt.name, cfg.tensor_para_size))
+                size = write_prefix(ft_dir, ckpt.name, prefix, cfg)
+                task_id = len(cfg.tasks) + offset
+                reports.append(
+                    TaskReport(task_id, ckpt.name, ckpt.kind, int(prefix.shape[0]), size, ckpt.path)
                 )
-            )
-        table = cfg.tasks.appended((r.name, r.prompt_length) for r in reports)
-        layout.write_config(ft_dir, cfg.with_tasks(table))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+            table = cfg.tasks.appended((r.name, r.prompt_length) for r in reports)
+            layout.write_config(ft_dir, cfg.with_tasks(table))
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
     return reports
 
 
-def remove_tasks(directory: str | Path, names: Sequence[str]) -> tuple[list[Task], list[Moved]]:
+def remove_tasks(
+    directory: str | Path,
+    names: Sequence[str],
+    *,
+    wait: float = locking.DEFAULT_WAIT_S,
+    report: Callable[[str], None] = lambda _message: None,
+) -> tuple[list[Task], list[Moved]]:
     """Remove tasks by name; returns (removed tasks, tasks whose id moved down)."""
     if not names:
         raise UserError("no task names given")
-    ft_dir, cfg = list_tasks(directory)
-    for name in names:
-        if cfg.tasks.find(name) is None:
-            raise UserError(f"unknown task {name!r}; known tasks: {', '.join(cfg.tasks.names) or 'none'}")
     if len(set(names)) != len(names):
         raise UserError("a task name is given twice")
-    removed = [t for t in cfg.tasks if t.name in names]
-    kept, moved = cfg.tasks.without(names)
-    layout.write_config(ft_dir, cfg.with_tasks(kept))
-    for task in removed:
-        for file_name in layout.prefix_file_names(task.name, cfg.tensor_para_size):
-            (ft_dir / file_name).unlink(missing_ok=True)
+    ft_dir = layout.find_ft_dir(directory)
+    with locking.exclusive(ft_dir.parent, wait):
+        cfg = layout.read_config(ft_dir)
+        for name in names:
+            if cfg.tasks.find(name) is None:
+                raise UserError(f"unknown task {name!r}; known tasks: {', '.join(cfg.tasks.names) or 'none'}")
+        _clean(ft_dir, cfg, report)
+        removed = [t for t in cfg.tasks if t.name in names]
+        kept, moved = cfg.tasks.without(names)
+        layout.write_config(ft_dir, cfg.with_tasks(kept))
+        for task in removed:
+            for file_name in layout.prefix_file_names(task.name, cfg.tensor_para_size):
+                (ft_dir / file_name).unlink(missing_ok=True)
     return removed, moved

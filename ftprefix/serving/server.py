@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from ftprefix import layout, protocol
+from ftprefix import layout, locking, protocol
 from ftprefix.errors import UserError
 from ftprefix.serving import repository, tritonserver
 
@@ -117,6 +117,15 @@ class EmbeddedServer:
     def start(self) -> EmbeddedServer:
         if self._proc is not None:
             return self
+        # no `tasks add/remove` between reading the table here and the model loading its files
+        with locking.shared(self.ft_dir.parent):
+            self._start()
+        if self.watch_interval:
+            self._watcher = threading.Thread(target=self._watch, name="ftprefix-reload", daemon=True)
+            self._watcher.start()
+        return self
+
+    def _start(self) -> None:
         self._config_digest = self._digest()
         info = repository.write_repository(
             self.ft_dir,
@@ -154,10 +163,6 @@ class EmbeddedServer:
         except BaseException:
             self.stop()
             raise
-        if self.watch_interval:
-            self._watcher = threading.Thread(target=self._watch, name="ftprefix-reload", daemon=True)
-            self._watcher.start()
-        return self
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -254,8 +259,9 @@ class EmbeddedServer:
     def reload(self) -> bool:
         """Pick up a changed converted model (new tasks): refresh the task table and load again.
 
-        Returns True when something changed and the models were reloaded."""
-        with self._lock:
+        Returns True when something changed and the models were reloaded. Holds the model lock
+        shared, so config.ini and the prefix files it names are read as one consistent state."""
+        with self._lock, locking.shared(self.ft_dir.parent):
             digest = self._digest()
             if digest == self._config_digest:
                 return False

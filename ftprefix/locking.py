@@ -1,0 +1,88 @@
+"""One writer at a time per converted model: an OS file lock in the conversion's output directory.
+
+`convert` into an existing output, `tasks add` and `tasks remove` hold it exclusively for their
+whole read-modify-write; `ftprefix serve` holds it shared while it loads a changed task table, so
+it never reads a config.ini naming a prefix file that is not written yet. `fcntl.flock` is
+released by the kernel when the process dies, so a crash never leaves a stale lock.
+
+The lock file (`layout.LOCK_FILE` in the directory that holds `<tp>-gpu`) is removed by the
+exclusive holder when it is done, so a command leaves no trace; a waiter that finds it has locked
+a removed file opens the current one and waits again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ftprefix import layout
+from ftprefix.errors import UserError
+
+DEFAULT_WAIT_S = 300.0
+
+
+class LockTimeoutError(UserError):
+    """Another ftprefix command kept the model locked for longer than we were allowed to wait."""
+
+    exit_code = 1
+
+
+def _acquire(path: Path, mode: int, wait: float) -> int:
+    deadline = time.monotonic() + wait
+    delay = 0.01
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeoutError(
+                            f"another ftprefix command is changing {path.parent} and did not finish within "
+                            f"{wait:g} s; wait for it, or pass a larger --wait"
+                        ) from None
+                    time.sleep(delay)  # poll: flock has no timeout of its own
+                    delay = min(delay * 2, 0.2)
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder removed the file we locked: lock the current one
+
+
+@contextlib.contextmanager
+def exclusive(directory: str | os.PathLike[str], wait: float = DEFAULT_WAIT_S) -> Iterator[None]:
+    """Hold the model lock of `directory` (the one holding `<tp>-gpu`) alone."""
+    path = Path(directory) / layout.LOCK_FILE
+    fd = _acquire(path, fcntl.LOCK_EX, wait)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def shared(directory: str | os.PathLike[str], wait: float = DEFAULT_WAIT_S) -> Iterator[None]:
+    """Hold the model lock of `directory` with other readers; a read-only directory is read unlocked."""
+    path = Path(directory) / layout.LOCK_FILE
+    try:
+        fd: int | None = _acquire(path, fcntl.LOCK_SH, wait)
+    except OSError:
+        fd = None  # a read-only volume has no writers to fear
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
