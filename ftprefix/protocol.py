@@ -111,6 +111,8 @@ TEXT_OUTPUT = "OUTPUT_0"  # BYTES [batch, beam]: the generated text only
 TASK_TABLE_PARAMETER = "prompt_learning_tasks"
 # Model config `parameters` entry with config.ini's end_id: what FT fills output_ids with.
 END_ID_PARAMETER = "end_id"
+# The FT backend's own parameter: the weights' data type (fp16 or fp32).
+DATA_TYPE_PARAMETER = "data_type"
 
 # Request `parameters` entry: the task name of each row, as the client resolved it, JSON-encoded.
 # Task ids are positions in the table and `ftprefix tasks remove` moves later ones down, so a

@@ -44,7 +44,7 @@ def broken_copy(converted, tmp_path: Path) -> tuple[Path, layout.ModelConfig]:
 
 
 def results(directory: Path, hf: Path, prefix_args: list[str]) -> dict[str, bool]:
-    return {row.task: row.ok for row in verify(directory, hf, prefix_sources(prefix_args))}
+    return {row.task: row.ok for row in verify(directory, hf, prefix_sources(prefix_args)).rows}
 
 
 def test_verify_passes_on_a_correct_conversion(converted, capsys) -> None:
@@ -58,7 +58,7 @@ def test_verify_passes_on_a_correct_conversion(converted, capsys) -> None:
 
 def test_tasks_without_their_checkpoint_are_listed_not_checked(converted) -> None:
     ft, hf, _ = converted
-    rows = verify(ft, hf, [])
+    rows = verify(ft, hf, []).rows
     assert [r.task for r in rows] == ["(base model)", "smile", "story"]
     assert rows[0].max_abs_diff is not None and rows[0].ok
     assert all(r.max_abs_diff is None and "not checked" in r.note for r in rows[1:])
@@ -114,9 +114,7 @@ def test_untransposed_qkv_is_caught(converted, tmp_path: Path, capsys) -> None:
         arr = layout.read_array(ft_dir / name, shape, cfg.np_dtype)
         # HF's fused order (head, q/k/v) written where FT expects (q/k/v, head)
         np.ascontiguousarray(arr.transpose(0, 2, 1, 3)).tofile(ft_dir / name)
-    assert (
-        cli.main(["verify", str(ft_dir), "--model", str(converted[1]), "--prefix", converted[2][0]]) == 1
-    )
+    assert cli.main(["verify", str(ft_dir), "--model", str(converted[1]), "--prefix", converted[2][0]]) == 1
     out = capsys.readouterr().out
     assert out.count("MISMATCH") >= 3  # base model and both tasks, then the summary
 
@@ -145,3 +143,41 @@ def test_a_prefix_that_overflowed_is_reported_as_non_finite_logits(converted, tm
     assert cli.main(["verify", str(ft_dir), "--model", str(converted[1]), "--prefix", converted[2][0]]) == 1
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("smile"))
     assert "MISMATCH (non-finite logits" in row
+
+
+# -- fp16: activations FT keeps in fp16 --------------------------------------------------------------
+
+
+def _fp16_conversion(root: Path, mlp_scale: float) -> tuple[Path, Path]:
+    """A toy model converted to fp16, its MLP weights scaled by `mlp_scale` (each weight stays far
+    inside fp16's range; what they compute does not when the scale is large)."""
+    hf = root / "hf"
+    model = toy.build_model(hf, seed=3, with_tokenizer=False)
+    with torch.no_grad():
+        for layer in model.gpt_neox.layers:
+            layer.mlp.dense_h_to_4h.weight.mul_(mlp_scale)
+            layer.mlp.dense_4h_to_h.weight.mul_(mlp_scale)
+    model.save_pretrained(hf)
+    assert (
+        cli.main(["convert", "--model", str(hf), "--tp", "1", "--dtype", "fp16", "--out", str(root / "ft")])
+        == 0
+    )
+    return root / "ft", hf
+
+
+def test_fp16_activation_check_passes_an_ordinary_model(tmp_path: Path, capsys) -> None:
+    ft, hf = _fp16_conversion(tmp_path, 1.0)
+    capsys.readouterr()
+    assert cli.main(["verify", str(ft), "--model", str(hf)]) == 0
+    out = capsys.readouterr().out
+    assert "fp16 activations: layer" in out and "OVERFLOW" not in out and "inf/nan" not in out
+
+
+def test_fp16_activation_check_flags_a_model_that_overflows(tmp_path: Path, capsys) -> None:
+    ft, hf = _fp16_conversion(tmp_path, 100.0)
+    capsys.readouterr()
+    assert cli.main(["verify", str(ft), "--model", str(hf)]) == 1
+    out = capsys.readouterr().out
+    assert "inf/nan" in out and "OVERFLOW" in out and "--dtype fp32" in out
+    report = verify(ft, hf)
+    assert report.fp16 is not None and report.fp16.non_finite and max(report.fp16.largest.values()) > 65504

@@ -27,6 +27,7 @@ class ModelInfo:
     max_batch_size: int
     tasks: TaskTable = field(default_factory=TaskTable)
     end_id: int | None = None  # config.ini's end_id, published by ftprefix's repositories
+    data_type: str | None = None  # the FT backend's `data_type` parameter (fp16 / fp32)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelInfo:
@@ -41,6 +42,7 @@ class ModelInfo:
             max_batch_size=int(config.get("max_batch_size", 0)),
             tasks=TaskTable.from_json(table) if table else TaskTable(),
             end_id=int(end_id) if end_id else None,
+            data_type=_parameter(config, protocol.DATA_TYPE_PARAMETER),
         )
 
     def task_id(self, name: str | None) -> int | None:

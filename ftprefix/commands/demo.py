@@ -85,9 +85,9 @@ def run_demo(
     stage("convert")
 
     say("[3/5] ftprefix verify: engine on the converted files vs Hugging Face with the original prefixes")
-    rows = verify_files(report.ft_dir, hf_dir, sources)
-    say(files_table(rows))
-    if not all(r.ok for r in rows):
+    checked = verify_files(report.ft_dir, hf_dir, sources)
+    say(files_table(checked.rows))
+    if not checked.ok:
         raise UserError("verify found a mismatch between the converted files and the Hugging Face model")
     stage("verify")
 

@@ -14,7 +14,7 @@ layer's business (ftprefix/serving/ft_batch.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -66,15 +66,27 @@ class Engine:
         gelu: Literal["tanh", "erf"] = "tanh",
         threads: int | None = None,
         max_total_len: int = DEFAULT_MAX_TOTAL_LEN,
+        activations: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> Engine:
-        """Load `<out>/<tp>-gpu` (or its parent); any tp. `gelu="erf"` matches HF's exact GELU."""
+        """Load `<out>/<tp>-gpu` (or its parent); any tp. `gelu="erf"` matches HF's exact GELU.
+        `activations`: see `Transformer` (e.g. engine.precision.Fp16Activations)."""
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         ft_dir = layout.find_ft_dir(directory)
         cfg = layout.read_config(ft_dir)
         weights = load_weights(ft_dir, cfg)
         prefixes = load_prefixes(ft_dir, cfg)
-        return cls(ft_dir, cfg, Transformer(cfg, weights, gelu), prefixes, max_total_len)
+        model = (
+            Transformer(cfg, weights, gelu)
+            if activations is None
+            else Transformer(cfg, weights, gelu, activations)
+        )
+        return cls(ft_dir, cfg, model, prefixes, max_total_len)
+
+    def with_activations(self, activations: Callable[[torch.Tensor, int], torch.Tensor]) -> Engine:
+        """The same weights and prefixes, every intermediate passed through `activations`."""
+        model = Transformer(self.config, self._model.w, self._model.gelu, activations)
+        return Engine(self.directory, self.config, model, self._prefixes, self.max_total_len)
 
     # ------------------------------------------------------------------------------------------
     # validation

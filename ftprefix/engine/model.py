@@ -15,6 +15,7 @@ their caches to different depths and a query at position p sees exactly slots 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,15 +38,29 @@ class KVCache:
         return self.keys[0].shape[2]
 
 
+def _exact(x: torch.Tensor, layer: int) -> torch.Tensor:
+    return x
+
+
 class Transformer:
-    def __init__(self, cfg: layout.ModelConfig, weights: ModelWeights, gelu: Gelu = "tanh") -> None:
+    def __init__(
+        self,
+        cfg: layout.ModelConfig,
+        weights: ModelWeights,
+        gelu: Gelu = "tanh",
+        activations: Callable[[torch.Tensor, int], torch.Tensor] = _exact,
+    ) -> None:
+        """`activations` sees every intermediate tensor (and its layer) and may round it, e.g. to
+        fp16 as FT's fp16 model stores them (engine/precision.py)."""
         if gelu not in ("tanh", "erf"):
             raise ValueError(
                 f"gelu must be 'tanh' (FasterTransformer) or 'erf' (Hugging Face 'gelu'), got {gelu!r}"
             )
         self.cfg = cfg
         self.w = weights
+        self.gelu: Gelu = gelu
         self.gelu_approximate = "tanh" if gelu == "tanh" else "none"
+        self.act = activations
         rot = cfg.rotary_embedding
         # Same formula as FT's and HF's NeoX rotary: inv_freq_i = base^(-2i/rot), i < rot/2.
         exponents = torch.arange(0, rot, 2, dtype=torch.int64).to(torch.float32) / max(rot, 1)
@@ -85,12 +100,11 @@ class Transformer:
     def _layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), weight, bias, layout.LAYERNORM_EPS)
 
-    def _mlp(self, x: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
-        h = F.gelu(
-            torch.addmm(lw.fc1_bias, x.reshape(-1, x.shape[-1]), lw.fc1_weight),
-            approximate=self.gelu_approximate,
-        )
-        return (h @ lw.fc2_weight).reshape(*x.shape[:-1], -1)
+    def _mlp(self, x: torch.Tensor, lw: LayerWeights, index: int) -> torch.Tensor:
+        act = self.act
+        h = act(torch.addmm(lw.fc1_bias, x.reshape(-1, x.shape[-1]), lw.fc1_weight), index)
+        h = act(F.gelu(h, approximate=self.gelu_approximate), index)
+        return act(h @ lw.fc2_weight, index).reshape(*x.shape[:-1], -1)
 
     def _layer(
         self,
@@ -103,26 +117,32 @@ class Transformer:
         cache: KVCache,
         visible: int,
     ) -> torch.Tensor:
-        cfg, lw = self.cfg, self.w.layers[index]
+        cfg, lw, act = self.cfg, self.w.layers[index], self.act
         b, t, hidden = x.shape
-        h1 = self._layer_norm(x, lw.ln1_weight, lw.ln1_bias)
-        qkv = torch.addmm(lw.qkv_bias, h1.reshape(b * t, hidden), lw.qkv_weight)
+        h1 = act(self._layer_norm(x, lw.ln1_weight, lw.ln1_bias), index)
+        qkv = act(torch.addmm(lw.qkv_bias, h1.reshape(b * t, hidden), lw.qkv_weight), index)
         q, k, v = qkv.view(b, t, 3, cfg.head_num, cfg.size_per_head).unbind(2)
         q = self._apply_rotary(q, *rotary)
         k = self._apply_rotary(k, *rotary)
         keys, values = cache.keys[index], cache.values[index]
         keys[rows, :, positions] = k
         values[rows, :, positions] = v.contiguous()
-        attn = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys[:, :, :visible], values[:, :, :visible], attn_mask=mask
+        attn = act(
+            F.scaled_dot_product_attention(
+                q.transpose(1, 2), keys[:, :, :visible], values[:, :, :visible], attn_mask=mask
+            ),
+            index,
         )
-        attn_out = (attn.transpose(1, 2).reshape(b * t, hidden) @ lw.dense_weight).view(b, t, hidden)
+        attn_out = act(attn.transpose(1, 2).reshape(b * t, hidden) @ lw.dense_weight, index).view(
+            b, t, hidden
+        )
         if cfg.use_gptj_residual:
-            mlp_out = self._mlp(self._layer_norm(x, lw.ln2_weight, lw.ln2_bias), lw)
-            return x + attn_out + mlp_out + lw.out_bias
+            mlp_out = self._mlp(act(self._layer_norm(x, lw.ln2_weight, lw.ln2_bias), index), lw, index)
+            return act(x + attn_out + mlp_out + lw.out_bias, index)
         assert lw.attn_bias is not None
-        h = x + attn_out + lw.attn_bias
-        return h + self._mlp(self._layer_norm(h, lw.ln2_weight, lw.ln2_bias), lw) + lw.out_bias
+        h = act(x + attn_out + lw.attn_bias, index)
+        mlp_out = self._mlp(act(self._layer_norm(h, lw.ln2_weight, lw.ln2_bias), index), lw, index)
+        return act(h + mlp_out + lw.out_bias, index)
 
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run tokens `input_ids` [B, T] at cache slots / rotary positions `positions` [B, T].
@@ -136,10 +156,10 @@ class Transformer:
         slot_ids = torch.arange(visible)
         mask = (slot_ids[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, visible]
         rotary = self._rotary(positions)
-        x = self.w.wte[input_ids]
+        x = self.act(self.w.wte[input_ids], -1)
         for index in range(self.cfg.num_layer):
             x = self._layer(x, index, rows, positions, rotary, mask, cache, visible)
-        return self._layer_norm(x, self.w.final_ln_weight, self.w.final_ln_bias)
+        return self.act(self._layer_norm(x, self.w.final_ln_weight, self.w.final_ln_bias), self.cfg.num_layer)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.w.lm_head.T
+        return self.act(hidden @ self.w.lm_head.T, self.cfg.num_layer)

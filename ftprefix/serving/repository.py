@@ -50,7 +50,7 @@ def ft_parameters(cfg: layout.ModelConfig, checkpoint_path: str) -> dict[str, st
     return {
         "tensor_para_size": str(cfg.tensor_para_size),
         "pipeline_para_size": "1",
-        "data_type": cfg.weight_data_type,
+        protocol.DATA_TYPE_PARAMETER: cfg.weight_data_type,
         "model_type": "GPT-NeoX",
         "model_checkpoint_path": checkpoint_path,
         "enable_custom_all_reduce": "0",

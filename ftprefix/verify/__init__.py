@@ -4,6 +4,6 @@
 readers) and the engine, never inside them.
 """
 
-from ftprefix.verify.files import BASE_NAME, FileCheck, verify_files
+from ftprefix.verify.files import BASE_NAME, FileCheck, FilesReport, Fp16Check, verify_files
 
-__all__ = ["BASE_NAME", "FileCheck", "verify_files"]
+__all__ = ["BASE_NAME", "FileCheck", "FilesReport", "Fp16Check", "verify_files"]

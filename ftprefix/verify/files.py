@@ -34,6 +34,29 @@ BASE_NAME = "(base model)"
 
 
 @dataclass
+class Fp16Check:
+    """The engine run with fp16 activations (as FT's fp16 model keeps them) on the verify prompts."""
+
+    largest: dict[int, float]  # layer (-1: embeddings, num_layer: final LayerNorm and logits) -> max |x|
+    non_finite: list[int]  # layers where a value overflowed to inf or became nan
+    logit_error: float  # largest |logit| difference from the fp32 run (inf when non-finite)
+
+    @property
+    def ok(self) -> bool:
+        return not self.non_finite
+
+
+@dataclass
+class FilesReport:
+    rows: list[FileCheck]
+    fp16: Fp16Check | None  # for fp16 conversions
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows) and (self.fp16 is None or self.fp16.ok)
+
+
+@dataclass
 class FileCheck:
     task: str  # BASE_NAME for the plain model
     prompt_length: int
@@ -66,8 +89,9 @@ def verify_files(
     atol: float | None = None,
     gelu: Literal["auto", "tanh", "erf"] = "auto",
     trust_pickle: bool = False,
-) -> list[FileCheck]:
-    """One row for the base model and one per task of the converted directory."""
+) -> FilesReport:
+    """One row for the base model and one per task of the converted directory; for an fp16
+    conversion also the fp16-activation check."""
     from ftprefix.engine.engine import Engine
 
     ft_dir = layout.find_ft_dir(directory)
@@ -92,7 +116,24 @@ def verify_files(
             rows.append(FileCheck(task.name, task.prompt_length, None, None, note))
             continue
         rows.append(_check(engine, hf, cfg, task.name, task.id, refs[task.name], tolerance))
-    return rows
+    return FilesReport(rows, check_fp16(engine) if cfg.weight_data_type == "fp16" else None)
+
+
+def check_fp16(engine: Any) -> Fp16Check:
+    """Every task and the base model on the verify prompts, with fp16 activations, against fp32."""
+    from ftprefix.engine.precision import Fp16Activations
+
+    probe = Fp16Activations()
+    fp16 = engine.with_activations(probe)
+    cfg = engine.config
+    batch = prompts(cfg.vocab_size)
+    error = 0.0
+    for task_id in [None, *(t.id for t in cfg.tasks)]:
+        ids = [task_id] * len(batch)
+        for low, exact in zip(fp16.logits(batch, ids), engine.logits(batch, ids), strict=True):
+            diff = np.abs(low - exact)
+            error = max(error, float(diff.max()) if np.isfinite(diff).all() else float("inf"))
+    return Fp16Check(dict(sorted(probe.largest.items())), sorted(probe.non_finite), error)
 
 
 def _check(
