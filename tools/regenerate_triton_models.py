@@ -3,7 +3,7 @@
     .venv/bin/python tools/regenerate_triton_models.py
 
 The example conversion: tp 2, fp16, tasks `smileface` (10) and `summary` (16); the copied
-tokenizer files are dropped. tests/test_triton_repo.py checks the directory matches.
+tokenizer files and compose.env (paths of this machine) are dropped. tests/test_triton_repo.py checks the directory matches.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def regenerate(target: Path = REPO_ROOT / "triton_models") -> None:
             sys.exit("ftprefix triton-repo failed")
         for tok in out.rglob("tokenizer"):
             shutil.rmtree(tok)
-        for model in out.iterdir():
+        for model in (d for d in out.iterdir() if d.is_dir()):  # not compose.env: paths of this machine
             shutil.rmtree(target / model.name, ignore_errors=True)
             shutil.copytree(model, target / model.name)
 

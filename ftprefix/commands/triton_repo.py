@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-DEFAULT_CONTAINER_MODEL_ROOT = "/ftprefix/model"  # where docker/docker-compose.yml mounts the conversion
+DEFAULT_CONTAINER_MODEL_ROOT = "/ftprefix/model"  # where docker/start-triton.sh links the conversion
+COMPOSE_ENV = "compose.env"  # docker compose --env-file REPO/compose.env -f docker/docker-compose.yml up
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,8 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Write fastertransformer/config.pbtxt (tensor_para_size, data_type and model_checkpoint_path "
             "matching the conversion, task table in the parameter 'prompt_learning_tasks') and, with "
-            "--tokenizer, preprocessing / postprocessing / ensemble. After `ftprefix tasks add`, run this "
-            "again and load the model again on the running server: "
+            "--tokenizer, preprocessing / postprocessing / ensemble; for the GPU also compose.env, the "
+            "variables docker/docker-compose.yml needs. After `ftprefix tasks add`, run this again and "
+            "load the model again on the running server: "
             "curl -X POST http://HOST:8000/v2/repository/models/fastertransformer/load "
             "(then .../ensemble/load)."
         ),
@@ -34,12 +37,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint-path",
         help=(
             "the <tp>-gpu directory as the server sees it (default for gpu: "
-            f"{DEFAULT_CONTAINER_MODEL_ROOT}/<tp>-gpu, where docker-compose mounts the conversion; "
+            f"{DEFAULT_CONTAINER_MODEL_ROOT}/<tp>-gpu, where the GPU image links the mounted conversion; "
             "for cpu: its absolute path here)"
         ),
     )
     p.add_argument(
-        "--streaming", action="store_true", help="decoupled fastertransformer model (token streaming)"
+        "--instances",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gpu: model instances, each on tensor_para_size GPUs; the server needs N x tp GPUs (default 1)",
+    )
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="decoupled fastertransformer model (token streaming); needs the GPU image built from docker/",
     )
     p.set_defaults(func=run)
 
@@ -59,8 +71,31 @@ def run(args: argparse.Namespace) -> int:
         tokenizer_dir=args.tokenizer,
         streaming=args.streaming,
         checkpoint_path=checkpoint,
+        instances=args.instances,
     )
-    tasks = ", ".join(t.name for t in info.config.tasks) or "none"
+    tasks = ", ".join(info.config.tasks.names) or "none"
     where = checkpoint or info.ft_dir
     print(f"wrote {', '.join(info.models)} to {info.path} (model_checkpoint_path {where}; tasks: {tasks})")
+    if args.target == "gpu":
+        tp = info.config.tensor_para_size
+        gpus = args.instances * tp
+        env = {
+            "FTPREFIX_MODEL_DIR": str(Path(args.dir).resolve()),
+            "FTPREFIX_TRITON_REPO": str(info.path.resolve()),
+            "FTPREFIX_GPUS": str(gpus),
+        }
+        layout.atomic_write_bytes(
+            info.path / COMPOSE_ENV, "".join(f"{k}={v}\n" for k, v in env.items()).encode("utf-8")
+        )
+        print(
+            f"the server needs {gpus} GPU(s) ({args.instances} instance(s) x tp {tp}): "
+            f"docker compose --env-file {info.path / COMPOSE_ENV} -f docker/docker-compose.yml up"
+        )
+    if args.streaming:
+        print(
+            "ftprefix triton-repo: note: streaming needs the GPU image built from this repository's docker/ "
+            "(upstream FasterTransformer's GPT-NeoX streaming returns wrong tokens, FT issue #704); "
+            "check a server with `ftprefix verify --url`",
+            file=sys.stderr,
+        )
     return 0

@@ -67,8 +67,13 @@ def fastertransformer_config(
     backend: str,
     parameters: dict[str, str],
     decoupled: bool = False,
+    instances: int = 1,
 ) -> mc.ModelConfig:
-    """The `fastertransformer` model: backend "fastertransformer" (GPU) or "python" (CPU twin)."""
+    """The `fastertransformer` model: backend "fastertransformer" (GPU) or "python" (CPU twin).
+
+    `instances`: model instances; the FT backend gives each tensor_para_size GPUs and refuses to
+    start unless the visible GPUs are a multiple of tp and at most instances x tp
+    (fastertransformer_backend src/libfastertransformer.cc, ModelState)."""
     cfg = _base(protocol.FT_MODEL, backend=backend)
     if backend == "fastertransformer":
         cfg.default_model_filename = "gptneox"
@@ -86,7 +91,7 @@ def fastertransformer_config(
         source_input=[protocol.INPUT_IDS],
     )
     # FT's backend supports one instance group only (libfastertransformer.cc ModelState ctor).
-    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    cfg.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     cfg.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     _set_parameters(cfg, parameters)
     return cfg

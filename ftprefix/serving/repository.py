@@ -93,11 +93,18 @@ def write_repository(
     tokenizer_dir: str | os.PathLike[str] | None = None,
     streaming: bool = False,
     checkpoint_path: str | None = None,
+    instances: int = 1,
 ) -> RepositoryInfo:
     """Generate the repository. `checkpoint_path`: the `<tp>-gpu` directory as the server sees it
     (inside the container for the GPU server); default: its absolute path on this machine."""
     if target not in (CPU, GPU):
         raise UserError(f"unknown target {target!r}: use {CPU!r} or {GPU!r}")
+    if instances < 1:
+        raise UserError(f"--instances must be at least 1, got {instances}")
+    if instances > 1 and target != GPU:
+        raise UserError(
+            "--instances is for the GPU server (each instance gets tp GPUs); the CPU twin runs one"
+        )
     ft_dir = layout.find_ft_dir(converted).resolve()
     cfg = layout.read_config(ft_dir)
     tok = Path(tokenizer_dir) if tokenizer_dir is not None else None
@@ -120,7 +127,9 @@ def write_repository(
     backend = "python" if target == CPU else "fastertransformer"
     ckpt = checkpoint_path or str(ft_dir)
     params = ft_parameters(cfg, ckpt)
-    ft_cfg = interface.fastertransformer_config(backend=backend, parameters=params, decoupled=streaming)
+    ft_cfg = interface.fastertransformer_config(
+        backend=backend, parameters=params, decoupled=streaming, instances=instances
+    )
     _write(ft_model / "config.pbtxt", interface.to_pbtxt(ft_cfg))
     (ft_model / VERSION).mkdir(parents=True, exist_ok=True)
     if target == CPU:
