@@ -154,9 +154,7 @@ def main() -> int:
         t0 = time.perf_counter()
         # In a child process: the random tensors must not inflate this process, whose RSS every
         # measured child inherits at fork time.
-        subprocess.run(
-            [sys.executable, __file__, *shape_args, "--build-only", str(src)], check=True
-        )
+        subprocess.run([sys.executable, __file__, *shape_args, "--build-only", str(src)], check=True)
         params = sum(int(np.prod(s)) for s in tensor_shapes(cfg).values())
         print(
             f"built {params / 1e9:.2f}B-parameter fp16 model in {time.perf_counter() - t0:.1f} s",

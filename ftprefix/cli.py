@@ -13,7 +13,7 @@ from ftprefix.extras import require
 
 # name -> module under ftprefix.commands providing `register(subparsers)`; each module imports its
 # heavy dependencies (torch, tritonclient) lazily so `ftprefix --help` stays fast.
-COMMANDS = ("convert", "tasks", "verify", "serve", "triton_repo", "generate", "demo")
+COMMANDS = ("convert", "tasks", "verify", "serve", "triton_repo", "generate", "openai", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,3 +78,10 @@ def test_client_benchmark_reports_overhead_and_throughput():
     assert any("overhead of Client.generate" in r for r in rows)
     in_flight = [r for r in rows if re.match(r"\| (1|8|32) \|", r)]
     assert [int(_number(r, 0)) for r in in_flight] == [1, 8, 32]
+
+
+def test_openai_gateway_benchmark_compares_with_the_client():
+    out = _run("openai_gateway.py", "--requests", "8", "--new-tokens", "2")
+    rows = [line for line in out.splitlines() if re.match(r"\| (1|8|32) \|", line)]
+    assert [int(_number(r, 0)) for r in rows] == [1, 8, 32]
+    assert all(_number(r, 1) > 0 and _number(r, 2) > 0 for r in rows)

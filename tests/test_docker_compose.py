@@ -176,3 +176,40 @@ def test_the_patch_changes_only_the_gptneox_streaming_branch() -> None:
 def hunk_new_flags(hunk: list[str]) -> list[bool]:
     """For each line of the hunk's new side: whether the patch adds it."""
     return [line.startswith("+") for line in hunk if line[:1] in (" ", "+")]
+
+
+@pytest.mark.parametrize(("compose", "server"), [(GPU_COMPOSE, "triton"), (CPU_COMPOSE, "cpu")])
+def test_an_openai_service_sits_next_to_each_server(compose: Path, server: str, tmp_path: Path) -> None:
+    env = {"FTPREFIX_MODEL_DIR": "/tmp/converted", "FTPREFIX_TRITON_REPO": "/tmp/repo"}
+    spec = _config(compose, env)  # the server alone: the openai profile needs no variable of its own
+    api = spec["services"]["openai"]
+    assert api["profiles"] == ["openai"] and "profiles" not in spec["services"][server]
+    command = " ".join(str(part) for part in api["command"])
+    assert f"ftprefix openai --url {server}:8001 --tokenizer /ftprefix/tokenizer" in command
+    assert "--base-model base" in command and api["ports"] == ["8080:8080"]
+    assert api["depends_on"] == {server: {"condition": "service_healthy"}}
+    assert "/health" in " ".join(api["healthcheck"]["test"])
+    with_tokenizer = _config(
+        compose, {**env, "FTPREFIX_TOKENIZER_DIR": "/tmp/hf", "FTPREFIX_BASE_MODEL": "neox"}
+    )
+    api = with_tokenizer["services"]["openai"]
+    assert api["volumes"] == ["/tmp/hf:/ftprefix/tokenizer:ro"] and "neox" in api["command"]
+
+
+def test_triton_repo_writes_the_openai_variables_with_a_tokenizer(tmp_path: Path) -> None:
+    from ftprefix.demo.toy import build_tokenizer
+
+    example_conversion(tmp_path / "converted", tp=1)
+    build_tokenizer(tmp_path / "hf")
+    argv = [
+        "triton-repo",
+        str(tmp_path / "converted"),
+        "--out",
+        str(tmp_path / "r"),
+        "--tokenizer",
+        str(tmp_path / "hf"),
+    ]
+    assert main(argv) == 0
+    env = dict(line.split("=", 1) for line in (tmp_path / "r" / "compose.env").read_text().splitlines())
+    assert env["FTPREFIX_TOKENIZER_DIR"] == str((tmp_path / "hf").resolve())
+    assert env["FTPREFIX_BASE_MODEL"] == "example" and env["FTPREFIX_GPUS"] == "1"

@@ -48,7 +48,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start(ft_dir: Path) -> tuple[subprocess.Popen, str]:
+def _start(ft_dir: Path, *extra: str) -> tuple[subprocess.Popen, str, str]:
+    """The running `ftprefix serve`, its gRPC address, and what it printed up to "ready"."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -60,6 +61,7 @@ def _start(ft_dir: Path) -> tuple[subprocess.Popen, str]:
             "0",
             "--port-http",
             "0",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -74,7 +76,7 @@ def _start(ft_dir: Path) -> tuple[subprocess.Popen, str]:
     text = "".join(lines)
     match = re.search(r"listening on grpc (\S+) and http (\S+)", text)
     assert match, text + (proc.stderr.read() if proc.poll() is not None else "")
-    return proc, match.group(1)
+    return proc, match.group(1), text
 
 
 def _wait_gone(pids: set[int], seconds: float = 30) -> set[int]:
@@ -88,7 +90,7 @@ def _wait_gone(pids: set[int], seconds: float = 30) -> set[int]:
 
 
 def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
-    proc, grpc_url = _start(converted)
+    proc, grpc_url, _ = _start(converted)
     try:
         children = _descendants(proc.pid)
         assert children, "tritonserver runs as a child process"
@@ -105,7 +107,7 @@ def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
 
 
 def test_server_dies_with_a_killed_serve_process(converted):
-    proc, _ = _start(converted)
+    proc, _, _ = _start(converted)
     children = _descendants(proc.pid)
     assert children
     os.kill(proc.pid, signal.SIGKILL)
@@ -131,3 +133,23 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(converted, capsys,
         f"ftprefix serve: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
         "pass another --port-grpc (0 = any free port)"
     )
+
+
+def test_serve_with_openai_port_serves_the_openai_api_beside_triton(converted):
+    import httpx
+
+    from ftprefix.serving.server import free_port
+
+    port = free_port()
+    hf = str(converted.parent.parent / "hf")
+    proc, _, printed = _start(converted, "--tokenizer", hf, "--openai-port", str(port))
+    try:
+        assert f"OpenAI-compatible API on http://127.0.0.1:{port}/v1" in printed
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["hf", "smile"]  # base named as the conversion's model
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

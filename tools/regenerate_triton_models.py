@@ -3,7 +3,8 @@
     .venv/bin/python tools/regenerate_triton_models.py
 
 The example conversion: tp 2, fp16, tasks `smileface` (10) and `summary` (16); the copied
-tokenizer files and compose.env (paths of this machine) are dropped. tests/test_triton_repo.py checks the directory matches.
+tokenizer files and compose.env (paths of this machine) are dropped. tests/test_triton_repo.py
+checks the directory matches.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ftprefix.serving.server import EmbeddedServer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +39,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="decoupled fastertransformer model: a response per generation step, as FT streams",
     )
     p.add_argument("--no-watch", action="store_true", help="do not reload when config.ini changes")
+    p.add_argument(
+        "--openai-port",
+        type=int,
+        metavar="PORT",
+        help="also serve the OpenAI-compatible API (ftprefix openai) on this port; needs --tokenizer",
+    )
     p.set_defaults(func=run, extras=("serve",))
+
+
+def _start_openai(server: EmbeddedServer, tokenizer: Path, host: str, port: int) -> int:
+    """The gateway beside the Triton server, in this process; its base model is named like the
+    conversion (config.ini's model_name). Returns the port it listens on."""
+    from ftprefix import layout
+    from ftprefix.gateway.run import make_server, start_in_thread
+
+    base = layout.read_config(server.ft_dir).model_name
+    gateway = make_server(server.grpc_url, tokenizer, base, host, port)
+    start_in_thread(gateway)
+    return int(gateway.servers[0].sockets[0].getsockname()[1]) if port == 0 else port
 
 
 def _check_port(value: int, flag: str) -> None:
@@ -46,13 +68,24 @@ def _check_port(value: int, flag: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftprefix.serving.server import EmbeddedServer, ServerError
+    from ftprefix.errors import UserError
+    from ftprefix.extras import require
+    from ftprefix.serving.server import EmbeddedServer, ServerError, check_port_free
 
     _check_port(args.port_grpc, "--port-grpc")
     _check_port(args.port_http, "--port-http")
+    ensemble_tokenizer = args.tokenizer
+    if args.openai_port is not None:
+        require("openai")
+        _check_port(args.openai_port, "--openai-port")
+        if args.tokenizer is None:
+            raise UserError("--openai-port needs --tokenizer HF_DIR: the OpenAI API takes and returns text")
+        check_port_free(args.host, args.openai_port, "--openai-port")
+        if args.streaming:
+            ensemble_tokenizer = None  # the API tokenises itself; Triton has no ensemble on a streaming model
     server = EmbeddedServer(
         args.dir,
-        tokenizer_dir=args.tokenizer,
+        tokenizer_dir=ensemble_tokenizer,
         grpc_port=args.port_grpc,
         http_port=args.port_http,
         streaming=args.streaming,
@@ -72,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"ftprefix serve: models {', '.join(server.models)} from {server.ft_dir}", flush=True)
         print(f"ftprefix serve: listening on grpc {server.grpc_url} and http {server.http_url}", flush=True)
+        if args.openai_port is not None:
+            gateway = _start_openai(server, args.tokenizer, args.host, args.openai_port)
+            print(f"ftprefix serve: OpenAI-compatible API on http://{args.host}:{gateway}/v1", flush=True)
         print("ftprefix serve: ready; Ctrl-C to stop", flush=True)
         code = server.wait()
         print(f"ftprefix serve: tritonserver exited with code {code}:\n{server.log_tail()}", file=sys.stderr)

@@ -83,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
             "FTPREFIX_MODEL_DIR": str(Path(args.dir).resolve()),
             "FTPREFIX_TRITON_REPO": str(info.path.resolve()),
             "FTPREFIX_GPUS": str(gpus),
+            "FTPREFIX_BASE_MODEL": info.config.model_name,  # the OpenAI API's name for the base model
         }
+        if args.tokenizer is not None:
+            env["FTPREFIX_TOKENIZER_DIR"] = str(args.tokenizer.resolve())
         layout.atomic_write_bytes(
             info.path / COMPOSE_ENV, "".join(f"{k}={v}\n" for k, v in env.items()).encode("utf-8")
         )

@@ -113,8 +113,8 @@ def write_repository(
         # postprocessing needs both FT's output and each row's input/output lengths to read it.
         raise UserError(
             "a tokenizer adds the text ensemble, which Triton cannot build on a streaming (decoupled) "
-            "model: tokenize in the client (Client(tokenizer=...), --tokenizer of ftprefix generate) and "
-            "leave the tokenizer out here, or serve without streaming"
+            "model: tokenize in the client (Client(tokenizer=...), --tokenizer of ftprefix generate, or "
+            "--openai-port of ftprefix serve) and leave the tokenizer out here, or serve without streaming"
         )
     if tok is not None and not has_tokenizer(tok):
         raise UserError(

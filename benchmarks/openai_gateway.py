@@ -1,0 +1,161 @@
+"""The OpenAI-compatible API's cost: the same greedy completions through the gateway (`ftprefix
+openai` in its own process, called with the official `openai` client over HTTP) and through
+`ftprefix.client.AsyncClient` directly, side by side in one run against one embedded CPU server (a
+tiny random GPT-NeoX with 4 prefix tasks). On a small CPU machine the gateway's own CPU time is
+taken from the model's, which a GPU server does not share.
+
+    .venv/bin/python benchmarks/openai_gateway.py [--requests 128] [--new-tokens 16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import openai
+from client import PROMPT, TASKS, build
+
+from ftprefix.client import AsyncClient
+from ftprefix.serving.server import EmbeddedServer, free_port
+
+BASE = "base"
+
+
+async def measure(call: Callable[[int], Awaitable[object]], concurrency: int, total: int) -> dict[str, float]:
+    """`total` calls, `concurrency` in flight: requests/s and median latency."""
+    latencies: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(total):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            start = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    return {"requests_per_s": total / elapsed, "p50_ms": statistics.median(latencies) * 1000}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+async def compare(
+    grpc_url: str, api_url: str, hf_dir: Path, total: int, new_tokens: int, gateway_pid: int
+) -> list[dict]:
+    names = list(TASKS)
+    rows = []
+    async with (
+        AsyncClient(grpc_url, tokenizer=hf_dir) as direct,
+        openai.AsyncOpenAI(base_url=api_url, api_key="unused", max_retries=0) as api,
+    ):
+
+        async def via_client(i: int) -> object:
+            return await direct.generate(PROMPT, task=names[i % len(names)], max_new_tokens=new_tokens)
+
+        async def via_openai(i: int) -> object:
+            return await api.completions.create(
+                model=names[i % len(names)], prompt=PROMPT, max_tokens=new_tokens, temperature=0
+            )
+
+        await via_client(0), await via_openai(0)  # warm up both paths
+        for concurrency in (1, 8, 32):
+            row: dict = {"concurrency": concurrency}
+            row["client"] = await measure(via_client, concurrency, total)
+            before = cpu_seconds(gateway_pid)
+            row["openai"] = await measure(via_openai, concurrency, total)
+            row["gateway_cpu_ms"] = (cpu_seconds(gateway_pid) - before) / total * 1000
+            rows.append(row)
+    return rows
+
+
+def format_report(rows: list[dict], new_tokens: int) -> str:
+    lines = [
+        f"CPU server, tiny GPT-NeoX with {len(TASKS)} prefix tasks, {new_tokens} new tokens per request",
+        "",
+        "| in flight | client req/s | OpenAI API req/s | throughput overhead | client p50 ms "
+        "| OpenAI API p50 ms | gateway CPU ms/request |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        c, o = row["client"], row["openai"]
+        overhead = c["requests_per_s"] / o["requests_per_s"] - 1
+        rates = f"{c['requests_per_s']:.0f} | {o['requests_per_s']:.0f} | {overhead:+.1%}"
+        latency = f"{c['p50_ms']:.1f} | {o['p50_ms']:.1f} | {row['gateway_cpu_ms']:.2f}"
+        lines.append(f"| {row['concurrency']} | {rates} | {latency} |")
+    return "\n".join(lines)
+
+
+def start_gateway(grpc_url: str, hf_dir: Path, port: int) -> subprocess.Popen:
+    """`ftprefix openai` as a deployment runs it: its own process. Returns once /health answers 200."""
+    argv = [
+        "openai",
+        "--url",
+        grpc_url,
+        "--tokenizer",
+        str(hf_dir),
+        "--base-model",
+        BASE,
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen([sys.executable, "-m", "ftprefix.cli", *argv], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit("ftprefix openai did not start") from None
+            time.sleep(0.1)  # polling a starting server
+    proc.kill()
+    raise SystemExit("ftprefix openai did not become healthy within 60 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=128, help="requests per run")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ftprefix-bench-") as tmp:
+        hf_dir, ft_dir = build(Path(tmp))
+        with EmbeddedServer(ft_dir) as server:
+            port = free_port()
+            gateway = start_gateway(server.grpc_url, hf_dir, port)
+            try:
+                api_url = f"http://127.0.0.1:{port}/v1"
+                rows = asyncio.run(
+                    compare(server.grpc_url, api_url, hf_dir, args.requests, args.new_tokens, gateway.pid)
+                )
+            finally:
+                gateway.terminate()
+                gateway.wait()
+    print(format_report(rows, args.new_tokens))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Run the gateway with uvicorn, in the foreground or beside another server in this process."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import uvicorn
+
+from ftprefix.gateway.app import create_app
+
+
+def make_server(
+    triton_url: str, tokenizer_dir: str | os.PathLike[str], base_model: str, host: str, port: int
+) -> uvicorn.Server:
+    app = create_app(triton_url, tokenizer_dir, base_model)
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+
+
+def start_in_thread(server: uvicorn.Server) -> threading.Thread:
+    """Serve in a daemon thread; returns once the server listens (or raises if it could not start)."""
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            started.set()
+
+    original = server.startup
+
+    async def startup(sockets: object = None) -> None:
+        await original(sockets)  # type: ignore[arg-type]
+        started.set()
+
+    server.startup = startup  # type: ignore[method-assign]
+    thread = threading.Thread(target=run, name="ftprefix-openai", daemon=True)
+    thread.start()
+    started.wait()
+    if failure or not server.started:
+        raise RuntimeError(
+            f"the OpenAI-compatible server did not start: {failure[0] if failure else 'unknown'}"
+        )
+    return thread

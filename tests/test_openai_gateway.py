@@ -1,0 +1,201 @@
+"""The OpenAI-compatible API in front of a real `ftprefix serve`, called with the official `openai`
+package: tasks are models, each completion equals the client's greedy answer for that task."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+
+from ftprefix import cli
+from ftprefix.client import Client
+from ftprefix.demo import toy
+from ftprefix.gateway.run import make_server, start_in_thread
+from ftprefix.serving.server import EmbeddedServer, free_port
+
+TASKS = {"smile": 3, "shout": 5, "story": 2}
+BASE = "toy-base"
+PROMPTS = ["The quick brown fox", "Hello world! How", "One base model serves", "the cat"]
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("openai")
+    hf = root / "hf"
+    toy.build_model(hf, seed=11)
+    argv = ["convert", "--model", str(hf), "--tp", "1", "--dtype", "fp32", "--out", str(root / "ft")]
+    for seed, (name, length) in enumerate(TASKS.items(), start=1):
+        torch.save(toy.random_prefix(length, 2, 64, seed=seed), root / f"{name}.pt")
+        argv += ["--prefix", f"{name}={root / name}.pt"]
+    assert cli.main(argv) == 0
+    return {"hf": hf, "ft": root / "ft"}
+
+
+def _gateway(triton_url: str, hf: Path):
+    server = make_server(triton_url, hf, BASE, "127.0.0.1", free_port())
+    start_in_thread(server)
+    return server, f"http://127.0.0.1:{server.config.port}/v1"
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "streaming"])
+def stack(request, model):
+    with EmbeddedServer(model["ft"], streaming=request.param, watch_interval=None) as triton:
+        gateway, base_url = _gateway(triton.grpc_url, model["hf"])
+        try:
+            yield {"triton": triton, "url": base_url, "streaming": request.param}
+        finally:
+            gateway.should_exit = True
+
+
+@pytest.fixture(scope="module")
+def greedy(stack, model):
+    """The answers of ftprefix.client for (prompt, task): what every completion must equal."""
+    answers: dict[tuple[str, str | None], str] = {}
+    with Client(stack["triton"].grpc_url, tokenizer=model["hf"]) as client:
+        for task in [None, *TASKS]:
+            for prompt in PROMPTS:
+                answers[(prompt, task)] = (
+                    client.generate(prompt, task=task, max_new_tokens=MAX_TOKENS).text or ""
+                )
+    assert len({answers[(PROMPTS[0], t)] for t in [None, *TASKS]}) == len(TASKS) + 1  # tasks differ
+    return answers
+
+
+def _openai(stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack["url"], api_key="unused", max_retries=0)
+
+
+def test_models_are_the_base_and_every_task(stack) -> None:
+    models = _openai(stack).models.list()
+    assert [m.id for m in models.data] == [BASE, *TASKS]
+    assert _openai(stack).models.retrieve("shout").id == "shout"
+
+
+@pytest.mark.parametrize("task", [None, *TASKS])
+def test_completion_equals_the_clients_greedy_answer(stack, greedy, task) -> None:
+    done = _openai(stack).completions.create(
+        model=task or BASE, prompt=PROMPTS[0], max_tokens=MAX_TOKENS, temperature=0
+    )
+    assert done.choices[0].text == greedy[(PROMPTS[0], task)]
+    assert done.choices[0].finish_reason in ("length", "stop")
+    assert done.usage.completion_tokens <= MAX_TOKENS and done.usage.prompt_tokens > 0
+    assert done.object == "text_completion" and done.model == (task or BASE)
+
+
+def test_a_list_of_prompts_is_one_batch(stack, greedy) -> None:
+    done = _openai(stack).completions.create(
+        model="story", prompt=PROMPTS, max_tokens=MAX_TOKENS, temperature=0
+    )
+    assert [c.index for c in done.choices] == list(range(len(PROMPTS)))
+    assert [c.text for c in done.choices] == [greedy[(p, "story")] for p in PROMPTS]
+
+
+def test_streaming_gives_the_same_text(stack, greedy) -> None:
+    chunks = list(
+        _openai(stack).completions.create(
+            model="smile",
+            prompt=PROMPTS[:2],
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = ["", ""]
+    for chunk in chunks:
+        for c in chunk.choices:
+            texts[c.index] += c.text
+    assert texts == [greedy[(p, "smile")] for p in PROMPTS[:2]]
+    finished = [c for chunk in chunks for c in chunk.choices if c.finish_reason]
+    assert sorted(c.index for c in finished) == [0, 1]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    if stack["streaming"]:
+        assert len(chunks) > 3  # really streamed, not one answer at the end
+
+
+def test_64_concurrent_completions_over_mixed_tasks(stack, greedy) -> None:
+    jobs = [(PROMPTS[i % len(PROMPTS)], [None, *TASKS][i % (len(TASKS) + 1)]) for i in range(64)]
+
+    async def run_all() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=stack["url"], api_key="unused", max_retries=0) as client:
+            done = await asyncio.gather(
+                *(
+                    client.completions.create(model=t or BASE, prompt=p, max_tokens=MAX_TOKENS, temperature=0)
+                    for p, t in jobs
+                )
+            )
+        return [d.choices[0].text for d in done]
+
+    assert asyncio.run(run_all()) == [greedy[job] for job in jobs]
+
+
+def test_errors_have_openais_status_and_body(stack, model) -> None:
+    client = _openai(stack)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.completions.create(model="nope", prompt="hi", max_tokens=2)
+    assert missing.value.body["code"] == "model_not_found" and missing.value.body["param"] == "model"
+    for params, param in (
+        ({"n": 2}, "n"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"temperature": 3.0}, "temperature"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"echo": True}, "echo"),
+    ):
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.completions.create(model="smile", prompt="hi", **{"max_tokens": 2, **params})
+        assert bad.value.status_code == 400 and bad.value.body["param"] == param
+    raw = httpx.post(stack["url"] + "/completions", json={"prompt": "hi"})
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "model"
+
+
+def test_triton_down_is_503_and_health_says_so(model) -> None:
+    gateway, base_url = _gateway(f"127.0.0.1:{free_port()}", model["hf"])
+    try:
+        health = httpx.get(base_url.removesuffix("/v1") + "/health")
+        assert health.status_code == 503
+        with pytest.raises(openai.InternalServerError) as down:
+            openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0).completions.create(
+                model=BASE, prompt="hi", max_tokens=2
+            )
+        assert down.value.status_code == 503 and "no Triton server reachable" in json.dumps(down.value.body)
+    finally:
+        gateway.should_exit = True
+
+
+def test_health_is_ok_with_triton_up(stack) -> None:
+    assert httpx.get(stack["url"].removesuffix("/v1") + "/health").json() == {"status": "ok"}
+
+
+def test_a_task_added_on_the_server_becomes_a_model(model, tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    shutil.copytree(model["ft"], tmp_path / "ft")
+    torch.save(toy.random_prefix(4, 2, 64, seed=99), tmp_path / "fresh.pt")
+    with EmbeddedServer(tmp_path / "ft", watch_interval=0.2) as triton:
+        gateway, base_url = _gateway(triton.grpc_url, model["hf"])
+        try:
+            client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+            assert "fresh" not in [m.id for m in client.models.list().data]
+            assert (
+                cli.main(["tasks", "add", str(tmp_path / "ft"), "--prefix", f"fresh={tmp_path / 'fresh.pt'}"])
+                == 0
+            )
+            deadline = time.monotonic() + 60
+            while "fresh" not in [m.id for m in client.models.list().data] and time.monotonic() < deadline:
+                time.sleep(0.2)  # bounded poll for the server's reload; asserted next
+            assert [m.id for m in client.models.list().data] == [BASE, *TASKS, "fresh"]
+            with Client(triton.grpc_url, tokenizer=model["hf"]) as direct:
+                want = direct.generate(PROMPTS[1], task="fresh", max_new_tokens=MAX_TOKENS).text
+            done = client.completions.create(
+                model="fresh", prompt=PROMPTS[1], max_tokens=MAX_TOKENS, temperature=0
+            )
+            assert done.choices[0].text == want
+        finally:
+            gateway.should_exit = True
