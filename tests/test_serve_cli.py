@@ -135,15 +135,19 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(converted, capsys,
     )
 
 
-def test_serve_with_openai_port_serves_the_openai_api_beside_triton(converted):
+def test_serve_with_openai_port_serves_the_openai_api_and_metrics_beside_triton(converted):
     import httpx
 
     from ftprefix.serving.server import free_port
 
-    port = free_port()
+    port, metrics = free_port(), free_port()
     hf = str(converted.parent.parent / "hf")
-    proc, _, printed = _start(converted, "--tokenizer", hf, "--openai-port", str(port))
+    proc, _, printed = _start(
+        converted, "--tokenizer", hf, "--openai-port", str(port), "--port-metrics", str(metrics)
+    )
     try:
+        scraped = httpx.get(f"http://127.0.0.1:{metrics}/metrics").text  # what Prometheus scrapes
+        assert 'nv_inference_request_success{model="fastertransformer"' in scraped
         assert f"OpenAI-compatible API on http://127.0.0.1:{port}/v1" in printed
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["hf", "smile"]  # base named as the conversion's model

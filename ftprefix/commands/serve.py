@@ -28,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port-http", type=int, default=8000, help="HTTP port (default 8000; 0 = any free port)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(
+        "--port-metrics",
+        type=int,
+        metavar="PORT",
+        help="serve Triton's Prometheus metrics on this port (default: off)",
+    )
+    p.add_argument(
         "--tokenizer",
         type=Path,
         metavar="HF_DIR",
@@ -74,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     _check_port(args.port_grpc, "--port-grpc")
     _check_port(args.port_http, "--port-http")
+    if args.port_metrics is not None:
+        _check_port(args.port_metrics, "--port-metrics")
     ensemble_tokenizer = args.tokenizer
     if args.openai_port is not None:
         require("openai")
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         streaming=args.streaming,
         host=args.host,
         watch_interval=None if args.no_watch else 0.5,
+        metrics_port=args.port_metrics,
     )
 
     def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -80,6 +80,7 @@ class EmbeddedServer:
         start_timeout: float = 180.0,
         watch_interval: float | None = 0.5,
         log_to: str | os.PathLike[str] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.ft_dir = layout.find_ft_dir(converted_dir).resolve()
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
@@ -88,6 +89,9 @@ class EmbeddedServer:
         self.http_port = http_port or free_port(host)
         check_port_free(host, self.grpc_port, "--port-grpc")  # before any temporary directory exists
         check_port_free(host, self.http_port, "--port-http")
+        self.metrics_port = metrics_port
+        if metrics_port:
+            check_port_free(host, metrics_port, "--port-metrics")
         self.streaming = streaming
         self.start_timeout = start_timeout
         self.watch_interval = watch_interval
@@ -143,6 +147,7 @@ class EmbeddedServer:
             grpc_port=self.grpc_port,
             http_port=self.http_port,
             models=self.models,
+            metrics_port=self.metrics_port,
         )
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed below)
         try:

@@ -95,7 +95,9 @@ def command(
     grpc_port: int,
     http_port: int,
     models: list[str] | tuple[str, ...],
+    metrics_port: int | None = None,
 ) -> list[str]:
+    """`metrics_port`: serve Triton's Prometheus metrics there (None: no metrics endpoint)."""
     cmd = [
         str(binary_path()),
         f"--model-repository={repository}",
@@ -104,7 +106,16 @@ def command(
         f"--http-port={http_port}",
         f"--grpc-address={host}",
         f"--grpc-port={grpc_port}",
-        "--allow-metrics=false",
+        *(
+            [
+                "--allow-metrics=true",
+                "--allow-gpu-metrics=false",
+                f"--metrics-address={host}",
+                f"--metrics-port={metrics_port}",
+            ]
+            if metrics_port is not None
+            else ["--allow-metrics=false"]
+        ),
         "--allow-sagemaker=false",
         "--allow-vertex-ai=false",
         # explicit control: the server loads what we name and reloads a model on request (hot reload)

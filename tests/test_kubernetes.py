@@ -1,0 +1,133 @@
+"""deploy/kubernetes: every manifest is a valid resource of a current Kubernetes (strict schema), each
+kustomization lists exactly its files, and the manifests agree with what ftprefix writes and serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from ftprefix.cli import main
+from ftprefix.commands.triton_repo import DEFAULT_CONTAINER_MODEL_ROOT
+from ftprefix.serving.interface import parse_pbtxt
+from tools.regenerate_triton_models import example_conversion
+
+KUBE = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
+START_TRITON = Path(__file__).resolve().parent.parent / "docker" / "start-triton.sh"
+MANIFESTS = sorted(p for p in KUBE.rglob("*.yaml") if p.name != "kustomization.yaml")
+TRITON_PROBES = {
+    "readinessProbe": "/v2/health/ready",
+    "livenessProbe": "/v2/health/live",
+    "startupProbe": "/v2/health/ready",
+}
+
+
+def _resources(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+def _by_kind(directory: Path) -> dict[tuple[str, str], dict]:
+    manifests = (p for p in directory.glob("*.yaml") if p.name != "kustomization.yaml")
+    return {(r["kind"], r["metadata"]["name"]): r for p in manifests for r in _resources(p)}
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(KUBE)))
+def test_every_manifest_is_a_valid_resource(path: Path) -> None:
+    for resource in _resources(path):
+        kubernetes_validate.validate(resource, kubernetes_validate.latest_version(), strict=True)
+
+
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_each_kustomization_lists_exactly_its_files(flavour: str) -> None:
+    kustomization = yaml.safe_load((KUBE / flavour / "kustomization.yaml").read_text())
+    beside = sorted(p.name for p in (KUBE / flavour).glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == beside
+
+
+def _container(resources: dict, name: str) -> dict:
+    (container,) = resources[("Deployment", name)]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _mounts(container: dict) -> dict[str, dict]:
+    return {m["mountPath"]: m for m in container["volumeMounts"]}
+
+
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_triton_probes_ports_metrics_and_shm(flavour: str) -> None:
+    resources = _by_kind(KUBE / flavour)
+    triton = _container(resources, "ftprefix-triton")
+    ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    for probe, path in TRITON_PROBES.items():
+        assert triton[probe]["httpGet"] == {"path": path, "port": "http"}
+    startup = triton["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800  # a large model's load
+    pod = resources[("Deployment", "ftprefix-triton")]["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8002"
+    shm = next(v for v in pod["spec"]["volumes"] if v["name"] == _mounts(triton)["/dev/shm"]["name"])
+    assert shm["emptyDir"]["medium"] == "Memory"
+    service = resources[("Service", "ftprefix-triton")]["spec"]
+    assert {p["port"] for p in service["ports"]} == {8000, 8001, 8002}
+    assert (
+        service["selector"] == resources[("Deployment", "ftprefix-triton")]["spec"]["selector"]["matchLabels"]
+    )
+    assert all(m.get("readOnly") for m in triton["volumeMounts"] if m["name"] == "models")
+
+
+def test_gpu_paths_match_the_repository_triton_repo_writes(tmp_path: Path) -> None:
+    example_conversion(tmp_path / "converted", tp=1)
+    assert main(["triton-repo", str(tmp_path / "converted"), "--out", str(tmp_path / "repo")]) == 0
+    ft = parse_pbtxt((tmp_path / "repo" / "fastertransformer" / "config.pbtxt").read_text())
+    checkpoint = ft.parameters["model_checkpoint_path"].string_value
+    instances = ft.instance_group[0].count * int(ft.parameters["tensor_para_size"].string_value)
+
+    resources = _by_kind(KUBE / "gpu")
+    triton = _container(resources, "ftprefix-triton")
+    mounts = _mounts(triton)
+    # start-triton links the conversion mounted at /ftprefix/mount to /ftprefix/model/<tp>-gpu,
+    # model_checkpoint_path, and serves the repository mounted at /ftprefix/triton_models
+    script = START_TRITON.read_text()
+    assert triton["command"] == ["start-triton"]
+    assert (
+        checkpoint == f"{DEFAULT_CONTAINER_MODEL_ROOT}/1-gpu"
+        and f'"{DEFAULT_CONTAINER_MODEL_ROOT}/${{tp' in script
+    )
+    assert mounts["/ftprefix/mount"]["subPath"] == "converted" and "/ftprefix/mount/config.ini" in script
+    assert mounts["/ftprefix/triton_models"]["subPath"] == "triton_repo"
+    assert "--model-repository=/ftprefix/triton_models" in script
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == instances
+
+
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_the_gateway_points_at_the_triton_service_and_autoscales(flavour: str) -> None:
+    resources = _by_kind(KUBE / flavour)
+    gateway = _container(resources, "ftprefix-openai")
+    command = gateway["command"]
+    assert command[:2] == ["ftprefix", "openai"]
+    assert command[command.index("--url") + 1] == "ftprefix-triton:8001"
+    assert command[command.index("--tokenizer") + 1] in _mounts(gateway)
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/health"
+    hpa = resources[("HorizontalPodAutoscaler", "ftprefix-openai")]["spec"]
+    assert (
+        hpa["scaleTargetRef"]["name"] == "ftprefix-openai" and hpa["metrics"][0]["resource"]["name"] == "cpu"
+    )
+    assert gateway["resources"]["requests"]["cpu"]  # utilisation needs a request
+    port = int(command[command.index("--port") + 1])
+    assert resources[("Service", "ftprefix-openai")]["spec"]["ports"][0]["port"] == port
+
+
+def test_the_cpu_server_serves_the_mounted_conversion_with_metrics() -> None:
+    triton = _container(_by_kind(KUBE / "cpu"), "ftprefix-triton")
+    command = triton["command"]
+    assert command[:3] == ["ftprefix", "serve", "/ftprefix/model"]
+    assert _mounts(triton)["/ftprefix/model"]["subPath"] == "converted"
+    flags = dict(zip(command[3::2], command[4::2], strict=True))
+    assert flags == {
+        "--host": "0.0.0.0",
+        "--port-http": "8000",
+        "--port-grpc": "8001",
+        "--port-metrics": "8002",
+    }
