@@ -47,8 +47,9 @@ def _is_final(result: grpcclient.InferResult) -> bool:
     return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
 
 
-class _Stream:
-    """One decoupled request on a private gRPC stream (tritonclient allows one stream per client)."""
+class ResponseStream:
+    """One request to a decoupled model on a private gRPC stream (tritonclient allows one stream per
+    client object): `next()` gives each response's outputs until the last, then None."""
 
     def __init__(self, url: str, timeout: float | None, op: OpenStream) -> None:
         self.url, self.timeout, self.model, self.names = url, timeout, op.model, op.outputs
@@ -171,7 +172,7 @@ class Client(ClientBase):
 
     def _iterate(self, flow: Flow[Any]) -> Any:
         """Drive `flow`: perform its operations, yield what it emits, return what it returns."""
-        runner, streams = FlowRunner(flow), list[_Stream]()
+        runner, streams = FlowRunner(flow), list[ResponseStream]()
         try:
             while (op := runner.next_op()) is not None:
                 if isinstance(op, Emit):
@@ -187,14 +188,14 @@ class Client(ClientBase):
             for stream in streams:
                 stream.close()
 
-    def _perform(self, op: Op, streams: list[_Stream]) -> Any:
+    def _perform(self, op: Op, streams: list[ResponseStream]) -> Any:
         if isinstance(op, Sleep):
             time.sleep(op.seconds)  # backoff between retries
             return None
         if isinstance(op, Gather):
             return [self._run(flow) for flow in op.flows]
         if isinstance(op, OpenStream):
-            stream = _Stream(self.url, self.timeout, op)
+            stream = ResponseStream(self.url, self.timeout, op)
             streams.append(stream)
             return stream
         if isinstance(op, NextResponse):

@@ -14,7 +14,6 @@ a prefix of the final answer, in FT's layout. That is how an image without the f
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,10 @@ import numpy as np
 
 from ftprefix import layout, protocol
 from ftprefix.client import Client, MalformedResponseError, wire
+from ftprefix.client.base import OpenStream
 from ftprefix.client.model_info import ModelInfo
-from ftprefix.client.plan import Plan
+from ftprefix.client.plan import Plan, Request
+from ftprefix.client.sync import ResponseStream
 from ftprefix.client.types import GenerationParams
 from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.converter.hf_config import read_hf_config
@@ -127,37 +128,16 @@ def _compare(
         check.note = check.note or f"row {row} goes on past Hugging Face's end_id"
 
 
-def _stream_one(
-    url: str, model: str, request: Any, names: list[str], timeout: float
-) -> list[dict[str, np.ndarray]]:
+def _stream_one(url: str, model: str, request: Request, names: list[str], timeout: float) -> list[dict]:
     """Every response of one request to a decoupled model, in order (the last is the final one)."""
-    import tritonclient.grpc as grpcclient
-
-    responses: queue.Queue = queue.Queue()
-    got: list[dict[str, np.ndarray]] = []
-    with grpcclient.InferenceServerClient(url) as client:
-        client.start_stream(
-            callback=lambda result, error: responses.put((result, error)), stream_timeout=timeout
-        )
-        client.async_stream_infer(
-            model,
-            wire.infer_inputs(request.arrays),
-            outputs=[grpcclient.InferRequestedOutput(n) for n in names],
-            enable_empty_final_response=True,
-            parameters=request.parameters,
-        )
-        try:
-            while True:
-                result, error = responses.get(timeout=timeout)
-                if error is not None:
-                    raise UserError(f"the server at {url} failed the streamed request: {error}")
-                if result.as_numpy(names[0]) is not None:
-                    got.append({n: result.as_numpy(n) for n in names})
-                params = result.get_response().parameters
-                if "triton_final_response" in params and params["triton_final_response"].bool_param:
-                    return got
-        finally:
-            client.stop_stream()
+    stream = ResponseStream(url, timeout, OpenStream(model, request, names))
+    try:
+        responses = []
+        while (outputs := stream.next()) is not None:
+            responses.append(outputs)
+        return responses
+    finally:
+        stream.close()
 
 
 def _streamed_answers(
