@@ -66,22 +66,15 @@ class Engine:
         gelu: Literal["tanh", "erf"] = "tanh",
         threads: int | None = None,
         max_total_len: int = DEFAULT_MAX_TOTAL_LEN,
-        activations: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> Engine:
-        """Load `<out>/<tp>-gpu` (or its parent); any tp. `gelu="erf"` matches HF's exact GELU.
-        `activations`: see `Transformer` (e.g. engine.precision.Fp16Activations)."""
+        """Load `<out>/<tp>-gpu` (or its parent); any tp. `gelu="erf"` matches HF's exact GELU."""
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         ft_dir = layout.find_ft_dir(directory)
         cfg = layout.read_config(ft_dir)
         weights = load_weights(ft_dir, cfg)
         prefixes = load_prefixes(ft_dir, cfg)
-        model = (
-            Transformer(cfg, weights, gelu)
-            if activations is None
-            else Transformer(cfg, weights, gelu, activations)
-        )
-        return cls(ft_dir, cfg, model, prefixes, max_total_len)
+        return cls(ft_dir, cfg, Transformer(cfg, weights, gelu), prefixes, max_total_len)
 
     def with_activations(self, activations: Callable[[torch.Tensor, int], torch.Tensor]) -> Engine:
         """The same weights and prefixes, every intermediate passed through `activations`."""

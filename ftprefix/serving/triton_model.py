@@ -21,7 +21,6 @@ import triton_python_backend_utils as pb_utils
 
 from ftprefix import protocol
 from ftprefix.engine import Engine
-from ftprefix.engine.api import GenerationResult
 from ftprefix.errors import UserError
 from ftprefix.serving.ft_batch import FtBatch, FtRequest, decode_request
 
@@ -124,8 +123,7 @@ class TritonPythonModel:
                         break  # FT's loop ends before the callback of its last step
                     for sender, tensors in zip(senders, batch.responses(generated), strict=True):
                         sender.send(_response(tensors))
-                results = [GenerationResult(tokens, "") for tokens in generated]
-                for sender, tensors in zip(senders, batch.responses(generated, results), strict=True):
+                for sender, tensors in zip(senders, batch.responses(generated), strict=True):
                     sender.send(_response(tensors), flags=_FINAL)
             except Exception as exc:
                 for sender in senders:

@@ -156,7 +156,7 @@ def _check(
         [GenerationRequest(ids, GREEDY_TOKENS, task_id=task_id, end_id=-1) for ids in batch]
     )
     greedy_equal = all(
-        g.generated_ids == [step.token for step in hf_greedy(hf, ids, ref, cfg, GREEDY_TOKENS)]
+        g.generated_ids == hf_greedy(hf, ids, ref, cfg, GREEDY_TOKENS)
         for g, ids in zip(generated, batch, strict=True)
     )
     if not np.isfinite(diff):

@@ -32,7 +32,7 @@ from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.converter.hf_config import read_hf_config
 from ftprefix.errors import UserError
 from ftprefix.verify.files import BASE_NAME
-from ftprefix.verify.reference import BASE, TaskReference, hf_logits, load_hf, task_references
+from ftprefix.verify.reference import BASE, TaskReference, hf_greedy, hf_logits, load_hf, task_references
 
 PROMPT_LENGTHS = (3, 6, 10)
 NEW_TOKENS = 8
@@ -81,18 +81,6 @@ class LiveReport:
 def _prompts(vocab: int, task_index: int) -> list[list[int]]:
     rng = np.random.default_rng(1000 + task_index)
     return [rng.integers(0, vocab, size=n).tolist() for n in PROMPT_LENGTHS]
-
-
-def _expected(hf: Any, ids: list[int], ref: TaskReference, cfg: layout.ModelConfig, end_id: int) -> list[int]:
-    """HF's greedy tokens with FT's end: a row stops right after end_id."""
-    seq, out = list(ids), []
-    for _ in range(NEW_TOKENS):
-        token = int(hf_logits(hf, seq, ref, cfg)[-1].argmax())
-        out.append(token)
-        seq.append(token)
-        if token == end_id:
-            break
-    return out
 
 
 def _compare(
@@ -230,7 +218,7 @@ def verify_server(
         check = checks[check_index]
         row = row_of_task[check_index] = row_of_task.get(check_index, -1) + 1
         ref = BASE if name is None else refs[name]
-        _compare(check, row, hf, ids, ref, cfg, _expected(hf, ids, ref, cfg, end_id), got, gap)
+        _compare(check, row, hf, ids, ref, cfg, hf_greedy(hf, ids, ref, cfg, NEW_TOKENS, end_id), got, gap)
         if problem:
             check.note = check.note or problem
     return LiveReport(url, info.decoupled, checks)

@@ -116,21 +116,20 @@ def hf_logits(model: Any, ids: Sequence[int], ref: TaskReference, cfg: layout.Mo
         return out.logits[0].numpy()
 
 
-@dataclass(frozen=True)
-class GreedyStep:
-    token: int
-    gap: float  # logit of the chosen token minus the runner-up's: how close a tie it was
-
-
 def hf_greedy(
-    model: Any, ids: Sequence[int], ref: TaskReference, cfg: layout.ModelConfig, steps: int
-) -> list[GreedyStep]:
-    """`steps` greedy tokens (no end_id: every step counts), with the logit gap of each choice."""
-    seq = list(ids)
-    out = []
+    model: Any,
+    ids: Sequence[int],
+    ref: TaskReference,
+    cfg: layout.ModelConfig,
+    steps: int,
+    end_id: int | None = None,
+) -> list[int]:
+    """Up to `steps` greedy tokens; with `end_id`, FT's end: the row stops right after it."""
+    seq, out = list(ids), []
     for _ in range(steps):
-        last = hf_logits(model, seq, ref, cfg)[-1]
-        best, second = np.argsort(last)[::-1][:2]
-        out.append(GreedyStep(int(best), float(last[best] - last[second])))
-        seq.append(int(best))
+        token = int(hf_logits(model, seq, ref, cfg)[-1].argmax())
+        out.append(token)
+        seq.append(token)
+        if token == end_id:
+            break
     return out
