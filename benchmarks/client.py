@@ -32,13 +32,14 @@ TASKS = {"taskA": 3, "taskB": 5, "taskC": 1, "taskD": 4}
 PROMPT = "One base model serves many tasks"
 
 
-def build(root: Path) -> tuple[Path, Path]:
+def build(root: Path, hidden_size: int = 64, num_layers: int = 2) -> tuple[Path, Path]:
+    """A random GPT-NeoX (tiny by default) converted with the 4 prefix tasks of TASKS."""
     hf_dir, out = root / "hf", root / "ft"
-    toy.build_model(hf_dir)
+    toy.build_model(hf_dir, hidden_size=hidden_size, num_layers=num_layers)
     argv = ["convert", "--model", str(hf_dir), "--tp", "1", "--dtype", "fp32", "--out", str(out)]
     for seed, (name, length) in enumerate(TASKS.items(), start=1):
         path = root / f"{name}.pt"
-        torch.save(toy.random_prefix(length, 2, 64, seed=seed), path)
+        torch.save(toy.random_prefix(length, num_layers, hidden_size, seed=seed), path)
         argv += ["--prefix", f"{name}={path}"]
     if cli.main(argv) != 0:
         raise SystemExit("conversion failed")

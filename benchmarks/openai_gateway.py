@@ -1,10 +1,13 @@
 """The OpenAI-compatible API's cost: the same greedy completions through the gateway (`ftprefix
 openai` in its own process, called with the official `openai` client over HTTP) and through
 `ftprefix.client.AsyncClient` directly, side by side in one run against one embedded CPU server (a
-tiny random GPT-NeoX with 4 prefix tasks). On a small CPU machine the gateway's own CPU time is
-taken from the model's, which a GPU server does not share.
+random GPT-NeoX with 4 prefix tasks, tiny by default), with Triton's requests per batch for each.
+On a small CPU machine the gateway's own CPU time is taken from the model's, which a GPU server
+does not share.
 
     .venv/bin/python benchmarks/openai_gateway.py [--requests 128] [--new-tokens 16] [--json out.json]
+        [--hidden 64 --layers 2]     # a larger model: the gateway's share of the CPU shrinks
+        [--max-queue-delay-us 5000]  # the server's batching window
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import openai
 from client import PROMPT, TASKS, build
 
 from ftprefix.client import AsyncClient
+from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US
 from ftprefix.serving.server import EmbeddedServer, free_port
 
 BASE = "base"
@@ -50,6 +54,24 @@ async def measure(call: Callable[[int], Awaitable[object]], concurrency: int, to
     return {"requests_per_s": total / elapsed, "p50_ms": statistics.median(latencies) * 1000}
 
 
+def executions(http_url: str) -> tuple[int, int]:
+    """Requests and batch executions of the `fastertransformer` model so far (Triton's statistics)."""
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/fastertransformer/stats", timeout=10) as resp:
+        stats = json.load(resp)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+async def measured(
+    call: Callable[[int], Awaitable[object]], concurrency: int, total: int, http_url: str
+) -> dict[str, float]:
+    """`measure`, plus the mean number of requests Triton ran per execution meanwhile."""
+    requests, runs = executions(http_url)
+    result = await measure(call, concurrency, total)
+    requests_after, runs_after = executions(http_url)
+    result["mean_batch"] = (requests_after - requests) / max(1, runs_after - runs)
+    return result
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     import psutil
@@ -59,12 +81,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def compare(
-    grpc_url: str, api_url: str, hf_dir: Path, total: int, new_tokens: int, gateway_pid: int
+    server: EmbeddedServer, api_url: str, hf_dir: Path, total: int, new_tokens: int, gateway_pid: int
 ) -> list[dict]:
     names = list(TASKS)
     rows = []
     async with (
-        AsyncClient(grpc_url, tokenizer=hf_dir) as direct,
+        AsyncClient(server.grpc_url, tokenizer=hf_dir) as direct,
         openai.AsyncOpenAI(base_url=api_url, api_key="unused", max_retries=0) as api,
     ):
 
@@ -79,28 +101,30 @@ async def compare(
         await via_client(0), await via_openai(0)  # warm up both paths
         for concurrency in (1, 8, 32):
             row: dict = {"concurrency": concurrency}
-            row["client"] = await measure(via_client, concurrency, total)
+            row["client"] = await measured(via_client, concurrency, total, server.http_url)
             before = cpu_seconds(gateway_pid)
-            row["openai"] = await measure(via_openai, concurrency, total)
+            row["openai"] = await measured(via_openai, concurrency, total, server.http_url)
             row["gateway_cpu_ms"] = (cpu_seconds(gateway_pid) - before) / total * 1000
             rows.append(row)
     return rows
 
 
-def format_report(rows: list[dict], new_tokens: int) -> str:
+def format_report(rows: list[dict], args: argparse.Namespace, tasks: int) -> str:
     lines = [
-        f"CPU server, tiny GPT-NeoX with {len(TASKS)} prefix tasks, {new_tokens} new tokens per request",
+        f"CPU server, random GPT-NeoX (hidden {args.hidden}, {args.layers} layers) with {tasks} prefix "
+        f"tasks, {args.new_tokens} new tokens per request, batching window {args.max_queue_delay_us} us",
         "",
         "| in flight | client req/s | OpenAI API req/s | throughput overhead | client p50 ms "
-        "| OpenAI API p50 ms | gateway CPU ms/request |",
-        "|---|---|---|---|---|---|---|",
+        "| OpenAI API p50 ms | gateway CPU ms/request | requests per batch: client / OpenAI API |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         c, o = row["client"], row["openai"]
         overhead = c["requests_per_s"] / o["requests_per_s"] - 1
         rates = f"{c['requests_per_s']:.0f} | {o['requests_per_s']:.0f} | {overhead:+.1%}"
         latency = f"{c['p50_ms']:.1f} | {o['p50_ms']:.1f} | {row['gateway_cpu_ms']:.2f}"
-        lines.append(f"| {row['concurrency']} | {rates} | {latency} |")
+        batches = f"{c['mean_batch']:.1f} / {o['mean_batch']:.1f}"
+        lines.append(f"| {row['concurrency']} | {rates} | {latency} | {batches} |")
     return "\n".join(lines)
 
 
@@ -137,22 +161,32 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=128, help="requests per run")
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument(
+        "--hidden", type=int, default=64, help="hidden size (default 64: the model costs almost nothing)"
+    )
+    parser.add_argument("--layers", type=int, default=2, help="layers (default 2)")
+    parser.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=DEFAULT_MAX_QUEUE_DELAY_US,
+        help="the server's dynamic batching window, as `ftprefix serve --max-queue-delay-us`",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ftprefix-bench-") as tmp:
-        hf_dir, ft_dir = build(Path(tmp))
-        with EmbeddedServer(ft_dir) as server:
+        hf_dir, ft_dir = build(Path(tmp), hidden_size=args.hidden, num_layers=args.layers)
+        with EmbeddedServer(ft_dir, max_queue_delay_us=args.max_queue_delay_us) as server:
             port = free_port()
             gateway = start_gateway(server.grpc_url, hf_dir, port)
             try:
                 api_url = f"http://127.0.0.1:{port}/v1"
                 rows = asyncio.run(
-                    compare(server.grpc_url, api_url, hf_dir, args.requests, args.new_tokens, gateway.pid)
+                    compare(server, api_url, hf_dir, args.requests, args.new_tokens, gateway.pid)
                 )
             finally:
                 gateway.terminate()
                 gateway.wait()
-    print(format_report(rows, args.new_tokens))
+    print(format_report(rows, args, len(TASKS)))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -103,11 +103,14 @@ def test_the_documented_cpu_command_needs_only_the_model_directory() -> None:
     assert "[serve,openai]" in (DOCKER / "Dockerfile.cpu").read_text()
 
 
-def test_impossible_instance_counts_are_refused_in_one_line(tmp_path: Path, capsys) -> None:
+def test_impossible_instance_counts_and_batching_windows_are_refused_in_one_line(
+    tmp_path: Path, capsys
+) -> None:
     example_conversion(tmp_path / "converted", tp=1)
     for extra, message in (
         (["--instances", "0"], "at least 1"),
         (["--instances", "2", "--target", "cpu"], "GPU"),
+        (["--max-queue-delay-us", "-5"], "between 0 and"),
     ):
         assert main(["triton-repo", str(tmp_path / "converted"), "--out", str(tmp_path / "r"), *extra]) == 2
         err = capsys.readouterr().err

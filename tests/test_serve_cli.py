@@ -48,8 +48,10 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start(ft_dir: Path, *extra: str) -> tuple[subprocess.Popen, str, str]:
-    """The running `ftprefix serve`, its gRPC address, and what it printed up to "ready"."""
+def _start(ft_dir: Path, *extra: str, tmp: Path | None = None) -> tuple[subprocess.Popen, str, str]:
+    """The running `ftprefix serve`, its gRPC address, and what it printed up to "ready". `tmp`: where
+    its scratch directory goes (a serve killed with SIGKILL cannot remove it)."""
+    env = None if tmp is None else {**os.environ, "TMPDIR": str(tmp)}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -66,6 +68,7 @@ def _start(ft_dir: Path, *extra: str) -> tuple[subprocess.Popen, str, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     lines = []
     assert proc.stdout is not None
@@ -106,13 +109,30 @@ def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
             proc.wait()
 
 
-def test_server_dies_with_a_killed_serve_process(converted):
-    proc, _, _ = _start(converted)
+def test_server_dies_with_a_killed_serve_process(converted, tmp_path):
+    proc, _, _ = _start(converted, tmp=tmp_path)
     children = _descendants(proc.pid)
     assert children
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _wait_gone(children) == set()
+
+
+def test_serve_refuses_a_bad_batching_window_before_starting_anything(
+    converted, capsys, monkeypatch, tmp_path
+):
+    from ftprefix.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = _descendants(os.getpid())
+    assert (
+        main(["serve", str(converted), "--port-grpc", "0", "--port-http", "0", "--max-queue-delay-us", "-1"])
+        == 2
+    )
+    assert _descendants(os.getpid()) == before
+    assert list(tmp_path.iterdir()) == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-queue-delay-us must be between 0 and" in err
 
 
 def test_serve_refuses_a_port_in_use_before_starting_anything(converted, capsys, monkeypatch, tmp_path):

@@ -153,6 +153,22 @@ def test_concurrent_prompts_of_different_lengths_are_merged_and_answered_as_alon
         assert out[len(ids) : len(ids) + out_len].tolist() == want
 
 
+def test_the_batching_window_reaches_triton_and_holds_a_lone_request(converted):
+    """`max_queue_delay_us` is Triton's window: it serves it back in the model config, and a request
+    that no other joins waits the whole window before it runs (Triton's own queue statistics)."""
+    window_us = 1_500_000
+    with (
+        EmbeddedServer(converted[1], watch_interval=None, max_queue_delay_us=window_us) as srv,
+        grpcclient.InferenceServerClient(srv.grpc_url) as c,
+    ):
+        served = c.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
+        assert int(served["dynamic_batching"]["max_queue_delay_microseconds"]) == window_us
+        c.infer(protocol.FT_MODEL, ft_inputs([PROMPTS[0]], 2, [0]))
+        stats = c.get_inference_statistics(protocol.FT_MODEL, as_json=True)["model_stats"][0]
+        assert int(stats["execution_count"]) == 1
+        assert int(stats["inference_stats"]["queue"]["ns"]) >= window_us * 1000
+
+
 @pytest.mark.parametrize(
     ("make_inputs", "message"),
     [

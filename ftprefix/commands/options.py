@@ -69,3 +69,19 @@ def prefix_sources(values: Sequence[str]) -> list[PrefixSource]:
             else:
                 sources.append(PrefixSource.at(path, name))
     return sources
+
+
+def add_queue_delay_option(parser: argparse.ArgumentParser) -> None:
+    from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US
+
+    parser.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=DEFAULT_MAX_QUEUE_DELAY_US,
+        metavar="US",
+        help=(
+            "how long Triton's dynamic batcher holds a request for others to join its batch, in "
+            f"microseconds (default {DEFAULT_MAX_QUEUE_DELAY_US}); wider keeps batches full behind the "
+            "OpenAI gateway, at the cost of that much latency for a lone request"
+        ),
+    )

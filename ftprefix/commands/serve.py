@@ -9,6 +9,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from ftprefix.commands.options import add_queue_delay_option
+
 if TYPE_CHECKING:
     from ftprefix.serving.server import EmbeddedServer
 
@@ -51,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PORT",
         help="also serve the OpenAI-compatible API (ftprefix openai) on this port; needs --tokenizer",
     )
+    add_queue_delay_option(p)
     p.set_defaults(func=run, extras=("serve",))
 
 
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         watch_interval=None if args.no_watch else 0.5,
         metrics_port=args.port_metrics,
+        max_queue_delay_us=args.max_queue_delay_us,
     )
 
     def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ftprefix.commands.options import add_queue_delay_option
+
 DEFAULT_CONTAINER_MODEL_ROOT = "/ftprefix/model"  # where docker/start-triton.sh links the conversion
 COMPOSE_ENV = "compose.env"  # docker compose --env-file REPO/compose.env -f docker/docker-compose.yml up
 
@@ -53,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="decoupled fastertransformer model (token streaming); needs the GPU image built from docker/",
     )
+    add_queue_delay_option(p)
     p.set_defaults(func=run)
 
 
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         streaming=args.streaming,
         checkpoint_path=checkpoint,
         instances=args.instances,
+        max_queue_delay_us=args.max_queue_delay_us,
     )
     tasks = ", ".join(info.config.tasks.names) or "none"
     where = checkpoint or info.ft_dir

@@ -15,11 +15,9 @@ from tritonclient.utils import np_to_triton_dtype
 
 from ftprefix import protocol
 from ftprefix.protocol import WireTensor
+from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US
 
 MAX_BATCH_SIZE = 1024  # as in the backend's example configs
-# Dynamic batching: merge requests that arrive within this window (the CPU twin runs one engine
-# call per merged batch; the FT backend does the same on the GPU).
-MAX_QUEUE_DELAY_US = 5000
 
 # The ensemble passes these optional inputs straight through to `fastertransformer`.
 _PASS_THROUGH = tuple(t.name for t in protocol.FT_INPUTS if t.scalar_per_row and t.optional)
@@ -68,6 +66,7 @@ def fastertransformer_config(
     parameters: dict[str, str],
     decoupled: bool = False,
     instances: int = 1,
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
 ) -> mc.ModelConfig:
     """The `fastertransformer` model: backend "fastertransformer" (GPU) or "python" (CPU twin).
 
@@ -92,7 +91,7 @@ def fastertransformer_config(
     )
     # FT's backend supports one instance group only (libfastertransformer.cc ModelState ctor).
     cfg.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    cfg.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     _set_parameters(cfg, parameters)
     return cfg
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from ftprefix import layout, protocol
 from ftprefix.errors import UserError
 from ftprefix.serving import interface
+from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
 
 CPU, GPU = "cpu", "gpu"
 VERSION = "1"
@@ -94,9 +95,11 @@ def write_repository(
     streaming: bool = False,
     checkpoint_path: str | None = None,
     instances: int = 1,
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
 ) -> RepositoryInfo:
     """Generate the repository. `checkpoint_path`: the `<tp>-gpu` directory as the server sees it
-    (inside the container for the GPU server); default: its absolute path on this machine."""
+    (inside the container for the GPU server); default: its absolute path on this machine.
+    `max_queue_delay_us`: the dynamic batcher's window (see `batching`)."""
     if target not in (CPU, GPU):
         raise UserError(f"unknown target {target!r}: use {CPU!r} or {GPU!r}")
     if instances < 1:
@@ -105,6 +108,7 @@ def write_repository(
         raise UserError(
             "--instances is for the GPU server (each instance gets tp GPUs); the CPU twin runs one"
         )
+    check_max_queue_delay(max_queue_delay_us)
     ft_dir = layout.find_ft_dir(converted).resolve()
     cfg = layout.read_config(ft_dir)
     tok = Path(tokenizer_dir) if tokenizer_dir is not None else None
@@ -128,7 +132,11 @@ def write_repository(
     ckpt = checkpoint_path or str(ft_dir)
     params = ft_parameters(cfg, ckpt)
     ft_cfg = interface.fastertransformer_config(
-        backend=backend, parameters=params, decoupled=streaming, instances=instances
+        backend=backend,
+        parameters=params,
+        decoupled=streaming,
+        instances=instances,
+        max_queue_delay_us=max_queue_delay_us,
     )
     _write(ft_model / "config.pbtxt", interface.to_pbtxt(ft_cfg))
     (ft_model / VERSION).mkdir(parents=True, exist_ok=True)

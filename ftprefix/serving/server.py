@@ -33,6 +33,7 @@ from types import TracebackType
 from ftprefix import layout, locking, protocol
 from ftprefix.errors import UserError
 from ftprefix.serving import repository, tritonserver
+from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
 
 _PR_SET_PDEATHSIG = 1
 
@@ -81,6 +82,7 @@ class EmbeddedServer:
         watch_interval: float | None = 0.5,
         log_to: str | os.PathLike[str] | None = None,
         metrics_port: int | None = None,
+        max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
     ) -> None:
         self.ft_dir = layout.find_ft_dir(converted_dir).resolve()
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
@@ -93,6 +95,8 @@ class EmbeddedServer:
         if metrics_port:
             check_port_free(host, metrics_port, "--port-metrics")
         self.streaming = streaming
+        check_max_queue_delay(max_queue_delay_us)  # before any temporary directory exists
+        self.max_queue_delay_us = max_queue_delay_us
         self.start_timeout = start_timeout
         self.watch_interval = watch_interval
         self._own_workdir = workdir is None
@@ -137,6 +141,7 @@ class EmbeddedServer:
             target=repository.CPU,
             tokenizer_dir=self.tokenizer_dir,
             streaming=self.streaming,
+            max_queue_delay_us=self.max_queue_delay_us,
         )
         self.models = info.models
         backends = tritonserver.prepare_backends(self.workdir / "backends")
