@@ -49,3 +49,8 @@ def batch_words_to_ft(rows: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
     """Per-row word lists -> int32 [batch, 2, L] with a common L (as the FT backend expects)."""
     length = max([sum(len(w) for w in words) for words in rows] + [1])
     return np.stack([words_to_ft(words, length) for words in rows]) if rows else np.zeros((0, 2, 1), np.int32)
+
+
+def ends_with_stop_word(history: Sequence[int], words: Sequence[Sequence[int]]) -> bool:
+    """FT's stop criterion: the row's tokens so far end with one of the stop words."""
+    return any(w and len(history) >= len(w) and list(history[-len(w) :]) == list(w) for w in words)

@@ -24,7 +24,7 @@ from tritonclient.utils import np_to_triton_dtype
 from ftprefix import protocol
 from ftprefix.client.errors import MalformedResponseError
 from ftprefix.client.types import FinishReason, GenerationParams
-from ftprefix.words import batch_words_to_ft
+from ftprefix.words import batch_words_to_ft, ends_with_stop_word
 
 _COLUMN = {t.name: t.column for t in protocol.FT_INPUTS}
 
@@ -181,10 +181,6 @@ class RowSpec:
 class RowAnswer:
     tokens: list[int]
     finish_reason: FinishReason | None  # None: the row has not finished yet (streaming)
-
-
-def ends_with_stop_word(history: Sequence[int], words: Sequence[Sequence[int]]) -> bool:
-    return any(w and len(history) >= len(w) and list(history[-len(w) :]) == list(w) for w in words)
 
 
 def read_row(ids: np.ndarray, spec: RowSpec, final: bool) -> RowAnswer:

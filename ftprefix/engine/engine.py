@@ -25,8 +25,9 @@ import torch
 from ftprefix import layout
 from ftprefix.engine.api import GenerationRequest, GenerationResult, Step
 from ftprefix.engine.model import KVCache, Transformer
-from ftprefix.engine.sampling import Sampler, ends_with_stop_word
+from ftprefix.engine.sampling import Sampler
 from ftprefix.engine.weights import load_prefixes, load_weights
+from ftprefix.words import ends_with_stop_word
 
 DEFAULT_MAX_TOTAL_LEN = 4096  # prefix + input + output tokens per row
 

@@ -130,8 +130,3 @@ class Sampler:
                 # top-k rows report the probability within the k best; top-p rows the plain one
                 output_lp[row] = token_lp[row] - torch.log(candidates_mass) if k > 0 else token_lp[row]
         return tokens, token_lp, output_lp
-
-
-def ends_with_stop_word(history: Sequence[int], words: Sequence[Sequence[int]]) -> bool:
-    """FT's stop criterion: the row's tokens so far end with one of the stop words."""
-    return any(w and len(history) >= len(w) and list(history[-len(w) :]) == list(w) for w in words)
