@@ -103,11 +103,13 @@ class TritonPythonModel:
 
     def _groups(self, decoded: Sequence[FtRequest]) -> list[list[int]]:
         """All requests as one batch, as FT runs them; each alone if that batch is too long for the
-        engine (rows below the merged maximum get one token more than alone)."""
-        try:
-            self.engine.validate(self._batch(decoded).engine_rows())
-        except ValueError:
-            return [[j] for j in range(len(decoded))]
+        engine (rows below the merged maximum get one token more than alone). A lone request was
+        validated as such by `_decode`."""
+        if len(decoded) > 1:
+            try:
+                self.engine.validate(self._batch(decoded).engine_rows())
+            except ValueError:
+                return [[j] for j in range(len(decoded))]
         return [list(range(len(decoded)))] if decoded else []
 
     def _stream(self, requests: Sequence[object], decoded: Sequence[FtRequest]) -> None:
