@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from ftprefix import cli
 from ftprefix.client import Client
@@ -96,7 +97,7 @@ def test_a_list_of_prompts_is_one_batch(stack, greedy) -> None:
     assert [c.text for c in done.choices] == [greedy[(p, "story")] for p in PROMPTS]
 
 
-def test_streaming_gives_the_same_text(stack, greedy) -> None:
+def test_streaming_gives_the_same_text(stack, greedy, model) -> None:
     chunks = list(
         _openai(stack).completions.create(
             model="smile",
@@ -114,7 +115,10 @@ def test_streaming_gives_the_same_text(stack, greedy) -> None:
     assert texts == [greedy[(p, "smile")] for p in PROMPTS[:2]]
     finished = [c for chunk in chunks for c in chunk.choices if c.finish_reason]
     assert sorted(c.index for c in finished) == [0, 1]
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens > 0
+    tokenizer = AutoTokenizer.from_pretrained(str(model["hf"]))
+    assert usage.prompt_tokens == sum(len(tokenizer(p)["input_ids"]) for p in PROMPTS[:2])
     if stack["streaming"]:
         assert len(chunks) > 3  # really streamed, not one answer at the end
 

@@ -266,5 +266,8 @@ class ChunkMaker:
         self.tokens = answer.tokens
         self.finished = answer.finish_reason is not None
         return StreamChunk(
-            token_ids=fresh, text=self._text_delta(self.finished), finish_reason=answer.finish_reason
+            token_ids=fresh,
+            text=self._text_delta(self.finished),
+            finish_reason=answer.finish_reason,
+            prompt_token_count=self.spec.input_length,
         )

@@ -102,10 +102,11 @@ class Completion:
 class StreamChunk:
     """The tokens (and text) that arrived since the previous chunk of a stream.
 
-    `finish_reason` is set on the last chunk only.
+    `finish_reason` is set on the last chunk only; `prompt_token_count` on every chunk.
     """
 
     token_ids: list[int]
     text: str | None
     finish_reason: FinishReason | None = None
     index: int = 0  # row of the batch this chunk belongs to
+    prompt_token_count: int | None = None

@@ -188,6 +188,7 @@ async def _stream(
                 finally:
                     await queue.put((index, None))
 
+            prompt_counts: dict[int, int] = {}
             pumps = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prompts)]
             try:
                 running = len(pumps)
@@ -198,6 +199,7 @@ async def _stream(
                     elif isinstance(item, BaseException):
                         raise item
                     else:
+                        prompt_counts[index] = item.prompt_token_count or 0
                         completion_tokens += len(item.token_ids)
                         reason = schemas.finish_reason(item.finish_reason) if item.finish_reason else None
                         if item.text or reason:
@@ -205,9 +207,7 @@ async def _stream(
             finally:
                 for p in pumps:
                     p.cancel()
-            tokenizer = client.tokenizer
-            assert tokenizer is not None
-            prompt_tokens = sum(len(p) if isinstance(p, list) else len(tokenizer.encode(p)) for p in prompts)
+            prompt_tokens = sum(prompt_counts.values())
         if body.include_usage:
             use = schemas.usage(prompt_tokens, completion_tokens)
             yield json.dumps(schemas.completion(cid, created, body.model, [], use))
