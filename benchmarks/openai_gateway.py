@@ -5,9 +5,15 @@ random GPT-NeoX with 4 prefix tasks, tiny by default), with Triton's requests pe
 On a small CPU machine the gateway's own CPU time is taken from the model's, which a GPU server
 does not share.
 
+Then what API keys and per-task metrics cost: two gateway processes side by side on the same
+server, one bare (no keys, --no-metrics), one with a keys file of 1,000 tenants and metrics on,
+in alternating rounds, each one's CPU ms per request; and the added code alone (a key lookup in
+the 1,000-key table, a metrics update) timed in this process.
+
     .venv/bin/python benchmarks/openai_gateway.py [--requests 128] [--new-tokens 16] [--json out.json]
         [--hidden 64 --layers 2]     # a larger model: the gateway's share of the CPU shrinks
         [--max-queue-delay-us 5000]  # the server's batching window
+        [--rounds 3]                 # alternating rounds of the keys/metrics comparison
 """
 
 from __future__ import annotations
@@ -128,7 +134,7 @@ def format_report(rows: list[dict], args: argparse.Namespace, tasks: int) -> str
     return "\n".join(lines)
 
 
-def start_gateway(grpc_url: str, hf_dir: Path, port: int) -> subprocess.Popen:
+def start_gateway(grpc_url: str, hf_dir: Path, port: int, *extra: str) -> subprocess.Popen:
     """`ftprefix openai` as a deployment runs it: its own process. Returns once /health answers 200."""
     argv = [
         "openai",
@@ -140,6 +146,7 @@ def start_gateway(grpc_url: str, hf_dir: Path, port: int) -> subprocess.Popen:
         BASE,
         "--port",
         str(port),
+        *extra,
     ]
     proc = subprocess.Popen([sys.executable, "-m", "ftprefix.cli", *argv], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -153,6 +160,94 @@ def start_gateway(grpc_url: str, hf_dir: Path, port: int) -> subprocess.Popen:
             time.sleep(0.1)  # polling a starting server
     proc.kill()
     raise SystemExit("ftprefix openai did not become healthy within 60 s")
+
+
+TENANTS = 1000
+TENANT_KEY = "tenant-0"
+
+
+def keys_file(directory: Path) -> Path:
+    """1,000 tenants, each with its own key; the one the benchmark uses may call every task."""
+    keys = {f"tenant-{i}": [list(TASKS)[i % len(TASKS)]] for i in range(TENANTS)}
+    keys[TENANT_KEY] = "*"
+    path = directory / "keys.json"
+    path.write_text(json.dumps(keys))
+    return path
+
+
+async def gateway_cpu(url: str, key: str, pid: int, total: int, new_tokens: int) -> float:
+    """CPU ms of the gateway process per request, `total` requests at 8 in flight."""
+    names = list(TASKS)
+    async with openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0) as api:
+
+        async def call(i: int) -> object:
+            return await api.completions.create(
+                model=names[i % len(names)], prompt=PROMPT, max_tokens=new_tokens, temperature=0
+            )
+
+        await call(0)
+        before = cpu_seconds(pid)
+        await measure(call, 8, total)
+        return (cpu_seconds(pid) - before) / total * 1000
+
+
+def added_code_us(path: Path) -> dict[str, float]:
+    """The per-request work keys and metrics add, timed alone: microseconds per call."""
+    import timeit
+
+    from ftprefix.gateway.auth import KeyRing
+    from ftprefix.gateway.metrics import GatewayMetrics
+
+    ring, metrics = KeyRing([], path), GatewayMetrics()
+    header = f"Bearer {TENANT_KEY}"
+    assert ring.scope_of(header) is not None
+    n = 20000
+    return {
+        "key lookup (1,000 keys, file checked for changes)": timeit.timeit(
+            lambda: ring.scope_of(header), number=n
+        )
+        / n
+        * 1e6,
+        "metrics update (4 series)": timeit.timeit(
+            lambda: metrics.record("smile", 200, 0.01, 12, 16), number=n
+        )
+        / n
+        * 1e6,
+    }
+
+
+def additions(server: EmbeddedServer, hf_dir: Path, tmp: Path, args: argparse.Namespace) -> list[str]:
+    """The keys + metrics comparison's report lines."""
+    path = keys_file(tmp)
+    bare_port, full_port = free_port(), free_port()
+    bare = start_gateway(server.grpc_url, hf_dir, bare_port, "--no-metrics")
+    full = start_gateway(server.grpc_url, hf_dir, full_port, "--api-keys", str(path))
+    samples: dict[str, list[float]] = {"bare": [], "keys + metrics": []}
+    try:
+        for _ in range(args.rounds):
+            for name, port, proc in (("bare", bare_port, bare), ("keys + metrics", full_port, full)):
+                url = f"http://127.0.0.1:{port}/v1"
+                ms = asyncio.run(gateway_cpu(url, TENANT_KEY, proc.pid, args.requests, args.new_tokens))
+                samples[name].append(ms)
+    finally:
+        for proc in (bare, full):
+            proc.terminate()
+            proc.wait()
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    lines = [
+        "",
+        f"API keys ({TENANTS:,} tenants in a keys file) and per-task metrics: gateway CPU ms per request, "
+        f"8 in flight, median of {args.rounds} alternating rounds of {args.requests} requests",
+        "",
+        "| gateway | CPU ms/request | rounds |",
+        "|---|---|---|",
+    ]
+    for name, values in samples.items():
+        lines.append(f"| {name} | {median[name]:.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
+    lines.append(f"| difference | {median['keys + metrics'] - median['bare']:+.3f} | |")
+    lines += ["", "| added work, timed alone | us per request |", "|---|---|"]
+    lines += [f"| {name} | {us:.1f} |" for name, us in added_code_us(path).items()]
+    return lines
 
 
 def main() -> None:
@@ -171,6 +266,7 @@ def main() -> None:
         default=DEFAULT_MAX_QUEUE_DELAY_US,
         help="the server's dynamic batching window, as `ftprefix serve --max-queue-delay-us`",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the keys/metrics comparison")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ftprefix-bench-") as tmp:
@@ -186,7 +282,9 @@ def main() -> None:
             finally:
                 gateway.terminate()
                 gateway.wait()
+            extra = additions(server, hf_dir, Path(tmp), args)
     print(format_report(rows, args, len(TASKS)))
+    print("\n".join(extra))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -9,6 +9,7 @@ the client imports it.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -120,3 +121,18 @@ class TaskTable(Sequence[Task]):
             if int(entry["id"]) != position:
                 raise ValueError(f"task table entry {position} has id {entry['id']}; ids are positions")
         return cls((str(e["name"]), int(e["prompt_length"])) for e in entries)
+
+
+def closest_names(name: str, names: Sequence[str], limit: int = 3) -> list[str]:
+    """Up to `limit` of `names` that look like `name` (for "did you mean" in errors)."""
+    return difflib.get_close_matches(name, list(names), n=limit, cutoff=0.6)
+
+
+def unknown_name_hint(name: str, names: Sequence[str], what: str = "task") -> str:
+    """"did you mean ...?" and how many there are, never a wall of every name (thousands of tasks)."""
+    close = closest_names(name, names)
+    if not names:
+        return f"there is no {what}"
+    guess = f"did you mean {', '.join(repr(n) for n in close)}? " if close else ""
+    listed = ", ".join(repr(n) for n in names[:5]) if len(names) <= 5 else ""
+    return guess + (f"the {what}s are: {listed}" if listed else f"there are {len(names)} {what}s")

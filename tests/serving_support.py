@@ -3,10 +3,14 @@ makes one, with `ftprefix convert` from a toy Hugging Face model, and `ftprefix 
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype
 
 from ftprefix import layout, protocol
 from ftprefix.cli import main
@@ -63,3 +67,56 @@ def ft_inputs(rows: list[list[int]], out_len: int, task_ids: list[int] | None = 
         inp.set_data_from_numpy(arr)
         inputs.append(inp)
     return inputs
+
+
+def tensors(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
+    """tritonclient inputs from named numpy arrays (object arrays are BYTES)."""
+    inputs = []
+    for name, arr in arrays.items():
+        inp = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    return inputs
+
+
+def start_serve_cli(ft_dir: Path, *extra: str, env: dict[str, str] | None = None):
+    """`ftprefix serve DIR --port-grpc 0 --port-http 0 EXTRA` as a user runs it: (the process, its
+    gRPC address, everything it printed up to "ready")."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ftprefix.cli",
+            "serve",
+            str(ft_dir),
+            "--port-grpc",
+            "0",
+            "--port-http",
+            "0",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # ends at EOF if the server fails; pytest's timeout is the bound
+        lines.append(line)
+        if "ready" in line:
+            break
+    text = "".join(lines)
+    match = re.search(r"listening on grpc (\S+) and http (\S+)", text)
+    assert match, text + (proc.stderr.read() if proc.poll() is not None else "")
+    return proc, match.group(1), text
+
+
+def stop_serve_cli(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

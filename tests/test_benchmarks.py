@@ -81,7 +81,10 @@ def test_client_benchmark_reports_overhead_and_throughput():
 
 
 def test_openai_gateway_benchmark_compares_with_the_client():
-    out = _run("openai_gateway.py", "--requests", "8", "--new-tokens", "2")
+    out = _run("openai_gateway.py", "--requests", "8", "--new-tokens", "2", "--rounds", "1")
     rows = [line for line in out.splitlines() if re.match(r"\| (1|8|32) \|", line)]
     assert [int(_number(r, 0)) for r in rows] == [1, 8, 32]
     assert all(_number(r, 1) > 0 and _number(r, 2) > 0 for r in rows)
+    gateways = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert _number(gateways["bare"], 1) > 0 and _number(gateways["keys + metrics"], 1) > 0
+    assert "difference" in gateways and _number(gateways["metrics update (4 series)"], 1) > 0

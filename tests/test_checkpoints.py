@@ -54,13 +54,21 @@ def _convert_and_read(hf_dir: Path, source: PrefixSource, tmp_path: Path, tp: in
 
 def test_names_from_file_names_and_explicit_names():
     sources = prefix_sources(
-        ["smileface_prefix_encoder.seed42.2022-10-01.best.checkpoint,adapters/shout", "x=a/b.pt", "c.npy"]
+        [
+            "smileface_prefix_encoder.seed42.2022-10-01.best.checkpoint,adapters/shout",
+            "x=a/b.pt",
+            "c.npy",
+            "smileface_suffix.task0.weight",  # rinna's published prefix, named as FT's jp converter does
+            "other.task12.weight",
+        ]
     )
     assert [(s.name, str(s.path)) for s in sources] == [
         ("smileface", "smileface_prefix_encoder.seed42.2022-10-01.best.checkpoint"),
         ("shout", "adapters/shout"),
         ("x", "a/b.pt"),
         ("c", "c.npy"),
+        ("smileface_suffix", "smileface_suffix.task0.weight"),
+        ("other", "other.task12.weight"),
     ]
 
 

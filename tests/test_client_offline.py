@@ -20,11 +20,11 @@ from ftprefix import protocol
 from ftprefix.client import GenerationParams, InvalidRequestError, MalformedResponseError, UnknownTaskError
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Plan
-from ftprefix.client.tokenizer import ClientTokenizer
 from ftprefix.client.types import GenerateOptions
 from ftprefix.client.wire import Row, RowSpec, ft_inputs, read_rows
 from ftprefix.demo import toy
 from ftprefix.task_table import TaskTable
+from ftprefix.text import load_tokenizer
 from ftprefix.words import batch_words_to_ft
 
 ALL_INPUTS = frozenset(t.name for t in protocol.FT_INPUTS)
@@ -184,9 +184,47 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory):
 
 def test_client_tokenizer_matches_hugging_face(tokenizer_dir) -> None:
     directory, hf = tokenizer_dir
-    tok = ClientTokenizer(directory)
+    tok = load_tokenizer(directory)
     for text in [*toy.TOY_SENTENCES[:4], "unseen wörds ✓"]:
         ids = tok.encode(text)
         assert ids == hf.encode(text, add_special_tokens=False)
         assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True)
     assert tok.eos_id == hf.eos_token_id
+
+
+def _ft_answer(prompt: list[int], generated: list[int], end_id: int, width: int) -> dict[str, np.ndarray]:
+    """One row as FT returns it: the row's input, its generated tokens, then end_id fill."""
+    ids = np.full((1, 1, width), end_id, dtype=np.uint32)
+    ids[0, 0, : len(prompt) + len(generated)] = [*prompt, *generated]
+    length = np.array([[len(prompt) + len(generated)]], dtype=np.uint32)
+    return {protocol.OUTPUT_IDS: ids, protocol.SEQUENCE_LENGTH: length}
+
+
+def test_text_ends_at_a_stop_string_the_tokens_did_not_match() -> None:
+    from sentencepiece_reference import RINNA
+
+    from ftprefix.client.plan import ChunkMaker, Collector
+
+    tokenizer = load_tokenizer(RINNA)
+    info = ModelInfo(INFO.name, INFO.inputs, INFO.outputs, False, 8, INFO.tasks, end_id=3)
+    generated = tokenizer.encode("世界です。今日は晴れ")
+    params = GenerationParams(max_new_tokens=len(generated), stop=["界で"])
+    plan = Plan.build(["こんにちは"], None, params, info, tokenizer)
+    prompt = plan.rows[0].input_ids
+    answer = _ft_answer(prompt, generated, 3, len(prompt) + len(generated))
+    ((_, done),) = Collector(plan, plan.requests()[0]).completions(answer)
+    # FT's stop ids for "界で" (encoded alone: 界, で) differ from the ids inside the sentence (界,
+    # です), so FT went on; the text is cut before the stop string, the tokens where it was complete
+    assert done.text == " 世" and done.finish_reason == "stop_words"
+    assert tokenizer.continuation(prompt, done.token_ids) == " 世界です"
+    assert len(done.token_ids) < len(generated)
+    # streamed one token at a time, the chunks add up to the same text and tokens
+    maker, chunks = ChunkMaker(plan), []
+    for k in range(1, len(generated) + 1):
+        chunk = maker.update(_ft_answer(prompt, generated[:k], 3, len(prompt) + len(generated)), final=False)
+        chunks += [chunk] if chunk is not None else []
+        if maker.finished:
+            break
+    assert "".join(c.text or "" for c in chunks) == done.text
+    assert [t for c in chunks for t in c.token_ids] == done.token_ids
+    assert chunks[-1].finish_reason == "stop_words"

@@ -88,7 +88,8 @@ def test_the_documented_gpu_command_reserves_instances_times_tp_gpus(gpu_reposit
     assert mounts["/ftprefix/triton_models"] == str(gpu_repository.resolve())
     assert mounts["/ftprefix/mount"] == str((gpu_repository.parent / "converted").resolve())
     assert triton["build"] == {"context": "..", "dockerfile": "docker/Dockerfile.gpu"}
-    assert {p.split(":")[0] for p in triton["ports"]} == {"8000", "8001", "8002"}
+    # Triton on loopback only: past the gateway's keys, nothing reaches it from the network
+    assert sorted(triton["ports"]) == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001", "127.0.0.1:8002:8002"]
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     with pytest.raises(KeyError, match="FTPREFIX_MODEL_DIR"):
         _config(GPU_COMPOSE, {"FTPREFIX_TRITON_REPO": "/tmp/repo"})  # required variables say so
@@ -192,11 +193,27 @@ def test_an_openai_service_sits_next_to_each_server(compose: Path, server: str, 
     assert "--base-model base" in command and api["ports"] == ["8080:8080"]
     assert api["depends_on"] == {server: {"condition": "service_healthy"}}
     assert "/health" in " ".join(api["healthcheck"]["test"])
+    assert "--newline-token=" in api["command"]  # empty: off
     with_tokenizer = _config(
-        compose, {**env, "FTPREFIX_TOKENIZER_DIR": "/tmp/hf", "FTPREFIX_BASE_MODEL": "neox"}
+        compose,
+        {
+            **env,
+            "FTPREFIX_TOKENIZER_DIR": "/tmp/hf",
+            "FTPREFIX_BASE_MODEL": "neox",
+            "FTPREFIX_NEWLINE_TOKEN": "<NL>",
+        },
     )
     api = with_tokenizer["services"]["openai"]
     assert api["volumes"] == ["/tmp/hf:/ftprefix/tokenizer:ro"] and "neox" in api["command"]
+    assert "--newline-token=<NL>" in api["command"]
+    assert api["environment"]["FTPREFIX_API_KEY"] == ""  # unset: open, as the start-up line says
+    with_key = _config(compose, {**env, "FTPREFIX_API_KEY": "k3y"})
+    assert with_key["services"]["openai"]["environment"]["FTPREFIX_API_KEY"] == "k3y"
+    assert all(p.startswith("127.0.0.1:") for p in with_key["services"][server]["ports"])
+    if server == "cpu":  # the shell gets the token from the environment, quoted, never as shell text
+        cpu = with_tokenizer["services"]["cpu"]
+        assert cpu["environment"]["FTPREFIX_NEWLINE_TOKEN"] == "<NL>"
+        assert '--newline-token="$FTPREFIX_NEWLINE_TOKEN"' in " ".join(cpu["command"])
 
 
 def test_triton_repo_writes_the_openai_variables_with_a_tokenizer(tmp_path: Path) -> None:
@@ -216,3 +233,9 @@ def test_triton_repo_writes_the_openai_variables_with_a_tokenizer(tmp_path: Path
     env = dict(line.split("=", 1) for line in (tmp_path / "r" / "compose.env").read_text().splitlines())
     assert env["FTPREFIX_TOKENIZER_DIR"] == str((tmp_path / "hf").resolve())
     assert env["FTPREFIX_BASE_MODEL"] == "example" and env["FTPREFIX_GPUS"] == "1"
+    assert "FTPREFIX_NEWLINE_TOKEN" not in env
+    assert main([*argv, "--newline-token", "<NL>"]) == 0
+    env = dict(line.split("=", 1) for line in (tmp_path / "r" / "compose.env").read_text().splitlines())
+    assert env["FTPREFIX_NEWLINE_TOKEN"] == "<NL>"
+    pre = (tmp_path / "r" / "preprocessing" / "config.pbtxt").read_text()
+    assert 'key: "newline_token"' in pre and 'string_value: "<NL>"' in pre

@@ -3,6 +3,7 @@ kustomization lists exactly its files, and the manifests agree with what ftprefi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import kubernetes_validate
@@ -131,3 +132,38 @@ def test_the_cpu_server_serves_the_mounted_conversion_with_metrics() -> None:
         "--port-grpc": "8001",
         "--port-metrics": "8002",
     }
+
+
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_only_the_gateway_reaches_triton_and_keys_come_from_a_secret(flavour: str) -> None:
+    resources = _by_kind(KUBE / flavour)
+    triton_pod = resources[("Deployment", "ftprefix-triton")]["spec"]["template"]["metadata"]["labels"]
+    gateway_deployment = resources[("Deployment", "ftprefix-openai")]
+    gateway_pod = gateway_deployment["spec"]["template"]
+    policy = resources[("NetworkPolicy", "ftprefix-triton")]["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["podSelector"]["matchLabels"].items() <= triton_pod.items()
+    inference_ports = {8000, 8001}
+    for rule in policy["ingress"]:
+        ports = {p["port"] for p in rule["ports"]}
+        if ports & inference_ports:  # only from the gateway's pods
+            (source,) = rule["from"]
+            assert source["podSelector"]["matchLabels"].items() <= gateway_pod["metadata"]["labels"].items()
+            assert "namespaceSelector" not in source and "ipBlock" not in source
+        else:
+            assert ports == {8002}  # metrics only, for scrapers
+    assert resources[("Service", "ftprefix-triton")]["spec"].get("type", "ClusterIP") == "ClusterIP"
+    # keys: the Secret's table mounted where --api-keys reads it, an extra key from the same Secret
+    gateway = _container(resources, "ftprefix-openai")
+    keys_file = Path(gateway["command"][gateway["command"].index("--api-keys") + 1])
+    mount = _mounts(gateway)[str(keys_file.parent)]
+    volume = next(v for v in gateway_pod["spec"]["volumes"] if v["name"] == mount["name"])
+    secret = resources[("Secret", volume["secret"]["secretName"])]
+    assert {i["path"] for i in volume["secret"]["items"]} == {keys_file.name}
+    assert json.loads(secret["stringData"][keys_file.name]) == {}  # refuses everyone until filled
+    env = {e["name"]: e for e in gateway["env"]}
+    assert env["FTPREFIX_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    # Prometheus scrapes the gateway's per-task metrics beside Triton's
+    annotations = gateway_pod["metadata"]["annotations"]
+    port = gateway["command"][gateway["command"].index("--port") + 1]
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (port, "/metrics")

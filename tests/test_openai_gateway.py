@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 from ftprefix import cli
 from ftprefix.client import Client
 from ftprefix.demo import toy
+from ftprefix.gateway.app import GatewaySettings
 from ftprefix.gateway.run import make_server, start_in_thread
 from ftprefix.serving.server import EmbeddedServer, free_port
 
@@ -38,8 +39,8 @@ def model(tmp_path_factory) -> dict:
     return {"hf": hf, "ft": root / "ft"}
 
 
-def _gateway(triton_url: str, hf: Path):
-    server = make_server(triton_url, hf, BASE, "127.0.0.1", free_port())
+def _gateway(triton_url: str, hf: Path, **settings):
+    server = make_server(GatewaySettings(triton_url, hf, BASE, **settings), "127.0.0.1", free_port())
     start_in_thread(server)
     return server, f"http://127.0.0.1:{server.config.port}/v1"
 

@@ -7,6 +7,7 @@ network is needed), then a real client call against a running `ftprefix serve`.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def core_venv(tmp_path_factory) -> Path:
 
 def test_core_requirements_are_the_clients_and_nothing_heavy() -> None:
     names = set(core_closure())
-    assert {"numpy", "tokenizers", "tritonclient", "grpcio", "protobuf"} <= names
+    assert {"numpy", "tokenizers", "sentencepiece", "tritonclient", "grpcio", "protobuf"} <= names
     assert not names & {"torch", "transformers", "nvidia-pytriton", "safetensors", "fastapi"}
 
 
@@ -112,3 +113,24 @@ def test_a_command_needing_an_extra_names_it_in_one_line(core_venv: Path, tmp_pa
         assert run.returncode == 2
         assert run.stderr.count("\n") == 1 and f"pip install 'ftprefix[{extra}]'" in run.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_core_install_reads_sentencepiece_tokenizers_exactly(core_venv: Path) -> None:
+    from sentencepiece_reference import LLAMA, RINNA, golden_rows
+
+    code = (
+        "import json, sys\n"
+        "from ftprefix.client import Client\n"
+        "for directory in sys.argv[1:]:\n"
+        "    tokenizer = Client('localhost:1', tokenizer=directory).tokenizer\n"
+        "    rows = json.load(open(directory + '/golden.json'))['rows']\n"
+        "    print(json.dumps([tokenizer.encode(r['text']) for r in rows]))\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "sys.exit(f'loaded {heavy}' if heavy else 0)\n"
+    )
+    run = subprocess.run(
+        [core_venv / "bin" / "python", "-c", code, str(RINNA), str(LLAMA)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    got = [json.loads(line) for line in run.stdout.splitlines()]
+    assert got == [[r["ids"] for r in golden_rows(d)] for d in (RINNA, LLAMA)]

@@ -4,18 +4,16 @@ its child processes never outlive it (even when it is killed with SIGKILL)."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
-from serving_support import ft_inputs, make_converted
+from serving_support import ft_inputs, make_converted, start_serve_cli
 
 from ftprefix import protocol
 
@@ -51,35 +49,7 @@ def _alive(pid: int) -> bool:
 def _start(ft_dir: Path, *extra: str, tmp: Path | None = None) -> tuple[subprocess.Popen, str, str]:
     """The running `ftprefix serve`, its gRPC address, and what it printed up to "ready". `tmp`: where
     its scratch directory goes (a serve killed with SIGKILL cannot remove it)."""
-    env = None if tmp is None else {**os.environ, "TMPDIR": str(tmp)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ftprefix.cli",
-            "serve",
-            str(ft_dir),
-            "--port-grpc",
-            "0",
-            "--port-http",
-            "0",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:  # ends at EOF if the server fails; pytest's timeout is the bound
-        lines.append(line)
-        if "ready" in line:
-            break
-    text = "".join(lines)
-    match = re.search(r"listening on grpc (\S+) and http (\S+)", text)
-    assert match, text + (proc.stderr.read() if proc.poll() is not None else "")
-    return proc, match.group(1), text
+    return start_serve_cli(ft_dir, *extra, env=None if tmp is None else {**os.environ, "TMPDIR": str(tmp)})
 
 
 def _wait_gone(pids: set[int], seconds: float = 30) -> set[int]:

@@ -115,7 +115,7 @@ def test_bad_input_is_one_line_error_and_nothing_written(tmp_path, capsys, token
     assert not out.exists()
     ft_dir = _config_only_conversion(tmp_path / "conv", tp=1, dtype="fp32")
     assert main(["triton-repo", str(ft_dir), "--out", str(out), "--tokenizer", str(tmp_path)]) == 2
-    assert "no Hugging Face tokenizer" in capsys.readouterr().err
+    assert "holds no tokenizer" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -24,7 +24,7 @@ EXAMPLE_TASKS = TaskTable([("smileface", 10), ("summary", 16)])
 
 
 def example_conversion(
-    root: Path, tp: int = 2, dtype: str = "fp16", tasks: TaskTable = EXAMPLE_TASKS
+    root: Path, tp: int = 2, dtype: str = "fp16", tasks: TaskTable = EXAMPLE_TASKS, end_id: int = 0
 ) -> Path:
     """A converted directory as far as the repository generator reads it: config.ini alone."""
     cfg = layout.ModelConfig(
@@ -36,7 +36,7 @@ def example_conversion(
         rotary_embedding=4,
         vocab_size=512,
         start_id=0,
-        end_id=0,
+        end_id=end_id,
         use_gptj_residual=True,
         weight_data_type=dtype,
         tensor_para_size=tp,

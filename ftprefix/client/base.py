@@ -26,8 +26,8 @@ from ftprefix.client.errors import (
 )
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import ChunkMaker, Collector, Plan, Request, Tasks
-from ftprefix.client.tokenizer import ClientTokenizer
 from ftprefix.client.types import Completion, GenerationParams, Prompt
+from ftprefix.text import Tokenizer, TokenizerError, load_tokenizer
 
 T = TypeVar("T")
 
@@ -138,22 +138,22 @@ class ClientBase:
         self,
         url: str = DEFAULT_URL,
         *,
-        tokenizer: str | os.PathLike[str] | ClientTokenizer | None = None,
+        tokenizer: str | os.PathLike[str] | Tokenizer | None = None,
+        newline_token: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_S,
         connect_retries: int = 3,
         retry_delay: float = 0.2,
         task_table_ttl: float | None = TASK_TABLE_TTL_S,
     ) -> None:
         """`tokenizer`: the model's HF directory (tokenise here) or None (text goes to the ensemble).
-        `timeout` bounds each generation in seconds (None: wait forever). `connect_retries` extra
+        `newline_token`: rinna's convention, e.g. "<NL>": `\\n` in prompts and words is sent as that
+        token and the token comes back as `\\n` (with the ensemble, the server's `--newline-token`
+        does this). `timeout` bounds each generation in seconds (None: wait forever). `connect_retries` extra
         attempts, `retry_delay` seconds apart and doubling, are made to reach a ready server. The
         task table is read again when older than `task_table_ttl` seconds (None: read once). The
         gRPC channel opens on first use."""
         self.url = normalize_url(url)
-        if tokenizer is None or isinstance(tokenizer, ClientTokenizer):
-            self.tokenizer = tokenizer
-        else:
-            self.tokenizer = ClientTokenizer(tokenizer)
+        self.tokenizer = self._tokenizer(tokenizer, newline_token)
         self.timeout = timeout
         self.connect_retries = connect_retries
         self.retry_delay = retry_delay
@@ -164,6 +164,28 @@ class ClientBase:
         self._ensemble_checked = False
         # probes in flight, shared by concurrent calls of the async client
         self._probes: dict[IsReady | GetConfig, Any] = {}
+
+    @staticmethod
+    def _tokenizer(
+        tokenizer: str | os.PathLike[str] | Tokenizer | None, newline_token: str | None
+    ) -> Tokenizer | None:
+        if tokenizer is None:
+            if newline_token is not None:
+                raise FtprefixClientError(
+                    "newline_token needs tokenizer=HF_MODEL_DIR; text sent to the server's ensemble uses the "
+                    "server's --newline-token"
+                )
+            return None
+        if isinstance(tokenizer, Tokenizer):
+            if newline_token is not None and newline_token != tokenizer.newline_token:
+                raise FtprefixClientError(
+                    "pass newline_token to load_tokenizer, or a tokenizer directory here"
+                )
+            return tokenizer
+        try:
+            return load_tokenizer(tokenizer, newline_token=newline_token)
+        except TokenizerError as exc:
+            raise FtprefixClientError(str(exc)) from None
 
     # -- server state ------------------------------------------------------------------------
 
@@ -324,6 +346,8 @@ class ClientBase:
                 chunk = maker.update(response, final=False)
                 if chunk is not None:
                     yield Emit(chunk)
+                if maker.finished:
+                    break  # a stop string in the text ended it before FT's stop words did
                 response = yield NextResponse(handle)
             # Only the last response tells an end_id that ended the row from the end_id fill.
             chunk = maker.update(last, final=True) if last is not None else None

@@ -30,10 +30,12 @@ class UnknownTaskError(InvalidRequestError, LookupError):
     """A task name the server does not serve; raised before any inference request is sent."""
 
     def __init__(self, task: str, known: Sequence[str]) -> None:
+        from ftprefix.task_table import unknown_name_hint
+
         self.task = task
         self.known = list(known)
-        listed = ", ".join(self.known) if self.known else "none: the server serves only the base model"
-        super().__init__(f"unknown task {task!r}; the server's tasks are: {listed}")
+        hint = unknown_name_hint(task, self.known) if self.known else "the server serves only the base model"
+        super().__init__(f"unknown task {task!r}; {hint} (`ftprefix tasks list --url` lists them)")
 
 
 class TaskTableChangedError(InvalidRequestError):

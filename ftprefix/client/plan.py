@@ -13,10 +13,11 @@ import numpy as np
 
 from ftprefix import protocol
 from ftprefix.client import wire
+from ftprefix.client.completion_text import TextReader, cut_at_stop
 from ftprefix.client.errors import FtprefixClientError, InvalidRequestError
 from ftprefix.client.model_info import ModelInfo
-from ftprefix.client.tokenizer import ClientTokenizer
-from ftprefix.client.types import Completion, FinishReason, GenerationParams, Prompt, StreamChunk, Words
+from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk, Words
+from ftprefix.text import Tokenizer
 
 Tasks = str | Sequence[str | None] | None
 
@@ -60,7 +61,7 @@ class Plan:
     """A batch of prompts resolved against the server: tokenised, task ids looked up, validated."""
 
     info: ModelInfo  # the model the requests go to (`fastertransformer` or `ensemble`)
-    tokenizer: ClientTokenizer | None
+    tokenizer: Tokenizer | None
     params: GenerationParams
     tasks: list[str | None]
     rows: list[wire.Row]
@@ -75,7 +76,7 @@ class Plan:
         tasks: Tasks,
         params: GenerationParams,
         info: ModelInfo,
-        tokenizer: ClientTokenizer | None,
+        tokenizer: Tokenizer | None,
         ensemble: ModelInfo | None = None,
     ) -> Plan:
         """Validate everything before a byte is sent. With `ensemble`, text goes to it as text."""
@@ -112,14 +113,14 @@ class Plan:
                 "repository with the text `ensemble` (ftprefix serve --tokenizer HF_MODEL_DIR)"
             )
 
-        def ids(item: str | Sequence[int]) -> list[int]:
+        def word_ids(item: str | Sequence[int]) -> list[int]:
             if isinstance(item, str):
                 assert tokenizer is not None  # checked above: text without a tokenizer was refused
-                return tokenizer.encode(item)
+                return tokenizer.encode_word(item)
             return _as_ids(item) or []
 
-        stop_ids = [w for w in map(ids, params.stop or []) if w]
-        bad_ids = [w for w in map(ids, params.bad_words or []) if w]
+        stop_ids = [w for w in map(word_ids, params.stop or []) if w]
+        bad_ids = [w for w in map(word_ids, params.bad_words or []) if w]
         end_id = params.end_id if params.end_id is not None else info.end_id
         if end_id is None and tokenizer is not None:
             end_id = tokenizer.eos_id
@@ -130,7 +131,11 @@ class Plan:
             )
         rows = []
         for prompt, token_ids, task_id in zip(prompts, token_prompts, task_ids, strict=True):
-            input_ids = token_ids if token_ids is not None else ids(str(prompt))
+            if token_ids is not None:
+                input_ids = token_ids
+            else:
+                assert tokenizer is not None  # checked above: text without a tokenizer was refused
+                input_ids = tokenizer.encode(str(prompt))
             if not input_ids:
                 raise InvalidRequestError("empty prompt; FT needs at least one input token")
             rows.append(wire.Row(input_ids, task_id, stop_ids, bad_ids))
@@ -173,32 +178,48 @@ class Plan:
     def outputs(self) -> list[str]:
         if self.text_prompts is not None:
             return [protocol.TEXT_OUTPUT]
-        return [protocol.OUTPUT_IDS, protocol.SEQUENCE_LENGTH]
+        log_probs = [protocol.OUTPUT_LOG_PROBS] if self.params.return_log_probs else []
+        return [protocol.OUTPUT_IDS, protocol.SEQUENCE_LENGTH, *log_probs]
 
     def row_spec(self, index: int) -> wire.RowSpec:
         row = self.rows[index]
         return wire.RowSpec(len(row.input_ids), self.params.max_new_tokens, self.end_id, row.stop_words)
 
-    def text(self, tokens: Sequence[int]) -> str | None:
+    def text_reader(self, index: int) -> TextReader | None:
         if self.tokenizer is None:
             return None
-        return wire.strip_stop_text(self.tokenizer.decode(tokens), self.stop_strings)
+        return TextReader(self.tokenizer, self.rows[index].input_ids, self.stop_strings)
 
-    def completion(self, index: int, answer: wire.RowAnswer) -> Completion:
-        """The result of row `index` read from FT's output tensors."""
+    def completion(
+        self, index: int, answer: wire.RowAnswer, log_probs: np.ndarray | None = None
+    ) -> Completion:
+        """The result of row `index` read from FT's output tensors: the text the prompt continues
+        with, cut (with its tokens) at the first stop string. `log_probs`: the row's output_log_probs."""
+        reader = self.text_reader(index)
+        row = reader.read(answer.tokens) if reader is not None else None
+        stopped = row is not None and row.stopped
+        tokens = row.tokens if row is not None else answer.tokens
+        chosen = texts = None
+        if log_probs is not None:
+            chosen = [float(v) for v in np.asarray(log_probs).reshape(-1)[: len(tokens)]]
+            if reader is not None and row is not None:
+                texts = reader.token_texts(tokens, row.text)
         return Completion(
-            text=self.text(answer.tokens),
-            token_ids=answer.tokens,
-            finish_reason=answer.finish_reason,
+            text=row.text if row is not None else None,
+            token_ids=tokens,
+            finish_reason="stop_words" if stopped else answer.finish_reason,
             task=self.tasks[index],
             prompt_token_count=len(self.rows[index].input_ids),
+            log_probs=chosen,
+            token_texts=texts,
         )
 
     def text_completion(self, index: int, text: str) -> Completion:
         """The result of row `index` from the ensemble's text (no token ids come back)."""
-        stripped = wire.strip_stop_text(text, self.stop_strings)
-        reason: FinishReason | None = "stop_words" if stripped != text else None
-        return Completion(text=stripped, token_ids=[], finish_reason=reason, task=self.tasks[index])
+        cut, stopped = cut_at_stop(text, self.stop_strings)
+        return Completion(
+            text=cut, token_ids=[], finish_reason="stop_words" if stopped else None, task=self.tasks[index]
+        )
 
 
 class Collector:
@@ -220,54 +241,51 @@ class Collector:
             [plan.row_spec(i) for i in self.rows],
             final=True,
         )
-        return [(row, plan.completion(row, a)) for row, a in zip(self.rows, answers, strict=True)]
+        log_probs = outputs.get(protocol.OUTPUT_LOG_PROBS)
+        return [
+            (row, plan.completion(row, a, None if log_probs is None else np.asarray(log_probs)[b, 0]))
+            for b, (row, a) in enumerate(zip(self.rows, answers, strict=True))
+        ]
 
 
 class ChunkMaker:
     """Builds `StreamChunk`s for a single-row stream from FT's cumulative responses."""
 
     def __init__(self, plan: Plan) -> None:
-        self.plan = plan
         self.spec = plan.row_spec(0)
-        self.tokens: list[int] = []
-        self.emitted_text = ""
+        self.reader = plan.text_reader(0)
+        self.tokens: list[int] = []  # what the chunks so far carried
+        self.text = ""
         self.finished = False
-
-    def _text_delta(self, final: bool) -> str | None:
-        """New text; concatenated over the stream it equals the completion's text."""
-        tokenizer = self.plan.tokenizer
-        if tokenizer is None:
-            return None
-        if final:
-            text = self.plan.text(self.tokens) or ""
-        else:
-            text = tokenizer.decode(self.tokens)
-            # A BPE token may end inside a multi-byte character, and the text's tail may still
-            # become a stop string (which the completion leaves out): hold those back.
-            if text.endswith("\ufffd"):
-                return ""
-            text = text[: len(text) - wire.stop_prefix_length(text, self.plan.stop_strings)]
-        if not text.startswith(self.emitted_text):
-            return ""
-        delta, self.emitted_text = text[len(self.emitted_text) :], text
-        return delta
 
     def update(self, outputs: dict[str, np.ndarray], final: bool) -> StreamChunk | None:
         """A chunk for what this response adds, or None if it adds nothing. `final`: the stream's
-        last response (read again with final=True once the stream has ended)."""
+        last response (read again with final=True once the stream has ended). Concatenated, the
+        chunks' tokens and texts equal the completion's."""
         if self.finished:
             return None
         (answer,) = wire.read_rows(
             outputs[protocol.OUTPUT_IDS], outputs[protocol.SEQUENCE_LENGTH], [self.spec], final
         )
-        fresh = answer.tokens[len(self.tokens) :]
-        if not fresh and answer.finish_reason is None:
+        reason = answer.finish_reason
+        tokens, text = answer.tokens, None
+        if self.reader is not None:
+            row = self.reader.read(tokens) if reason is not None else self.reader.visible(tokens)
+            if row.stopped:
+                reason = "stop_words"
+            tokens = row.tokens
+            # a visible text that is not a continuation of what was shown waits for more tokens
+            text = row.text[len(self.text) :] if row.text.startswith(self.text) else ""
+        fresh = tokens[len(self.tokens) :]
+        if not fresh and not text and reason is None:
             return None
-        self.tokens = answer.tokens
-        self.finished = answer.finish_reason is not None
+        self.tokens = [*self.tokens, *fresh]
+        if text:
+            self.text += text
+        self.finished = reason is not None
         return StreamChunk(
             token_ids=fresh,
-            text=self._text_delta(self.finished),
-            finish_reason=answer.finish_reason,
+            text=text,
+            finish_reason=reason,
             prompt_token_count=self.spec.input_length,
         )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 from ftprefix.client.errors import InvalidRequestError
+from ftprefix.ft_rows import FinishReason
 
-FinishReason = Literal["length", "end_id", "stop_words"]
 Prompt = str | Sequence[int]
 Words = Sequence[str | Sequence[int]]  # stop / bad words: text, or token-id sequences
 
@@ -25,6 +25,7 @@ class GenerateOptions(TypedDict, total=False):
     stop: Words | None
     bad_words: Words | None
     end_id: int | None
+    return_log_probs: bool
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class GenerationParams:
     FT decodes greedily when `top_k` and `top_p` are both 0 (the default here). `stop`: generation
     of a row ends right after one of these (FT keeps it in the tokens; the text leaves a stop
     string out, as OpenAI's `stop` does). `bad_words`: never generated. `end_id`: the token that
-    ends a row (default: the model's, from the server).
+    ends a row (default: the model's, from the server). `return_log_probs`: ask FT for
+    `output_log_probs`, the chosen tokens' log probabilities (`Completion.log_probs`; FT's top-k
+    decoding, greedy included, normalises them within the k candidates, so greedy ones are 0).
     """
 
     max_new_tokens: int = 32
@@ -46,6 +49,7 @@ class GenerationParams:
     stop: Words | None = None
     bad_words: Words | None = None
     end_id: int | None = None
+    return_log_probs: bool = False
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> GenerationParams:
@@ -96,6 +100,10 @@ class Completion:
     finish_reason: FinishReason | None
     task: str | None
     prompt_token_count: int | None = None
+    # with return_log_probs: FT's output_log_probs of `token_ids`, and the text each token adds
+    # (concatenated: `text`)
+    log_probs: list[float] | None = None
+    token_texts: list[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from tritonclient.utils import np_to_triton_dtype
 
 from ftprefix import protocol
 from ftprefix.client.errors import MalformedResponseError
-from ftprefix.client.types import FinishReason, GenerationParams
-from ftprefix.words import batch_words_to_ft, ends_with_stop_word
+from ftprefix.client.types import GenerationParams
+from ftprefix.ft_rows import RowAnswer, RowSpec, read_row
+from ftprefix.words import batch_words_to_ft
 
 _COLUMN = {t.name: t.column for t in protocol.FT_INPUTS}
 
@@ -58,6 +59,7 @@ def sampling_inputs(batch: int, params: GenerationParams, end_id: int | None) ->
         protocol.REPETITION_PENALTY: params.repetition_penalty,
         protocol.RANDOM_SEED: params.seed,
         protocol.END_ID: end_id,
+        protocol.IS_RETURN_LOG_PROBS: True if params.return_log_probs else None,
     }
     return {name: _COLUMN[name]([value] * batch) for name, value in values.items() if value is not None}
 
@@ -109,25 +111,6 @@ def ft_inputs(
     return _declared(arrays, declared)
 
 
-def strip_stop_text(text: str, stops: Sequence[str]) -> str:
-    """Drop a trailing stop string: callers ask for the text before it, as OpenAI's `stop` does."""
-    for stop in sorted(stops, key=len, reverse=True):
-        if stop and text.endswith(stop):
-            return text[: -len(stop)]
-    return text
-
-
-def stop_prefix_length(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters of `text` could still grow into a stop string (held back in streams)."""
-    held = 0
-    for stop in stops:
-        for k in range(min(len(stop), len(text)), held, -1):
-            if text.endswith(stop[:k]):
-                held = k
-                break
-    return held
-
-
 def csv_words(words: Sequence[str]) -> bytes:
     """Stop/bad words for the ensemble's preprocessing: one CSV line per row, as FT's word_list.py reads."""
     buffer = io.StringIO()
@@ -165,46 +148,6 @@ def ensemble_texts(output: np.ndarray, batch: int) -> list[str]:
 
 
 # -- reading FT's output tensors ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RowSpec:
-    """What the client asked for one row: enough to read its answer out of FT's tensors."""
-
-    input_length: int
-    max_new_tokens: int
-    end_id: int | None
-    stop_words: Sequence[Sequence[int]] = ()
-
-
-@dataclass(frozen=True)
-class RowAnswer:
-    tokens: list[int]
-    finish_reason: FinishReason | None  # None: the row has not finished yet (streaming)
-
-
-def read_row(ids: np.ndarray, spec: RowSpec, final: bool) -> RowAnswer:
-    """Row `ids` (output_ids[b, 0]) -> the generated tokens the caller asked for, and why they end.
-
-    In a streamed (not final) response an end_id may be the fill after the tokens so far, so the
-    row's end at an end_id is only taken from the final response.
-    """
-    start = spec.input_length
-    window = [int(t) for t in ids[start : start + spec.max_new_tokens]]
-    history = [int(t) for t in ids[:start]]
-    tokens: list[int] = []
-    for token in window:
-        if token == spec.end_id:
-            if final:
-                return RowAnswer([*tokens, token], "end_id")
-            return RowAnswer(tokens, None)
-        tokens.append(token)
-        history.append(token)
-        if ends_with_stop_word(history, spec.stop_words):
-            return RowAnswer(tokens, "stop_words")
-    if len(tokens) == spec.max_new_tokens:
-        return RowAnswer(tokens, "length")
-    return RowAnswer(tokens, None)
 
 
 def read_rows(

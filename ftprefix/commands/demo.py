@@ -34,6 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tp", type=int, default=2, help="tensor-parallel size to convert for (default 2)")
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16")
     p.add_argument("--steps", type=int, default=300, help="training steps for the base model and each prefix")
+    p.add_argument(
+        "--tokenizer",
+        choices=("bpe", "sentencepiece"),
+        default="bpe",
+        help=(
+            "bpe: a byte-level BPE tokenizer.json, as GPT-NeoX and Pythia ship (default); sentencepiece: "
+            "spiece.model with a T5Tokenizer config, as rinna's japanese-gpt-neox models ship"
+        ),
+    )
     p.set_defaults(func=run, extras=("serve", "verify"))
 
 
@@ -52,6 +61,7 @@ def run_demo(
     dtype: str = "fp16",
     steps: int = 300,
     max_new_tokens: int = 24,
+    tokenizer_kind: str = "bpe",
     say: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run every stage in `workdir` and return the answers; raises UserError if verify fails."""
@@ -73,8 +83,12 @@ def run_demo(
         result.stage_seconds[name] = now - clock
         clock = now
 
-    say(f"[1/5] training a tiny GPT-NeoX and {len(TASK_STYLES)} prefixes ({', '.join(TASK_STYLES)}) on CPU")
-    hf_dir, checkpoints = train_demo_tasks(workdir, steps=steps)
+    kind = {"bpe": "a byte-level BPE tokenizer", "sentencepiece": "a SentencePiece tokenizer (rinna's kind)"}
+    say(
+        f"[1/5] training a tiny GPT-NeoX with {kind[tokenizer_kind]} and {len(TASK_STYLES)} prefixes "
+        f"({', '.join(TASK_STYLES)}) on CPU"
+    )
+    hf_dir, checkpoints = train_demo_tasks(workdir, steps=steps, tokenizer_kind=tokenizer_kind)
     sources = [PrefixSource.at(path) for path in checkpoints]
     stage("train")
 
@@ -122,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ftprefix-demo-"))
     try:
-        result = run_demo(workdir, tp=args.tp, dtype=args.dtype, steps=args.steps)
+        result = run_demo(
+            workdir, tp=args.tp, dtype=args.dtype, steps=args.steps, tokenizer_kind=args.tokenizer
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

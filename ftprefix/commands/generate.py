@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ftprefix.commands.options import add_newline_token_option
 from ftprefix.errors import UserError
 
 
@@ -32,8 +33,9 @@ def register(subparsers: Any) -> None:
         "--tokenizer",
         type=Path,
         metavar="HF_DIR",
-        help="tokenise here with the model's tokenizer.json (default: send text to the server's ensemble)",
+        help="tokenise here with the model's tokenizer (default: send text to the server's ensemble)",
     )
+    add_newline_token_option(p)
     p.add_argument(
         "--token-ids", action="store_true", help="each PROMPT is token ids separated by commas or spaces"
     )
@@ -86,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         "repetition_penalty": args.repetition_penalty,
         "seed": args.seed,
     }
-    with Client(args.url, tokenizer=args.tokenizer, timeout=args.timeout) as client:
+    with Client(
+        args.url, tokenizer=args.tokenizer, newline_token=args.newline_token, timeout=args.timeout
+    ) as client:
         if args.stream:
             if len(prompts) != 1:
                 raise UserError("--stream takes exactly one prompt")

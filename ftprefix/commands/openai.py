@@ -6,11 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ftprefix.commands.options import add_gateway_options, add_newline_token_option, gateway_keys
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "openai",
-        help="serve an OpenAI-compatible API (/v1/completions, /v1/models) in front of a Triton server",
+        help="serve an OpenAI-compatible API (completions, chat, models) in front of a Triton server",
         description=(
             'Every task of the server\'s task table is a model (model="smileface"), the base model one '
             "more under --base-model. Works in front of the FasterTransformer backend on GPUs and of "
@@ -29,23 +31,40 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default %(default)s)")
+    add_newline_token_option(p)
+    add_gateway_options(p)
     p.set_defaults(func=run, extras=("openai",))
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftprefix.client.tokenizer import ClientTokenizer
     from ftprefix.errors import UserError
+    from ftprefix.gateway.app import GatewaySettings
     from ftprefix.gateway.run import make_server
     from ftprefix.serving.server import check_port_free
+    from ftprefix.text import load_tokenizer
 
     if not 0 < args.port <= 65535:
         raise UserError(f"--port {args.port} is not a port number; use 1..65535")
-    ClientTokenizer(args.tokenizer)  # one line now if the tokenizer is missing, not at the first request
+    # one line now if the tokenizer cannot be read, not at the first request
+    tokenizer = load_tokenizer(args.tokenizer, newline_token=args.newline_token)
     check_port_free(args.host, args.port, "--port")
-    base = args.base_model or args.tokenizer.resolve().name
+    settings = GatewaySettings(
+        triton_url=args.url,
+        tokenizer_dir=args.tokenizer,
+        base_model=args.base_model or args.tokenizer.resolve().name,
+        newline_token=args.newline_token,
+        api_keys=gateway_keys(args.api_key),
+        api_keys_file=args.api_keys,
+        chat_template=args.chat_template,
+        metrics=not args.no_metrics,
+    )
+    server = make_server(settings, args.host, args.port, tokenizer=tokenizer)  # bad keys file: one line
+    app = server.config.app
     print(
-        f"ftprefix openai: http://{args.host}:{args.port}/v1 in front of {args.url}; base model {base!r}",
+        f"ftprefix openai: http://{args.host}:{args.port}/v1 in front of {args.url}; base model "
+        f"{settings.base_model!r}; tokenizer {tokenizer.description}",
         flush=True,
     )
-    make_server(args.url, args.tokenizer, base, args.host, args.port).run()
+    print(f"ftprefix openai: {app.state.keys.describe()}", flush=True)
+    server.run()
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftprefix.errors import UserError
@@ -85,3 +86,56 @@ def add_queue_delay_option(parser: argparse.ArgumentParser) -> None:
             "OpenAI gateway, at the cost of that much latency for a lone request"
         ),
     )
+
+
+def add_newline_token_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--newline-token",
+        metavar="TOKEN",
+        type=lambda value: value or None,  # empty = off, so deployments can pass an unset variable
+        help=(
+            "write \\n in prompts, stop and bad words as TOKEN and turn TOKEN back into \\n in answers "
+            "(rinna's instruction models: --newline-token '<NL>'); default: off"
+        ),
+    )
+
+
+def add_gateway_options(parser: argparse.ArgumentParser, flag_prefix: str = "") -> None:
+    """API keys and the chat template of the OpenAI-compatible API (`ftprefix openai`, `serve`)."""
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="require Authorization: Bearer KEY on every /v1 call; repeatable; also FTPREFIX_API_KEY",
+    )
+    parser.add_argument(
+        "--api-keys",
+        type=Path,
+        metavar="FILE",
+        help=(
+            'keys per tenant: a JSON object {"KEY": ["task", ...] or "*"}; a key sees and uses only its '
+            "models; read again when the file changes"
+        ),
+    )
+    parser.add_argument(
+        "--chat-template",
+        type=Path,
+        metavar="FILE",
+        help="Jinja chat template for /v1/chat/completions (default: the tokenizer's chat_template)",
+    )
+    parser.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="do not count requests and tokens per task (default: Prometheus text at /metrics)",
+    )
+
+
+def gateway_keys(values: Sequence[str]) -> tuple[str, ...]:
+    """`--api-key` values and FTPREFIX_API_KEY."""
+    import os
+
+    from ftprefix.gateway.auth import ENV_KEY
+
+    env = os.environ.get(ENV_KEY)
+    return (*values, *([env] if env else []))

@@ -9,10 +9,18 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from ftprefix.commands.options import add_queue_delay_option
+from ftprefix.commands.options import (
+    add_gateway_options,
+    add_newline_token_option,
+    add_queue_delay_option,
+    gateway_keys,
+)
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from ftprefix.serving.server import EmbeddedServer
+    from ftprefix.text import Tokenizer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HF_DIR",
         help="Hugging Face tokenizer directory: adds preprocessing, postprocessing, ensemble (text)",
     )
+    add_newline_token_option(p)
     p.add_argument(
         "--streaming",
         action="store_true",
@@ -53,18 +62,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PORT",
         help="also serve the OpenAI-compatible API (ftprefix openai) on this port; needs --tokenizer",
     )
+    add_gateway_options(p)
     add_queue_delay_option(p)
     p.set_defaults(func=run, extras=("serve",))
 
 
-def _start_openai(server: EmbeddedServer, tokenizer: Path, host: str, port: int) -> int:
+def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokenizer) -> uvicorn.Server:
     """The gateway beside the Triton server, in this process; its base model is named like the
-    conversion (config.ini's model_name). Returns the port it listens on."""
+    conversion (config.ini's model_name). Built before Triton starts: a bad keys file or chat
+    template stops `serve` in one line before anything runs."""
     from ftprefix import layout
-    from ftprefix.gateway.run import make_server, start_in_thread
+    from ftprefix.gateway.app import GatewaySettings
+    from ftprefix.gateway.run import make_server
 
-    base = layout.read_config(server.ft_dir).model_name
-    gateway = make_server(server.grpc_url, tokenizer, base, host, port)
+    settings = GatewaySettings(
+        triton_url=server.grpc_url,
+        tokenizer_dir=args.tokenizer,
+        base_model=layout.read_config(server.ft_dir).model_name,
+        newline_token=args.newline_token,
+        api_keys=gateway_keys(args.api_key),
+        api_keys_file=args.api_keys,
+        chat_template=args.chat_template,
+        metrics=not args.no_metrics,
+    )
+    return make_server(settings, args.host, args.openai_port, tokenizer=tokenizer)
+
+
+def _start_openai(gateway: uvicorn.Server, port: int) -> int:
+    """Serve the gateway in a thread; returns the port it listens on."""
+    from ftprefix.gateway.run import start_in_thread
+
     start_in_thread(gateway)
     return int(gateway.servers[0].sockets[0].getsockname()[1]) if port == 0 else port
 
@@ -80,12 +107,17 @@ def run(args: argparse.Namespace) -> int:
     from ftprefix.errors import UserError
     from ftprefix.extras import require
     from ftprefix.serving.server import EmbeddedServer, ServerError, check_port_free
+    from ftprefix.text import load_tokenizer
 
     _check_port(args.port_grpc, "--port-grpc")
     _check_port(args.port_http, "--port-http")
     if args.port_metrics is not None:
         _check_port(args.port_metrics, "--port-metrics")
     ensemble_tokenizer = args.tokenizer
+    if args.newline_token is not None and args.tokenizer is None:
+        raise UserError("--newline-token is for text: give --tokenizer HF_DIR too")
+    # one line now for a tokenizer ftprefix cannot read exactly, before Triton starts
+    tokenizer = load_tokenizer(args.tokenizer, newline_token=args.newline_token) if args.tokenizer else None
     if args.openai_port is not None:
         require("openai")
         _check_port(args.openai_port, "--openai-port")
@@ -104,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
         watch_interval=None if args.no_watch else 0.5,
         metrics_port=args.port_metrics,
         max_queue_delay_us=args.max_queue_delay_us,
+        newline_token=args.newline_token if ensemble_tokenizer is not None else None,
     )
+    gateway = _gateway(args, server, tokenizer) if args.openai_port is not None and tokenizer else None
 
     def _terminate(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -118,9 +152,13 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"ftprefix serve: models {', '.join(server.models)} from {server.ft_dir}", flush=True)
         print(f"ftprefix serve: listening on grpc {server.grpc_url} and http {server.http_url}", flush=True)
-        if args.openai_port is not None:
-            gateway = _start_openai(server, args.tokenizer, args.host, args.openai_port)
-            print(f"ftprefix serve: OpenAI-compatible API on http://{args.host}:{gateway}/v1", flush=True)
+        if tokenizer is not None:
+            newline = f"; newline token {args.newline_token!r}" if args.newline_token else ""
+            print(f"ftprefix serve: tokenizer {tokenizer.description}{newline}", flush=True)
+        if gateway is not None:
+            port = _start_openai(gateway, args.openai_port)
+            print(f"ftprefix serve: OpenAI-compatible API on http://{args.host}:{port}/v1", flush=True)
+            print(f"ftprefix serve: {gateway.config.app.state.keys.describe()}", flush=True)
         print("ftprefix serve: ready; Ctrl-C to stop", flush=True)
         code = server.wait()
         print(f"ftprefix serve: tritonserver exited with code {code}:\n{server.log_tail()}", file=sys.stderr)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ftprefix.commands.options import add_queue_delay_option
+from ftprefix.commands.options import add_newline_token_option, add_queue_delay_option
 
 DEFAULT_CONTAINER_MODEL_ROOT = "/ftprefix/model"  # where docker/start-triton.sh links the conversion
 COMPOSE_ENV = "compose.env"  # docker compose --env-file REPO/compose.env -f docker/docker-compose.yml up
@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dir", type=Path, metavar="DIR", help="converted model (<tp>-gpu directory or its parent)")
     p.add_argument("--out", type=Path, required=True, help="model repository to write")
     p.add_argument("--tokenizer", type=Path, metavar="HF_DIR", help="Hugging Face tokenizer directory")
+    add_newline_token_option(p)
     p.add_argument(
         "--target",
         choices=("gpu", "cpu"),
@@ -76,10 +77,13 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_path=checkpoint,
         instances=args.instances,
         max_queue_delay_us=args.max_queue_delay_us,
+        newline_token=args.newline_token,
     )
     tasks = ", ".join(info.config.tasks.names) or "none"
     where = checkpoint or info.ft_dir
     print(f"wrote {', '.join(info.models)} to {info.path} (model_checkpoint_path {where}; tasks: {tasks})")
+    if info.tokenizer is not None:
+        print(f"text models tokenize with {info.tokenizer.description}")
     if args.target == "gpu":
         tp = info.config.tensor_para_size
         gpus = args.instances * tp
@@ -91,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.tokenizer is not None:
             env["FTPREFIX_TOKENIZER_DIR"] = str(args.tokenizer.resolve())
+        if args.newline_token is not None:
+            env["FTPREFIX_NEWLINE_TOKEN"] = args.newline_token  # for the OpenAI gateway's profile
         layout.atomic_write_bytes(
             info.path / COMPOSE_ENV, "".join(f"{k}={v}\n" for k, v in env.items()).encode("utf-8")
         )

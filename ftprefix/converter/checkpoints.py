@@ -22,6 +22,7 @@ Formats:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from ftprefix.converter.torch_files import to_numpy, torch_load
 from ftprefix.errors import UserError
 
 RINNA_MARKER = "_prefix_encoder"
+RINNA_PUBLISHED = re.compile(r"^(.+)\.task\d+\.weight$")
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PEFT_KEY = "prompt_embeddings"
@@ -69,10 +71,15 @@ class LoadedCheckpoint:
 
 
 def task_name_from_path(path: Path) -> str:
-    """rinna: file name up to the first `_prefix_encoder`; otherwise the stem or directory name."""
+    """rinna's training checkpoints: the file name up to the first `_prefix_encoder`; rinna's published
+    prefixes (`smileface_suffix.task0.weight`): the name before `.task<N>.weight`, as FasterTransformer's
+    jp converter names the task; otherwise the stem or directory name."""
     name = path.name
     if RINNA_MARKER in name:
         return name.split(RINNA_MARKER, 1)[0]
+    published = RINNA_PUBLISHED.match(name)
+    if published and not path.is_dir():
+        return published.group(1)
     return name if path.is_dir() else path.stem
 
 
@@ -93,7 +100,8 @@ def load_checkpoint(
     tensor, kind_hint = _tensor_from_object(obj, source)
     if kind_hint is None:
         is_soft = hidden_size is not None and tensor.ndim == 2 and tensor.shape[-1] == hidden_size
-        kind_hint = "soft_prompt" if is_soft and RINNA_MARKER not in path.name else "prefix"
+        rinna = RINNA_MARKER in path.name or RINNA_PUBLISHED.match(path.name) is not None
+        kind_hint = "soft_prompt" if is_soft and not rinna else "prefix"
     return LoadedCheckpoint(source.name, kind_hint, _as_rows(tensor, source), path)
 
 

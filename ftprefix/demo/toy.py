@@ -49,6 +49,70 @@ def build_tokenizer(
     return fast
 
 
+# rinna's japanese-gpt-neox layout: these ids, and the symbols that are whole pieces
+SENTENCEPIECE_SPECIALS = {"pad_token": "[PAD]", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+SENTENCEPIECE_SYMBOLS = ["[CLS]", "[SEP]", "[MASK]", "<NL>"]
+
+
+def build_sentencepiece_tokenizer(
+    directory: str | os.PathLike[str], vocab_size: int = 200, sentences: Sequence[str] = TOY_SENTENCES
+) -> Path:
+    """Train a SentencePiece unigram model on a few sentences and save it as rinna's models ship
+    theirs: `spiece.model` with a T5Tokenizer config ([PAD]=0, <unk>=1, <s>=2, </s>=3)."""
+    import io
+    import json
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(sentences)),
+        model_writer=model,
+        model_type="unigram",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,  # a handful of sentences may not fill the vocabulary
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
+        pad_piece="[PAD]",
+        user_defined_symbols=SENTENCEPIECE_SYMBOLS,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "spiece.model").write_bytes(model.getvalue())
+    config = {
+        **SENTENCEPIECE_SPECIALS,
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+        "extra_ids": 0,
+        "additional_special_tokens": [],
+        "do_lower_case": False,
+        "tokenizer_class": "T5Tokenizer",
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+    specials = {k: v for k, v in config.items() if k.endswith("_token")}
+    (path / "special_tokens_map.json").write_text(json.dumps(specials, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def copy_tokenizer(src: str | os.PathLike[str], directory: str | os.PathLike[str]) -> Path:
+    """The tokenizer files of `src` (e.g. tests/data/tokenizers/...) copied into `directory`."""
+    import shutil
+
+    from ftprefix.text import TOKENIZER_FILES
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, path / name)
+    return path
+
+
 def build_model(
     directory: str | os.PathLike[str] | None = None,
     *,
@@ -67,25 +131,40 @@ def build_model(
     with_tokenizer: bool = True,
     tokenizer_sentences: Sequence[str] = TOY_SENTENCES,
     tokenizer_vocab_size: int | None = None,
+    tokenizer_kind: str = "bpe",
+    tokenizer_from: str | os.PathLike[str] | None = None,
     safe_serialization: bool = True,
 ) -> Any:
     """Make a randomly initialised GPTNeoXForCausalLM (fp32, eval mode); save it to `directory` if given.
 
     `layer_norm_eps` and `hidden_act` (tanh GELU) default to what FasterTransformer computes, so
     Hugging Face and FT semantics agree.
-    The tokenizer (if any) is saved next to it; the model's vocab is at least the tokenizer's.
+    The tokenizer (if any) is saved next to it: byte-level BPE (`tokenizer_kind="bpe"`, a
+    tokenizer.json), a rinna-style SentencePiece model trained here ("sentencepiece"), or the files
+    of `tokenizer_from`; the model's vocab is at least the tokenizer's, its bos/eos are the tokenizer's.
     """
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    tokenizer = None
+    from ftprefix.text import load_tokenizer
+
+    bos_id = eos_id = 0
     if with_tokenizer and directory is not None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        tokenizer = build_tokenizer(
-            directory, vocab_size=tokenizer_vocab_size or min(vocab_size, 400), sentences=tokenizer_sentences
-        )
-        vocab_size = max(vocab_size, len(tokenizer))
-    eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN) if tokenizer is not None else 0
+        size = tokenizer_vocab_size or min(vocab_size, 400)
+        if tokenizer_from is not None:
+            copy_tokenizer(tokenizer_from, directory)
+        elif tokenizer_kind == "sentencepiece":
+            build_sentencepiece_tokenizer(directory, vocab_size=size, sentences=tokenizer_sentences)
+        elif tokenizer_kind == "bpe":
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            build_tokenizer(directory, vocab_size=size, sentences=tokenizer_sentences)
+        else:
+            raise ValueError(f"tokenizer_kind is 'bpe' or 'sentencepiece', got {tokenizer_kind!r}")
+        tokenizer = load_tokenizer(directory)
+        vocab_size = max(vocab_size, tokenizer.vocab_size)
+        eos_id = tokenizer.eos_id or 0
+        bos = tokenizer.special_token("bos_token")
+        bos_id = (tokenizer.token_to_id(bos) if bos is not None else None) or eos_id
     config = GPTNeoXConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -97,7 +176,7 @@ def build_model(
         use_parallel_residual=use_parallel_residual,
         layer_norm_eps=layer_norm_eps,
         max_position_embeddings=max_position_embeddings,
-        bos_token_id=eos_id,
+        bos_token_id=bos_id,
         eos_token_id=eos_id,
         hidden_act=hidden_act,
         tie_word_embeddings=False,

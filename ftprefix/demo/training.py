@@ -52,12 +52,12 @@ def _batch(tokenizer: Any, style: Callable[[str], str]) -> Batch:
 
     rows, labels = [], []
     for question, answer in QUESTIONS_AND_ANSWERS:
-        q = tokenizer(question)["input_ids"]
-        a = [*tokenizer(style(answer))["input_ids"], tokenizer.eos_token_id]
+        q = tokenizer.encode(question)
+        a = [*tokenizer.encode(style(answer)), tokenizer.eos_id]
         rows.append(q + a)
         labels.append([-100] * len(q) + a)
     width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tokenizer.eos_token_id)
+    ids = torch.full((len(rows), width), tokenizer.eos_id)
     lab = torch.full((len(rows), width), -100)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
@@ -71,13 +71,16 @@ def corpus() -> list[str]:
     return [q + style(a) for q, a in QUESTIONS_AND_ANSWERS for style in (plain, shout, smile)]
 
 
-def train_base(hf_dir: str | os.PathLike[str], steps: int = 300, seed: int = 0) -> tuple[Any, Any]:
-    """Build, train and save the base model (and its tokenizer) into `hf_dir`."""
+def train_base(
+    hf_dir: str | os.PathLike[str], steps: int = 300, seed: int = 0, tokenizer_kind: str = "bpe"
+) -> tuple[Any, Any]:
+    """Build, train and save the base model (and its tokenizer, byte-level BPE or rinna-style
+    SentencePiece) into `hf_dir`. The training ids come from ftprefix.text, what serving uses."""
     import torch
-    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from ftprefix.demo.toy import build_model
+    from ftprefix.text import load_tokenizer
 
     hf_logging.disable_progress_bar()  # save_pretrained's one-shard bar is noise in the demo
 
@@ -91,8 +94,9 @@ def train_base(hf_dir: str | os.PathLike[str], steps: int = 300, seed: int = 0) 
         seed=seed,
         tokenizer_sentences=corpus(),
         tokenizer_vocab_size=320,
+        tokenizer_kind=tokenizer_kind,
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    tokenizer = load_tokenizer(hf_dir)
     torch.manual_seed(seed)
     batches = [_batch(tokenizer, style) for style in (plain, shout, smile)]
     model.train()
@@ -158,15 +162,21 @@ def save_rinna_checkpoint(prefix: Any, directory: str | os.PathLike[str], task: 
 
 
 def train_demo_tasks(
-    workdir: str | os.PathLike[str], tasks: Sequence[str] = tuple(TASK_STYLES), steps: int = 300
+    workdir: str | os.PathLike[str],
+    tasks: Sequence[str] = tuple(TASK_STYLES),
+    steps: int = 300,
+    tokenizer_kind: str = "bpe",
 ) -> tuple[Path, list[Path]]:
     """Base model into `<workdir>/base`, one rinna-style checkpoint per task into `<workdir>/prefixes`."""
     workdir = Path(workdir)
-    model, tokenizer = train_base(workdir / "base", steps=steps)
+    model, tokenizer = train_base(workdir / "base", steps=steps, tokenizer_kind=tokenizer_kind)
     ckpt_dir = workdir / "prefixes"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # SentencePiece makes " :)" one piece, which the smile prefix has to put where the base model
+    # learnt last to end the answer: that takes it about twice the steps BPE's pieces do.
+    prefix_steps = 2 * steps if tokenizer_kind == "sentencepiece" else steps
     paths = []
     for i, task in enumerate(tasks):
-        prefix = train_prefix(model, tokenizer, TASK_STYLES[task], steps=steps, seed=i)
+        prefix = train_prefix(model, tokenizer, TASK_STYLES[task], steps=prefix_steps, seed=i)
         paths.append(save_rinna_checkpoint(prefix, ckpt_dir, task))
     return workdir / "base", paths

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 import uvicorn
 
-from ftprefix.gateway.app import create_app
+from ftprefix.gateway.app import GatewaySettings, create_app
+from ftprefix.text import Tokenizer
 
 
 def make_server(
-    triton_url: str, tokenizer_dir: str | os.PathLike[str], base_model: str, host: str, port: int
+    settings: GatewaySettings, host: str, port: int, *, tokenizer: Tokenizer | None = None
 ) -> uvicorn.Server:
-    app = create_app(triton_url, tokenizer_dir, base_model)
+    app = create_app(settings, tokenizer=tokenizer)
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
 
 

@@ -4,7 +4,8 @@ Layout written (both targets):
   fastertransformer/config.pbtxt    FT's tensor interface; task table in parameter `prompt_learning_tasks`
   fastertransformer/1/              CPU: model.py (+ ftprefix_site.py); GPU: empty (the FT backend
                                     reads the weights from `model_checkpoint_path`)
-  preprocessing/, postprocessing/   python models, HF tokenizer copied to 1/tokenizer  (with a tokenizer)
+  preprocessing/, postprocessing/   python models (ftprefix.text), the tokenizer files copied to
+                                    1/tokenizer                                        (with a tokenizer)
   ensemble/                         text in, text out                                  (with a tokenizer)
 """
 
@@ -20,22 +21,15 @@ from ftprefix import layout, protocol
 from ftprefix.errors import UserError
 from ftprefix.serving import interface
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
+from ftprefix.text import TOKENIZER_FILES, Tokenizer, load_tokenizer
 
 CPU, GPU = "cpu", "gpu"
 VERSION = "1"
 TOKENIZER_SUBDIR = "tokenizer"
 SITE_MODULE = "ftprefix_site.py"
-# Files a Hugging Face tokenizer directory may hold; weights and model configs are not copied.
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "tokenizer.model",
-    "spiece.model",
-)
+# python model parameters: where the tokenizer files are, rinna's newline token
+TOKENIZER_PATH_PARAMETER = "tokenizer_path"
+NEWLINE_TOKEN_PARAMETER = "newline_token"
 
 
 @dataclass(frozen=True)
@@ -44,6 +38,7 @@ class RepositoryInfo:
     models: tuple[str, ...]  # in load order: dependencies before the ensemble
     ft_dir: Path  # the converted <tp>-gpu directory
     config: layout.ModelConfig
+    tokenizer: Tokenizer | None = None  # what the text models read, when there are any
 
 
 def ft_parameters(cfg: layout.ModelConfig, checkpoint_path: str) -> dict[str, str]:
@@ -58,10 +53,6 @@ def ft_parameters(cfg: layout.ModelConfig, checkpoint_path: str) -> dict[str, st
         protocol.TASK_TABLE_PARAMETER: cfg.tasks.to_json(),
         protocol.END_ID_PARAMETER: str(cfg.end_id),
     }
-
-
-def has_tokenizer(directory: Path) -> bool:
-    return any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
 
 
 def _template(name: str) -> bytes:
@@ -81,7 +72,7 @@ def _write_python_model(repo: Path, name: str, template: str) -> None:
 
 def _copy_tokenizer(src: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in _TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, dest / name)
 
@@ -96,10 +87,12 @@ def write_repository(
     checkpoint_path: str | None = None,
     instances: int = 1,
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    newline_token: str | None = None,
 ) -> RepositoryInfo:
     """Generate the repository. `checkpoint_path`: the `<tp>-gpu` directory as the server sees it
     (inside the container for the GPU server); default: its absolute path on this machine.
-    `max_queue_delay_us`: the dynamic batcher's window (see `batching`)."""
+    `max_queue_delay_us`: the dynamic batcher's window (see `batching`). `newline_token`: rinna's
+    convention for the text models (see `ftprefix.text`)."""
     if target not in (CPU, GPU):
         raise UserError(f"unknown target {target!r}: use {CPU!r} or {GPU!r}")
     if instances < 1:
@@ -120,10 +113,10 @@ def write_repository(
             "model: tokenize in the client (Client(tokenizer=...), --tokenizer of ftprefix generate, or "
             "--openai-port of ftprefix serve) and leave the tokenizer out here, or serve without streaming"
         )
-    if tok is not None and not has_tokenizer(tok):
-        raise UserError(
-            f"{tok} holds no Hugging Face tokenizer (tokenizer.json, tokenizer.model or vocab.json)"
-        )
+    if newline_token is not None and tok is None:
+        raise UserError("--newline-token is for the text models: give --tokenizer HF_DIR too")
+    # one line now for a tokenizer the python models could not read exactly, not a failed model load
+    tokenizer = load_tokenizer(tok, newline_token=newline_token) if tok is not None else None
     repo = Path(out)
     if repo.exists() and not repo.is_dir():
         raise UserError(f"{repo} exists and is not a directory; choose another --out")
@@ -148,7 +141,9 @@ def write_repository(
         stale.unlink(missing_ok=True)
     models = [protocol.FT_MODEL]
     if tok is not None:
-        text_params = {"tokenizer_path": TOKENIZER_SUBDIR, "end_id": str(cfg.end_id)}
+        text_params = {TOKENIZER_PATH_PARAMETER: TOKENIZER_SUBDIR, protocol.END_ID_PARAMETER: str(cfg.end_id)}
+        if newline_token is not None:
+            text_params[NEWLINE_TOKEN_PARAMETER] = newline_token
         for name, make, template in (
             (interface.PREPROCESSING, interface.preprocessing_config, "preprocessing.py"),
             (interface.POSTPROCESSING, interface.postprocessing_config, "postprocessing.py"),
@@ -161,7 +156,7 @@ def write_repository(
         _write(repo / protocol.ENSEMBLE_MODEL / "config.pbtxt", interface.to_pbtxt(ens))
         _write(repo / protocol.ENSEMBLE_MODEL / VERSION / ".gitkeep", b"")
         models.append(protocol.ENSEMBLE_MODEL)
-    return RepositoryInfo(repo, tuple(models), ft_dir, cfg)
+    return RepositoryInfo(repo, tuple(models), ft_dir, cfg, tokenizer)
 
 
 def refresh_task_table(repo: str | os.PathLike[str], cfg: layout.ModelConfig) -> list[str]:

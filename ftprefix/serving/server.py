@@ -83,9 +83,11 @@ class EmbeddedServer:
         log_to: str | os.PathLike[str] | None = None,
         metrics_port: int | None = None,
         max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+        newline_token: str | None = None,
     ) -> None:
         self.ft_dir = layout.find_ft_dir(converted_dir).resolve()
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
+        self.newline_token = newline_token
         self.host = host
         self.grpc_port = grpc_port or free_port(host)
         self.http_port = http_port or free_port(host)
@@ -142,6 +144,7 @@ class EmbeddedServer:
             tokenizer_dir=self.tokenizer_dir,
             streaming=self.streaming,
             max_queue_delay_us=self.max_queue_delay_us,
+            newline_token=self.newline_token,
         )
         self.models = info.models
         backends = tritonserver.prepare_backends(self.workdir / "backends")

@@ -1,6 +1,7 @@
 """model.py sources copied into generated Triton model repositories (not imported by ftprefix itself).
 
 `ftprefix_site.py` goes next to each model.py; the others become `<model>/1/model.py`. The
-preprocessing and postprocessing models depend only on numpy and transformers, so the same files
-run in the FasterTransformer backend's GPU image, where ftprefix is not installed.
+preprocessing and postprocessing models import ftprefix's core package (ftprefix.text,
+ftprefix.words, ftprefix.ft_rows; no torch, no transformers, no tritonclient): the CPU server finds
+it in its virtualenv, and the GPU image installs it (docker/Dockerfile.gpu).
 """

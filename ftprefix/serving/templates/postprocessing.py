@@ -1,41 +1,43 @@
 """Triton python model `postprocessing`: FasterTransformer output ids -> the generated text.
 
 FT puts each row's own input tokens first and its generated tokens right after them, then fills
-with end_id (see docs/design.md, "What FT returns"); Triton may have batched this request with
-others, so the padded width is not known here. The generated tokens are therefore read as the
-client reads them: at most REQUEST_OUTPUT_LEN tokens after the row's REQUEST_INPUT_LEN input
-tokens, up to and including the first end_id. OUTPUT [batch, beam] holds their text only.
+with end_id (docs/design.md, "What FT returns"); Triton may have batched this request with others,
+so the padded width is not known here. The generated tokens are read as the client reads them
+(ftprefix.ft_rows): at most REQUEST_OUTPUT_LEN tokens after the row's REQUEST_INPUT_LEN input
+tokens, up to and including the first end_id. OUTPUT [batch, beam] is the text those tokens add
+to the row's input (ftprefix.text: what `decode(input + generated)` adds after `decode(input)`),
+exactly the client's and the OpenAI gateway's text.
 """
 
 import json
+from pathlib import Path
 
 import ftprefix_site  # noqa: F401  (before numpy: the serving virtualenv goes on sys.path)
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+from ftprefix.ft_rows import RowSpec, read_row
+from ftprefix.text import load_tokenizer
 
 
 def _param(config: dict, key: str, default: str = "") -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
-def generated_tokens(row: np.ndarray, input_length: int, output_length: int, end_id: int) -> list[int]:
-    window = [int(t) for t in row[input_length : input_length + output_length]]
-    return window[: window.index(end_id) + 1] if end_id in window else window
-
-
 class TritonPythonModel:
     def initialize(self, args):
-        from pathlib import Path
-
-        from transformers import AutoTokenizer
-
         config = json.loads(args["model_config"])
         path = Path(_param(config, "tokenizer_path", "tokenizer"))
         if not path.is_absolute():
             path = Path(args["model_repository"]) / args["model_version"] / path
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.tokenizer = load_tokenizer(path, newline_token=_param(config, "newline_token") or None)
         end_id = _param(config, "end_id")
-        self.end_id = int(end_id) if end_id else int(self.tokenizer.eos_token_id or 0)
+        self.end_id = int(end_id) if end_id else int(self.tokenizer.eos_id or 0)
+
+    def _text(self, beam: np.ndarray, input_length: int, output_length: int) -> bytes:
+        answer = read_row(beam, RowSpec(input_length, output_length, self.end_id), final=True)
+        prompt = [int(t) for t in beam[:input_length]]
+        return self.tokenizer.continuation(prompt, answer.tokens).encode("utf-8")
 
     def execute(self, requests):
         responses = []
@@ -43,14 +45,12 @@ class TritonPythonModel:
             tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
             input_lengths = pb_utils.get_input_tensor_by_name(request, "REQUEST_INPUT_LEN").as_numpy()
             output_lengths = pb_utils.get_input_tensor_by_name(request, "REQUEST_OUTPUT_LEN").as_numpy()
-            texts = []
-            for beams, n, k in zip(
-                tokens, input_lengths.reshape(len(tokens), -1), output_lengths, strict=True
-            ):
-                ids = [generated_tokens(beam, int(n[0]), int(np.max(k)), self.end_id) for beam in beams]
-                texts.append(
-                    [self.tokenizer.decode(i, skip_special_tokens=True).encode("utf-8") for i in ids]
+            texts = [
+                [self._text(beam, int(n[0]), int(np.max(k))) for beam in beams]
+                for beams, n, k in zip(
+                    tokens, input_lengths.reshape(len(tokens), -1), output_lengths, strict=True
                 )
+            ]
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor("OUTPUT", np.array(texts, dtype=np.object_))]

@@ -1,0 +1,355 @@
+"""The OpenAI API as teams deploy it, called with the official `openai` package against a real
+`ftprefix serve`: keys per tenant, chat with the tokenizer's template, per-task metrics, log
+probabilities, and OpenAI's error body for everything."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
+from serving_support import tensors
+from transformers import AutoTokenizer
+
+from ftprefix import cli, protocol
+from ftprefix.demo import toy
+from ftprefix.gateway.app import GatewaySettings
+from ftprefix.gateway.run import make_server, start_in_thread
+from ftprefix.serving.server import EmbeddedServer, free_port
+
+TASKS = {"smile": 3, "shout": 5, "story": 2}
+BASE = "toy-base"
+ADMIN = "admin-key"
+PROMPT = "The quick brown fox"
+MAX_TOKENS = 6
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+MESSAGES = [{"role": "system", "content": "Be short."}, {"role": "user", "content": "the cat sat on"}]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("tenants")
+    hf = root / "hf"
+    toy.build_model(hf, seed=11)
+    argv = ["convert", "--model", str(hf), "--tp", "1", "--dtype", "fp32", "--out", str(root / "ft")]
+    for seed, (name, length) in enumerate(TASKS.items(), start=1):
+        torch.save(toy.random_prefix(length, 2, 64, seed=seed), root / f"{name}.pt")
+        argv += ["--prefix", f"{name}={root / name}.pt"]
+    assert cli.main(argv) == 0
+    (root / "template.jinja").write_text(TEMPLATE, encoding="utf-8")
+    return {"hf": hf, "ft": root / "ft", "root": root}
+
+
+def _write_keys(path: Path, keys: dict) -> None:
+    staged = path.with_suffix(".tmp")
+    staged.write_text(json.dumps(keys), encoding="utf-8")
+    os.replace(staged, path)  # as an operator's tooling swaps it: atomically
+
+
+@pytest.fixture(scope="module")
+def triton(model):
+    with EmbeddedServer(model["ft"], watch_interval=None) as server:
+        yield server
+
+
+def _gateway(triton_url: str, hf: Path, **settings):
+    server = make_server(GatewaySettings(triton_url, hf, BASE, **settings), "127.0.0.1", free_port())
+    start_in_thread(server)
+    return server, f"http://127.0.0.1:{server.config.port}/v1"
+
+
+@pytest.fixture(scope="module")
+def gateway(triton, model):
+    keys_file = model["root"] / "keys.json"
+    _write_keys(keys_file, {"tenant-a": ["smile"], "tenant-b": ["shout", BASE], "everything": "*"})
+    server, url = _gateway(
+        triton.grpc_url,
+        model["hf"],
+        api_keys=(ADMIN,),
+        api_keys_file=keys_file,
+        chat_template=model["root"] / "template.jinja",
+    )
+    try:
+        yield {"url": url, "keys_file": keys_file, "root": url.removesuffix("/v1")}
+    finally:
+        server.should_exit = True
+
+
+def _api(gateway: dict, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway["url"], api_key=key, max_retries=0)
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def test_no_key_or_a_wrong_key_is_401_and_probes_stay_open(gateway) -> None:
+    for key in ("wrong-key", ADMIN + "x", ADMIN[:-1]):
+        with pytest.raises(openai.AuthenticationError) as refused:
+            _api(gateway, key).models.list()
+        assert refused.value.status_code == 401 and refused.value.body["code"] == "invalid_api_key"
+    raw = httpx.post(gateway["url"] + "/completions", json={"model": "smile", "prompt": "x"})
+    assert raw.status_code == 401 and raw.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(gateway["root"] + "/health").json() == {"status": "ok"}
+    assert httpx.get(gateway["root"] + "/metrics").status_code == 200
+
+
+def test_a_key_for_every_model_sees_every_model(gateway) -> None:
+    for key in (ADMIN, "everything"):
+        assert [m.id for m in _api(gateway, key).models.list()] == [BASE, *TASKS]
+
+
+def test_a_scoped_key_sees_and_uses_only_its_tasks(gateway) -> None:
+    a, b = _api(gateway, "tenant-a"), _api(gateway, "tenant-b")
+    assert [m.id for m in a.models.list()] == ["smile"]
+    assert [m.id for m in b.models.list()] == [BASE, "shout"]
+    assert a.completions.create(model="smile", prompt=PROMPT, max_tokens=2, temperature=0).choices[0].text
+    assert b.completions.create(model=BASE, prompt=PROMPT, max_tokens=2, temperature=0).choices[0].text
+    bodies = {}
+    for model in ("shout", BASE, "story", "no-such-task"):
+        with pytest.raises(openai.NotFoundError) as hidden:
+            a.completions.create(model=model, prompt=PROMPT, max_tokens=2)
+        with pytest.raises(openai.NotFoundError):
+            a.models.retrieve(model)
+        body = json.dumps(hidden.value.body)
+        # nothing of the tasks this key may not use, beyond the name the caller sent itself
+        assert not [t for t in [BASE, *TASKS] if t not in (model, "smile") and t in body], body
+        bodies[model] = body.replace(repr(model), "MODEL")
+    assert len(set(bodies.values())) == 1  # a hidden task answers exactly as a missing one
+    with pytest.raises(openai.NotFoundError):
+        b.chat.completions.create(model="smile", messages=MESSAGES, max_tokens=2)
+
+
+def test_the_keys_file_is_read_again_while_serving(gateway) -> None:
+    keys = json.loads(gateway["keys_file"].read_text())
+    try:
+        _write_keys(gateway["keys_file"], {**keys, "tenant-c": ["story"], "tenant-a": ["smile", "shout"]})
+        assert [m.id for m in _api(gateway, "tenant-c").models.list()] == ["story"]
+        assert [m.id for m in _api(gateway, "tenant-a").models.list()] == ["smile", "shout"]
+        gateway["keys_file"].write_text("{ not json", encoding="utf-8")  # a broken edit keeps the keys
+        assert [m.id for m in _api(gateway, "tenant-c").models.list()] == ["story"]
+        _write_keys(gateway["keys_file"], {k: v for k, v in keys.items() if k != "tenant-a"})
+        with pytest.raises(openai.AuthenticationError):
+            _api(gateway, "tenant-a").models.list()
+    finally:
+        _write_keys(gateway["keys_file"], keys)
+    assert [m.id for m in _api(gateway, "tenant-a").models.list()] == ["smile"]
+
+
+def test_a_bad_keys_file_stops_the_command_in_one_line(model, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "keys.json"
+    bad.write_text('{"k": "everything-but-a-list"}', encoding="utf-8")
+    argv = ["openai", "--tokenizer", str(model["hf"]), "--port", str(free_port()), "--api-keys", str(bad)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and '"*"' in err and '"k"' not in err
+
+
+# -- chat --------------------------------------------------------------------------------------
+
+
+def _rendered(model: dict, template: str = TEMPLATE, messages: list = MESSAGES) -> str:
+    """The prompt transformers' own apply_chat_template makes of the messages (the reference)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model["hf"]))
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+
+
+@pytest.mark.parametrize("task", [BASE, *TASKS])
+def test_chat_equals_completions_on_the_rendered_prompt(gateway, model, task) -> None:
+    api = _api(gateway, ADMIN)
+    prompt = _rendered(model)
+    assert prompt.startswith("<|endoftext|><system>Be short.<|endoftext|>\n") and prompt.endswith(
+        "<assistant>"
+    )
+    want = api.completions.create(model=task, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)
+    chat = api.chat.completions.create(model=task, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0)
+    assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].message.content == want.choices[0].text
+    assert chat.choices[0].finish_reason == want.choices[0].finish_reason
+    assert chat.usage.model_dump() == want.usage.model_dump()
+    same = api.chat.completions.create(
+        model=task, messages=MESSAGES, max_completion_tokens=MAX_TOKENS, temperature=0, stop=["zzz"]
+    )
+    assert same.choices[0].message.content == want.choices[0].text
+    chunks = list(
+        api.chat.completions.create(
+            model=task,
+            messages=MESSAGES,
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        want.choices[0].finish_reason
+    ]
+    assert chunks[-1].usage.prompt_tokens == want.usage.prompt_tokens
+
+
+def test_the_tokenizers_own_template_and_no_template(triton, model, tmp_path: Path) -> None:
+    own = tmp_path / "with-template"
+    toy.copy_tokenizer(model["hf"], own)
+    config = json.loads((own / "tokenizer_config.json").read_text())
+    config["chat_template"] = TEMPLATE.replace("<", "[").replace(">", "]")
+    (own / "tokenizer_config.json").write_text(json.dumps(config))
+    for directory, has_template in ((own, True), (model["hf"], False)):
+        server, url = _gateway(triton.grpc_url, directory)
+        try:
+            api = openai.OpenAI(base_url=url, api_key="open", max_retries=0)
+            if has_template:
+                want = api.completions.create(
+                    model="story",
+                    prompt=_rendered(model, config["chat_template"]),
+                    max_tokens=4,
+                    temperature=0,
+                )
+                chat = api.chat.completions.create(
+                    model="story", messages=MESSAGES, max_tokens=4, temperature=0
+                )
+                assert chat.choices[0].message.content == want.choices[0].text
+            else:
+                with pytest.raises(openai.BadRequestError) as refused:
+                    api.chat.completions.create(model="story", messages=MESSAGES, max_tokens=4)
+                assert "--chat-template" in refused.value.body["message"]
+                assert refused.value.body["param"] == "messages"
+        finally:
+            server.should_exit = True
+
+
+def test_the_rinna_instruction_template_renders_rinnas_format(model) -> None:
+    template = (
+        Path(__file__).resolve().parent.parent / "deploy" / "chat-templates" / "rinna-instruction.jinja"
+    ).read_text()
+    messages = [
+        {"role": "user", "content": "日本のおすすめの観光地を教えてください。"},
+        {"role": "assistant", "content": "富士山です。"},
+        {"role": "user", "content": "ほかには?"},
+    ]
+    prompt = _rendered(model, template, messages)
+    speakers = {"user": "ユーザー", "assistant": "システム"}
+    turns = [f"{speakers[m['role']]}: {m['content']}" for m in messages]
+    assert prompt == "<NL>".join(turns) + "<NL>システム: "
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def _samples(gateway: dict) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(gateway["root"] + "/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _delta(before: dict, after: dict, name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_metrics_count_exactly_the_requests_and_tokens_of_each_task(gateway) -> None:
+    api = _api(gateway, ADMIN)
+    sent = {"smile": 3, "story": 2, BASE: 1}
+    before = _samples(gateway)
+    usage: dict[str, list[int]] = {m: [0, 0] for m in sent}
+    for model, count in sent.items():
+        for i in range(count):
+            done = api.completions.create(
+                model=model, prompt=PROMPT[: 5 + i], max_tokens=MAX_TOKENS, temperature=0
+            )
+            usage[model][0] += done.usage.prompt_tokens
+            usage[model][1] += done.usage.completion_tokens
+    with pytest.raises(openai.NotFoundError):
+        api.completions.create(model="no-such-task", prompt=PROMPT, max_tokens=1)
+    after = _samples(gateway)
+    for model, count in sent.items():
+        assert _delta(before, after, "ftprefix_requests_total", model=model, status="200") == count
+        assert _delta(before, after, "ftprefix_prompt_tokens_total", model=model) == usage[model][0]
+        assert _delta(before, after, "ftprefix_generation_tokens_total", model=model) == usage[model][1]
+        assert _delta(before, after, "ftprefix_request_duration_seconds_count", model=model) == count
+    assert _delta(before, after, "ftprefix_requests_total", model="shout", status="200") == 0
+    assert _delta(before, after, "ftprefix_requests_total", model="", status="404") == 1
+
+
+# -- log probabilities ---------------------------------------------------------------------------
+
+
+def test_logprobs_are_ft_output_log_probs(gateway, triton, model) -> None:
+    api = _api(gateway, ADMIN)
+    done = api.completions.create(
+        model="shout", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0.8, top_p=0.9, seed=7, logprobs=0
+    )
+    choice = done.choices[0]
+    assert "".join(choice.logprobs.tokens) == choice.text
+    assert choice.logprobs.text_offset == [
+        sum(map(len, choice.logprobs.tokens[:i])) for i in range(len(choice.logprobs.tokens))
+    ]
+    # the same request straight to the fastertransformer model: FT's output_log_probs
+    tokenizer = AutoTokenizer.from_pretrained(str(model["hf"]))
+    ids = tokenizer.encode(PROMPT, add_special_tokens=False)
+    arrays = {
+        protocol.INPUT_IDS: np.array([ids], dtype=np.uint32),
+        protocol.INPUT_LENGTHS: np.array([[len(ids)]], dtype=np.uint32),
+        protocol.REQUEST_OUTPUT_LEN: np.array([[MAX_TOKENS]], dtype=np.uint32),
+        protocol.TEMPERATURE: np.array([[0.8]], dtype=np.float32),
+        protocol.RUNTIME_TOP_P: np.array([[0.9]], dtype=np.float32),
+        protocol.RUNTIME_TOP_K: np.array([[0]], dtype=np.uint32),
+        protocol.RANDOM_SEED: np.array([[7]], dtype=np.uint64),
+        protocol.IS_RETURN_LOG_PROBS: np.array([[True]], dtype=bool),
+        protocol.TASK_IDS: np.array([[list(TASKS).index("shout")]], dtype=np.uint32),
+    }
+    with grpcclient.InferenceServerClient(triton.grpc_url) as raw:
+        result = raw.infer(protocol.FT_MODEL, tensors(arrays))
+    n = done.usage.completion_tokens
+    generated = result.as_numpy(protocol.OUTPUT_IDS)[0, 0, len(ids) : len(ids) + n].tolist()
+    assert tokenizer.decode(generated, skip_special_tokens=True) == choice.text
+    expected = result.as_numpy(protocol.OUTPUT_LOG_PROBS)[0, 0, :n].tolist()
+    assert choice.logprobs.token_logprobs == pytest.approx(expected, abs=0)
+    assert any(v < 0 for v in expected)  # sampled: real log probabilities
+    chat = api.chat.completions.create(
+        model="shout", messages=MESSAGES, max_tokens=3, temperature=0.8, seed=7, logprobs=True
+    )
+    assert "".join(c.token for c in chat.choices[0].logprobs.content) == chat.choices[0].message.content
+    for refused, param in (
+        (lambda: api.completions.create(model="shout", prompt=PROMPT, max_tokens=2, logprobs=2), "logprobs"),
+        (
+            lambda: api.chat.completions.create(
+                model="shout", messages=MESSAGES, max_tokens=2, logprobs=True, top_logprobs=2
+            ),
+            "top_logprobs",
+        ),
+    ):
+        with pytest.raises(openai.BadRequestError) as bad:
+            refused()
+        assert bad.value.body["param"] == param and "alternatives" in bad.value.body["message"]
+
+
+# -- OpenAI's error body for everything ----------------------------------------------------------
+
+
+def test_every_error_has_openais_body(gateway) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
+    for content in (b'{"model": "smile", "prompt": "\xff\xfe"}', b"{not json", b""):
+        raw = httpx.post(gateway["url"] + "/completions", content=content, headers=headers)
+        assert raw.status_code == 400, raw.text
+        assert set(raw.json()["error"]) == {"message", "type", "param", "code"}
+    missing = httpx.get(gateway["url"] + "/no-such-route", headers=headers)
+    assert missing.status_code == 404 and "error" in missing.json()
+    wrong = httpx.get(gateway["url"] + "/completions", headers=headers)
+    assert wrong.status_code == 405 and "error" in wrong.json()

@@ -1,0 +1,148 @@
+"""ftprefix.text against answers recorded from Hugging Face's slow tokenizers (transformers 4.57):
+the rinna-style T5Tokenizer (spiece.model, 79 texts) and a Llama-style LlamaTokenizer
+(tokenizer.model, byte fallback), their decodes, and what generated ids add to a prompt. Also the
+tokenizer.json path against transformers' fast tokenizer, rinna's newline convention, stop and bad
+words, and the directories that must be refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sentencepiece_reference import LLAMA, RINNA, RinnaReference, golden_rows, recorded_continuations
+
+from ftprefix.cli import main
+from ftprefix.client import Client, FtprefixClientError
+from ftprefix.text import TokenizerError, load_tokenizer
+
+RECORDED = [RINNA, LLAMA]
+
+
+@pytest.mark.parametrize("directory", RECORDED, ids=lambda d: d.name)
+def test_every_recorded_encode_and_decode_is_reproduced(directory: Path) -> None:
+    tokenizer = load_tokenizer(directory)
+    rows = golden_rows(directory)
+    assert len(rows) == {RINNA: 79, LLAMA: 42}[directory]
+    for row in rows:
+        assert tokenizer.encode(row["text"]) == row["ids"], row["text"]
+        assert tokenizer.decode(row["ids"]) == row["decode_skip_special"], row["text"]
+
+
+@pytest.mark.parametrize("directory", RECORDED, ids=lambda d: d.name)
+def test_a_completion_is_what_the_prompt_continues_with(directory: Path) -> None:
+    tokenizer = load_tokenizer(directory)
+    rows = recorded_continuations(directory)
+    assert len(rows) > 100
+    # the rule makes a difference here: decoding the generated ids alone loses a leading space
+    differs = 0
+    for row in rows:
+        before, after = row["decode_prompt"], row["decode_all"]
+        assert after.startswith(before)
+        text = tokenizer.continuation(row["prompt_ids"], row["generated_ids"])
+        assert text == after[len(before) :], row
+        differs += text != tokenizer.decode(row["generated_ids"])
+    assert differs > 10
+
+
+def test_the_reference_decoder_of_the_tests_agrees_with_the_recorded_answers() -> None:
+    reference = RinnaReference()
+    for row in golden_rows(RINNA):
+        assert reference.decode(row["ids"]) == row["decode_skip_special"]
+    for row in recorded_continuations(RINNA):
+        assert reference.decode(row["prompt_ids"] + row["generated_ids"]) == row["decode_all"]
+
+
+def test_the_client_tokenises_with_the_same_implementation() -> None:
+    client = Client("localhost:1", tokenizer=RINNA)  # no connection is made before a call
+    assert client.tokenizer is not None
+    row = golden_rows(RINNA)[9]
+    assert client.tokenizer.encode(row["text"]) == row["ids"]
+    assert client.tokenizer.eos_id == 3 and "T5Tokenizer" in client.tokenizer.description
+
+
+def test_tokenizer_json_equals_transformers_fast_tokenizer(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from ftprefix.demo import toy
+
+    hf = toy.build_tokenizer(tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    assert AutoTokenizer.from_pretrained(str(tmp_path)).is_fast
+    for text in [*toy.TOY_SENTENCES, "unseen wörds ✓", "  spaces  ", "<|endoftext|>inside"]:
+        ids = tokenizer.encode(text)
+        assert ids == hf.encode(text, add_special_tokens=False)
+        assert tokenizer.decode(ids) == hf.decode(ids, skip_special_tokens=True)
+    assert tokenizer.eos_id == hf.eos_token_id
+
+
+def test_the_newline_convention_is_opt_in_and_exact() -> None:
+    plain, rinna = load_tokenizer(RINNA), load_tokenizer(RINNA, newline_token="<NL>")
+    row = next(r for r in golden_rows(RINNA) if "<NL>" in r["text"])
+    with_newline = row["text"].replace("<NL>", "\n")
+    assert rinna.encode(with_newline) == row["ids"]  # \n sent as <NL>
+    assert plain.encode(with_newline) != row["ids"]  # off by default: \n is whitespace to SentencePiece
+    assert rinna.decode(row["ids"]) == row["decode_skip_special"].replace("<NL>", "\n")
+    nl = plain.token_to_id("<NL>")
+    prompt = plain.encode("こんにちは")
+    assert rinna.continuation(prompt, [nl, *plain.encode("世界")]).startswith("\n")
+
+
+def test_stop_and_bad_words_match_where_the_model_generates_them() -> None:
+    tokenizer = load_tokenizer(RINNA, newline_token="<NL>")
+    nl = tokenizer.token_to_id("<NL>")
+    # encoded alone, a word gets SentencePiece's leading "▁" piece; mid-sentence the model does not
+    assert tokenizer.encode("\n") == [tokenizer.token_to_id("\u2581"), nl]
+    assert tokenizer.encode_word("\n") == [nl]
+    sentence = tokenizer.encode("ください。\nシステム")
+    word = tokenizer.encode_word("。")
+    assert any(sentence[i : i + len(word)] == word for i in range(len(sentence)))
+    assert load_tokenizer(RINNA).encode_word(" 世界") == load_tokenizer(RINNA).encode(" 世界")
+
+
+def _copy(src: Path, dest: Path, **config_changes: object) -> Path:
+    shutil.copytree(src, dest)
+    path = dest / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in config_changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"tokenizer_class": "BertJapaneseTokenizer"}, "names BertJapaneseTokenizer"),
+        ({"legacy": False}, "legacy: false"),
+        ({"tokenizer_class": "LlamaTokenizer"}, "tokenizer.model"),
+        ({"sp_model_kwargs": {"enable_sampling": True}}, "sp_model_kwargs"),
+        ({"additional_special_tokens": ["<not-a-piece>"]}, "<not-a-piece>"),
+    ],
+)
+def test_a_tokenizer_that_cannot_be_read_exactly_is_refused(tmp_path: Path, change, expected) -> None:
+    directory = _copy(RINNA, tmp_path / "tok", **change)
+    with pytest.raises(TokenizerError) as refused:
+        load_tokenizer(directory)
+    message = str(refused.value)
+    assert expected in message and str(directory) in message and "\n" not in message
+    with pytest.raises(FtprefixClientError):
+        Client("localhost:1", tokenizer=directory)
+
+
+def test_a_missing_model_file_is_one_line_naming_file_and_class(tmp_path: Path, capsys) -> None:
+    directory = tmp_path / "tok"
+    shutil.copytree(RINNA, directory)
+    (directory / "spiece.model").unlink()
+    assert main(["openai", "--tokenizer", str(directory), "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "T5Tokenizer" in err and str(directory / "spiece.model") in err
+
+
+def test_newline_token_without_a_tokenizer_is_refused() -> None:
+    with pytest.raises(FtprefixClientError, match="newline_token needs tokenizer"):
+        Client("localhost:1", newline_token="<NL>")
