@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ftprefix.hf_compat import cache_argument
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -90,7 +92,7 @@ def main() -> None:
             with torch.inference_mode():
                 out = model.generate(
                     ids,
-                    past_key_values=cache,
+                    **cache_argument(model, cache),
                     attention_mask=torch.ones((1, p + ids.shape[1]), dtype=torch.long),
                     max_new_tokens=n,
                     min_new_tokens=n,

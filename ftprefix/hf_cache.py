@@ -1,4 +1,5 @@
-"""A canonical prefix as Hugging Face sees it: the KV cache GPTNeoXForCausalLM takes as past_key_values.
+"""A canonical prefix as Hugging Face sees it: the KV cache GPTNeoXForCausalLM takes (`past_key_values`,
+named `cache` in recent transformers).
 
 Canonical prefix: [P, layers*2*hidden], last axis ordered (layer, key/value, head, head_dim), the
 order rinna's PrefixEncoder and PEFT's prefix tuning view it in. HF's cache holds, per layer,
@@ -47,3 +48,4 @@ def cache_to_prefix(cache: Any, num_layers: int) -> np.ndarray:
     stacked = torch.stack(per_layer)  # [layers, 2, heads, P, head_dim]
     p = stacked.shape[3]
     return stacked.permute(3, 0, 1, 2, 4).reshape(p, -1).float().numpy().copy()
+

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ftprefix.errors import UserError
-from ftprefix.task_table import TaskTable
+from ftprefix.task_table import RETIRED_PREFIX, TaskTable
 
 SECTION = "gptneox"
 CONFIG_FILE = "config.ini"
@@ -51,6 +51,8 @@ _TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 INI_MAX_LINE = 200
 _TASK_NAME_KEY = "task_name = "
 MAX_TASK_NAME = INI_MAX_LINE - 1 - len(_TASK_NAME_KEY) - 1
+# In a retired slot's section, the name of the task that was removed (`removed = <name>` fits too)
+REMOVED_KEY = "removed"
 
 # Files ftprefix owns in a conversion's output directory, besides the `<tp>-gpu` directories:
 LOCK_FILE = ".ftprefix.lock"  # see ftprefix.locking
@@ -91,6 +93,11 @@ def validate_task_name(name: str) -> None:
         )
     if name in (".", ".."):
         raise UserError(f"task name {name!r} is not a valid file name part")
+    if name.startswith(RETIRED_PREFIX):
+        raise UserError(
+            f"task name {name!r}: names starting with {RETIRED_PREFIX!r} are the slots of removed tasks; "
+            "choose another name"
+        )
     if len(name) > MAX_TASK_NAME:
         raise UserError(
             f"task name {name[:20]}... is {len(name)} characters long; FasterTransformer reads config.ini "
@@ -154,7 +161,10 @@ def config_to_text(cfg: ModelConfig) -> str:
         section["prompt_learning_type"] = str(PROMPT_LEARNING_TYPE_PREFIX)
     parser[SECTION] = section
     for task in cfg.tasks:
-        parser[f"task_{task.id}"] = {"task_name": task.name, "prompt_length": str(task.prompt_length)}
+        entry = {"task_name": task.name, "prompt_length": str(task.prompt_length)}
+        if task.removed is not None:  # a retired slot: which task it was (FT reads only the two above)
+            entry[REMOVED_KEY] = task.removed
+        parser[f"task_{task.id}"] = entry
     buf = io.StringIO()
     parser.write(buf)
     text = buf.getvalue()
@@ -176,7 +186,11 @@ def config_from_text(text: str, source: str = CONFIG_FILE) -> ModelConfig:
         sec = parser[SECTION]
         num_tasks = sec.getint("num_tasks", 0)
         tasks = TaskTable(
-            (parser[f"task_{i}"]["task_name"], parser[f"task_{i}"].getint("prompt_length"))
+            (
+                parser[f"task_{i}"]["task_name"],
+                parser[f"task_{i}"].getint("prompt_length"),
+                parser[f"task_{i}"].get(REMOVED_KEY),
+            )
             for i in range(num_tasks)
         )
         dtype = sec.get("weight_data_type", "fp32")

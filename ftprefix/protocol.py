@@ -115,9 +115,10 @@ END_ID_PARAMETER = "end_id"
 DATA_TYPE_PARAMETER = "data_type"
 
 # Request `parameters` entry: the task name of each row, as the client resolved it, JSON-encoded.
-# Task ids are positions in the table and `ftprefix tasks remove` moves later ones down, so a
-# client holding an older table could name the wrong prefix. The CPU server refuses a request
-# whose ids no longer name those tasks, with TASK_TABLE_CHANGED in the message, before generating
-# anything (so resending after re-reading the table is safe); FT's GPU backend ignores it.
+# Task ids never move except through `ftprefix tasks compact`; after one, a client holding an older
+# table could name the wrong prefix. The CPU server refuses a request whose ids no longer name
+# those tasks (or name a removed task's retired slot), with TASK_TABLE_CHANGED in the message,
+# before generating anything (so resending after re-reading the table is safe); FT's GPU backend
+# ignores it.
 TASK_NAMES_PARAMETER = "prompt_learning_task_names"
 TASK_TABLE_CHANGED = "task table changed"

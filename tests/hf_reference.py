@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DynamicCache, GPTNeoXForCausalLM
+from transformers import DynamicCache
+
+from ftprefix.hf_compat import cache_argument, load_gptneox
 
 
 def prefix_cache(prefix: np.ndarray, config) -> DynamicCache:
@@ -36,7 +38,7 @@ def logits_with_prefix(model, ids: Sequence[int], prefix: np.ndarray | None) -> 
         p = prefix.shape[0]
         out = model(
             tokens,
-            past_key_values=prefix_cache(prefix, model.config),
+            **cache_argument(model, prefix_cache(prefix, model.config)),
             attention_mask=torch.ones((1, p + len(ids)), dtype=torch.long),
             position_ids=torch.arange(p, p + len(ids))[None],
         )
@@ -48,7 +50,7 @@ class HFReference:
     (built with FT's eps and tanh GELU) and each task's canonical prefix [P, layers*2*hidden]."""
 
     def __init__(self, hf_dir: Path, prefixes: dict[str, np.ndarray]) -> None:
-        self.model = GPTNeoXForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+        self.model = load_gptneox(hf_dir)
         self.prefixes = {name: np.asarray(p, dtype=np.float32) for name, p in prefixes.items()}
         self._cache: dict[tuple, tuple[list[int], str]] = {}
 

@@ -48,6 +48,22 @@ def make_converted(root: Path, tasks: dict[str, int], seed: int = 0):
     return model, layout.ft_dir(root / "ft", 1), prefixes
 
 
+def convert_toy(root: Path, tasks: dict[str, int], hf_name: str = "hf", **model_options) -> dict[str, Path]:
+    """A toy model (`build_model(**model_options)`, with a tokenizer) and one random prefix per task
+    (seeds 1, 2, ...), converted with `ftprefix convert` (tp 1, fp32): {"hf": ..., "ft": ...}."""
+    import torch
+
+    hf = root / hf_name
+    config = build_model(hf, **model_options).config
+    argv = ["convert", "--model", str(hf), "--tp", "1", "--dtype", "fp32", "--out", str(root / "ft")]
+    for seed, (name, length) in enumerate(tasks.items(), start=1):
+        prefix = random_prefix(length, config.num_hidden_layers, config.hidden_size, seed=seed)
+        torch.save(prefix, root / f"{name}.pt")
+        argv += ["--prefix", f"{name}={root / name}.pt"]
+    assert main(argv) == 0
+    return {"hf": hf, "ft": root / "ft"}
+
+
 def ft_inputs(rows: list[list[int]], out_len: int, task_ids: list[int] | None = None, pad: int = 0):
     """FT's tensors exactly as a user sends them to the GPU server."""
     width = max(len(r) for r in rows)

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from convert_support import hf_json, prefix_cache, read_prefix_files
+from convert_support import hf_json, ignores_peft_internal_warnings, prefix_cache, read_prefix_files
 
 from ftprefix.commands.options import prefix_sources
 from ftprefix.converter import convert
 from ftprefix.converter.checkpoints import PrefixSource, load_checkpoint
 from ftprefix.demo.toy import build_model, random_prefix
+from ftprefix.errors import UserError
+from ftprefix.hf_compat import cache_argument, load_gptneox
 
 LAYERS, HIDDEN, HEADS = 2, 32, 4
 HEAD_DIM = HIDDEN // HEADS
@@ -32,9 +34,8 @@ def _peft_adapter(hf_dir: Path, out: Path, config: object, seed: int) -> torch.T
     """A real PEFT adapter saved by PEFT itself, its trainable weights randomised; returns the tensor
     PEFT computes for the virtual tokens (what the adapter feeds the model)."""
     from peft import get_peft_model
-    from transformers import GPTNeoXForCausalLM
 
-    base = GPTNeoXForCausalLM.from_pretrained(str(hf_dir))
+    base = load_gptneox(hf_dir)
     peft_model = get_peft_model(base, config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -101,10 +102,10 @@ def test_rinna_encoder_state_dict_applies_the_mlp(hf_dir, tmp_path):
     np.testing.assert_allclose(got, expected.reshape(4, LAYERS, 2, HEADS, HEAD_DIM), atol=1e-6)
 
 
+@ignores_peft_internal_warnings
 @pytest.mark.parametrize("projection", [False, True])
 def test_peft_prefix_adapter_round_trips_and_means_what_peft_means(hf_dir, tmp_path, projection):
     from peft import PeftModel, PrefixTuningConfig, TaskType
-    from transformers import GPTNeoXForCausalLM
 
     adapter = tmp_path / "shout"
     config = PrefixTuningConfig(
@@ -123,12 +124,10 @@ def test_peft_prefix_adapter_round_trips_and_means_what_peft_means(hf_dir, tmp_p
 
     # Semantics: HF with our prefix as past_key_values == PEFT running its own adapter.
     ids = torch.tensor([[5, 9, 2, 7]])
-    base = GPTNeoXForCausalLM.from_pretrained(str(hf_dir)).eval()
+    base = load_gptneox(hf_dir)
     with torch.no_grad():
-        ours = base(input_ids=ids, past_key_values=prefix_cache(got)).logits
-        peft_model = PeftModel.from_pretrained(
-            GPTNeoXForCausalLM.from_pretrained(str(hf_dir)), str(adapter)
-        )
+        ours = base(input_ids=ids, **cache_argument(base, prefix_cache(got))).logits
+        peft_model = PeftModel.from_pretrained(load_gptneox(hf_dir), str(adapter))
         theirs = peft_model.eval()(input_ids=ids).logits
     assert (ours - theirs).abs().max().item() < 1e-4
 
@@ -155,6 +154,7 @@ def test_plain_tensors_are_prefixes_or_soft_prompts_by_width(tmp_path):
     np.testing.assert_array_equal(in_dict.tensor, prefix.numpy())
 
 
+@ignores_peft_internal_warnings
 def test_peft_prompt_tuning_adapters_are_soft_prompts(hf_dir, tmp_path):
     from peft import PromptEncoderConfig, PromptTuningConfig, TaskType
 
@@ -169,3 +169,35 @@ def test_peft_prompt_tuning_adapters_are_soft_prompts(hf_dir, tmp_path):
         assert loaded.kind == "soft_prompt"
         assert json.loads((tmp_path / name / "adapter_config.json").read_text())["token_dim"] == HIDDEN
         np.testing.assert_allclose(loaded.tensor, embeddings.numpy(), atol=1e-6)
+
+
+def test_many_checkpoints_from_a_list_file_or_a_directory(tmp_path):
+    (tmp_path / "ckpts" / "adapter").mkdir(parents=True)
+    (tmp_path / "ckpts" / "adapter" / "adapter_config.json").write_text("{}")
+    for name in ("b.npy", "a.pt", "smileface_suffix.task0.weight", "notes.txt", ".hidden.npy"):
+        (tmp_path / "ckpts" / name).write_bytes(b"")
+    found = prefix_sources([], [tmp_path / "ckpts"])
+    assert [(s.name, s.path.name) for s in found] == [
+        ("a", "a.pt"),
+        ("adapter", "adapter"),
+        ("b", "b.npy"),
+        ("smileface_suffix", "smileface_suffix.task0.weight"),
+    ]
+    listing = tmp_path / "lists" / "tasks.txt"
+    listing.parent.mkdir()
+    listing.write_text("# tenants\nx=../ckpts/a.pt\n\n  /abs/y.npy  \nz = ../ckpts/b.npy\n")
+    from_file = prefix_sources([f"@{listing}", "w=w.pt"])
+    assert [(s.name, str(s.path)) for s in from_file] == [
+        ("x", str(tmp_path / "lists" / "../ckpts/a.pt")),
+        ("y", "/abs/y.npy"),
+        ("z", str(tmp_path / "lists" / "../ckpts/b.npy")),
+        ("w", "w.pt"),
+    ]
+    for values, dirs, message in (
+        ([f"@{tmp_path / 'missing.txt'}"], [], "cannot read the checkpoint list"),
+        ([f"@{tmp_path / 'ckpts' / 'notes.txt'}"], [], "lists no checkpoints"),
+        ([], [tmp_path / "lists"], "holds no checkpoint"),
+        ([], [tmp_path / "nope"], "is not a directory"),
+    ):
+        with pytest.raises(UserError, match=message):
+            prefix_sources(values, dirs)

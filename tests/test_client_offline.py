@@ -155,7 +155,7 @@ def test_a_server_echoing_padding_is_refused_not_misread() -> None:
 
 def test_plan_rejects_unknown_task_and_bad_values() -> None:
     params = GenerationParams()
-    with pytest.raises(UnknownTaskError, match=r"'nope'.*taskA, taskB"):
+    with pytest.raises(UnknownTaskError, match=r"'nope'.*'taskA', 'taskB'"):
         Plan.build([[1, 2]], "nope", params, INFO, None)
     with pytest.raises(InvalidRequestError, match="max_new_tokens"):
         GenerationParams.from_options({"max_new_tokens": 0})

@@ -163,7 +163,7 @@ def test_stop_string_ends_generation(client: Client, reference) -> None:
 def test_unknown_task_fails_before_any_request(client: Client, server: EmbeddedServer) -> None:
     client.tasks()  # table cached; the check below must not send an inference request
     before = _inference_count(server.grpc_url)
-    with pytest.raises(UnknownTaskError, match="taskA, taskB, taskC, taskD") as info:
+    with pytest.raises(UnknownTaskError, match="'taskA', 'taskB', 'taskC', 'taskD'") as info:
         client.generate_batch(PROMPTS[:2], tasks=["taskA", "nope"])
     assert info.value.task == "nope"
     assert _inference_count(server.grpc_url) == before

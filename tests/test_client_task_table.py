@@ -1,7 +1,9 @@
-"""Task ids are positions: after `ftprefix tasks remove` on a running server, a client holding the
-old table must never reach the wrong prefix. The server refuses ids that no longer name the task
-the client meant (request parameter `prompt_learning_task_names`), and the client re-reads the
-table and resends once."""
+"""Task ids never move under a running server: after `ftprefix tasks remove`, a client holding the
+old table (as every client of the GPU server does until it reads the table again) still reaches
+each remaining task's own prefix with the ids it has, and a removed task's id reaches no prefix at
+all. Only `ftprefix tasks compact` moves ids; then the server refuses ids that no longer name the
+task the client meant (request parameter `prompt_learning_task_names`) and the client re-reads the
+table and resends."""
 
 from __future__ import annotations
 
@@ -48,11 +50,27 @@ def _convert(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     return out, prefixes
 
 
-def test_stale_task_table_never_reaches_the_wrong_prefix(tmp_path: Path) -> None:
+def _raw_tokens(url: str, task_id: int) -> list[int]:
+    """A GPU client's request: the id alone, no task names."""
+    with grpcclient.InferenceServerClient(url) as raw:
+        result = raw.infer(protocol.FT_MODEL, ft_inputs([PROMPT], 6, [task_id]))
+    return result.as_numpy(protocol.OUTPUT_IDS)[0, 0, len(PROMPT) : len(PROMPT) + 6].tolist()
+
+
+def _wait_for_table(url: str, names: list[str]) -> None:
+    deadline = time.monotonic() + 60
+    while _served_names(url) != names and time.monotonic() < deadline:
+        time.sleep(0.2)  # bounded poll for the server's reload; asserted next
+    assert _served_names(url) == names
+
+
+def test_old_ids_keep_their_task_and_a_removed_id_reaches_no_prefix(tmp_path: Path) -> None:
     out, prefixes = _convert(tmp_path)
+    prefixes["taskD"] = toy.random_prefix(3, 2, 32, seed=9).numpy()
+    np.save(tmp_path / "taskD.npy", prefixes["taskD"])
     hf = HFReference(tmp_path / "hf", prefixes)
-    want = {name: hf.greedy(PROMPT, name, 6, end_id=0)[0] for name in TASKS}  # the toy model's end_id
-    assert want["taskB"] != want["taskC"]  # otherwise a swap could not show
+    want = {name: hf.greedy(PROMPT, name, 6, end_id=0)[0] for name in prefixes}  # the toy's end_id
+    assert len({tuple(w) for w in want.values()}) == len(want)  # otherwise a swap could not show
 
     loop = asyncio.new_event_loop()  # one loop for the async client's whole life
     with EmbeddedServer(out) as server:
@@ -61,24 +79,34 @@ def test_stale_task_table_never_reaches_the_wrong_prefix(tmp_path: Path) -> None
         assert [t.name for t in sync_client.tasks()] == list(TASKS)
         assert [t.name for t in loop.run_until_complete(async_client.tasks())] == list(TASKS)
 
-        assert cli.main(["tasks", "remove", str(out), "taskB"]) == 0  # taskC: id 2 -> 1
-        deadline = time.monotonic() + 60
-        while _served_names(server.grpc_url) != ["taskA", "taskC"] and time.monotonic() < deadline:
-            time.sleep(0.2)  # bounded poll for the server's reload; asserted next
-        assert _served_names(server.grpc_url) == ["taskA", "taskC"]
+        assert cli.main(["tasks", "remove", str(out), "taskA"]) == 0  # id 0 retired; B, C keep 1, 2
+        _wait_for_table(server.grpc_url, ["taskB", "taskC"])
+        # raw requests with the ids read before the remove, as a GPU client sends them
+        assert _raw_tokens(server.grpc_url, 1) == want["taskB"]
+        assert _raw_tokens(server.grpc_url, 2) == want["taskC"]
+        with pytest.raises(grpcclient.InferenceServerException, match="taskA") as refused:
+            _raw_tokens(server.grpc_url, 0)  # the removed task's id: no task's prefix answers it
+        assert "StatusCode.INVALID_ARGUMENT" in str(refused.value.status())
 
-        # Both clients still hold the old table (id 2 for taskC, id 1 for taskB).
-        got = sync_client.generate(PROMPT, task="taskC", max_new_tokens=6).token_ids
-        assert got == want["taskC"]
-        with pytest.raises(UnknownTaskError):  # id 1 is taskC now: refused, not answered by taskC
-            sync_client.generate(PROMPT, task="taskB", max_new_tokens=6)
+        # clients still holding the old table: their ids still mean their tasks
+        assert sync_client.generate(PROMPT, task="taskC", max_new_tokens=6).token_ids == want["taskC"]
+        assert sync_client.generate(PROMPT, task="taskB", max_new_tokens=6).token_ids == want["taskB"]
+        with pytest.raises(UnknownTaskError):  # refused by the server, then gone from the new table
+            sync_client.generate(PROMPT, task="taskA", max_new_tokens=6)
 
         async def stale_async() -> list[int]:
             with pytest.raises(UnknownTaskError):
-                await async_client.generate(PROMPT, task="taskB", max_new_tokens=6)
+                await async_client.generate(PROMPT, task="taskA", max_new_tokens=6)
             return (await async_client.generate(PROMPT, task="taskC", max_new_tokens=6)).token_ids
 
         assert loop.run_until_complete(stale_async()) == want["taskC"]
+
+        # a new task gets a new id, never the retired one
+        assert cli.main(["tasks", "add", str(out), "--prefix", f"taskD={tmp_path / 'taskD.npy'}"]) == 0
+        _wait_for_table(server.grpc_url, ["taskB", "taskC", "taskD"])
+        assert sync_client.model_info(refresh=True).tasks.find("taskD").id == 3
+        assert _raw_tokens(server.grpc_url, 3) == want["taskD"]
+        assert _raw_tokens(server.grpc_url, 2) == want["taskC"]
         loop.run_until_complete(async_client.close())
         sync_client.close()
     loop.close()
@@ -114,7 +142,12 @@ def test_the_client_waits_for_a_server_that_publishes_its_new_table_late(tmp_pat
         Client(server.grpc_url, task_table_ttl=None) as client,
     ):
         assert [t.name for t in client.tasks()] == list(TASKS)
-        assert cli.main(["tasks", "remove", str(out), "taskB"]) == 0  # taskC: id 2 -> 1
+        assert cli.main(["tasks", "remove", str(out), "taskB"]) == 0
+        compact = ["tasks", "compact", str(out), "--url", server.grpc_url]
+        before = (out / "1-gpu" / "config.ini").read_bytes()
+        assert cli.main(compact) == 2  # refused: the server is up and its clients hold the ids
+        assert (out / "1-gpu" / "config.ini").read_bytes() == before
+        assert cli.main([*compact, "--force"]) == 0  # the one id move: taskC 2 -> 1
         # the model reloads with the new ids, but the table it publishes is still the old one
         server.load_model(protocol.FT_MODEL)
         before = _requests_seen(server.grpc_url)

@@ -138,14 +138,23 @@ def _write_torch_bins(src: Path, dst: Path, shards: int) -> None:
     (dst / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
-def _old_style_config(src: Path, dst: Path) -> None:
-    """The same model described with the older rotary_pct / rotary_emb_base keys."""
+def _other_style_config(src: Path, dst: Path) -> None:
+    """The same model described in the other rotary style than the installed transformers writes:
+    the older rotary_pct / rotary_emb_base keys, or the newer rope_parameters."""
     shutil.copytree(src, dst)
     cfg = json.loads((dst / "config.json").read_text())
-    rope = cfg.pop("rope_parameters")
-    cfg["rotary_pct"] = rope["partial_rotary_factor"]
-    cfg["rotary_emb_base"] = rope["rope_theta"]
-    cfg["rope_scaling"] = None
+    if "rope_parameters" in cfg:
+        rope = cfg.pop("rope_parameters")
+        cfg["rotary_pct"] = rope["partial_rotary_factor"]
+        cfg["rotary_emb_base"] = rope["rope_theta"]
+        cfg["rope_scaling"] = None
+    else:
+        cfg["rope_parameters"] = {
+            "rope_type": "default",
+            "partial_rotary_factor": cfg.pop("rotary_pct"),
+            "rope_theta": cfg.pop("rotary_emb_base"),
+        }
+        cfg.pop("rope_scaling", None)
     (dst / "config.json").write_text(json.dumps(cfg))
 
 
@@ -168,8 +177,8 @@ def test_every_source_format_gives_the_same_files(toy_models, tmp_path):
     variants["sharded"] = sharded
     _write_torch_bins(src, tmp_path / "bin", shards=1)
     _write_torch_bins(src, tmp_path / "bins", shards=3)
-    _old_style_config(src, tmp_path / "old")
-    variants.update(bin=tmp_path / "bin", bins=tmp_path / "bins", old=tmp_path / "old")
+    _other_style_config(src, tmp_path / "other")
+    variants.update(bin=tmp_path / "bin", bins=tmp_path / "bins", other=tmp_path / "other")
 
     digests = {}
     for name, hf_dir in variants.items():

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from convert_support import hf_json, prefix_cache, read_prefix_files
+from convert_support import hf_json, ignores_peft_internal_warnings, prefix_cache, read_prefix_files
 
 from ftprefix.converter import convert
 from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.demo.toy import build_model
+from ftprefix.hf_compat import cache_argument, load_gptneox
 
 HIDDEN, HEADS, LAYERS = 32, 4, 3
 
@@ -34,9 +35,8 @@ def hf_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 def _hf(hf_dir: Path):
-    from transformers import GPTNeoXForCausalLM
 
-    return GPTNeoXForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    return load_gptneox(hf_dir)
 
 
 @pytest.mark.parametrize("tp", [1, 2])
@@ -60,7 +60,7 @@ def test_prefix_from_soft_prompt_gives_the_same_logits(hf_dir, tmp_path, tp):
     model = _hf(hf_dir)
     ids = torch.tensor([[3, 17, 42, 8, 1, 60]])
     with torch.no_grad():
-        with_prefix = model(input_ids=ids, past_key_values=prefix_cache(prefix)).logits[0]
+        with_prefix = model(input_ids=ids, **cache_argument(model, prefix_cache(prefix))).logits[0]
         embeds = torch.cat([soft.unsqueeze(0), model.get_input_embeddings()(ids)], dim=1)
         with_soft_prompt = model(inputs_embeds=embeds).logits[0, p:]
     assert (with_prefix - with_soft_prompt).abs().max().item() < 1e-4
@@ -70,6 +70,7 @@ def test_prefix_from_soft_prompt_gives_the_same_logits(hf_dir, tmp_path, tp):
     assert (plain - with_soft_prompt).abs().max().item() > 1e-2
 
 
+@ignores_peft_internal_warnings
 def test_peft_prompt_tuning_adapter_gives_peft_logits(hf_dir, tmp_path):
     from peft import PeftModel, PromptTuningConfig, TaskType, get_peft_model
 
@@ -96,6 +97,7 @@ def test_peft_prompt_tuning_adapter_gives_peft_logits(hf_dir, tmp_path):
     prefix = read_prefix_files(out / "1-gpu", "pt", hf_json(hf_dir), 1, "fp32", 4)
     ids = torch.tensor([[9, 4, 33]])
     with torch.no_grad():
-        ours = _hf(hf_dir)(input_ids=ids, past_key_values=prefix_cache(prefix)).logits[0]
+        model = _hf(hf_dir)
+        ours = model(input_ids=ids, **cache_argument(model, prefix_cache(prefix))).logits[0]
         theirs = PeftModel.from_pretrained(_hf(hf_dir), str(adapter)).eval()(input_ids=ids).logits[0, -3:]
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-4)

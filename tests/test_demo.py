@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import re
+
+import pytest
 
 from ftprefix.cli import main
 from ftprefix.demo.training import QUESTIONS_AND_ANSWERS, shout, smile
 
 
-def test_demo_answers_differ_per_task_as_trained(tmp_path, capsys):
+@pytest.mark.parametrize("tokenizer", ["bpe", "sentencepiece"])
+def test_demo_answers_differ_per_task_as_trained(tmp_path, capsys, tokenizer):
     workdir = tmp_path / "demo"
-    assert main(["demo", "--workdir", str(workdir)]) == 0
+    assert main(["demo", "--workdir", str(workdir), "--tokenizer", tokenizer]) == 0
+    # sentencepiece: rinna's kind of tokenizer, trained on the spot and read as rinna's models are
+    config = json.loads((workdir / "base" / "tokenizer_config.json").read_text())
+    if tokenizer == "sentencepiece":
+        assert config["tokenizer_class"] == "T5Tokenizer" and (workdir / "base" / "spiece.model").is_file()
+    else:
+        assert (workdir / "base" / "tokenizer.json").is_file()
     out = capsys.readouterr().out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("prompt "))

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 import torch
+from serving_support import convert_toy
 from transformers import AutoTokenizer
 
 from ftprefix import cli
@@ -28,15 +29,7 @@ MAX_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("openai")
-    hf = root / "hf"
-    toy.build_model(hf, seed=11)
-    argv = ["convert", "--model", str(hf), "--tp", "1", "--dtype", "fp32", "--out", str(root / "ft")]
-    for seed, (name, length) in enumerate(TASKS.items(), start=1):
-        torch.save(toy.random_prefix(length, 2, 64, seed=seed), root / f"{name}.pt")
-        argv += ["--prefix", f"{name}={root / name}.pt"]
-    assert cli.main(argv) == 0
-    return {"hf": hf, "ft": root / "ft"}
+    return convert_toy(tmp_path_factory.mktemp("openai"), TASKS, seed=11)
 
 
 def _gateway(triton_url: str, hf: Path, **settings):

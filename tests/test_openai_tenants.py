@@ -12,10 +12,9 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import torch
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
-from serving_support import tensors
+from serving_support import convert_toy, tensors
 from transformers import AutoTokenizer
 
 from ftprefix import cli, protocol
@@ -39,15 +38,8 @@ MESSAGES = [{"role": "system", "content": "Be short."}, {"role": "user", "conten
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tenants")
-    hf = root / "hf"
-    toy.build_model(hf, seed=11)
-    argv = ["convert", "--model", str(hf), "--tp", "1", "--dtype", "fp32", "--out", str(root / "ft")]
-    for seed, (name, length) in enumerate(TASKS.items(), start=1):
-        torch.save(toy.random_prefix(length, 2, 64, seed=seed), root / f"{name}.pt")
-        argv += ["--prefix", f"{name}={root / name}.pt"]
-    assert cli.main(argv) == 0
     (root / "template.jinja").write_text(TEMPLATE, encoding="utf-8")
-    return {"hf": hf, "ft": root / "ft", "root": root}
+    return {**convert_toy(root, TASKS, seed=11), "root": root}
 
 
 def _write_keys(path: Path, keys: dict) -> None:

@@ -17,15 +17,13 @@ import re
 import numpy as np
 import openai
 import pytest
-import torch
 import tritonclient.grpc as grpcclient
 from sentencepiece_reference import RINNA, RinnaReference, golden_rows, recorded_continuations
-from serving_support import start_serve_cli, stop_serve_cli, tensors
+from serving_support import convert_toy, start_serve_cli, stop_serve_cli, tensors
 from tritonclient.utils import InferenceServerException
 
-from ftprefix import cli, protocol
+from ftprefix import protocol
 from ftprefix.client import AsyncClient, Client
-from ftprefix.demo import toy
 
 TASKS = {"alpha": 3, "beta": 5}
 MAX_TOKENS = 10
@@ -38,15 +36,10 @@ PROMPTS = [ROWS[i] for i in (2, 8, 9, 11, 12, 13)]
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("spm")
-    hf = root / "japanese-toy"
-    toy.build_model(hf, tokenizer_from=RINNA, hidden_size=64, num_heads=8, seed=21)
-    argv = ["convert", "--model", str(hf), "--tp", "1", "--dtype", "fp32", "--out", str(root / "ft")]
-    for seed, (name, length) in enumerate(TASKS.items(), start=1):
-        torch.save(toy.random_prefix(length, 2, 64, seed=seed, scale=2.0), root / f"{name}.pt")
-        argv += ["--prefix", f"{name}={root / name}.pt"]
-    assert cli.main(argv) == 0
-    return {"hf": hf, "ft": root / "ft", "base": hf.name}
+    converted = convert_toy(
+        tmp_path_factory.mktemp("spm"), TASKS, "japanese-toy", tokenizer_from=RINNA, seed=21
+    )
+    return {**converted, "base": converted["hf"].name}
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "streaming"])

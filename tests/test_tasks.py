@@ -88,14 +88,24 @@ def test_add_then_remove_leaves_base_weights_byte_identical(converted, hf_dir, t
         ["2", "soft", "2"],
     ]
 
+    # removing retires the slot: no other id moves, and the id is never given again
     assert main(["tasks", "remove", str(converted), "first"]) == 0
     msg = capsys.readouterr().out
-    assert "removed task first" in msg
-    assert "task ids moved down: second 1->0, soft 2->1" in msg
-    assert _task_table(converted) == [("second", "4"), ("soft", "2")]
+    assert "removed 1 task(s): first (id 0)" in msg and "every other id stays" in msg
+    assert _task_table(converted) == [("_retired.0", "1"), ("second", "4"), ("soft", "2")]
     assert not list((converted / "2-gpu").glob("model.prefix_prompt.first.*"))
+    placeholder = read_prefix_files(converted / "2-gpu", "_retired.0", hf_json(hf_dir), 2, "fp16", 1)
+    assert not placeholder.any()
+    assert main(["tasks", "add", str(converted), "--prefix", f"again={tmp_path / 'second.pt'}"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[:2] == ["3", "again"]
+    assert main(["tasks", "list", str(converted)]) == 0
+    listing = capsys.readouterr().out
+    assert "(retired: first)" in listing and "3 task(s) and 1 retired slot(s)" in listing
 
-    assert main(["tasks", "remove", str(converted), "second", "soft"]) == 0
+    assert main(["tasks", "remove", str(converted), "second", "soft", "again"]) == 0
+    assert [name for name, _ in _task_table(converted)] == [f"_retired.{i}" for i in range(4)]
+    # compact: the one command that renumbers
+    assert main(["tasks", "compact", str(converted)]) == 0
     assert _task_table(converted) == []
     assert not list((converted / "2-gpu").glob("model.prefix_prompt.*"))
     assert _base_digest(converted) == base_before
@@ -115,7 +125,8 @@ def test_add_then_remove_leaves_base_weights_byte_identical(converted, hf_dir, t
             ["add", "{out}", "--prefix", "{deep}"],
             "task deep: prefix shape [3, 192] does not match the base model",
         ),
-        (["remove", "{out}", "nope"], "unknown task 'nope'; known tasks: first"),
+        (["remove", "{out}", "nope"], "unknown task 'nope'; the tasks are: 'first'"),
+        (["add", "{out}", "--prefix", "_retired.7={ckpt}"], "are the slots of removed tasks"),
         (["list", "{tmp}"], "is not a converted model"),
     ],
 )
@@ -158,7 +169,8 @@ def _ftprefix(*argv: str) -> subprocess.Popen:
 
 
 def _consistent(out: Path) -> list[str]:
-    """The model loads in the engine, every task's files are whole, no file is unaccounted for."""
+    """The model loads in the engine, every slot's files are whole (a retired slot's placeholder
+    too, as FT loads them all); returns the live tasks' names."""
     ft_dir = layout.ft_dir(out, 2)
     cfg = layout.read_config(ft_dir)
     engine = Engine.load(ft_dir)
@@ -180,9 +192,9 @@ def test_eight_concurrent_adds_all_land_with_distinct_ids(converted: Path, tmp_p
         assert proc.returncode == 0, stderr
         row = next(line.split() for line in stdout.splitlines() if line.split()[1:2] == [name])
         reported[name] = int(row[0])
-    table = _consistent(out)
-    assert sorted(table) == sorted(["first", *names])
-    assert {name: table.index(name) for name in names} == reported  # the ids the commands printed
+    assert sorted(_consistent(out)) == sorted(["first", *names])
+    tasks = layout.read_config(layout.ft_dir(out, 2)).tasks
+    assert {name: tasks.find(name).id for name in names} == reported  # the ids the commands printed
     assert leftovers(layout.ft_dir(out, 2), layout.read_config(layout.ft_dir(out, 2))) == []
 
 
@@ -200,8 +212,11 @@ def test_interleaved_adds_and_removes_end_in_the_reported_table(converted: Path,
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
     assert sorted(_consistent(out)) == ["a0", "a1", "r1"]
+    tasks = layout.read_config(layout.ft_dir(out, 2)).tasks
+    # every id kept what it meant: r1 is still 2, the removed tasks' slots are retired
+    assert tasks.find("r1").id == 2 and {t.removed for t in tasks.retired} == {"first", "r0", "r2"}
     files = {p.name for p in layout.ft_dir(out, 2).glob("model.prefix_prompt.*")}
-    assert files == {f for t in ("a0", "a1", "r1") for f in layout.prefix_file_names(t, 2)}
+    assert files == {f for t in tasks for f in layout.prefix_file_names(t.name, 2)}
 
 
 def test_sigkill_at_any_moment_leaves_a_loadable_consistent_model(
@@ -245,3 +260,90 @@ def test_a_second_writer_waits_then_fails_in_one_line(converted: Path, tmp_path:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "did not finish within 0.3 s" in err and "--wait" in err
     assert tree_digest(out) == before
+
+
+# -- what FasterTransformer itself reads ------------------------------------------------------
+
+
+def _ini_as_ft_reads_it(path: Path) -> dict[str, dict[str, str]]:
+    """3rdparty/INIReader.h: fgets into a 200-byte buffer (a longer line is cut and its rest read as
+    another line), `[section]`, `key = value` split at the first '=' or ':', whitespace trimmed."""
+    sections: dict[str, dict[str, str]] = {}
+    current = ""
+    with open(path, "rb") as f:
+        data = f.read()
+    lines: list[bytes] = []
+    for raw in data.split(b"\n"):
+        while len(raw) >= 199:  # fgets reads at most 199 bytes, the newline counting as one
+            lines.append(raw[:199])
+            raw = raw[199:]
+        lines.append(raw)
+    for raw in lines:
+        line = raw.decode("utf-8").strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1]
+            sections.setdefault(current, {})
+        elif line and line[0] not in ";#":
+            split = min(i for i in (line.find("="), line.find(":"), len(line)) if i >= 0)
+            sections.setdefault(current, {})[line[:split].strip()] = line[split + 1 :].strip()
+    return sections
+
+
+def _ft_loads_every_slot(ft_dir: Path, tp: int) -> list[str]:
+    """GptNeoXTritonModel.cc reads task_0 .. task_{num_tasks-1} (task_name, prompt_length);
+    GptNeoXWeight.cc loads model.prefix_prompt.<task_name>.weight.<rank>.bin of
+    layers x 2 x heads/tp x prompt_length x head_dim values for every one of them."""
+    ini = _ini_as_ft_reads_it(ft_dir / "config.ini")
+    model = ini["gptneox"]
+    per_token = int(model["num_layer"]) * 2 * int(model["head_num"]) // tp * int(model["size_per_head"])
+    itemsize = 2 if model["weight_data_type"] == "fp16" else 4
+    names = []
+    for i in range(int(model.get("num_tasks", "0"))):
+        task = ini[f"task_{i}"]
+        name, length = task["task_name"], int(task["prompt_length"])
+        for rank in range(tp):
+            path = ft_dir / f"model.prefix_prompt.{name}.weight.{rank}.bin"
+            assert path.stat().st_size == per_token * length * itemsize, path.name
+        names.append(name)
+    return names
+
+
+def test_ft_reads_every_slot_retired_ones_included(converted: Path, tmp_path: Path) -> None:
+    adds = ",".join(f"s{i}={_prefix(tmp_path, f's{i}', 2 + i, 40 + i)}" for i in range(4))
+    assert main(["tasks", "add", str(converted), "--prefix", adds]) == 0
+    assert main(["tasks", "remove", str(converted), "s1", "first"]) == 0
+    ft_dir = layout.ft_dir(converted, 2)
+    assert _ft_loads_every_slot(ft_dir, 2) == ["_retired.0", "s0", "_retired.2", "s2", "s3"]
+    # a task name of the longest length FT reads back, removed: its slot's line still fits
+    long_name = "n" * layout.MAX_TASK_NAME
+    assert (
+        main(["tasks", "add", str(converted), "--prefix", f"{long_name}={_prefix(tmp_path, 'l', 2, 50)}"])
+        == 0
+    )
+    assert main(["tasks", "remove", str(converted), long_name]) == 0
+    assert _ft_loads_every_slot(ft_dir, 2)[-1] == "_retired.5"
+    assert layout.read_config(ft_dir).tasks[5].removed == long_name
+
+
+def test_convert_force_keeps_the_ids_of_tasks_that_remain(hf_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    paths = {n: _prefix(tmp_path, n, 2 + i, 60 + i) for i, n in enumerate(["a", "b", "c", "d"])}
+
+    def convert(*names: str, force: bool = False) -> list[tuple[str, str]]:
+        argv = ["convert", "--model", str(hf_dir), "--tp", "2", "--dtype", "fp16", "--out", str(out)]
+        argv += ["--prefix", ",".join(f"{n}={paths[n]}" for n in names), *(["--force"] if force else [])]
+        assert main(argv) == 0
+        return _task_table(out)
+
+    assert [n for n, _ in convert("a", "b", "c")] == ["a", "b", "c"]
+    # b and c stay 1 and 2 whatever order they are given in; a's slot is retired; d is new
+    assert [n for n, _ in convert("d", "c", "b", force=True)] == ["_retired.0", "b", "c", "d"]
+    assert layout.read_config(layout.ft_dir(out, 2)).tasks[0].removed == "a"
+    assert _ft_loads_every_slot(layout.ft_dir(out, 2), 2) == ["_retired.0", "b", "c", "d"]
+    assert [n for n, _ in convert("b", "a", force=True)] == [
+        "_retired.0",
+        "b",
+        "_retired.2",
+        "_retired.3",
+        "a",
+    ]

@@ -138,7 +138,7 @@ def test_a_missing_model_file_is_one_line_naming_file_and_class(tmp_path: Path, 
     directory = tmp_path / "tok"
     shutil.copytree(RINNA, directory)
     (directory / "spiece.model").unlink()
-    assert main(["openai", "--tokenizer", str(directory), "--port", "1"]) == 2
+    assert main(["generate", "--tokenizer", str(directory), "--url", "localhost:1", "hello"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "T5Tokenizer" in err and str(directory / "spiece.model") in err
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from convert_support import ignores_peft_internal_warnings
 
 from ftprefix import cli, layout
 from ftprefix.commands.options import prefix_sources
@@ -181,3 +182,37 @@ def test_fp16_activation_check_flags_a_model_that_overflows(tmp_path: Path, caps
     assert "inf/nan" in out and "OVERFLOW" in out and "--dtype fp32" in out
     report = verify(ft, hf)
     assert report.fp16 is not None and report.fp16.non_finite and max(report.fp16.largest.values()) > 65504
+
+
+@ignores_peft_internal_warnings
+def test_verify_agrees_with_pefts_own_forward(tmp_path: Path, capsys) -> None:
+    """A prefix-tuning adapter made and run by PEFT itself: what the converted files compute (the
+    engine, FT's semantics) equals PEFT's own forward, and `ftprefix verify` says ok. This runs on
+    both ends of the supported range (tests/test_supported_range.py runs this module on the oldest)."""
+    from peft import PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+
+    from ftprefix.engine import Engine
+    from ftprefix.hf_compat import load_gptneox
+
+    hf = tmp_path / "hf"
+    toy.build_model(hf, seed=8, with_tokenizer=False)
+    config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
+    peft_model = get_peft_model(load_gptneox(hf), config)
+    with torch.no_grad():
+        for _name, param in peft_model.named_parameters():
+            if param.requires_grad:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
+    peft_model.save_pretrained(str(tmp_path / "tenant"))
+    ids = [5, 9, 2, 7, 11]
+    with torch.no_grad():
+        served = PeftModel.from_pretrained(load_gptneox(hf), str(tmp_path / "tenant")).eval()
+        theirs = served(input_ids=torch.tensor([ids])).logits[0].numpy()
+    tenant, ft = str(tmp_path / "tenant"), tmp_path / "ft"
+    convert = ["convert", "--model", str(hf), "--prefix", tenant, "--out", str(ft), "--dtype", "fp32"]
+    assert cli.main(convert) == 0
+    ours = Engine.load(layout.ft_dir(ft, 1)).logits([ids], [0])[0]
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    capsys.readouterr()
+    argv = ["verify", str(ft), "--model", str(hf), "--prefix", tenant]
+    assert cli.main(argv) == 0
+    assert "tenant" in capsys.readouterr().out

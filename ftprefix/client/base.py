@@ -218,8 +218,8 @@ class ClientBase:
         return ModelInfo.from_config((yield from self._probe(GetConfig(model))))
 
     def _info_is_stale(self, refresh: bool) -> bool:
-        # Task ids shift down when a task is removed and the server reloads: an old table could
-        # send a row to the wrong prefix, so it is read again after `task_table_ttl` seconds.
+        # Ids never move, but tasks come and go (and `tasks compact` renumbers): the table is read
+        # again after `task_table_ttl` seconds.
         if self._model_info is None or refresh:
             return True
         ttl = self.task_table_ttl

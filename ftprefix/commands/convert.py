@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = convert(
         args.model,
-        prefix_sources(args.prefix),
+        prefix_sources(args.prefix, args.prefix_dir),
         args.out,
         tp=args.tp,
         dtype=args.dtype,

@@ -13,17 +13,31 @@ if TYPE_CHECKING:
     from ftprefix.converter.checkpoints import PrefixSource
 
 PREFIX_HELP = (
-    "comma-separated checkpoints, each PATH or NAME=PATH; repeatable. Task names default to the "
-    "file name (rinna: up to '_prefix_encoder') or the adapter directory's name"
+    "comma-separated checkpoints, each PATH or NAME=PATH, or @FILE (one PATH or NAME=PATH per line); "
+    "repeatable. Task names default to the file name (rinna: up to '_prefix_encoder' or "
+    "'.task<N>.weight') or the adapter directory's name"
 )
+# what --prefix-dir takes from a directory: checkpoint files, and PEFT adapter directories
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".checkpoint", ".safetensors", ".npy", ".weight")
 
 
 def add_prefix_option(
     parser: argparse.ArgumentParser, *, required: bool = False, help: str = PREFIX_HELP
 ) -> None:
+    """`--prefix` and `--prefix-dir`; `required`: one of them must be given."""
+    parser.add_argument("--prefix", action="append", default=[], metavar="CKPTS", help=help)
     parser.add_argument(
-        "--prefix", action="append", default=[], required=required, metavar="CKPTS", help=help
+        "--prefix-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="every checkpoint in DIR (files ending in "
+        + ", ".join(CHECKPOINT_SUFFIXES)
+        + ", and PEFT adapter directories), named as --prefix names them; repeatable",
     )
+    if required:  # checked by the command: argparse cannot require one of two options
+        parser.epilog = "Give at least one --prefix or --prefix-dir."
 
 
 def add_wait_option(parser: argparse.ArgumentParser) -> None:
@@ -52,24 +66,71 @@ def add_trust_pickle_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def prefix_sources(values: Sequence[str]) -> list[PrefixSource]:
-    """`--prefix` values, each "a.ckpt,b.ckpt" and/or "name=path" -> sources in the order given."""
-    from ftprefix.converter.checkpoints import PrefixSource
-
+def prefix_sources(values: Sequence[str], dirs: Sequence[Path] = ()) -> list[PrefixSource]:
+    """`--prefix` values ("a.ckpt,b.ckpt", "name=path", "@list.txt") and `--prefix-dir` directories
+    -> sources in the order given."""
     sources: list[PrefixSource] = []
     for value in values:
         for item in value.split(","):
             item = item.strip()
             if not item:
                 raise UserError(f"empty entry in --prefix {value!r}; separate checkpoints with single commas")
-            name, sep, path = item.partition("=")
-            if not sep:
-                sources.append(PrefixSource.at(item))
-            elif not path:
-                raise UserError(f"--prefix {item!r} names no path; use name=path")
+            if item.startswith("@"):
+                sources += _list_file(Path(item[1:]))
             else:
-                sources.append(PrefixSource.at(path, name))
+                sources.append(_source(item, f"--prefix {item!r}"))
+    for directory in dirs:
+        sources += _checkpoints_in(directory)
     return sources
+
+
+def _source(item: str, where: str, base: Path | None = None) -> PrefixSource:
+    from ftprefix.converter.checkpoints import PrefixSource
+
+    name, sep, path = item.partition("=")
+    if sep and not path:
+        raise UserError(f"{where} names no path; use name=path")
+    target = Path(path.strip() if sep else item)
+    if base is not None and not target.is_absolute():
+        target = base / target
+    return PrefixSource.at(target, name.strip() if sep else None)
+
+
+def _list_file(path: Path) -> list[PrefixSource]:
+    """`@FILE`: one PATH or NAME=PATH per line (relative paths from the file's directory; blank lines
+    and # comments skipped)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read the checkpoint list --prefix @{path}: {exc}") from None
+    sources = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            sources.append(_source(line, f"{path}:{number}", base=path.parent))
+    if not sources:
+        raise UserError(f"--prefix @{path} lists no checkpoints (one PATH or NAME=PATH per line)")
+    return sources
+
+
+def _checkpoints_in(directory: Path) -> list[PrefixSource]:
+    from ftprefix.converter.checkpoints import PEFT_CONFIG, PrefixSource
+
+    if not directory.is_dir():
+        raise UserError(f"--prefix-dir {directory} is not a directory")
+    found = [
+        PrefixSource.at(entry)
+        for entry in sorted(directory.iterdir())
+        if not entry.name.startswith(".")
+        and (
+            (entry.is_file() and entry.suffix.lower() in CHECKPOINT_SUFFIXES)
+            or (entry.is_dir() and (entry / PEFT_CONFIG).is_file())
+        )
+    ]
+    if not found:
+        kinds = ", ".join(CHECKPOINT_SUFFIXES)
+        raise UserError(f"--prefix-dir {directory} holds no checkpoint ({kinds} files, adapter directories)")
+    return found
 
 
 def add_queue_delay_option(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -23,17 +23,21 @@ def human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def tasks_table(tasks: Iterable[Any]) -> str:
-    """id / task / prefix length, for anything with `id`, `name` and `prompt_length`."""
-    return format_table(["id", "task", "prefix length"], [[t.id, t.name, t.prompt_length] for t in tasks])
+# more tasks than this are summarised in one row: convert and add print a summary, not a wall
+TABLE_ROWS = 20
 
 
-def written_tasks_table(reports: Iterable[Any], base: Any = None) -> str:
+def written_tasks_table(reports: Sequence[Any], base: Any = None) -> str:
     """What convert / tasks add wrote per task (and for the base model, given a ConvertReport)."""
+    shown = reports if len(reports) <= TABLE_ROWS else reports[: TABLE_ROWS - 1]
     rows: list[list[object]] = [
         [r.task_id, r.name, r.kind.replace("_", " "), r.prompt_length, human_bytes(r.bytes_written)]
-        for r in reports
+        for r in shown
     ]
+    if len(shown) < len(reports):
+        rest = reports[len(shown) :]
+        size = human_bytes(sum(r.bytes_written for r in rest))
+        rows.append([f"{rest[0].task_id}..{rest[-1].task_id}", f"({len(rest):,} more tasks)", "", "", size])
     if base is not None:
         rows.append(
             ["", "(base model)", f"{base.base_files} files", "", human_bytes(base.base_bytes_written)]

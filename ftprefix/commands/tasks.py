@@ -1,12 +1,13 @@
-"""`ftprefix tasks list|add|remove DIR`: the task table of a converted model.
+"""`ftprefix tasks list|add|remove|compact DIR`: the task table of a converted model.
 
-DIR is the convert output directory or its `<tp>-gpu` directory. `list` keeps DIR optional so other
-sources for the table (e.g. a running server) can be added as options of `list` alone.
+DIR is the convert output directory or its `<tp>-gpu` directory. Task ids never move: `remove`
+retires a task's slot, `add` appends, and only `compact` renumbers (task_table.py says why).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,24 +19,28 @@ from ftprefix.commands.options import (
     check_wait,
     prefix_sources,
 )
-from ftprefix.commands.tables import tasks_table, written_tasks_table
+from ftprefix.commands.tables import format_table, written_tasks_table
 from ftprefix.errors import UserError
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "tasks",
-        help="list, add or remove prefix tasks of a converted model",
-        description="List, add or remove the prefix tasks of a converted model.",
+        help="list, add, remove or compact the prefix tasks of a converted model",
+        description=(
+            "List, add or remove the prefix tasks of a converted model. Task ids never move: a removed "
+            "task leaves a retired slot, new tasks get new ids; only `compact` renumbers."
+        ),
     )
     sub = p.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
 
-    ls = sub.add_parser("list", help="print the task table (id, name, prefix length)")
+    ls = sub.add_parser("list", help="print the task table (id, name, prefix length, retired slots)")
     ls.add_argument("dir", nargs="?", type=Path, metavar="DIR", help="converted model (OUT or OUT/<tp>-gpu)")
     ls.add_argument("--url", metavar="HOST:PORT", help="read the table from a running server (gRPC) instead")
+    ls.add_argument("--json", action="store_true", help="one JSON object: the slots, for scripts")
     ls.set_defaults(func=run_list)
 
-    add = sub.add_parser("add", help="add prefix checkpoints; existing task ids do not change")
+    add = sub.add_parser("add", help="add prefix checkpoints; they get new ids, existing ids do not change")
     add.add_argument("dir", type=Path, metavar="DIR", help="converted model (OUT or OUT/<tp>-gpu)")
     add_prefix_option(add, required=True)
     add.add_argument(
@@ -48,11 +53,51 @@ def register(subparsers: Any) -> None:
     add_wait_option(add)
     add.set_defaults(func=run_add, extras=("convert",))
 
-    rm = sub.add_parser("remove", help="remove tasks and their files; later task ids move down")
+    rm = sub.add_parser("remove", help="remove tasks: their ids are retired, no other id changes")
     rm.add_argument("dir", type=Path, metavar="DIR", help="converted model (OUT or OUT/<tp>-gpu)")
     rm.add_argument("names", nargs="+", metavar="NAME", help="task names to remove")
     add_wait_option(rm)
     rm.set_defaults(func=run_remove)
+
+    compact = sub.add_parser(
+        "compact",
+        help="drop retired slots and renumber the tasks (moves ids: clients must read the table again)",
+        description=(
+            "Drop the retired slots of removed tasks and renumber the remaining tasks from 0. This is the "
+            "one command that moves task ids: a client holding the old table would send an old id for "
+            "another task, which FasterTransformer's GPU backend cannot notice. Prints the id map."
+        ),
+    )
+    compact.add_argument("dir", type=Path, metavar="DIR", help="converted model (OUT or OUT/<tp>-gpu)")
+    compact.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a server serving this model (repeatable): compact refuses while one is up, unless --force",
+    )
+    compact.add_argument("--force", action="store_true", help="compact even while a --url server is up")
+    add_wait_option(compact)
+    compact.set_defaults(func=run_compact)
+
+
+def _slot_rows(tasks: Any) -> list[list[object]]:
+    return [
+        [t.id, t.name if not t.retired else f"(retired: {t.removed or 'removed task'})", t.prompt_length]
+        for t in tasks
+    ]
+
+
+def _slots_json(tasks: Any) -> str:
+    return json.dumps(
+        {
+            "tasks": [
+                {"id": t.id, "name": t.name, "prompt_length": t.prompt_length, "retired": t.retired}
+                | ({"removed": t.removed} if t.removed else {})
+                for t in tasks
+            ]
+        }
+    )
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -61,26 +106,37 @@ def run_list(args: argparse.Namespace) -> int:
     if args.url is not None:
         if args.dir is not None:
             raise UserError("give DIR or --url, not both")
-        return _list_from_server(args.url)
+        return _list_from_server(args.url, args.json)
     if args.dir is None:
         raise UserError("give DIR, the converted model directory, or --url HOST:PORT of a running server")
     ft_dir, cfg = list_tasks(args.dir)
-    print(tasks_table(cfg.tasks))
-    print(f"{len(cfg.tasks)} task(s) in {ft_dir}")
+    if args.json:
+        print(_slots_json(cfg.tasks))
+        return 0
+    print(format_table(["id", "task", "prefix length"], _slot_rows(cfg.tasks)))
+    retired = len(cfg.tasks.retired)
+    note = f" and {retired} retired slot(s) (`ftprefix tasks compact` reclaims them)" if retired else ""
+    print(f"{len(cfg.tasks.live)} task(s){note} in {ft_dir}")
     left = leftovers(ft_dir, cfg)
     if left:
-        names = ", ".join(p.name for p in left)
+        from ftprefix.task_table import summary
+
+        names = summary([p.name for p in left])
         print(f"note: {names} left by an interrupted command; the next tasks add/remove removes them")
     return 0
 
 
-def _list_from_server(url: str) -> int:
+def _list_from_server(url: str, as_json: bool) -> int:
     from ftprefix.client import Client
 
     with Client(url) as client:
-        tasks = client.tasks()
-    print(tasks_table(tasks))
-    print(f"{len(tasks)} task(s) served at {client.url}")
+        tasks = client.model_info().tasks
+    if as_json:
+        print(_slots_json(tasks))
+        return 0
+    print(format_table(["id", "task", "prefix length"], _slot_rows(tasks)))
+    retired = f" and {len(tasks.retired)} retired slot(s)" if tasks.retired else ""
+    print(f"{len(tasks.live)} task(s){retired} served at {client.url}")
     return 0
 
 
@@ -93,7 +149,7 @@ def run_add(args: argparse.Namespace) -> int:
 
     reports = add_tasks(
         args.dir,
-        prefix_sources(args.prefix),
+        prefix_sources(args.prefix, args.prefix_dir),
         hf_dir=args.model,
         trust_pickle=args.trust_pickle,
         wait=check_wait(args.wait),
@@ -105,12 +161,42 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_remove(args: argparse.Namespace) -> int:
     from ftprefix.converter.tasks import remove_tasks
+    from ftprefix.task_table import summary
 
-    removed, moved = remove_tasks(args.dir, args.names, wait=check_wait(args.wait), report=_note)
-    for task in removed:
-        print(f"removed task {task.name}")
-    if moved:
-        # Ids are positions in the task table: clients that cached ids must look them up again.
-        moves = ", ".join(f"{m.name} {m.old_id}->{m.new_id}" for m in moved)
-        print(f"task ids moved down: {moves}")
+    slots = remove_tasks(args.dir, args.names, wait=check_wait(args.wait), report=_note)
+    ids = summary([f"{s.removed} (id {s.id})" for s in slots])
+    print(f"removed {len(slots)} task(s): {ids}; their ids are retired, every other id stays")
+    return 0
+
+
+def _server_up(url: str) -> bool:
+    from ftprefix.client import Client, FtprefixClientError
+
+    try:
+        with Client(url, connect_retries=0, timeout=5) as client:
+            client.model_info()
+    except FtprefixClientError:
+        return False
+    return True
+
+
+def run_compact(args: argparse.Namespace) -> int:
+    from ftprefix.converter.tasks import compact_tasks
+    from ftprefix.task_table import summary
+
+    up = [url for url in args.url if _server_up(url)]
+    if up and not args.force:
+        raise UserError(
+            f"the server at {up[0]} is up: compacting moves task ids under its clients; stop it (or pass "
+            "--force and reload every replica before clients read the table again)"
+        )
+    cfg, moved = compact_tasks(args.dir, wait=check_wait(args.wait), report=_note)
+    if not moved:
+        print(f"nothing to compact: {len(cfg.tasks)} task(s), no retired slot between them")
+        return 0
+    print(format_table(["task", "old id", "new id"], [[name, old, new] for name, old, new in moved]))
+    print(
+        f"{len(moved)} task(s) moved ({summary([m[0] for m in moved])}): clients must read the task table "
+        "again before sending, and every server must load the model again first"
+    )
     return 0

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{flag.replace('_', '-')} must be positive, got {value}")
     if (args.directory is None) == (args.url is None):
         raise UserError("give DIR (converted files) or --url HOST:PORT (a running server), one of them")
-    sources = prefix_sources(args.prefix)
+    sources = prefix_sources(args.prefix, args.prefix_dir)
     if args.url is not None:
         from ftprefix.verify.live import verify_server
 

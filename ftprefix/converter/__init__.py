@@ -17,7 +17,7 @@ from ftprefix.converter.base_weights import plan_base, write_base
 from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.converter.hf_model import open_hf_model
 from ftprefix.converter.output_dir import check_output, clean_stale, output_directory, staged_ft_dir
-from ftprefix.converter.prefixes import check_task_names, load_prefixes, write_prefix
+from ftprefix.converter.prefixes import check_task_names, load_prefixes, write_placeholder, write_prefix
 from ftprefix.converter.progress import progress_bar
 from ftprefix.errors import UserError
 from ftprefix.locking import DEFAULT_WAIT_S
@@ -93,22 +93,31 @@ def convert(
         warnings = hf.config.warnings()
         for message in warnings:
             warn(message)
-        cfg = cfg.with_tasks(TaskTable((c.name, int(p.shape[0])) for c, p in loaded))
+        new_tasks = [(c.name, int(p.shape[0])) for c, p in loaded]
+        cfg = cfg.with_tasks(TaskTable(new_tasks))
         report = ConvertReport(out, layout.ft_dir(out, tp), cfg, warnings=warnings)
         with output_directory(out), locking.exclusive(out, wait):
             check_output(out, tp, force=force, inputs=inputs)  # again, now that no one else writes
             clean_stale(out, warn)
+            previous = layout.ft_dir(out, tp) / layout.CONFIG_FILE
+            if previous.is_file():  # --force: tasks that remain keep their ids (task_table.py)
+                cfg = cfg.with_tasks(layout.read_config(previous.parent).tasks.replaced_by(new_tasks))
+                report.config = cfg
             with staged_ft_dir(out, tp) as target:
                 with progress_bar(len(plan) + len(loaded), "convert", progress) as bar:
                     stats = write_base(hf, plan, cfg, target, on_tensor=lambda: bar.update(1))
-                    for task_id, (ckpt, prefix) in enumerate(loaded):
+                    for ckpt, prefix in loaded:
                         written = write_prefix(target, ckpt.name, prefix, cfg)
+                        task = cfg.tasks.find(ckpt.name)
+                        assert task is not None
                         report.tasks.append(
                             TaskReport(
-                                task_id, ckpt.name, ckpt.kind, int(prefix.shape[0]), written, ckpt.path
+                                task.id, ckpt.name, ckpt.kind, int(prefix.shape[0]), written, ckpt.path
                             )
                         )
                         bar.update(1)
+                    for slot in cfg.tasks.retired:
+                        write_placeholder(target, slot, cfg)
                 layout.write_config(target, cfg)
     report.base_files = stats.files
     report.base_bytes_written = stats.bytes_written

@@ -11,6 +11,7 @@ from ftprefix import layout
 from ftprefix.converter.checkpoints import LoadedCheckpoint, PrefixSource, load_checkpoint
 from ftprefix.converter.values import check_servable
 from ftprefix.errors import UserError
+from ftprefix.task_table import Task
 
 
 def check_task_names(sources: Sequence[PrefixSource], existing: Sequence[str] = ()) -> None:
@@ -103,9 +104,7 @@ def load_prefixes(
             )
         from ftprefix.converter.soft_prompt import soft_prompts_to_prefixes
 
-        for (i, _), prefix in zip(
-            soft, soft_prompts_to_prefixes([e for _, e in soft], hf_dir), strict=True
-        ):
+        for (i, _), prefix in zip(soft, soft_prompts_to_prefixes([e for _, e in soft], hf_dir), strict=True):
             prefixes[i] = canonical_prefix(
                 LoadedCheckpoint(loaded[i].name, "prefix", prefix, loaded[i].path), cfg
             )
@@ -125,3 +124,9 @@ def write_prefix(out_dir: Path, name: str, prefix: np.ndarray, cfg: layout.Model
         data.tofile(out_dir / file_name)
         written += data.nbytes
     return written
+
+
+def write_placeholder(out_dir: Path, slot: Task, cfg: layout.ModelConfig) -> int:
+    """A retired slot's prefix files: zeros of its length, so FT loads it like any other slot."""
+    zeros = np.zeros((slot.prompt_length, layout.prefix_width(cfg)), dtype=np.float32)
+    return write_prefix(out_dir, slot.name, zeros, cfg)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ftprefix.hf_cache import cache_to_prefix
+from ftprefix.hf_compat import returned_cache
 
 
 def soft_prompts_to_prefixes(embeddings: Sequence[np.ndarray], hf_dir: Path) -> list[np.ndarray]:
@@ -31,21 +32,21 @@ def soft_prompts_to_prefixes(embeddings: Sequence[np.ndarray], hf_dir: Path) -> 
         for emb in embeddings:
             inputs = torch.from_numpy(np.asarray(emb, dtype=np.float32)).unsqueeze(0)
             out = model(inputs_embeds=inputs, use_cache=True)
-            results.append(cache_to_prefix(out.past_key_values, model.config.num_hidden_layers))
+            results.append(cache_to_prefix(returned_cache(out), model.config.num_hidden_layers))
     return results
 
 
 def _load_model(hf_dir: Path) -> Any:
-    import torch
-    from transformers import GPTNeoXForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from ftprefix.hf_compat import load_gptneox
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model = GPTNeoXForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+        model = load_gptneox(hf_dir)
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
-    return model.eval()
+    return model

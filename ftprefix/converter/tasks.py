@@ -3,8 +3,9 @@
 Every change holds the model lock (ftprefix.locking) for its whole read-modify-write, so
 concurrent `tasks add` commands all land, with distinct ids. The order of writes keeps the model
 loadable at every instant, whatever kills the command: `add` writes the new prefix files first
-and then publishes them with an atomic rename of config.ini; `remove` renames config.ini first and
-deletes the task's files only once config.ini no longer names them. What an interrupted command
+and then publishes them with an atomic rename of config.ini; `remove` writes the retired slot's
+placeholder files, renames config.ini and deletes the task's files only once config.ini no longer
+names them. What an interrupted command
 leaves behind (prefix files config.ini does not name, config.ini temporaries) is removed by the
 next `tasks add` / `remove` and reported by `tasks list`.
 """
@@ -17,9 +18,9 @@ from pathlib import Path
 from ftprefix import layout, locking
 from ftprefix.converter import TaskReport
 from ftprefix.converter.checkpoints import PrefixSource
-from ftprefix.converter.prefixes import check_task_names, load_prefixes, write_prefix
+from ftprefix.converter.prefixes import check_task_names, load_prefixes, write_placeholder, write_prefix
 from ftprefix.errors import UserError
-from ftprefix.task_table import Moved, Task
+from ftprefix.task_table import Task, unknown_name_hint
 
 
 def list_tasks(directory: str | Path) -> tuple[Path, layout.ModelConfig]:
@@ -59,7 +60,7 @@ def add_tasks(
 ) -> list[TaskReport]:
     """Append tasks (ids of existing tasks stay as they are). Soft prompts need `hf_dir`."""
     if not sources:
-        raise UserError("no checkpoints given; pass --prefix PATH or --prefix NAME=PATH")
+        raise UserError("no checkpoints given; pass --prefix PATH, NAME=PATH or @FILE, or --prefix-dir DIR")
     ft_dir = layout.find_ft_dir(directory)
     with locking.exclusive(ft_dir.parent, wait):
         cfg = layout.read_config(ft_dir)
@@ -91,8 +92,9 @@ def remove_tasks(
     *,
     wait: float = locking.DEFAULT_WAIT_S,
     report: Callable[[str], None] = lambda _message: None,
-) -> tuple[list[Task], list[Moved]]:
-    """Remove tasks by name; returns (removed tasks, tasks whose id moved down)."""
+) -> list[Task]:
+    """Remove tasks by name: each one's slot is retired (its id is never given again, every other id
+    stays). Returns the retired slots (their `removed` is the task's name)."""
     if not names:
         raise UserError("no task names given")
     if len(set(names)) != len(names):
@@ -102,12 +104,43 @@ def remove_tasks(
         cfg = layout.read_config(ft_dir)
         for name in names:
             if cfg.tasks.find(name) is None:
-                raise UserError(f"unknown task {name!r}; known tasks: {', '.join(cfg.tasks.names) or 'none'}")
+                raise UserError(f"unknown task {name!r}; {unknown_name_hint(name, cfg.tasks.names)}")
         _clean(ft_dir, cfg, report)
-        removed = [t for t in cfg.tasks if t.name in names]
-        kept, moved = cfg.tasks.without(names)
-        layout.write_config(ft_dir, cfg.with_tasks(kept))
-        for task in removed:
+        removed = [t for t in cfg.tasks.live if t.name in set(names)]
+        table = cfg.tasks.retire(names)
+        slots = [table[t.id] for t in removed]
+        written: list[Path] = []
+        try:
+            for slot in slots:  # the placeholders first: a config.ini naming them is always loadable
+                written.extend(ft_dir / f for f in layout.prefix_file_names(slot.name, cfg.tensor_para_size))
+                write_placeholder(ft_dir, slot, cfg)
+            layout.write_config(ft_dir, cfg.with_tasks(table))
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        for task in removed:  # no longer named by config.ini
             for file_name in layout.prefix_file_names(task.name, cfg.tensor_para_size):
                 (ft_dir / file_name).unlink(missing_ok=True)
-    return removed, moved
+    return slots
+
+
+def compact_tasks(
+    directory: str | Path,
+    *,
+    wait: float = locking.DEFAULT_WAIT_S,
+    report: Callable[[str], None] = lambda _message: None,
+) -> tuple[layout.ModelConfig, list[tuple[str, int, int]]]:
+    """Drop the retired slots and renumber the live tasks from 0: the one change that moves ids.
+    Returns the new config and (name, old id, new id) of every task that moved."""
+    ft_dir = layout.find_ft_dir(directory)
+    with locking.exclusive(ft_dir.parent, wait):
+        cfg = layout.read_config(ft_dir)
+        _clean(ft_dir, cfg, report)
+        table, moved = cfg.tasks.compacted()
+        new = cfg.with_tasks(table)
+        layout.write_config(ft_dir, new)  # task files are named by task, not id: nothing else moves
+        for slot in cfg.tasks.retired:
+            for file_name in layout.prefix_file_names(slot.name, cfg.tensor_para_size):
+                (ft_dir / file_name).unlink(missing_ok=True)
+    return new, moved

@@ -125,6 +125,7 @@ def train_prefix(
     import torch
 
     from ftprefix.hf_cache import prefix_to_cache
+    from ftprefix.hf_compat import cache_argument
 
     config = model.config
     for param in model.parameters():
@@ -143,7 +144,7 @@ def train_prefix(
             input_ids=b.input_ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            **cache_argument(model, cache),
             labels=b.labels,
         ).loss
         optimizer.zero_grad()

@@ -165,7 +165,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             info = await client().model_info(refresh=refresh)
         except FtprefixClientError as exc:
             raise api_error(exc) from exc
-        names = [base_model, *(t.name for t in info.tasks if t.name != base_model)]
+        names = [base_model, *(t.name for t in info.tasks.live if t.name != base_model)]
         return [n for n in names if allowed.allows(n)]
 
     async def task_of(model: str, allowed: Scope) -> str | None:

@@ -42,9 +42,22 @@ class TritonPythonModel:
                 inputs[t.name] = tensor.as_numpy()
         decoded = decode_request(inputs)
         # checked per request so that one bad request cannot fail the others it is batched with
+        self._check_retired(decoded)
         self._check_task_names(request, decoded)
         self.engine.validate(self._batch([decoded]).engine_rows())
         return decoded
+
+    def _check_retired(self, decoded: FtRequest) -> None:
+        """A removed task's id is no task: FT would serve its zero placeholder; the twin says so."""
+        tasks = self.engine.config.tasks
+        for i, row in enumerate(decoded.rows):
+            slot = tasks.slot(row.task_id) if row.task_id is not None else None
+            if slot is not None and slot.retired:
+                was = f"task {slot.removed!r}" if slot.removed else "its task"
+                raise ValueError(
+                    f"{protocol.TASK_TABLE_CHANGED}: row {i} sends task id {row.task_id}, whose task was "
+                    f"removed ({was}); that id names no task any more: read the task table again"
+                )
 
     def _check_task_names(self, request: object, decoded: FtRequest) -> None:
         """Refuse ids that no longer name the tasks the client meant (see protocol.TASK_NAMES_PARAMETER)."""

@@ -17,6 +17,7 @@ from ftprefix import layout
 from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.converter.hf_config import GELU_FORMULA
 from ftprefix.errors import UserError
+from ftprefix.task_table import unknown_name_hint
 from ftprefix.verify.reference import (
     BASE,
     TaskReference,
@@ -77,8 +78,8 @@ def prompts(vocab_size: int, seed: int = 0) -> list[list[int]]:
 def unknown_tasks(cfg: layout.ModelConfig, sources: Sequence[PrefixSource]) -> None:
     for source in sources:
         if cfg.tasks.find(source.name) is None:
-            known = ", ".join(cfg.tasks.names) or "none"
-            raise UserError(f"unknown task {source.name!r}; the converted model's tasks: {known}")
+            hint = unknown_name_hint(source.name, cfg.tasks.names)
+            raise UserError(f"unknown task {source.name!r} in the converted model; {hint}")
 
 
 def verify_files(
@@ -110,7 +111,7 @@ def verify_files(
     refs = task_references(cfg, sources, trust_pickle)
     engine = Engine.load(ft_dir, gelu=gelu)
     rows = [_check(engine, hf, cfg, BASE_NAME, None, BASE, tolerance)]
-    for task in cfg.tasks:
+    for task in cfg.tasks.live:
         if task.name not in refs:
             note = f"not checked: pass --prefix {task.name}=PATH"
             rows.append(FileCheck(task.name, task.prompt_length, None, None, note))
@@ -128,7 +129,7 @@ def check_fp16(engine: Any) -> Fp16Check:
     cfg = engine.config
     batch = prompts(cfg.vocab_size)
     error = 0.0
-    for task_id in [None, *(t.id for t in cfg.tasks)]:
+    for task_id in [None, *(t.id for t in cfg.tasks.live)]:
         ids = [task_id] * len(batch)
         for low, exact in zip(fp16.logits(batch, ids), engine.logits(batch, ids), strict=True):
             diff = np.abs(low - exact)

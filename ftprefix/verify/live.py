@@ -31,6 +31,7 @@ from ftprefix.client.types import GenerationParams
 from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.converter.hf_config import read_hf_config
 from ftprefix.errors import UserError
+from ftprefix.task_table import unknown_name_hint
 from ftprefix.verify.files import BASE_NAME
 from ftprefix.verify.reference import BASE, TaskReference, hf_greedy, hf_logits, load_hf, task_references
 
@@ -172,8 +173,8 @@ def verify_server(
     dtype = info.data_type if info.data_type in layout.WEIGHT_DTYPES else "fp32"
     for source in sources:
         if info.tasks.find(source.name) is None:
-            known = ", ".join(info.tasks.names) or "none"
-            raise UserError(f"the server at {url} serves no task {source.name!r}; its tasks: {known}")
+            hint = unknown_name_hint(source.name, info.tasks.names)
+            raise UserError(f"the server at {url} serves no task {source.name!r}; {hint}")
     cfg = read_hf_config(hf_dir).to_ft(tp=1, dtype=dtype, model_name=hf_dir.name)
     refs = task_references(cfg, sources, trust_pickle)
     for name, ref in refs.items():
@@ -189,7 +190,7 @@ def verify_server(
 
     checks = [LiveCheck(BASE_NAME, 0)]
     rows: list[tuple[int, list[int], str | None]] = [(0, p, None) for p in _prompts(cfg.vocab_size, 0)]
-    for task in info.tasks:
+    for task in info.tasks.live:
         if task.name not in refs:
             checks.append(
                 LiveCheck(task.name, task.prompt_length, note=f"not checked: pass --prefix {task.name}=PATH")

@@ -39,15 +39,15 @@ BASE = TaskReference()
 def load_hf(hf_dir: Path, weight_dtype: str) -> Any:
     """The HF model in fp32; with fp16 files its weights are rounded to fp16 first (same values)."""
     import torch
-    from transformers import GPTNeoXForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from ftprefix.hf_compat import load_gptneox
 
     if not (hf_dir / "config.json").is_file():
         raise UserError(f"--model {hf_dir} is not a Hugging Face model directory (no config.json)")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    model = GPTNeoXForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, local_files_only=True)
-    model.eval()
+    model = load_gptneox(hf_dir, local_files_only=True)
     if weight_dtype == "fp16":
         with torch.no_grad():
             for param in model.parameters():
@@ -95,6 +95,7 @@ def hf_logits(model: Any, ids: Sequence[int], ref: TaskReference, cfg: layout.Mo
     import torch
 
     from ftprefix.hf_cache import prefix_to_cache
+    from ftprefix.hf_compat import cache_argument
 
     tokens = torch.tensor([list(ids)], dtype=torch.long)
     n = len(ids)
@@ -109,7 +110,7 @@ def hf_logits(model: Any, ids: Sequence[int], ref: TaskReference, cfg: layout.Mo
         cache = prefix_to_cache(torch.from_numpy(ref.prefix).float(), cfg.num_layer, cfg.head_num)
         out = model(
             tokens,
-            past_key_values=cache,
+            **cache_argument(model, cache),
             attention_mask=torch.ones((1, p + n), dtype=torch.long),
             position_ids=torch.arange(p, p + n)[None],
         )
