@@ -5,7 +5,7 @@
     with Client("localhost:8001", tokenizer="path/to/hf_model") as client:
         print(client.generate("Hello", task="taskA", max_new_tokens=16).text)
 
-No torch here: tokenising uses the `tokenizers` library, transport uses tritonclient[grpc].
+No torch here: tokenising is ftprefix.text (tokenizers, sentencepiece), transport tritonclient[grpc].
 """
 
 from ftprefix.client.aio import AsyncClient
