@@ -196,9 +196,17 @@ def retired_name(task_id: int) -> str:
     return f"{RETIRED_PREFIX}{task_id}"
 
 
+# Beyond this many names, similarity scoring (difflib) costs tens of milliseconds per error: a
+# 404 for an unknown model must stay cheap, so larger tables suggest names sharing a long prefix.
+SCORED_NAMES = 1000
+
+
 def closest_names(name: str, names: Sequence[str], limit: int = 3) -> list[str]:
     """Up to `limit` of `names` that look like `name` (for "did you mean" in errors)."""
-    return difflib.get_close_matches(name, list(names), n=limit, cutoff=0.6)
+    if len(names) <= SCORED_NAMES:
+        return difflib.get_close_matches(name, list(names), n=limit, cutoff=0.6)
+    stem = name[: max(1, len(name) * 2 // 3)]
+    return [n for n in names if n.startswith(stem)][:limit]
 
 
 def unknown_name_hint(name: str, names: Sequence[str], what: str = "task") -> str:
