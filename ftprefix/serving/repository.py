@@ -21,15 +21,12 @@ from ftprefix import layout, protocol
 from ftprefix.errors import UserError
 from ftprefix.serving import interface
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
+from ftprefix.serving.text_models import NEWLINE_TOKEN_PARAMETER, TOKENIZER_PATH_PARAMETER, TOKENIZER_SUBDIR
 from ftprefix.text import TOKENIZER_FILES, Tokenizer, load_tokenizer
 
 CPU, GPU = "cpu", "gpu"
 VERSION = "1"
-TOKENIZER_SUBDIR = "tokenizer"
 SITE_MODULE = "ftprefix_site.py"
-# python model parameters: where the tokenizer files are, rinna's newline token
-TOKENIZER_PATH_PARAMETER = "tokenizer_path"
-NEWLINE_TOKEN_PARAMETER = "newline_token"
 
 
 @dataclass(frozen=True)

@@ -12,26 +12,13 @@ the CPU server finds in its virtualenv and the GPU image installs (no torch ther
 """
 
 import csv
-import json
-from pathlib import Path
 
 import ftprefix_site  # noqa: F401  (before numpy: the serving virtualenv goes on sys.path)
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ftprefix.text import load_tokenizer
+from ftprefix.serving.text_models import tokenizer_and_end_id
 from ftprefix.words import batch_words_to_ft
-
-
-def _param(config: dict, key: str, default: str = "") -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
-
-
-def tokenizer_of(args: dict, config: dict):
-    path = Path(_param(config, "tokenizer_path", "tokenizer"))
-    if not path.is_absolute():
-        path = Path(args["model_repository"]) / args["model_version"] / path
-    return load_tokenizer(path, newline_token=_param(config, "newline_token") or None)
 
 
 def _text(value) -> str:
@@ -50,10 +37,7 @@ def word_lists(tokenizer, rows) -> np.ndarray:
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        self.tokenizer = tokenizer_of(args, config)
-        end_id = _param(config, "end_id")
-        self.end_id = int(end_id) if end_id else int(self.tokenizer.eos_id or 0)
+        self.tokenizer, self.end_id = tokenizer_and_end_id(args)
 
     def execute(self, requests):
         responses = []

@@ -9,30 +9,17 @@ to the row's input (ftprefix.text: what `decode(input + generated)` adds after `
 exactly the client's and the OpenAI gateway's text.
 """
 
-import json
-from pathlib import Path
-
 import ftprefix_site  # noqa: F401  (before numpy: the serving virtualenv goes on sys.path)
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ftprefix.ft_rows import RowSpec, read_row
-from ftprefix.text import load_tokenizer
-
-
-def _param(config: dict, key: str, default: str = "") -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+from ftprefix.serving.text_models import tokenizer_and_end_id
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        path = Path(_param(config, "tokenizer_path", "tokenizer"))
-        if not path.is_absolute():
-            path = Path(args["model_repository"]) / args["model_version"] / path
-        self.tokenizer = load_tokenizer(path, newline_token=_param(config, "newline_token") or None)
-        end_id = _param(config, "end_id")
-        self.end_id = int(end_id) if end_id else int(self.tokenizer.eos_id or 0)
+        self.tokenizer, self.end_id = tokenizer_and_end_id(args)
 
     def _text(self, beam: np.ndarray, input_length: int, output_length: int) -> bytes:
         answer = read_row(beam, RowSpec(input_length, output_length, self.end_id), final=True)
