@@ -18,10 +18,10 @@ from serving_support import convert_toy, tensors
 from transformers import AutoTokenizer
 
 from ftprefix import cli, protocol
-from ftprefix.demo import toy
 from ftprefix.gateway.app import GatewaySettings
 from ftprefix.gateway.run import make_server, start_in_thread
 from ftprefix.serving.server import EmbeddedServer, free_port
+from ftprefix.text import copy_tokenizer_files
 
 TASKS = {"smile": 3, "shout": 5, "story": 2}
 BASE = "toy-base"
@@ -195,7 +195,7 @@ def test_chat_equals_completions_on_the_rendered_prompt(gateway, model, task) ->
 
 def test_the_tokenizers_own_template_and_no_template(triton, model, tmp_path: Path) -> None:
     own = tmp_path / "with-template"
-    toy.copy_tokenizer(model["hf"], own)
+    copy_tokenizer_files(model["hf"], own)
     config = json.loads((own / "tokenizer_config.json").read_text())
     config["chat_template"] = TEMPLATE.replace("<", "[").replace(">", "]")
     (own / "tokenizer_config.json").write_text(json.dumps(config))

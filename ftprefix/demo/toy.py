@@ -99,20 +99,6 @@ def build_sentencepiece_tokenizer(
     return path
 
 
-def copy_tokenizer(src: str | os.PathLike[str], directory: str | os.PathLike[str]) -> Path:
-    """The tokenizer files of `src` (e.g. tests/data/tokenizers/...) copied into `directory`."""
-    import shutil
-
-    from ftprefix.text import TOKENIZER_FILES
-
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).is_file():
-            shutil.copyfile(Path(src) / name, path / name)
-    return path
-
-
 def build_model(
     directory: str | os.PathLike[str] | None = None,
     *,
@@ -146,13 +132,13 @@ def build_model(
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from ftprefix.text import load_tokenizer
+    from ftprefix.text import copy_tokenizer_files, load_tokenizer
 
     bos_id = eos_id = 0
     if with_tokenizer and directory is not None:
         size = tokenizer_vocab_size or min(vocab_size, 400)
         if tokenizer_from is not None:
-            copy_tokenizer(tokenizer_from, directory)
+            copy_tokenizer_files(tokenizer_from, directory)
         elif tokenizer_kind == "sentencepiece":
             build_sentencepiece_tokenizer(directory, vocab_size=size, sentences=tokenizer_sentences)
         elif tokenizer_kind == "bpe":

@@ -12,7 +12,6 @@ Layout written (both targets):
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,7 +21,7 @@ from ftprefix.errors import UserError
 from ftprefix.serving import interface
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
 from ftprefix.serving.text_models import NEWLINE_TOKEN_PARAMETER, TOKENIZER_PATH_PARAMETER, TOKENIZER_SUBDIR
-from ftprefix.text import TOKENIZER_FILES, Tokenizer, load_tokenizer
+from ftprefix.text import Tokenizer, copy_tokenizer_files, load_tokenizer
 
 CPU, GPU = "cpu", "gpu"
 VERSION = "1"
@@ -65,13 +64,6 @@ def _write_python_model(repo: Path, name: str, template: str) -> None:
     version_dir = repo / name / VERSION
     _write(version_dir / "model.py", _template(template))
     _write(version_dir / SITE_MODULE, _template(SITE_MODULE))
-
-
-def _copy_tokenizer(src: Path, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dest / name)
 
 
 def write_repository(
@@ -147,7 +139,7 @@ def write_repository(
         ):
             _write(repo / name / "config.pbtxt", interface.to_pbtxt(make(text_params)))
             _write_python_model(repo, name, template)
-            _copy_tokenizer(tok, repo / name / VERSION / TOKENIZER_SUBDIR)
+            copy_tokenizer_files(tok, repo / name / VERSION / TOKENIZER_SUBDIR)
             models.append(name)
         ens = interface.ensemble_config({protocol.TASK_TABLE_PARAMETER: cfg.tasks.to_json()})
         _write(repo / protocol.ENSEMBLE_MODEL / "config.pbtxt", interface.to_pbtxt(ens))

@@ -8,6 +8,13 @@ tritonclient, so the GPU image installs ftprefix's core package for it.
 
 from ftprefix.text.base import Continuation, Tokenizer
 from ftprefix.text.files import TokenizerError
-from ftprefix.text.load import TOKENIZER_FILES, load_tokenizer
+from ftprefix.text.load import TOKENIZER_FILES, copy_tokenizer_files, load_tokenizer
 
-__all__ = ["TOKENIZER_FILES", "Continuation", "Tokenizer", "TokenizerError", "load_tokenizer"]
+__all__ = [
+    "TOKENIZER_FILES",
+    "Continuation",
+    "Tokenizer",
+    "TokenizerError",
+    "copy_tokenizer_files",
+    "load_tokenizer",
+]

@@ -5,6 +5,7 @@ everything that ships a `tokenizer.json` (GPT-NeoX, Pythia)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from ftprefix.text.base import Tokenizer
@@ -21,6 +22,16 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     *(f.model_file for f in FLAVOURS.values()),
 )
+
+
+def copy_tokenizer_files(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """The tokenizer files of a model directory (TOKENIZER_FILES; no weights) copied into `dest`."""
+    target = Path(dest)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, target / name)
+    return target
 
 
 def load_tokenizer(directory: str | os.PathLike[str], *, newline_token: str | None = None) -> Tokenizer:
