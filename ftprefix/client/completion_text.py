@@ -68,9 +68,7 @@ class TextReader:
         row = self.read(tokens)
         if row.stopped:
             return row
-        text = row.text
-        if text.endswith("\ufffd"):  # a character whose bytes have not all arrived
-            text = text.rstrip("\ufffd")
+        text = row.text.rstrip("\ufffd")  # a character whose bytes have not all arrived
         return RowText(text[: len(text) - held_back(text, self.pending)], row.tokens, False)
 
     def token_texts(self, tokens: Sequence[int], text: str) -> list[str]:

@@ -161,7 +161,7 @@ def add_newline_token_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_gateway_options(parser: argparse.ArgumentParser, flag_prefix: str = "") -> None:
+def add_gateway_options(parser: argparse.ArgumentParser) -> None:
     """API keys and the chat template of the OpenAI-compatible API (`ftprefix openai`, `serve`)."""
     parser.add_argument(
         "--api-key",

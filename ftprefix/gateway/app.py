@@ -124,9 +124,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
 
     app = FastAPI(title="ftprefix OpenAI-compatible API", lifespan=lifespan)
     app.add_middleware(KeyCheck, keys=keys, metrics=metrics)
-    app.state.keys = keys
-    app.state.metrics = metrics
-    app.state.chat_template = template
+    app.state.keys = keys  # for the commands' start-up line
 
     def client() -> AsyncClient:
         return holder["client"]

@@ -82,12 +82,6 @@ class KeyRing:
             self._from_file = parse_keys_file(self.keys_file)  # a bad file fails the start, in one line
             self._file_state = self._stat()
 
-    @classmethod
-    def from_options(cls, keys: Iterable[str], keys_file: str | os.PathLike[str] | None) -> KeyRing:
-        """`--api-key` values, `FTPREFIX_API_KEY` and `--api-keys FILE`."""
-        env = os.environ.get(ENV_KEY)
-        return cls([*keys, *([env] if env else [])], keys_file)
-
     @property
     def open(self) -> bool:
         return not self._fixed and self.keys_file is None

@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from ftprefix.text.base import Tokenizer
 from ftprefix.text.files import NAMED_SPECIAL_TOKENS, TokenizerError, TokenizerFiles, TokenSpec
@@ -105,7 +104,6 @@ class SentencePieceTokenizer(Tokenizer):
         self._clean_up = files.flag("clean_up_tokenization_spaces", False)
         self._added, specials = self._added_tokens(files, flavour, where)
         self._by_content = {token.content: index for index, token in self._added.items()}
-        self._special_contents = {token.content for token in specials}
         self._special_ids = {self.token_to_id(s.content) for s in specials} - {None}
         self._matcher = (
             re.compile("|".join(re.escape(c) for c in sorted(self._by_content, key=len, reverse=True)))
@@ -246,7 +244,3 @@ def sentencepiece_tokenizer(
 
 def is_sentencepiece_class(name: str | None) -> bool:
     return name is not None and name.removesuffix("Fast") in FLAVOURS
-
-
-def model_file(directory: Path, name: str) -> Path:
-    return directory / FLAVOURS[name.removesuffix("Fast")].model_file
