@@ -21,6 +21,7 @@ from ftprefix.commands.options import (
 )
 from ftprefix.commands.tables import format_table, written_tasks_table
 from ftprefix.errors import UserError
+from ftprefix.task_table import TaskTable
 
 
 def register(subparsers: Any) -> None:
@@ -81,23 +82,23 @@ def register(subparsers: Any) -> None:
     compact.set_defaults(func=run_compact)
 
 
-def _slot_rows(tasks: Any) -> list[list[object]]:
-    return [
+def _print_slots(tasks: TaskTable, as_json: bool, where: str, retired_hint: str = "") -> None:
+    """Every slot (retired ones included) as a table and a count line, or as JSON for scripts."""
+    if as_json:
+        slots = [
+            {"id": t.id, "name": t.name, "prompt_length": t.prompt_length, "retired": t.retired}
+            | ({"removed": t.removed} if t.removed else {})
+            for t in tasks
+        ]
+        print(json.dumps({"tasks": slots}))
+        return
+    rows = [
         [t.id, t.name if not t.retired else f"(retired: {t.removed or 'removed task'})", t.prompt_length]
         for t in tasks
     ]
-
-
-def _slots_json(tasks: Any) -> str:
-    return json.dumps(
-        {
-            "tasks": [
-                {"id": t.id, "name": t.name, "prompt_length": t.prompt_length, "retired": t.retired}
-                | ({"removed": t.removed} if t.removed else {})
-                for t in tasks
-            ]
-        }
-    )
+    print(format_table(["id", "task", "prefix length"], rows))
+    retired = f" and {len(tasks.retired)} retired slot(s){retired_hint}" if tasks.retired else ""
+    print(f"{len(tasks.live)} task(s){retired} {where}")
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -110,13 +111,9 @@ def run_list(args: argparse.Namespace) -> int:
     if args.dir is None:
         raise UserError("give DIR, the converted model directory, or --url HOST:PORT of a running server")
     ft_dir, cfg = list_tasks(args.dir)
+    _print_slots(cfg.tasks, args.json, f"in {ft_dir}", " (`ftprefix tasks compact` reclaims them)")
     if args.json:
-        print(_slots_json(cfg.tasks))
         return 0
-    print(format_table(["id", "task", "prefix length"], _slot_rows(cfg.tasks)))
-    retired = len(cfg.tasks.retired)
-    note = f" and {retired} retired slot(s) (`ftprefix tasks compact` reclaims them)" if retired else ""
-    print(f"{len(cfg.tasks.live)} task(s){note} in {ft_dir}")
     left = leftovers(ft_dir, cfg)
     if left:
         from ftprefix.task_table import summary
@@ -130,13 +127,7 @@ def _list_from_server(url: str, as_json: bool) -> int:
     from ftprefix.client import Client
 
     with Client(url) as client:
-        tasks = client.model_info().tasks
-    if as_json:
-        print(_slots_json(tasks))
-        return 0
-    print(format_table(["id", "task", "prefix length"], _slot_rows(tasks)))
-    retired = f" and {len(tasks.retired)} retired slot(s)" if tasks.retired else ""
-    print(f"{len(tasks.live)} task(s){retired} served at {client.url}")
+        _print_slots(client.model_info().tasks, as_json, f"served at {client.url}")
     return 0
 
 

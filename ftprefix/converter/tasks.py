@@ -120,8 +120,7 @@ def remove_tasks(
                 path.unlink(missing_ok=True)
             raise
         for task in removed:  # no longer named by config.ini
-            for file_name in layout.prefix_file_names(task.name, cfg.tensor_para_size):
-                (ft_dir / file_name).unlink(missing_ok=True)
+            _remove_prefix_files(ft_dir, task.name, cfg)
     return slots
 
 
@@ -141,6 +140,10 @@ def compact_tasks(
         new = cfg.with_tasks(table)
         layout.write_config(ft_dir, new)  # task files are named by task, not id: nothing else moves
         for slot in cfg.tasks.retired:
-            for file_name in layout.prefix_file_names(slot.name, cfg.tensor_para_size):
-                (ft_dir / file_name).unlink(missing_ok=True)
+            _remove_prefix_files(ft_dir, slot.name, cfg)
     return new, moved
+
+
+def _remove_prefix_files(ft_dir: Path, task: str, cfg: layout.ModelConfig) -> None:
+    for file_name in layout.prefix_file_names(task, cfg.tensor_para_size):
+        (ft_dir / file_name).unlink(missing_ok=True)
