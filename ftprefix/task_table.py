@@ -58,13 +58,11 @@ class TaskTable(Sequence[Task]):
     __slots__ = ("_by_name", "_live", "_tasks")
 
     def __init__(self, tasks: Iterable[Slot] = ()) -> None:
-        slots = [
-            (t.name, t.prompt_length, t.removed) if isinstance(t, Task) else (str(t[0]), int(t[1]), *t[2:3])
-            for t in tasks
-        ]
         self._tasks = tuple(
-            Task(i, slot[0], slot[1], slot[2] if len(slot) > 2 else None)  # type: ignore[misc]
-            for i, slot in enumerate(slots)
+            Task(i, t.name, t.prompt_length, t.removed)
+            if isinstance(t, Task)
+            else Task(i, str(t[0]), int(t[1]), t[2] if len(t) > 2 else None)  # type: ignore[misc]
+            for i, t in enumerate(tasks)
         )
         self._live = tuple(t for t in self._tasks if not t.retired)
         self._by_name = {t.name: t for t in self._live}
