@@ -13,7 +13,22 @@ from ftprefix.extras import require
 
 # name -> module under ftprefix.commands providing `register(subparsers)`; each module imports its
 # heavy dependencies (torch, tritonclient) lazily so `ftprefix --help` stays fast.
-COMMANDS = ("convert", "tasks", "verify", "serve", "triton_repo", "generate", "openai", "demo")
+COMMANDS = ("convert", "tasks", "verify", "serve", "triton_repo", "generate", "openai", "demo", "assets")
+
+
+def version_text() -> str:
+    """ftprefix's version and what the GPU image it deploys is built from."""
+    from ftprefix.assets import image_pins
+
+    return f"ftprefix {__version__}\n{image_pins().describe()}"
+
+
+class _PrintVersion(argparse.Action):
+    """argparse's own version action rewraps the text; the commits must stay whole."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ftprefix",
         description="Serve one GPT-NeoX base model with many prefix-tuned tasks on FasterTransformer/Triton.",
     )
-    parser.add_argument("--version", action="version", version=f"ftprefix {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_PrintVersion,
+        nargs=0,
+        help="print the version and the GPU image's pins, and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:

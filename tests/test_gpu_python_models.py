@@ -1,18 +1,18 @@
-"""The GPU image's text models in the environment docker/Dockerfile.gpu gives them, without Docker.
+"""The GPU image's text models in the environment its Dockerfile gives them, without Docker.
 
-The image installs the packages pinned in docker/triton-python-models.txt and ftprefix's core
-package with --no-deps (no torch, no transformers, no tritonclient). The README's install command
-installs the same file into .venv/triton-python-models; here ftprefix's source is installed the
-way the Dockerfile installs it, and the `preprocessing` / `postprocessing` models that
-`ftprefix triton-repo` writes for the GPU run on a real Triton server whose python models import
-from those two directories alone. They must give every recorded answer of the rinna-style tokenizer.
+The image (image/Dockerfile.gpu of a deployment) installs the packages pinned in
+triton-python-models.txt and the deployment's ftprefix wheel with --no-deps (no torch, no
+transformers, no tritonclient). The README's test command installs the same file into
+.venv/triton-python-models; here the wheel of a deployment `ftprefix triton-repo` wrote is
+installed the way the Dockerfile installs it, and the deployment's `preprocessing` /
+`postprocessing` models run on a real Triton server whose python models import from those two
+directories alone. They must give every recorded answer of the rinna-style tokenizer.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,13 +25,14 @@ import tritonclient.grpc as grpcclient
 from sentencepiece_reference import RINNA, golden_rows
 from serving_support import tensors
 
-from ftprefix.serving import repository, tritonserver
+from ftprefix import assets
+from ftprefix.serving import deployment, tritonserver
 from ftprefix.serving.server import free_port
 from tools.regenerate_triton_models import example_conversion
 
 REPO = Path(__file__).resolve().parent.parent
 GPU_ENV = REPO / ".venv" / "triton-python-models"
-REQUIREMENTS = REPO / "docker" / "triton-python-models.txt"
+REQUIREMENTS = Path(str(assets.asset("image/triton-python-models.txt")))
 TEXT_MODELS = ("preprocessing", "postprocessing")
 
 
@@ -41,16 +42,25 @@ def _pins() -> dict[str, str]:
 
 
 def test_the_dockerfile_installs_exactly_the_pinned_file_and_ftprefix_without_dependencies() -> None:
-    dockerfile = (REPO / "docker" / "Dockerfile.gpu").read_text(encoding="utf-8")
+    dockerfile = assets.asset("image/Dockerfile.gpu").read_text(encoding="utf-8")
     assert "pip3 install --no-cache-dir -r /workspace/build/ftprefix/triton-python-models.txt" in dockerfile
-    assert "pip3 install --no-cache-dir --no-deps /workspace/build/ftprefix" in dockerfile
+    assert "pip3 install --no-cache-dir --no-deps /workspace/build/ftprefix/ftprefix-*.whl" in dockerfile
     installs = [line for line in dockerfile.splitlines() if "pip3 install" in line]
     assert not [line for line in installs if re.search(r"torch|transformers|tritonclient", line)]
     assert set(_pins()) == {"numpy", "tokenizers", "sentencepiece"}
 
 
 @pytest.fixture(scope="module")
-def gpu_site(tmp_path_factory) -> list[str]:
+def deployed(tmp_path_factory) -> Path:
+    """The deployment `ftprefix triton-repo` writes for the GPU, with the rinna-style tokenizer."""
+    root = tmp_path_factory.mktemp("gpu-text")
+    conversion = example_conversion(root / "converted", tp=1, end_id=3)
+    deployment.write_deployment(conversion, root / "deploy", target="gpu", tokenizer_dir=RINNA)
+    return root / "deploy"
+
+
+@pytest.fixture(scope="module")
+def gpu_site(tmp_path_factory, deployed) -> list[str]:
     """The python models' import path as in the image: the pinned packages, then ftprefix."""
     assert GPU_ENV.is_dir(), (
         f"{GPU_ENV} is missing: the README's install command installs {REQUIREMENTS.name} there"
@@ -60,10 +70,7 @@ def gpu_site(tmp_path_factory) -> list[str]:
     )
     assert {name: installed.get(name) for name in _pins()} == _pins()
     assert not {"torch", "transformers", "tritonclient"} & set(installed)
-    source = tmp_path_factory.mktemp("src")  # what the Dockerfile COPYs
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source / name)
-    shutil.copytree(REPO / "ftprefix", source / "ftprefix", ignore=shutil.ignore_patterns("__pycache__"))
+    (wheel,) = (deployed / deployment.IMAGE_DIR).glob("ftprefix-*.whl")  # what the Dockerfile installs
     target = tmp_path_factory.mktemp("ftprefix-site")
     pip = [
         sys.executable,
@@ -75,21 +82,20 @@ def gpu_site(tmp_path_factory) -> list[str]:
         "--no-index",
         "--no-build-isolation",
     ]
-    subprocess.run([*pip, "--target", str(target), str(source)], check=True, capture_output=True, timeout=300)
+    subprocess.run([*pip, "--target", str(target), str(wheel)], check=True, capture_output=True, timeout=300)
     assert (target / "ftprefix" / "text" / "__init__.py").is_file()
     return [str(target), str(GPU_ENV)]
 
 
 @pytest.fixture(scope="module")
-def text_server(tmp_path_factory, gpu_site):
+def text_server(tmp_path_factory, gpu_site, deployed):
     """A real tritonserver with the GPU repository's text models, importing from `gpu_site` only."""
-    root = tmp_path_factory.mktemp("gpu-text")
-    conversion = example_conversion(root / "converted", tp=1, end_id=3)
-    repo = repository.write_repository(conversion, root / "repo", target=repository.GPU, tokenizer_dir=RINNA)
-    assert "fastertransformer" in (root / "repo" / "fastertransformer" / "config.pbtxt").read_text()
+    root = tmp_path_factory.mktemp("gpu-text-server")
+    repo = deployed / deployment.REPOSITORY_DIR
+    assert 'backend: "fastertransformer"' in (repo / "fastertransformer" / "config.pbtxt").read_text()
     grpc_port, http_port = free_port(), free_port()
     cmd = tritonserver.command(
-        repo.path,
+        repo,
         tritonserver.prepare_backends(root / "backends"),
         host="127.0.0.1",
         grpc_port=grpc_port,

@@ -1,5 +1,6 @@
-"""deploy/kubernetes: every manifest is a valid resource of a current Kubernetes (strict schema), each
-kustomization lists exactly its files, and the manifests agree with what ftprefix writes and serves."""
+"""The shipped Kubernetes manifests (`ftprefix assets kubernetes`): every manifest is a valid resource
+of a current Kubernetes (strict schema), each kustomization lists exactly its files, and the
+manifests agree with the deployment ftprefix writes and what it serves."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from ftprefix import assets
 from ftprefix.cli import main
-from ftprefix.commands.triton_repo import DEFAULT_CONTAINER_MODEL_ROOT
+from ftprefix.serving import deployment
 from ftprefix.serving.interface import parse_pbtxt
 from tools.regenerate_triton_models import example_conversion
 
-KUBE = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
-START_TRITON = Path(__file__).resolve().parent.parent / "docker" / "start-triton.sh"
+KUBE = Path(str(assets.asset("kubernetes")))
+START_TRITON = Path(str(assets.asset("image/start-triton.sh")))
 MANIFESTS = sorted(p for p in KUBE.rglob("*.yaml") if p.name != "kustomization.yaml")
 TRITON_PROBES = {
     "readinessProbe": "/v2/health/ready",
@@ -80,8 +82,9 @@ def test_triton_probes_ports_metrics_and_shm(flavour: str) -> None:
 
 def test_gpu_paths_match_the_repository_triton_repo_writes(tmp_path: Path) -> None:
     example_conversion(tmp_path / "converted", tp=1)
-    assert main(["triton-repo", str(tmp_path / "converted"), "--out", str(tmp_path / "repo")]) == 0
-    ft = parse_pbtxt((tmp_path / "repo" / "fastertransformer" / "config.pbtxt").read_text())
+    assert main(["triton-repo", str(tmp_path / "converted"), "--out", str(tmp_path / "triton_repo")]) == 0
+    repository = tmp_path / "triton_repo" / deployment.REPOSITORY_DIR
+    ft = parse_pbtxt((repository / "fastertransformer" / "config.pbtxt").read_text())
     checkpoint = ft.parameters["model_checkpoint_path"].string_value
     instances = ft.instance_group[0].count * int(ft.parameters["tensor_para_size"].string_value)
 
@@ -92,12 +95,12 @@ def test_gpu_paths_match_the_repository_triton_repo_writes(tmp_path: Path) -> No
     # model_checkpoint_path, and serves the repository mounted at /ftprefix/triton_models
     script = START_TRITON.read_text()
     assert triton["command"] == ["start-triton"]
-    assert (
-        checkpoint == f"{DEFAULT_CONTAINER_MODEL_ROOT}/1-gpu"
-        and f'"{DEFAULT_CONTAINER_MODEL_ROOT}/${{tp' in script
-    )
+    assert checkpoint == f"{deployment.CONTAINER_MODEL_ROOT}/1-gpu" and '"$root/ftprefix/model/${tp' in script
     assert mounts["/ftprefix/mount"]["subPath"] == "converted" and "/ftprefix/mount/config.ini" in script
-    assert mounts["/ftprefix/triton_models"]["subPath"] == "triton_repo"
+    # the fill Job writes the deployment to triton_repo; Triton serves its model repository
+    assert mounts["/ftprefix/triton_models"]["subPath"] == f"triton_repo/{deployment.REPOSITORY_DIR}"
+    fill = _resources(KUBE / "jobs" / "fill-models.yaml")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "ftprefix triton-repo /data/converted --out /data/triton_repo" in " ".join(fill["command"])
     assert "--model-repository=/ftprefix/triton_models" in script
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == instances
 

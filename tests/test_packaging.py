@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,7 +22,10 @@ from hf_reference import HFReference
 from packaging.requirements import Requirement
 from serving_support import make_converted
 
+import ftprefix
 from ftprefix.serving.server import EmbeddedServer
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _name(dist: str) -> str:
@@ -134,3 +138,72 @@ def test_the_core_install_reads_sentencepiece_tokenizers_exactly(core_venv: Path
     assert run.returncode == 0, run.stderr
     got = [json.loads(line) for line in run.stdout.splitlines()]
     assert got == [[r["ids"] for r in golden_rows(d)] for d in (RINNA, LLAMA)]
+
+
+# -- the built wheel alone deploys ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory) -> Path:
+    """A fresh virtual environment holding ftprefix only as its built wheel (no clone on its path),
+    with the packages of the [convert] extra taken from this environment (no network)."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "src"  # what a release builds from: the package, pyproject.toml, README.md
+    shutil.copytree(REPO / "ftprefix", source / "ftprefix", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(root / "dist"), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (wheel,) = (root / "dist").glob("ftprefix-*.whl")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True
+    )
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}, scheme="venv"))
+    (site / "zz-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")  # after the wheel's own
+    return venv
+
+
+def test_the_wheel_alone_converts_and_writes_a_whole_deployment(wheel_venv: Path, tmp_path: Path) -> None:
+    from compose_support import compose, compose_schema, missing_copy_sources
+    from serving_support import HIDDEN, LAYERS
+
+    from ftprefix import assets
+    from ftprefix.demo.toy import build_model, random_prefix
+
+    schema = compose_schema()
+    build_model(tmp_path / "hf", hidden_size=HIDDEN, num_heads=4, num_layers=LAYERS, seed=1)
+    np.save(tmp_path / "taskA.npy", random_prefix(3, LAYERS, HIDDEN, seed=2).numpy())
+    np.save(tmp_path / "taskB.npy", random_prefix(5, LAYERS, HIDDEN, seed=3).numpy())
+    ftprefix_cli = str(wheel_venv / "bin" / "ftprefix")
+    where = subprocess.run(
+        [wheel_venv / "bin" / "python", "-c", "import ftprefix; print(ftprefix.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert where.stdout.startswith(str(wheel_venv)), where.stdout + where.stderr  # not the clone
+    for argv in (
+        ["convert", "--model", "hf", "--prefix", "taskA.npy,taskB.npy", "--tp", "2", "--out", "converted"],
+        ["triton-repo", "converted", "--out", "d", "--tokenizer", "hf", "--instances", "2"],
+    ):
+        run = subprocess.run([ftprefix_cli, *argv], capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+    deploy = tmp_path / "d"
+    spec = compose(deploy, schema, profiles=("openai",))
+    assert spec["services"]["triton"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 4
+    for dockerfile in ("Dockerfile.gpu", "Dockerfile.cpu"):
+        assert missing_copy_sources(deploy / "image", dockerfile) == []
+    for name, data in assets.walk("image").items():  # the patch and the Dockerfiles, as shipped
+        assert (deploy / "image" / name).read_bytes() == data
+    (wheel,) = (deploy / "image").glob("ftprefix-*.whl")
+    assert wheel.name == f"ftprefix-{ftprefix.__version__}-py3-none-any.whl"
+    table = (deploy / "model_repository" / "fastertransformer" / "config.pbtxt").read_text()
+    assert '\\"taskA\\"' in table and '\\"taskB\\"' in table

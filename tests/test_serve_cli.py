@@ -147,3 +147,27 @@ def test_serve_with_openai_port_serves_the_openai_api_and_metrics_beside_triton(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_takes_the_settings_of_a_deployment(converted, tmp_path, capsys):
+    """What a deployment's compose.cpu.yaml runs: `ftprefix serve CONVERTED --deployment DIR`."""
+    from ftprefix.cli import main
+
+    deploy = tmp_path / "deploy"
+    hf = converted.parent.parent / "hf"
+    argv = ["triton-repo", str(converted.parent), "--out", str(deploy), "--tokenizer", str(hf)]
+    assert main([*argv, "--streaming", "--max-queue-delay-us", "20000"]) == 0
+    capsys.readouterr()
+    assert main(["serve", str(converted.parent), "--deployment", str(deploy), "--streaming"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--streaming comes from --deployment" in err
+    proc, grpc_url, text = _start(converted.parent, "--deployment", str(deploy))
+    try:
+        assert "models fastertransformer from" in text  # streaming: no text ensemble on Triton
+        with grpcclient.InferenceServerClient(grpc_url) as client:
+            config = client.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
+        assert config["model_transaction_policy"]["decoupled"] is True
+        assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 20000
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0

@@ -1,4 +1,5 @@
-"""Generated model repositories: GPU config for the FT backend vs the CPU twin, and `triton_models/`."""
+"""Generated model repositories (the model_repository/ of a deployment): GPU config for the FT backend
+vs the CPU twin, and `triton_models/`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ftprefix import protocol
 from ftprefix.cli import main
 from ftprefix.demo.toy import build_tokenizer
+from ftprefix.serving.deployment import REPOSITORY_DIR
 from ftprefix.task_table import TaskTable
 from tools.regenerate_triton_models import EXAMPLE_TASKS, example_conversion
 
@@ -51,10 +53,10 @@ def test_gpu_config_matches_conversion_and_cpu_twin_interface(tmp_path, tokenize
     ft_dir = _config_only_conversion(tmp_path / "conv", tp=2, dtype="fp16")
     gpu, cpu = tmp_path / "gpu", tmp_path / "cpu"
     assert (
-        main(["triton-repo", str(ft_dir.parent), "--out", str(gpu), "--tokenizer", str(tokenizer_dir)])
-        == 0
+        main(["triton-repo", str(ft_dir.parent), "--out", str(gpu), "--tokenizer", str(tokenizer_dir)]) == 0
     )
     assert main(["triton-repo", str(ft_dir), "--out", str(cpu), "--target", "cpu"]) == 0
+    gpu, cpu = gpu / REPOSITORY_DIR, cpu / REPOSITORY_DIR
 
     g = _parse(gpu / "fastertransformer" / "config.pbtxt")
     c = _parse(cpu / "fastertransformer" / "config.pbtxt")
@@ -104,7 +106,8 @@ def test_gpu_config_matches_conversion_and_cpu_twin_interface(tmp_path, tokenize
 def test_streaming_makes_the_model_decoupled(tmp_path):
     ft_dir = _config_only_conversion(tmp_path / "conv", tp=1, dtype="fp32")
     assert main(["triton-repo", str(ft_dir), "--out", str(tmp_path / "r"), "--streaming"]) == 0
-    assert _parse(tmp_path / "r" / "fastertransformer" / "config.pbtxt").model_transaction_policy.decoupled
+    config = tmp_path / "r" / REPOSITORY_DIR / "fastertransformer" / "config.pbtxt"
+    assert _parse(config).model_transaction_policy.decoupled
 
 
 def test_bad_input_is_one_line_error_and_nothing_written(tmp_path, capsys, tokenizer_dir):
@@ -125,13 +128,13 @@ def test_triton_models_templates_are_what_the_generator_writes(tmp_path, tokeniz
     ft_dir = _config_only_conversion(tmp_path / "conv", tp=2, dtype="fp16")
     out = tmp_path / "gen"
     assert (
-        main(["triton-repo", str(ft_dir.parent), "--out", str(out), "--tokenizer", str(tokenizer_dir)])
-        == 0
+        main(["triton-repo", str(ft_dir.parent), "--out", str(out), "--tokenizer", str(tokenizer_dir)]) == 0
     )
+    out = out / REPOSITORY_DIR
     generated = {
         p.relative_to(out).as_posix(): p.read_bytes()
         for p in out.rglob("*")
-        if p.is_file() and "tokenizer" not in p.relative_to(out).parts and p.name != "compose.env"
+        if p.is_file() and "tokenizer" not in p.relative_to(out).parts
     }
     committed = {
         p.relative_to(EXAMPLE).as_posix(): p.read_bytes()

@@ -2,9 +2,9 @@
 
     .venv/bin/python tools/regenerate_triton_models.py
 
-The example conversion: tp 2, fp16, tasks `smileface` (10) and `summary` (16); the copied
-tokenizer files and compose.env (paths of this machine) are dropped. tests/test_triton_repo.py
-checks the directory matches.
+The example conversion: tp 2, fp16, tasks `smileface` (10) and `summary` (16); the model
+repository of the deployment `ftprefix triton-repo` writes for it, without the copied tokenizer
+files. tests/test_triton_repo.py checks the directory matches.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from ftprefix import layout
 from ftprefix.cli import main
 from ftprefix.demo.toy import build_tokenizer
+from ftprefix.serving.deployment import REPOSITORY_DIR
 from ftprefix.task_table import TaskTable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -56,9 +57,10 @@ def regenerate(target: Path = REPO_ROOT / "triton_models") -> None:
         out = root / "gen"
         if main(["triton-repo", str(root / "conv"), "--out", str(out), "--tokenizer", str(root / "tok")]):
             sys.exit("ftprefix triton-repo failed")
-        for tok in out.rglob("tokenizer"):
+        repository = out / REPOSITORY_DIR
+        for tok in repository.rglob("tokenizer"):
             shutil.rmtree(tok)
-        for model in (d for d in out.iterdir() if d.is_dir()):  # not compose.env: paths of this machine
+        for model in (d for d in repository.iterdir() if d.is_dir()):
             shutil.rmtree(target / model.name, ignore_errors=True)
             shutil.copytree(model, target / model.name)
 

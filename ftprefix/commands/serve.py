@@ -57,6 +57,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-watch", action="store_true", help="do not reload when config.ini changes")
     p.add_argument(
+        "--deployment",
+        type=Path,
+        metavar="DIR",
+        help=(
+            "serve as the deployment directory `ftprefix triton-repo --out DIR` wrote: its streaming, "
+            "batching window, newline token and tokenizer (what its compose.cpu.yaml runs)"
+        ),
+    )
+    p.add_argument(
         "--openai-port",
         type=int,
         metavar="PORT",
@@ -103,12 +112,45 @@ def _check_port(value: int, flag: str) -> None:
         raise UserError(f"{flag} {value} is not a port number; use 0..65535")
 
 
+def _apply_deployment(args: argparse.Namespace) -> None:
+    """Take the settings of `--deployment DIR`; giving them again on the command line is an error."""
+    from ftprefix import layout
+    from ftprefix.errors import UserError
+    from ftprefix.serving import deployment
+    from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US
+
+    given = [
+        flag
+        for flag, value in (
+            ("--tokenizer", args.tokenizer),
+            ("--newline-token", args.newline_token),
+            ("--streaming", args.streaming or None),
+            ("--max-queue-delay-us", None if args.max_queue_delay_us == DEFAULT_MAX_QUEUE_DELAY_US else 1),
+        )
+        if value is not None
+    ]
+    if given:
+        raise UserError(
+            f"{given[0]} comes from --deployment {args.deployment}: leave it out, or edit the deployment"
+        )
+    settings = deployment.read_settings(args.deployment)
+    args.tokenizer = args.deployment / deployment.TOKENIZER_DIR if settings.tokenizer else None
+    args.newline_token = settings.newline_token
+    args.streaming = settings.streaming
+    args.max_queue_delay_us = settings.max_queue_delay_us
+    conversion = layout.ft_dir(args.dir, settings.tensor_para_size)
+    if (conversion / layout.CONFIG_FILE).is_file():
+        args.dir = conversion  # the one the deployment serves, where the directory holds several
+
+
 def run(args: argparse.Namespace) -> int:
     from ftprefix.errors import UserError
     from ftprefix.extras import require
     from ftprefix.serving.server import EmbeddedServer, ServerError, check_port_free
     from ftprefix.text import load_tokenizer
 
+    if args.deployment is not None:
+        _apply_deployment(args)
     _check_port(args.port_grpc, "--port-grpc")
     _check_port(args.port_http, "--port-http")
     if args.port_metrics is not None:
@@ -124,8 +166,9 @@ def run(args: argparse.Namespace) -> int:
         if args.tokenizer is None:
             raise UserError("--openai-port needs --tokenizer HF_DIR: the OpenAI API takes and returns text")
         check_port_free(args.host, args.openai_port, "--openai-port")
-        if args.streaming:
-            ensemble_tokenizer = None  # the API tokenises itself; Triton has no ensemble on a streaming model
+    if args.streaming and (args.openai_port is not None or args.deployment is not None):
+        # Triton has no text ensemble on a streaming model: the tokenizer is the OpenAI API's
+        ensemble_tokenizer = None
     server = EmbeddedServer(
         args.dir,
         tokenizer_dir=ensemble_tokenizer,

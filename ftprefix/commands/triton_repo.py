@@ -1,47 +1,45 @@
-"""`ftprefix triton-repo DIR --out REPO`: write the Triton model repository for the GPU server."""
+"""`ftprefix triton-repo CONVERTED --out DIR`: the deployment directory `docker compose up` serves."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ftprefix.commands.options import add_newline_token_option, add_queue_delay_option
 
-DEFAULT_CONTAINER_MODEL_ROOT = "/ftprefix/model"  # where docker/start-triton.sh links the conversion
-COMPOSE_ENV = "compose.env"  # docker compose --env-file REPO/compose.env -f docker/docker-compose.yml up
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
     p = subparsers.add_parser(
         "triton-repo",
-        help="write the Triton model repository (FasterTransformer backend for the GPU, or the CPU twin)",
+        help="write a deployment directory: Triton model repository, compose files, the GPU image's sources",
         description=(
-            "Write fastertransformer/config.pbtxt (tensor_para_size, data_type and model_checkpoint_path "
-            "matching the conversion, task table in the parameter 'prompt_learning_tasks') and, with "
-            "--tokenizer, preprocessing / postprocessing / ensemble; for the GPU also compose.env, the "
-            "variables docker/docker-compose.yml needs. After `ftprefix tasks add`, run this again and "
-            "load the model again on the running server: "
-            "curl -X POST http://HOST:8000/v2/repository/models/fastertransformer/load "
-            "(then .../ensemble/load)."
+            "Write DIR for `cd DIR && docker compose up`: the Triton model repository (FasterTransformer "
+            "backend, tensor_para_size, data_type and model_checkpoint_path matching the conversion, the "
+            "task table in the parameter 'prompt_learning_tasks'; with --tokenizer also preprocessing, "
+            "postprocessing and ensemble), compose.yaml (GPU; --profile openai adds the OpenAI API), "
+            "compose.cpu.yaml (the same on CPU), .env (every setting), and image/, the build context of "
+            "the images with this very ftprefix as a wheel. After `ftprefix tasks add`, run this again "
+            "with the same arguments: it updates DIR in place, keeps your .env edits, says what changed; "
+            "then load the model again on the running server."
         ),
     )
-    p.add_argument("dir", type=Path, metavar="DIR", help="converted model (<tp>-gpu directory or its parent)")
-    p.add_argument("--out", type=Path, required=True, help="model repository to write")
+    p.add_argument(
+        "dir", type=Path, metavar="CONVERTED", help="converted model (<tp>-gpu directory or its parent)"
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="deployment directory to write or update"
+    )
     p.add_argument("--tokenizer", type=Path, metavar="HF_DIR", help="Hugging Face tokenizer directory")
     add_newline_token_option(p)
     p.add_argument(
         "--target",
         choices=("gpu", "cpu"),
         default="gpu",
-        help="gpu: FasterTransformer backend (default); cpu: python-backend twin running ftprefix.engine",
-    )
-    p.add_argument(
-        "--checkpoint-path",
         help=(
-            "the <tp>-gpu directory as the server sees it (default for gpu: "
-            f"{DEFAULT_CONTAINER_MODEL_ROOT}/<tp>-gpu, where the GPU image links the mounted conversion; "
-            "for cpu: its absolute path here)"
+            "gpu: FasterTransformer backend (default); cpu: `docker compose up` serves on CPU (ftprefix "
+            "serve), and the model repository is the python-backend twin running ftprefix.engine"
         ),
     )
     p.add_argument(
@@ -49,66 +47,93 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="gpu: model instances, each on tensor_para_size GPUs; the server needs N x tp GPUs (default 1)",
+        help="gpu: model instances, each on tensor_para_size GPUs; compose reserves N x tp GPUs (default 1)",
     )
     p.add_argument(
         "--streaming",
         action="store_true",
-        help="decoupled fastertransformer model (token streaming); needs the GPU image built from docker/",
+        help=(
+            "decoupled fastertransformer model (token streaming; the image carries FT's streaming fix); "
+            "a tokenizer then serves the OpenAI API only (Triton has no text ensemble on such a model)"
+        ),
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rewrite a deployment another ftprefix version wrote, or files you changed in it",
     )
     add_queue_delay_option(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ftprefix import layout
-    from ftprefix.serving import repository
+def _summary(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
-    ft_dir = layout.find_ft_dir(args.dir)
-    checkpoint = args.checkpoint_path
-    if checkpoint is None and args.target == "gpu":
-        checkpoint = f"{DEFAULT_CONTAINER_MODEL_ROOT}/{ft_dir.name}"
-    info = repository.write_repository(
-        ft_dir,
+
+def run(args: argparse.Namespace) -> int:
+    from ftprefix import protocol
+    from ftprefix.serving import deployment
+
+    report = deployment.write_deployment(
+        args.dir,
         args.out,
         target=args.target,
         tokenizer_dir=args.tokenizer,
         streaming=args.streaming,
-        checkpoint_path=checkpoint,
         instances=args.instances,
         max_queue_delay_us=args.max_queue_delay_us,
         newline_token=args.newline_token,
+        force=args.force,
     )
-    tasks = ", ".join(info.config.tasks.names) or "none"
-    where = checkpoint or info.ft_dir
-    print(f"wrote {', '.join(info.models)} to {info.path} (model_checkpoint_path {where}; tasks: {tasks})")
-    if info.tokenizer is not None:
-        print(f"text models tokenize with {info.tokenizer.description}")
-    if args.target == "gpu":
-        tp = info.config.tensor_para_size
-        gpus = args.instances * tp
-        env = {
-            "FTPREFIX_MODEL_DIR": str(Path(args.dir).resolve()),
-            "FTPREFIX_TRITON_REPO": str(info.path.resolve()),
-            "FTPREFIX_GPUS": str(gpus),
-            "FTPREFIX_BASE_MODEL": info.config.model_name,  # the OpenAI API's name for the base model
-        }
-        if args.tokenizer is not None:
-            env["FTPREFIX_TOKENIZER_DIR"] = str(args.tokenizer.resolve())
-        if args.newline_token is not None:
-            env["FTPREFIX_NEWLINE_TOKEN"] = args.newline_token  # for the OpenAI gateway's profile
-        layout.atomic_write_bytes(
-            info.path / COMPOSE_ENV, "".join(f"{k}={v}\n" for k, v in env.items()).encode("utf-8")
-        )
+    info, settings, out = report.info, report.settings, report.path
+    tasks = info.config.tasks.names
+    verb = "wrote" if report.created else "updated"
+    print(
+        f"{verb} {out}: models {', '.join(info.models)} for {info.ft_dir} "
+        f"({len(tasks)} task(s){': ' + _summary(tasks) if tasks else ''})"
+    )
+    if not report.created:
         print(
-            f"the server needs {gpus} GPU(s) ({args.instances} instance(s) x tp {tp}): "
-            f"docker compose --env-file {info.path / COMPOSE_ENV} -f docker/docker-compose.yml up"
+            f"  {len(report.written)} file(s) changed"
+            + (f" ({_summary(report.written)})" if report.written else "")
+            + (f", {len(report.removed)} removed ({_summary(report.removed)})" if report.removed else "")
+            + f", {report.unchanged} unchanged"
         )
-    if args.streaming:
+        for key, old, new in report.env_changed:
+            print(f"  .env: {key} {'(hidden)' if key in deployment.SECRET_ENV else repr(old)} -> {new!r}")
+        for key, yours, ours in report.env_kept:
+            if key in deployment.SECRET_ENV:
+                print(f"  .env: kept your {key}")
+            else:
+                print(f"  .env: kept your {key}={yours!r} (this run would write {ours!r})")
+    if info.tokenizer is not None or settings.tokenizer:
+        print(f"  tokenizer: {deployment.TOKENIZER_DIR}/ (the OpenAI API's)", end="")
+        print(f"; text models tokenize with {info.tokenizer.description}" if info.tokenizer else "")
+    gpus = settings.instances * settings.tensor_para_size
+    if settings.target == "gpu":
         print(
-            "ftprefix triton-repo: note: streaming needs the GPU image built from this repository's docker/ "
-            "(upstream FasterTransformer's GPT-NeoX streaming returns wrong tokens, FT issue #704); "
-            "check a server with `ftprefix verify --url`",
+            f"  GPU server: cd {out} && docker compose up   ({gpus} GPU(s): {settings.instances} "
+            f"instance(s) x tp {settings.tensor_para_size}; the first run builds the image)"
+        )
+        print(f"  on CPU instead: cd {out} && docker compose -f compose.cpu.yaml up")
+    else:
+        print(f"  CPU server: cd {out} && docker compose up")
+    if settings.tokenizer:
+        print("  with the OpenAI API on port 8080: add --profile openai")
+    else:
+        print("  the OpenAI API (--profile openai) needs a tokenizer: run again with --tokenizer HF_DIR")
+    reload = [name for name in report.written if name.endswith("config.pbtxt")]
+    if not report.created and reload:
+        models = sorted({name.split("/")[1] for name in reload})
+        order = [m for m in info.models if m in models] or models
+        loads = " && ".join(f"curl -sf -X POST localhost:8000/v2/repository/models/{m}/load" for m in order)
+        print(f"  a running GPU server picks the change up once the models load again: {loads}")
+    if settings.streaming and settings.target == "gpu":
+        print(
+            "ftprefix triton-repo: note: streaming needs the image built from image/ (upstream "
+            "FasterTransformer's GPT-NeoX streaming returns wrong tokens, FT issue #704); check a server "
+            f"with `ftprefix verify --url`; model {protocol.FT_MODEL} is decoupled",
             file=sys.stderr,
         )
     return 0

@@ -273,7 +273,7 @@ def render_chat(template: ChatTemplate | None, body: ChatRequest) -> str:
             400,
             "this model has no chat template (tokenizer_config.json has no chat_template): start the "
             "gateway with --chat-template FILE, a Jinja template as transformers' apply_chat_template "
-            "reads (deploy/chat-templates/ has rinna's instruction format), or use /v1/completions",
+            "reads (`ftprefix assets chat-templates` has rinna's instruction format), or use /v1/completions",
             param="messages",
             code="no_chat_template",
         )

@@ -4,5 +4,5 @@
 preprocessing and postprocessing models import ftprefix's core package (ftprefix.text,
 ftprefix.words, ftprefix.ft_rows, ftprefix.serving.text_models; no torch, no transformers, no
 tritonclient): the CPU server finds it in its virtualenv, and the GPU image installs it
-(docker/Dockerfile.gpu).
+(ftprefix/assets/image/Dockerfile.gpu, the image a deployment builds).
 """

@@ -1,0 +1,39 @@
+# Two commands set everything up and run: `make demo` and `make test` (see the README).
+# Each creates or refreshes the environments it needs first; an environment is installed again
+# only when what it was installed from changed (pyproject.toml, a requirements file), so a second
+# run goes straight to its work. The pip commands below are the ones to use in your own environment.
+
+PYTHON ?= python3
+VENV := .venv
+STAMPS := $(VENV)/.stamps
+# the CPU wheel of torch; a range or a bare `torch` would pull a CUDA build of several GB
+TORCH := torch==2.13.0
+PYTHON_MODELS_REQUIREMENTS := ftprefix/assets/image/triton-python-models.txt
+DEMO_ARGS ?=
+
+.PHONY: demo test environments
+
+demo: $(STAMPS)/dev
+	$(VENV)/bin/ftprefix demo $(DEMO_ARGS)
+
+test: environments
+	$(VENV)/bin/ruff check . && $(VENV)/bin/python -m pytest -q
+
+environments: $(STAMPS)/dev $(STAMPS)/triton-python-models $(STAMPS)/oldest
+
+# the development environment: ftprefix with every extra, editable, and the test tools
+$(STAMPS)/dev: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(TORCH) -e '.[all,dev]'
+	mkdir -p $(STAMPS) && touch $@
+
+# the packages of the GPU image's text models, where the tests run those models the way the image does
+$(STAMPS)/triton-python-models: $(PYTHON_MODELS_REQUIREMENTS) | $(STAMPS)/dev
+	$(VENV)/bin/pip install --upgrade --target $(VENV)/triton-python-models -r $(PYTHON_MODELS_REQUIREMENTS)
+	touch $@
+
+# the oldest supported Hugging Face stack, where the converter, verify and tokenizer tests run again
+$(STAMPS)/oldest: pyproject.toml tests/oldest-supported.txt | $(STAMPS)/dev
+	test -x $(VENV)/oldest/bin/python || $(PYTHON) -m venv $(VENV)/oldest
+	$(VENV)/oldest/bin/pip install $(TORCH) -e '.[convert,verify]' pytest -r tests/oldest-supported.txt
+	touch $@

@@ -1,0 +1,395 @@
+"""A deployment directory: everything `docker compose up` needs to serve one conversion.
+
+`ftprefix triton-repo CONVERTED --out DIR` writes:
+
+    compose.yaml              the server: Triton + FT backend on GPUs (or, with target cpu, the
+                              CPU twin); profile `openai` adds the gateway
+    compose.cpu.yaml          a GPU deployment on CPU instead (`ftprefix serve --deployment`)
+    .env                      every setting compose reads; the user's edits survive a rewrite
+    model_repository/         the Triton model repository (repository.write_repository)
+    tokenizer/                the tokenizer files, for the gateway (with a tokenizer)
+    image/                    the images' build context: Dockerfile.gpu, Dockerfile.cpu, patches/,
+                              start-triton.sh, triton-python-models.txt, and the wheel of this ftprefix
+    ftprefix-deployment.json  what ftprefix wrote: version, settings, every file's digest, .env values
+
+Every path in the compose files is relative to DIR, so DIR can be moved; `.env` names the
+conversion (FTPREFIX_MODEL_DIR: absolute, or relative when the conversion lies inside DIR).
+
+Writing is safe the way conversions are: a new DIR is assembled beside it and renamed into place;
+an existing one is updated only if ftprefix wrote it (its manifest), by this ftprefix version,
+and only the files ftprefix wrote, each replaced atomically, the manifest last (it lists the old
+and the new digest of every file while the update runs, so a killed update is not mistaken for
+the user's edits). A file the user changed is never overwritten without --force; `.env` is
+merged key by key: a value the user changed is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ftprefix import __version__, assets, layout
+from ftprefix.errors import UserError
+from ftprefix.serving import dotenv, repository
+from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US
+from ftprefix.serving.wheel import build_wheel
+from ftprefix.text import copy_tokenizer_files, load_tokenizer
+
+MANIFEST = "ftprefix-deployment.json"
+ENV_FILE = ".env"
+REPOSITORY_DIR = "model_repository"
+TOKENIZER_DIR = "tokenizer"
+IMAGE_DIR = "image"
+# deployment file -> shipped template, by target: `docker compose up` serves the target, and a GPU
+# deployment can be tried on CPU with `-f compose.cpu.yaml`
+COMPOSE_FILES = {
+    "gpu": {"compose.yaml": "compose/gpu.yaml", "compose.cpu.yaml": "compose/cpu.yaml"},
+    "cpu": {"compose.yaml": "compose/cpu.yaml"},
+}
+CONTAINER_MODEL_ROOT = "/ftprefix/model"  # where image/start-triton.sh links the conversion
+GPU_IMAGE = f"ftprefix-fastertransformer:{__version__}"
+CPU_IMAGE = f"ftprefix:{__version__}"
+_EXECUTABLE = ("start-triton.sh",)
+SECRET_ENV = frozenset({"FTPREFIX_API_KEY"})  # never printed
+_ENV_HEADER = (
+    "# Settings of this deployment, read by docker compose (compose.yaml, compose.cpu.yaml).\n"
+    "# `ftprefix triton-repo` wrote them; running it again keeps every value you changed here.\n"
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the deployment serves: what `ftprefix serve --deployment` reads back."""
+
+    target: str
+    tensor_para_size: int
+    instances: int
+    streaming: bool
+    max_queue_delay_us: int
+    newline_token: str | None
+    tokenizer: bool  # DIR/tokenizer holds the tokenizer
+
+
+@dataclass
+class Report:
+    """What writing the deployment did, for the command to print."""
+
+    path: Path
+    created: bool
+    settings: Settings
+    info: repository.RepositoryInfo
+    written: list[str] = field(default_factory=list)  # files new or changed
+    removed: list[str] = field(default_factory=list)  # files ftprefix wrote before and no more
+    unchanged: int = 0
+    env_changed: list[tuple[str, str, str]] = field(default_factory=list)  # key, old, new
+    env_kept: list[tuple[str, str, str]] = field(default_factory=list)  # key, yours, ftprefix's
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _files_under(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _model_dir_value(ft_dir: Path, out: Path) -> str:
+    """FTPREFIX_MODEL_DIR: the conversion's output directory (its lock file coordinates `tasks add`
+    on the host with the CPU server), relative when it moves with the deployment."""
+    model_dir = ft_dir.parent.resolve()
+    try:
+        return "./" + model_dir.relative_to(out.resolve()).as_posix()
+    except ValueError:
+        return str(model_dir)
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); write the deployment to a new --out") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise UserError(f"{path} is not a deployment manifest ftprefix wrote; write to a new --out")
+    return manifest
+
+
+def read_settings(directory: str | os.PathLike[str]) -> Settings:
+    """The settings a deployment directory was written with (for `ftprefix serve --deployment`)."""
+    path = Path(directory)
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise UserError(
+            f"{path} is not a deployment directory: no {MANIFEST} (ftprefix triton-repo --out writes one)"
+        )
+    try:
+        return Settings(**manifest["settings"])
+    except (KeyError, TypeError):
+        raise UserError(f"{path / MANIFEST} has no settings this ftprefix reads; write it again") from None
+
+
+def _check_out(out: Path, manifest: dict | None, force: bool) -> None:
+    """Refuse to write into a directory ftprefix did not write, or one another version wrote."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory; choose another --out")
+    if manifest is None:
+        others = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if others:
+            older = (
+                " (an older ftprefix wrote plain model repositories: move it away)"
+                if (out / "compose.env").exists()
+                else ""
+            )
+            raise UserError(
+                f"--out {out} holds files ftprefix did not write ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}){older}; choose a new or empty directory"
+            )
+        return
+    version = manifest.get("ftprefix")
+    if version != __version__ and not force:
+        raise UserError(
+            f"--out {out} was written by ftprefix {version} and this is {__version__}: its image would "
+            "change version; write to a new --out, or pass --force to rewrite it (your .env values and "
+            "your own files are kept)"
+        )
+
+
+def _assemble(
+    converted: Path,
+    stage: Path,
+    out: Path,
+    *,
+    target: str,
+    tokenizer_dir: Path | None,
+    streaming: bool,
+    instances: int,
+    max_queue_delay_us: int,
+    newline_token: str | None,
+) -> tuple[dict[str, bytes], dict[str, str], Settings, repository.RepositoryInfo]:
+    """Every file of the deployment but .env and the manifest, the .env values, the settings."""
+    ft_dir = layout.find_ft_dir(converted).resolve()
+    tp = layout.read_config(ft_dir).tensor_para_size
+    if tokenizer_dir is not None:
+        load_tokenizer(tokenizer_dir, newline_token=newline_token)  # one line now if unreadable
+    # a streaming model has no text ensemble (repository.write_repository says why): then the
+    # tokenizer is for the gateway alone
+    info = repository.write_repository(
+        ft_dir,
+        stage / REPOSITORY_DIR,
+        target=target,
+        tokenizer_dir=None if streaming else tokenizer_dir,
+        streaming=streaming,
+        checkpoint_path=f"{CONTAINER_MODEL_ROOT}/{ft_dir.name}" if target == repository.GPU else None,
+        instances=instances,
+        max_queue_delay_us=max_queue_delay_us,
+        newline_token=None if streaming else newline_token,
+    )
+    files = {f"{REPOSITORY_DIR}/{name}": data for name, data in _files_under(stage / REPOSITORY_DIR).items()}
+    if tokenizer_dir is not None:
+        copy_tokenizer_files(tokenizer_dir, stage / TOKENIZER_DIR)
+        files.update({f"{TOKENIZER_DIR}/{n}": d for n, d in _files_under(stage / TOKENIZER_DIR).items()})
+    files.update({f"{IMAGE_DIR}/{n}": d for n, d in assets.walk(IMAGE_DIR).items()})
+    wheel_name, wheel = build_wheel()
+    files[f"{IMAGE_DIR}/{wheel_name}"] = wheel
+    for name, source in COMPOSE_FILES[target].items():
+        files[name] = assets.asset(source).read_bytes()
+    env = {"FTPREFIX_MODEL_DIR": _model_dir_value(ft_dir, out)}
+    if target == repository.GPU:
+        env.update(FTPREFIX_GPUS=str(instances * tp), FTPREFIX_GPU_IMAGE=GPU_IMAGE)
+    env.update(
+        FTPREFIX_IMAGE=CPU_IMAGE,
+        FTPREFIX_BASE_MODEL=info.config.model_name,  # the OpenAI API's name for the base model
+        FTPREFIX_NEWLINE_TOKEN=newline_token or "",
+        FTPREFIX_TRITON_ADDRESS="127.0.0.1",
+        FTPREFIX_OPENAI_PORT="8080",
+        FTPREFIX_API_KEY="",
+    )
+    settings = Settings(
+        target=target,
+        tensor_para_size=tp,
+        instances=instances,
+        streaming=streaming,
+        max_queue_delay_us=max_queue_delay_us,
+        newline_token=newline_token,
+        tokenizer=tokenizer_dir is not None,
+    )
+    return files, env, settings, info
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layout.atomic_write_bytes(path, data)
+    _readable(path)
+
+
+def _readable(path: Path) -> None:
+    """Readable by everyone, as a checkout is: containers may run as another user than the writer
+    (atomic writes start from a private temporary file)."""
+    path.chmod(0o755 if path.is_dir() or path.name in _EXECUTABLE else 0o644)
+
+
+def _manifest_bytes(files: dict[str, str], env: dict[str, str], settings: Settings, pending: dict) -> bytes:
+    manifest = {
+        "ftprefix": __version__,
+        "settings": asdict(settings),
+        "files": files,
+        "env": env,
+        **({"pending": pending} if pending else {}),
+    }
+    return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _merge_env(out: Path, ours: dict[str, str], before: dict[str, str], report: Report) -> bytes:
+    """.env with ftprefix's values, except those the user changed since ftprefix wrote them."""
+    path = out / ENV_FILE
+    text = path.read_text(encoding="utf-8") if path.is_file() else _ENV_HEADER
+    current = dotenv.parse(text)
+    updates = {}
+    for key, value in ours.items():
+        if key not in current:
+            updates[key] = value
+        elif current[key] != before.get(key):  # the user's value (changed, or never ftprefix's)
+            if current[key] != value:
+                report.env_kept.append((key, current[key], value))
+        elif current[key] != value:
+            report.env_changed.append((key, current[key], value))
+            updates[key] = value
+    return dotenv.update(text, updates).encode("utf-8")
+
+
+def write_deployment(
+    converted: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    target: str = repository.GPU,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+    streaming: bool = False,
+    instances: int = 1,
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    newline_token: str | None = None,
+    force: bool = False,
+) -> Report:
+    """Write or update the deployment directory `out` for `converted` (see the module's notes)."""
+    out = Path(out)
+    manifest = read_manifest(out) if out.is_dir() else None
+    _check_out(out, manifest, force)
+    anchor = out.parent
+    while not anchor.exists():  # the stage sits on out's filesystem, so the final rename is atomic
+        anchor = anchor.parent
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.ftprefix-", dir=anchor))
+    try:
+        files, env, settings, info = _assemble(
+            Path(converted),
+            stage,
+            out,
+            target=target,
+            tokenizer_dir=Path(tokenizer_dir) if tokenizer_dir is not None else None,
+            streaming=streaming,
+            instances=instances,
+            max_queue_delay_us=max_queue_delay_us,
+            newline_token=newline_token,
+        )
+        report = Report(out, created=manifest is None, settings=settings, info=info)
+        digests = {name: _digest(data) for name, data in files.items()}
+        if manifest is None:
+            return _create(out, stage, files, digests, env, settings, report)
+        return _update(out, files, digests, env, settings, manifest, force, report)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _create(
+    out: Path,
+    stage: Path,
+    files: dict[str, bytes],
+    digests: dict[str, str],
+    env: dict[str, str],
+    settings: Settings,
+    report: Report,
+) -> Report:
+    for name, data in files.items():
+        if not (stage / name).is_file() or (stage / name).read_bytes() != data:
+            _write_file(stage / name, data)
+    _write_file(stage / ENV_FILE, dotenv.update(_ENV_HEADER, env).encode("utf-8"))
+    _write_file(stage / MANIFEST, _manifest_bytes(digests, env, settings, {}))
+    for path in [stage, *stage.rglob("*")]:
+        _readable(path)
+    if out.is_dir():
+        out.rmdir()  # empty (checked): the stage takes its place
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(stage, out)
+    report.written = [*sorted(files), ENV_FILE]
+    return report
+
+
+def _update(
+    out: Path,
+    files: dict[str, bytes],
+    digests: dict[str, str],
+    env: dict[str, str],
+    settings: Settings,
+    manifest: dict,
+    force: bool,
+    report: Report,
+) -> Report:
+    before: dict[str, str] = manifest["files"]
+    pending: dict[str, str] = manifest.get("pending") or {}
+
+    def ours(name: str, data: bytes) -> bool:
+        digest = _digest(data)
+        return digest in (before.get(name), pending.get(name))
+
+    changed = []
+    for name, data in files.items():
+        path = out / name
+        current = path.read_bytes() if path.is_file() else None
+        if current == data:
+            report.unchanged += 1
+            continue
+        if current is not None and not ours(name, current) and not force:
+            hint = (
+                " (put your changes in compose.override.yaml, which docker compose also reads)"
+                if (name.startswith("compose."))
+                else ""
+            )
+            raise UserError(
+                f"{out / name} was changed since ftprefix wrote it{hint}; pass --force to overwrite it"
+            )
+        changed.append(name)
+    stale = sorted(name for name in before if name not in files and (out / name).is_file())
+    for name in stale:
+        if not ours(name, (out / name).read_bytes()) and not force:
+            raise UserError(
+                f"{out / name} was changed since ftprefix wrote it, and this deployment no longer has it; "
+                "move it away or pass --force"
+            )
+    env_bytes = _merge_env(out, env, manifest.get("env") or {}, report)
+    # while files change, both digests count as ftprefix's (a killed update is resumed, not refused)
+    both = {name: digests[name] for name in changed}
+    _write_file(out / MANIFEST, _manifest_bytes({**before, **digests}, env, settings, {**pending, **both}))
+    for name in changed:
+        _write_file(out / name, files[name])
+    for name in stale:
+        (out / name).unlink()
+        _prune_empty_parents(out, out / name)
+    env_path = out / ENV_FILE
+    if not env_path.is_file() or env_path.read_bytes() != env_bytes:
+        _write_file(env_path, env_bytes)
+    _write_file(out / MANIFEST, _manifest_bytes(digests, env, settings, {}))
+    report.written = changed
+    report.removed = stale
+    return report
+
+
+def _prune_empty_parents(root: Path, path: Path) -> None:
+    parent = path.parent
+    while parent != root and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
