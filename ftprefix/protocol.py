@@ -54,6 +54,10 @@ LEN_PENALTY = "len_penalty"
 REPETITION_PENALTY = "repetition_penalty"
 RANDOM_SEED = "random_seed"
 IS_RETURN_LOG_PROBS = "is_return_log_probs"
+# generated tokens before end_id may be chosen: FT masks its logit until then
+# (layers/sampling_layers/BaseSamplingLayer.cc, kernels/sampling_penalty_kernels.cu
+# batchApplyMinLengthPenalty); GptNeoX::forward hands every input to the sampling layers' setup
+MIN_LENGTH = "min_length"
 BEAM_WIDTH = "beam_width"
 START_ID = "start_id"
 END_ID = "end_id"
@@ -75,6 +79,7 @@ FT_INPUTS: tuple[WireTensor, ...] = (
     _scalar(REPETITION_PENALTY, "float32"),
     _scalar(RANDOM_SEED, "uint64"),
     _scalar(IS_RETURN_LOG_PROBS, "bool"),
+    _scalar(MIN_LENGTH, "int32"),
     _scalar(BEAM_WIDTH, "uint32"),
     WireTensor(BAD_WORDS_LIST, np.dtype("int32"), (2, -1), optional=True),
     WireTensor(STOP_WORDS_LIST, np.dtype("int32"), (2, -1), optional=True),
@@ -111,6 +116,9 @@ TEXT_OUTPUT = "OUTPUT_0"  # BYTES [batch, beam]: the generated text only
 TASK_TABLE_PARAMETER = "prompt_learning_tasks"
 # Model config `parameters` entry with config.ini's end_id: what FT fills output_ids with.
 END_ID_PARAMETER = "end_id"
+# Model config `parameters` entry with config.ini's vocab_size: FT reads an input id at or above it
+# out of its embedding table's bounds (no check on the GPU), so clients refuse such ids.
+VOCAB_SIZE_PARAMETER = "vocab_size"
 # The FT backend's own parameter: the weights' data type (fp16 or fp32).
 DATA_TYPE_PARAMETER = "data_type"
 

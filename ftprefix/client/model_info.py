@@ -26,6 +26,8 @@ class ModelInfo:
     decoupled: bool
     max_batch_size: int
     tasks: TaskTable = field(default_factory=TaskTable)
+    instances: int = 1  # model instances (Triton's instance_group counts), each running its own batches
+    vocab_size: int | None = None  # config.ini's, published by ftprefix's repositories
     end_id: int | None = None  # config.ini's end_id, published by ftprefix's repositories
     data_type: str | None = None  # the FT backend's `data_type` parameter (fp16 / fp32)
 
@@ -34,6 +36,7 @@ class ModelInfo:
         config = config.get("config", config)
         table = _parameter(config, protocol.TASK_TABLE_PARAMETER)
         end_id = _parameter(config, protocol.END_ID_PARAMETER)
+        vocab = _parameter(config, protocol.VOCAB_SIZE_PARAMETER)
         return cls(
             name=str(config.get("name", "")),
             inputs=frozenset(str(i["name"]) for i in config.get("input", [])),
@@ -43,6 +46,8 @@ class ModelInfo:
             tasks=TaskTable.from_json(table) if table else TaskTable(),
             end_id=int(end_id) if end_id else None,
             data_type=_parameter(config, protocol.DATA_TYPE_PARAMETER),
+            instances=sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1,
+            vocab_size=int(vocab) if vocab else None,
         )
 
     def task_id(self, name: str | None) -> int | None:

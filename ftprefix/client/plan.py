@@ -20,6 +20,10 @@ from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamCh
 from ftprefix.text import Tokenizer
 
 Tasks = str | Sequence[str | None] | None
+MIN_LENGTH_MISSING = (
+    "min_new_tokens needs a model with the min_length input, which this server's model repository "
+    "lacks: write it again with this ftprefix (ftprefix triton-repo) and load it"
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ class Plan:
             raise InvalidRequestError("no prompts given")
         names = _task_list(tasks, len(prompts))
         task_ids = [info.task_id(name) for name in names]  # UnknownTaskError before any request
+        if params.min_new_tokens and protocol.MIN_LENGTH not in info.inputs:
+            raise InvalidRequestError(MIN_LENGTH_MISSING)
         token_prompts = [_as_ids(p) for p in prompts]
         words = [*(params.stop or []), *(params.bad_words or [])]
         has_text = any(ids is None for ids in token_prompts) or any(isinstance(w, str) for w in words)
@@ -93,6 +99,8 @@ class Plan:
                 raise InvalidRequestError(
                     "token ids need the fastertransformer model; pass prompts and stop words as text"
                 )
+            if params.min_new_tokens and protocol.MIN_LENGTH not in ensemble.inputs:
+                raise InvalidRequestError(MIN_LENGTH_MISSING)
             texts = [str(p) for p in prompts]
             if any(not t for t in texts):
                 raise InvalidRequestError("empty prompt; FT needs at least one input token")
@@ -121,6 +129,11 @@ class Plan:
 
         stop_ids = [w for w in map(word_ids, params.stop or []) if w]
         bad_ids = [w for w in map(word_ids, params.bad_words or []) if w]
+        if info.vocab_size is not None:
+            for ids in (*(p for p in token_prompts if p is not None), *stop_ids, *bad_ids):
+                if ids and max(ids) >= info.vocab_size:
+                    vocab = f"0 to {info.vocab_size - 1}"
+                    raise InvalidRequestError(f"token id {max(ids)} is not in the vocabulary ({vocab})")
         end_id = params.end_id if params.end_id is not None else info.end_id
         if end_id is None and tokenizer is not None:
             end_id = tokenizer.eos_id

@@ -26,6 +26,7 @@ class GenerateOptions(TypedDict, total=False):
     bad_words: Words | None
     end_id: int | None
     return_log_probs: bool
+    min_new_tokens: int
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class GenerationParams:
     FT decodes greedily when `top_k` and `top_p` are both 0 (the default here). `stop`: generation
     of a row ends right after one of these (FT keeps it in the tokens; the text leaves a stop
     string out, as OpenAI's `stop` does). `bad_words`: never generated. `end_id`: the token that
-    ends a row (default: the model's, from the server). `return_log_probs`: ask FT for
+    ends a row (default: the model's, from the server). `min_new_tokens`: the end token is not
+    generated before this many new tokens (FT's `min_length`). `return_log_probs`: ask FT for
     `output_log_probs`, the chosen tokens' log probabilities (`Completion.log_probs`; FT's top-k
     decoding, greedy included, normalises them within the k candidates, so greedy ones are 0).
     """
@@ -50,6 +52,7 @@ class GenerationParams:
     bad_words: Words | None = None
     end_id: int | None = None
     return_log_probs: bool = False
+    min_new_tokens: int = 0
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> GenerationParams:
@@ -80,6 +83,8 @@ class GenerationParams:
             raise InvalidRequestError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if not 0 <= self.seed < 2**64:
             raise InvalidRequestError(f"seed must be within [0, 2**64), got {self.seed}")
+        if not 0 <= self.min_new_tokens < 2**31:
+            raise InvalidRequestError(f"min_new_tokens must be 0 or more, got {self.min_new_tokens}")
         if self.end_id is not None and not 0 <= self.end_id < 2**32:
             raise InvalidRequestError(f"end_id must be a token id, got {self.end_id}")
 

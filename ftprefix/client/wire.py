@@ -60,6 +60,8 @@ def sampling_inputs(batch: int, params: GenerationParams, end_id: int | None) ->
         protocol.RANDOM_SEED: params.seed,
         protocol.END_ID: end_id,
         protocol.IS_RETURN_LOG_PROBS: True if params.return_log_probs else None,
+        # always sent, 0 when unused: requests Triton batches together carry the same inputs
+        protocol.MIN_LENGTH: params.min_new_tokens,
     }
     return {name: _COLUMN[name]([value] * batch) for name, value in values.items() if value is not None}
 

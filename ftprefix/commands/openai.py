@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ftprefix.commands.options import add_gateway_options, add_newline_token_option, gateway_keys
+from ftprefix.commands.options import (
+    add_gateway_options,
+    add_newline_token_option,
+    gateway_keys,
+    gateway_limits,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -39,7 +44,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from ftprefix.errors import UserError
     from ftprefix.gateway.app import GatewaySettings
-    from ftprefix.gateway.run import make_server
+    from ftprefix.gateway.run import log_to_stderr, make_server
     from ftprefix.serving.server import check_port_free
     from ftprefix.text import load_tokenizer
 
@@ -57,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         api_keys_file=args.api_keys,
         chat_template=args.chat_template,
         metrics=not args.no_metrics,
+        **gateway_limits(args),
     )
     server = make_server(settings, args.host, args.port, tokenizer=tokenizer)  # bad keys file: one line
     app = server.config.app
@@ -66,5 +72,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     print(f"ftprefix openai: {app.state.keys.describe()}", flush=True)
+    print(f"ftprefix openai: {app.state.describe_limits()}", flush=True)
+    log_to_stderr("ftprefix openai")
     server.run()
     return 0

@@ -188,8 +188,46 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-metrics",
         action="store_true",
-        help="do not count requests and tokens per task (default: Prometheus text at /metrics)",
+        help="do not count requests and tokens per task and tenant (default: Prometheus text at /metrics)",
     )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        metavar="N",
+        help=(
+            "requests the gateway keeps at Triton at once; the others wait, admitted round-robin by "
+            "tenant (default: what fills the model's batches, its max_batch_size x instances)"
+        ),
+    )
+    parser.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a request may wait for a place at Triton before a 503 (default %(default)g)",
+    )
+    parser.add_argument(
+        "--max-model-len",
+        type=int,
+        default=2048,
+        metavar="TOKENS",
+        help="prompt + completion tokens a request may ask for (default %(default)d, GPT-NeoX's context)",
+    )
+
+
+def gateway_limits(args: argparse.Namespace) -> dict[str, float | int | None]:
+    """The GatewaySettings fields of the options add_gateway_options adds, checked."""
+    if args.max_in_flight is not None and args.max_in_flight < 1:
+        raise UserError(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
+    if not args.queue_timeout > 0:
+        raise UserError(f"--queue-timeout must be more than 0 seconds, got {args.queue_timeout:g}")
+    if args.max_model_len < 2:
+        raise UserError(f"--max-model-len must be at least 2 tokens, got {args.max_model_len}")
+    return {
+        "max_in_flight": args.max_in_flight,
+        "queue_timeout": args.queue_timeout,
+        "max_model_len": args.max_model_len,
+    }
 
 
 def gateway_keys(values: Sequence[str]) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from ftprefix.commands.options import (
     add_newline_token_option,
     add_queue_delay_option,
     gateway_keys,
+    gateway_limits,
 )
 
 if TYPE_CHECKING:
@@ -82,8 +83,9 @@ def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokeni
     template stops `serve` in one line before anything runs."""
     from ftprefix import layout
     from ftprefix.gateway.app import GatewaySettings
-    from ftprefix.gateway.run import make_server
+    from ftprefix.gateway.run import log_to_stderr, make_server
 
+    log_to_stderr("ftprefix serve")
     settings = GatewaySettings(
         triton_url=server.grpc_url,
         tokenizer_dir=args.tokenizer,
@@ -93,6 +95,7 @@ def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokeni
         api_keys_file=args.api_keys,
         chat_template=args.chat_template,
         metrics=not args.no_metrics,
+        **gateway_limits(args),
     )
     return make_server(settings, args.host, args.openai_port, tokenizer=tokenizer)
 
@@ -202,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
             port = _start_openai(gateway, args.openai_port)
             print(f"ftprefix serve: OpenAI-compatible API on http://{args.host}:{port}/v1", flush=True)
             print(f"ftprefix serve: {gateway.config.app.state.keys.describe()}", flush=True)
+            print(f"ftprefix serve: {gateway.config.app.state.describe_limits()}", flush=True)
         print("ftprefix serve: ready; Ctrl-C to stop", flush=True)
         code = server.wait()
         print(f"ftprefix serve: tritonserver exited with code {code}:\n{server.log_tail()}", file=sys.stderr)

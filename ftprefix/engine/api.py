@@ -2,7 +2,7 @@
 
 `GenerationRequest`'s fields map 1:1 onto the FT backend's per-row inputs (input_ids/input_lengths,
 request_output_len, runtime_top_k, runtime_top_p, temperature, repetition_penalty, random_seed,
-end_id, stop_words_list, bad_words_list, is_return_log_probs, prompt_learning_task_name_ids).
+end_id, stop_words_list, bad_words_list, is_return_log_probs, min_length, prompt_learning_task_name_ids).
 Results hold just the generated tokens: laying them out in FT's output tensors is the serving
 layer's job (ftprefix/serving/ft_batch.py).
 """
@@ -26,6 +26,7 @@ class GenerationRequest:
     stop_words: list[list[int]] = field(default_factory=list)  # each a token sequence
     bad_words: list[list[int]] = field(default_factory=list)
     return_log_probs: bool = False
+    min_length: int = 0  # generated tokens before end_id may be chosen
 
 
 @dataclass

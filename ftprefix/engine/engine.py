@@ -177,7 +177,7 @@ class Engine:
             for r in requests
         ]
         want_log_probs = any(r.return_log_probs for r in requests)
-        sampler = Sampler(requests, cfg.vocab_size, want_log_probs)
+        sampler = Sampler(requests, cfg.vocab_size, want_log_probs, [s.end_id for s in states])
         max_out = max(r.request_output_len for r in requests)
         with torch.inference_mode():
             hidden, cache, lengths, prompt_lengths = self._prefill(
@@ -189,7 +189,7 @@ class Engine:
             next_positions = prompt_lengths + lengths
             for step in range(max_out):
                 tokens, token_lp, output_lp = sampler.choose(
-                    logits, [s.history for s in states], max_input_len + step
+                    logits, [s.history for s in states], max_input_len + step, generated=step
                 )
                 for b, state in enumerate(states):
                     if state.finish_reason is not None:

@@ -4,7 +4,10 @@ Order and formulas follow NVIDIA/FasterTransformer:
 - layers/DynamicDecodeLayer.cc: bad words are banned (logit = -inf) before sampling; after it
   the stop-words and length criteria mark rows finished.
 - layers/sampling_layers/BaseSamplingLayer.cc: temperature (logit * 1/(T + 1e-6), applied to the
-  whole batch unless every row has T == 1), then the repetition penalty, only when step > 1.
+  whole batch unless every row has T == 1), then the repetition penalty, only when step > 1, then
+  the minimum length: while a row has generated fewer than min_length tokens its end_id logit is
+  -FLT_MAX (kernels/sampling_penalty_kernels.cu batchApplyMinLengthPenalty; FT's decoding logits
+  are fp32 for fp16 models too).
 - kernels/sampling_penalty_kernels.cu: multiplicative penalty on every distinct token of the row
   so far (input without padding + generated): logit < 0 ? logit * p : logit / p.
 - layers/sampling_layers/TopKSamplingLayer.cu: top_k == 0 and top_p == 0 means greedy (k = 1);
@@ -27,11 +30,22 @@ import torch
 from ftprefix.engine.api import GenerationRequest
 
 TOP_K_MAX = 64  # TopKSamplingLayer.cu clips k to this
+FLT_LOWEST = float(torch.finfo(torch.float32).min)  # -FLT_MAX, FT's mask for a float logit
 
 
 class Sampler:
-    def __init__(self, requests: Sequence[GenerationRequest], vocab_size: int, want_log_probs: bool) -> None:
+    def __init__(
+        self,
+        requests: Sequence[GenerationRequest],
+        vocab_size: int,
+        want_log_probs: bool,
+        end_ids: Sequence[int] = (),
+    ) -> None:
         b = len(requests)
+        self.min_lengths = [int(r.min_length) for r in requests]
+        self.end_ids = list(end_ids)
+        if any(self.min_lengths) and len(self.end_ids) != b:
+            raise ValueError("min_length needs each row's end_id")
         self.vocab_size = vocab_size
         self.want_log_probs = want_log_probs
         ks, ps = [], []
@@ -82,12 +96,13 @@ class Sampler:
                     logits[row, banned] = float("-inf")
 
     def choose(
-        self, logits: torch.Tensor, histories: Sequence[Sequence[int]], step: int
+        self, logits: torch.Tensor, histories: Sequence[Sequence[int]], step: int, generated: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """logits [B, V] float32 -> (tokens [B], log P(token) [B], FT output_log_probs [B]).
 
         `histories` are each row's tokens so far (input + generated); `step` is FT's step index
-        (max input length + tokens generated so far), which gates the repetition penalty.
+        (max input length + tokens generated so far), which gates the repetition penalty;
+        `generated` the tokens each running row has generated so far (for min_length).
         """
         logits = logits.clone()
         self._ban_bad_words(logits, histories)
@@ -96,6 +111,9 @@ class Sampler:
         if step > 1 and self.penalty is not None:
             penalised = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
             logits = torch.where(self.seen, penalised, logits)
+        for row, min_length in enumerate(self.min_lengths):
+            if generated < min_length:
+                logits[row, self.end_ids[row]] = FLT_LOWEST
         b = logits.shape[0]
         log_probs = torch.log_softmax(logits, dim=-1) if self.want_log_probs else None
         if self.greedy:

@@ -5,15 +5,21 @@ is a model (`model="smileface"`) and the base model is one more, under its own n
 to Triton through `ftprefix.client.AsyncClient`, concurrently, so Triton's dynamic batcher merges
 them. The task table is re-read as the client's table ages, so tasks added on the server appear.
 
-The gateway is the tenant boundary: with API keys configured every `/v1/*` call needs one, and a
-key scoped to some tasks sees and uses only those (any other model is a 404, as if it did not
-exist). `/health` and `/metrics` stay open for probes and scrapers.
+The gateway is the tenant boundary: with API keys configured every `/v1/*` call needs one, a key
+scoped to some tasks sees and uses only those (any other model is a 404, as if it did not exist),
+and a key's limits (concurrency, requests and tokens per minute, max_tokens) hold. Requests take a
+place at Triton through fair admission (`admission.py`). `/health` and `/metrics` stay open for
+probes and scrapers.
+
+A completion request, in order: its key (middleware, before the body is read), the body (at most
+`max_body_bytes`, strictly validated), the model, the sampling options, the prompt's tokens (and
+the context length), the key's limits, a place at Triton, then the answer, whole or streamed.
+Everything that can be refused is refused before anything reaches Triton.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -22,31 +28,36 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ftprefix.client import (
-    AsyncClient,
-    Completion,
-    FtprefixClientError,
-    InvalidRequestError,
-    ModelNotReadyError,
-    RequestTimeoutError,
-    ServerUnavailableError,
-    UnknownTaskError,
-)
-from ftprefix.gateway import schemas
-from ftprefix.gateway.auth import KeyRing, Scope
+from ftprefix.client import AsyncClient, Completion, FtprefixClientError
+from ftprefix.gateway import openapi
+from ftprefix.gateway.admission import Admission, ClientGone, QueueTimeout
+from ftprefix.gateway.answers import DONE, AnswerFormat, ChatAnswerFormat, finish_reason, usage
+from ftprefix.gateway.auth import KeyPolicy, KeyRing
 from ftprefix.gateway.chat import ChatTemplate, ChatTemplateError, load_chat_template
+from ftprefix.gateway.errors import (
+    REQUEST_ID_HEADER,
+    RETRY_AFTER_S,
+    ApiError,
+    bad_param,
+    from_client_error,
+    internal_error,
+    request_id,
+)
+from ftprefix.gateway.events import EventStream
+from ftprefix.gateway.limits import Grant, Limits
 from ftprefix.gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from ftprefix.gateway.schemas import ApiError, ChatRequest, CompletionRequest
+from ftprefix.gateway.schemas import ChatRequest, CompletionRequest, parse_request
 from ftprefix.task_table import unknown_name_hint
 from ftprefix.text import Tokenizer, load_tokenizer
 
 OWNER = "ftprefix"
-UNKNOWN_MODEL = ""  # the metrics label of requests for models that do not exist
+UNKNOWN = ""  # the metrics label of a model that does not exist, or of a request without a key
+DEFAULT_MAX_TOKENS = 16  # as OpenAI's completions
+CLIENT_GONE = 499  # what the metrics count a request whose client left before its answer under
+log = logging.getLogger("ftprefix.gateway")
 
 
 @dataclass(frozen=True)
@@ -58,49 +69,66 @@ class GatewaySettings:
     base_model: str  # the model name of the base model (no task)
     newline_token: str | None = None
     api_keys: tuple[str, ...] = ()  # keys for every model
-    api_keys_file: Path | None = None  # {"KEY": ["task", ...] | "*"}, read again when it changes
+    api_keys_file: Path | None = None  # see auth.py, read again when it changes
     chat_template: Path | None = None  # instead of the tokenizer's own
-    metrics: bool = True  # per-task counters at /metrics
-    timeout: float = 120.0
+    metrics: bool = True  # per-task and per-tenant counters at /metrics
+    timeout: float = 120.0  # one generation at Triton
+    max_in_flight: int | None = None  # requests at Triton; None: the model's max_batch_size x instances
+    queue_timeout: float = 60.0  # how long a request may wait for a place at Triton
+    max_model_len: int = 2048  # prompt + completion tokens of one row
+    max_body_bytes: int = 4 * 1024 * 1024
 
 
-def api_error(exc: FtprefixClientError) -> ApiError:
-    """A client error as the HTTP status and body an OpenAI client understands."""
-    if isinstance(exc, UnknownTaskError):
-        # a task removed meanwhile: say only that it does not exist (no other tenant's names)
-        return ApiError(404, f"the model {exc.task!r} does not exist", param="model", code="model_not_found")
-    if isinstance(exc, InvalidRequestError):
-        return ApiError(400, str(exc), code="invalid_request")
-    if isinstance(exc, (ServerUnavailableError, ModelNotReadyError)):
-        return ApiError(503, str(exc), code="triton_unavailable", kind="service_unavailable")
-    if isinstance(exc, RequestTimeoutError):
-        return ApiError(504, str(exc), code="triton_timeout", kind="timeout")
-    return ApiError(500, str(exc), code="triton_error")
+class _Context:
+    """What one request carries through the gateway (in its ASGI scope's state)."""
+
+    __slots__ = ("model", "policy", "reason", "request_id", "started")
+
+    def __init__(self, request: str) -> None:
+        self.request_id = request
+        self.policy: KeyPolicy | None = None
+        self.started = time.perf_counter()
+        self.model = UNKNOWN
+        self.reason: str | None = None
 
 
-class KeyCheck:
-    """ASGI middleware: every /v1/* request needs a valid key, checked before its body is read."""
+class Front:
+    """ASGI middleware in front of every route: a request id on every response, and the key of
+    every /v1/* call checked before its body is read."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], keys: KeyRing, metrics: GatewayMetrics) -> None:
         self.app, self.keys, self.metrics = app, keys, metrics
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
-        allowed = self.keys.scope_of(header)
-        if allowed is None:
-            self.metrics.record(UNKNOWN_MODEL, 401, 0.0)
-            error = ApiError(
-                401,
-                "missing or invalid API key: send the header Authorization: Bearer KEY",
-                code="invalid_api_key",
-            )
-            await JSONResponse(error.body(), status_code=401)(scope, receive, send)
-            return
-        scope.setdefault("state", {})["ftprefix_scope"] = allowed
-        await self.app(scope, receive, send)
+        ctx = _Context(request_id(scope["headers"]))
+        scope.setdefault("state", {})["ftprefix"] = ctx
+        header = (REQUEST_ID_HEADER.encode(), ctx.request_id.encode())
+
+        async def send_with_id(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        if scope["path"].startswith("/v1/"):
+            authorization = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            ctx.policy = self.keys.policy_of(authorization.decode("latin-1"))
+            if ctx.policy is None:
+                self.metrics.record(UNKNOWN, UNKNOWN, 401, 0.0)
+                error = ApiError(
+                    401,
+                    "missing or invalid API key: send the header Authorization: Bearer KEY",
+                    code="invalid_api_key",
+                )
+                await JSONResponse(error.body(), status_code=401)(scope, receive, send_with_id)
+                return
+        await self.app(scope, receive, send_with_id)
+
+
+def _context(request: Request) -> _Context:
+    return request.scope["state"]["ftprefix"]
 
 
 def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None) -> FastAPI:
@@ -109,6 +137,8 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     template = load_chat_template(tokenizer, settings.chat_template)
     keys = KeyRing(settings.api_keys, settings.api_keys_file)
     metrics = GatewayMetrics(enabled=settings.metrics)
+    limits = Limits()
+    admission = Admission(settings.max_in_flight)
     base_model = settings.base_model
     holder: dict[str, AsyncClient] = {}
 
@@ -122,158 +152,282 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         finally:
             await holder["client"].close()
 
-    app = FastAPI(title="ftprefix OpenAI-compatible API", lifespan=lifespan)
-    app.add_middleware(KeyCheck, keys=keys, metrics=metrics)
-    app.state.keys = keys  # for the commands' start-up line
+    app = FastAPI(title="ftprefix OpenAI-compatible API", version=openapi.api_version(), lifespan=lifespan)
+    app.add_middleware(Front, keys=keys, metrics=metrics)
+    app.state.admission = admission
+    app.state.keys = keys  # for the commands' start-up lines
+
+    def describe_limits() -> str:
+        places = settings.max_in_flight or "max_batch_size x instances of the model"
+        chat = (
+            f"chat template from {template.origin}"
+            if template is not None
+            else "no chat template, so /v1/chat/completions answers 400 (give --chat-template FILE)"
+        )
+        return (
+            f"up to {places} requests at Triton, the others admitted round-robin by tenant (queue "
+            f"timeout {settings.queue_timeout:g} s); context {settings.max_model_len} tokens; {chat}"
+        )
+
+    app.state.describe_limits = describe_limits
 
     def client() -> AsyncClient:
         return holder["client"]
 
-    # -- every error in OpenAI's error body ------------------------------------------------------
+    # -- every error in OpenAI's error body --------------------------------------------------
+
+    def error_response(request: Request, error: ApiError) -> JSONResponse:
+        ctx = _context(request)
+        if ctx.policy is not None:  # a /v1 call with a valid key: counted per model and tenant
+            seconds = time.perf_counter() - ctx.started
+            metrics.record(ctx.model, ctx.policy.tenant, error.status, seconds, reason=error.reason)
+        return JSONResponse(error.body(), status_code=error.status, headers=dict(error.headers))
 
     @app.exception_handler(ApiError)
-    async def on_api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-        if first.get("type") == "json_invalid":
-            loc = []
-        message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
-        metrics.record(UNKNOWN_MODEL, 400, 0.0)
-        return JSONResponse(ApiError(400, message, param=loc[0] if loc else None).body(), status_code=400)
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # unparseable bodies, unknown routes, wrong methods
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # unknown routes, wrong methods
         error = ApiError(exc.status_code, str(exc.detail), code=None)
-        return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def on_bug(_request: Request, exc: Exception) -> JSONResponse:
-        error = ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
-        return JSONResponse(error.body(), status_code=500)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(request, internal_error(exc, _context(request).request_id))
 
     # -- models ----------------------------------------------------------------------------------
 
-    async def visible_models(allowed: Scope, refresh: bool = False) -> list[str]:
+    async def model_info(request_ctx: _Context, refresh: bool = False):
         try:
-            info = await client().model_info(refresh=refresh)
+            return await client().model_info(refresh=refresh)
         except FtprefixClientError as exc:
-            raise api_error(exc) from exc
-        names = [base_model, *(t.name for t in info.tasks.live if t.name != base_model)]
-        return [n for n in names if allowed.allows(n)]
+            raise from_client_error(exc, request_ctx.request_id) from exc
 
-    async def task_of(model: str, allowed: Scope) -> str | None:
+    async def visible_models(ctx: _Context, policy: KeyPolicy, refresh: bool = False) -> list[str]:
+        info = await model_info(ctx, refresh)
+        names = [base_model, *(t.name for t in info.tasks.live if t.name != base_model)]
+        return [n for n in names if policy.allows(n)]
+
+    async def task_of(ctx: _Context, model: str, policy: KeyPolicy) -> str | None:
         """The task a model name means (None: the base model), or ApiError(404) for a model that
         does not exist or that this key may not use: the two answers are the same."""
-        if allowed.allows(model):
+        if policy.allows(model):
             if model == base_model:
                 return None
-            try:
-                info = await client().model_info()
-                if info.tasks.find(model) is None:
-                    info = await client().model_info(refresh=True)  # a task added since the last read
-            except FtprefixClientError as exc:
-                raise api_error(exc) from exc
+            info = await model_info(ctx)
+            if info.tasks.find(model) is None:
+                info = await model_info(ctx, refresh=True)  # a task added since the last read
             if info.tasks.find(model) is not None:
                 return model
-        hint = unknown_name_hint(model, await visible_models(allowed), what="model")
-        raise ApiError(
-            404, f"the model {model!r} does not exist; {hint}", param="model", code="model_not_found"
-        )
+        hint = unknown_name_hint(model, await visible_models(ctx, policy), what="model")
+        message = f"the model {model!r} does not exist; {hint}"
+        raise ApiError(404, message, param="model", code="model_not_found")
 
     def model_card(name: str, created: int) -> dict[str, Any]:
         parent = None if name == base_model else base_model
         return {"id": name, "object": "model", "created": created, "owned_by": OWNER, "parent": parent}
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
+    @app.get("/health", responses=openapi.HEALTH_RESPONSES)
+    async def health(request: Request) -> JSONResponse:
         """200 once Triton answers with the model ready (for readiness probes), 503 otherwise."""
         try:
             await client().model_info(refresh=True)
         except FtprefixClientError as exc:
-            return JSONResponse(api_error(exc).body(), status_code=503)
+            error = from_client_error(exc, _context(request).request_id)
+            return JSONResponse(error.body(), status_code=503, headers={"retry-after": str(RETRY_AFTER_S)})
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=openapi.METRICS_RESPONSES)
     async def prometheus() -> Response:
+        """Prometheus text: per model and per tenant."""
         if not metrics.enabled:
             raise ApiError(404, "metrics are off (--no-metrics)", code="not_found")
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+        return Response(metrics.exposition(admission.in_flight, admission.waiting), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=openapi.ERRORS_V1, openapi_extra=openapi.SECURED)
     async def models(request: Request) -> JSONResponse:
-        names = await visible_models(request.state.ftprefix_scope, refresh=True)  # the table as it is now
-        created = schemas.now()
+        """The base model and every task this key may use."""
+        ctx = _context(request)
+        assert ctx.policy is not None
+        names = await visible_models(ctx, ctx.policy, refresh=True)  # the table as it is now
+        created = int(time.time())
         return JSONResponse({"object": "list", "data": [model_card(n, created) for n in names]})
 
-    @app.get("/v1/models/{model}")
+    @app.get("/v1/models/{model}", responses=openapi.ERRORS_V1, openapi_extra=openapi.SECURED)
     async def model(request: Request, model: str) -> JSONResponse:
-        await task_of(model, request.state.ftprefix_scope)
-        return JSONResponse(model_card(model, schemas.now()))
+        ctx = _context(request)
+        assert ctx.policy is not None
+        await task_of(ctx, model, ctx.policy)
+        return JSONResponse(model_card(model, int(time.time())))
 
-    # -- generation --------------------------------------------------------------------------------
+    # -- generation ------------------------------------------------------------------------------
 
-    async def generate(
-        request: Request, body: CompletionRequest | ChatRequest, prompts: list[Any], options: dict[str, Any]
-    ) -> Response:
-        """Shared by /v1/completions and /v1/chat/completions: run the prompts, answer in `body`'s shape."""
-        started = time.perf_counter()
-        label = UNKNOWN_MODEL
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            raise _too_large(settings.max_body_bytes)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > settings.max_body_bytes:
+                raise _too_large(settings.max_body_bytes)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def place_limit(ctx: _Context) -> None:
+        if admission.limit is None:  # what fills the model's batches, read once from Triton
+            info = await model_info(ctx)
+            admission.limit = max(1, info.max_batch_size) * max(1, info.instances)
+
+    def tokens_of(prompts: list[str | list[int]], max_new: int, param: str) -> list[list[int]]:
+        ids = [tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
+        for row in ids:
+            if not row:
+                raise bad_param(param, "the prompt encodes to no tokens; FT needs at least one")
+            if len(row) + max_new > settings.max_model_len:
+                raise bad_param(
+                    param,
+                    f"this model's maximum context length is {settings.max_model_len} tokens; this "
+                    f"request asks for {len(row) + max_new} ({len(row)} in the prompt, {max_new} for the "
+                    "completion): send a shorter prompt or ask for fewer tokens",
+                    code="context_length_exceeded",
+                )
+        return ids
+
+    async def generate(request: Request, kind: type[CompletionRequest] | type[ChatRequest]) -> Response:
+        """/v1/completions and /v1/chat/completions: validate, admit, answer in the request's shape."""
+        ctx = _context(request)
+        policy = ctx.policy
+        assert policy is not None
+        body = parse_request(await read_body(request), kind)
+        task = await task_of(ctx, body.model, policy)
+        ctx.model = body.model
+        default_max = min(DEFAULT_MAX_TOKENS, policy.max_tokens or DEFAULT_MAX_TOKENS)
+        options = body.generate_options(default_max)
+        max_new = options["max_new_tokens"]
+        param = body.max_tokens_param if isinstance(body, ChatRequest) else "max_tokens"
+        if policy.max_tokens is not None and max_new > policy.max_tokens:
+            raise bad_param(param, f"{param} is {max_new}, above this key's cap of {policy.max_tokens}")
+        if isinstance(body, ChatRequest):
+            prompts: list[str | list[int]] = [render_chat(template, body)]
+            answer: AnswerFormat = ChatAnswerFormat(body.model)
+        else:
+            prompts = body.prompts()
+            answer = AnswerFormat(body.model)
+        ids = tokens_of(prompts, max_new, "messages" if isinstance(body, ChatRequest) else "prompt")
+        prompt_tokens = sum(len(row) for row in ids)
         try:
-            task = await task_of(body.model, request.state.ftprefix_scope)
-            label = body.model
-            answer = schemas.answer_format(body)
-            if body.stream:
-                events = _stream(client(), answer, prompts, task, options, body.include_usage)
-
-                async def counted() -> AsyncIterator[str]:
-                    status, used = 200, (0, 0)
-                    try:
-                        async for event in events:
-                            if isinstance(event, tuple):
-                                status, used = event
-                            else:
-                                yield event
-                    finally:
-                        metrics.record(label, status, time.perf_counter() - started, *used)
-
-                return EventSourceResponse(counted(), ping=15)
-            try:
-                done = await client().generate_batch(prompts, tasks=task, **options)
-            except FtprefixClientError as exc:
-                raise api_error(exc) from exc
-            used = (sum(c.prompt_token_count or 0 for c in done), sum(len(c.token_ids) for c in done))
-            metrics.record(label, 200, time.perf_counter() - started, *used)
-            # plain JSON types already: skip FastAPI's jsonable_encoder pass over the body
-            return JSONResponse(answer.full(done, schemas.usage(*used)))
+            grant = limits.admit(policy, prompt_tokens + max_new * len(ids))
         except ApiError as exc:
-            metrics.record(label, exc.status, time.perf_counter() - started)
+            ctx.reason = exc.reason
             raise
+        try:
+            await place_limit(ctx)
+            waited = await admission.enter(policy.tenant, settings.queue_timeout, request.receive)
+        except QueueTimeout:
+            grant.finish(0)
+            raise ApiError(
+                503,
+                f"the server is busy: no place at the model server within {settings.queue_timeout:g} s",
+                code="server_busy",
+                kind="service_unavailable",
+                headers=[("retry-after", str(RETRY_AFTER_S))],
+            ) from None
+        except ClientGone:
+            grant.finish(0)
+            metrics.record(ctx.model, policy.tenant, CLIENT_GONE, time.perf_counter() - ctx.started)
+            return Response(status_code=CLIENT_GONE)
+        except BaseException:
+            grant.finish(0)
+            raise
+        metrics.waited(policy.tenant, waited)
+        if body.stream:
+            return stream_answer(ctx, policy, answer, ids, task, options, body.include_usage, grant)
+        try:
+            done = await client().generate_batch(ids, tasks=task, **options)
+        except FtprefixClientError as exc:
+            grant.finish(0)
+            raise from_client_error(exc, ctx.request_id) from exc
+        finally:
+            admission.leave()
+        completion_tokens = sum(len(c.token_ids) for c in done)
+        grant.finish(completion_tokens)
+        metrics.record(
+            ctx.model, policy.tenant, 200, time.perf_counter() - ctx.started, prompt_tokens, completion_tokens
+        )
+        content = answer.full(done, usage(prompt_tokens, completion_tokens))
+        return Response(content, media_type="application/json", headers=dict(grant.headers))
 
-    @app.post("/v1/completions", response_model=None)
-    async def completions(request: Request, body: CompletionRequest) -> Response:
-        return await generate(request, body, body.prompts(), body.generate_options())
+    def stream_answer(
+        ctx: _Context,
+        policy: KeyPolicy,
+        answer: AnswerFormat,
+        ids: list[list[int]],
+        task: str | None,
+        options: dict[str, Any],
+        include_usage: bool,
+        grant: Grant,
+    ) -> EventStream:
+        used = [0]
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: Request, body: ChatRequest) -> Response:
-        options = body.generate_options()
-        prompt = render_chat(template, body)
-        return await generate(request, body, [prompt], options)
+        def close(completed: bool) -> None:
+            admission.leave()
+            grant.finish(used[0])
+            failed = stream.failed
+            status = 200 if completed else (failed.status if failed is not None else CLIENT_GONE)
+            seconds = time.perf_counter() - ctx.started
+            metrics.record(ctx.model, policy.tenant, status, seconds, sum(map(len, ids)), used[0])
 
+        def failure(exc: BaseException) -> ApiError:
+            if isinstance(exc, ApiError):
+                return exc
+            if isinstance(exc, FtprefixClientError):
+                return from_client_error(exc, ctx.request_id)
+            return internal_error(exc, ctx.request_id)
+
+        stream = EventStream(
+            _events(client(), answer, ids, task, options, include_usage, used),
+            failure=failure,
+            on_close=close,
+            headers=grant.headers,
+        )
+        return stream
+
+    @app.post(
+        "/v1/completions",
+        response_model=None,
+        responses=openapi.completion_responses(),
+        openapi_extra=openapi.request_body(CompletionRequest),
+    )
+    async def completions(request: Request) -> Response:
+        """Complete a prompt (or a batch of them) with a task: the model name."""
+        return await generate(request, CompletionRequest)
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses=openapi.chat_responses(),
+        openapi_extra=openapi.request_body(ChatRequest),
+    )
+    async def chat_completions(request: Request) -> Response:
+        """Answer chat messages, rendered with the chat template, with a task: the model name."""
+        return await generate(request, ChatRequest)
+
+    openapi.install(app)
     return app
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
 
 
 def render_chat(template: ChatTemplate | None, body: ChatRequest) -> str:
     if template is None:
         raise ApiError(
             400,
-            "this model has no chat template (tokenizer_config.json has no chat_template): start the "
-            "gateway with --chat-template FILE, a Jinja template as transformers' apply_chat_template "
-            "reads (`ftprefix assets chat-templates` has rinna's instruction format), or use /v1/completions",
+            "this model has no chat template; use /v1/completions",
             param="messages",
             code="no_chat_template",
         )
@@ -283,67 +437,72 @@ def render_chat(template: ChatTemplate | None, body: ChatRequest) -> str:
         raise ApiError(400, str(exc), param="messages", code="invalid_messages") from None
 
 
-async def _stream(
+async def _events(
     client: AsyncClient,
-    answer: schemas.AnswerFormat,
-    prompts: list[Any],
+    answer: AnswerFormat,
+    ids: list[list[int]],
     task: str | None,
     options: dict[str, Any],
     include_usage: bool,
-) -> AsyncIterator[str | tuple[int, tuple[int, int]]]:
-    """SSE data in OpenAI's format: the pieces of text of every prompt as they come, then `[DONE]`;
-    last, (status, (prompt tokens, generated tokens)) for the metrics."""
-    prompt_tokens = completion_tokens = 0
-    status = 200
+    used: list[int],
+) -> AsyncIterator[bytes]:
+    """The stream's events: the pieces of text of every prompt as they come, usage, `[DONE]`.
+    `used` counts the generated tokens as they come (for the limits and metrics)."""
+    for index in range(len(ids)):
+        opening = answer.opening(index)
+        if opening is not None:
+            yield opening
+    info = await client.model_info()
+    if not info.decoupled:  # the server answers once per request: one chunk per prompt
+        done: list[Completion] = await client.generate_batch(ids, tasks=task, **options)
+        for i, c in enumerate(done):
+            used[0] += len(c.token_ids)
+            yield answer.chunk(i, c.text or "", finish_reason(c.finish_reason))
+    elif len(ids) == 1:  # one prompt, the common case: its chunks as they come
+        async for piece in client.stream(ids[0], task=task, **options):
+            used[0] += len(piece.token_ids)
+            reason = finish_reason(piece.finish_reason) if piece.finish_reason else None
+            if piece.text or reason:
+                yield answer.chunk(0, piece.text or "", reason)
+    else:
+        async for index, piece in _merged(client, ids, task, options):
+            used[0] += len(piece.token_ids)
+            reason = finish_reason(piece.finish_reason) if piece.finish_reason else None
+            if piece.text or reason:
+                yield answer.chunk(index, piece.text or "", reason)
+    if include_usage:
+        yield answer.usage_chunk(usage(sum(len(row) for row in ids), used[0]))
+    yield DONE
+
+
+async def _merged(
+    client: AsyncClient, ids: list[list[int]], task: str | None, options: dict[str, Any]
+) -> AsyncIterator[tuple[int, Any]]:
+    """Several prompts streamed at once, their chunks in the order they arrive."""
+    import asyncio
+
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def pump(index: int, prompt: list[int]) -> None:
+        try:
+            async for piece in client.stream(prompt, task=task, **options):
+                await queue.put((index, piece))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            await queue.put((index, exc))
+        finally:
+            await queue.put((index, None))
+
+    pumps = [asyncio.ensure_future(pump(i, p)) for i, p in enumerate(ids)]
     try:
-        for index in range(len(prompts)):
-            opening = answer.opening(index)
-            if opening is not None:
-                yield json.dumps(opening)
-        info = await client.model_info()
-        if not info.decoupled:  # the server answers once per request: one chunk per prompt
-            done: list[Completion] = await client.generate_batch(prompts, tasks=task, **options)
-            for i, c in enumerate(done):
-                prompt_tokens += c.prompt_token_count or 0
-                completion_tokens += len(c.token_ids)
-                yield json.dumps(answer.chunk(i, c.text or "", schemas.finish_reason(c.finish_reason)))
-        else:
-            queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-
-            async def pump(index: int, prompt: Any) -> None:
-                try:
-                    async for piece in client.stream(prompt, task=task, **options):
-                        await queue.put((index, piece))
-                except BaseException as exc:  # handed to the consumer, which re-raises it
-                    await queue.put((index, exc))
-                finally:
-                    await queue.put((index, None))
-
-            prompt_counts: dict[int, int] = {}
-            pumps = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prompts)]
-            try:
-                running = len(pumps)
-                while running:
-                    index, item = await queue.get()
-                    if item is None:
-                        running -= 1
-                    elif isinstance(item, BaseException):
-                        raise item
-                    else:
-                        prompt_counts[index] = item.prompt_token_count or 0
-                        completion_tokens += len(item.token_ids)
-                        reason = schemas.finish_reason(item.finish_reason) if item.finish_reason else None
-                        if item.text or reason:
-                            yield json.dumps(answer.chunk(index, item.text or "", reason))
-            finally:
-                for p in pumps:
-                    p.cancel()
-            prompt_tokens = sum(prompt_counts.values())
-        if include_usage:
-            yield json.dumps(answer.usage_chunk(schemas.usage(prompt_tokens, completion_tokens)))
-    except FtprefixClientError as exc:
-        error = api_error(exc)
-        status = error.status
-        yield json.dumps(error.body())  # the stream has started: the error goes in it
-    yield "[DONE]"
-    yield (status, (prompt_tokens, completion_tokens))
+        running = len(pumps)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for p in pumps:
+            p.cancel()

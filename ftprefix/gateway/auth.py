@@ -1,20 +1,27 @@
-"""API keys: who may call the gateway, and which models (tasks) each key may see and use.
+"""API keys: who may call the gateway, which models (tasks) each key may use, and its limits.
 
 The gateway is the tenant boundary: one base model serves many tenants, each through keys scoped
 to its own tasks. Keys come from `--api-key` (repeatable) and `FTPREFIX_API_KEY`, which see every
-model, and from `--api-keys FILE`, a JSON object `{"KEY": ["task", ...] | "*"}`, read again when the
-file changes. Keys are kept and compared only as SHA-256 digests: the table holds no key, and the
-time a lookup takes says nothing about how much of a wrong key was right (its digest shares no
-usable prefix with a right one's), while thousands of tenants' keys cost one dict lookup. With no
-key configured the API is open, as before.
+model, and from `--api-keys FILE`, a JSON object read again when the file changes:
+
+    {"KEY": ["task", ...] | "*" | {"tenant": "acme", "tasks": [...] | "*", "max_concurrent": 4,
+                                    "requests_per_minute": 600, "tokens_per_minute": 100000,
+                                    "max_tokens": 512}}
+
+Keys are kept and compared only as SHA-256 digests: the table holds no key, and the time a lookup
+takes says nothing about how much of a wrong key was right (its digest shares no usable prefix with
+a right one's), while thousands of tenants' keys cost one dict lookup. With no key configured the
+API is open. A tenant's name labels its metrics and shares its fair share of the server between
+its keys; a key without one is named by its place in the file (`key-3`), never by the key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +31,11 @@ from ftprefix.errors import UserError
 
 ENV_KEY = "FTPREFIX_API_KEY"
 ALL = "*"
+OPEN_TENANT = "open"  # the tenant of every request while no key is configured
+ADMIN_TENANT = "api-key"  # the tenant of --api-key / FTPREFIX_API_KEY
+LIMITS = ("max_concurrent", "requests_per_minute", "tokens_per_minute", "max_tokens")
+_TENANT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # a metrics label value anyone can read safely
+log = logging.getLogger("ftprefix.gateway")
 
 
 @dataclass(frozen=True)
@@ -36,46 +48,94 @@ class Scope:
         return self.models is None or model in self.models
 
 
-OPEN = Scope()  # no keys configured: everyone sees everything
+@dataclass(frozen=True)
+class KeyPolicy:
+    """Everything the gateway knows about one key: its tenant, its models and its limits (None:
+    unlimited). `ident` identifies the key in the gateway's own bookkeeping (its digest's hex)."""
+
+    tenant: str
+    scope: Scope = Scope()
+    max_concurrent: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_tokens: int | None = None
+    ident: str = ""
+
+    def allows(self, model: str) -> bool:
+        return self.scope.allows(model)
+
+    @property
+    def limited(self) -> bool:
+        """Whether any limit applies to this key's requests (`max_tokens` alone is checked elsewhere)."""
+        return bool(self.max_concurrent or self.requests_per_minute or self.tokens_per_minute)
+
+
+OPEN = KeyPolicy(OPEN_TENANT, ident="open")  # no keys configured: everyone sees everything
 
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
-def parse_keys_file(path: Path) -> dict[bytes, Scope]:
-    """`{"KEY": ["task", ...] | "*"}` -> scopes by key digest, or UserError naming what is wrong."""
+def _scope(models: object, where: str) -> Scope:
+    if models == ALL:
+        return Scope()
+    if isinstance(models, list) and all(isinstance(m, str) and m for m in models):
+        return Scope(frozenset(models))
+    raise UserError(f'{where}: give a list of model names or "*", got {models!r}')
+
+
+def _policy(value: object, where: str, number: int, ident: str) -> KeyPolicy:
+    if not isinstance(value, Mapping):
+        return KeyPolicy(f"key-{number}", _scope(value, where), ident=ident)
+    unknown = sorted(set(value) - {"tenant", "tasks", *LIMITS})
+    if unknown:
+        known = ", ".join(["tenant", "tasks", *LIMITS])
+        raise UserError(f"{where}: unknown setting {unknown[0]!r}; a key's settings are {known}")
+    tenant = value.get("tenant", f"key-{number}")
+    if not isinstance(tenant, str) or not _TENANT.match(tenant):
+        raise UserError(f"{where}: tenant must be 1 to 64 letters, digits or _ . : -, got {tenant!r}")
+    if "tasks" not in value:
+        raise UserError(f'{where}: give "tasks", a list of model names or "*"')
+    limits = {}
+    for name in LIMITS:
+        limit = value.get(name)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise UserError(f"{where}: {name} must be a whole number of at least 1, got {limit!r}")
+        limits[name] = limit
+    return KeyPolicy(tenant, _scope(value["tasks"], where), ident=ident, **limits)
+
+
+def parse_keys_file(path: Path) -> dict[bytes, KeyPolicy]:
+    """The keys file -> policies by key digest, or UserError naming what is wrong (never the key)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read the API keys file {path}: {exc}") from None
     if not isinstance(data, Mapping):
         raise UserError(f'{path}: the API keys file is a JSON object {{"KEY": ["task", ...] or "*"}}')
-    scopes: dict[bytes, Scope] = {}
-    for number, (key, models) in enumerate(data.items(), start=1):
+    policies: dict[bytes, KeyPolicy] = {}
+    for number, (key, value) in enumerate(data.items(), start=1):
         where = f"{path}: key number {number}"  # never the key itself
         if not isinstance(key, str) or not key:
             raise UserError(f"{where} is empty")
-        if models == ALL:
-            scopes[_digest(key)] = Scope()
-        elif isinstance(models, list) and all(isinstance(m, str) and m for m in models):
-            scopes[_digest(key)] = Scope(frozenset(models))
-        else:
-            raise UserError(f'{where}: give a list of model names or "*", got {models!r}')
-    return scopes
+        digest = _digest(key)
+        policies[digest] = _policy(value, where, number, digest.hex())
+    return policies
 
 
 class KeyRing:
-    """The keys the gateway accepts; `scope_of(header)` is the scope of a request, or None if refused."""
+    """The keys the gateway accepts; `policy_of(header)` is a request's policy, or None if refused."""
 
     def __init__(self, keys: Iterable[str] = (), keys_file: str | os.PathLike[str] | None = None) -> None:
-        self._fixed: dict[bytes, Scope] = {}
+        self._fixed: dict[bytes, KeyPolicy] = {}
         for key in keys:
             if not key:
                 raise UserError("--api-key must not be empty")
-            self._fixed[_digest(key)] = Scope()
+            digest = _digest(key)
+            self._fixed[digest] = KeyPolicy(ADMIN_TENANT, ident=digest.hex())
         self.keys_file = Path(keys_file) if keys_file is not None else None
-        self._from_file: dict[bytes, Scope] = {}
+        self._from_file: dict[bytes, KeyPolicy] = {}
         self._file_state: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
         if self.keys_file is not None:
@@ -86,6 +146,12 @@ class KeyRing:
     def open(self) -> bool:
         return not self._fixed and self.keys_file is None
 
+    def tenants(self) -> set[str]:
+        """Every tenant name the current keys can carry (the metrics' label values)."""
+        if self.open:
+            return {OPEN_TENANT}
+        return {p.tenant for p in (*self._fixed.values(), *self._from_file.values())}
+
     def describe(self) -> str:
         """For the start-up line."""
         if self.open:
@@ -94,7 +160,11 @@ class KeyRing:
         if self._fixed:
             parts.append(f"{len(self._fixed)} key(s) for every model")
         if self.keys_file is not None:
-            parts.append(f"{len(self._from_file)} key(s) from {self.keys_file}, read again when it changes")
+            limited = sum(1 for p in self._from_file.values() if p.limited or p.max_tokens)
+            parts.append(
+                f"{len(self._from_file)} key(s) from {self.keys_file} ({limited} with limits), "
+                "read again when it changes"
+            )
         return "API keys required: " + ", ".join(parts)
 
     def _stat(self) -> tuple[int, int, int] | None:
@@ -117,10 +187,10 @@ class KeyRing:
             try:
                 self._from_file = parse_keys_file(self.keys_file) if state is not None else {}
             except UserError as exc:
-                print(f"ftprefix openai: keeping the previous API keys: {exc}", file=sys.stderr, flush=True)
+                log.warning("keeping the previous API keys: %s", exc)
 
-    def scope_of(self, authorization: str | None) -> Scope | None:
-        """The scope of a request's `Authorization` header; None when the key is missing or wrong."""
+    def policy_of(self, authorization: str | None) -> KeyPolicy | None:
+        """The policy of a request's `Authorization` header; None when the key is missing or wrong."""
         if self.open:
             return OPEN
         if self.keys_file is not None:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 
 import uvicorn
 
 from ftprefix.gateway.app import GatewaySettings, create_app
 from ftprefix.text import Tokenizer
+
+
+def log_to_stderr(prefix: str) -> None:
+    """The gateway's log (errors with their request ids, keys reloads) on stderr, one line each."""
+    logger = logging.getLogger("ftprefix.gateway")
+    if not any(getattr(h, "ftprefix", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{prefix}: %(levelname)s: %(message)s"))
+        handler.ftprefix = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def make_server(

@@ -1,120 +1,148 @@
-"""The OpenAI completions and chat APIs as the gateway accepts them, and its answers (openai-python's shapes).
+"""The OpenAI completions and chat requests as the gateway takes them: strictly.
 
-Fields OpenAI defines but FT cannot honour are accepted at their neutral values and refused
-otherwise, naming the parameter, as OpenAI's own API refuses what it does not support.
+Types are strict (no bool for a number, no string for an integer), every field is known (an
+unknown one is a 400 naming it, as OpenAI answers), text must be valid Unicode, and the constraints
+are in the schema `/openapi.json` publishes. Fields OpenAI defines that FT cannot honour are taken
+at their neutral values and refused otherwise, naming the parameter.
+
+vLLM's extensions that clients and benchmarks send (vllm-project/vllm
+`vllm/entrypoints/openai/protocol.py`, its "extra sampling parameters") are honoured: `top_k`,
+`min_tokens` (FT's `min_length`), `ignore_eos` (min_tokens = max_tokens: FT cannot go on past an
+end token, so the end token is not generated before the limit), `repetition_penalty`,
+`stop_token_ids`, `bad_words`; `min_p`, `length_penalty`, `use_beam_search`,
+`include_stop_str_in_output`, `skip_special_tokens`, `spaces_between_special_tokens`,
+`truncate_prompt_tokens` and `prompt_logprobs` at their neutral values.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
-import time
-import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ftprefix.client import Completion
+from ftprefix.gateway.errors import ApiError, bad_param
 
 MAX_STOP = 4  # as OpenAI
-
-
-class ApiError(Exception):
-    """An error answered with OpenAI's body: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None, kind: str = ""
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
-        self.code = code
-        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
-
-
-def bad_param(param: str, message: str) -> ApiError:
-    return ApiError(400, message, param=param, code="invalid_value")
-
-
+MAX_SEED = 2**63
+TOKEN_ID = Annotated[int, Field(ge=0, lt=2**32)]
+NonEmptyText = Annotated[str, Field(min_length=1)]
 NO_ALTERNATIVES = (
     "FasterTransformer returns the chosen tokens' log probabilities only, no alternatives: ask for {ask}"
 )
 
 
-class _Sampling(BaseModel):
-    """What completions and chat share."""
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
 
-    model_config = ConfigDict(extra="ignore")  # unknown fields are ignored, as OpenAI's API ignores them
 
-    model: str
-    temperature: float | None = 1.0
-    top_p: float | None = 1.0
-    n: int | None = 1
-    stream: bool | None = False
-    stream_options: dict[str, Any] | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = 0.0
-    frequency_penalty: float | None = 0.0
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None
+
+
+class _Sampling(_Strict):
+    """What completions and chat share: OpenAI's sampling fields and vLLM's extensions."""
+
+    model: NonEmptyText
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    n: Annotated[int, Field(ge=1)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: (
+        Annotated[str, Field(min_length=1)] | Annotated[list[NonEmptyText], Field(max_length=MAX_STOP)] | None
+    ) = None
+    seed: Annotated[int, Field(ge=0, lt=MAX_SEED)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     logit_bias: dict[str, float] | None = None
-
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+    user: str | None = None
+    # vLLM's extensions
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    ignore_eos: bool | None = None
+    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    stop_token_ids: list[TOKEN_ID] | None = None
+    bad_words: list[NonEmptyText] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    length_penalty: float | None = None
+    use_beam_search: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    skip_special_tokens: bool | None = None
+    spaces_between_special_tokens: bool | None = None
+    truncate_prompt_tokens: Annotated[int, Field(ge=1)] | None = None
+    prompt_logprobs: Annotated[int, Field(ge=0)] | None = None
 
     @property
     def include_usage(self) -> bool:
-        return bool((self.stream_options or {}).get("include_usage"))
+        return bool(self.stream_options and self.stream_options.include_usage)
 
     def _refuse(self, unsupported: Sequence[tuple[str, Any, tuple[Any, ...]]]) -> None:
         for param, value, neutral in (
             ("n", self.n, (None, 1)),
-            ("presence_penalty", self.presence_penalty, (None, 0, 0.0)),
-            ("frequency_penalty", self.frequency_penalty, (None, 0, 0.0)),
+            ("presence_penalty", self.presence_penalty, (None, 0)),
+            ("frequency_penalty", self.frequency_penalty, (None, 0)),
             ("logit_bias", self.logit_bias, (None, {})),
+            ("min_p", self.min_p, (None, 0)),
+            ("length_penalty", self.length_penalty, (None, 1)),
+            ("use_beam_search", self.use_beam_search, (None, False)),
+            ("include_stop_str_in_output", self.include_stop_str_in_output, (None, False)),
+            ("skip_special_tokens", self.skip_special_tokens, (None, True)),
+            ("spaces_between_special_tokens", self.spaces_between_special_tokens, (None, True)),
+            ("truncate_prompt_tokens", self.truncate_prompt_tokens, (None,)),
+            ("prompt_logprobs", self.prompt_logprobs, (None,)),
             *unsupported,
         ):
             if value not in neutral:
                 raise bad_param(param, f"{param}={value!r} is not supported by this server")
 
     def _options(self, max_tokens: int, log_probs: bool) -> dict[str, Any]:
-        if max_tokens < 1:
-            raise bad_param("max_tokens", f"max_tokens must be at least 1, got {max_tokens}")
-        temperature = 1.0 if self.temperature is None else self.temperature
-        if not 0 <= temperature <= 2:
-            raise bad_param("temperature", f"temperature must be within [0, 2], got {temperature}")
-        top_p = 1.0 if self.top_p is None else self.top_p
-        if not 0 < top_p <= 1:
-            raise bad_param("top_p", f"top_p must be within (0, 1], got {top_p}")
-        stops = self.stops()
-        if len(stops) > MAX_STOP or any(not s for s in stops):
-            raise bad_param("stop", f"stop takes up to {MAX_STOP} non-empty strings")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise bad_param("seed", f"seed must be a non-negative 64-bit integer, got {self.seed}")
-        if log_probs and self.stream:
+        """The client's options (`ftprefix.client.GenerateOptions`) for this request."""
+        if self.stream and log_probs:
             raise bad_param(
                 "stream", "log probabilities come with the whole answer: ask for them without stream"
             )
+        stops: list[str | list[int]] = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        stops += [[token] for token in self.stop_token_ids or []]
+        min_tokens = max_tokens if self.ignore_eos else (self.min_tokens or 0)
+        if min_tokens > max_tokens:
+            raise bad_param("min_tokens", f"min_tokens ({min_tokens}) is more than max_tokens ({max_tokens})")
         options: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": stops or None}
+        if min_tokens:
+            options["min_new_tokens"] = min_tokens
+        if self.bad_words:
+            options["bad_words"] = list(self.bad_words)
+        if self.repetition_penalty is not None:
+            options["repetition_penalty"] = self.repetition_penalty
         if log_probs:
             options["return_log_probs"] = True
+        temperature = 1.0 if self.temperature is None else self.temperature
+        top_k = 0 if self.top_k in (None, -1) else self.top_k
         if temperature > 0:
-            # FT samples from the top_p nucleus at this temperature; OpenAI samples unless told 0
+            # FT samples (top-p, top-k or both) at this temperature; OpenAI samples unless told 0
             seed = self.seed if self.seed is not None else secrets.randbits(63)
-            options.update(temperature=temperature, top_p=top_p, seed=seed)
+            # FT: top_k alone (top_p 1) is top-k; top_p alone is nucleus sampling; both, top-k then top-p
+            top_p = 1.0 if self.top_p is None else self.top_p
+            options.update(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         return options  # temperature 0: FT's greedy decoding (top_k = top_p = 0)
 
 
 class CompletionRequest(_Sampling):
     """POST /v1/completions."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = 16
-    echo: bool | None = False
-    logprobs: int | None = None
-    best_of: int | None = None
+    prompt: (
+        NonEmptyText
+        | Annotated[list[NonEmptyText], Field(min_length=1)]
+        | Annotated[list[TOKEN_ID], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TOKEN_ID], Field(min_length=1)]], Field(min_length=1)]
+    )
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    echo: bool | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    best_of: Annotated[int, Field(ge=1)] | None = None
     suffix: str | None = None
 
     def prompts(self) -> list[str | list[int]]:
@@ -122,11 +150,11 @@ class CompletionRequest(_Sampling):
         p = self.prompt
         if isinstance(p, str):
             return [p]
-        if p and all(isinstance(x, int) for x in p):
+        if isinstance(p[0], int):
             return [list(p)]  # type: ignore[arg-type]
         return list(p)  # type: ignore[arg-type]
 
-    def generate_options(self) -> dict[str, Any]:
+    def generate_options(self, default_max_tokens: int) -> dict[str, Any]:
         """The client options for this request, or ApiError(400) naming what cannot be served."""
         self._refuse(
             [
@@ -135,29 +163,36 @@ class CompletionRequest(_Sampling):
                 ("suffix", self.suffix, (None, "")),
             ]
         )
-        if self.logprobs is not None and self.logprobs != 0:
+        if self.logprobs:
             raise bad_param("logprobs", NO_ALTERNATIVES.format(ask="logprobs=0"))
-        if not self.prompts() or any(len(p) == 0 for p in self.prompts()):
-            raise bad_param("prompt", "prompt must not be empty")
-        return self._options(16 if self.max_tokens is None else self.max_tokens, self.logprobs == 0)
+        max_tokens = default_max_tokens if self.max_tokens is None else self.max_tokens
+        return self._options(max_tokens, self.logprobs == 0)
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
 
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart | dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 class ChatRequest(_Sampling):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    logprobs: bool | None = False
-    top_logprobs: int | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
 
     def message_dicts(self) -> list[dict[str, Any]]:
@@ -166,129 +201,124 @@ class ChatRequest(_Sampling):
         for i, message in enumerate(self.messages):
             content = message.content
             if isinstance(content, list):
-                if any(part.get("type") != "text" for part in content):
+                if not all(isinstance(part, TextPart) for part in content):
                     raise bad_param(f"messages[{i}].content", "only text content parts can be served")
-                content = "".join(str(part.get("text", "")) for part in content)
+                content = "".join(part.text for part in content)  # type: ignore[union-attr]
             out.append({**message.model_dump(exclude_none=True), "content": content or ""})
         return out
 
-    def generate_options(self) -> dict[str, Any]:
+    def generate_options(self, default_max_tokens: int) -> dict[str, Any]:
         self._refuse(
             [
                 ("tools", self.tools, (None, [])),
+                ("tool_choice", self.tool_choice, (None, "none")),
                 ("response_format", (self.response_format or {}).get("type"), (None, "text")),
             ]
         )
         if self.top_logprobs:
             raise bad_param("top_logprobs", NO_ALTERNATIVES.format(ask="logprobs=true without top_logprobs"))
-        if not self.messages:
-            raise bad_param("messages", "messages must not be empty")
         limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        return self._options(16 if limit is None else limit, bool(self.logprobs))
+        return self._options(default_max_tokens if limit is None else limit, bool(self.logprobs))
+
+    @property
+    def max_tokens_param(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
 
-# -- answers ------------------------------------------------------------------------------------
+# -- reading a body -----------------------------------------------------------------------------
+
+# what the fields that take several shapes take, said once instead of one error per shape
+_SHAPES = {
+    "prompt": "a non-empty string, a list of them, a list of token ids or a list of token-id lists",
+    "stop": f"a non-empty string or a list of up to {MAX_STOP} of them",
+    "content": "a string or a list of content parts",
+}
 
 
-def finish_reason(reason: str | None) -> str:
-    """FT's reasons in OpenAI's words: an end token or stop word is "stop", the limit "length"."""
-    return "length" if reason == "length" else "stop"
+def _path(loc: Sequence[int | str]) -> list[str]:
+    """A pydantic error location without the union-member tags it adds ("str", "list[int]")."""
+    return [
+        str(p)
+        for p in loc
+        if isinstance(p, int) or (p.isidentifier() and p not in ("str", "int", "float", "bool"))
+    ]
 
 
-def now() -> int:
-    return int(time.time())
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def _text_offsets(pieces: Sequence[str]) -> list[int]:
-    offsets, at = [], 0
-    for piece in pieces:
-        offsets.append(at)
-        at += len(piece)
-    return offsets
-
-
-class AnswerFormat:
-    """One request's answers in OpenAI's shape: whole (`full`) or streamed (`opening`, `chunk`,
-    `usage_chunk`)."""
-
-    object_name = "text_completion"
-    chunk_name = "text_completion"
-    id_prefix = "cmpl"
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
-        self.created = now()
-
-    def _body(self, name: str, choices: list[dict[str, Any]], use: dict[str, int] | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"id": self.id, "object": name, "created": self.created, "model": self.model}
-        body["choices"] = choices
-        if use is not None:
-            body["usage"] = use
-        return body
-
-    def full(self, done: Sequence[Completion], use: dict[str, int]) -> dict[str, Any]:
-        choices = [self.choice(i, c) for i, c in enumerate(done)]
-        return self._body(self.object_name, choices, use)
-
-    def choice(self, index: int, done: Completion) -> dict[str, Any]:
-        logprobs = None
-        if done.log_probs is not None and done.token_texts is not None:
-            logprobs = {
-                "tokens": done.token_texts,
-                "token_logprobs": done.log_probs,
-                "top_logprobs": None,
-                "text_offset": _text_offsets(done.token_texts),
-            }
-        reason = finish_reason(done.finish_reason)
-        return {"index": index, "text": done.text or "", "logprobs": logprobs, "finish_reason": reason}
-
-    def opening(self, index: int) -> dict[str, Any] | None:
+def _lone_surrogate(value: Any, path: list[str]) -> list[str] | None:
+    """The path of the first string holding a lone surrogate (not valid Unicode), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
         return None
-
-    def chunk(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
-        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
-        return self._body(self.chunk_name, [choice], None)
-
-    def usage_chunk(self, use: dict[str, int]) -> dict[str, Any]:
-        return self._body(self.chunk_name, [], use)
-
-
-class ChatAnswerFormat(AnswerFormat):
-    object_name = "chat.completion"
-    chunk_name = "chat.completion.chunk"
-    id_prefix = "chatcmpl"
-
-    def choice(self, index: int, done: Completion) -> dict[str, Any]:
-        logprobs = None
-        if done.log_probs is not None and done.token_texts is not None:
-            logprobs = {
-                "content": [
-                    {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8")), "top_logprobs": []}
-                    for t, lp in zip(done.token_texts, done.log_probs, strict=True)
-                ]
-            }
-        message = {"role": "assistant", "content": done.text or ""}
-        reason = finish_reason(done.finish_reason)
-        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}
-
-    def opening(self, index: int) -> dict[str, Any] | None:
-        choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
-        return self._body(self.chunk_name, [{**choice, "finish_reason": None}], None)
-
-    def chunk(self, index: int, text: str, reason: str | None) -> dict[str, Any]:
-        delta = {"content": text} if text else {}
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
-        return self._body(self.chunk_name, [choice], None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _lone_surrogate(key, path) is not None:  # a field name that is not Unicode
+                return [*path, key.encode("utf-8", "backslashreplace").decode("ascii")]
+            found = _lone_surrogate(item, [*path, key])
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate(item, [*path, str(index)])
+            if found is not None:
+                return found
+    return None
 
 
-def answer_format(body: CompletionRequest | ChatRequest) -> AnswerFormat:
-    return ChatAnswerFormat(body.model) if isinstance(body, ChatRequest) else AnswerFormat(body.model)
+def _dotted(path: list[str]) -> str:
+    return ".".join(path) or "body"
+
+
+def _from_validation(exc: ValidationError) -> ApiError:
+    error = exc.errors(include_url=False)[0]
+    path = _path(error["loc"])
+    if error["type"] == "extra_forbidden":
+        return ApiError(
+            400,
+            f"Unrecognized request argument supplied: {_dotted(path)}",
+            param=_dotted(path),
+            code="unknown_parameter",
+        )
+    if error["type"] == "missing":
+        return ApiError(
+            400,
+            f"{_dotted(path)}: this field is required",
+            param=_dotted(path),
+            code="missing_required_parameter",
+        )
+    field = path[-1] if path and not path[-1].isdigit() else (path[-2] if len(path) > 1 else "")
+    shape = _SHAPES.get(field) if len(error["loc"]) > len(path) or field in ("prompt", "stop") else None
+    if shape is not None:
+        where = path[: path.index(field) + 1]
+        return ApiError(400, f"{_dotted(where)}: must be {shape}", param=_dotted(where), code="invalid_type")
+    return ApiError(
+        400, f"{_dotted(path)}: {error['msg']}", param=_dotted(path) if path else None, code="invalid_value"
+    )
+
+
+def parse_request(body: bytes, kind: type[_Sampling]) -> _Sampling:
+    """The request in `body`, or the 400 that says what is wrong with it and where."""
+    try:
+        return kind.model_validate_json(body)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] != "json_invalid":
+            raise _from_validation(exc) from None
+    # not JSON for pydantic's parser: JSON with text that is not Unicode, or not JSON at all
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
+    try:
+        bad = _lone_surrogate(data, [])
+    except RecursionError:
+        raise ApiError(400, "the body nests too deeply", code="invalid_json") from None
+    if bad is not None:
+        raise ApiError(
+            400,
+            f"{_dotted(bad)}: not valid Unicode text (a lone surrogate); send text as UTF-8",
+            param=_dotted(bad),
+            code="invalid_unicode",
+        )
+    raise ApiError(400, "the body is not valid JSON", code="invalid_json")

@@ -64,6 +64,7 @@ _SCALARS = {
     protocol.REPETITION_PENALTY: ("repetition_penalty", float),
     protocol.RANDOM_SEED: ("random_seed", int),
     protocol.IS_RETURN_LOG_PROBS: ("return_log_probs", bool),
+    protocol.MIN_LENGTH: ("min_length", int),
     protocol.END_ID: ("end_id", int),
 }
 _WORDS = {protocol.STOP_WORDS_LIST: "stop_words", protocol.BAD_WORDS_LIST: "bad_words"}

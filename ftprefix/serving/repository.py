@@ -48,6 +48,7 @@ def ft_parameters(cfg: layout.ModelConfig, checkpoint_path: str) -> dict[str, st
         "enable_custom_all_reduce": "0",
         protocol.TASK_TABLE_PARAMETER: cfg.tasks.to_json(),
         protocol.END_ID_PARAMETER: str(cfg.end_id),
+        protocol.VOCAB_SIZE_PARAMETER: str(cfg.vocab_size),
     }
 
 

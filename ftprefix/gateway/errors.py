@@ -1,0 +1,108 @@
+"""Errors as the OpenAI API answers them, and what the gateway tells its operator instead.
+
+Every error has OpenAI's body, `{"error": {"message", "type", "param", "code"}}`, and every
+response a request id (`x-request-id`, the caller's own when it sent a usable one). An API caller
+is a tenant: an error it gets names neither the gateway's Triton address nor what the operator
+should do about it. Those go to the gateway's log with the request id, where the operator looks.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from ftprefix.client import (
+    FtprefixClientError,
+    InferenceError,
+    InvalidRequestError,
+    ModelNotReadyError,
+    RequestTimeoutError,
+    ServerUnavailableError,
+    UnknownTaskError,
+)
+
+log = logging.getLogger("ftprefix.gateway")
+REQUEST_ID_HEADER = "x-request-id"
+_USABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# gRPC statuses of a request Triton dropped rather than refused: it stopped, restarted or is away
+_UNAVAILABLE = {"CANCELLED", "UNAVAILABLE", "ABORTED", "RESOURCE_EXHAUSTED"}
+RETRY_AFTER_S = 1
+
+
+class ApiError(Exception):
+    """An error answered with OpenAI's body. `headers` go with it (Retry-After, rate limits);
+    `reason` labels a 429 in the metrics."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "",
+        headers: list[tuple[str, str]] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.param = param
+        self.code = code
+        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+        self.headers = headers or []
+        self.reason = reason
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def bad_param(param: str, message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's x-request-id when it is a usable one, else a new one."""
+    for key, value in headers:
+        if key == b"x-request-id":
+            text = value.decode("latin-1")
+            if _USABLE_ID.match(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+def _unavailable(message: str) -> ApiError:
+    return ApiError(
+        503,
+        message,
+        code="model_server_unavailable",
+        kind="service_unavailable",
+        headers=[("retry-after", str(RETRY_AFTER_S))],
+    )
+
+
+def from_client_error(exc: FtprefixClientError, request: str) -> ApiError:
+    """The answer for a client error: what the caller may know; the whole of it goes to the log."""
+    if isinstance(exc, UnknownTaskError):
+        # a task removed meanwhile: say only that it does not exist (no other tenant's names)
+        return ApiError(404, f"the model {exc.task!r} does not exist", param="model", code="model_not_found")
+    log.warning("request %s: the model server failed: %s (%s)", request, exc, exc.status or "no status")
+    if isinstance(exc, InvalidRequestError):
+        if exc.status is None:  # refused before sending: about the request itself, and says so
+            return ApiError(400, str(exc), code="invalid_request")
+        return ApiError(400, "the model server refused this request", code="invalid_request")
+    if isinstance(exc, ServerUnavailableError | ModelNotReadyError):
+        return _unavailable("the model server is not available; try again shortly")
+    if isinstance(exc, RequestTimeoutError):
+        return ApiError(504, "the model server did not answer in time", code="timeout", kind="timeout")
+    if isinstance(exc, InferenceError) and (exc.status or "").removeprefix("StatusCode.") in _UNAVAILABLE:
+        return _unavailable("the model server stopped before it answered; try again shortly")
+    return ApiError(500, "the model server failed this request", code="model_server_error")
+
+
+def internal_error(exc: BaseException, request: str) -> ApiError:
+    """A bug in the gateway: the traceback to the log, a request id to the caller."""
+    log.error("request %s: internal error", request, exc_info=exc)
+    return ApiError(500, f"internal error (request id {request})", code="internal_error")

@@ -1,0 +1,94 @@
+"""A server-sent event stream that always ends the same way, and notices a client that left.
+
+Once its 200 is out, a stream cannot change its status: whatever fails after that (Triton, the
+client library, a bug) ends it with an OpenAI error event, then `data: [DONE]`, never with a bare
+close. A client that disconnects stops the stream's producer at once (so its place at Triton is
+given back), and a comment line goes out when nothing else has for PING_S seconds, so proxies keep
+an idle stream open while a non-streaming server computes the whole answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from typing import Any
+
+from starlette.responses import Response
+
+from ftprefix.gateway.answers import DONE, event
+from ftprefix.gateway.errors import ApiError
+
+PING_S = 15.0
+PING = b": ping\n\n"
+
+
+class EventStream(Response):
+    """An ASGI response sending `events` (each one whole SSE message, as bytes). `failure` turns
+    an exception raised after the start into the ApiError the error event carries; `on_close`
+    runs once, whatever happened (the request's place at Triton, its limits, its metrics)."""
+
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        *,
+        failure: Callable[[BaseException], ApiError],
+        on_close: Callable[[bool], None],
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.events = events
+        self.failure = failure
+        self.on_close = on_close
+        self.start_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),  # nginx: pass each event on as it comes
+            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers or []),
+        ]
+        self.failed: ApiError | None = None
+        self.status_code = 200
+        self.background = None  # starlette's Response attributes, which frameworks read
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        loop = asyncio.get_running_loop()
+        last_sent = [loop.time()]
+
+        async def pump() -> None:
+            try:
+                async for data in self.events:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    last_sent[0] = loop.time()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # after the 200 every failure ends the stream the same way
+                self.failed = self.failure(exc)
+                error = event(self.failed.body())
+                await send({"type": "http.response.body", "body": error + DONE, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await send({"type": "http.response.start", "status": 200, "headers": self.start_headers})
+        producer = asyncio.ensure_future(pump())
+        gone = asyncio.ensure_future(receive())
+        completed = False
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {producer, gone}, timeout=PING_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if producer in done:
+                    producer.result()
+                    completed = True
+                    return
+                if gone in done and gone.result().get("type") == "http.disconnect":
+                    producer.cancel()
+                    return
+                if gone in done:  # another message than a disconnect (none is expected): wait on
+                    gone = asyncio.ensure_future(receive())
+                elif loop.time() - last_sent[0] >= PING_S:
+                    await send({"type": "http.response.body", "body": PING, "more_body": True})
+                    last_sent[0] = loop.time()
+        finally:
+            for task in (producer, gone):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+            self.on_close(completed and self.failed is None)
