@@ -161,7 +161,12 @@ def test_triton_down_is_503_and_health_says_so(model) -> None:
             openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0).completions.create(
                 model=BASE, prompt="hi", max_tokens=2
             )
-        assert down.value.status_code == 503 and "no Triton server reachable" in json.dumps(down.value.body)
+        # the caller learns that the model server is away, not where it is or what the operator should do
+        body = json.dumps(down.value.body)
+        assert down.value.status_code == 503 and "not available" in body
+        assert "127.0.0.1" not in body and "ftprefix serve" not in body and "--url" not in body
+        assert down.value.response.headers["retry-after"] == "1"
+        assert down.value.response.headers["x-request-id"]
     finally:
         gateway.should_exit = True
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving_support import convert_toy, tensors
 from transformers import AutoTokenizer
 
-from ftprefix import cli, protocol
+from ftprefix import assets, cli, protocol
 from ftprefix.gateway.app import GatewaySettings
 from ftprefix.gateway.run import make_server, start_in_thread
 from ftprefix.serving.server import EmbeddedServer, free_port
@@ -217,16 +217,15 @@ def test_the_tokenizers_own_template_and_no_template(triton, model, tmp_path: Pa
             else:
                 with pytest.raises(openai.BadRequestError) as refused:
                     api.chat.completions.create(model="story", messages=MESSAGES, max_tokens=4)
-                assert "--chat-template" in refused.value.body["message"]
+                message = refused.value.body["message"]
+                assert "no chat template" in message and "--chat-template" not in message  # not the operator's
                 assert refused.value.body["param"] == "messages"
         finally:
             server.should_exit = True
 
 
 def test_the_rinna_instruction_template_renders_rinnas_format(model) -> None:
-    template = (
-        Path(__file__).resolve().parent.parent / "deploy" / "chat-templates" / "rinna-instruction.jinja"
-    ).read_text()
+    template = assets.asset("chat-templates/rinna-instruction.jinja").read_text(encoding="utf-8")
     messages = [
         {"role": "user", "content": "日本のおすすめの観光地を教えてください。"},
         {"role": "assistant", "content": "富士山です。"},

@@ -1,16 +1,19 @@
-"""`AsyncClient`: the asyncio twin of `Client`. Only its transport lives here
-(tritonclient.grpc.aio); what each call does is written once, in `base.ClientBase`."""
+"""`AsyncClient`: the asyncio twin of `Client`. Only its transport lives here: Triton's gRPC
+service through grpc.aio and the service's generated stub (tritonclient.grpc.service_pb2_grpc),
+with requests built as protobuf messages straight from numpy (`wire.infer_request`); what each
+call does is written once, in `base.ClientBase`."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
-import tritonclient.grpc.aio as aioclient
+from google.protobuf.json_format import MessageToJson
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from ftprefix.client.base import (
@@ -29,12 +32,12 @@ from ftprefix.client.base import (
     OpenStream,
     Sleep,
 )
-from ftprefix.client.errors import FtprefixClientError, RequestTimeoutError
+from ftprefix.client.errors import FtprefixClientError
 from ftprefix.client.failures import from_rpc_error, translate
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
-from ftprefix.client.wire import infer_inputs
+from ftprefix.client.wire import CHANNEL_OPTIONS, infer_request, response_arrays
 from ftprefix.task_table import Task
 
 if TYPE_CHECKING:
@@ -45,43 +48,33 @@ if TYPE_CHECKING:
 
 class _Stream:
     """One decoupled request: a bidirectional gRPC stream whose request iterator ends after it, so
-    the server closes the stream once the request's last response is out."""
+    the server closes the stream once the request's last response is out. Its gRPC deadline bounds
+    the whole generation, as `timeout` bounds a whole unary call."""
 
     def __init__(self, client: AsyncClient, op: OpenStream) -> None:
         self.client, self.model, self.names = client, op.model, op.outputs
-
-        async def one_request() -> AsyncIterator[dict[str, object]]:
-            yield {
-                "model_name": op.model,
-                "inputs": infer_inputs(op.request.arrays),
-                "outputs": [grpcclient.InferRequestedOutput(n) for n in op.outputs],
-                "parameters": op.request.parameters,
-            }
-
-        self.responses = client._grpc.stream_infer(one_request(), stream_timeout=client.timeout)
-        self.iterator = self.responses.__aiter__()
+        request = infer_request(op.model, op.request.arrays, op.outputs, op.request.parameters)
+        self.call = client._stub.ModelStreamInfer(iter((request,)), timeout=client.timeout)
+        self.iterator = self.call.__aiter__()
 
     async def next(self) -> dict[str, np.ndarray] | None:
         client = self.client
         while True:
             try:
-                result, error = await asyncio.wait_for(anext(self.iterator), client.timeout)
+                response = await anext(self.iterator)
             except StopAsyncIteration:
                 return None
-            except asyncio.TimeoutError:
-                raise RequestTimeoutError(client.url, client.timeout) from None
             except grpc.RpcError as exc:
                 raise translate(from_rpc_error(exc), client.url, self.model, client.timeout) from exc
-            except InferenceServerException as exc:
-                raise translate(exc, client.url, self.model, client.timeout) from exc
-            if error is not None:
-                raise translate(error, client.url, self.model, client.timeout) from error
-            outputs = {name: result.as_numpy(name) for name in self.names}
-            if all(value is not None for value in outputs.values()):
+            if response.error_message:  # Triton's error for this request, inside the stream
+                error = InferenceServerException(msg=response.error_message)
+                raise translate(error, client.url, self.model, client.timeout)
+            outputs = response_arrays(response.infer_response, self.names)
+            if len(outputs) == len(self.names):  # not the empty final response
                 return outputs
 
     def close(self) -> None:
-        self.responses.cancel()
+        self.call.cancel()
 
 
 class AsyncClient(ClientBase):
@@ -94,20 +87,22 @@ class AsyncClient(ClientBase):
     concurrently, so the server's dynamic batcher can merge them.
     """
 
-    _channel: aioclient.InferenceServerClient | None = None
+    _channel: grpc.aio.Channel | None = None
+    _grpc_stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
 
     @property
-    def _grpc(self) -> aioclient.InferenceServerClient:
+    def _stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
         # created lazily so the channel binds to the event loop that uses it
-        if self._channel is None:
-            self._channel = aioclient.InferenceServerClient(self.url)
-        return self._channel
+        if self._grpc_stub is None:
+            self._channel = grpc.aio.insecure_channel(self.url, options=CHANNEL_OPTIONS)
+            self._grpc_stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        return self._grpc_stub
 
     async def close(self) -> None:
         """Close the gRPC channel."""
         if self._channel is not None:
             await self._channel.close()
-            self._channel = None
+            self._channel = self._grpc_stub = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -173,6 +168,8 @@ class AsyncClient(ClientBase):
                 stream.close()
 
     async def _perform(self, op: Op, streams: list[_Stream]) -> Any:
+        if type(op) is NextResponse:  # a stream's every step: checked first
+            return await op.handle.next()
         if isinstance(op, Sleep):
             await asyncio.sleep(op.seconds)  # backoff between retries
             return None
@@ -182,8 +179,6 @@ class AsyncClient(ClientBase):
             stream = _Stream(self, op)
             streams.append(stream)
             return stream
-        if isinstance(op, NextResponse):
-            return await op.handle.next()
         if isinstance(op, CloseStream):
             streams.remove(op.handle)
             op.handle.close()
@@ -197,20 +192,16 @@ class AsyncClient(ClientBase):
         return await self._call(op)
 
     async def _call(self, op: IsReady | GetConfig | Infer) -> Any:
+        stub = self._stub
         try:
             if isinstance(op, IsReady):
-                return await self._grpc.is_model_ready(op.model, client_timeout=PROBE_TIMEOUT_S)
+                ready = service_pb2.ModelReadyRequest(name=op.model)
+                return (await stub.ModelReady(ready, timeout=PROBE_TIMEOUT_S)).ready
             if isinstance(op, GetConfig):
-                return await self._grpc.get_model_config(
-                    op.model, as_json=True, client_timeout=PROBE_TIMEOUT_S
-                )
-            result = await self._grpc.infer(
-                op.model,
-                infer_inputs(op.request.arrays),
-                outputs=[grpcclient.InferRequestedOutput(n) for n in op.outputs],
-                client_timeout=self.timeout,
-                parameters=op.request.parameters,
-            )
-            return {name: result.as_numpy(name) for name in op.outputs}
-        except InferenceServerException as exc:
-            raise translate(exc, self.url, op.model, self.timeout) from exc
+                config = service_pb2.ModelConfigRequest(name=op.model)
+                response = await stub.ModelConfig(config, timeout=PROBE_TIMEOUT_S)
+                return json.loads(MessageToJson(response, preserving_proto_field_name=True))
+            request = infer_request(op.model, op.request.arrays, op.outputs, op.request.parameters)
+            return response_arrays(await stub.ModelInfer(request, timeout=self.timeout), op.outputs)
+        except grpc.RpcError as exc:
+            raise translate(from_rpc_error(exc), self.url, op.model, self.timeout) from exc

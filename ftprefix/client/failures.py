@@ -41,7 +41,7 @@ def translate(
 
 
 def from_rpc_error(error: grpc.RpcError) -> InferenceServerException:
-    """The tritonclient exception for a raw gRPC error (the aio stream iterator lets these through)."""
+    """The tritonclient exception for a raw gRPC error (what AsyncClient's calls raise)."""
     code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
     return InferenceServerException(msg=str(details), status=str(code))

@@ -33,7 +33,7 @@ from ftprefix.client.failures import translate
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
-from ftprefix.client.wire import infer_inputs
+from ftprefix.client.wire import infer_inputs, output_arrays
 from ftprefix.task_table import Task
 
 if TYPE_CHECKING:
@@ -80,8 +80,8 @@ class ResponseStream:
             if error is not None:
                 raise translate(error, self.url, self.model, self.timeout) from error
             self.done = _is_final(result)
-            outputs = {name: result.as_numpy(name) for name in self.names}
-            if all(value is not None for value in outputs.values()):  # not the empty final one
+            outputs = output_arrays(result, self.names)
+            if len(outputs) == len(self.names):  # not the empty final one
                 return outputs
         return None
 
@@ -218,6 +218,6 @@ class Client(ClientBase):
                 client_timeout=self.timeout,
                 parameters=op.request.parameters,
             )
-            return {name: result.as_numpy(name) for name in op.outputs}
+            return output_arrays(result, op.outputs)
         except InferenceServerException as exc:
             raise translate(exc, self.url, model, self.timeout) from exc

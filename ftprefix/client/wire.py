@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import np_to_triton_dtype
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import (
+    deserialize_bytes_tensor,
+    np_to_triton_dtype,
+    serialize_byte_tensor,
+    triton_to_np_dtype,
+)
 
 from ftprefix import protocol
 from ftprefix.client.errors import MalformedResponseError
@@ -48,6 +54,59 @@ def infer_inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
         item.set_data_from_numpy(array)
         inputs.append(item)
     return inputs
+
+
+# Triton's own client's channel settings (tritonclient.grpc: messages of any size, its keepalive)
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.keepalive_time_ms", 2**31 - 1),
+    ("grpc.keepalive_timeout_ms", 20000),
+    ("grpc.keepalive_permit_without_calls", False),
+    ("grpc.http2.max_pings_without_data", 2),
+]
+
+
+def infer_request(
+    model: str, arrays: dict[str, np.ndarray], outputs: Sequence[str], parameters: dict[str, str] | None
+) -> service_pb2.ModelInferRequest:
+    """Triton's ModelInferRequest for named numpy arrays, built in one pass (what tritonclient's
+    InferInput objects amount to, without them): raw little-endian contents, BYTES serialised as
+    Triton expects (a 4-byte length before each element)."""
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for name, array in arrays.items():
+        datatype = np_to_triton_dtype(array.dtype)
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        if datatype == "BYTES":
+            serialized = serialize_byte_tensor(array)
+            request.raw_input_contents.append(serialized.item() if serialized.size else b"")
+        else:
+            request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    for name in outputs:
+        request.outputs.add(name=name)
+    for key, value in (parameters or {}).items():
+        request.parameters[key].string_param = value
+    return request
+
+
+def response_arrays(response: service_pb2.ModelInferResponse, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named outputs of a response as numpy arrays, in one pass over it. Missing ones are left out."""
+    raw = response.raw_output_contents
+    arrays = {}
+    for index, output in enumerate(response.outputs):
+        if output.name in names and index < len(raw):
+            shape = tuple(output.shape)
+            if output.datatype == "BYTES":
+                arrays[output.name] = deserialize_bytes_tensor(raw[index]).reshape(shape)
+            else:
+                dtype = triton_to_np_dtype(output.datatype)
+                arrays[output.name] = np.frombuffer(raw[index], dtype=dtype).reshape(shape)
+    return arrays
+
+
+def output_arrays(result: grpcclient.InferResult, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """`response_arrays` of a tritonclient result (the sync client)."""
+    return response_arrays(result.get_response(), names)
 
 
 def sampling_inputs(batch: int, params: GenerationParams, end_id: int | None) -> dict[str, np.ndarray]:
