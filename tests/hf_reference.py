@@ -64,13 +64,19 @@ class HFReference:
         max_new_tokens: int,
         end_id: int | None = None,
         stop_words: Sequence[Sequence[int]] = (),
+        min_new_tokens: int = 0,
     ) -> tuple[list[int], str]:
-        """(generated tokens, finish reason): a row ends after end_id or a stop word (both kept)."""
-        key = (tuple(ids), task, max_new_tokens, end_id, tuple(map(tuple, stop_words)))
+        """(generated tokens, finish reason): a row ends after end_id or a stop word (both kept).
+        While fewer than `min_new_tokens` are generated, end_id cannot be chosen (transformers'
+        MinNewTokensLengthLogitsProcessor: its logit is -inf)."""
+        key = (tuple(ids), task, max_new_tokens, end_id, tuple(map(tuple, stop_words)), min_new_tokens)
         if key not in self._cache:
             seq, new, reason = list(ids), [], "length"
             for _ in range(max_new_tokens):
-                token = int(self._logits(seq, task).argmax())
+                logits = self._logits(seq, task)
+                if end_id is not None and len(new) < min_new_tokens:
+                    logits[end_id] = -np.inf
+                token = int(logits.argmax())
                 seq.append(token)
                 new.append(token)
                 if token == end_id:

@@ -218,7 +218,7 @@ def test_the_tokenizers_own_template_and_no_template(triton, model, tmp_path: Pa
                 with pytest.raises(openai.BadRequestError) as refused:
                     api.chat.completions.create(model="story", messages=MESSAGES, max_tokens=4)
                 message = refused.value.body["message"]
-                assert "no chat template" in message and "--chat-template" not in message  # not the operator's
+                assert "no chat template" in message and "--chat-template" not in message  # operator: log
                 assert refused.value.body["param"] == "messages"
         finally:
             server.should_exit = True

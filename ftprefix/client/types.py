@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
+import numpy as np
+
 from ftprefix.client.errors import InvalidRequestError
 from ftprefix.ft_rows import FinishReason
 
@@ -71,7 +73,7 @@ class GenerationParams:
         """Raise InvalidRequestError for a value FT would reject or misread."""
         if self.max_new_tokens < 1:
             raise InvalidRequestError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature <= 0:
+        if not np.float32(self.temperature) > 0:  # what FT sees
             raise InvalidRequestError(
                 f"temperature must be > 0, got {self.temperature} (for greedy use top_k=0, top_p=0)"
             )
@@ -79,8 +81,10 @@ class GenerationParams:
             raise InvalidRequestError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:
             raise InvalidRequestError(f"top_p must be within [0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise InvalidRequestError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not 0 < np.float32(self.repetition_penalty) < np.inf:  # FT divides by it in float32
+            raise InvalidRequestError(
+                f"repetition_penalty must be > 0 and a float32, got {self.repetition_penalty}"
+            )
         if not 0 <= self.seed < 2**64:
             raise InvalidRequestError(f"seed must be within [0, 2**64), got {self.seed}")
         if not 0 <= self.min_new_tokens < 2**31:

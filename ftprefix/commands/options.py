@@ -200,6 +200,15 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
+        "--admission",
+        choices=("fair", "fifo"),
+        default="fair",
+        help=(
+            "fair: waiting requests are admitted round-robin by tenant (default); fifo: in arrival "
+            "order, as Triton's own queue serves them"
+        ),
+    )
+    parser.add_argument(
         "--queue-timeout",
         type=float,
         default=60.0,
@@ -215,7 +224,7 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def gateway_limits(args: argparse.Namespace) -> dict[str, float | int | None]:
+def gateway_limits(args: argparse.Namespace) -> dict[str, float | int | bool | None]:
     """The GatewaySettings fields of the options add_gateway_options adds, checked."""
     if args.max_in_flight is not None and args.max_in_flight < 1:
         raise UserError(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
@@ -225,6 +234,7 @@ def gateway_limits(args: argparse.Namespace) -> dict[str, float | int | None]:
         raise UserError(f"--max-model-len must be at least 2 tokens, got {args.max_model_len}")
     return {
         "max_in_flight": args.max_in_flight,
+        "fair": args.admission == "fair",
         "queue_timeout": args.queue_timeout,
         "max_model_len": args.max_model_len,
     }

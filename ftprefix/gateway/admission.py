@@ -29,8 +29,11 @@ class ClientGone(Exception):
 
 
 class Admission:
-    def __init__(self, limit: int | None = None) -> None:
+    """`fair`: round-robin by tenant; False: one queue, first come first served (for comparison)."""
+
+    def __init__(self, limit: int | None = None, *, fair: bool = True) -> None:
         self.limit = limit  # None until set (the model's batch capacity is read on first use)
+        self.fair = fair
         self.in_flight = 0
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self._turns: deque[str] = deque()  # tenants with waiters, in the order they are served
@@ -52,6 +55,7 @@ class Admission:
             self.in_flight += 1
             return 0.0
         started = time.perf_counter()
+        tenant = tenant if self.fair else ""
         place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue = self._waiting.get(tenant)
         if queue is None:

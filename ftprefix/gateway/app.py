@@ -74,6 +74,7 @@ class GatewaySettings:
     metrics: bool = True  # per-task and per-tenant counters at /metrics
     timeout: float = 120.0  # one generation at Triton
     max_in_flight: int | None = None  # requests at Triton; None: the model's max_batch_size x instances
+    fair: bool = True  # waiting requests admitted round-robin by tenant; False: first come, first served
     queue_timeout: float = 60.0  # how long a request may wait for a place at Triton
     max_model_len: int = 2048  # prompt + completion tokens of one row
     max_body_bytes: int = 4 * 1024 * 1024
@@ -138,7 +139,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     keys = KeyRing(settings.api_keys, settings.api_keys_file)
     metrics = GatewayMetrics(enabled=settings.metrics)
     limits = Limits()
-    admission = Admission(settings.max_in_flight)
+    admission = Admission(settings.max_in_flight, fair=settings.fair)
     base_model = settings.base_model
     holder: dict[str, AsyncClient] = {}
 
@@ -165,7 +166,8 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             else "no chat template, so /v1/chat/completions answers 400 (give --chat-template FILE)"
         )
         return (
-            f"up to {places} requests at Triton, the others admitted round-robin by tenant (queue "
+            f"up to {places} requests at Triton, the others admitted "
+            f"{'round-robin by tenant' if settings.fair else 'first come, first served'} (queue "
             f"timeout {settings.queue_timeout:g} s); context {settings.max_model_len} tokens; {chat}"
         )
 
@@ -415,7 +417,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         """Answer chat messages, rendered with the chat template, with a task: the model name."""
         return await generate(request, ChatRequest)
 
-    openapi.install(app)
+    openapi.install(app, base_model)
     return app
 
 

@@ -160,13 +160,26 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# one server-sent event (the fields of the text/event-stream format)
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "description": "a chunk's JSON, an error's JSON, or [DONE] last"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
 def _generation(answer: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     return {
         200: {
             "model": answer,
             "description": "The answer; with stream, server-sent events ending with `data: [DONE]`",
             "headers": _RATE_HEADERS,
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
         },
         **_errors(400, 401, 404, 413, 429, 500, 503, 504),
     }
@@ -195,8 +208,9 @@ def _strip_422(operation: dict[str, Any]) -> None:
     operation.get("responses", {}).pop("422", None)
 
 
-def install(app: FastAPI) -> None:
-    """Generate the document once, then amend what FastAPI cannot infer from the routes."""
+def install(app: FastAPI, base_model: str) -> None:
+    """Generate the document once, then amend what FastAPI cannot infer from the routes (the base
+    model, always served, is the example model name)."""
 
     def document() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -212,6 +226,8 @@ def install(app: FastAPI) -> None:
                 body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
                 schema = body.get("schema", {})
                 schemas.update(schema.pop("$defs", {}))
+                if "model" in schema.get("properties", {}):
+                    schema["properties"]["model"]["examples"] = [base_model]
         components["securitySchemes"] = {BEARER: {"type": "http", "scheme": "bearer"}}
         app.openapi_schema = doc
         return doc

@@ -26,12 +26,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ftprefix.gateway.errors import ApiError, bad_param
 
 MAX_STOP = 4  # as OpenAI
+# a temperature this small is greedy decoding (vLLM's _SAMPLING_EPS): FT divides logits by it in
+# float32, where smaller ones vanish or overflow
+GREEDY_BELOW = 1e-5
 MAX_SEED = 2**63
 TOKEN_ID = Annotated[int, Field(ge=0, lt=2**32)]
 NonEmptyText = Annotated[str, Field(min_length=1)]
 NO_ALTERNATIVES = (
     "FasterTransformer returns the chosen tokens' log probabilities only, no alternatives: ask for {ask}"
 )
+
+
+def only(value: Any) -> Any:
+    """A field served at one value only: the schema says so, while any other value of its type is
+    refused with a 400 that names the parameter (`_refuse`), friendlier than a schema error."""
+    return Field(json_schema_extra={"enum": [value]})
 
 
 class _Strict(BaseModel):
@@ -49,32 +58,33 @@ class _Sampling(_Strict):
     model: NonEmptyText
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    n: Annotated[int, Field(ge=1)] | None = None
+    n: Annotated[int, Field(ge=1), only(1)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: (
         Annotated[str, Field(min_length=1)] | Annotated[list[NonEmptyText], Field(max_length=MAX_STOP)] | None
     ) = None
     seed: Annotated[int, Field(ge=0, lt=MAX_SEED)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2), only(0)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2), only(0)] | None = None
+    logit_bias: Annotated[dict[str, float], Field(json_schema_extra={"maxProperties": 0})] | None = None
     user: str | None = None
     # vLLM's extensions
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
     ignore_eos: bool | None = None
-    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    # FT divides positive logits by it in float32: bounded so that neither it nor the result overflows
+    repetition_penalty: Annotated[float, Field(ge=0.01, le=100)] | None = None
     stop_token_ids: list[TOKEN_ID] | None = None
     bad_words: list[NonEmptyText] | None = None
-    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    length_penalty: float | None = None
-    use_beam_search: bool | None = None
-    include_stop_str_in_output: bool | None = None
-    skip_special_tokens: bool | None = None
-    spaces_between_special_tokens: bool | None = None
-    truncate_prompt_tokens: Annotated[int, Field(ge=1)] | None = None
-    prompt_logprobs: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1), only(0)] | None = None
+    length_penalty: Annotated[float, only(1)] | None = None
+    use_beam_search: Annotated[bool, only(False)] | None = None
+    include_stop_str_in_output: Annotated[bool, only(False)] | None = None
+    skip_special_tokens: Annotated[bool, only(True)] | None = None
+    spaces_between_special_tokens: Annotated[bool, only(True)] | None = None
+    truncate_prompt_tokens: None = None  # taken only when null: the gateway never truncates
+    prompt_logprobs: None = None
 
     @property
     def include_usage(self) -> bool:
@@ -92,8 +102,6 @@ class _Sampling(_Strict):
             ("include_stop_str_in_output", self.include_stop_str_in_output, (None, False)),
             ("skip_special_tokens", self.skip_special_tokens, (None, True)),
             ("spaces_between_special_tokens", self.spaces_between_special_tokens, (None, True)),
-            ("truncate_prompt_tokens", self.truncate_prompt_tokens, (None,)),
-            ("prompt_logprobs", self.prompt_logprobs, (None,)),
             *unsupported,
         ):
             if value not in neutral:
@@ -120,6 +128,8 @@ class _Sampling(_Strict):
         if log_probs:
             options["return_log_probs"] = True
         temperature = 1.0 if self.temperature is None else self.temperature
+        if temperature < GREEDY_BELOW:
+            temperature = 0.0
         top_k = 0 if self.top_k in (None, -1) else self.top_k
         if temperature > 0:
             # FT samples (top-p, top-k or both) at this temperature; OpenAI samples unless told 0
@@ -140,10 +150,10 @@ class CompletionRequest(_Sampling):
         | Annotated[list[Annotated[list[TOKEN_ID], Field(min_length=1)]], Field(min_length=1)]
     )
     max_tokens: Annotated[int, Field(ge=1)] | None = None
-    echo: bool | None = None
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    best_of: Annotated[int, Field(ge=1)] | None = None
-    suffix: str | None = None
+    echo: Annotated[bool, only(False)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5), only(0)] | None = None
+    best_of: Annotated[int, Field(ge=1), only(1)] | None = None
+    suffix: Annotated[str, only("")] | None = None
 
     def prompts(self) -> list[str | list[int]]:
         """Each prompt of the request (a list of them is one batch)."""
@@ -182,6 +192,11 @@ class ChatMessage(_Strict):
     tool_call_id: str | None = None
 
 
+class ResponseFormat(_Strict):
+    type: Annotated[Literal["text", "json_object", "json_schema"], only("text")]
+    json_schema: dict[str, Any] | None = None
+
+
 class ChatRequest(_Sampling):
     """POST /v1/chat/completions."""
 
@@ -189,11 +204,11 @@ class ChatRequest(_Sampling):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20), only(0)] | None = None
+    tools: Annotated[list[dict[str, Any]], Field(json_schema_extra={"maxItems": 0})] | None = None
+    tool_choice: Annotated[str, only("none")] | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
     def message_dicts(self) -> list[dict[str, Any]]:
         """The messages as chat templates read them: content a string (text parts joined)."""
@@ -212,7 +227,7 @@ class ChatRequest(_Sampling):
             [
                 ("tools", self.tools, (None, [])),
                 ("tool_choice", self.tool_choice, (None, "none")),
-                ("response_format", (self.response_format or {}).get("type"), (None, "text")),
+                ("response_format", self.response_format and self.response_format.type, (None, "text")),
             ]
         )
         if self.top_logprobs:

@@ -1,0 +1,128 @@
+"""Fair admission (ftprefix.gateway.admission) on its own: who gets the next place at Triton.
+
+Driven on one event loop without a server: each `step()` lets every ready task run once (the loop's
+own scheduling, no clock), so the order of admissions is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ftprefix.gateway.admission import Admission, ClientGone, QueueTimeout
+
+FOREVER = 3600.0
+
+
+async def step() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)  # one pass of the loop's ready queue, no waiting
+
+
+async def _admissions(admission: Admission, arrivals: list[str]) -> list[str]:
+    """Tenants in the order they get a place, when `arrivals` queue (in that order) behind one place
+    that is taken, and each admitted request leaves as soon as it got in."""
+    order: list[str] = []
+    assert await admission.enter("holder", FOREVER) == 0.0  # the one place is taken
+
+    async def request(tenant: str) -> None:
+        await admission.enter(tenant, FOREVER)
+        order.append(tenant)
+
+    tasks = []
+    for tenant in arrivals:
+        tasks.append(asyncio.ensure_future(request(tenant)))
+        await step()  # arrives (and queues) before the next
+    assert admission.waiting == len(arrivals)
+    for _ in arrivals:
+        admission.leave()  # the place is handed on: the next in turn gets it
+        await step()
+    await asyncio.gather(*tasks)
+    admission.leave()
+    assert admission.in_flight == 0 and admission.waiting == 0
+    return order
+
+
+def test_a_tenant_with_one_request_waits_for_one_request_of_each_other_tenant() -> None:
+    arrivals = ["A"] * 6 + ["B"] + ["C"] * 2
+    order = asyncio.run(_admissions(Admission(1), arrivals))
+    assert order == ["A", "B", "C", "A", "C", "A", "A", "A", "A"]
+
+
+def test_fifo_admission_serves_arrival_order() -> None:
+    arrivals = ["A"] * 6 + ["B"] + ["C"] * 2
+    assert asyncio.run(_admissions(Admission(1, fair=False), arrivals)) == arrivals
+
+
+def test_places_are_free_until_the_limit() -> None:
+    async def run() -> None:
+        admission = Admission(3)
+        for _ in range(3):
+            assert await admission.enter("A", FOREVER) == 0.0
+        waiter = asyncio.ensure_future(admission.enter("B", FOREVER))
+        await step()
+        assert not waiter.done() and admission.in_flight == 3 and admission.waiting == 1
+        admission.leave()
+        assert await waiter >= 0.0
+        assert admission.in_flight == 3 and admission.waiting == 0
+
+    asyncio.run(run())
+
+
+def test_a_waiter_whose_time_is_up_leaves_the_queue() -> None:
+    async def run() -> None:
+        admission = Admission(1)
+        await admission.enter("A", FOREVER)
+        later = asyncio.ensure_future(admission.enter("C", FOREVER))
+        await step()
+        with pytest.raises(QueueTimeout):
+            await admission.enter("B", 0.01)
+        assert admission.waiting == 1  # B is gone, C still waits
+        admission.leave()
+        await later
+        admission.leave()
+        assert admission.in_flight == 0
+
+    asyncio.run(run())
+
+
+def test_a_waiter_whose_client_left_leaves_at_once() -> None:
+    async def run() -> None:
+        admission = Admission(1)
+        await admission.enter("A", FOREVER)
+        disconnected = asyncio.get_running_loop().create_future()
+
+        async def gone() -> None:
+            await disconnected
+
+        waiter = asyncio.ensure_future(admission.enter("B", FOREVER, gone))
+        await step()
+        assert admission.waiting == 1
+        disconnected.set_result(None)
+        with pytest.raises(ClientGone):
+            await waiter
+        assert admission.waiting == 0
+        admission.leave()
+        assert admission.in_flight == 0
+
+    asyncio.run(run())
+
+
+def test_a_cancelled_waiter_leaves_and_a_place_granted_meanwhile_is_handed_on() -> None:
+    async def run() -> None:
+        admission = Admission(1)
+        await admission.enter("A", FOREVER)
+        first = asyncio.ensure_future(admission.enter("B", FOREVER))
+        second = asyncio.ensure_future(admission.enter("C", FOREVER))
+        await step()
+        admission.leave()  # B's place is granted...
+        first.cancel()  # ...and B's client cancels before it ran: the place goes to C
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await second
+        assert admission.in_flight == 1 and admission.waiting == 0
+        admission.leave()
+        assert admission.in_flight == 0
+
+    asyncio.run(run())
