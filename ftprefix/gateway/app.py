@@ -355,7 +355,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         finally:
             admission.leave()
         completion_tokens = sum(len(c.token_ids) for c in done)
-        grant.finish(completion_tokens)
+        grant.finish(prompt_tokens + completion_tokens)
         metrics.record(
             ctx.model, policy.tenant, 200, time.perf_counter() - ctx.started, prompt_tokens, completion_tokens
         )
@@ -374,13 +374,15 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     ) -> EventStream:
         used = [0]
 
+        prompt = sum(map(len, ids))
+
         def close(completed: bool) -> None:
             admission.leave()
-            grant.finish(used[0])
+            grant.finish(prompt + used[0])
             failed = stream.failed
             status = 200 if completed else (failed.status if failed is not None else CLIENT_GONE)
             seconds = time.perf_counter() - ctx.started
-            metrics.record(ctx.model, policy.tenant, status, seconds, sum(map(len, ids)), used[0])
+            metrics.record(ctx.model, policy.tenant, status, seconds, prompt, used[0])
 
         def failure(exc: BaseException) -> ApiError:
             if isinstance(exc, ApiError):

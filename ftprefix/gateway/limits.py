@@ -72,6 +72,8 @@ class Grant:
     done: bool = False
 
     def finish(self, tokens_used: int) -> None:
+        """The request is over, having used `tokens_used` (prompt + completion; 0 if it failed
+        before the model ran): the rest of what it took goes back."""
         if self.done:
             return
         self.done = True

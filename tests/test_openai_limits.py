@@ -1,0 +1,318 @@
+"""Tenants share fairly: per-key limits in the keys file, OpenAI's 429s and headers (which the
+official `openai` client obeys on its own), per-tenant metrics, and fair admission in front of a
+real `ftprefix serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from serving_support import convert_toy
+
+from ftprefix import cli
+from ftprefix.errors import UserError
+from ftprefix.gateway.app import GatewaySettings
+from ftprefix.gateway.auth import parse_keys_file
+from ftprefix.gateway.run import make_server, start_in_thread
+from ftprefix.serving.server import EmbeddedServer, free_port
+
+TASKS = {"smile": 3, "shout": 5}
+BASE = "toy-base"
+PROMPT = "The quick brown fox"
+KEYS = {
+    "k-rate": {"tenant": "acme", "tasks": "*", "requests_per_minute": 3},
+    "k-tokens": {"tenant": "tok", "tasks": ["smile"], "tokens_per_minute": 60},
+    "k-capped": {"tenant": "capped", "tasks": "*", "max_tokens": 5},
+    "k-conc": {"tenant": "conc", "tasks": "*", "max_concurrent": 4},
+    "k-one": {"tenant": "one", "tasks": "*", "max_concurrent": 1},
+    "k-free": ["smile", BASE],  # the old form: a list of tasks, no limits
+    "k-flood": {"tenant": "flood", "tasks": "*"},
+    "k-calm": {"tenant": "calm", "tasks": "*"},
+}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("limits")
+    (root / "keys.json").write_text(json.dumps(KEYS))
+    return {**convert_toy(root, TASKS, seed=3), "keys": root / "keys.json"}
+
+
+@pytest.fixture(scope="module")
+def triton(model):
+    with EmbeddedServer(model["ft"], watch_interval=None) as server:
+        yield server
+
+
+def _gateway(triton_url: str, hf: Path, keys: Path, **settings):
+    server = make_server(
+        GatewaySettings(triton_url, hf, BASE, api_keys_file=keys, **settings), "127.0.0.1", free_port()
+    )
+    start_in_thread(server)
+    return server, f"http://127.0.0.1:{server.config.port}"
+
+
+@pytest.fixture(scope="module")
+def gateway(triton, model):
+    server, url = _gateway(triton.grpc_url, model["hf"], model["keys"])
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+
+
+def _post(url: str, key: str, **body) -> httpx.Response:
+    request = {"model": BASE, "prompt": PROMPT, "max_tokens": 2, "temperature": 0, **body}
+    return httpx.post(
+        url + "/v1/completions", json=request, headers={"Authorization": f"Bearer {key}"}, timeout=120
+    )
+
+
+def _samples(url: str) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(url + "/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _delta(before: dict, after: dict, name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+# -- the keys file ------------------------------------------------------------------------------
+
+
+def test_the_keys_file_takes_limits_and_the_old_forms(model) -> None:
+    policies = {p.tenant: p for p in parse_keys_file(model["keys"]).values()}
+    assert policies["acme"].requests_per_minute == 3 and policies["acme"].scope.models is None
+    assert policies["tok"].tokens_per_minute == 60 and policies["tok"].allows("smile")
+    assert not policies["tok"].allows("shout")
+    assert policies["key-6"].allows(BASE) and not policies["key-6"].limited  # named by its place
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {"tenant": "a", "tasks": "*", "requests_per_minute": 0},
+            "requests_per_minute must be a whole number",
+        ),
+        ({"tenant": "a", "tasks": "*", "max_concurrent": True}, "max_concurrent must be a whole number"),
+        ({"tenant": "a", "tasks": "*", "max_tokens": "5"}, "max_tokens must be a whole number"),
+        ({"tenant": "a b", "tasks": "*"}, "tenant must be 1 to 64"),
+        ({"tenant": "a", "tasks": "*", "rate": 5}, "unknown setting 'rate'"),
+        ({"tenant": "a"}, 'give "tasks"'),
+    ],
+)
+def test_a_bad_entry_is_refused_naming_the_key_by_number_only(
+    tmp_path: Path, entry, message, capsys, model
+) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"k-good": "*", "s3cret-k3y": entry}))
+    with pytest.raises(UserError) as refused:
+        parse_keys_file(path)
+    assert "key number 2" in str(refused.value) and message in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+    argv = ["openai", "--tokenizer", str(model["hf"]), "--port", str(free_port()), "--api-keys", str(path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "s3cret" not in err
+
+
+# -- limits -------------------------------------------------------------------------------------
+
+
+def test_requests_per_minute_gives_429s_with_openais_headers_and_spares_other_keys(gateway) -> None:
+    before = _samples(gateway)
+    remaining = []
+    for _ in range(3):
+        fine = _post(gateway, "k-rate")
+        assert fine.status_code == 200
+        assert fine.headers["x-ratelimit-limit-requests"] == "3"
+        remaining.append(int(fine.headers["x-ratelimit-remaining-requests"]))
+    assert remaining == [2, 1, 0]
+    refused = _post(gateway, "k-rate")
+    assert refused.status_code == 429
+    assert (
+        refused.json()["error"]["type"] == "requests"
+        and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    )
+    headers = refused.headers
+    assert (headers["x-ratelimit-limit-requests"], headers["x-ratelimit-remaining-requests"]) == ("3", "0")
+    assert re.fullmatch(r"(\d+m)?[\d.]+s", headers["x-ratelimit-reset-requests"])  # OpenAI's form: 59.9s
+    # one request's worth refills in 20 s (3 per minute)
+    assert 19_000 <= int(headers["retry-after-ms"]) <= 20_000 and headers["retry-after"] == "20"
+    assert _post(gateway, "k-free").status_code == 200  # another key: unaffected
+    after = _samples(gateway)
+    assert _delta(before, after, "ftprefix_tenant_requests_total", tenant="acme", status="200") == 3
+    assert _delta(before, after, "ftprefix_tenant_requests_total", tenant="acme", status="429") == 1
+    assert _delta(before, after, "ftprefix_tenant_rate_limited_total", tenant="acme", reason="requests") == 1
+
+
+def test_tokens_per_minute_counts_prompt_and_max_tokens_and_gives_back_what_was_not_used(gateway) -> None:
+    first = _post(gateway, "k-tokens", model="smile", max_tokens=30)
+    assert first.status_code == 200
+    prompt = first.json()["usage"]["prompt_tokens"]
+    used = first.json()["usage"]["total_tokens"]
+    # took prompt + 30, gave back what the answer did not use: what is left is 60 - used
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 60 - prompt - 30
+    refused = _post(gateway, "k-tokens", model="smile", max_tokens=60 - used - prompt + 1)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
+    assert refused.headers["x-ratelimit-limit-tokens"] == "60"
+    assert int(refused.headers["retry-after-ms"]) > 0
+    too_big = _post(gateway, "k-tokens", model="smile", max_tokens=61)
+    assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "max_tokens"
+    assert "tokens_per_minute, 60" in too_big.json()["error"]["message"]
+
+
+def test_a_keys_max_tokens_caps_every_request(gateway) -> None:
+    over = _post(gateway, "k-capped", max_tokens=6)
+    assert over.status_code == 400
+    assert over.json()["error"] == {
+        "message": "max_tokens is 6, above this key's cap of 5",
+        "type": "invalid_request_error",
+        "param": "max_tokens",
+        "code": "invalid_value",
+    }
+    chat = httpx.post(
+        gateway + "/v1/chat/completions",
+        json={"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 9},
+        headers={"Authorization": "Bearer k-capped"},
+    )
+    assert chat.status_code == 400 and chat.json()["error"]["param"] == "max_completion_tokens"
+    default = httpx.post(
+        gateway + "/v1/completions",
+        json={"model": BASE, "prompt": PROMPT, "temperature": 0, "ignore_eos": True},
+        headers={"Authorization": "Bearer k-capped"},
+    )
+    assert default.status_code == 200 and default.json()["usage"]["completion_tokens"] == 5  # not 16
+
+
+def test_max_concurrent_holds_under_100_concurrent_requests(gateway) -> None:
+    before = _samples(gateway)
+
+    async def flood() -> list[int]:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=100)) as client:
+            body = {"model": BASE, "prompt": PROMPT, "max_tokens": 300, "temperature": 0, "ignore_eos": True}
+            calls = [
+                client.post(
+                    gateway + "/v1/completions", json=body, headers={"Authorization": "Bearer k-conc"}
+                )
+                for _ in range(100)
+            ]
+            return [r.status_code for r in await asyncio.gather(*calls)]
+
+    statuses = asyncio.run(flood())
+    # all 100 arrive while the first four generate 300 tokens: exactly four are let in
+    assert statuses.count(200) == 4 and statuses.count(429) == 96
+    after = _samples(gateway)
+    assert (
+        _delta(before, after, "ftprefix_tenant_rate_limited_total", tenant="conc", reason="concurrency") == 96
+    )
+
+
+def test_the_openai_client_backs_off_and_retries_on_its_own(gateway) -> None:
+    statuses: list[int] = []
+    http = httpx.Client(event_hooks={"response": [lambda r: statuses.append(r.status_code)]}, timeout=120)
+    api = openai.OpenAI(base_url=gateway + "/v1", api_key="k-one", max_retries=3, http_client=http)
+    slow = httpx.AsyncClient(timeout=120)
+
+    async def both() -> str:
+        first = asyncio.ensure_future(
+            slow.post(
+                gateway + "/v1/completions",
+                json={
+                    "model": BASE,
+                    "prompt": PROMPT,
+                    "max_tokens": 200,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                },
+                headers={"Authorization": "Bearer k-one"},
+            )
+        )
+        deadline = time.monotonic() + 60
+        while "ftprefix_in_flight_requests 1.0" not in (await slow.get(gateway + "/metrics")).text:
+            assert time.monotonic() < deadline  # bounded poll: the first request is at Triton
+        second = await asyncio.to_thread(
+            api.completions.create, model=BASE, prompt=PROMPT, max_tokens=2, temperature=0
+        )
+        assert (await first).status_code == 200
+        return second.choices[0].text
+
+    assert asyncio.run(both())
+    assert statuses[0] == 429 and statuses[-1] == 200  # refused while the first ran, then served
+
+
+def test_tenant_metrics_use_tenant_names_never_keys(gateway) -> None:
+    text = httpx.get(gateway + "/metrics").text
+    assert "ftprefix_tenant_queue_wait_seconds_bucket" in text and 'tenant="acme"' in text
+    assert not [key for key in KEYS if key in text]
+
+
+# -- fair admission -----------------------------------------------------------------------------
+
+
+def _completion_order(url: str, flood: int) -> int:
+    """Tenant "flood" sends `flood` requests at once; once they all wait for the one place at
+    Triton, tenant "calm" sends one. Returns how many of flood's requests finished before calm's."""
+    finished: list[str] = []
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=flood + 2)) as client:
+
+            async def one(key: str) -> None:
+                body = {
+                    "model": BASE,
+                    "prompt": PROMPT,
+                    "max_tokens": 4,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                }
+                answer = await client.post(
+                    url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+                )
+                assert answer.status_code == 200
+                finished.append(key)
+
+            floods = [asyncio.ensure_future(one("k-flood")) for _ in range(flood)]
+            deadline = time.monotonic() + 60
+            while True:  # bounded poll: flood's requests are queued behind the one place
+                waiting = [
+                    s.value
+                    for f in text_string_to_metric_families((await client.get(url + "/metrics")).text)
+                    for s in f.samples
+                    if s.name == "ftprefix_waiting_requests"
+                ]
+                if waiting and waiting[0] >= flood - 4:
+                    break
+                assert time.monotonic() < deadline
+            await one("k-calm")
+            await asyncio.gather(*floods)
+
+    asyncio.run(run())
+    return finished.index("k-calm")
+
+
+@pytest.mark.parametrize(("admission", "fair"), [("fair", True), ("fifo", False)])
+def test_a_calm_tenant_is_not_queued_behind_a_flood(triton, model, admission: str, fair: bool) -> None:
+    server, url = _gateway(triton.grpc_url, model["hf"], model["keys"], max_in_flight=1, fair=fair)
+    try:
+        before = _completion_order(url, 48)
+    finally:
+        server.should_exit = True
+    if fair:
+        assert before <= 5  # one request of the flood per turn, not the whole queue
+    else:
+        assert before >= 40  # first come, first served: behind the whole flood
