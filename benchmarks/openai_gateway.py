@@ -1,19 +1,25 @@
-"""The OpenAI-compatible API's cost: the same greedy completions through the gateway (`ftprefix
-openai` in its own process, called with the official `openai` client over HTTP) and through
-`ftprefix.client.AsyncClient` directly, side by side in one run against one embedded CPU server (a
-random GPT-NeoX with 4 prefix tasks, tiny by default), with Triton's requests per batch for each.
-On a small CPU machine the gateway's own CPU time is taken from the model's, which a GPU server
-does not share.
+"""The OpenAI-compatible API's cost, side by side in one run against embedded CPU servers (a random
+GPT-NeoX with 4 prefix tasks; tiny by default, `--hidden/--layers` make it cost something):
 
-Then what API keys and per-task metrics cost: two gateway processes side by side on the same
-server, one bare (no keys, --no-metrics), one with a keys file of 1,000 tenants and metrics on,
-in alternating rounds, each one's CPU ms per request; and the added code alone (a key lookup in
-the 1,000-key table, a metrics update) timed in this process.
+1. Whole answers: the same greedy completions through the gateway (`ftprefix openai` in its own
+   process, called with the official `openai` client) and through `ftprefix.client.AsyncClient`
+   directly, at 1, 8 and 32 in flight: requests/s, the gateway's throughput overhead, p50s, the
+   gateway's CPU per request, and Triton's requests per batch for each path.
+2. Streams: answers of a fixed length (`ignore_eos`), short and long, streamed through the gateway
+   and through `AsyncClient.stream`: throughput overhead, and the gateway's CPU per stream at both
+   lengths, whose difference over the extra tokens is its CPU per streamed token.
+3. Bookkeeping: what keys (1,000 tenants with limits), limits, fair admission and per-tenant
+   metrics add to a request, timed alone in this process.
+
+`--compare-src DIR` runs a second gateway from another checkout of ftprefix (the code before a
+change) beside this one's, on the same servers: every measurement alternates between the two for
+`--rounds` rounds and reports each one's median, so both rows come from the same minutes.
 
     .venv/bin/python benchmarks/openai_gateway.py [--requests 128] [--new-tokens 16] [--json out.json]
-        [--hidden 64 --layers 2]     # a larger model: the gateway's share of the CPU shrinks
-        [--max-queue-delay-us 5000]  # the server's batching window
-        [--rounds 3]                 # alternating rounds of the keys/metrics comparison
+        [--hidden 64 --layers 2]       # a larger model: the gateway's share of the CPU shrinks
+        [--max-queue-delay-us 5000]    # the server's batching window
+        [--stream-tokens 8 64]         # the short and long streams
+        [--compare-src ../ftprefix-before --rounds 3]
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,6 +37,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import openai
 from client import PROMPT, TASKS, build
 
@@ -38,6 +46,7 @@ from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US
 from ftprefix.serving.server import EmbeddedServer, free_port
 
 BASE = "base"
+CONCURRENCY = (1, 8, 32)
 
 
 async def measure(call: Callable[[int], Awaitable[object]], concurrency: int, total: int) -> dict[str, float]:
@@ -86,56 +95,11 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-async def compare(
-    server: EmbeddedServer, api_url: str, hf_dir: Path, total: int, new_tokens: int, gateway_pid: int
-) -> list[dict]:
-    names = list(TASKS)
-    rows = []
-    async with (
-        AsyncClient(server.grpc_url, tokenizer=hf_dir) as direct,
-        openai.AsyncOpenAI(base_url=api_url, api_key="unused", max_retries=0) as api,
-    ):
-
-        async def via_client(i: int) -> object:
-            return await direct.generate(PROMPT, task=names[i % len(names)], max_new_tokens=new_tokens)
-
-        async def via_openai(i: int) -> object:
-            return await api.completions.create(
-                model=names[i % len(names)], prompt=PROMPT, max_tokens=new_tokens, temperature=0
-            )
-
-        await via_client(0), await via_openai(0)  # warm up both paths
-        for concurrency in (1, 8, 32):
-            row: dict = {"concurrency": concurrency}
-            row["client"] = await measured(via_client, concurrency, total, server.http_url)
-            before = cpu_seconds(gateway_pid)
-            row["openai"] = await measured(via_openai, concurrency, total, server.http_url)
-            row["gateway_cpu_ms"] = (cpu_seconds(gateway_pid) - before) / total * 1000
-            rows.append(row)
-    return rows
-
-
-def format_report(rows: list[dict], args: argparse.Namespace, tasks: int) -> str:
-    lines = [
-        f"CPU server, random GPT-NeoX (hidden {args.hidden}, {args.layers} layers) with {tasks} prefix "
-        f"tasks, {args.new_tokens} new tokens per request, batching window {args.max_queue_delay_us} us",
-        "",
-        "| in flight | client req/s | OpenAI API req/s | throughput overhead | client p50 ms "
-        "| OpenAI API p50 ms | gateway CPU ms/request | requests per batch: client / OpenAI API |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        c, o = row["client"], row["openai"]
-        overhead = c["requests_per_s"] / o["requests_per_s"] - 1
-        rates = f"{c['requests_per_s']:.0f} | {o['requests_per_s']:.0f} | {overhead:+.1%}"
-        latency = f"{c['p50_ms']:.1f} | {o['p50_ms']:.1f} | {row['gateway_cpu_ms']:.2f}"
-        batches = f"{c['mean_batch']:.1f} / {o['mean_batch']:.1f}"
-        lines.append(f"| {row['concurrency']} | {rates} | {latency} | {batches} |")
-    return "\n".join(lines)
-
-
-def start_gateway(grpc_url: str, hf_dir: Path, port: int, *extra: str) -> subprocess.Popen:
-    """`ftprefix openai` as a deployment runs it: its own process. Returns once /health answers 200."""
+def start_gateway(
+    grpc_url: str, hf_dir: Path, port: int, *extra: str, src: Path | None = None
+) -> subprocess.Popen:
+    """`ftprefix openai` as a deployment runs it: its own process (from `src` if given). Returns once
+    /health answers 200."""
     argv = [
         "openai",
         "--url",
@@ -148,7 +112,13 @@ def start_gateway(grpc_url: str, hf_dir: Path, port: int, *extra: str) -> subpro
         str(port),
         *extra,
     ]
-    proc = subprocess.Popen([sys.executable, "-m", "ftprefix.cli", *argv], stdout=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftprefix.cli", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -162,92 +132,234 @@ def start_gateway(grpc_url: str, hf_dir: Path, port: int, *extra: str) -> subpro
     raise SystemExit("ftprefix openai did not become healthy within 60 s")
 
 
-TENANTS = 1000
-TENANT_KEY = "tenant-0"
+class Gateway:
+    """One gateway process under test: its label, its API's URL, its pid."""
+
+    def __init__(self, label: str, url: str, pid: int) -> None:
+        self.label, self.url, self.pid = label, url, pid
 
 
-def keys_file(directory: Path) -> Path:
-    """1,000 tenants, each with its own key; the one the benchmark uses may call every task."""
-    keys = {f"tenant-{i}": [list(TASKS)[i % len(TASKS)]] for i in range(TENANTS)}
-    keys[TENANT_KEY] = "*"
-    path = directory / "keys.json"
-    path.write_text(json.dumps(keys))
-    return path
+def _median_of(results: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
 
 
-async def gateway_cpu(url: str, key: str, pid: int, total: int, new_tokens: int) -> float:
-    """CPU ms of the gateway process per request, `total` requests at 8 in flight."""
+async def whole_answers(
+    server: EmbeddedServer, gateways: list[Gateway], hf_dir: Path, args: argparse.Namespace
+) -> list[dict]:
+    """Per concurrency: the client alone and every gateway, in alternating rounds; medians."""
     names = list(TASKS)
-    async with openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0) as api:
+    rows = []
+    apis = {g.label: openai.AsyncOpenAI(base_url=g.url, api_key="unused", max_retries=0) for g in gateways}
+    async with AsyncClient(server.grpc_url, tokenizer=hf_dir) as direct:
 
-        async def call(i: int) -> object:
-            return await api.completions.create(
-                model=names[i % len(names)], prompt=PROMPT, max_tokens=new_tokens, temperature=0
-            )
+        async def via_client(i: int) -> object:
+            return await direct.generate(PROMPT, task=names[i % len(names)], max_new_tokens=args.new_tokens)
 
-        await call(0)
-        before = cpu_seconds(pid)
-        await measure(call, 8, total)
-        return (cpu_seconds(pid) - before) / total * 1000
+        def via(api: openai.AsyncOpenAI) -> Callable[[int], Awaitable[object]]:
+            async def call(i: int) -> object:
+                return await api.completions.create(
+                    model=names[i % len(names)], prompt=PROMPT, max_tokens=args.new_tokens, temperature=0
+                )
 
+            return call
 
-def added_code_us(path: Path) -> dict[str, float]:
-    """The per-request work keys and metrics add, timed alone: microseconds per call."""
-    import timeit
-
-    from ftprefix.gateway.auth import KeyRing
-    from ftprefix.gateway.metrics import GatewayMetrics
-
-    ring, metrics = KeyRing([], path), GatewayMetrics()
-    header = f"Bearer {TENANT_KEY}"
-    assert ring.scope_of(header) is not None
-    n = 20000
-    return {
-        "key lookup (1,000 keys, file checked for changes)": timeit.timeit(
-            lambda: ring.scope_of(header), number=n
-        )
-        / n
-        * 1e6,
-        "metrics update (4 series)": timeit.timeit(
-            lambda: metrics.record("smile", 200, 0.01, 12, 16), number=n
-        )
-        / n
-        * 1e6,
-    }
+        await via_client(0)
+        for api in apis.values():
+            await via(api)(0)  # warm up every path
+        for concurrency in CONCURRENCY:
+            samples: dict[str, list[dict[str, float]]] = {"client": [], **{g.label: [] for g in gateways}}
+            for _ in range(args.rounds):
+                samples["client"].append(
+                    await measured(via_client, concurrency, args.requests, server.http_url)
+                )
+                for g in gateways:
+                    before = cpu_seconds(g.pid)
+                    result = await measured(via(apis[g.label]), concurrency, args.requests, server.http_url)
+                    result["gateway_cpu_ms"] = (cpu_seconds(g.pid) - before) / args.requests * 1000
+                    samples[g.label].append(result)
+            rows.append({"concurrency": concurrency, **{k: _median_of(v) for k, v in samples.items()}})
+    for api in apis.values():
+        await api.close()
+    return rows
 
 
-def additions(server: EmbeddedServer, hf_dir: Path, tmp: Path, args: argparse.Namespace) -> list[str]:
-    """The keys + metrics comparison's report lines."""
-    path = keys_file(tmp)
-    bare_port, full_port = free_port(), free_port()
-    bare = start_gateway(server.grpc_url, hf_dir, bare_port, "--no-metrics")
-    full = start_gateway(server.grpc_url, hf_dir, full_port, "--api-keys", str(path))
-    samples: dict[str, list[float]] = {"bare": [], "keys + metrics": []}
-    try:
-        for _ in range(args.rounds):
-            for name, port, proc in (("bare", bare_port, bare), ("keys + metrics", full_port, full)):
-                url = f"http://127.0.0.1:{port}/v1"
-                ms = asyncio.run(gateway_cpu(url, TENANT_KEY, proc.pid, args.requests, args.new_tokens))
-                samples[name].append(ms)
-    finally:
-        for proc in (bare, full):
-            proc.terminate()
-            proc.wait()
-    median = {name: statistics.median(values) for name, values in samples.items()}
+async def streams(
+    server: EmbeddedServer, gateways: list[Gateway], hf_dir: Path, args: argparse.Namespace
+) -> list[dict]:
+    """Fixed-length streams, short and long, through the client alone and every gateway, in
+    alternating rounds; medians. A gateway's CPU per streamed token is the difference of its CPU
+    per stream at the two lengths over the difference of their tokens."""
+    names = list(TASKS)
+    short, long = args.stream_tokens
+    rows = []
+    async with (
+        AsyncClient(server.grpc_url, tokenizer=hf_dir) as direct,
+        httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=64)) as http,
+    ):
+
+        def via_client(tokens: int) -> Callable[[int], Awaitable[int]]:
+            async def call(i: int) -> int:
+                count = 0
+                stream = direct.stream(
+                    PROMPT, task=names[i % len(names)], max_new_tokens=tokens, min_new_tokens=tokens
+                )
+                async for chunk in stream:
+                    count += len(chunk.token_ids)
+                return count
+
+            return call
+
+        def via(url: str, tokens: int, counted: list[int]) -> Callable[[int], Awaitable[int]]:
+            async def call(i: int) -> int:
+                body = {
+                    "model": names[i % len(names)],
+                    "prompt": PROMPT,
+                    "max_tokens": tokens,
+                    "temperature": 0,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                    "ignore_eos": True,
+                }
+                async with http.stream("POST", url + "/completions", json=body) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: {") and '"usage"' in line:
+                            counted.append(json.loads(line[6:])["usage"]["completion_tokens"])
+                return 0
+
+            return call
+
+        await via_client(short)(0)
+        for g in gateways:
+            await via(g.url, short, [])(0)
+        for concurrency in CONCURRENCY:
+            samples: dict[str, list[dict[str, float]]] = {"client": [], **{g.label: [] for g in gateways}}
+            for _ in range(args.rounds):
+                samples["client"].append(await measure(via_client(long), concurrency, args.requests))
+                for g in gateways:
+                    cpu, tokens, result = {}, {}, {}
+                    for length in (short, long):
+                        counted: list[int] = []
+                        before = cpu_seconds(g.pid)
+                        timing = await measure(via(g.url, length, counted), concurrency, args.requests)
+                        cpu[length] = (cpu_seconds(g.pid) - before) / args.requests * 1000
+                        tokens[length] = statistics.mean(counted) if counted else float(length)
+                        if length == long:
+                            result = timing
+                    per_token = (cpu[long] - cpu[short]) / max(1e-9, tokens[long] - tokens[short]) * 1000
+                    samples[g.label].append(
+                        {**result, "cpu_short": cpu[short], "cpu_long": cpu[long], "us_per_token": per_token}
+                    )
+            rows.append({"concurrency": concurrency, **{k: _median_of(v) for k, v in samples.items()}})
+    return rows
+
+
+def format_whole(rows: list[dict], labels: list[str], args: argparse.Namespace) -> list[str]:
+    lines = [
+        f"Whole answers: CPU server, random GPT-NeoX (hidden {args.hidden}, {args.layers} layers) with "
+        f"{len(TASKS)} prefix tasks, {args.new_tokens} new tokens per request, batching window "
+        f"{args.max_queue_delay_us} us, {args.requests} requests per run, median of {args.rounds} rounds",
+        "",
+        "| in flight | gateway | client req/s | OpenAI API req/s | throughput overhead | client p50 ms "
+        "| OpenAI API p50 ms | gateway CPU ms/request | requests per batch: client / OpenAI API |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        c = row["client"]
+        for label in labels:
+            o = row[label]
+            overhead = c["requests_per_s"] / o["requests_per_s"] - 1
+            rates = f"{c['requests_per_s']:.0f} | {o['requests_per_s']:.0f} | {overhead:+.1%}"
+            latency = f"{c['p50_ms']:.1f} | {o['p50_ms']:.1f} | {o['gateway_cpu_ms']:.2f}"
+            batches = f"{c['mean_batch']:.1f} / {o['mean_batch']:.1f}"
+            lines.append(f"| {row['concurrency']} | {label} | {rates} | {latency} | {batches} |")
+    return lines
+
+
+def format_streams(rows: list[dict], labels: list[str], args: argparse.Namespace) -> list[str]:
+    short, long = args.stream_tokens
     lines = [
         "",
-        f"API keys ({TENANTS:,} tenants in a keys file) and per-task metrics: gateway CPU ms per request, "
-        f"8 in flight, median of {args.rounds} alternating rounds of {args.requests} requests",
+        f"Streams of a fixed length (ignore_eos), {short} and {long} tokens, on a streaming server, "
+        f"median of {args.rounds} rounds",
         "",
-        "| gateway | CPU ms/request | rounds |",
-        "|---|---|---|",
+        "| in flight | gateway | client streams/s | OpenAI API streams/s | throughput overhead "
+        f"| gateway CPU ms/stream, {short} tokens | gateway CPU ms/stream, {long} tokens "
+        "| gateway CPU per streamed token |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, values in samples.items():
-        lines.append(f"| {name} | {median[name]:.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
-    lines.append(f"| difference | {median['keys + metrics'] - median['bare']:+.3f} | |")
-    lines += ["", "| added work, timed alone | us per request |", "|---|---|"]
-    lines += [f"| {name} | {us:.1f} |" for name, us in added_code_us(path).items()]
+    for row in rows:
+        c = row["client"]
+        for label in labels:
+            o = row[label]
+            overhead = c["requests_per_s"] / o["requests_per_s"] - 1
+            rates = f"{c['requests_per_s']:.1f} | {o['requests_per_s']:.1f} | {overhead:+.1%}"
+            cpu = f"{o['cpu_short']:.2f} | {o['cpu_long']:.2f} | {o['us_per_token']:.0f} us"
+            lines.append(f"| {row['concurrency']} | {label} | {rates} | {cpu} |")
     return lines
+
+
+TENANTS = 1000
+
+
+def bookkeeping_us() -> list[str]:
+    """What a request adds with 1,000 keys that carry limits: key lookup, limits, admission, metrics,
+    timed alone in this process."""
+    import timeit
+
+    from ftprefix.gateway.admission import Admission
+    from ftprefix.gateway.auth import KeyRing
+    from ftprefix.gateway.limits import Limits
+    from ftprefix.gateway.metrics import GatewayMetrics
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "keys.json"
+        keys = {
+            f"tenant-{i}": {
+                "tenant": f"t{i}",
+                "tasks": [list(TASKS)[i % len(TASKS)]],
+                "max_concurrent": 64,
+                "requests_per_minute": 10**9,
+                "tokens_per_minute": 10**12,
+            }
+            for i in range(TENANTS)
+        }
+        path.write_text(json.dumps(keys))
+        ring, limits, metrics, admission = KeyRing([], path), Limits(), GatewayMetrics(), Admission(1024)
+        header = "Bearer tenant-7"
+        policy = ring.policy_of(header)
+        assert policy is not None
+
+        def one_request() -> None:
+            p = ring.policy_of(header)
+            grant = limits.admit(p, 48)
+            admission.in_flight += 1  # enter() without waiting, as a request finding a free place
+            admission.leave()
+            grant.finish(32)
+            metrics.waited(p.tenant, 0.0)
+            metrics.record("taskA", p.tenant, 200, 0.01, 12, 16)
+
+        n = 20000
+        parts = {
+            "key lookup (1,000 keys, the keys file checked for changes)": lambda: ring.policy_of(header),
+            "limits: concurrency, requests and tokens per minute, admit and finish": lambda: limits.admit(
+                policy, 48
+            ).finish(32),
+            "per-model and per-tenant metrics (7 series)": lambda: (
+                metrics.waited(policy.tenant, 0.0),
+                metrics.record("taskA", policy.tenant, 200, 0.01, 12, 16),
+            ),
+            "all of it, one request": one_request,
+        }
+        lines = [
+            "",
+            f"Bookkeeping per request with {TENANTS:,} keys carrying limits, timed alone ({n:,} calls each)",
+            "",
+            "| work | us per request |",
+            "|---|---|",
+        ]
+        for name, fn in parts.items():
+            lines.append(f"| {name} | {timeit.timeit(fn, number=n) / n * 1e6:.1f} |")
+        return lines
 
 
 def main() -> None:
@@ -256,6 +368,7 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=128, help="requests per run")
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--stream-tokens", type=int, nargs=2, default=[8, 64], metavar=("SHORT", "LONG"))
     parser.add_argument(
         "--hidden", type=int, default=64, help="hidden size (default 64: the model costs almost nothing)"
     )
@@ -264,29 +377,43 @@ def main() -> None:
         "--max-queue-delay-us",
         type=int,
         default=DEFAULT_MAX_QUEUE_DELAY_US,
-        help="the server's dynamic batching window, as `ftprefix serve --max-queue-delay-us`",
+        help="the servers' dynamic batching window, as `ftprefix serve --max-queue-delay-us`",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the keys/metrics comparison")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds per measurement (medians)")
+    parser.add_argument("--compare-src", type=Path, help="also run a gateway from this checkout of ftprefix")
+    parser.add_argument("--no-streams", action="store_true", help="skip the streaming part")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    sources: list[tuple[str, Path | None]] = [("this", None)]
+    if args.compare_src is not None:
+        sources.append((args.compare_src.name, args.compare_src))
+    labels = [label for label, _ in sources]
+    figures: dict = {}
     with tempfile.TemporaryDirectory(prefix="ftprefix-bench-") as tmp:
         hf_dir, ft_dir = build(Path(tmp), hidden_size=args.hidden, num_layers=args.layers)
-        with EmbeddedServer(ft_dir, max_queue_delay_us=args.max_queue_delay_us) as server:
-            port = free_port()
-            gateway = start_gateway(server.grpc_url, hf_dir, port)
-            try:
-                api_url = f"http://127.0.0.1:{port}/v1"
-                rows = asyncio.run(
-                    compare(server, api_url, hf_dir, args.requests, args.new_tokens, gateway.pid)
-                )
-            finally:
-                gateway.terminate()
-                gateway.wait()
-            extra = additions(server, hf_dir, Path(tmp), args)
-    print(format_report(rows, args, len(TASKS)))
-    print("\n".join(extra))
+        parts = [(False, "whole")] + ([] if args.no_streams else [(True, "streams")])
+        for streaming, part in parts:
+            with EmbeddedServer(
+                ft_dir, streaming=streaming, max_queue_delay_us=args.max_queue_delay_us
+            ) as server:
+                procs, gateways = [], []
+                try:
+                    for label, src in sources:
+                        port = free_port()
+                        procs.append(start_gateway(server.grpc_url, hf_dir, port, src=src))
+                        gateways.append(Gateway(label, f"http://127.0.0.1:{port}/v1", procs[-1].pid))
+                    run = whole_answers if part == "whole" else streams
+                    figures[part] = asyncio.run(run(server, gateways, hf_dir, args))
+                finally:
+                    for proc in procs:
+                        proc.terminate()
+                        proc.wait()
+    print("\n".join(format_whole(figures["whole"], labels, args)))
+    if "streams" in figures:
+        print("\n".join(format_streams(figures["streams"], labels, args)))
+    print("\n".join(bookkeeping_us()))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

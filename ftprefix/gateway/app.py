@@ -30,6 +30,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from ftprefix.client import AsyncClient, Completion, FtprefixClientError
 from ftprefix.gateway import openapi
@@ -419,6 +420,17 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         """Answer chat messages, rendered with the chat template, with a task: the model name."""
         return await generate(request, ChatRequest)
 
+    # Requests reach the two generating routes through plain Starlette routes placed first: the
+    # same handlers, without FastAPI's per-request dependency solving (about 40 us of the gateway's
+    # CPU per request); the FastAPI routes above stay for /openapi.json.
+    for path, kind in (("/v1/completions", CompletionRequest), ("/v1/chat/completions", ChatRequest)):
+
+        async def endpoint(
+            request: Request, kind: type[CompletionRequest] | type[ChatRequest] = kind
+        ) -> Response:
+            return await generate(request, kind)
+
+        app.router.routes.insert(0, Route(path, endpoint, methods=["POST"], include_in_schema=False))
     openapi.install(app, base_model)
     return app
 

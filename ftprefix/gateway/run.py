@@ -28,7 +28,8 @@ def make_server(
     settings: GatewaySettings, host: str, port: int, *, tokenizer: Tokenizer | None = None
 ) -> uvicorn.Server:
     app = create_app(settings, tokenizer=tokenizer)
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
+    return uvicorn.Server(config)
 
 
 def start_in_thread(server: uvicorn.Server) -> threading.Thread:
