@@ -89,3 +89,26 @@ def test_openai_gateway_benchmark_compares_with_the_client():
     work = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert _number(work["all of it, one request"], 1) > 0
     assert _number(work["key lookup (1,000 keys, the keys file checked for changes)"], 1) > 0
+
+
+def test_noisy_neighbour_benchmark_compares_admission_policies():
+    out = _run(
+        "noisy_neighbour.py",
+        *("--flood", "6", "--samples", "2", "--short", "2", "--long", "4"),
+        *("--hidden", "64", "--layers", "1", "--settle", "0.3"),
+    )
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in out.splitlines()
+        if line.startswith("| --") or "default" in line
+    }
+    assert {"--max-in-flight 1, fair", "--max-in-flight 1, fifo"} <= rows.keys()
+    assert all(_number(row, 1) > 0 and _number(row, 2) > 0 for row in rows.values())
+
+
+def test_fuzz_benchmark_sends_every_kind_of_input_and_reports_no_server_error():
+    out = _run("fuzz_openai.py", "--max-examples", "2")
+    kinds = {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")}
+    assert {"lone surrogate", "NUL", "1 MB string", "nested 100000 deep"} <= kinds
+    assert "schemathesis, up to 2 examples per operation: exit 0" in out
+    assert "5xx answers to the handmade inputs: 0" in out

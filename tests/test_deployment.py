@@ -21,7 +21,14 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from compose_support import bind, compose, compose_schema, dockerfile_instructions, missing_copy_sources
+from deployment_support import (
+    bind,
+    compose,
+    compose_schema,
+    dockerfile_instructions,
+    install_like_the_image,
+    missing_copy_sources,
+)
 from dotenv import dotenv_values
 from serving_support import HIDDEN, LAYERS, add_task, make_converted
 from tritonclient.grpc import model_config_pb2 as mc
@@ -158,23 +165,7 @@ def test_the_build_context_holds_the_shipped_files_and_this_ftprefix(
     assert wheel.name == f"ftprefix-{ftprefix.__version__}-py3-none-any.whl"
     # installed as the GPU image installs it, it is this ftprefix: same version, same assets
     target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-index",
-            "--target",
-            str(target),
-            str(wheel),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    install_like_the_image(wheel, target)
     code = (
         "import ftprefix, ftprefix.assets as a\n"
         "print(ftprefix.__version__, ftprefix.__file__, sorted(a.walk('')))"

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from deployment_support import install_like_the_image
 from sentencepiece_reference import RINNA, golden_rows
 from serving_support import tensors
 
@@ -72,17 +73,7 @@ def gpu_site(tmp_path_factory, deployed) -> list[str]:
     assert not {"torch", "transformers", "tritonclient"} & set(installed)
     (wheel,) = (deployed / deployment.IMAGE_DIR).glob("ftprefix-*.whl")  # what the Dockerfile installs
     target = tmp_path_factory.mktemp("ftprefix-site")
-    pip = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--no-deps",
-        "--no-index",
-        "--no-build-isolation",
-    ]
-    subprocess.run([*pip, "--target", str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    install_like_the_image(wheel, target)
     assert (target / "ftprefix" / "text" / "__init__.py").is_file()
     return [str(target), str(GPU_ENV)]
 

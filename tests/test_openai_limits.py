@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from gateway_support import metric_delta, metric_samples
 from prometheus_client.parser import text_string_to_metric_families
 from serving_support import convert_toy
 
@@ -76,20 +77,6 @@ def _post(url: str, key: str, **body) -> httpx.Response:
     )
 
 
-def _samples(url: str) -> dict[tuple[str, tuple], float]:
-    text = httpx.get(url + "/metrics").text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def _delta(before: dict, after: dict, name: str, **labels: str) -> float:
-    key = (name, tuple(sorted(labels.items())))
-    return after.get(key, 0.0) - before.get(key, 0.0)
-
-
 # -- the keys file ------------------------------------------------------------------------------
 
 
@@ -134,7 +121,7 @@ def test_a_bad_entry_is_refused_naming_the_key_by_number_only(
 
 
 def test_requests_per_minute_gives_429s_with_openais_headers_and_spares_other_keys(gateway) -> None:
-    before = _samples(gateway)
+    before = metric_samples(gateway)
     remaining = []
     for _ in range(3):
         fine = _post(gateway, "k-rate")
@@ -154,10 +141,13 @@ def test_requests_per_minute_gives_429s_with_openais_headers_and_spares_other_ke
     # one request's worth refills in 20 s (3 per minute)
     assert 19_000 <= int(headers["retry-after-ms"]) <= 20_000 and headers["retry-after"] == "20"
     assert _post(gateway, "k-free").status_code == 200  # another key: unaffected
-    after = _samples(gateway)
-    assert _delta(before, after, "ftprefix_tenant_requests_total", tenant="acme", status="200") == 3
-    assert _delta(before, after, "ftprefix_tenant_requests_total", tenant="acme", status="429") == 1
-    assert _delta(before, after, "ftprefix_tenant_rate_limited_total", tenant="acme", reason="requests") == 1
+    after = metric_samples(gateway)
+    assert metric_delta(before, after, "ftprefix_tenant_requests_total", tenant="acme", status="200") == 3
+    assert metric_delta(before, after, "ftprefix_tenant_requests_total", tenant="acme", status="429") == 1
+    assert (
+        metric_delta(before, after, "ftprefix_tenant_rate_limited_total", tenant="acme", reason="requests")
+        == 1
+    )
 
 
 def test_tokens_per_minute_counts_prompt_and_max_tokens_and_gives_back_what_was_not_used(gateway) -> None:
@@ -200,7 +190,7 @@ def test_a_keys_max_tokens_caps_every_request(gateway) -> None:
 
 
 def test_max_concurrent_holds_under_100_concurrent_requests(gateway) -> None:
-    before = _samples(gateway)
+    before = metric_samples(gateway)
 
     async def flood() -> list[int]:
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=100)) as client:
@@ -216,9 +206,10 @@ def test_max_concurrent_holds_under_100_concurrent_requests(gateway) -> None:
     statuses = asyncio.run(flood())
     # all 100 arrive while the first four generate 300 tokens: exactly four are let in
     assert statuses.count(200) == 4 and statuses.count(429) == 96
-    after = _samples(gateway)
+    after = metric_samples(gateway)
     assert (
-        _delta(before, after, "ftprefix_tenant_rate_limited_total", tenant="conc", reason="concurrency") == 96
+        metric_delta(before, after, "ftprefix_tenant_rate_limited_total", tenant="conc", reason="concurrency")
+        == 96
     )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.grpc as grpcclient
-from prometheus_client.parser import text_string_to_metric_families
+from gateway_support import metric_delta, metric_samples
 from serving_support import convert_toy, tensors
 from transformers import AutoTokenizer
 
@@ -240,24 +240,10 @@ def test_the_rinna_instruction_template_renders_rinnas_format(model) -> None:
 # -- metrics -----------------------------------------------------------------------------------
 
 
-def _samples(gateway: dict) -> dict[tuple[str, tuple], float]:
-    text = httpx.get(gateway["root"] + "/metrics").text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def _delta(before: dict, after: dict, name: str, **labels: str) -> float:
-    key = (name, tuple(sorted(labels.items())))
-    return after.get(key, 0.0) - before.get(key, 0.0)
-
-
 def test_metrics_count_exactly_the_requests_and_tokens_of_each_task(gateway) -> None:
     api = _api(gateway, ADMIN)
     sent = {"smile": 3, "story": 2, BASE: 1}
-    before = _samples(gateway)
+    before = metric_samples(gateway["root"])
     usage: dict[str, list[int]] = {m: [0, 0] for m in sent}
     for model, count in sent.items():
         for i in range(count):
@@ -268,14 +254,14 @@ def test_metrics_count_exactly_the_requests_and_tokens_of_each_task(gateway) -> 
             usage[model][1] += done.usage.completion_tokens
     with pytest.raises(openai.NotFoundError):
         api.completions.create(model="no-such-task", prompt=PROMPT, max_tokens=1)
-    after = _samples(gateway)
+    after = metric_samples(gateway["root"])
     for model, count in sent.items():
-        assert _delta(before, after, "ftprefix_requests_total", model=model, status="200") == count
-        assert _delta(before, after, "ftprefix_prompt_tokens_total", model=model) == usage[model][0]
-        assert _delta(before, after, "ftprefix_generation_tokens_total", model=model) == usage[model][1]
-        assert _delta(before, after, "ftprefix_request_duration_seconds_count", model=model) == count
-    assert _delta(before, after, "ftprefix_requests_total", model="shout", status="200") == 0
-    assert _delta(before, after, "ftprefix_requests_total", model="", status="404") == 1
+        assert metric_delta(before, after, "ftprefix_requests_total", model=model, status="200") == count
+        assert metric_delta(before, after, "ftprefix_prompt_tokens_total", model=model) == usage[model][0]
+        assert metric_delta(before, after, "ftprefix_generation_tokens_total", model=model) == usage[model][1]
+        assert metric_delta(before, after, "ftprefix_request_duration_seconds_count", model=model) == count
+    assert metric_delta(before, after, "ftprefix_requests_total", model="shout", status="200") == 0
+    assert metric_delta(before, after, "ftprefix_requests_total", model="", status="404") == 1
 
 
 # -- log probabilities ---------------------------------------------------------------------------

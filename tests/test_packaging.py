@@ -172,7 +172,7 @@ def wheel_venv(tmp_path_factory) -> Path:
 
 
 def test_the_wheel_alone_converts_and_writes_a_whole_deployment(wheel_venv: Path, tmp_path: Path) -> None:
-    from compose_support import compose, compose_schema, missing_copy_sources
+    from deployment_support import compose, compose_schema, missing_copy_sources
     from serving_support import HIDDEN, LAYERS
 
     from ftprefix import assets

@@ -57,6 +57,7 @@ from ftprefix.text import Tokenizer, load_tokenizer
 OWNER = "ftprefix"
 UNKNOWN = ""  # the metrics label of a model that does not exist, or of a request without a key
 DEFAULT_MAX_TOKENS = 16  # as OpenAI's completions
+LONGEST_NAME = 256  # task names are shorter (layout.MAX_TASK_NAME); longer model names match none
 CLIENT_GONE = 499  # what the metrics count a request whose client left before its answer under
 log = logging.getLogger("ftprefix.gateway")
 
@@ -224,6 +225,9 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
                 info = await model_info(ctx, refresh=True)  # a task added since the last read
             if info.tasks.find(model) is not None:
                 return model
+        if len(model) > LONGEST_NAME:  # no task has such a name: no hints, and not all of it echoed
+            shown = f"{model[:LONGEST_NAME]!r}... ({len(model)} characters)"
+            raise ApiError(404, f"the model {shown} does not exist", param="model", code="model_not_found")
         hint = unknown_name_hint(model, await visible_models(ctx, policy), what="model")
         message = f"the model {model!r} does not exist; {hint}"
         raise ApiError(404, message, param="model", code="model_not_found")

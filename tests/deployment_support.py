@@ -1,5 +1,6 @@
 """Shared helpers for the deployment tests (no tests here): a compose file as docker compose reads
-it, checked against the Compose Specification's schema, and a Dockerfile's COPY sources."""
+it, checked against the Compose Specification's schema, a Dockerfile's COPY sources, and a wheel
+installed as the images install it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -96,3 +98,10 @@ def missing_copy_sources(context: Path, dockerfile: str) -> list[str]:
     assert copies, f"{dockerfile} copies nothing"
     sources = [a for args in copies for a in args[:-1] if not a.startswith("--")]
     return [s for s in sources if not list(context.glob(s.rstrip("/")))]
+
+
+def install_like_the_image(wheel: Path, target: Path) -> None:
+    """`pip install --no-deps` of a deployment's wheel, as its Dockerfiles do, into `target`
+    (offline: the wheel alone)."""
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target"]
+    subprocess.run([*pip, str(target), str(wheel)], check=True, capture_output=True, timeout=300)
