@@ -50,7 +50,10 @@ def checkout(tmp_path: Path) -> Path:
 
 
 def _would_run(checkout: Path, target: str) -> list[str]:
-    done = subprocess.run(["make", "-n", target], cwd=checkout, capture_output=True, text=True, check=True)
+    # as typed in a shell: not as a sub-make of `make test` (which runs this suite)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    argv = ["make", "--no-print-directory", "-n", target]
+    done = subprocess.run(argv, cwd=checkout, capture_output=True, text=True, check=True, env=env)
     return [line for line in done.stdout.splitlines() if line.strip()]
 
 

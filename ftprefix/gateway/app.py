@@ -85,14 +85,13 @@ class GatewaySettings:
 class _Context:
     """What one request carries through the gateway (in its ASGI scope's state)."""
 
-    __slots__ = ("model", "policy", "reason", "request_id", "started")
+    __slots__ = ("model", "policy", "request_id", "started")
 
     def __init__(self, request: str) -> None:
         self.request_id = request
         self.policy: KeyPolicy | None = None
         self.started = time.perf_counter()
         self.model = UNKNOWN
-        self.reason: str | None = None
 
 
 class Front:
@@ -325,11 +324,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             answer = AnswerFormat(body.model)
         ids = tokens_of(prompts, max_new, "messages" if isinstance(body, ChatRequest) else "prompt")
         prompt_tokens = sum(len(row) for row in ids)
-        try:
-            grant = limits.admit(policy, prompt_tokens + max_new * len(ids))
-        except ApiError as exc:
-            ctx.reason = exc.reason
-            raise
+        grant = limits.admit(policy, prompt_tokens + max_new * len(ids))
         try:
             await place_limit(ctx)
             waited = await admission.enter(policy.tenant, settings.queue_timeout, request.receive)
@@ -354,9 +349,11 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             return stream_answer(ctx, policy, answer, ids, task, options, body.include_usage, grant)
         try:
             done = await client().generate_batch(ids, tasks=task, **options)
-        except FtprefixClientError as exc:
+        except BaseException as exc:
             grant.finish(0)
-            raise from_client_error(exc, ctx.request_id) from exc
+            if isinstance(exc, FtprefixClientError):
+                raise from_client_error(exc, ctx.request_id) from exc
+            raise
         finally:
             admission.leave()
         completion_tokens = sum(len(c.token_ids) for c in done)
