@@ -48,4 +48,3 @@ def cache_to_prefix(cache: Any, num_layers: int) -> np.ndarray:
     stacked = torch.stack(per_layer)  # [layers, 2, heads, P, head_dim]
     p = stacked.shape[3]
     return stacked.permute(3, 0, 1, 2, 4).reshape(p, -1).float().numpy().copy()
-

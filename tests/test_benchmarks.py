@@ -112,3 +112,17 @@ def test_fuzz_benchmark_sends_every_kind_of_input_and_reports_no_server_error():
     assert {"lone surrogate", "NUL", "1 MB string", "nested 100000 deep"} <= kinds
     assert "schemathesis, up to 2 examples per operation: exit 0" in out
     assert "5xx answers to the handmade inputs: 0" in out
+
+
+def test_cpu_server_benchmark_compares_layouts_alone_and_beside_a_busy_process():
+    out = _run(
+        "cpu_server.py",
+        *("--requests", "6", "--rounds", "1", "--in-flight", "2", "--max-seconds", "20"),
+        *("--hidden", "64", "--layers", "1"),
+    )
+    rows = [line for line in out.splitlines() if line.startswith("| now")]
+    names = {row.split("|")[1].strip() for row in rows}
+    assert "now: default (an instance per core, 1 thread each)" in names
+    assert any("OMP_WAIT_POLICY=ACTIVE" in name for name in names)
+    assert all(_number(row, 2) > 0 and _number(row, 3) > 0 for row in rows)
+    assert "2 in flight, default: busy / alone" in out

@@ -33,6 +33,13 @@ def server(converted):
 
 
 @pytest.fixture(scope="module")
+def pooled_server(converted):
+    """One instance with a pool of 4 threads: the engine's sums split across threads."""
+    with EmbeddedServer(converted[1], instances=1, threads=4, watch_interval=None) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
 def streaming_server(converted):
     with EmbeddedServer(converted[1], streaming=True, watch_interval=None) as srv:
         yield srv
@@ -45,7 +52,11 @@ def _check(scenario: Scenario, output_ids: np.ndarray, sequence_length: np.ndarr
     assert sequence_length[:, 0].tolist() == want["sequence_length"], scenario.name
 
 
-def test_every_scenario_equals_ft(converted, server) -> None:
+@pytest.mark.parametrize("layout", ["default", "pooled"])
+def test_every_scenario_equals_ft(converted, layout, request) -> None:
+    """With the default layout (single-threaded instances) and with a pool of threads: the
+    threads must not change a token."""
+    server = request.getfixturevalue("server" if layout == "default" else "pooled_server")
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         for scenario in scenarios(converted[0]):
             result = client.infer(protocol.FT_MODEL, scenario.inputs())

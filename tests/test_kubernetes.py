@@ -5,6 +5,7 @@ manifests agree with the deployment ftprefix writes and what it serves."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import kubernetes_validate
@@ -135,6 +136,20 @@ def test_the_cpu_server_serves_the_mounted_conversion_with_metrics() -> None:
         "--port-grpc": "8001",
         "--port-metrics": "8002",
     }
+
+
+def test_the_cpu_servers_limit_sizes_its_engine_to_the_cores_it_requests(tmp_path, monkeypatch) -> None:
+    from ftprefix.serving import cpus
+
+    resources = _container(_by_kind(KUBE / "cpu"), "ftprefix-triton")["resources"]
+    millicores = int(float(resources["limits"]["cpu"]) * 1000)
+    # what the kubelet writes for that limit (100 ms periods), seen from inside the container
+    (tmp_path / "cpu.max").write_text(f"{millicores * 100} 100000\n")
+    (tmp_path / "proc-cgroup").write_text("0::/\n")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))  # a big node
+    cores = cpus.usable_cores(tmp_path, tmp_path / "proc-cgroup")
+    assert cores.count == float(resources["requests"]["cpu"])  # no more instances than it asked for
+    assert cpus.choose_layout(cores).instances == cores.count
 
 
 @pytest.mark.parametrize("flavour", ["gpu", "cpu"])

@@ -4,6 +4,7 @@ its child processes never outlive it (even when it is killed with SIGKILL)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -171,3 +172,64 @@ def test_serve_takes_the_settings_of_a_deployment(converted, tmp_path, capsys):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
+
+
+def _stubs(pid: int, model: str) -> list[int]:
+    """The python backend's stub processes (one per model instance) of `model` under `pid`."""
+    found = []
+    for p in _descendants(pid):
+        try:
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"triton_python_backend_stub") and f"/{model}/".encode() in argv[1]:
+            found.append(p)
+    return found
+
+
+def _environ(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
+
+
+def test_serve_runs_the_instances_and_threads_asked_for_and_says_so(converted):
+    proc, grpc_url, text = _start(converted, "--instances", "3", "--threads", "2")
+    try:
+        assert re.search(r"3 engine instance\(s\) x 2 thread\(s\); cores: \d+ \(", text), text
+        with grpcclient.InferenceServerClient(grpc_url) as client:
+            config = client.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
+            assert [int(g["count"]) for g in config["instance_group"]] == [3]
+            assert [g["kind"] for g in config["instance_group"]] == ["KIND_CPU"]
+            res = client.infer(protocol.FT_MODEL, ft_inputs([[4, 5, 6]], 2))
+            assert res.as_numpy(protocol.SEQUENCE_LENGTH).tolist() == [[5]]
+        stubs = _stubs(proc.pid, protocol.FT_MODEL)
+        assert len(stubs) == 3
+        for stub in stubs:  # each engine process: a pool of 2 threads that sleep while waiting
+            env = _environ(stub)
+            assert (env["OMP_NUM_THREADS"], env["OMP_WAIT_POLICY"]) == ("2", "PASSIVE")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_serve_by_default_runs_a_single_threaded_instance_per_core(converted):
+    proc, _, text = _start(converted)
+    try:
+        match = re.search(r"(\d+) engine instance\(s\) x 1 thread\(s\); cores: (\d+)", text)
+        assert match, text
+        instances, cores = int(match.group(1)), int(match.group(2))
+        assert 1 <= cores <= len(os.sched_getaffinity(0))
+        assert instances == min(cores, 8)  # the demo model is small: memory holds them all
+        assert len(_stubs(proc.pid, protocol.FT_MODEL)) == instances
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_serve_refuses_an_impossible_layout_before_starting_anything(converted, capsys):
+    from ftprefix.cli import main
+
+    for flag in ("--instances", "--threads"):
+        assert main(["serve", str(converted), flag, "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{flag} must be at least 1" in err

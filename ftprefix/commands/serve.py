@@ -58,6 +58,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-watch", action="store_true", help="do not reload when config.ini changes")
     p.add_argument(
+        "--instances",
+        type=int,
+        metavar="N",
+        help=(
+            "engine processes (Triton model instances), each running batches on its own; default: "
+            "one per core this process may use (nproc and the cgroup CPU quota), at most 8 and as "
+            "many as memory holds"
+        ),
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=(
+            "threads of each instance (default 1: a busy neighbour process cannot stall a thread pool, "
+            "and the answers do not depend on the machine's cores)"
+        ),
+    )
+    p.add_argument(
         "--deployment",
         type=Path,
         metavar="DIR",
@@ -183,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.port_metrics,
         max_queue_delay_us=args.max_queue_delay_us,
         newline_token=args.newline_token if ensemble_tokenizer is not None else None,
+        instances=args.instances,
+        threads=args.threads,
     )
     gateway = _gateway(args, server, tokenizer) if args.openai_port is not None and tokenizer else None
 
@@ -198,6 +219,13 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"ftprefix serve: models {', '.join(server.models)} from {server.ft_dir}", flush=True)
         print(f"ftprefix serve: listening on grpc {server.grpc_url} and http {server.http_url}", flush=True)
+        layout = server.layout
+        print(
+            f"ftprefix serve: {layout.instances} engine instance(s) x {layout.threads} thread(s); "
+            f"cores: {server.cores.count} ({server.cores.seen})"
+            + (f"; {layout.note}" if layout.note else ""),
+            flush=True,
+        )
         if tokenizer is not None:
             newline = f"; newline token {args.newline_token!r}" if args.newline_token else ""
             print(f"ftprefix serve: tokenizer {tokenizer.description}{newline}", flush=True)

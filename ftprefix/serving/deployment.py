@@ -278,6 +278,11 @@ def write_deployment(
 ) -> Report:
     """Write or update the deployment directory `out` for `converted` (see the module's notes)."""
     out = Path(out)
+    if instances != 1 and target != repository.GPU:
+        raise UserError(
+            "--instances is for the GPU server (each instance on tensor_para_size GPUs); the CPU "
+            "server sizes itself to the cores it sees when it starts (ftprefix serve --instances N)"
+        )
     manifest = read_manifest(out) if out.is_dir() else None
     _check_out(out, manifest, force)
     anchor = out.parent

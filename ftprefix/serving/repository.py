@@ -24,6 +24,7 @@ from ftprefix.serving.text_models import NEWLINE_TOKEN_PARAMETER, TOKENIZER_PATH
 from ftprefix.text import Tokenizer, copy_tokenizer_files, load_tokenizer
 
 CPU, GPU = "cpu", "gpu"
+ENGINE_THREADS_PARAMETER = "engine_threads"  # the CPU twin's threads per instance
 VERSION = "1"
 SITE_MODULE = "ftprefix_site.py"
 
@@ -78,19 +79,19 @@ def write_repository(
     instances: int = 1,
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
     newline_token: str | None = None,
+    engine_threads: int = 1,
 ) -> RepositoryInfo:
     """Generate the repository. `checkpoint_path`: the `<tp>-gpu` directory as the server sees it
     (inside the container for the GPU server); default: its absolute path on this machine.
     `max_queue_delay_us`: the dynamic batcher's window (see `batching`). `newline_token`: rinna's
-    convention for the text models (see `ftprefix.text`)."""
+    convention for the text models (see `ftprefix.text`). `instances`: model instances (GPU: each on
+    tp GPUs; CPU: each a process running the engine with `engine_threads` threads, see `cpus`)."""
     if target not in (CPU, GPU):
         raise UserError(f"unknown target {target!r}: use {CPU!r} or {GPU!r}")
     if instances < 1:
         raise UserError(f"--instances must be at least 1, got {instances}")
-    if instances > 1 and target != GPU:
-        raise UserError(
-            "--instances is for the GPU server (each instance gets tp GPUs); the CPU twin runs one"
-        )
+    if engine_threads < 1:
+        raise UserError(f"--threads must be at least 1, got {engine_threads}")
     check_max_queue_delay(max_queue_delay_us)
     ft_dir = layout.find_ft_dir(converted).resolve()
     cfg = layout.read_config(ft_dir)
@@ -114,6 +115,8 @@ def write_repository(
     backend = "python" if target == CPU else "fastertransformer"
     ckpt = checkpoint_path or str(ft_dir)
     params = ft_parameters(cfg, ckpt)
+    if target == CPU:
+        params[ENGINE_THREADS_PARAMETER] = str(engine_threads)
     ft_cfg = interface.fastertransformer_config(
         backend=backend,
         parameters=params,

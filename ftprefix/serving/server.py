@@ -32,7 +32,7 @@ from types import TracebackType
 
 from ftprefix import layout, locking, protocol
 from ftprefix.errors import UserError
-from ftprefix.serving import repository, tritonserver
+from ftprefix.serving import cpus, repository, tritonserver
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
 
 _PR_SET_PDEATHSIG = 1
@@ -84,8 +84,20 @@ class EmbeddedServer:
         metrics_port: int | None = None,
         max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
         newline_token: str | None = None,
+        instances: int | None = None,
+        threads: int | None = None,
     ) -> None:
+        """`instances` x `threads`: engine processes and the threads of each (cpus.py); by default
+        one single-threaded instance per core this process may use, as many as memory holds."""
         self.ft_dir = layout.find_ft_dir(converted_dir).resolve()
+        self.cores = cpus.usable_cores()
+        self.layout = cpus.choose_layout(
+            self.cores,
+            instances=instances,
+            threads=threads,
+            bytes_per_instance=cpus.instance_bytes(layout.read_config(self.ft_dir)),
+            memory=cpus.available_memory(),
+        )
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
         self.newline_token = newline_token
         self.host = host
@@ -145,6 +157,8 @@ class EmbeddedServer:
             streaming=self.streaming,
             max_queue_delay_us=self.max_queue_delay_us,
             newline_token=self.newline_token,
+            instances=self.layout.instances,
+            engine_threads=self.layout.threads,
         )
         self.models = info.models
         backends = tritonserver.prepare_backends(self.workdir / "backends")
@@ -164,7 +178,7 @@ class EmbeddedServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=tritonserver.server_env(),
+                env={**tritonserver.server_env(), **cpus.thread_env(self.layout.threads)},
                 start_new_session=True,  # own process group: stop() signals the stubs too
                 preexec_fn=_die_with_parent,
             )

@@ -82,8 +82,6 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     parts = [p for p in (libdir, str(libs_path()), env.get("LD_LIBRARY_PATH", "")) if p]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(parts)
     env[SITE_DIRS_ENV] = os.pathsep.join(site_dirs())
-    # numpy/torch in the model process: one thread pool per process is enough on shared CPUs
-    env.setdefault("OMP_NUM_THREADS", str(max(1, min(4, os.cpu_count() or 1))))
     return env
 
 
