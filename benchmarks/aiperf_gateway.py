@@ -79,7 +79,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ftprefix-aiperf-") as tmp:
         hf_dir, ft_dir = build(Path(tmp), hidden_size=args.hidden, num_layers=args.layers)
-        with EmbeddedServer(ft_dir, streaming=True) as server:
+        with EmbeddedServer(ft_dir, streaming=True, stop_timeout=0) as server:
             port = free_port()
             gateway = start_gateway(server.grpc_url, hf_dir, port, "--api-key", KEY)
             try:

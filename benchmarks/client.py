@@ -166,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ftprefix-bench-") as tmp:
         hf_dir, ft_dir = build(Path(tmp))
-        with EmbeddedServer(ft_dir, tokenizer_dir=hf_dir) as server:
+        with EmbeddedServer(ft_dir, tokenizer_dir=hf_dir, stop_timeout=0) as server:
             report = {"overhead": overhead(server.grpc_url, hf_dir, args.overhead_calls, args.new_tokens)}
             report["throughput"] = [
                 asyncio.run(throughput(server.grpc_url, hf_dir, c, args.requests, args.new_tokens))

@@ -91,7 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ftprefix-fuzz-") as tmp:
         hf_dir, ft_dir = build(Path(tmp))
         (Path(tmp) / "chat.jinja").write_text(TEMPLATE)
-        with EmbeddedServer(ft_dir, streaming=True) as server:
+        with EmbeddedServer(ft_dir, streaming=True, stop_timeout=0) as server:
             port = free_port()
             gateway = start_gateway(
                 server.grpc_url,

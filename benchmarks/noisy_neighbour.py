@@ -93,7 +93,7 @@ def main() -> None:
         hf_dir, ft_dir = build(Path(tmp), hidden_size=args.hidden, num_layers=args.layers)
         keys = Path(tmp) / "keys.json"
         keys.write_text(json.dumps(KEYS))
-        with EmbeddedServer(ft_dir) as server:
+        with EmbeddedServer(ft_dir, stop_timeout=0) as server:
             for name, flags in setups:
                 port = free_port()
                 gateway = start_gateway(server.grpc_url, hf_dir, port, "--api-keys", str(keys), *flags)

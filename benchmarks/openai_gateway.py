@@ -394,7 +394,7 @@ def main() -> None:
         parts = [(False, "whole")] + ([] if args.no_streams else [(True, "streams")])
         for streaming, part in parts:
             with EmbeddedServer(
-                ft_dir, streaming=streaming, max_queue_delay_us=args.max_queue_delay_us
+                ft_dir, streaming=streaming, max_queue_delay_us=args.max_queue_delay_us, stop_timeout=0
             ) as server:
                 procs, gateways = [], []
                 try:

@@ -95,9 +95,11 @@ def tensors(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
     return inputs
 
 
-def start_serve_cli(ft_dir: Path, *extra: str, env: dict[str, str] | None = None):
-    """`ftprefix serve DIR --port-grpc 0 --port-http 0 EXTRA` as a user runs it: (the process, its
-    gRPC address, everything it printed up to "ready")."""
+def start_serve_cli(ft_dir: Path, *extra: str, env: dict[str, str] | None = None, graceful: bool = False):
+    """`ftprefix serve DIR --port-grpc 0 --port-http 0 --stop-timeout 0 EXTRA` as a user runs it:
+    (the process, its gRPC address, everything it printed up to "ready"). A test's server is
+    thrown away, so it stops at once instead of unloading its models one by one (`graceful`: as
+    a user's does, unloading them)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -109,6 +111,7 @@ def start_serve_cli(ft_dir: Path, *extra: str, env: dict[str, str] | None = None
             "0",
             "--port-http",
             "0",
+            *([] if graceful else ["--stop-timeout", "0"]),
             *extra,
         ],
         stdout=subprocess.PIPE,

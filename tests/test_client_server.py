@@ -69,13 +69,13 @@ def reference(model: dict):
 
 @pytest.fixture(scope="module")
 def server(model: dict):
-    with EmbeddedServer(model["ft"], tokenizer_dir=model["hf"]) as srv:
+    with EmbeddedServer(model["ft"], tokenizer_dir=model["hf"], stop_timeout=0) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def streaming_server(model: dict):
-    with EmbeddedServer(model["ft"], streaming=True) as srv:
+    with EmbeddedServer(model["ft"], streaming=True, stop_timeout=0) as srv:
         yield srv
 
 

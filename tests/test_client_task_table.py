@@ -73,7 +73,7 @@ def test_old_ids_keep_their_task_and_a_removed_id_reaches_no_prefix(tmp_path: Pa
     assert len({tuple(w) for w in want.values()}) == len(want)  # otherwise a swap could not show
 
     loop = asyncio.new_event_loop()  # one loop for the async client's whole life
-    with EmbeddedServer(out) as server:
+    with EmbeddedServer(out, stop_timeout=0) as server:
         sync_client = Client(server.grpc_url, task_table_ttl=None)
         async_client = AsyncClient(server.grpc_url, task_table_ttl=None)
         assert [t.name for t in sync_client.tasks()] == list(TASKS)
@@ -116,7 +116,7 @@ def test_server_refuses_ids_that_name_another_task_and_keeps_serving(tmp_path: P
     out, _ = _convert(tmp_path)
 
     with (
-        EmbeddedServer(out, watch_interval=None) as server,
+        EmbeddedServer(out, watch_interval=None, stop_timeout=0) as server,
         grpcclient.InferenceServerClient(server.grpc_url) as raw,
     ):
         wrong = {protocol.TASK_NAMES_PARAMETER: json.dumps(["taskC"])}
@@ -138,7 +138,7 @@ def test_the_client_waits_for_a_server_that_publishes_its_new_table_late(tmp_pat
     out, prefixes = _convert(tmp_path)
     want = HFReference(tmp_path / "hf", prefixes).greedy(PROMPT, "taskC", 6, end_id=0)[0]
     with (
-        EmbeddedServer(out, watch_interval=None) as server,
+        EmbeddedServer(out, watch_interval=None, stop_timeout=0) as server,
         Client(server.grpc_url, task_table_ttl=None) as client,
     ):
         assert [t.name for t in client.tasks()] == list(TASKS)

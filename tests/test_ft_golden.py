@@ -28,20 +28,20 @@ def converted(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(converted):
-    with EmbeddedServer(converted[1], watch_interval=None) as srv:
+    with EmbeddedServer(converted[1], watch_interval=None, stop_timeout=0) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def pooled_server(converted):
     """One instance with a pool of 4 threads: the engine's sums split across threads."""
-    with EmbeddedServer(converted[1], instances=1, threads=4, watch_interval=None) as srv:
+    with EmbeddedServer(converted[1], instances=1, threads=4, watch_interval=None, stop_timeout=0) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def streaming_server(converted):
-    with EmbeddedServer(converted[1], streaming=True, watch_interval=None) as srv:
+    with EmbeddedServer(converted[1], streaming=True, watch_interval=None, stop_timeout=0) as srv:
         yield srv
 
 

@@ -110,7 +110,7 @@ def test_serve_answers_any_of_them_and_the_api_stays_small(converted) -> None:
     want = HFReference(converted["hf"], {_name(9999): _prefix(9999)}).greedy(
         PROMPT, _name(9999), 4, end_id=0
     )[0]
-    with EmbeddedServer(ft_dir, watch_interval=None) as server:
+    with EmbeddedServer(ft_dir, watch_interval=None, stop_timeout=0) as server:
         with Client(server.grpc_url) as client:
             assert client.generate(PROMPT, task=_name(9999), max_new_tokens=4).token_ids == want
             info = client.model_info()

@@ -77,7 +77,7 @@ def model(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def triton(model):
-    with EmbeddedServer(model["ft"], streaming=True, watch_interval=None) as server:
+    with EmbeddedServer(model["ft"], streaming=True, watch_interval=None, stop_timeout=0) as server:
         yield server
 
 
@@ -355,7 +355,7 @@ def test_top_k_and_repetition_penalty_reach_the_model_as_sent(gateway, triton, m
 
 def test_a_stream_cut_by_triton_dying_ends_with_an_error_event_then_done(model, tmp_path: Path) -> None:
     shutil.copytree(model["ft"], tmp_path / "ft")
-    server = EmbeddedServer(tmp_path / "ft", streaming=True, watch_interval=None).start()
+    server = EmbeddedServer(tmp_path / "ft", streaming=True, watch_interval=None, stop_timeout=0).start()
     gateway, url = _gateway(server.grpc_url, model["hf"])
     try:
         request = {
@@ -390,7 +390,7 @@ def test_a_request_in_flight_when_triton_dies_is_a_503_with_retry_after(
     model, tmp_path: Path, caplog
 ) -> None:
     shutil.copytree(model["ft"], tmp_path / "ft")
-    server = EmbeddedServer(tmp_path / "ft", streaming=False, watch_interval=None).start()
+    server = EmbeddedServer(tmp_path / "ft", streaming=False, watch_interval=None, stop_timeout=0).start()
     gateway, url = _gateway(server.grpc_url, model["hf"])
     try:
         request = {"model": BASE, "prompt": PROMPT, "max_tokens": 600, "temperature": 0, "ignore_eos": True}

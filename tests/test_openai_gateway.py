@@ -40,7 +40,7 @@ def _gateway(triton_url: str, hf: Path, **settings):
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "streaming"])
 def stack(request, model):
-    with EmbeddedServer(model["ft"], streaming=request.param, watch_interval=None) as triton:
+    with EmbeddedServer(model["ft"], streaming=request.param, watch_interval=None, stop_timeout=0) as triton:
         gateway, base_url = _gateway(triton.grpc_url, model["hf"])
         try:
             yield {"triton": triton, "url": base_url, "streaming": request.param}
@@ -181,7 +181,7 @@ def test_a_task_added_on_the_server_becomes_a_model(model, tmp_path: Path) -> No
 
     shutil.copytree(model["ft"], tmp_path / "ft")
     torch.save(toy.random_prefix(4, 2, 64, seed=99), tmp_path / "fresh.pt")
-    with EmbeddedServer(tmp_path / "ft", watch_interval=0.2) as triton:
+    with EmbeddedServer(tmp_path / "ft", watch_interval=0.2, stop_timeout=0) as triton:
         gateway, base_url = _gateway(triton.grpc_url, model["hf"])
         try:
             client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)

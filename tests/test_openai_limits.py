@@ -49,7 +49,7 @@ def model(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def triton(model):
-    with EmbeddedServer(model["ft"], watch_interval=None) as server:
+    with EmbeddedServer(model["ft"], watch_interval=None, stop_timeout=0) as server:
         yield server
 
 

@@ -50,7 +50,7 @@ def _write_keys(path: Path, keys: dict) -> None:
 
 @pytest.fixture(scope="module")
 def triton(model):
-    with EmbeddedServer(model["ft"], watch_interval=None) as server:
+    with EmbeddedServer(model["ft"], watch_interval=None, stop_timeout=0) as server:
         yield server
 
 

@@ -85,7 +85,7 @@ def test_core_install_runs_a_client_call_without_torch(core_venv: Path, tmp_path
         "heavy = [m for m in ('torch', 'transformers', 'pytriton') if m in sys.modules]\n"
         "sys.exit(f'loaded {heavy}' if heavy else 0)\n"
     )
-    with EmbeddedServer(ft_dir, watch_interval=None) as server:
+    with EmbeddedServer(ft_dir, watch_interval=None, stop_timeout=0) as server:
         run = subprocess.run(
             [python, "-c", code, server.grpc_url], capture_output=True, text=True, check=False
         )

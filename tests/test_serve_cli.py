@@ -47,10 +47,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start(ft_dir: Path, *extra: str, tmp: Path | None = None) -> tuple[subprocess.Popen, str, str]:
+def _start(
+    ft_dir: Path, *extra: str, tmp: Path | None = None, graceful: bool = False
+) -> tuple[subprocess.Popen, str, str]:
     """The running `ftprefix serve`, its gRPC address, and what it printed up to "ready". `tmp`: where
     its scratch directory goes (a serve killed with SIGKILL cannot remove it)."""
-    return start_serve_cli(ft_dir, *extra, env=None if tmp is None else {**os.environ, "TMPDIR": str(tmp)})
+    env = None if tmp is None else {**os.environ, "TMPDIR": str(tmp)}
+    return start_serve_cli(ft_dir, *extra, env=env, graceful=graceful)
 
 
 def _wait_gone(pids: set[int], seconds: float = 30) -> set[int]:
@@ -64,7 +67,7 @@ def _wait_gone(pids: set[int], seconds: float = 30) -> set[int]:
 
 
 def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
-    proc, grpc_url, _ = _start(converted)
+    proc, grpc_url, _ = _start(converted, graceful=True)
     try:
         children = _descendants(proc.pid)
         assert children, "tritonserver runs as a child process"
@@ -233,3 +236,49 @@ def test_serve_refuses_an_impossible_layout_before_starting_anything(converted, 
         assert main(["serve", str(converted), flag, "0"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{flag} must be at least 1" in err
+
+
+def _regions(prefix: str) -> list[str]:
+    return sorted(p.name for p in Path("/dev/shm").glob(f"{prefix}*"))
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="the python backend's regions live in /dev/shm")
+def test_a_killed_triton_leaves_no_shared_memory_behind(converted):
+    from ftprefix.serving.server import EmbeddedServer
+
+    server = EmbeddedServer(converted, watch_interval=None, instances=2, stop_timeout=0).start()
+    try:
+        mine = _regions(server._shm_prefix)
+        assert len(mine) >= 2  # a region per model instance, named as this server's
+        os.killpg(server.pid, signal.SIGKILL)  # the OOM killer: nothing runs its clean-up
+        server._proc.wait()
+        assert _regions(server._shm_prefix) == mine  # left behind, as upstream leaves them
+    finally:
+        server.stop()
+    assert _regions(server._shm_prefix) == []
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="the python backend's regions live in /dev/shm")
+def test_a_new_server_removes_what_killed_servers_left_and_nothing_else(converted):
+    from ftprefix.serving.server import EmbeddedServer
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs: the starter of a server killed with SIGKILL
+    token = os.urandom(4).hex()
+    orphan = Path(f"/dev/shm/ftprefix_{gone.pid}_{token}_a1b2")
+    running = Path(f"/dev/shm/ftprefix_{os.getpid()}_{token}_c3d4")  # a live server's
+    foreign = Path(f"/dev/shm/triton_python_backend_shm_region_{token}")  # not ftprefix's
+    for path in (orphan, running, foreign):
+        path.write_bytes(b"\0" * 16)
+    try:
+        with EmbeddedServer(converted, watch_interval=None, instances=1, stop_timeout=0) as server:
+            assert not orphan.exists()
+            assert running.exists() and foreign.exists()
+            assert _regions(server._shm_prefix)
+            processes = {server.pid, *_descendants(server.pid)}  # tritonserver and its stubs
+        # stop_timeout=0 kills at once: none of the server's processes or regions stay
+        assert _regions(server._shm_prefix) == []
+        assert _wait_gone(processes, seconds=5) == set()
+    finally:
+        for path in (orphan, running, foreign):
+            path.unlink(missing_ok=True)

@@ -38,7 +38,7 @@ def converted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(converted):
     root, ft_dir, _ = converted
-    with EmbeddedServer(ft_dir.parent, tokenizer_dir=root / "hf", watch_interval=0.2) as srv:
+    with EmbeddedServer(ft_dir.parent, tokenizer_dir=root / "hf", watch_interval=0.2, stop_timeout=0) as srv:
         yield srv
 
 
@@ -158,7 +158,9 @@ def test_the_batching_window_reaches_triton_and_holds_a_lone_request(converted):
     that no other joins waits the whole window before it runs (Triton's own queue statistics)."""
     window_us = 1_500_000
     with (
-        EmbeddedServer(converted[1], watch_interval=None, max_queue_delay_us=window_us) as srv,
+        EmbeddedServer(
+            converted[1], watch_interval=None, max_queue_delay_us=window_us, stop_timeout=0
+        ) as srv,
         grpcclient.InferenceServerClient(srv.grpc_url) as c,
     ):
         served = c.get_model_config(protocol.FT_MODEL, as_json=True)["config"]

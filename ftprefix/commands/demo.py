@@ -106,7 +106,7 @@ def run_demo(
     stage("verify")
 
     say("[4/5] ftprefix serve: starting Triton Inference Server on CPU")
-    with EmbeddedServer(report.ft_dir, tokenizer_dir=hf_dir) as server:
+    with EmbeddedServer(report.ft_dir, tokenizer_dir=hf_dir, stop_timeout=0) as server:
         say(f"      listening on grpc {server.grpc_url}, http {server.http_url}")
         stage("serve")
         say("[5/5] one request per task through the gRPC client")

@@ -91,9 +91,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PORT",
         help="also serve the OpenAI-compatible API (ftprefix openai) on this port; needs --tokenizer",
     )
+    p.add_argument(
+        "--stop-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help=(
+            "on Ctrl-C / SIGTERM, how long Triton may finish requests in flight and unload before it "
+            "is killed (default: Triton's exit timeout, about 10 s + 2 s per model and instance; "
+            "0 = at once)"
+        ),
+    )
     add_gateway_options(p)
     add_queue_delay_option(p)
     p.set_defaults(func=run, extras=("serve",))
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more seconds")
+    return seconds
 
 
 def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokenizer) -> uvicorn.Server:
@@ -204,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         newline_token=args.newline_token if ensemble_tokenizer is not None else None,
         instances=args.instances,
         threads=args.threads,
+        stop_timeout=args.stop_timeout,
     )
     gateway = _gateway(args, server, tokenizer) if args.openai_port is not None and tokenizer else None
 

@@ -86,9 +86,13 @@ class EmbeddedServer:
         newline_token: str | None = None,
         instances: int | None = None,
         threads: int | None = None,
+        stop_timeout: float | None = None,
     ) -> None:
         """`instances` x `threads`: engine processes and the threads of each (cpus.py); by default
-        one single-threaded instance per core this process may use, as many as memory holds."""
+        one single-threaded instance per core this process may use, as many as memory holds.
+        `stop_timeout`: seconds `stop()` lets Triton finish requests in flight and unload its
+        models before killing it; None waits as long as Triton's own exit timeout, 0 kills at once
+        (a throwaway server, such as a test's: nothing it holds needs a clean unload)."""
         self.ft_dir = layout.find_ft_dir(converted_dir).resolve()
         self.cores = cpus.usable_cores()
         self.layout = cpus.choose_layout(
@@ -112,12 +116,14 @@ class EmbeddedServer:
         check_max_queue_delay(max_queue_delay_us)  # before any temporary directory exists
         self.max_queue_delay_us = max_queue_delay_us
         self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
         self.watch_interval = watch_interval
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ftprefix-serve-"))
         self.repository = self.workdir / "model_repository"
         self.log_path = Path(log_to) if log_to is not None else self.workdir / "tritonserver.log"
         self.models: tuple[str, ...] = ()
+        self._shm_prefix: str | None = None  # this server's shared-memory regions (tritonserver.py)
         self._proc: subprocess.Popen[bytes] | None = None
         self._config_digest = ""
         self._lock = threading.Lock()
@@ -162,6 +168,8 @@ class EmbeddedServer:
         )
         self.models = info.models
         backends = tritonserver.prepare_backends(self.workdir / "backends")
+        tritonserver.remove_orphaned_regions()
+        self._shm_prefix = tritonserver.shm_prefix()
         cmd = tritonserver.command(
             self.repository,
             backends,
@@ -170,6 +178,8 @@ class EmbeddedServer:
             http_port=self.http_port,
             models=self.models,
             metrics_port=self.metrics_port,
+            shm_prefix=self._shm_prefix,
+            exit_timeout_s=self.exit_timeout_s,
         )
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed below)
         try:
@@ -211,7 +221,16 @@ class EmbeddedServer:
             self._stop_watch.wait(0.1)
         raise ServerError(f"tritonserver not ready after {self.start_timeout:.0f} s:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 15.0) -> None:
+    @property
+    def exit_timeout_s(self) -> int:
+        """Triton's wait for its models to unload: python-backend instances unload one after
+        another, about 1.5 s each (tritonserver.py)."""
+        return 10 + 2 * (self.layout.instances + len(self.models))
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the server: Triton unloads its models within `timeout` seconds (by default the
+        server's stop_timeout) or is killed; its shared memory is removed either way."""
+        timeout = self.stop_timeout if timeout is None else timeout
         self._stop_watch.set()
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=5)
@@ -221,9 +240,9 @@ class EmbeddedServer:
             # the server alone: it unloads the models and ends their stubs itself, a second faster
             # than when every stub gets the signal too; leftovers are killed below
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, signal.SIGTERM if timeout != 0 else signal.SIGKILL)
             try:
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=self.exit_timeout_s + 5 if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -231,6 +250,8 @@ class EmbeddedServer:
             # stubs left in the group after the server exited
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            if self._shm_prefix:  # what a killed server or stub left
+                tritonserver.remove_regions(self._shm_prefix)
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
         if self._own_workdir and self.workdir.exists():
