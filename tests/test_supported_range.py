@@ -26,6 +26,7 @@ SHORT_JOB = [
     "tests/test_verify.py",
     "tests/test_engine.py",
     "tests/test_tokenizers.py",
+    "tests/test_tokenizers_hf_fixtures.py",
 ]
 
 

@@ -118,10 +118,10 @@ def _copy(src: Path, dest: Path, **config_changes: object) -> Path:
     ("change", "expected"),
     [
         ({"tokenizer_class": "BertJapaneseTokenizer"}, "names BertJapaneseTokenizer"),
-        ({"legacy": False}, "legacy: false"),
+        ({"added_tokens_decoder": {"32000": {"content": "<w>", "single_word": True}}}, "single_word"),
         ({"tokenizer_class": "LlamaTokenizer"}, "tokenizer.model"),
         ({"sp_model_kwargs": {"enable_sampling": True}}, "sp_model_kwargs"),
-        ({"additional_special_tokens": ["<not-a-piece>"]}, "<not-a-piece>"),
+        ({"extra_ids": 3, "additional_special_tokens": ["<extra_id_0>"]}, "extra_ids is 3"),
     ],
 )
 def test_a_tokenizer_that_cannot_be_read_exactly_is_refused(tmp_path: Path, change, expected) -> None:

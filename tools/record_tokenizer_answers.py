@@ -13,6 +13,22 @@ tokenizer, it writes `golden.json` (the layout of the rinna-style data: per text
 skip_special_tokens=True)` and `decode(prompt, skip_special_tokens=True)`). `--train-llama DIR`
 first trains the Llama-style byte-fallback BPE model the tests use into DIR, on every texts.json
 under the target.
+
+`--hf-fixtures MODELS` builds tokenizer directories from transformers' own SentencePiece test
+fixtures (`../shared/tokenizers/hf-test-fixtures`) the way transformers' T5 and Llama tests build
+them: every model with T5Tokenizer and LlamaTokenizer, in each setting of FIXTURE_SETTINGS, either
+a bare `tokenizer_config.json` naming the class (as rinna's models ship) or what `save_pretrained`
+writes. Into `TARGET/hf-fixtures/<model>--<class>--<setting>/` go the JSON files (the model stays
+in ../shared) and `answers.json`: per text of `hf-fixtures/texts.json` the ids of
+`encode(text, add_special_tokens=False)` and the `decode(ids, skip_special_tokens=True)` of
+those ids, and random id lists (special and added ids among them) with their decodes.
+
+    /tmp/hf4/bin/python tools/record_tokenizer_answers.py tests/data/tokenizers \
+        --hf-fixtures ../shared/tokenizers/hf-test-fixtures
+
+`--fuzz N` then compares ftprefix.text with transformers on N random texts per directory (texts
+built from each tokenizer's pieces, added tokens and whitespace) and prints every difference;
+it needs this repository on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -119,6 +135,188 @@ def record(directory: Path) -> None:
     print(f"{directory}: {len(rows)} texts, {len(continuations)} continuations ({oracle})")
 
 
+# (setting, classes it applies to): how each fixture directory is made (see build_fixture_directory)
+FIXTURE_SETTINGS = (
+    ("bare", ("T5Tokenizer", "LlamaTokenizer")),
+    ("saved", ("T5Tokenizer", "LlamaTokenizer")),
+    ("split-special-tokens", ("T5Tokenizer", "LlamaTokenizer")),
+    ("strip-tokens", ("T5Tokenizer", "LlamaTokenizer")),
+    ("legacy-false", ("T5Tokenizer", "LlamaTokenizer")),
+    ("legacy-false-saved", ("T5Tokenizer", "LlamaTokenizer")),
+    ("legacy-false-no-prefix-space", ("T5Tokenizer", "LlamaTokenizer")),
+    ("specials-not-in-model", ("T5Tokenizer", "LlamaTokenizer")),
+    ("extra-ids-0", ("T5Tokenizer",)),
+)
+MODEL_FILES = {"T5Tokenizer": "spiece.model", "LlamaTokenizer": "tokenizer.model"}
+IDS_LISTS = 40
+
+
+def build_fixture_directory(model: Path, class_name: str, setting: str, directory: Path) -> None:
+    """A tokenizer directory as transformers' tests make one (model file included)."""
+    import shutil
+
+    import transformers
+    from transformers import AddedToken
+
+    cls = getattr(transformers, class_name)
+    directory.mkdir(parents=True, exist_ok=True)
+    bare: dict = {"tokenizer_class": class_name}
+    if setting in ("saved", "strip-tokens", "legacy-false-saved"):
+        if setting == "legacy-false-saved":
+            # transformers' CommonSpmIntegrationTests (tests/models/t5/test_tokenization_t5.py)
+            kwargs = {"extra_ids": 0} if class_name == "T5Tokenizer" else {}
+            tok = cls(str(model), legacy=False, **kwargs)
+            tok.add_special_tokens(
+                {"additional_special_tokens": [AddedToken("<extra_id_0>", rstrip=False, lstrip=False)]}
+            )
+        else:
+            tok = cls(str(model))
+        if setting == "strip-tokens":
+            tok.add_tokens(
+                [
+                    AddedToken("  ", lstrip=False, rstrip=False),
+                    AddedToken(" mid ", lstrip=True, rstrip=True),
+                    AddedToken("tail", lstrip=True),
+                    AddedToken("<ws>", lstrip=True, rstrip=True),
+                ]
+            )
+            tok.add_special_tokens(
+                {
+                    "additional_special_tokens": [
+                        AddedToken("<special>", lstrip=True),
+                        AddedToken("<r>", rstrip=True),
+                    ]
+                },
+                replace_additional_special_tokens=False,
+            )
+        tok.save_pretrained(str(directory))
+        return
+    if setting == "split-special-tokens":
+        bare["split_special_tokens"] = True
+    elif setting == "legacy-false":
+        bare["legacy"] = False
+    elif setting == "legacy-false-no-prefix-space":
+        bare.update(legacy=False, add_prefix_space=False)
+    elif setting == "specials-not-in-model":
+        bare.update(additional_special_tokens=["<new>", "</s>"], sep_token="<sep>", mask_token="<mask>")
+    elif setting == "extra-ids-0":
+        bare["extra_ids"] = 0
+    (directory / "tokenizer_config.json").write_text(json.dumps(bare, indent=1) + "\n", encoding="utf-8")
+    shutil.copyfile(model, directory / MODEL_FILES[class_name])
+
+
+def record_fixture_directory(directory: Path, model_name: str, texts: list[str]) -> dict:
+    import transformers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(directory), use_fast=False)
+    encoded = [tok.encode(text, add_special_tokens=False) for text in texts]
+    rng = random.Random(directory.name)
+    size = len(tok)
+    specials = sorted(set(tok.all_special_ids))
+    added = sorted(tok.added_tokens_decoder)
+    underline = [i for i in range(tok.vocab_size) if tok.convert_ids_to_tokens(i).startswith("\u2581")]
+    pools = [
+        list(range(size)),
+        list(range(size)),
+        underline or list(range(size)),
+        specials,
+        added or specials,
+    ]
+    id_lists = [[rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 12))] for _ in range(IDS_LISTS)]
+    return {
+        "model": model_name,
+        "oracle": f"transformers {transformers.__version__} {type(tok).__name__} "
+        f"(use_fast=False, legacy={tok.legacy})",
+        "encode": encoded,
+        "decode_encoded": [tok.decode(ids, skip_special_tokens=True) for ids in encoded],
+        "decode": [[ids, tok.decode(ids, skip_special_tokens=True)] for ids in id_lists],
+    }
+
+
+def fixture_directories(models: Path):
+    for model in sorted(models.glob("*.model")):
+        for setting, classes in FIXTURE_SETTINGS:
+            for class_name in classes:
+                yield model, class_name, setting, f"{model.stem}--{class_name}--{setting}"
+
+
+def record_fixtures(models: Path, target: Path) -> None:
+    import tempfile
+
+    out = target / "hf-fixtures"
+    texts = json.loads((out / "texts.json").read_text(encoding="utf-8"))
+    with tempfile.TemporaryDirectory() as scratch:
+        for model, class_name, setting, name in fixture_directories(models):
+            built = Path(scratch) / name
+            build_fixture_directory(model, class_name, setting, built)
+            answers = record_fixture_directory(built, model.name, texts)
+            kept = out / name
+            kept.mkdir(parents=True, exist_ok=True)
+            for path in sorted(built.glob("*.json")):
+                (kept / path.name).write_bytes(path.read_bytes())
+            (kept / "answers.json").write_text(json.dumps(answers, ensure_ascii=False) + "\n", "utf-8")
+            print(f"{name}: {len(texts)} texts, {len(answers['decode'])} id lists")
+
+
+def fuzz_fixtures(models: Path, rounds: int) -> int:
+    """ftprefix.text against transformers on random texts; returns the number of differences."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from ftprefix.text import load_tokenizer
+
+    differences = 0
+    with tempfile.TemporaryDirectory() as scratch:
+        for model, class_name, setting, name in fixture_directories(models):
+            built = Path(scratch) / name
+            build_fixture_directory(model, class_name, setting, built)
+            hf = AutoTokenizer.from_pretrained(str(built), use_fast=False)
+            ours = load_tokenizer(built)
+            rng = random.Random(name)
+            pieces = [hf.convert_ids_to_tokens(i) for i in range(hf.vocab_size)]
+            fragments = [
+                *(t.content for t in hf.added_tokens_decoder.values()),
+                " ",
+                "  ",
+                "\t",
+                "\n",
+                "\u2581",
+                "<",
+                ">",
+                "</",
+                "s>",
+                "é",
+                "😀",
+                "日本",
+                "\u3000",
+            ]
+            for _ in range(rounds):
+                parts = []
+                for _ in range(rng.randint(1, 10)):
+                    kind = rng.random()
+                    if kind < 0.45:
+                        parts.append(rng.choice(pieces).replace("\u2581", rng.choice([" ", "", "\u2581"])))
+                    else:
+                        parts.append(rng.choice(fragments))
+                text = "".join(parts)
+                want = hf.encode(text, add_special_tokens=False)
+                got = ours.encode(text)
+                if got != want:
+                    differences += 1
+                    print(f"{name} encode {text!r}: transformers {want}, ftprefix {got}")
+                ids = [rng.randrange(len(hf)) for _ in range(rng.randint(1, 10))]
+                for sample in (want, ids):
+                    want_text = hf.decode(sample, skip_special_tokens=True)
+                    got_text = ours.decode(sample)
+                    if got_text != want_text:
+                        differences += 1
+                        print(f"{name} decode {sample}: transformers {want_text!r}, ftprefix {got_text!r}")
+    print(f"{differences} differences")
+    return differences
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,7 +325,21 @@ def main() -> None:
     parser.add_argument(
         "--train-llama", type=Path, metavar="DIR", help="train the Llama-style model into DIR first"
     )
+    parser.add_argument(
+        "--hf-fixtures",
+        type=Path,
+        metavar="MODELS",
+        help="build and record the transformers fixture directories",
+    )
+    parser.add_argument(
+        "--fuzz", type=int, default=0, metavar="N", help="with --hf-fixtures: N random texts each"
+    )
     args = parser.parse_args()
+    if args.hf_fixtures is not None:
+        if args.fuzz:
+            raise SystemExit(1 if fuzz_fixtures(args.hf_fixtures, args.fuzz) else 0)
+        record_fixtures(args.hf_fixtures, args.target)
+        return
     if args.train_llama is not None:
         texts = [
             text

@@ -50,6 +50,9 @@ class TokenSpec:
     rstrip: bool = False
     single_word: bool = False
     special: bool = True
+    # written as an object (with its flags) rather than a bare string: transformers then lets it
+    # replace an added token of the same text instead of keeping that one
+    declared: bool = False
 
     @classmethod
     def parse(cls, value: Any, *, special: bool = True, where: str = CONFIG_FILE) -> TokenSpec:
@@ -62,6 +65,7 @@ class TokenSpec:
                 rstrip=bool(value.get("rstrip", False)),
                 single_word=bool(value.get("single_word", False)),
                 special=bool(value.get("special", special)),
+                declared=True,
             )
         raise TokenizerError(f"{where}: {value!r} is not a token (a string or an object with 'content')")
 
@@ -102,7 +106,7 @@ class TokenizerFiles:
         # transformers swaps the named value for the added token of the same text, with its flags
         for token in self.added_tokens.values():
             if token.content == spec.content:
-                return TokenSpec(token.content, token.lstrip, token.rstrip, token.single_word, True)
+                return TokenSpec(token.content, token.lstrip, token.rstrip, token.single_word, True, True)
         return spec
 
     def additional_special(self) -> list[TokenSpec]:

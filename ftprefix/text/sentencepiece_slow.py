@@ -4,19 +4,22 @@ rinna's japanese-gpt-neox models (and LINE's japanese-large-lm) ship `spiece.mod
 `"tokenizer_class": "T5Tokenizer"`, loaded with `use_fast=False` by their model cards and by rinna's
 prefix-tuning code; GPT-NeoX models such as japanese-stablelm-base-alpha ship `tokenizer.model`
 with `LlamaTokenizer`. Every prefix was trained on the ids these classes give, so this reproduces
-them with the `sentencepiece` package alone (transformers 4.57, `tokenization_utils.py`,
-`models/t5/tokenization_t5.py`, `models/llama/tokenization_llama.py`; legacy mode, their default):
+them with the `sentencepiece` package alone, following transformers 4.57
+(`tokenization_utils.py`, `models/t5/tokenization_t5.py`, `models/llama/tokenization_llama.py`):
 
-- encode: the text is split at added tokens (special tokens such as `</s>`, leftmost-longest
-  match, honouring each token's lstrip / rstrip / single_word); each added token is its own id
-  and each piece of text between them is encoded by SentencePiece on its own, so it gets its own
-  leading `▁`.
+- added tokens: T5's `<extra_id_N>`, the directory's added tokens, then the special tokens in
+  transformers' order; one that is not a piece of the model takes the next free id.
+- encode: the text is cut at added tokens (added_token_split.py); each token's lstrip / rstrip
+  strips its neighbours, whatever they are; each added token is its own id and each piece of text
+  between them is encoded by SentencePiece on its own, so it gets its own leading `▁`.
+  `split_special_tokens` encodes the whole text as text; `legacy: false` is SentencePiece without
+  the dummy prefix and the classes' own `▁` handling.
 - decode (skipping special tokens): ids become pieces; runs of pieces are decoded by
   SentencePiece (a leading `▁` of the first piece dropped), added tokens that are not special
   stand alone, and the parts are joined with spaces; T5 strips the result, Llama does not; then
   the optional clean-up of spaces before punctuation.
 
-`legacy: false` (a different, protobuf-patched model) is refused rather than approximated.
+What is not reproduced (sampling options, single_word tokens) is refused rather than approximated.
 """
 
 from __future__ import annotations
@@ -25,10 +28,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ftprefix.text.added_token_split import build_trie, split_at_tokens
 from ftprefix.text.base import Tokenizer
 from ftprefix.text.files import NAMED_SPECIAL_TOKENS, TokenizerError, TokenizerFiles, TokenSpec
 
 UNDERLINE = "\u2581"  # SentencePiece's word boundary, "▁"
+
+# `legacy: false` loads the model with normalizer_spec.add_dummy_prefix = false (transformers'
+# get_spm_processor merges that into the ModelProto). Protobuf merges a repeated embedded message,
+# so appending ModelProto field 3 (normalizer_spec) holding NormalizerSpec field 3 = false does
+# the same without the protobuf package.
+NO_DUMMY_PREFIX = bytes([3 << 3 | 2, 2, 3 << 3 | 0, 0])
 
 
 @dataclass(frozen=True)
@@ -85,116 +95,196 @@ class SentencePieceTokenizer(Tokenizer):
 
         path = files.directory / flavour.model_file
         where = f"{files.directory / 'tokenizer_config.json'} ({flavour.name})"
-        if files.config.get("legacy") is False:
-            raise TokenizerError(
-                f"{where} sets legacy: false, a tokenisation ftprefix does not reproduce (it reproduces "
-                f"the legacy {flavour.name}, transformers' default)"
-            )
         if files.config.get("sp_model_kwargs"):
             raise TokenizerError(f"{where} sets sp_model_kwargs, which ftprefix does not reproduce")
+        legacy = files.config.get("legacy")
+        self._legacy = True if legacy is None else bool(legacy)
+        try:
+            model = path.read_bytes()
+        except OSError as exc:
+            raise TokenizerError(f"cannot read {path} ({flavour.name}): {exc}") from None
         self._sp = sentencepiece.SentencePieceProcessor()
         try:
-            self._sp.Load(str(path))
-        except (OSError, RuntimeError) as exc:
+            self._sp.LoadFromSerializedProto(model if self._legacy else model + NO_DUMMY_PREFIX)
+        except (OSError, RuntimeError, TypeError) as exc:
             raise TokenizerError(f"{path} is not a SentencePiece model ({flavour.name}): {exc}") from None
-        super().__init__(path, f"{flavour.model_file}, {flavour.name} (slow, legacy)", files, newline_token)
+        mode = "legacy" if self._legacy else "legacy: false"
+        super().__init__(path, f"{flavour.model_file}, {flavour.name} (slow, {mode})", files, newline_token)
         self._flavour = flavour
         self._size = self._sp.get_piece_size()
         self._add_prefix_space = files.flag("add_prefix_space", True)
         self._clean_up = files.flag("clean_up_tokenization_spaces", False)
-        self._added, specials = self._added_tokens(files, flavour, where)
-        self._by_content = {token.content: index for index, token in self._added.items()}
-        self._special_ids = {self.token_to_id(s.content) for s in specials} - {None}
-        self._matcher = (
-            re.compile("|".join(re.escape(c) for c in sorted(self._by_content, key=len, reverse=True)))
-            if self._by_content
-            else None
-        )
-
-    # -- added tokens, as PreTrainedTokenizer.__init__ and T5Tokenizer.__init__ build them --------
-
-    def _added_tokens(
-        self, files: TokenizerFiles, flavour: Flavour, where: str
-    ) -> tuple[dict[int, TokenSpec], list[TokenSpec]]:
-        added: dict[int, TokenSpec] = {}
-        extra_ids = int(files.config.get("extra_ids", flavour.default_extra_ids) or 0)
-        additional = files.additional_special()
-        extra: list[TokenSpec] = []
-        if extra_ids and not any("<extra_id_" in t.content for t in additional):
-            extra = [TokenSpec(f"<extra_id_{i}>", lstrip=True, rstrip=True) for i in range(extra_ids)]
-            for i, token in enumerate(extra):
-                added[self._size - 1 + extra_ids - i] = token
-        added.update(files.added_tokens)
-        named = []
-        for name in NAMED_SPECIAL_TOKENS:
-            spec = files.special(name)
-            if spec is None and name not in files.config and flavour.defaults.get(name):
-                spec = TokenSpec(str(flavour.defaults[name]))
-            if spec is not None:
-                named.append(spec)
-        specials = [*named, *additional, *extra]
-        contents = {t.content for t in added.values()}
-        for spec in specials:
-            if spec.content in contents:
-                continue
-            index = self._sp.piece_to_id(spec.content)
-            if self._sp.id_to_piece(index) != spec.content:
-                raise TokenizerError(
-                    f"{where}: special token {spec.content!r} is not a piece of {flavour.model_file}; "
-                    "ftprefix cannot tell which id Hugging Face would give it"
-                )
-            added[index] = spec
-            contents.add(spec.content)
-        for token in added.values():
+        self._split_special = files.flag("split_special_tokens", False)
+        self._added: dict[int, TokenSpec] = {}  # transformers' _added_tokens_decoder
+        self._encoder: dict[str, int] = {}  # and its _added_tokens_encoder
+        self._named: dict[str, TokenSpec] = {}
+        self._specials = self._add_special_tokens(files, flavour, where)
+        self._special_set = set(self._specials)
+        self._special_ids = {self._to_id(token) for token in self._specials}
+        for token in self._added.values():
             if token.single_word:
                 raise TokenizerError(
                     f"{where}: added token {token.content!r} is single_word, which ftprefix does not "
                     "reproduce"
                 )
-        return added, specials
+        self._trie = build_trie(self._encoder)
+        # most texts hold no added token at all: one regular-expression search spares them the scan
+        self._holds_token = (
+            re.compile("|".join(re.escape(t) for t in sorted(self._encoder, key=len, reverse=True))).search
+            if self._encoder
+            else None
+        )
+        # decode: added tokens that stand alone between spaces (transformers' legacy_added_tokens)
+        self._standalone = (set(self._encoder) - self._special_set) | {
+            token for token in self._additional if self._to_id(token) >= self._size
+        }
+        if not self._legacy:
+            unk = self._named.get("unk_token")
+            if unk is None:
+                raise TokenizerError(f"{where} sets legacy: false and no unk_token, which transformers needs")
+            self._unk_prefix = unk.content
+            self._unk_length = len(self._sp.encode(unk.content, out_type=str))
+
+    # -- added and special tokens, as T5Tokenizer / LlamaTokenizer and PreTrainedTokenizer build them --
+
+    def _add_special_tokens(self, files: TokenizerFiles, flavour: Flavour, where: str) -> list[str]:
+        """Fills the added-token tables and returns the special tokens (all_special_tokens, in order)."""
+        additional = files.additional_special()
+        if flavour.default_extra_ids:
+            additional = self._t5_extra_ids(files, additional, where)
+        for index, token in files.added_tokens.items():
+            self._added[index] = token
+        self._encoder = {token.content: index for index, token in self._added.items()}
+        specials: list[TokenSpec] = []
+        for name in NAMED_SPECIAL_TOKENS:
+            spec = files.special(name)
+            if spec is None and name not in files.config and flavour.defaults.get(name):
+                spec = TokenSpec(str(flavour.defaults[name]))
+            if spec is None:
+                continue
+            if name in flavour.defaults:  # the class makes its own named tokens AddedToken objects
+                spec = TokenSpec(spec.content, spec.lstrip, spec.rstrip, spec.single_word, True, True)
+            self._named[name] = spec
+            specials.append(spec)
+        specials += additional
+        self._additional = [token.content for token in additional]
+        unique: list[TokenSpec] = []
+        for spec in specials:
+            if spec.content and spec.content not in {u.content for u in unique}:
+                unique.append(spec)
+        self._add_tokens(unique)
+        return [spec.content for spec in unique]
+
+    def _t5_extra_ids(
+        self, files: TokenizerFiles, additional: list[TokenSpec], where: str
+    ) -> list[TokenSpec]:
+        """T5Tokenizer.__init__: the sentinel tokens <extra_id_N>, counted down from the top."""
+        extra_ids = int(files.config.get("extra_ids", 100) or 0)
+        if files.config.get("additional_special_tokens") is not None:
+            found = [t for t in additional if "<extra_id_" in t.content]
+            if not found:
+                additional = [*additional, *(TokenSpec(f"<extra_id_{i}>") for i in range(extra_ids))]
+            elif extra_ids > 0 and extra_ids != len(found):
+                raise TokenizerError(
+                    f"{where}: extra_ids is {extra_ids} and additional_special_tokens holds {len(found)} "
+                    "<extra_id_N> tokens, which transformers refuses too; make them agree"
+                )
+        else:
+            found = [TokenSpec(f"<extra_id_{i}>") for i in range(extra_ids)]
+            additional = found
+        for i in range(len(found)):
+            self._added[self._size - 1 + extra_ids - i] = TokenSpec(
+                f"<extra_id_{i}>", lstrip=True, rstrip=True
+            )
+        return additional
+
+    def _add_tokens(self, tokens: list[TokenSpec]) -> None:
+        """PreTrainedTokenizer._add_tokens(special_tokens=True): a token that is a piece (or already
+        added) keeps that id, any other takes the next free one after the vocabulary's distinct
+        entries. A bare string already added is left as it is; a declared token replaces it."""
+        vocabulary = {
+            (self._added[i].content if i in self._added else self._sp.id_to_piece(i)): i
+            for i in range(self._size)
+        }
+        vocabulary.update(self._encoder)
+        next_free = len(vocabulary)
+        for token in tokens:
+            if not token.declared and token.content in self._encoder:
+                continue
+            index = vocabulary.get(token.content)
+            if index is None:
+                index = vocabulary[token.content] = next_free
+                next_free += 1
+            self._added[index] = TokenSpec(
+                token.content, token.lstrip, token.rstrip, token.single_word, True, token.declared
+            )
+            self._encoder[token.content] = index
+
+    def _to_id(self, token: str) -> int:
+        """convert_tokens_to_ids: an added token's id, else the piece's (the unknown id if none)."""
+        index = self._encoder.get(token)
+        return index if index is not None else self._sp.piece_to_id(token)
 
     @property
     def vocab_size(self) -> int:
         return max([self._size - 1, *self._added]) + 1
 
     def token_to_id(self, token: str) -> int | None:
-        if token in self._by_content:
-            return self._by_content[token]
+        if token in self._encoder:
+            return self._encoder[token]
         index = self._sp.piece_to_id(token)
         return index if self._sp.id_to_piece(index) == token else None
 
-    # -- encode -----------------------------------------------------------------------------------
+    def special_token(self, name: str) -> str | None:
+        spec = self._named.get(name)
+        return spec.content if spec is not None else None
 
-    def _split(self, text: str) -> list[str | int]:
-        """Text pieces and added-token ids, with each added token's whitespace rules applied."""
-        if self._matcher is None:
-            return [text]
-        parts: list[str | int] = []
-        start = 0
-        for match in self._matcher.finditer(text):
-            parts.append(text[start : match.start()])
-            parts.append(self._by_content[match.group()])
-            start = match.end()
-        parts.append(text[start:])
+    # -- encode: PreTrainedTokenizer.tokenize with the class's own tokenize / _tokenize -----------
+
+    def _sentencepiece(self, text: str) -> list[str]:
+        if self._legacy or not text.startswith((UNDERLINE, " ")):
+            return self._sp.encode(text, out_type=str)
+        # without the dummy prefix SentencePiece drops a leading "▁"; encoding after the unknown
+        # token's text and cutting its pieces off keeps it (transformers' _tokenize)
+        pieces = self._sp.encode(self._unk_prefix + text, out_type=str)
+        return pieces[self._unk_length :] if len(pieces) >= self._unk_length else pieces
+
+    def _tokenize(self, text: str) -> list[str]:
+        if not text:
+            return []
+        if not self._legacy:
+            text = text.replace(UNDERLINE, " ")
+            if self._add_prefix_space:
+                text = UNDERLINE + text
+        protected = {} if self._split_special else self._encoder
+        if self._split_special or self._holds_token is None or not self._holds_token(text):
+            parts = [text]
+        else:
+            parts = split_at_tokens(text, self._trie)
         for i, part in enumerate(parts):
-            if isinstance(part, int):
-                token = self._added[part]
-                if token.rstrip and i + 1 < len(parts) and isinstance(parts[i + 1], str):
-                    parts[i + 1] = str(parts[i + 1]).lstrip()
-                if token.lstrip and i > 0 and isinstance(parts[i - 1], str):
-                    parts[i - 1] = str(parts[i - 1]).rstrip()
-        return [p for p in parts if p != ""]
+            if part not in protected:
+                continue
+            # stripping applies to whatever neighbours the token, another added token included,
+            # which may then no longer be one (or vanish, if it was only whitespace)
+            token = self._added[protected[part]]
+            if token.rstrip and i + 1 < len(parts) and parts[i + 1]:
+                parts[i + 1] = parts[i + 1].lstrip()
+            if token.lstrip and i > 0 and parts[i - 1]:
+                parts[i - 1] = parts[i - 1].rstrip()
+        tokens: list[str] = []
+        for part in parts:
+            if not part:
+                continue
+            if part in protected:
+                tokens.append(part)
+            else:
+                tokens += self._sentencepiece(part)
+        if not self._legacy and len(tokens) > 1 and tokens[0] == UNDERLINE and tokens[1] in self._special_set:
+            tokens = tokens[1:]
+        return tokens
 
     def _encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for part in self._split(text):
-            if isinstance(part, int):
-                ids.append(part)
-                continue
-            for piece in self._sp.encode(part, out_type=str):
-                index = self._by_content.get(piece)
-                ids.append(index if index is not None else self._sp.piece_to_id(piece))
-        return ids
+        return [self._to_id(token) for token in self._tokenize(text)]
 
     # -- decode -----------------------------------------------------------------------------------
 
@@ -213,16 +303,23 @@ class SentencePieceTokenizer(Tokenizer):
                 continue
             token = self._added.get(index)
             if token is not None:
-                # an added token that is not one of the special tokens stands alone between spaces
+                content = token.content
+            elif 0 <= index < self._size:
+                content = self._sp.id_to_piece(index)
+            else:
+                continue  # ids beyond the vocabulary have no text (the model's vocabulary may be larger)
+            if content in self._special_set:
+                continue
+            if content in self._standalone:
+                # an added token that is not special stands alone between spaces
                 if run:
                     text = self._pieces_to_text(run)
                     if text:
                         parts.append(text)
                     run = []
-                parts.append(token.content)
-            elif 0 <= index < self._size:
-                run.append(self._sp.id_to_piece(index))
-            # ids beyond the vocabulary have no text (the model's vocabulary may be larger)
+                parts.append(content)
+            else:
+                run.append(content)
         if run:
             parts.append(self._pieces_to_text(run))
         text = " ".join(parts)
