@@ -265,20 +265,23 @@ def test_a_new_server_removes_what_killed_servers_left_and_nothing_else(converte
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid that no longer runs: the starter of a server killed with SIGKILL
     token = os.urandom(4).hex()
-    orphan = Path(f"/dev/shm/ftprefix_{gone.pid}_{token}_a1b2")
-    running = Path(f"/dev/shm/ftprefix_{os.getpid()}_{token}_c3d4")  # a live server's
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    orphan = Path(f"/dev/shm/ftprefix_{namespace}_{gone.pid}_{token}_a1b2")
+    running = Path(f"/dev/shm/ftprefix_{namespace}_{os.getpid()}_{token}_c3d4")  # a live server's
+    # a dead pid of another pid namespace (a container sharing /dev/shm): not ours to judge
+    elsewhere = Path(f"/dev/shm/ftprefix_{namespace + 1}_{gone.pid}_{token}_e5f6")
     foreign = Path(f"/dev/shm/triton_python_backend_shm_region_{token}")  # not ftprefix's
-    for path in (orphan, running, foreign):
+    for path in (orphan, running, foreign, elsewhere):
         path.write_bytes(b"\0" * 16)
     try:
         with EmbeddedServer(converted, watch_interval=None, instances=1, stop_timeout=0) as server:
             assert not orphan.exists()
-            assert running.exists() and foreign.exists()
+            assert running.exists() and foreign.exists() and elsewhere.exists()
             assert _regions(server._shm_prefix)
             processes = {server.pid, *_descendants(server.pid)}  # tritonserver and its stubs
         # stop_timeout=0 kills at once: none of the server's processes or regions stay
         assert _regions(server._shm_prefix) == []
         assert _wait_gone(processes, seconds=5) == set()
     finally:
-        for path in (orphan, running, foreign):
+        for path in (orphan, running, foreign, elsewhere):
             path.unlink(missing_ok=True)

@@ -12,9 +12,10 @@ pytriton/triton.py `_prepare_triton_inference_server` and pytriton/server/triton
   models through FTPREFIX_SITE_DIRS (read by templates/ftprefix_site.py).
 - the python backend keeps each model instance's messages in a shared-memory region in /dev/shm
   (1 MiB and up) that only a server shutting down cleanly removes; a server killed with SIGKILL
-  leaves them. Ours are named `ftprefix_<pid of the process that started it>_<token>_...`
+  leaves them. Ours are named `ftprefix_<pid namespace>_<pid of the process that started it>_<token>_`
   (backend option shm-region-prefix-name), so the regions of a server whose starter is gone can be
-  told from anyone else's and removed (`remove_orphaned_regions`).
+  told from anyone else's and removed (`remove_orphaned_regions`); the namespace keeps containers
+  that share /dev/shm (`--ipc=host`) from judging each other's pids.
 - unloading takes about 1.5 s per python-backend model instance, one after another (seen with 2.51).
 """
 
@@ -141,14 +142,22 @@ def command(
     return cmd
 
 
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:  # no procfs (macOS): one namespace
+        return "0"
+
+
 def shm_prefix(owner_pid: int | None = None) -> str:
     """A prefix for one server's shared-memory regions, naming the process that starts it."""
-    return f"{SHM_PREFIX}{os.getpid() if owner_pid is None else owner_pid}_{secrets.token_hex(4)}_"
+    owner = os.getpid() if owner_pid is None else owner_pid
+    return f"{SHM_PREFIX}{_pid_namespace()}_{owner}_{secrets.token_hex(4)}_"
 
 
 def remove_regions(prefix: str, shm_dir: Path = SHM_DIR) -> None:
     """Remove the shared-memory regions a stopped server left (it was killed, or its stubs were)."""
-    if not (prefix.startswith(SHM_PREFIX) and prefix.endswith("_") and prefix.count("_") >= 3):
+    if not (prefix.startswith(SHM_PREFIX) and prefix.endswith("_") and prefix.count("_") >= 4):
         raise ValueError(f"not a prefix shm_prefix() made: {prefix!r}")
     for path in shm_dir.glob(f"{prefix}*"):
         with contextlib.suppress(OSError):
@@ -167,11 +176,12 @@ def _alive(pid: int) -> bool:
 
 def remove_orphaned_regions(shm_dir: Path = SHM_DIR) -> int:
     """Remove the regions of ftprefix servers whose starting process no longer runs (killed with
-    SIGKILL, so nothing could clean up); returns how many. Regions of running servers, and any
-    region not named by ftprefix, are left alone."""
+    SIGKILL, so nothing could clean up); returns how many. Regions of running servers, of another
+    pid namespace, and any region not named by ftprefix are left alone."""
     removed = 0
-    for path in shm_dir.glob(f"{SHM_PREFIX}*_*_*"):
-        owner = path.name[len(SHM_PREFIX) :].split("_", 1)[0]
+    namespace = _pid_namespace()
+    for path in shm_dir.glob(f"{SHM_PREFIX}{namespace}_*_*"):
+        owner = path.name[len(SHM_PREFIX) + len(namespace) + 1 :].split("_", 1)[0]
         if owner.isdigit() and not _alive(int(owner)):
             with contextlib.suppress(OSError):
                 path.unlink()

@@ -168,12 +168,12 @@ class SentencePieceTokenizer(Tokenizer):
             specials.append(spec)
         specials += additional
         self._additional = [token.content for token in additional]
-        unique: list[TokenSpec] = []
+        unique: dict[str, TokenSpec] = {}  # the first of each text, as all_special_tokens_extended
         for spec in specials:
-            if spec.content and spec.content not in {u.content for u in unique}:
-                unique.append(spec)
-        self._add_tokens(unique)
-        return [spec.content for spec in unique]
+            if spec.content:
+                unique.setdefault(spec.content, spec)
+        self._add_tokens(list(unique.values()))
+        return list(unique)
 
     def _t5_extra_ids(
         self, files: TokenizerFiles, additional: list[TokenSpec], where: str
