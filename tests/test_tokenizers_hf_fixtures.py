@@ -64,6 +64,27 @@ def test_encode_and_decode_equal_transformers_slow_tokenizer(name: str, tmp_path
         assert tokenizer.decode(ids) == decoded, ids
 
 
+@pytest.mark.parametrize("name", DIRECTORIES)
+def test_a_prompt_continues_with_what_transformers_decodes_after_it(name: str, tmp_path: Path) -> None:
+    tokenizer = load_tokenizer(_assemble(name, tmp_path))
+    answers = _answers(name)
+    assert len(answers["continuations"]) == 30
+    for text_index, list_index, whole in answers["continuations"]:
+        prompt = answers["encode"][text_index]
+        before = answers["decode_encoded"][text_index]
+        generated = answers["decode"][list_index][0]
+        # what decode(prompt + generated) adds after decode(prompt), both as transformers decodes
+        shared = 0
+        while shared < min(len(before), len(whole)) and before[shared] == whole[shared]:
+            shared += 1
+        expected = whole[shared:]
+        assert tokenizer.continuation(prompt, generated) == expected, (prompt, generated)
+        stream = tokenizer.continuing(prompt)
+        # as a stream asks: again and again, each time for all the tokens so far
+        first, _, again = stream.text(generated), stream.text(generated[:1]), stream.text(generated)
+        assert first == again == expected
+
+
 # Values transformers' own tests write for test_sentencepiece.model
 # (huggingface/transformers, tests/models/t5/test_tokenization_t5.py: T5TokenizationTest and
 # CommonSpmIntegrationTests, whose tokenizer is T5Tokenizer(SAMPLE_VOCAB, extra_ids=0,

@@ -21,7 +21,8 @@ a bare `tokenizer_config.json` naming the class (as rinna's models ship) or what
 writes. Into `TARGET/hf-fixtures/<model>--<class>--<setting>/` go the JSON files (the model stays
 in ../shared) and `answers.json`: per text of `hf-fixtures/texts.json` the ids of
 `encode(text, add_special_tokens=False)` and the `decode(ids, skip_special_tokens=True)` of
-those ids, and random id lists (special and added ids among them) with their decodes.
+those ids, random id lists (special and added ids among them) with their decodes, and
+prompts (a text's ids) continued by an id list with the decode of the whole.
 
     /tmp/hf4/bin/python tools/record_tokenizer_answers.py tests/data/tokenizers \
         --hf-fixtures ../shared/tokenizers/hf-test-fixtures
@@ -149,6 +150,7 @@ FIXTURE_SETTINGS = (
 )
 MODEL_FILES = {"T5Tokenizer": "spiece.model", "LlamaTokenizer": "tokenizer.model"}
 IDS_LISTS = 40
+CONTINUATIONS = 30
 
 
 def build_fixture_directory(model: Path, class_name: str, setting: str, directory: Path) -> None:
@@ -224,6 +226,8 @@ def record_fixture_directory(directory: Path, model_name: str, texts: list[str])
         added or specials,
     ]
     id_lists = [[rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 12))] for _ in range(IDS_LISTS)]
+    prompts = [i for i, ids in enumerate(encoded) if ids]
+    pairs = [(rng.choice(prompts), rng.randrange(IDS_LISTS)) for _ in range(CONTINUATIONS)]
     return {
         "model": model_name,
         "oracle": f"transformers {transformers.__version__} {type(tok).__name__} "
@@ -231,6 +235,10 @@ def record_fixture_directory(directory: Path, model_name: str, texts: list[str])
         "encode": encoded,
         "decode_encoded": [tok.decode(ids, skip_special_tokens=True) for ids in encoded],
         "decode": [[ids, tok.decode(ids, skip_special_tokens=True)] for ids in id_lists],
+        # [text index, id list index, decode(that text's ids + the id list)]: a prompt continued
+        "continuations": [
+            [i, j, tok.decode(encoded[i] + id_lists[j], skip_special_tokens=True)] for i, j in pairs
+        ],
     }
 
 

@@ -15,7 +15,7 @@ rinna's newline convention is opt-in (`newline_token="<NL>"`): their instruction
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ftprefix.text.files import TokenizerError, TokenizerFiles
@@ -60,6 +60,12 @@ class Tokenizer(ABC):
     @abstractmethod
     def token_to_id(self, token: str) -> int | None:
         """The id of one token (a vocabulary entry or added token), or None."""
+
+    def _decoder_after(self, prompt_ids: Sequence[int]) -> Callable[[Sequence[int]], str]:
+        """`generated -> _decode(prompt + generated)`; an implementation may keep the prompt's
+        share of the work instead of redoing it for every streamed token."""
+        prompt = list(prompt_ids)
+        return lambda generated: self._decode([*prompt, *generated])
 
     @property
     @abstractmethod
@@ -125,12 +131,13 @@ class Continuation:
     def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int]) -> None:
         self.tokenizer = tokenizer
         self.prompt_ids = [int(t) for t in prompt_ids]
-        self._prompt_text = tokenizer._decode(self.prompt_ids)
+        self._decode_after = tokenizer._decoder_after(self.prompt_ids)
+        self._prompt_text = self._decode_after([])
 
     def text(self, generated_ids: Sequence[int]) -> str:
         if not generated_ids:
             return ""
-        full = self.tokenizer._decode([*self.prompt_ids, *(int(t) for t in generated_ids)])
+        full = self._decode_after([int(t) for t in generated_ids])
         # Normally decode(prompt) is a prefix of decode(prompt + generated); where a prompt ends
         # inside a character (byte pieces) the full text completes it, and that character counts as
         # continuation.

@@ -25,7 +25,7 @@ What is not reproduced (sampling options, single_word tokens) is refused rather 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ftprefix.text.added_token_split import build_trie, split_at_tokens
@@ -294,9 +294,10 @@ class SentencePieceTokenizer(Tokenizer):
         text = self._sp.decode(pieces)
         return text.strip() if self._flavour.strip_decoded else text
 
-    def _decode(self, ids: Sequence[int]) -> str:
-        parts: list[str] = []
-        run: list[str] = []
+    def _fold(self, ids: Sequence[int], parts: list[str], run: list[str]) -> tuple[list[str], list[str]]:
+        """transformers' _decode as a left-to-right fold: `parts` (text already final) and `run`
+        (pieces not yet decoded) extended by `ids`. Folding a prompt once and its continuations
+        from there gives what folding the whole sequence gives, without the prompt's work."""
         for index in ids:
             index = int(index)
             if index in self._special_ids:
@@ -320,10 +321,20 @@ class SentencePieceTokenizer(Tokenizer):
                 parts.append(content)
             else:
                 run.append(content)
+        return parts, run
+
+    def _joined(self, parts: list[str], run: list[str]) -> str:
         if run:
-            parts.append(self._pieces_to_text(run))
+            parts = [*parts, self._pieces_to_text(run)]
         text = " ".join(parts)
         return clean_up_spaces(text) if self._clean_up else text
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self._joined(*self._fold(ids, [], []))
+
+    def _decoder_after(self, prompt_ids: Sequence[int]) -> Callable[[Sequence[int]], str]:
+        parts, run = self._fold(prompt_ids, [], [])
+        return lambda generated: self._joined(*self._fold(generated, list(parts), list(run)))
 
 
 def sentencepiece_tokenizer(

@@ -1,0 +1,77 @@
+"""What the text of a stream costs per token: a completion's text is what decode(prompt + generated)
+adds after decode(prompt), asked again at every streamed token (client, gateway, postprocessing).
+
+Side by side in one run, for prompts of several lengths: `Tokenizer.continuing(prompt)` (the
+prompt's share of the decoding done once) and decoding prompt + generated whole at every token
+(what every token cost before). Random ids from the rinna-style SentencePiece tokenizer of the
+tests (T5Tokenizer, slow); the best of the rounds, in microseconds per streamed token. The two
+must give the same text, or the run stops.
+
+    .venv/bin/python benchmarks/streamed_text.py [--prompts 50 500 2000] [--generated 100] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ftprefix.text import load_tokenizer
+from ftprefix.text.base import Tokenizer, common_prefix_length
+
+TOKENIZER = (
+    Path(__file__).resolve().parents[1] / "tests" / "data" / "tokenizers" / "rinna-style-sentencepiece"
+)
+
+
+def whole_every_token(tokenizer: Tokenizer, prompt: list[int]) -> Callable[[Sequence[int]], str]:
+    before = tokenizer.decode(prompt)
+
+    def text(generated: Sequence[int]) -> str:
+        full = tokenizer.decode([*prompt, *generated])
+        return full[common_prefix_length(before, full) :]
+
+    return text
+
+
+def per_token_us(
+    make: Callable[[], Callable[[Sequence[int]], str]], generated: list[int], rounds: int
+) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        text = make()
+        start = time.perf_counter()
+        for k in range(1, len(generated) + 1):
+            text(generated[:k])
+        best = min(best, (time.perf_counter() - start) / len(generated))
+    return best * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompts", type=int, nargs="+", default=[50, 500, 2000], metavar="IDS")
+    parser.add_argument("--generated", type=int, default=100, metavar="IDS")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    tokenizer = load_tokenizer(TOKENIZER)
+    rng = random.Random(0)
+    ids = range(5, tokenizer.vocab_size)
+    print(f"tokenizer: {tokenizer.description}; {args.generated} generated ids, best of {args.rounds}")
+    print("| prompt ids | continuing(prompt) us/token | decode whole every token us/token | ratio |")
+    print("|---|---|---|---|")
+    for length in args.prompts:
+        prompt = [rng.choice(ids) for _ in range(length)]
+        generated = [rng.choice(ids) for _ in range(args.generated)]
+        if tokenizer.continuing(prompt).text(generated) != whole_every_token(tokenizer, prompt)(generated):
+            raise SystemExit(f"the two ways disagree on a {length}-id prompt: a bug in ftprefix.text")
+        new = per_token_us(lambda p=prompt: tokenizer.continuing(p).text, generated, args.rounds)
+        old = per_token_us(lambda p=prompt: whole_every_token(tokenizer, p), generated, args.rounds)
+        print(f"| {length} | {new:.1f} | {old:.1f} | {old / new:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
