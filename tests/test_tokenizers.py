@@ -7,6 +7,7 @@ words, and the directories that must be refused."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sentencepiece_reference import LLAMA, RINNA, RinnaReference, golden_rows, r
 from ftprefix.cli import main
 from ftprefix.client import Client, FtprefixClientError
 from ftprefix.text import TokenizerError, load_tokenizer
+from ftprefix.text.added_token_split import AddedTokenSplitter, build_trie, split_at_tokens
 
 RECORDED = [RINNA, LLAMA]
 
@@ -141,6 +143,29 @@ def test_a_missing_model_file_is_one_line_naming_file_and_class(tmp_path: Path, 
     assert main(["generate", "--tokenizer", str(directory), "--url", "localhost:1", "hello"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "T5Tokenizer" in err and str(directory / "spiece.model") in err
+
+
+def test_added_tokens_cut_the_text_where_transformers_trie_cuts_it() -> None:
+    """401 cases recorded from transformers 4.57's Trie.split (tests/data/tokenizers/
+    trie-splits.json), 57 of them not what a leftmost-longest regular expression gives."""
+    recorded = json.loads((RINNA.parent / "trie-splits.json").read_text(encoding="utf-8"))
+    assert "transformers 4.57" in recorded["oracle"]
+    unlike_a_regex = 0
+    for case in recorded["cases"]:
+        tokens, text = case["tokens"], case["text"]
+        assert AddedTokenSplitter(tokens).split(text) == case["split"], case
+        assert split_at_tokens(text, build_trie(tokens)) == case["split"], case  # without the jumps
+        pattern = re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+        unlike_a_regex += _regex_split(pattern, text) != case["split"]
+    assert unlike_a_regex == 57
+
+
+def _regex_split(pattern: re.Pattern[str], text: str) -> list[str]:
+    pieces, previous = [], 0
+    for match in pattern.finditer(text):
+        pieces += [text[previous : match.start()], match.group()]
+        previous = match.end()
+    return [p for p in [*pieces, text[previous:]] if p]
 
 
 def test_newline_token_without_a_tokenizer_is_refused() -> None:

@@ -27,6 +27,9 @@ prompts (a text's ids) continued by an id list with the decode of the whole.
     /tmp/hf4/bin/python tools/record_tokenizer_answers.py tests/data/tokenizers \
         --hf-fixtures ../shared/tokenizers/hf-test-fixtures
 
+`--trie-splits` records `trie-splits.json`: where transformers' Trie cuts random texts at random
+added tokens, mostly where that is not a leftmost-longest match.
+
 `--fuzz N` then compares ftprefix.text with transformers on N random texts per directory (texts
 built from each tokenizer's pieces, added tokens and whitespace) and prints every difference;
 it needs this repository on PYTHONPATH.
@@ -325,6 +328,58 @@ def fuzz_fixtures(models: Path, rounds: int) -> int:
     return differences
 
 
+def record_trie_splits(target: Path, count: int = 400) -> None:
+    """`trie-splits.json`: where transformers' Trie.split cuts random texts at random added tokens,
+    mostly cases built to differ from a leftmost-longest regular expression (a long token with a
+    shorter one inside it, the text a damaged copy of the long one)."""
+    import re
+
+    import transformers
+    from transformers.tokenization_utils import Trie
+
+    def trie_split(tokens: list[str], text: str) -> list[str]:
+        trie = Trie()
+        for token in tokens:
+            trie.add(token)
+        return trie.split(text)
+
+    def regex_split(tokens: list[str], text: str) -> list[str]:
+        pattern = re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+        pieces, previous = [], 0
+        for match in pattern.finditer(text):
+            pieces += [text[previous : match.start()], match.group()]
+            previous = match.end()
+        return [p for p in [*pieces, text[previous:]] if p]
+
+    rng = random.Random(29)
+    alphabet = "abxy9"
+
+    def noise(n: int) -> str:
+        return "".join(rng.choice(alphabet + " Q") for _ in range(n))
+
+    cases = [{"tokens": ["xyz9", "y"], "text": "xyQz9", "split": trie_split(["xyz9", "y"], "xyQz9")}]
+    while len(cases) <= count:
+        long = "".join(rng.choice(alphabet) for _ in range(rng.randint(3, 6)))
+        cut = rng.randint(1, len(long) - 2)
+        short = long[cut : cut + rng.randint(1, len(long) - cut)]
+        others = (
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(0, 2))
+        )
+        tokens = sorted({long, short, *others})
+        damaged = list(long)
+        damaged[rng.randrange(len(damaged))] = rng.choice(alphabet + "Q ")
+        if rng.random() < 0.5:
+            damaged.insert(rng.randrange(len(damaged) + 1), rng.choice(alphabet + "Q "))
+        text = noise(rng.randint(0, 4)) + "".join(damaged) + noise(rng.randint(0, 4))
+        split = trie_split(tokens, text)
+        if split == regex_split(tokens, text) and rng.random() < 0.9:
+            continue  # keep a few ordinary cases beside the unusual ones
+        cases.append({"tokens": tokens, "text": text, "split": split})
+    out = {"oracle": f"transformers {transformers.__version__} tokenization_utils.Trie.split", "cases": cases}
+    (target / "trie-splits.json").write_text(json.dumps(out, ensure_ascii=False) + "\n", "utf-8")
+    print(f"{target / 'trie-splits.json'}: {len(cases)} cases")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -342,7 +397,15 @@ def main() -> None:
     parser.add_argument(
         "--fuzz", type=int, default=0, metavar="N", help="with --hf-fixtures: N random texts each"
     )
+    parser.add_argument(
+        "--trie-splits",
+        action="store_true",
+        help="record where transformers' Trie cuts texts at added tokens",
+    )
     args = parser.parse_args()
+    if args.trie_splits:
+        record_trie_splits(args.target)
+        return
     if args.hf_fixtures is not None:
         if args.fuzz:
             raise SystemExit(1 if fuzz_fixtures(args.hf_fixtures, args.fuzz) else 0)

@@ -11,7 +11,8 @@ those ids, so this reproduces the scan, quirks included, rather than a cleaner r
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 
 END = ""  # marks a node where a whole token ends; never a character of the text
 
@@ -55,16 +56,45 @@ def _longest_from(
     return start, end, resume
 
 
-def split_at_tokens(text: str, trie: Node) -> list[str]:
-    """`text` cut into pieces at the added tokens `trie` holds (the tokens are pieces of their own)."""
+class AddedTokenSplitter:
+    """Cuts texts at a fixed set of added tokens (`split`)."""
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self.trie = build_trie(tokens)
+        # where no candidate is open, scanning can jump to the next character that starts a token:
+        # the scan does nothing at any other
+        self._next_start = (
+            re.compile("[" + "".join(re.escape(char) for char in self.trie) + "]").search
+            if self.trie
+            else None
+        )
+
+    def split(self, text: str) -> list[str]:
+        """`text` cut into pieces at the added tokens (each token a piece of its own)."""
+        return split_at_tokens(text, self.trie, self._next_start)
+
+
+def split_at_tokens(
+    text: str, trie: Node, next_start: Callable[[str, int], re.Match[str] | None] | None = None
+) -> list[str]:
+    """`text` cut into pieces at the added tokens `trie` holds (the tokens are pieces of their own).
+    `next_start(text, i)`: the next character at or after i that starts a token (a speed-up)."""
     if not trie:
         return [text] if text else []
     cuts = [0]
     active: dict[int, Node] = {}
     resume = 0
-    for position, char in enumerate(text):
-        if resume and position < resume:
+    position = 0
+    while position < len(text):
+        if not active and next_start is not None:
+            found = next_start(text, max(position, resume))
+            if found is None:
+                break
+            position = found.start()
+        elif resume and position < resume:
+            position += 1
             continue
+        char = text[position]
         failed: list[int] = []
         cut = False
         for start, node in active.items():
@@ -84,6 +114,7 @@ def split_at_tokens(text: str, trie: Node) -> list[str]:
                 del active[start]
         if position >= resume and char in trie:
             active[position] = trie[char]
+        position += 1
     for start, node in active.items():
         if END in node:
             cuts += [start, len(text)]

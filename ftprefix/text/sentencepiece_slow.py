@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ftprefix.text.added_token_split import build_trie, split_at_tokens
+from ftprefix.text.added_token_split import AddedTokenSplitter
 from ftprefix.text.base import Tokenizer
 from ftprefix.text.files import NAMED_SPECIAL_TOKENS, TokenizerError, TokenizerFiles, TokenSpec
 
@@ -127,7 +127,7 @@ class SentencePieceTokenizer(Tokenizer):
                     f"{where}: added token {token.content!r} is single_word, which ftprefix does not "
                     "reproduce"
                 )
-        self._trie = build_trie(self._encoder)
+        self._splitter = AddedTokenSplitter(self._encoder)
         # most texts hold no added token at all: one regular-expression search spares them the scan
         self._holds_token = (
             re.compile("|".join(re.escape(t) for t in sorted(self._encoder, key=len, reverse=True))).search
@@ -260,7 +260,7 @@ class SentencePieceTokenizer(Tokenizer):
         if self._split_special or self._holds_token is None or not self._holds_token(text):
             parts = [text]
         else:
-            parts = split_at_tokens(text, self._trie)
+            parts = self._splitter.split(text)
         for i, part in enumerate(parts):
             if part not in protected:
                 continue
