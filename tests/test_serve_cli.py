@@ -92,21 +92,26 @@ def test_server_dies_with_a_killed_serve_process(converted, tmp_path):
     assert _wait_gone(children) == set()
 
 
-def test_serve_refuses_a_bad_batching_window_before_starting_anything(
-    converted, capsys, monkeypatch, tmp_path
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-queue-delay-us", "-1", "--max-queue-delay-us must be between 0 and"),
+        ("--stop-timeout", "-1", "--stop-timeout must be 0 or more seconds, got -1"),
+        ("--stop-timeout", "nan", "--stop-timeout must be 0 or more seconds, got nan"),
+    ],
+)
+def test_serve_refuses_a_bad_setting_before_starting_anything(
+    converted, capsys, monkeypatch, tmp_path, flag, value, message
 ):
     from ftprefix.cli import main
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     before = _descendants(os.getpid())
-    assert (
-        main(["serve", str(converted), "--port-grpc", "0", "--port-http", "0", "--max-queue-delay-us", "-1"])
-        == 2
-    )
+    assert main(["serve", str(converted), "--port-grpc", "0", "--port-http", "0", flag, value]) == 2
     assert _descendants(os.getpid()) == before
     assert list(tmp_path.iterdir()) == []
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--max-queue-delay-us must be between 0 and" in err
+    assert err.count("\n") == 1 and message in err
 
 
 def test_serve_refuses_a_port_in_use_before_starting_anything(converted, capsys, monkeypatch, tmp_path):

@@ -93,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--stop-timeout",
-        type=_seconds,
+        type=float,
         metavar="SECONDS",
         help=(
             "on Ctrl-C / SIGTERM, how long Triton may finish requests in flight and unload before it "
@@ -104,16 +104,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_gateway_options(p)
     add_queue_delay_option(p)
     p.set_defaults(func=run, extras=("serve",))
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more seconds")
-    return seconds
 
 
 def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokenizer) -> uvicorn.Server:

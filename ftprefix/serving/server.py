@@ -116,6 +116,8 @@ class EmbeddedServer:
         check_max_queue_delay(max_queue_delay_us)  # before any temporary directory exists
         self.max_queue_delay_us = max_queue_delay_us
         self.start_timeout = start_timeout
+        if stop_timeout is not None and not 0 <= stop_timeout < float("inf"):
+            raise UserError(f"--stop-timeout must be 0 or more seconds, got {stop_timeout:g}")
         self.stop_timeout = stop_timeout
         self.watch_interval = watch_interval
         self._own_workdir = workdir is None
