@@ -24,7 +24,6 @@ What is not reproduced (sampling options, single_word tokens) is refused rather 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -128,12 +127,6 @@ class SentencePieceTokenizer(Tokenizer):
                     "reproduce"
                 )
         self._splitter = AddedTokenSplitter(self._encoder)
-        # most texts hold no added token at all: one regular-expression search spares them the scan
-        self._holds_token = (
-            re.compile("|".join(re.escape(t) for t in sorted(self._encoder, key=len, reverse=True))).search
-            if self._encoder
-            else None
-        )
         # decode: added tokens that stand alone between spaces (transformers' legacy_added_tokens)
         self._standalone = (set(self._encoder) - self._special_set) | {
             token for token in self._additional if self._to_id(token) >= self._size
@@ -257,10 +250,7 @@ class SentencePieceTokenizer(Tokenizer):
             if self._add_prefix_space:
                 text = UNDERLINE + text
         protected = {} if self._split_special else self._encoder
-        if self._split_special or self._holds_token is None or not self._holds_token(text):
-            parts = [text]
-        else:
-            parts = self._splitter.split(text)
+        parts = [text] if self._split_special else self._splitter.split(text)
         for i, part in enumerate(parts):
             if part not in protected:
                 continue
