@@ -4,7 +4,8 @@ GPT-NeoX with 4 prefix tasks; tiny by default, `--hidden/--layers` make it cost 
 1. Whole answers: the same greedy completions through the gateway (`ftprefix openai` in its own
    process, called with the official `openai` client) and through `ftprefix.client.AsyncClient`
    directly, at 1, 8 and 32 in flight: requests/s, the gateway's throughput overhead, p50s, the
-   gateway's CPU per request, and Triton's requests per batch for each path.
+   gateway's CPU per request, and Triton's requests per batch for each path. This checkout's
+   gateway runs twice: with `--http-url` (whole answers over Triton's HTTP endpoint) and without.
 2. Streams: answers of a fixed length (`ignore_eos`), short and long, streamed through the gateway
    and through `AsyncClient.stream`: throughput overhead, and the gateway's CPU per stream at both
    lengths, whose difference over the extra tokens is its CPU per streamed token.
@@ -387,7 +388,7 @@ def main() -> None:
     sources: list[tuple[str, Path | None]] = [("this", None)]
     if args.compare_src is not None:
         sources.append((args.compare_src.name, args.compare_src))
-    labels = [label for label, _ in sources]
+    labels: dict[str, list[str]] = {}
     figures: dict = {}
     with tempfile.TemporaryDirectory(prefix="ftprefix-bench-") as tmp:
         hf_dir, ft_dir = build(Path(tmp), hidden_size=args.hidden, num_layers=args.layers)
@@ -396,11 +397,21 @@ def main() -> None:
             with EmbeddedServer(
                 ft_dir, streaming=streaming, max_queue_delay_us=args.max_queue_delay_us, stop_timeout=0
             ) as server:
+                # whole answers: this gateway over Triton's HTTP endpoint (as `serve --openai-port` and
+                # the CPU deployments run it) and over gRPC only; streams are gRPC either way
+                runs: list[tuple[str, Path | None, tuple[str, ...]]] = []
+                for label, src in sources:
+                    if part == "whole" and src is None:
+                        runs.append((f"{label}, HTTP", src, ("--http-url", server.http_url)))
+                        runs.append((f"{label}, gRPC", src, ()))
+                    else:
+                        runs.append((label, src, ()))
+                labels[part] = [label for label, _, _ in runs]
                 procs, gateways = [], []
                 try:
-                    for label, src in sources:
+                    for label, src, extra in runs:
                         port = free_port()
-                        procs.append(start_gateway(server.grpc_url, hf_dir, port, src=src))
+                        procs.append(start_gateway(server.grpc_url, hf_dir, port, *extra, src=src))
                         gateways.append(Gateway(label, f"http://127.0.0.1:{port}/v1", procs[-1].pid))
                     run = whole_answers if part == "whole" else streams
                     figures[part] = asyncio.run(run(server, gateways, hf_dir, args))
@@ -408,9 +419,9 @@ def main() -> None:
                     for proc in procs:
                         proc.terminate()
                         proc.wait()
-    print("\n".join(format_whole(figures["whole"], labels, args)))
+    print("\n".join(format_whole(figures["whole"], labels["whole"], args)))
     if "streams" in figures:
-        print("\n".join(format_streams(figures["streams"], labels, args)))
+        print("\n".join(format_streams(figures["streams"], labels["streams"], args)))
     print("\n".join(bookkeeping_us()))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

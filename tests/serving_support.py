@@ -66,6 +66,13 @@ def convert_toy(root: Path, tasks: dict[str, int], hf_name: str = "hf", **model_
 
 def ft_inputs(rows: list[list[int]], out_len: int, task_ids: list[int] | None = None, pad: int = 0):
     """FT's tensors exactly as a user sends them to the GPU server."""
+    return tensors(ft_arrays(rows, out_len, task_ids, pad))
+
+
+def ft_arrays(
+    rows: list[list[int]], out_len: int, task_ids: list[int] | None = None, pad: int = 0
+) -> dict[str, np.ndarray]:
+    """`ft_inputs` as named numpy arrays."""
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), pad, dtype=np.uint32)
     for b, r in enumerate(rows):
@@ -77,12 +84,7 @@ def ft_inputs(rows: list[list[int]], out_len: int, task_ids: list[int] | None = 
     }
     if task_ids is not None:
         arrays[protocol.TASK_IDS] = np.array([[t] for t in task_ids], dtype=np.uint32)
-    inputs = []
-    for name, arr in arrays.items():
-        inp = grpcclient.InferInput(name, list(arr.shape), "UINT32")
-        inp.set_data_from_numpy(arr)
-        inputs.append(inp)
-    return inputs
+    return arrays
 
 
 def tensors(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:

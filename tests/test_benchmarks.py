@@ -82,10 +82,15 @@ def test_client_benchmark_reports_overhead_and_throughput():
 
 def test_openai_gateway_benchmark_compares_with_the_client():
     out = _run("openai_gateway.py", "--requests", "8", "--new-tokens", "2", "--stream-tokens", "2", "6")
-    rows = [line for line in out.splitlines() if re.match(r"\| (1|8|32) \| this \|", line)]
-    assert [int(_number(r, 0)) for r in rows] == [1, 8, 32, 1, 8, 32]  # whole answers, then streams
-    assert all(_number(r, 2) > 0 and _number(r, 3) > 0 for r in rows)
-    assert all(r.rstrip().endswith("us |") for r in rows[3:])  # CPU per streamed token
+    whole = {
+        via: [line for line in out.splitlines() if re.match(rf"\| (1|8|32) \| this, {via} \|", line)]
+        for via in ("HTTP", "gRPC")
+    }
+    streams = [line for line in out.splitlines() if re.match(r"\| (1|8|32) \| this \|", line)]
+    for rows in (whole["HTTP"], whole["gRPC"], streams):
+        assert [int(_number(r, 0)) for r in rows] == [1, 8, 32]
+        assert all(_number(r, 2) > 0 and _number(r, 3) > 0 for r in rows)
+    assert all(r.rstrip().endswith("us |") for r in streams)  # CPU per streamed token
     work = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert _number(work["all of it, one request"], 1) > 0
     assert _number(work["key lookup (1,000 keys, the keys file checked for changes)"], 1) > 0

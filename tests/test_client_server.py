@@ -306,3 +306,63 @@ def test_a_request_the_server_refuses_is_an_invalid_request_error(client: Client
     assert info.value.status == "StatusCode.INVALID_ARGUMENT"
     assert isinstance(info.value.__cause__, InferenceServerException)
     assert client.generate(PROMPTS[0], task="taskA", max_new_tokens=2).finish_reason == "length"
+
+
+# -- whole answers over Triton's HTTP endpoint (AsyncClient(http_url=...)) ---------------------
+
+
+def test_async_http_path_equals_hugging_face_and_is_the_path_taken(
+    server: EmbeddedServer, model, reference
+) -> None:
+    jobs = [(PROMPTS[i % len(PROMPTS)], [None, *TASKS][i % (len(TASKS) + 1)]) for i in range(20)]
+    expected = {(p, t): reference(p, t)[:2] for p, t in set(jobs)}
+
+    async def run_all(http_url: str) -> list:
+        async with AsyncClient(server.grpc_url, http_url=http_url, tokenizer=model["hf"]) as c:
+            batch = await c.generate_batch(
+                [p for p, _ in jobs[:6]], tasks=[t for _, t in jobs[:6]], max_new_tokens=NEW_TOKENS
+            )
+            singles = await asyncio.gather(
+                *(c.generate(p, task=t, max_new_tokens=NEW_TOKENS) for p, t in jobs)
+            )
+            return [*batch, *singles]
+
+    completions = asyncio.run(run_all(server.http_url))
+    for (prompt, task), completion in zip([*jobs[:6], *jobs], completions, strict=True):
+        assert (completion.task, completion.token_ids, completion.text) == (task, *expected[(prompt, task)])
+
+    from ftprefix.serving.server import free_port
+
+    nowhere = f"127.0.0.1:{free_port()}"  # gRPC still answers: a failure here is the HTTP path's
+    with pytest.raises(ServerUnavailableError) as info:
+        asyncio.run(run_all(nowhere))
+    assert nowhere in str(info.value) and info.value.status == "UNAVAILABLE"
+
+
+def test_async_http_failures_are_the_errors_grpc_gives(server: EmbeddedServer, model) -> None:
+    async def run() -> None:
+        async with AsyncClient(server.grpc_url, http_url=server.http_url, tokenizer=model["hf"]) as c:
+            with pytest.raises(InvalidRequestError, match="exceeds the limit") as refused:
+                await c.generate(PROMPTS[0], task="taskA", max_new_tokens=5000)
+            assert refused.value.status == "INVALID_ARGUMENT"
+            assert isinstance(refused.value.__cause__, InferenceServerException)
+            # the connection the refusal came on is kept and answers the next request
+            assert (await c.generate(PROMPTS[0], task="taskA", max_new_tokens=2)).finish_reason == "length"
+        async with AsyncClient(
+            server.grpc_url, http_url=server.http_url, tokenizer=model["hf"], timeout=0.001
+        ) as c:
+            await c.tasks()
+            with pytest.raises(RequestTimeoutError, match=r"did not answer within 0\.001 s"):
+                await c.generate(PROMPTS[0], task="taskA", max_new_tokens=200)
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "url", ["https://localhost:8000", "localhost", "localhost:http", "localhost:70000", "localhost:8000/v2"]
+)
+def test_a_bad_http_url_is_refused_when_the_client_is_made(url: str) -> None:
+    from ftprefix.client import FtprefixClientError
+
+    with pytest.raises(FtprefixClientError, match="host:port"):
+        AsyncClient("localhost:8001", http_url=url)

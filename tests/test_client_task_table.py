@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from hf_reference import HFReference
-from serving_support import ft_inputs
+from serving_support import ft_arrays, ft_inputs
+from tritonclient.utils import InferenceServerException
 
 from ftprefix import cli, protocol
 from ftprefix.client import AsyncClient, Client, UnknownTaskError
+from ftprefix.client.http_infer import HttpInferPool
 from ftprefix.demo import toy
 from ftprefix.serving.server import EmbeddedServer
 from ftprefix.task_table import TaskTable
@@ -125,6 +127,20 @@ def test_server_refuses_ids_that_name_another_task_and_keeps_serving(tmp_path: P
         right = {protocol.TASK_NAMES_PARAMETER: json.dumps(["taskB"])}
         ok = raw.infer(protocol.FT_MODEL, ft_inputs([PROMPT], 4, [1]), parameters=right)
         assert ok.as_numpy(protocol.OUTPUT_IDS).shape[:2] == (1, 1)
+
+        # the same parameter reaches the model over Triton's HTTP endpoint (AsyncClient(http_url=...))
+        async def over_http(parameters: dict[str, str]) -> dict[str, np.ndarray]:
+            pool = HttpInferPool(server.http_url)
+            try:
+                inputs = ft_arrays([PROMPT], 4, [1])
+                return await pool.infer(protocol.FT_MODEL, inputs, [protocol.OUTPUT_IDS], parameters, 60)
+            finally:
+                await pool.close()
+
+        with pytest.raises(InferenceServerException, match="task table changed") as refused:
+            asyncio.run(over_http(wrong))
+        assert refused.value.status() == "INVALID_ARGUMENT"
+        assert asyncio.run(over_http(right))[protocol.OUTPUT_IDS].shape[:2] == (1, 1)
 
 
 def _requests_seen(url: str) -> int:

@@ -118,7 +118,15 @@ def test_the_same_deployment_serves_on_cpu(gpu_deployment: Path, schema) -> None
     assert bind(triton, "/ftprefix/model")["source"] == str((gpu_deployment.parent / "converted").resolve())
     assert bind(triton, "/ftprefix/deployment")["source"] == "."
     on_gpu = compose(gpu_deployment, schema, profiles=("openai",))
-    assert on_cpu["services"]["openai"] == on_gpu["services"]["openai"]  # one gateway, either server
+    # one gateway, either server; beside the CPU server its whole answers go over Triton's HTTP port
+    cpu_gateway, gpu_gateway = on_cpu["services"]["openai"], on_gpu["services"]["openai"]
+    command = cpu_gateway["command"]
+    assert (
+        command[command.index("--http-url") + 1] == "triton:8000"
+        and "--http-url" not in gpu_gateway["command"]
+    )
+    at = command.index("--http-url")
+    assert {**cpu_gateway, "command": command[:at] + command[at + 2 :]} == gpu_gateway
 
 
 def test_a_cpu_deployment_serves_on_cpu_with_docker_compose_up(

@@ -113,6 +113,8 @@ def test_the_gateway_points_at_the_triton_service_and_autoscales(flavour: str) -
     command = gateway["command"]
     assert command[:2] == ["ftprefix", "openai"]
     assert command[command.index("--url") + 1] == "ftprefix-triton:8001"
+    if flavour == "cpu":  # beside the CPU server, whole answers over Triton's HTTP port
+        assert command[command.index("--http-url") + 1] == "ftprefix-triton:8000"
     assert command[command.index("--tokenizer") + 1] in _mounts(gateway)
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/health"
     hpa = resources[("HorizontalPodAutoscaler", "ftprefix-openai")]["spec"]

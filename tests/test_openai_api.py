@@ -386,12 +386,14 @@ def test_a_stream_cut_by_triton_dying_ends_with_an_error_event_then_done(model, 
         server.stop()
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_a_request_in_flight_when_triton_dies_is_a_503_with_retry_after(
-    model, tmp_path: Path, caplog
+    model, tmp_path: Path, caplog, transport: str
 ) -> None:
     shutil.copytree(model["ft"], tmp_path / "ft")
     server = EmbeddedServer(tmp_path / "ft", streaming=False, watch_interval=None, stop_timeout=0).start()
-    gateway, url = _gateway(server.grpc_url, model["hf"])
+    http_url = server.http_url if transport == "http" else None
+    gateway, url = _gateway(server.grpc_url, model["hf"], triton_http_url=http_url)
     try:
         request = {"model": BASE, "prompt": PROMPT, "max_tokens": 600, "temperature": 0, "ignore_eos": True}
         answers: list[httpx.Response] = []
@@ -411,11 +413,13 @@ def test_a_request_in_flight_when_triton_dies_is_a_503_with_retry_after(
         assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
         assert answer.headers["x-request-id"] == "req-42"
         body = answer.json()["error"]
-        assert body["type"] == "service_unavailable" and server.grpc_url.split(":")[-1] not in json.dumps(
-            body
-        )
+        assert body["type"] == "service_unavailable"
+        assert server.grpc_url.split(":")[-1] not in json.dumps(body)
+        assert server.http_url.split(":")[-1] not in json.dumps(body)
         logged = [r.getMessage() for r in caplog.records if "req-42" in r.getMessage()]
-        assert logged and server.grpc_url in logged[0]  # the operator's detail, under the request id
+        assert (
+            logged and (http_url or server.grpc_url) in logged[0]
+        )  # the operator's detail, under the request id
     finally:
         gateway.should_exit = True
         server.stop()

@@ -41,7 +41,8 @@ def _gateway(triton_url: str, hf: Path, **settings):
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "streaming"])
 def stack(request, model):
     with EmbeddedServer(model["ft"], streaming=request.param, watch_interval=None, stop_timeout=0) as triton:
-        gateway, base_url = _gateway(triton.grpc_url, model["hf"])
+        # whole answers over HTTP (a decoupled server answers over gRPC streams all the same)
+        gateway, base_url = _gateway(triton.grpc_url, model["hf"], triton_http_url=triton.http_url)
         try:
             yield {"triton": triton, "url": base_url, "streaming": request.param}
         finally:
@@ -182,7 +183,7 @@ def test_a_task_added_on_the_server_becomes_a_model(model, tmp_path: Path) -> No
     shutil.copytree(model["ft"], tmp_path / "ft")
     torch.save(toy.random_prefix(4, 2, 64, seed=99), tmp_path / "fresh.pt")
     with EmbeddedServer(tmp_path / "ft", watch_interval=0.2, stop_timeout=0) as triton:
-        gateway, base_url = _gateway(triton.grpc_url, model["hf"])
+        gateway, base_url = _gateway(triton.grpc_url, model["hf"], triton_http_url=triton.http_url)
         try:
             client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
             assert "fresh" not in [m.id for m in client.models.list().data]
@@ -202,3 +203,28 @@ def test_a_task_added_on_the_server_becomes_a_model(model, tmp_path: Path) -> No
             assert done.choices[0].text == want
         finally:
             gateway.should_exit = True
+
+
+def test_an_idle_gateway_wakes_once_a_second_and_stops_when_told(model) -> None:
+    import time
+
+    gateway = make_server(
+        GatewaySettings(f"127.0.0.1:{free_port()}", model["hf"], BASE), "127.0.0.1", free_port()
+    )
+    ticks: list[float] = []
+    on_tick = gateway.on_tick
+
+    async def counted(counter: int) -> bool:
+        ticks.append(time.monotonic())
+        return await on_tick(counter)
+
+    gateway.on_tick = counted  # type: ignore[method-assign]
+    thread = start_in_thread(gateway)
+    time.sleep(2.5)  # the idle time being measured, not a wait for something
+    idle_ticks = len(ticks)
+    asked = time.monotonic()
+    gateway.should_exit = True  # from another thread, as a test or an embedding program stops it
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert idle_ticks <= 4  # uvicorn's own loop looks 10 times a second: 25 here
+    assert ticks[-1] >= asked and len(ticks) == idle_ticks + 1  # told, it looked once more and left

@@ -63,7 +63,7 @@ def _gateway(triton_url: str, hf: Path, keys: Path, **settings):
 
 @pytest.fixture(scope="module")
 def gateway(triton, model):
-    server, url = _gateway(triton.grpc_url, model["hf"], model["keys"])
+    server, url = _gateway(triton.grpc_url, model["hf"], model["keys"], triton_http_url=triton.http_url)
     try:
         yield url
     finally:
@@ -307,3 +307,12 @@ def test_a_calm_tenant_is_not_queued_behind_a_flood(triton, model, admission: st
         assert before <= 5  # one request of the flood per turn, not the whole queue
     else:
         assert before >= 40  # first come, first served: behind the whole flood
+
+
+@pytest.mark.parametrize("url", ["https://triton:8000", "triton", "triton:http"])
+def test_a_bad_http_url_is_one_line_before_anything_listens(url: str, model, capsys) -> None:
+    port = free_port()
+    argv = ["openai", "--tokenizer", str(model["hf"]), "--port", str(port), "--http-url", url]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: --http-url:" in err and "host:port" in err

@@ -67,6 +67,7 @@ def gateway(triton, model):
     server, url = _gateway(
         triton.grpc_url,
         model["hf"],
+        triton_http_url=triton.http_url,
         api_keys=(ADMIN,),
         api_keys_file=keys_file,
         chat_template=model["root"] / "template.jinja",

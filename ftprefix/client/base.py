@@ -131,6 +131,19 @@ def normalize_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def normalize_http_url(url: str) -> str:
+    """`host:port` of Triton's HTTP endpoint; an `http://` scheme is accepted and dropped."""
+    text = url.strip().removeprefix("http://").rstrip("/")
+    if text.startswith("https://"):
+        raise FtprefixClientError(
+            f"{url}: the HTTP path speaks plain HTTP; pass host:port, e.g. localhost:8000"
+        )
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535 or "/" in text:
+        raise FtprefixClientError(f"HTTP URL {url!r} needs host:port, e.g. localhost:8000")
+    return text
+
+
 class ClientBase:
     """Settings, caches and flows common to `Client` and `AsyncClient`."""
 

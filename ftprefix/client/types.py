@@ -59,9 +59,9 @@ class GenerationParams:
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> GenerationParams:
         """From a call's keyword arguments, refusing names that are not options."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
+        known = _OPTION_NAMES
+        if not known.issuperset(options):
+            unknown = sorted(set(options) - known)
             raise TypeError(
                 f"unexpected keyword argument {unknown[0]!r}; options are: {', '.join(sorted(known))}"
             )
@@ -91,6 +91,9 @@ class GenerationParams:
             raise InvalidRequestError(f"min_new_tokens must be 0 or more, got {self.min_new_tokens}")
         if self.end_id is not None and not 0 <= self.end_id < 2**32:
             raise InvalidRequestError(f"end_id must be a token id, got {self.end_id}")
+
+
+_OPTION_NAMES = frozenset(f.name for f in fields(GenerationParams))
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,7 @@ def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokeni
     log_to_stderr("ftprefix serve")
     settings = GatewaySettings(
         triton_url=server.grpc_url,
+        triton_http_url=server.http_url,
         tokenizer_dir=args.tokenizer,
         base_model=layout.read_config(server.ft_dir).model_name,
         newline_token=args.newline_token,

@@ -69,6 +69,7 @@ class GatewaySettings:
     triton_url: str
     tokenizer_dir: Path
     base_model: str  # the model name of the base model (no task)
+    triton_http_url: str | None = None  # whole answers over Triton's HTTP endpoint (client/http_infer.py)
     newline_token: str | None = None
     api_keys: tuple[str, ...] = ()  # keys for every model
     api_keys_file: Path | None = None  # see auth.py, read again when it changes
@@ -147,7 +148,11 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         holder["client"] = AsyncClient(
-            settings.triton_url, tokenizer=tokenizer, timeout=settings.timeout, connect_retries=0
+            settings.triton_url,
+            http_url=settings.triton_http_url,
+            tokenizer=tokenizer,
+            timeout=settings.timeout,
+            connect_retries=0,
         )
         try:
             yield

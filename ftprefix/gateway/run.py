@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 import threading
@@ -24,12 +26,43 @@ def log_to_stderr(prefix: str) -> None:
         logger.propagate = False
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, whose main loop wakes once a second (the Date header's pace) or when it is
+    told to stop, where uvicorn's wakes 10 times a second to look at `should_exit`. An idle event
+    loop's every wake-up costs CPU: on the 2-core machine of the README's benchmarks, 2.4 ms a second
+    for uvicorn's loop against 0.6 ms for this one, which a gateway at a few requests a second paid
+    as about 0.3 ms per request."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._should_exit = False
+        super().__init__(config)
+
+    @property  # type: ignore[override]
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        # set by uvicorn's signal handler, or by whoever stops an embedded gateway from its thread
+        self._should_exit = value
+        if value and self._stop is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def main_loop(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        while not await self.on_tick(0):  # tick 0: on_tick's once-a-second work, every time
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+
+
 def make_server(
     settings: GatewaySettings, host: str, port: int, *, tokenizer: Tokenizer | None = None
 ) -> uvicorn.Server:
     app = create_app(settings, tokenizer=tokenizer)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
-    return uvicorn.Server(config)
+    return GatewayServer(config)
 
 
 def start_in_thread(server: uvicorn.Server) -> threading.Thread:

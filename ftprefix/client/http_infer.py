@@ -1,0 +1,256 @@
+"""Unary inference over Triton's HTTP/1.1 endpoint, for `AsyncClient(http_url=...)`.
+
+The KServe v2 `POST /v2/models/{model}/infer` with Triton's binary tensor extension: a JSON header
+(`Inference-Header-Content-Length` bytes) followed by each tensor's raw bytes, in both directions
+(triton-inference-server/server, docs/protocol/extension_binary_data.md). The connections are
+plain asyncio streams kept alive in a pool, one request at a time each, so a response wakes the
+event loop directly. grpc.aio hands every response from its own threads to the loop, which on a
+small machine costs about four times the CPU per request (benchmarks/openai_gateway.py). Only
+requests answered once go this way: a decoupled model answers over gRPC streams.
+
+Failures become the `InferenceServerException`s the gRPC path raises, with the gRPC status name
+Triton's HTTP status stands for (its http_server.cc maps them one to one; older servers answer
+every error with 400), so `failures.translate` classifies both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from urllib.parse import quote
+
+import numpy as np
+from tritonclient.utils import (
+    InferenceServerException,
+    deserialize_bytes_tensor,
+    np_to_triton_dtype,
+    serialize_byte_tensor,
+    triton_to_np_dtype,
+)
+
+_STATUS_OF_HTTP = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+}
+_MODEL_MISSING = ("unknown model", "is not found", "is not ready")  # Triton's 400 for a missing model
+_HEAD_LIMIT = 64 * 1024  # a response's status line and headers
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def encode_request(
+    host: str,
+    model: str,
+    arrays: dict[str, np.ndarray],
+    outputs: Sequence[str],
+    parameters: dict[str, str] | None,
+) -> bytes:
+    """The whole HTTP request: headers, the JSON header, then each input's bytes in order."""
+    inputs, blobs = [], []
+    for name, array in arrays.items():
+        datatype = np_to_triton_dtype(array.dtype)
+        if datatype == "BYTES":  # a 4-byte length before each element, as over gRPC
+            serialized = serialize_byte_tensor(array)
+            data = serialized.item() if serialized.size else b""
+        else:
+            data = np.ascontiguousarray(array).tobytes()
+        inputs.append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(data)},
+            }
+        )
+        blobs.append(data)
+    header: dict[str, object] = {
+        "inputs": inputs,
+        "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
+    }
+    if parameters:
+        header["parameters"] = dict(parameters)
+    head = _JSON.encode(header).encode()
+    size = len(head) + sum(map(len, blobs))
+    start = (
+        f"POST /v2/models/{quote(model, safe='')}/infer HTTP/1.1\r\nHost: {host}\r\n"
+        "Content-Type: application/octet-stream\r\n"
+        f"Inference-Header-Content-Length: {len(head)}\r\nContent-Length: {size}\r\n\r\n"
+    )
+    return b"".join((start.encode("ascii"), head, *blobs))
+
+
+def decode_response(
+    status: int, header_size: int | None, body: bytes, names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The named outputs of a 200 response as numpy arrays (missing ones left out); an error
+    response raises InferenceServerException with the matching gRPC status name."""
+    if status != 200:
+        try:
+            message = str(json.loads(body)["error"])
+        except (ValueError, KeyError, TypeError):
+            message = body[:200].decode("utf-8", "replace") or f"HTTP {status}"
+        code = _STATUS_OF_HTTP.get(status, "UNKNOWN")
+        if code == "INVALID_ARGUMENT" and any(hint in message.lower() for hint in _MODEL_MISSING):
+            code = "NOT_FOUND"
+        raise InferenceServerException(msg=message, status=code)
+    size = len(body) if header_size is None else header_size
+    try:
+        header = json.loads(body[:size])
+        arrays: dict[str, np.ndarray] = {}
+        offset = size
+        for output in header.get("outputs", []):
+            shape = tuple(output["shape"])
+            datatype = output["datatype"]
+            nbytes = (output.get("parameters") or {}).get("binary_data_size")
+            if nbytes is None:  # sent as JSON (a server that ignored binary_data)
+                array = np.array(output["data"], dtype=triton_to_np_dtype(datatype))
+            else:
+                raw = body[offset : offset + nbytes]
+                offset += nbytes
+                if datatype == "BYTES":
+                    array = deserialize_bytes_tensor(raw)
+                else:
+                    array = np.frombuffer(raw, dtype=triton_to_np_dtype(datatype))
+            if output["name"] in names:
+                arrays[output["name"]] = array.reshape(shape)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InferenceServerException(
+            msg=f"unreadable inference response: {exc}", status="INTERNAL"
+        ) from None
+    return arrays
+
+
+class _Unanswered(ConnectionError):
+    """The connection failed before any byte of a response came."""
+
+
+class _Connection:
+    """One keep-alive connection: a request written, its response read, in turn."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.used = False  # answered before: the server may have closed it since (then resend once)
+
+    async def exchange(self, request: bytes) -> tuple[int, int | None, bytes, bool]:
+        """Status, JSON header size, body, and whether the server keeps the connection open."""
+        try:
+            self.writer.write(request)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise
+            raise _Unanswered("the server closed the connection before answering") from None
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise _Unanswered(str(exc) or type(exc).__name__) from None
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise InferenceServerException(
+                msg=f"not an HTTP response: {lines[0][:80]!r}", status="UNAVAILABLE"
+            )
+        headers = {}
+        for line in lines[1:]:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await self.reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = await self._chunked()
+        else:  # the body ends with the connection
+            body = await self.reader.read()
+            headers["connection"] = "close"
+        json_size = headers.get("inference-header-content-length")
+        keep = headers.get("connection", "").lower() != "close" and parts[0] != "HTTP/1.0"
+        return int(parts[1]), int(json_size) if json_size and json_size.isdigit() else None, body, keep
+
+    async def _chunked(self) -> bytes:
+        pieces = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await self.reader.readuntil(b"\r\n")  # no trailers from Triton: the final CRLF
+                return b"".join(pieces)
+            pieces.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class HttpInferPool:
+    """Keep-alive connections to one Triton HTTP endpoint; as many open as requests in flight."""
+
+    def __init__(self, url: str, *, max_idle: int = 256) -> None:
+        host, _, port = url.rpartition(":")
+        self.url, self.host, self.port = url, host.strip("[]"), int(port)
+        self.max_idle = max_idle
+        self._idle: list[_Connection] = []
+
+    async def infer(
+        self,
+        model: str,
+        arrays: dict[str, np.ndarray],
+        outputs: Sequence[str],
+        parameters: dict[str, str] | None,
+        timeout: float | None,
+    ) -> dict[str, np.ndarray]:
+        """Run one request; raises InferenceServerException (status: a gRPC status name)."""
+        request = encode_request(self.url, model, arrays, outputs, parameters)
+        try:
+            if timeout is None:
+                status, header_size, body = await self._send(request)
+            else:
+                status, header_size, body = await asyncio.wait_for(self._send(request), timeout)
+        except asyncio.TimeoutError:
+            raise InferenceServerException(msg="Deadline Exceeded", status="DEADLINE_EXCEEDED") from None
+        return decode_response(status, header_size, body, outputs)
+
+    async def _send(self, request: bytes) -> tuple[int, int | None, bytes]:
+        while True:
+            connection = self._idle.pop() if self._idle else await self._connect()
+            if connection.reader.at_eof():  # closed by the server while idle
+                connection.close()
+                continue
+            try:
+                status, header_size, body, keep = await connection.exchange(request)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+                connection.close()
+                if connection.used and isinstance(exc, _Unanswered):
+                    # a kept-alive connection the server closed as this request went out; inference
+                    # changes nothing on the server, so sending it again on a new one is safe
+                    continue
+                raise InferenceServerException(
+                    msg=f"the connection failed: {_describe(exc)}", status="UNAVAILABLE"
+                ) from None
+            except BaseException:  # cancelled or a bug: the connection's state is unknown
+                connection.close()
+                raise
+            if keep and len(self._idle) < self.max_idle:
+                connection.used = True
+                self._idle.append(connection)
+            else:
+                connection.close()
+            return status, header_size, body
+
+    async def _connect(self) -> _Connection:
+        try:
+            reader, writer = await asyncio.open_connection(self.host, self.port, limit=_HEAD_LIMIT)
+        except OSError as exc:
+            raise InferenceServerException(
+                msg=f"failed to connect: {_describe(exc)}", status="UNAVAILABLE"
+            ) from None
+        return _Connection(reader, writer)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "the server closed it before the whole response came"
+    return str(exc) or type(exc).__name__
