@@ -138,3 +138,11 @@ def test_streamed_text_benchmark_compares_with_decoding_whole_every_token():
     rows = {_number(line, 0): line for line in out.splitlines() if re.match(r"\| \d", line)}
     assert set(rows) == {20, 400}
     assert all(_number(row, 1) > 0 and _number(row, 2) > 0 for row in rows.values())
+
+
+def test_wakeups_benchmark_measures_the_echo_server_and_idle_uvicorn():
+    out = _run("wakeups.py", "--gaps", "0", "5", "--seconds", "0.3")
+    rows = [line for line in out.splitlines() if re.match(r"\| \d+ ms \|", line)]
+    assert [_number(r, 0) for r in rows] == [0, 5]
+    assert all(_number(r, 1) >= 50 and _number(r, 2) > 0 for r in rows)  # round trips, CPU per trip
+    assert float(re.search(r"idle: ([\d.]+) ms", out).group(1)) > 0  # type: ignore[union-attr]
