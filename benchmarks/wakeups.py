@@ -7,7 +7,7 @@ one at a time, with a pause of GAP ms between them. The server's CPU time per ro
 CLOCK_PROCESS_CPUTIME_ID, the scheduler's nanosecond runtime, read over the same socket) is what
 receiving, echoing and going back to sleep cost it; the longer it sleeps, the colder its caches
 when it wakes. Also: what a bare uvicorn server costs idle, per second (its main loop wakes 10
-times a second).
+times a second), beside the gateway's server (once a second).
 
     .venv/bin/python benchmarks/wakeups.py [--gaps 0 2 15 50] [--seconds 4]
 """
@@ -78,18 +78,21 @@ def echo_cost(gaps_ms: list[float], seconds: float) -> list[tuple[float, int, fl
     return rows
 
 
-def uvicorn_idle_ms_per_s(seconds: float) -> float:
-    """CPU per second of a uvicorn server with a trivial app and nothing to do (measured in a child
-    process so this one's threads do not count)."""
+def uvicorn_idle_ms_per_s(seconds: float, server_class: str) -> float:
+    """CPU per second of a uvicorn server (`server_class`: "uvicorn.Server" or the gateway's
+    "ftprefix.gateway.run.GatewayServer") with a trivial app and nothing to do, measured in a
+    child process so this one's threads do not count."""
+    module, _, name = server_class.rpartition(".")
     code = f"""
 import asyncio, time, uvicorn
+from {module} import {name} as ServerClass
 async def app(scope, receive, send):
     while scope["type"] == "lifespan":
         message = await receive()
         await send({{"type": message["type"] + ".complete"}})
         if message["type"] == "lifespan.shutdown":
             return
-server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+server = ServerClass(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
 async def measure():
     while not server.started:
         await asyncio.sleep(0.05)
@@ -125,7 +128,18 @@ def main() -> None:
     for gap, count, us in echo_cost(args.gaps, args.seconds):
         print(f"| {gap:g} ms | {count} | {us:.1f} us |")
     print()
-    print(f"A bare uvicorn server, idle: {uvicorn_idle_ms_per_s(args.seconds):.2f} ms of CPU per second")
+    print("A server with nothing to do, a trivial app")
+    print()
+    print("| server | CPU per second, idle |")
+    print("|---|---|")
+    for label, server_class in (
+        ("uvicorn (its loop looks for a stop 10 times a second)", "uvicorn.Server"),
+        (
+            "the gateway's (`GatewayServer`: once a second, or when told)",
+            "ftprefix.gateway.run.GatewayServer",
+        ),
+    ):
+        print(f"| {label} | {uvicorn_idle_ms_per_s(args.seconds, server_class):.2f} ms |")
 
 
 if __name__ == "__main__":
