@@ -337,6 +337,7 @@ def test_async_http_path_equals_hugging_face_and_is_the_path_taken(
     with pytest.raises(ServerUnavailableError) as info:
         asyncio.run(run_all(nowhere))
     assert nowhere in str(info.value) and info.value.status == "UNAVAILABLE"
+    assert str(info.value).endswith("pass the right --http-url")
 
 
 def test_async_http_failures_are_the_errors_grpc_gives(server: EmbeddedServer, model) -> None:

@@ -255,4 +255,4 @@ class AsyncClient(ClientBase):
                 op.model, request.arrays, op.outputs, request.parameters, self.timeout
             )
         except InferenceServerException as exc:
-            raise translate(exc, self._http.url, op.model, self.timeout) from exc
+            raise translate(exc, self._http.url, op.model, self.timeout, option="--http-url") from exc

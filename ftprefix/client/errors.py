@@ -48,11 +48,14 @@ class TaskTableChangedError(InvalidRequestError):
 class ServerUnavailableError(FtprefixClientError, ConnectionError):
     """No Triton server answered at the URL."""
 
-    def __init__(self, url: str, detail: str = "", *, status: str | None = None) -> None:
+    def __init__(
+        self, url: str, detail: str = "", *, status: str | None = None, option: str = "--url"
+    ) -> None:
         self.url = url
         why = f" ({detail})" if detail else ""
         super().__init__(
-            f"no Triton server reachable at {url}{why}; {START_HINT}, or pass the right --url", status=status
+            f"no Triton server reachable at {url}{why}; {START_HINT}, or pass the right {option}",
+            status=status,
         )
 
 

@@ -21,9 +21,10 @@ _MODEL_MISSING_HINTS = ("unknown model", "is not ready", "not found", "no versio
 
 
 def translate(
-    exc: InferenceServerException, url: str, model: str, timeout: float | None
+    exc: InferenceServerException, url: str, model: str, timeout: float | None, *, option: str = "--url"
 ) -> FtprefixClientError:
-    """The client error for `exc`, carrying its status; raise it `from exc` to keep the cause."""
+    """The client error for `exc`, carrying its status; raise it `from exc` to keep the cause.
+    `option`: the command-line option that sets `url` (named when no server answers there)."""
     status = str(exc.status() or "") or None
     code = (status or "").removeprefix("StatusCode.")
     message = exc.message() or str(exc)
@@ -33,7 +34,8 @@ def translate(
     if code == "NOT_FOUND" or (code == "UNAVAILABLE" and model_missing):
         return ModelNotReadyError(url, model, message, status=status)
     if code == "UNAVAILABLE":
-        return ServerUnavailableError(url, message.splitlines()[0] if message else "", status=status)
+        detail = message.splitlines()[0] if message else ""
+        return ServerUnavailableError(url, detail, status=status, option=option)
     if code == "INVALID_ARGUMENT":
         kind = TaskTableChangedError if protocol.TASK_TABLE_CHANGED in message else InvalidRequestError
         return kind(f"the server at {url} refused the request to {model!r}: {message}", status=status)
