@@ -4,6 +4,7 @@ makes one, with `ftprefix convert` from a toy Hugging Face model, and `ftprefix 
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,13 @@ def tensors(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
     return inputs
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT as a terminal delivers it, whatever the suite inherited: a suite started in the
+    background of a non-interactive shell ignores SIGINT, its children would too, and Ctrl-C would
+    not reach `ftprefix serve` (Python installs KeyboardInterrupt only over the default action)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_serve_cli(ft_dir: Path, *extra: str, env: dict[str, str] | None = None, graceful: bool = False):
     """`ftprefix serve DIR --port-grpc 0 --port-http 0 --stop-timeout 0 EXTRA` as a user runs it:
     (the process, its gRPC address, everything it printed up to "ready"). A test's server is
@@ -120,6 +128,7 @@ def start_serve_cli(ft_dir: Path, *extra: str, env: dict[str, str] | None = None
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     lines = []
     assert proc.stdout is not None
