@@ -2,7 +2,10 @@
 
 1. Per-request overhead of `Client.generate` (tokenise, validate the task, build tensors, decode)
    over a raw `tritonclient` call sending the same pre-built tensors: median of N sequential calls.
-2. Throughput of `AsyncClient.generate` with 1, 8 and 32 requests in flight.
+2. Throughput of `AsyncClient.generate` with 1, 8 and 32 requests in flight, and this process's
+   CPU per request, over gRPC and over Triton's HTTP endpoint (`http_url`), the two alternating.
+3. The bare call under both: the same pre-built tensors sent with grpc.aio's stub and with the
+   HTTP transport (`client/http_infer.py`), CPU per call at 1, 8 and 32 in flight.
 
     .venv/bin/python benchmarks/client.py [--requests 64] [--new-tokens 16] [--json out.json]
 """
@@ -100,10 +103,10 @@ def overhead(url: str, hf_dir: Path, n: int, new_tokens: int) -> dict[str, float
 
 
 async def throughput(
-    url: str, hf_dir: Path, concurrency: int, total: int, new_tokens: int
+    url: str, hf_dir: Path, concurrency: int, total: int, new_tokens: int, http_url: str | None = None
 ) -> dict[str, float]:
     names = list(TASKS)
-    async with AsyncClient(url, tokenizer=hf_dir) as client:
+    async with AsyncClient(url, http_url=http_url, tokenizer=hf_dir) as client:
         await client.generate(PROMPT, task="taskA", max_new_tokens=new_tokens)  # warm up
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(total):
@@ -119,16 +122,55 @@ async def throughput(
                 )
                 tokens += len(completion.token_ids)
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()  # the server is another process
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "concurrency": concurrency,
+        "transport": "HTTP" if http_url else "gRPC",
         "requests": total,
         "seconds": elapsed,
         "requests_per_s": total / elapsed,
         "tokens_per_s": tokens / elapsed,
+        "cpu_ms_per_request": cpu / total * 1000,
     }
+
+
+async def bare_calls(
+    url: str, http_url: str, arrays: dict[str, np.ndarray], concurrency: int, total: int
+) -> dict[str, float]:
+    """This process's CPU per call for the same request over grpc.aio and over HTTP/1.1."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    from ftprefix.client.http_infer import HttpInferPool
+
+    outputs = [protocol.OUTPUT_IDS, protocol.SEQUENCE_LENGTH]
+    request = wire.infer_request(protocol.FT_MODEL, arrays, outputs, None)
+    channel = grpc.aio.insecure_channel(url, options=wire.CHANNEL_OPTIONS)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    pool = HttpInferPool(http_url)
+    calls = {
+        "gRPC": lambda: stub.ModelInfer(request),
+        "HTTP": lambda: pool.infer(protocol.FT_MODEL, arrays, outputs, None, 60),
+    }
+    result = {"concurrency": concurrency}
+    try:
+        for name, call in calls.items():
+
+            async def worker(count: int, call=call) -> None:
+                for _ in range(count):
+                    await call()
+
+            await asyncio.gather(*(worker(4) for _ in range(concurrency)))  # warm up, connections open
+            cpu = time.process_time()
+            each = max(1, total // concurrency)
+            await asyncio.gather(*(worker(each) for _ in range(concurrency)))
+            result[name] = (time.process_time() - cpu) / (each * concurrency) * 1000
+    finally:
+        await pool.close()
+        await channel.close()
+    return result
 
 
 def format_report(report: dict, new_tokens: int) -> str:
@@ -143,14 +185,28 @@ def format_report(report: dict, new_tokens: int) -> str:
         f"| overhead of Client.generate | {o['overhead_ms']:+.2f} ({o['overhead_ms'] / o['raw_ms']:+.1%}) |",
         f"| client-side preparation alone | {o['client_side_prepare_ms']:.3f} |",
         "",
-        "| AsyncClient, requests in flight | requests/s | tokens/s | vs 1 in flight |",
-        "|---|---|---|---|",
+        "| AsyncClient, requests in flight | to Triton over | requests/s | tokens/s | vs 1 in flight "
+        "| this process's CPU ms/request |",
+        "|---|---|---|---|---|---|",
     ]
-    base = report["throughput"][0]["requests_per_s"]
+    base = {
+        row["transport"]: row["requests_per_s"] for row in report["throughput"] if row["concurrency"] == 1
+    }
     for row in report["throughput"]:
         lines.append(
-            f"| {row['concurrency']} | {row['requests_per_s']:.0f} | {row['tokens_per_s']:.0f} "
-            f"| {row['requests_per_s'] / base:.1f}x |"
+            f"| {row['concurrency']} | {row['transport']} | {row['requests_per_s']:.0f} "
+            f"| {row['tokens_per_s']:.0f} | {row['requests_per_s'] / base[row['transport']]:.1f}x "
+            f"| {row['cpu_ms_per_request']:.2f} |"
+        )
+    lines += [
+        "",
+        "| bare call (pre-built tensors), in flight | CPU ms per call: grpc.aio | HTTP/1.1 | ratio |",
+        "|---|---|---|---|",
+    ]
+    for row in report["bare"]:
+        lines.append(
+            f"| {row['concurrency']} | {row['gRPC']:.3f} | {row['HTTP']:.3f} "
+            f"| {row['gRPC'] / row['HTTP']:.1f}x |"
         )
     return "\n".join(lines)
 
@@ -169,7 +225,14 @@ def main() -> None:
         with EmbeddedServer(ft_dir, tokenizer_dir=hf_dir, stop_timeout=0) as server:
             report = {"overhead": overhead(server.grpc_url, hf_dir, args.overhead_calls, args.new_tokens)}
             report["throughput"] = [
-                asyncio.run(throughput(server.grpc_url, hf_dir, c, args.requests, args.new_tokens))
+                asyncio.run(throughput(server.grpc_url, hf_dir, c, args.requests, args.new_tokens, http))
+                for c in (1, 8, 32)
+                for http in (None, server.http_url)
+            ]
+            with Client(server.grpc_url, tokenizer=hf_dir) as client:
+                arrays = raw_arrays(client, args.new_tokens)
+            report["bare"] = [
+                asyncio.run(bare_calls(server.grpc_url, server.http_url, arrays, c, args.requests))
                 for c in (1, 8, 32)
             ]
     print(format_report(report, args.new_tokens))

@@ -76,8 +76,13 @@ def test_client_benchmark_reports_overhead_and_throughput():
     out = _run("client.py", "--requests", "8", "--overhead-calls", "3", "--new-tokens", "2")
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert any("overhead of Client.generate" in r for r in rows)
-    in_flight = [r for r in rows if re.match(r"\| (1|8|32) \|", r)]
-    assert [int(_number(r, 0)) for r in in_flight] == [1, 8, 32]
+    in_flight = [r for r in rows if re.match(r"\| (1|8|32) \| (gRPC|HTTP) \|", r)]
+    assert [(int(_number(r, 0)), r.split("|")[2].strip()) for r in in_flight] == [
+        (c, via) for c in (1, 8, 32) for via in ("gRPC", "HTTP")
+    ]
+    assert all(_number(r, 2) > 0 and _number(r, 5) > 0 for r in in_flight)  # requests/s, CPU per request
+    bare = [r for r in rows if re.match(r"\| (1|8|32) \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", r)]
+    assert [int(_number(r, 0)) for r in bare] == [1, 8, 32]
 
 
 def test_openai_gateway_benchmark_compares_with_the_client():

@@ -112,8 +112,9 @@ class AsyncClient(ClientBase):
     ) -> None:
         """As `Client`, plus `http_url`: the same server's HTTP address (host:port, e.g.
         localhost:8000). Then generations of a model that answers once per request go over HTTP/1.1
-        keep-alive connections, which cost this process about a quarter of the CPU of a gRPC call;
-        streams, probes and the model's config stay on gRPC at `url`."""
+        keep-alive connections, which cost this process less CPU per call than gRPC (about a third
+        less one at a time, benchmarks/client.py); streams, probes and the model's config stay on
+        gRPC at `url`."""
         super().__init__(
             url,
             tokenizer=tokenizer,

@@ -29,8 +29,8 @@ def register(subparsers: Any) -> None:
         "--http-url",
         metavar="HOST:PORT",
         help="Triton's HTTP address too (e.g. localhost:8000): whole answers of a server that answers "
-        "once per request then go over HTTP/1.1, where each call to Triton costs this process about a "
-        "quarter of a gRPC call's CPU; streams stay on gRPC (default: gRPC only)",
+        "once per request then go over HTTP/1.1, which costs this process less CPU per call than gRPC "
+        "(benchmarks/client.py); streams stay on gRPC (default: gRPC only)",
     )
     p.add_argument(
         "--tokenizer", type=Path, required=True, metavar="HF_DIR", help="the model's tokenizer directory"
