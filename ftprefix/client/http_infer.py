@@ -22,13 +22,9 @@ from collections.abc import Sequence
 from urllib.parse import quote
 
 import numpy as np
-from tritonclient.utils import (
-    InferenceServerException,
-    deserialize_bytes_tensor,
-    np_to_triton_dtype,
-    serialize_byte_tensor,
-    triton_to_np_dtype,
-)
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+from ftprefix.client.wire import tensor_bytes, tensor_from_bytes, triton_datatype
 
 _STATUS_OF_HTTP = {
     400: "INVALID_ARGUMENT",
@@ -41,14 +37,6 @@ _MODEL_MISSING = ("unknown model", "is not found", "is not ready")  # Triton's 4
 _HEAD_LIMIT = 64 * 1024  # a response's status line and headers
 _JSON = json.JSONEncoder(separators=(",", ":"))
 _timeout = getattr(asyncio, "timeout", None)
-_DATATYPES: dict[np.dtype, str] = {}  # numpy dtype -> Triton's name, as np_to_triton_dtype says
-
-
-def _datatype(dtype: np.dtype) -> str:
-    name = _DATATYPES.get(dtype)
-    if name is None:
-        name = _DATATYPES[dtype] = np_to_triton_dtype(dtype)
-    return name
 
 
 def encode_request(
@@ -61,12 +49,8 @@ def encode_request(
     """The whole HTTP request: headers, the JSON header, then each input's bytes in order."""
     inputs, blobs = [], []
     for name, array in arrays.items():
-        datatype = _datatype(array.dtype)
-        if datatype == "BYTES":  # a 4-byte length before each element, as over gRPC
-            serialized = serialize_byte_tensor(array)
-            data = serialized.item() if serialized.size else b""
-        else:
-            data = np.ascontiguousarray(array).tobytes()
+        datatype = triton_datatype(array.dtype)
+        data = tensor_bytes(array, datatype)
         inputs.append(
             {
                 "name": name,
@@ -112,20 +96,15 @@ def decode_response(
         arrays: dict[str, np.ndarray] = {}
         offset = size
         for output in header.get("outputs", []):
-            shape = tuple(output["shape"])
-            datatype = output["datatype"]
+            shape, datatype = tuple(output["shape"]), output["datatype"]
             nbytes = (output.get("parameters") or {}).get("binary_data_size")
             if nbytes is None:  # sent as JSON (a server that ignored binary_data)
-                array = np.array(output["data"], dtype=triton_to_np_dtype(datatype))
+                array = np.array(output["data"], dtype=triton_to_np_dtype(datatype)).reshape(shape)
             else:
-                raw = body[offset : offset + nbytes]
+                array = tensor_from_bytes(body[offset : offset + nbytes], datatype, shape)
                 offset += nbytes
-                if datatype == "BYTES":
-                    array = deserialize_bytes_tensor(raw)
-                else:
-                    array = np.frombuffer(raw, dtype=triton_to_np_dtype(datatype))
             if output["name"] in names:
-                arrays[output["name"]] = array.reshape(shape)
+                arrays[output["name"]] = array
     except (ValueError, KeyError, TypeError) as exc:
         raise InferenceServerException(
             msg=f"unreadable inference response: {exc}", status="INTERNAL"

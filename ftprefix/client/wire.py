@@ -67,6 +67,33 @@ CHANNEL_OPTIONS = [
 ]
 
 
+_DATATYPES: dict[np.dtype, str] = {}  # numpy dtype -> Triton's name, as np_to_triton_dtype says
+
+
+def triton_datatype(dtype: np.dtype) -> str:
+    """Triton's name of a numpy dtype (np_to_triton_dtype, looked up once per dtype)."""
+    name = _DATATYPES.get(dtype)
+    if name is None:
+        name = _DATATYPES[dtype] = np_to_triton_dtype(dtype)
+    return name
+
+
+def tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
+    """A tensor's contents as Triton takes them, over gRPC and HTTP alike: raw little-endian, BYTES
+    with a 4-byte length before each element."""
+    if datatype == "BYTES":
+        serialized = serialize_byte_tensor(array)
+        return serialized.item() if serialized.size else b""
+    return np.ascontiguousarray(array).tobytes()
+
+
+def tensor_from_bytes(raw: bytes, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """`tensor_bytes` read back: an output's contents as a numpy array of its shape."""
+    if datatype == "BYTES":
+        return deserialize_bytes_tensor(raw).reshape(shape)
+    return np.frombuffer(raw, dtype=triton_to_np_dtype(datatype)).reshape(shape)
+
+
 def infer_request(
     model: str, arrays: dict[str, np.ndarray], outputs: Sequence[str], parameters: dict[str, str] | None
 ) -> service_pb2.ModelInferRequest:
@@ -75,13 +102,9 @@ def infer_request(
     Triton expects (a 4-byte length before each element)."""
     request = service_pb2.ModelInferRequest(model_name=model)
     for name, array in arrays.items():
-        datatype = np_to_triton_dtype(array.dtype)
+        datatype = triton_datatype(array.dtype)
         request.inputs.add(name=name, datatype=datatype, shape=array.shape)
-        if datatype == "BYTES":
-            serialized = serialize_byte_tensor(array)
-            request.raw_input_contents.append(serialized.item() if serialized.size else b"")
-        else:
-            request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+        request.raw_input_contents.append(tensor_bytes(array, datatype))
     for name in outputs:
         request.outputs.add(name=name)
     for key, value in (parameters or {}).items():
@@ -95,12 +118,7 @@ def response_arrays(response: service_pb2.ModelInferResponse, names: Sequence[st
     arrays = {}
     for index, output in enumerate(response.outputs):
         if output.name in names and index < len(raw):
-            shape = tuple(output.shape)
-            if output.datatype == "BYTES":
-                arrays[output.name] = deserialize_bytes_tensor(raw[index]).reshape(shape)
-            else:
-                dtype = triton_to_np_dtype(output.datatype)
-                arrays[output.name] = np.frombuffer(raw[index], dtype=dtype).reshape(shape)
+            arrays[output.name] = tensor_from_bytes(raw[index], output.datatype, tuple(output.shape))
     return arrays
 
 
