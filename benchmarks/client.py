@@ -6,8 +6,12 @@
    CPU per request, over gRPC and over Triton's HTTP endpoint (`http_url`), the two alternating.
 3. The bare call under both: the same pre-built tensors sent with grpc.aio's stub and with the
    HTTP transport (`client/http_infer.py`), CPU per call at 1, 8 and 32 in flight.
+4. Streams against a streaming server: `AsyncClient.stream` of a fixed length over gRPC and over
+   Triton's generate_stream (`client/http_stream.py`), the two alternating, CPU per streamed
+   response at 1, 8 and 32 in flight.
 
-    .venv/bin/python benchmarks/client.py [--requests 64] [--new-tokens 16] [--json out.json]
+    .venv/bin/python benchmarks/client.py [--requests 64] [--new-tokens 16] [--stream-tokens 64]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -173,6 +177,39 @@ async def bare_calls(
     return result
 
 
+async def streamed(
+    url: str, http_url: str, hf_dir: Path, concurrency: int, total: int, tokens: int, rounds: int = 2
+) -> dict[str, float]:
+    """This process's CPU per streamed response, streams of exactly `tokens` tokens, over gRPC and
+    over HTTP in alternating rounds (medians)."""
+    per_response: dict[str, list[float]] = {"gRPC": [], "HTTP": []}
+    clients = {
+        "gRPC": AsyncClient(url, tokenizer=hf_dir),
+        "HTTP": AsyncClient(url, http_url=http_url, tokenizer=hf_dir),
+    }
+    try:
+        for _ in range(rounds):
+            for name, client in clients.items():
+
+                async def one(client: AsyncClient = client) -> int:
+                    stream = client.stream(PROMPT, task="taskA", max_new_tokens=tokens, min_new_tokens=tokens)
+                    return sum([len(chunk.token_ids) async for chunk in stream])
+
+                async def worker(count: int) -> int:
+                    return sum([await one() for _ in range(count)])
+
+                await asyncio.gather(*(worker(1) for _ in range(concurrency)))  # warm up
+                cpu = time.process_time()
+                got = await asyncio.gather(
+                    *(worker(max(1, total // concurrency)) for _ in range(concurrency))
+                )
+                per_response[name].append((time.process_time() - cpu) / sum(got) * 1e6)
+    finally:
+        for client in clients.values():
+            await client.close()
+    return {"concurrency": concurrency, **{k: statistics.median(v) for k, v in per_response.items()}}
+
+
 def format_report(report: dict, new_tokens: int) -> str:
     o = report["overhead"]
     lines = [
@@ -208,6 +245,17 @@ def format_report(report: dict, new_tokens: int) -> str:
             f"| {row['concurrency']} | {row['gRPC']:.3f} | {row['HTTP']:.3f} "
             f"| {row['gRPC'] / row['HTTP']:.1f}x |"
         )
+    lines += [
+        "",
+        "| `AsyncClient.stream`, in flight | CPU us per streamed response: gRPC | HTTP (generate_stream) "
+        "| ratio |",
+        "|---|---|---|---|",
+    ]
+    for row in report["streams"]:
+        lines.append(
+            f"| {row['concurrency']} | {row['gRPC']:.0f} | {row['HTTP']:.0f} "
+            f"| {row['gRPC'] / row['HTTP']:.1f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -218,6 +266,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="requests per throughput run")
     parser.add_argument("--overhead-calls", type=int, default=50)
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--stream-tokens", type=int, default=64, help="tokens per measured stream")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ftprefix-bench-") as tmp:
@@ -233,6 +282,13 @@ def main() -> None:
                 arrays = raw_arrays(client, args.new_tokens)
             report["bare"] = [
                 asyncio.run(bare_calls(server.grpc_url, server.http_url, arrays, c, args.requests))
+                for c in (1, 8, 32)
+            ]
+        with EmbeddedServer(ft_dir, streaming=True, stop_timeout=0) as server:
+            report["streams"] = [
+                asyncio.run(
+                    streamed(server.grpc_url, server.http_url, hf_dir, c, args.requests, args.stream_tokens)
+                )
                 for c in (1, 8, 32)
             ]
     print(format_report(report, args.new_tokens))

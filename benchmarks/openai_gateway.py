@@ -4,8 +4,9 @@ GPT-NeoX with 4 prefix tasks; tiny by default, `--hidden/--layers` make it cost 
 1. Whole answers: the same greedy completions through the gateway (`ftprefix openai` in its own
    process, called with the official `openai` client) and through `ftprefix.client.AsyncClient`
    directly, at 1, 8 and 32 in flight: requests/s, the gateway's throughput overhead, p50s, the
-   gateway's CPU per request, and Triton's requests per batch for each path. This checkout's
-   gateway runs twice: with `--http-url` (whole answers over Triton's HTTP endpoint) and without.
+   gateway's CPU per request (its workers' included), and Triton's requests per batch for each
+   path. This checkout's gateway runs twice: with `--http-url` (answers and streams over Triton's
+   HTTP endpoint) and without; `--workers N` adds it over HTTP with N worker processes.
 2. Streams: answers of a fixed length (`ignore_eos`), short and long, streamed through the gateway
    and through `AsyncClient.stream`: throughput overhead, and the gateway's CPU per stream at both
    lengths, whose difference over the extra tokens is its CPU per streamed token.
@@ -21,6 +22,7 @@ change) beside this one's, on the same servers: every measurement alternates bet
         [--max-queue-delay-us 5000]    # the server's batching window
         [--stream-tokens 8 64]         # the short and long streams
         [--compare-src ../ftprefix-before --rounds 3]
+        [--workers 2]                  # also the gateway with 2 worker processes
 """
 
 from __future__ import annotations
@@ -89,11 +91,18 @@ async def measured(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
+    """User + system CPU time so far of a process and its children (a gateway's workers)."""
     import psutil
 
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        try:
+            times = each.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def start_gateway(
@@ -383,6 +392,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds per measurement (medians)")
     parser.add_argument("--compare-src", type=Path, help="also run a gateway from this checkout of ftprefix")
     parser.add_argument("--no-streams", action="store_true", help="skip the streaming part")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="also run this gateway over HTTP with N workers (N > 1)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     sources: list[tuple[str, Path | None]] = [("this", None)]
@@ -397,13 +409,17 @@ def main() -> None:
             with EmbeddedServer(
                 ft_dir, streaming=streaming, max_queue_delay_us=args.max_queue_delay_us, stop_timeout=0
             ) as server:
-                # whole answers: this gateway over Triton's HTTP endpoint (as `serve --openai-port` and
-                # the CPU deployments run it) and over gRPC only; streams are gRPC either way
+                # this gateway over Triton's HTTP endpoint (as `serve --openai-port` and the CPU
+                # deployments run it: whole answers over infer, streams over generate_stream) and
+                # over gRPC only
                 runs: list[tuple[str, Path | None, tuple[str, ...]]] = []
                 for label, src in sources:
-                    if part == "whole" and src is None:
+                    if src is None:
                         runs.append((f"{label}, HTTP", src, ("--http-url", server.http_url)))
                         runs.append((f"{label}, gRPC", src, ()))
+                        if args.workers > 1:
+                            workers = ("--http-url", server.http_url, "--workers", str(args.workers))
+                            runs.append((f"{label}, HTTP, {args.workers} workers", src, workers))
                     else:
                         runs.append((label, src, ()))
                 labels[part] = [label for label, _, _ in runs]

@@ -73,7 +73,9 @@ def test_engine_benchmark_reports_batched_and_sequential_rates():
 
 
 def test_client_benchmark_reports_overhead_and_throughput():
-    out = _run("client.py", "--requests", "8", "--overhead-calls", "3", "--new-tokens", "2")
+    out = _run(
+        "client.py", "--requests", "8", "--overhead-calls", "3", "--new-tokens", "2", "--stream-tokens", "4"
+    )
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert any("overhead of Client.generate" in r for r in rows)
     in_flight = [r for r in rows if re.match(r"\| (1|8|32) \| (gRPC|HTTP) \|", r)]
@@ -82,20 +84,34 @@ def test_client_benchmark_reports_overhead_and_throughput():
     ]
     assert all(_number(r, 2) > 0 and _number(r, 5) > 0 for r in in_flight)  # requests/s, CPU per request
     bare = [r for r in rows if re.match(r"\| (1|8|32) \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", r)]
-    assert [int(_number(r, 0)) for r in bare] == [1, 8, 32]
+    assert [int(_number(r, 0)) for r in bare] == [1, 8, 32, 1, 8, 32]  # calls, then streams
+    assert all(_number(r, 1) > 0 and _number(r, 2) > 0 for r in bare)
 
 
 def test_openai_gateway_benchmark_compares_with_the_client():
-    out = _run("openai_gateway.py", "--requests", "8", "--new-tokens", "2", "--stream-tokens", "2", "6")
-    whole = {
+    out = _run(
+        "openai_gateway.py",
+        "--requests",
+        "8",
+        "--new-tokens",
+        "2",
+        "--stream-tokens",
+        "2",
+        "6",
+        "--workers",
+        "2",
+    )
+    rows = {
         via: [line for line in out.splitlines() if re.match(rf"\| (1|8|32) \| this, {via} \|", line)]
-        for via in ("HTTP", "gRPC")
+        for via in ("HTTP", "gRPC", "HTTP, 2 workers")
     }
-    streams = [line for line in out.splitlines() if re.match(r"\| (1|8|32) \| this \|", line)]
-    for rows in (whole["HTTP"], whole["gRPC"], streams):
-        assert [int(_number(r, 0)) for r in rows] == [1, 8, 32]
-        assert all(_number(r, 2) > 0 and _number(r, 3) > 0 for r in rows)
-    assert all(r.rstrip().endswith("us |") for r in streams)  # CPU per streamed token
+    # whole answers first, then streams, whose last column is the CPU per streamed token
+    for via, lines in rows.items():
+        whole, streams = lines[:3], lines[3:]
+        assert [int(_number(r, 0)) for r in whole] == [1, 8, 32] == [int(_number(r, 0)) for r in streams], via
+        assert all(_number(r, 2) > 0 and _number(r, 3) > 0 for r in lines)
+        assert not any(r.rstrip().endswith("us |") for r in whole)
+        assert all(r.rstrip().endswith("us |") for r in streams)
     work = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert _number(work["all of it, one request"], 1) > 0
     assert _number(work["key lookup (1,000 keys, the keys file checked for changes)"], 1) > 0

@@ -367,3 +367,87 @@ def test_a_bad_http_url_is_refused_when_the_client_is_made(url: str) -> None:
 
     with pytest.raises(FtprefixClientError, match="host:port"):
         AsyncClient("localhost:8001", http_url=url)
+
+
+# -- streams over Triton's HTTP endpoint (generate_stream) ------------------------------------
+
+
+def test_async_http_streams_equal_hugging_face_and_are_the_path_taken(
+    streaming_server: EmbeddedServer, model, reference
+) -> None:
+    jobs = [(PROMPTS[i % len(PROMPTS)], [None, *TASKS][i % (len(TASKS) + 1)]) for i in range(12)]
+    ids, _, _ = reference(PROMPTS[0], "taskA")
+    stop = [[ids[2]]]  # a stop word FT ends the row at: sent as stop_words_list [1, 2, L]
+    expected = {(p, t, ()): reference(p, t) for p, t in set(jobs)}
+    expected[(PROMPTS[0], "taskA", (ids[2],))] = reference(PROMPTS[0], "taskA", stop_words=stop)
+    jobs_with_stops = [(p, t, ()) for p, t in jobs] + [(PROMPTS[0], "taskA", (ids[2],))]
+
+    async def run_all(http_url: str) -> list:
+        async with AsyncClient(streaming_server.grpc_url, http_url=http_url, tokenizer=model["hf"]) as c:
+
+            async def one(prompt: str, task: str | None, stop_ids: tuple[int, ...]) -> list:
+                words = {"stop": [list(stop_ids)]} if stop_ids else {}
+                stream = c.stream(prompt, task=task, max_new_tokens=NEW_TOKENS, **words)
+                return [chunk async for chunk in stream]
+
+            concurrent = await asyncio.gather(*(one(*job) for job in jobs_with_stops))
+            one_after_another = [await one(*job) for job in jobs_with_stops[:3]]
+            return [*concurrent, *one_after_another]
+
+    chunk_lists = asyncio.run(run_all(streaming_server.http_url))
+    for job, chunks in zip([*jobs_with_stops, *jobs_with_stops[:3]], chunk_lists, strict=True):
+        want_ids, want_text, want_reason = expected[job]
+        assert len(chunks) >= 2, job  # really streamed, not one answer at the end
+        assert [t for chunk in chunks for t in chunk.token_ids] == want_ids, job
+        assert "".join(chunk.text or "" for chunk in chunks) == want_text, job
+        assert chunks[-1].finish_reason == want_reason and all(ch.finish_reason is None for ch in chunks[:-1])
+    assert expected[(PROMPTS[0], "taskA", (ids[2],))][2] == "stop_words"
+
+    from ftprefix.serving.server import free_port
+
+    nowhere = f"127.0.0.1:{free_port()}"  # gRPC still answers: a failure here is the HTTP path's
+    with pytest.raises(ServerUnavailableError) as info:
+        asyncio.run(run_all(nowhere))
+    assert nowhere in str(info.value) and str(info.value).endswith("pass the right --http-url")
+
+
+def test_async_http_stream_failures_are_the_errors_grpc_gives(
+    streaming_server: EmbeddedServer, model
+) -> None:
+    async def run() -> None:
+        async with AsyncClient(
+            streaming_server.grpc_url, http_url=streaming_server.http_url, tokenizer=model["hf"]
+        ) as c:
+            with pytest.raises(InvalidRequestError, match="exceeds the limit") as refused:
+                async for _ in c.stream(PROMPTS[0], task="taskA", max_new_tokens=5000):
+                    pass
+            assert refused.value.status == "INVALID_ARGUMENT"
+            assert isinstance(refused.value.__cause__, InferenceServerException)
+            chunks = [chunk async for chunk in c.stream(PROMPTS[0], task="taskA", max_new_tokens=2)]
+            assert chunks[-1].finish_reason == "length"
+        async with AsyncClient(
+            streaming_server.grpc_url, http_url=streaming_server.http_url, tokenizer=model["hf"], timeout=0.05
+        ) as c:
+            await c.tasks()
+            with pytest.raises(RequestTimeoutError, match=r"did not answer within 0\.05 s"):
+                async for _ in c.stream(PROMPTS[0], task="taskA", max_new_tokens=1000, min_new_tokens=1000):
+                    pass
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("version", "over_http"),
+    [
+        ("2.51.0", True),
+        ("2.60.1", True),
+        ("3.0.0", True),
+        ("2.50.0", False),
+        ("2.34.0", False),  # the GPU image's Triton 23.05: no generate endpoint
+        ("dev", False),
+    ],
+)
+def test_streams_take_http_only_from_servers_they_were_checked_with(version: str, over_http: bool) -> None:
+    from ftprefix.client.http_stream import streams_over_http
+
+    assert streams_over_http(version) is over_http

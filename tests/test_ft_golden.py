@@ -186,3 +186,23 @@ def test_stream_gives_fts_tokens_chunk_by_chunk(converted, streaming_server) -> 
                 assert chunks[-1].finish_reason is not None and all(
                     c.finish_reason is None for c in chunks[:-1]
                 )
+
+
+def test_streams_over_http_give_fts_tokens_chunk_by_chunk(converted, streaming_server) -> None:
+    """Every row through Triton's generate_stream (AsyncClient with http_url), all rows at once."""
+
+    async def run() -> list[tuple[Scenario, int, list]]:
+        async with AsyncClient(streaming_server.grpc_url, http_url=streaming_server.http_url) as client:
+
+            async def one(s: Scenario, b: int) -> list:
+                row = s.rows[b]
+                options = _options(s, row["request_output_len"])
+                return [chunk async for chunk in client.stream(row["ids"], task=s.task(b), **options)]
+
+            jobs = [(s, b) for s in scenarios(converted[0]) for b in range(len(s.rows))]
+            chunk_lists = await asyncio.gather(*(one(s, b) for s, b in jobs))
+            return [(s, b, chunks) for (s, b), chunks in zip(jobs, chunk_lists, strict=True)]
+
+    for scenario, b, chunks in asyncio.run(run()):
+        assert [t for c in chunks for t in c.token_ids] == scenario.expected(b), (scenario.name, b)
+        assert chunks[-1].finish_reason is not None and all(c.finish_reason is None for c in chunks[:-1])

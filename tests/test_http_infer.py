@@ -1,6 +1,7 @@
 """The HTTP transport's connection handling, against a socket server that misbehaves on purpose:
 a kept-alive connection closed as the next request goes out (the server restarted, or dropped
 an idle connection) is resent once on a new connection; a response cut in the middle is not.
+Streams (generate_stream) keep their connection only when they ended, and fail as gRPC's do.
 
 The answers are written by hand in the format of Triton's binary tensor extension
 (triton-inference-server/server, docs/protocol/extension_binary_data.md). Equality with Hugging
@@ -9,7 +10,9 @@ Face through a real Triton server is in test_client_server.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -80,13 +83,23 @@ class Script:
         writer.close()
 
 
+@contextlib.asynccontextmanager
+async def _pool_at(handle) -> AsyncIterator[HttpInferPool]:
+    """A pool of connections to a server that answers with `handle`, both closed afterwards."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    pool = HttpInferPool(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def _with_server(script: Script, calls: int) -> list[dict | Exception]:
-    server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    pool = HttpInferPool(f"127.0.0.1:{port}")
     results: list[dict | Exception] = []
     arrays = {"input_ids": np.array([[1, 2]], dtype=np.uint32)}
-    try:
+    async with _pool_at(script.handle) as pool:
         for _ in range(calls):
             try:
                 results.append(
@@ -94,10 +107,6 @@ async def _with_server(script: Script, calls: int) -> list[dict | Exception]:
                 )
             except InferenceServerException as exc:
                 results.append(exc)
-    finally:
-        await pool.close()
-        server.close()
-        await server.wait_closed()
     return results
 
 
@@ -132,3 +141,136 @@ def test_a_connection_that_fails_otherwise_is_unavailable_and_not_resent(plans, 
     assert isinstance(result, InferenceServerException)
     assert result.status() == "UNAVAILABLE" and why in result.message()
     assert script.connections == 1 and len(script.requests) == 1
+
+
+# -- streams: Triton's generate_stream (server-sent events) ---------------------------------------
+
+EVENTS = [
+    {"model_name": "fastertransformer", "output_ids": [1, 2, 9], "sequence_length": 3, "cum_log_probs": -0.5},
+    {
+        "model_name": "fastertransformer",
+        "output_ids": [1, 2, 9, 4],
+        "sequence_length": 4,
+        "cum_log_probs": -1.25,
+    },
+]
+
+
+def _event(body: dict) -> bytes:
+    data = b"data: " + json.dumps(body).encode() + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class StreamScript:
+    """A generate_stream server whose n-th connection does `plans[n]`, one step per request:
+    "all" (every event, then the body's end), "error" (an event, then an error event), "cut" (an
+    event, then close), "refuse" (400 with the error as an event), "hang" (an event, then
+    nothing until the client goes)."""
+
+    def __init__(self, plans: list[list[str]]) -> None:
+        self.plans, self.connections, self.requests = plans, 0, []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        plan = self.plans[self.connections]
+        self.connections += 1
+        ok = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for step in plan:
+            try:
+                self.requests.append(await _read_request(reader))
+            except asyncio.IncompleteReadError:
+                break
+            if step == "refuse":
+                writer.write(ok.replace(b"200 OK", b"400 Bad Request") + _event({"error": "no such task"}))
+                writer.write(b"0\r\n\r\n")
+            elif step == "all":
+                writer.write(ok + b"".join(map(_event, EVENTS)) + b"0\r\n\r\n")
+            else:
+                writer.write(ok + _event(EVENTS[0]))
+                if step == "error":
+                    writer.write(_event({"error": "the model failed"}) + b"0\r\n\r\n")
+            await writer.drain()
+            if step == "cut":
+                break
+            if step == "hang":
+                await reader.read()  # until the client closes its end
+                break
+        writer.close()
+
+
+async def _streams(script: StreamScript, runs: list[int | None], timeout: float = 10) -> list:
+    """One stream per entry of `runs`, one after another: read `n` responses and close it (None:
+    read it to its end). Each result: the outputs read, or the exception raised."""
+    from ftprefix.client.http_stream import HttpStream
+
+    arrays = {"input_ids": np.array([[1, 2]], dtype=np.uint32), "temperature": np.array([[0.7]], np.float32)}
+    results: list = []
+    async with _pool_at(script.handle) as pool:
+        for n in runs:
+            stream = HttpStream(
+                pool, "fastertransformer", arrays, ["output_ids", "sequence_length"], None, timeout
+            )
+            got: list = []
+            try:
+                while (n is None or len(got) < n) and (outputs := await stream.next()) is not None:
+                    got.append(outputs)
+            except InferenceServerException as exc:
+                got.append(exc)
+            stream.close()
+            if stream.drain is not None:
+                await stream.drain  # the connection is back in the pool, or closed
+            results.append(got)
+    return results
+
+
+def test_streams_read_to_their_end_or_stopped_after_their_last_response_keep_the_connection() -> None:
+    script = StreamScript([["all", "all", "all"]])
+    whole, stopped, again = asyncio.run(_streams(script, [None, 2, None]))
+    assert script.connections == 1 and len(script.requests) == 3
+    for got in (whole, stopped, again):
+        assert [r["output_ids"].tolist() for r in got] == [[[e["output_ids"]]] for e in EVENTS]
+        assert [r["sequence_length"].tolist() for r in got] == [[[3]], [[4]]]
+        assert all(
+            r["output_ids"].dtype == np.uint32 and set(r) == {"output_ids", "sequence_length"} for r in got
+        )
+    head, body = script.requests[0].split(b"\r\n\r\n", 1)
+    assert head.startswith(b"POST /v2/models/fastertransformer/generate_stream HTTP/1.1\r\n")
+    sent = json.loads(body)
+    assert sent == {"input_ids": [1, 2], "temperature": [float(np.float32(0.7))]}
+    assert np.float32(sent["temperature"][0]) == np.float32(0.7)  # every bit of the float32
+
+
+def test_a_stream_stopped_with_more_to_come_closes_its_connection() -> None:
+    script = StreamScript([["all"], ["all"]])
+    first, second = asyncio.run(_streams(script, [1, None]))
+    assert len(first) == 1 and len(second) == 2
+    assert script.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("step", "status", "message"),
+    [
+        ("error", None, "the model failed"),  # after the 200: an error event
+        ("refuse", "INVALID_ARGUMENT", "no such task"),  # before the first response: 400
+        ("cut", "UNAVAILABLE", "the connection failed"),
+    ],
+)
+def test_a_failing_stream_raises_what_the_grpc_path_raises(
+    step: str, status: str | None, message: str
+) -> None:
+    script = StreamScript([[step], ["all"]])
+    failed, after = asyncio.run(_streams(script, [None, None]))
+    error = failed[-1]
+    assert isinstance(error, InferenceServerException)
+    assert error.status() == status and message in error.message()
+    assert len(failed) == (1 if step == "refuse" else 2)  # the first event came before the failure
+    assert len(after) == 2 and script.connections == 2  # the failed connection is not used again
+
+
+def test_a_stream_past_its_deadline_is_deadline_exceeded() -> None:
+    script = StreamScript([["hang"]])
+    ((first, error),) = asyncio.run(_streams(script, [None], timeout=0.3))
+    assert first["sequence_length"].tolist() == [[3]]
+    assert isinstance(error, InferenceServerException) and error.status() == "DEADLINE_EXCEEDED"

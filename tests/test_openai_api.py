@@ -353,10 +353,14 @@ def test_top_k_and_repetition_penalty_reach_the_model_as_sent(gateway, triton, m
 # -- failures after the 200, errors for tenants, request ids --------------------------------------
 
 
-def test_a_stream_cut_by_triton_dying_ends_with_an_error_event_then_done(model, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_a_stream_cut_by_triton_dying_ends_with_an_error_event_then_done(
+    model, tmp_path: Path, transport: str
+) -> None:
     shutil.copytree(model["ft"], tmp_path / "ft")
     server = EmbeddedServer(tmp_path / "ft", streaming=True, watch_interval=None, stop_timeout=0).start()
-    gateway, url = _gateway(server.grpc_url, model["hf"])
+    http_url = server.http_url if transport == "http" else None
+    gateway, url = _gateway(server.grpc_url, model["hf"], triton_http_url=http_url)
     try:
         request = {
             "model": BASE,
@@ -379,7 +383,8 @@ def test_a_stream_cut_by_triton_dying_ends_with_an_error_event_then_done(model, 
         assert events[-1] == "[DONE]"
         error = json.loads(events[-2])["error"]
         assert error["type"] == "service_unavailable" and error["code"] == "model_server_unavailable"
-        assert server.grpc_url not in json.dumps(error)
+        assert server.grpc_url.split(":")[-1] not in json.dumps(error)
+        assert server.http_url.split(":")[-1] not in json.dumps(error)
         assert len(events) < 400  # it was cut, not finished
     finally:
         gateway.should_exit = True

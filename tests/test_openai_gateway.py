@@ -41,7 +41,8 @@ def _gateway(triton_url: str, hf: Path, **settings):
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "streaming"])
 def stack(request, model):
     with EmbeddedServer(model["ft"], streaming=request.param, watch_interval=None, stop_timeout=0) as triton:
-        # whole answers over HTTP (a decoupled server answers over gRPC streams all the same)
+        # over Triton's HTTP endpoint, as the CPU deployments run it: whole answers, and streams
+        # through generate_stream (tests/test_openai_api.py streams over gRPC as well)
         gateway, base_url = _gateway(triton.grpc_url, model["hf"], triton_http_url=triton.http_url)
         try:
             yield {"triton": triton, "url": base_url, "streaming": request.param}

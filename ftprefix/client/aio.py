@@ -1,7 +1,7 @@
 """`AsyncClient`: the asyncio twin of `Client`. Only its transport lives here: Triton's gRPC
 service through grpc.aio and the service's generated stub (tritonclient.grpc.service_pb2_grpc),
 with requests built as protobuf messages straight from numpy (`wire.infer_request`), and, with
-`http_url`, requests answered once over Triton's HTTP endpoint (`http_infer`); what each call
+`http_url`, generations over Triton's HTTP endpoint (`http_infer`, `http_stream`); what each call
 does is written once, in `base.ClientBase`."""
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from ftprefix.client.base import (
 from ftprefix.client.errors import FtprefixClientError
 from ftprefix.client.failures import from_rpc_error, translate
 from ftprefix.client.http_infer import HttpInferPool
+from ftprefix.client.http_stream import HttpStream, one_row, streams_over_http
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
@@ -85,6 +86,29 @@ class _Stream:
         self.call.cancel()
 
 
+class _HttpStreamCall:
+    """`_Stream`'s twin over Triton's HTTP endpoint (`http_stream.HttpStream`)."""
+
+    def __init__(self, client: AsyncClient, pool: HttpInferPool, op: OpenStream) -> None:
+        self.client, self.model, self.names = client, op.model, op.outputs
+        arrays, parameters = op.request.arrays, op.request.parameters
+        self.stream = HttpStream(pool, op.model, arrays, op.outputs, parameters, client.timeout)
+
+    async def next(self) -> dict[str, np.ndarray] | None:
+        client = self.client
+        while True:
+            try:
+                outputs = await self.stream.next()
+            except InferenceServerException as exc:
+                url = self.stream.pool.url
+                raise translate(exc, url, self.model, client.timeout, option="--http-url") from exc
+            if outputs is None or len(outputs) == len(self.names):  # not an empty final response
+                return outputs
+
+    def close(self) -> None:
+        self.stream.close()
+
+
 class AsyncClient(ClientBase):
     """The asyncio twin of `Client`: same arguments, same results, awaitable.
 
@@ -111,9 +135,10 @@ class AsyncClient(ClientBase):
         task_table_ttl: float | None = TASK_TABLE_TTL_S,
     ) -> None:
         """As `Client`, plus `http_url`: the same server's HTTP address (host:port, e.g.
-        localhost:8000). Then generations of a model that answers once per request go over HTTP/1.1
-        keep-alive connections, which cost this process less CPU per call than gRPC (about a third
-        less one at a time, benchmarks/client.py); streams, probes and the model's config stay on
+        localhost:8000). Then generations go over HTTP/1.1 keep-alive connections, which cost this
+        process less CPU per call than gRPC (benchmarks/client.py): whole answers always, streams
+        where the server's Triton has the generate extension checked here (2.51 and newer, which
+        `ftprefix serve` runs; older ones stream over gRPC). Probes and the model's config stay on
         gRPC at `url`."""
         super().__init__(
             url,
@@ -126,6 +151,7 @@ class AsyncClient(ClientBase):
         )
         self.http_url = normalize_http_url(http_url) if http_url is not None else None
         self._http = HttpInferPool(self.http_url) if self.http_url is not None else None
+        self._http_streams: asyncio.Future[str] | None = None  # whether streams go over HTTP too
 
     @property
     def _stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
@@ -215,7 +241,12 @@ class AsyncClient(ClientBase):
         if isinstance(op, Gather):
             return list(await asyncio.gather(*(self._run(flow) for flow in op.flows)))
         if isinstance(op, OpenStream):
-            stream = _Stream(self, op)
+            http = self._http
+            stream: _Stream | _HttpStreamCall
+            if http is not None and one_row(op.request.arrays) and await self._streams_over_http(http):
+                stream = _HttpStreamCall(self, http, op)
+            else:
+                stream = _Stream(self, op)
             streams.append(stream)
             return stream
         if isinstance(op, CloseStream):
@@ -246,6 +277,20 @@ class AsyncClient(ClientBase):
             return response_arrays(await stub.ModelInfer(request, timeout=self.timeout), op.outputs)
         except grpc.RpcError as exc:
             raise translate(from_rpc_error(exc), self.url, op.model, self.timeout) from exc
+
+    async def _streams_over_http(self, http: HttpInferPool) -> bool:
+        """Whether the server at `http_url` streams (generate_stream), asked once: many coroutines
+        starting at once share the question."""
+        if self._http_streams is None:
+            self._http_streams = asyncio.ensure_future(http.server_version(PROBE_TIMEOUT_S))
+        probe = self._http_streams
+        try:
+            version = await asyncio.shield(probe)
+        except InferenceServerException as exc:
+            if self._http_streams is probe:
+                self._http_streams = None  # ask again next time
+            raise translate(exc, http.url, "the server", PROBE_TIMEOUT_S, option="--http-url") from exc
+        return streams_over_http(version)
 
     async def _infer(self, op: Infer) -> dict[str, np.ndarray]:
         if self._http is None:

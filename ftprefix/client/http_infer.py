@@ -5,9 +5,9 @@ The KServe v2 `POST /v2/models/{model}/infer` with Triton's binary tensor extens
 (triton-inference-server/server, docs/protocol/extension_binary_data.md). The connections are
 plain asyncio streams kept alive in a pool, one request at a time each, so a response wakes the
 event loop directly. grpc.aio hands every response from its own threads to the loop, which on
-the 2-core machine costs 1.2 to 1.5 times the CPU per call, one at a time or 32 in flight
-(benchmarks/client.py). Only requests answered once go this way: a decoupled model answers over
-gRPC streams.
+the 2-core machine costs up to 1.5 times the CPU per call, most where calls come one at a time
+(benchmarks/client.py). Requests answered once go this way; a decoupled model's streams use the
+same connections through Triton's generate extension (`http_stream`).
 
 Failures become the `InferenceServerException`s the gRPC path raises, with the gRPC status name
 Triton's HTTP status stands for (its http_server.cc maps them one to one; older servers answer
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 from urllib.parse import quote
 
 import numpy as np
@@ -37,6 +38,7 @@ _MODEL_MISSING = ("unknown model", "is not found", "is not ready")  # Triton's 4
 _HEAD_LIMIT = 64 * 1024  # a response's status line and headers
 _JSON = json.JSONEncoder(separators=(",", ":"))
 _timeout = getattr(asyncio, "timeout", None)
+T = TypeVar("T")
 
 
 def encode_request(
@@ -76,20 +78,25 @@ def encode_request(
     return b"".join((start.encode("ascii"), head, *blobs))
 
 
+def http_error(status: int, body: bytes) -> InferenceServerException:
+    """Triton's error answer (`{"error": MESSAGE}`) with the gRPC status name its HTTP status stands for."""
+    try:
+        message = str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        message = body[:200].decode("utf-8", "replace") or f"HTTP {status}"
+    code = _STATUS_OF_HTTP.get(status, "UNKNOWN")
+    if code == "INVALID_ARGUMENT" and any(hint in message.lower() for hint in _MODEL_MISSING):
+        code = "NOT_FOUND"
+    return InferenceServerException(msg=message, status=code)
+
+
 def decode_response(
     status: int, header_size: int | None, body: bytes, names: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """The named outputs of a 200 response as numpy arrays (missing ones left out); an error
     response raises InferenceServerException with the matching gRPC status name."""
     if status != 200:
-        try:
-            message = str(json.loads(body)["error"])
-        except (ValueError, KeyError, TypeError):
-            message = body[:200].decode("utf-8", "replace") or f"HTTP {status}"
-        code = _STATUS_OF_HTTP.get(status, "UNKNOWN")
-        if code == "INVALID_ARGUMENT" and any(hint in message.lower() for hint in _MODEL_MISSING):
-            code = "NOT_FOUND"
-        raise InferenceServerException(msg=message, status=code)
+        raise http_error(status, body)
     size = len(body) if header_size is None else header_size
     try:
         header = json.loads(body[:size])
@@ -112,19 +119,46 @@ def decode_response(
     return arrays
 
 
+async def within(seconds: float | None, work: Awaitable[T]) -> T:
+    """`await work`, raising Triton's DEADLINE_EXCEEDED after `seconds` (None: no limit)."""
+    try:
+        if seconds is None:
+            return await work
+        if _timeout is not None:  # Python 3.11+: a deadline on this task, no task of its own
+            async with _timeout(seconds):
+                return await work
+        return await asyncio.wait_for(work, seconds)
+    except asyncio.TimeoutError:
+        raise InferenceServerException(msg="Deadline Exceeded", status="DEADLINE_EXCEEDED") from None
+
+
 class _Unanswered(ConnectionError):
     """The connection failed before any byte of a response came."""
 
 
-class _Connection:
+class Connection:
     """One keep-alive connection: a request written, its response read, in turn."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.used = False  # answered before: the server may have closed it since (then resend once)
 
-    async def exchange(self, request: bytes) -> tuple[int, int | None, bytes, bool]:
-        """Status, JSON header size, body, and whether the server keeps the connection open."""
+    async def read_body(self, headers: dict[str, str]) -> bytes:
+        """The whole body of the response whose `headers` were read (a body that ends with the
+        connection marks it `connection: close`)."""
+        if "content-length" in headers:
+            return await self.reader.readexactly(int(headers["content-length"]))
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            pieces = []
+            while (piece := await self.chunk()) is not None:
+                pieces.append(piece)
+            return b"".join(pieces)
+        headers["connection"] = "close"
+        return await self.reader.read()
+
+    async def send(self, request: bytes) -> tuple[int, dict[str, str]]:
+        """Write `request`, read the response's status and headers (names in lower case; an
+        HTTP/1.0 answer reads as `connection: close`)."""
         try:
             self.writer.write(request)
             head = await self.reader.readuntil(b"\r\n\r\n")
@@ -144,26 +178,18 @@ class _Connection:
         for line in lines[1:]:
             key, _, value = line.partition(":")
             headers[key.strip().lower()] = value.strip()
-        if "content-length" in headers:
-            body = await self.reader.readexactly(int(headers["content-length"]))
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            body = await self._chunked()
-        else:  # the body ends with the connection
-            body = await self.reader.read()
+        if parts[0] == "HTTP/1.0":
             headers["connection"] = "close"
-        json_size = headers.get("inference-header-content-length")
-        keep = headers.get("connection", "").lower() != "close" and parts[0] != "HTTP/1.0"
-        return int(parts[1]), int(json_size) if json_size and json_size.isdigit() else None, body, keep
+        return int(parts[1]), headers
 
-    async def _chunked(self) -> bytes:
-        pieces = []
-        while True:
-            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                await self.reader.readuntil(b"\r\n")  # no trailers from Triton: the final CRLF
-                return b"".join(pieces)
-            pieces.append(await self.reader.readexactly(size))
-            await self.reader.readexactly(2)
+    async def chunk(self) -> bytes | None:
+        """The next piece of a chunked body; None after the last."""
+        size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await self.reader.readuntil(b"\r\n")  # no trailers from Triton: the final CRLF
+            return None
+        piece = await self.reader.readexactly(size + 2)
+        return piece[:-2]
 
     def close(self) -> None:
         self.writer.close()
@@ -176,7 +202,7 @@ class HttpInferPool:
         host, _, port = url.rpartition(":")
         self.url, self.host, self.port = url, host.strip("[]"), int(port)
         self.max_idle = max_idle
-        self._idle: list[_Connection] = []
+        self._idle: list[Connection] = []
 
     async def infer(
         self,
@@ -188,58 +214,81 @@ class HttpInferPool:
     ) -> dict[str, np.ndarray]:
         """Run one request; raises InferenceServerException (status: a gRPC status name)."""
         request = encode_request(self.url, model, arrays, outputs, parameters)
-        try:
-            if timeout is None:
-                status, header_size, body = await self._send(request)
-            elif _timeout is not None:  # Python 3.11+: a deadline on this task, no task of its own
-                async with _timeout(timeout):
-                    status, header_size, body = await self._send(request)
-            else:
-                status, header_size, body = await asyncio.wait_for(self._send(request), timeout)
-        except asyncio.TimeoutError:
-            raise InferenceServerException(msg="Deadline Exceeded", status="DEADLINE_EXCEEDED") from None
+        status, header_size, body = await within(timeout, self._send(request))
         return decode_response(status, header_size, body, outputs)
 
     async def _send(self, request: bytes) -> tuple[int, int | None, bytes]:
+        connection, status, headers = await self.open(request)
+        try:
+            body = await connection.read_body(headers)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            connection.close()
+            raise connection_failed(exc) from None
+        except BaseException:  # cancelled or a bug: the connection's state is unknown
+            connection.close()
+            raise
+        self.release(connection, keep=headers.get("connection", "").lower() != "close")
+        json_size = headers.get("inference-header-content-length")
+        return status, int(json_size) if json_size and json_size.isdigit() else None, body
+
+    async def open(self, request: bytes) -> tuple[Connection, int, dict[str, str]]:
+        """Send `request` and read its status and headers; the body is the caller's to read, and
+        the connection its to `release` (or close). A kept-alive connection the server closed as
+        the request went out is replaced and the request sent again, once: Triton has seen none
+        of it, so sending it again is safe."""
         while True:
             connection = self._idle.pop() if self._idle else await self._connect()
             if connection.reader.at_eof():  # closed by the server while idle
                 connection.close()
                 continue
             try:
-                status, header_size, body, keep = await connection.exchange(request)
+                status, headers = await connection.send(request)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
                 connection.close()
                 if connection.used and isinstance(exc, _Unanswered):
-                    # a kept-alive connection the server closed as this request went out; inference
-                    # changes nothing on the server, so sending it again on a new one is safe
                     continue
-                raise InferenceServerException(
-                    msg=f"the connection failed: {_describe(exc)}", status="UNAVAILABLE"
-                ) from None
+                raise connection_failed(exc) from None
             except BaseException:  # cancelled or a bug: the connection's state is unknown
                 connection.close()
                 raise
-            if keep and len(self._idle) < self.max_idle:
-                connection.used = True
-                self._idle.append(connection)
-            else:
-                connection.close()
-            return status, header_size, body
+            return connection, status, headers
 
-    async def _connect(self) -> _Connection:
+    def release(self, connection: Connection, *, keep: bool) -> None:
+        """A connection whose response was read to its end: kept for the next request if `keep`."""
+        if keep and len(self._idle) < self.max_idle:
+            connection.used = True
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    async def server_version(self, timeout: float | None) -> str:
+        """The version Triton reports in its server metadata (`GET /v2`)."""
+        request = f"GET /v2 HTTP/1.1\r\nHost: {self.url}\r\n\r\n".encode("ascii")
+        status, _, body = await within(timeout, self._send(request))
+        if status != 200:
+            raise http_error(status, body)
+        try:
+            return str(json.loads(body)["version"])
+        except (ValueError, KeyError, TypeError):
+            raise InferenceServerException(msg="unreadable server metadata", status="UNAVAILABLE") from None
+
+    async def _connect(self) -> Connection:
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port, limit=_HEAD_LIMIT)
         except OSError as exc:
             raise InferenceServerException(
                 msg=f"failed to connect: {_describe(exc)}", status="UNAVAILABLE"
             ) from None
-        return _Connection(reader, writer)
+        return Connection(reader, writer)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+def connection_failed(exc: BaseException) -> InferenceServerException:
+    return InferenceServerException(msg=f"the connection failed: {_describe(exc)}", status="UNAVAILABLE")
 
 
 def _describe(exc: BaseException) -> str:

@@ -28,9 +28,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--http-url",
         metavar="HOST:PORT",
-        help="Triton's HTTP address too (e.g. localhost:8000): whole answers of a server that answers "
-        "once per request then go over HTTP/1.1, which costs this process less CPU per call than gRPC "
-        "(benchmarks/client.py); streams stay on gRPC (default: gRPC only)",
+        help="Triton's HTTP address too (e.g. localhost:8000): whole answers then go over HTTP/1.1, and "
+        "streams too where Triton has the generate extension (2.51 and newer, as `ftprefix serve`), "
+        "which costs this process less CPU per call than gRPC (benchmarks/client.py) (default: gRPC "
+        "only)",
     )
     p.add_argument(
         "--tokenizer", type=Path, required=True, metavar="HF_DIR", help="the model's tokenizer directory"
@@ -43,9 +44,20 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default %(default)s)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gateway processes sharing the port, one core each; the keys file and /metrics hold "
+        "across them, per-key limits and --max-in-flight per worker (default %(default)s)",
+    )
     add_newline_token_option(p)
     add_gateway_options(p)
     p.set_defaults(func=run, extras=("openai",))
+
+
+MAX_WORKERS = 256
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port <= 65535:
         raise UserError(f"--port {args.port} is not a port number; use 1..65535")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UserError(f"--workers {args.workers}: use 1 to {MAX_WORKERS} (about one per core)")
     http_url = None
     if args.http_url is not None:
         from ftprefix.client import FtprefixClientError
@@ -85,12 +99,20 @@ def run(args: argparse.Namespace) -> int:
     app = server.config.app
     print(
         f"ftprefix openai: http://{args.host}:{args.port}/v1 in front of {args.url}"
-        f"{f' (whole answers over HTTP at {http_url})' if http_url else ''}; base model "
+        f"{f' (and over HTTP at {http_url})' if http_url else ''}; base model "
         f"{settings.base_model!r}; tokenizer {tokenizer.description}",
         flush=True,
     )
     print(f"ftprefix openai: {app.state.keys.describe()}", flush=True)
     print(f"ftprefix openai: {app.state.describe_limits()}", flush=True)
+    if args.workers > 1:
+        from ftprefix.gateway.workers import run_workers
+
+        print(
+            f"ftprefix openai: {args.workers} workers; per-key limits and places at Triton hold per worker",
+            flush=True,
+        )
+        return run_workers(settings, args.host, args.port, args.workers)
     log_to_stderr("ftprefix openai")
     server.run()
     return 0

@@ -37,6 +37,7 @@ class Admission:
         self.in_flight = 0
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self._turns: deque[str] = deque()  # tenants with waiters, in the order they are served
+        self.changed: Callable[[], None] | None = None  # told whenever a place is taken or freed
 
     @property
     def waiting(self) -> int:
@@ -53,6 +54,8 @@ class Admission:
         which is asked for only when the request has to wait."""
         if self._free() and not self._turns:
             self.in_flight += 1
+            if self.changed is not None:
+                self.changed()
             return 0.0
         started = time.perf_counter()
         tenant = tenant if self.fair else ""
@@ -62,6 +65,8 @@ class Admission:
             queue = self._waiting[tenant] = deque()
             self._turns.append(tenant)
         queue.append(place)
+        if self.changed is not None:
+            self.changed()
         watch = asyncio.ensure_future(gone()) if gone is not None else None
         try:
             waits = {place} if watch is None else {place, watch}
@@ -73,6 +78,8 @@ class Admission:
             if watch is not None and not watch.done():
                 watch.cancel()
         if place.done() and not place.cancelled():
+            if self.changed is not None:
+                self.changed()
             return time.perf_counter() - started
         self._give_up(tenant, place)
         if watch is not None and watch.done() and not watch.cancelled():
@@ -91,6 +98,8 @@ class Admission:
             if not queue:
                 del self._waiting[tenant]
                 self._turns.remove(tenant)
+        if self.changed is not None:
+            self.changed()
 
     def leave(self) -> None:
         """A request is done at Triton: its place goes to the next tenant in turn, if one waits."""
@@ -106,6 +115,8 @@ class Admission:
                 place.set_result(None)  # the place passes on: in_flight stays
                 return
         self.in_flight -= 1
+        if self.changed is not None:
+            self.changed()
 
     def _free_after_leave(self) -> bool:
         # with a lowered limit, places freed above it are not handed on

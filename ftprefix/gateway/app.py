@@ -69,7 +69,7 @@ class GatewaySettings:
     triton_url: str
     tokenizer_dir: Path
     base_model: str  # the model name of the base model (no task)
-    triton_http_url: str | None = None  # whole answers over Triton's HTTP endpoint (client/http_infer.py)
+    triton_http_url: str | None = None  # generations over Triton's HTTP endpoint (AsyncClient http_url)
     newline_token: str | None = None
     api_keys: tuple[str, ...] = ()  # keys for every model
     api_keys_file: Path | None = None  # see auth.py, read again when it changes
@@ -81,6 +81,7 @@ class GatewaySettings:
     queue_timeout: float = 60.0  # how long a request may wait for a place at Triton
     max_model_len: int = 2048  # prompt + completion tokens of one row
     max_body_bytes: int = 4 * 1024 * 1024
+    metrics_dir: str | None = None  # with --workers: where every worker's metrics meet (workers.py)
 
 
 class _Context:
@@ -139,9 +140,11 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     tokenizer = tokenizer or load_tokenizer(settings.tokenizer_dir, newline_token=settings.newline_token)
     template = load_chat_template(tokenizer, settings.chat_template)
     keys = KeyRing(settings.api_keys, settings.api_keys_file)
-    metrics = GatewayMetrics(enabled=settings.metrics)
+    metrics = GatewayMetrics(enabled=settings.metrics, shared_dir=settings.metrics_dir)
     limits = Limits()
     admission = Admission(settings.max_in_flight, fair=settings.fair)
+    if settings.metrics_dir is not None and settings.metrics:  # other workers read these gauges
+        admission.changed = lambda: metrics.places(admission.in_flight, admission.waiting)
     base_model = settings.base_model
     holder: dict[str, AsyncClient] = {}
 

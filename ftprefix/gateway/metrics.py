@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # request durations: from a cached short answer to a long generation on a busy server
@@ -23,8 +24,12 @@ WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 
 
 class GatewayMetrics:
-    def __init__(self, enabled: bool = True) -> None:
+    """`shared_dir`: the directory of prometheus_client's multiprocess mode, where every worker of
+    `ftprefix openai --workers N` writes its values (workers.py); /metrics then sums them all."""
+
+    def __init__(self, enabled: bool = True, shared_dir: str | None = None) -> None:
         self.enabled = enabled
+        self.shared_dir = shared_dir
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -71,9 +76,20 @@ class GatewayMetrics:
             buckets=WAIT_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("ftprefix_in_flight_requests", "Requests at Triton now", registry=r)
+        # each label combination's series, looked up once: labels() validates and locks on every
+        # call, which was a third of a request's bookkeeping (benchmarks/openai_gateway.py); the
+        # keys are label values, so this holds no more than the registry does
+        self._series: dict[tuple[str, str, int], tuple] = {}
+        self._waits: dict[str, Histogram] = {}
+        # across workers, the sum of every live worker's value
+        self.in_flight = Gauge(
+            "ftprefix_in_flight_requests", "Requests at Triton now", registry=r, multiprocess_mode="livesum"
+        )
         self.waiting = Gauge(
-            "ftprefix_waiting_requests", "Requests waiting for a place at Triton", registry=r
+            "ftprefix_waiting_requests",
+            "Requests waiting for a place at Triton",
+            registry=r,
+            multiprocess_mode="livesum",
         )
 
     def record(
@@ -88,24 +104,49 @@ class GatewayMetrics:
     ) -> None:
         if not self.enabled:
             return
-        code = str(status)
-        self.requests.labels(model, code).inc()
-        self.duration.labels(model).observe(seconds)
-        self.tenant_requests.labels(tenant, code).inc()
+        series = self._series.get((model, tenant, status))
+        if series is None:
+            series = self._series[(model, tenant, status)] = self._series_of(model, tenant, str(status))
+        requests, duration, tenant_requests, prompt, tenant_prompt, generated, tenant_generated = series
+        requests.inc()
+        duration.observe(seconds)
+        tenant_requests.inc()
         if reason is not None:
             self.tenant_rejections.labels(tenant, reason).inc()
         if prompt_tokens:
-            self.prompt_tokens.labels(model).inc(prompt_tokens)
-            self.tenant_tokens.labels(tenant, "prompt").inc(prompt_tokens)
+            prompt.inc(prompt_tokens)
+            tenant_prompt.inc(prompt_tokens)
         if generation_tokens:
-            self.generation_tokens.labels(model).inc(generation_tokens)
-            self.tenant_tokens.labels(tenant, "completion").inc(generation_tokens)
+            generated.inc(generation_tokens)
+            tenant_generated.inc(generation_tokens)
+
+    def _series_of(self, model: str, tenant: str, code: str) -> tuple:
+        return (
+            self.requests.labels(model, code),
+            self.duration.labels(model),
+            self.tenant_requests.labels(tenant, code),
+            self.prompt_tokens.labels(model),
+            self.tenant_tokens.labels(tenant, "prompt"),
+            self.generation_tokens.labels(model),
+            self.tenant_tokens.labels(tenant, "completion"),
+        )
 
     def waited(self, tenant: str, seconds: float) -> None:
         if self.enabled:
-            self.queue_wait.labels(tenant).observe(seconds)
+            wait = self._waits.get(tenant)
+            if wait is None:
+                wait = self._waits[tenant] = self.queue_wait.labels(tenant)
+            wait.observe(seconds)
 
-    def exposition(self, in_flight: int, waiting: int) -> bytes:
+    def places(self, in_flight: int, waiting: int) -> None:
+        """Admission's state, as it changes (with workers: each worker's own, summed at /metrics)."""
         self.in_flight.set(in_flight)
         self.waiting.set(waiting)
-        return generate_latest(self.registry)
+
+    def exposition(self, in_flight: int, waiting: int) -> bytes:
+        if self.shared_dir is None:
+            self.places(in_flight, waiting)
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, path=self.shared_dir)
+        return generate_latest(every_worker)

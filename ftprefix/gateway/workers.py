@@ -1,0 +1,152 @@
+"""`ftprefix openai --workers N`: N gateway processes serving one port.
+
+One process runs one event loop on one core; on a machine with many, N workers carry N times the
+requests. Each worker is a whole gateway (its own event loop, tokenizer and connections to Triton)
+listening on the same address with SO_REUSEPORT, so the kernel spreads new connections over them
+by their addresses. What must agree across workers does:
+- the keys file: every worker checks it on each request and reads it again when it changed
+  (auth.py), so an edit reaches all of them at their next request;
+- /metrics: whichever worker answers the scrape sums every worker's series (prometheus_client's
+  multiprocess mode: each worker writes its values to files in a directory this supervisor
+  creates empty and removes at the end; the in-flight and waiting gauges are the sum over live
+  workers).
+Per-key limits and fair admission hold within each worker, as within each gateway replica: a key
+allowed 600 requests a minute may make up to N x 600 through N workers.
+
+This process only supervises: it starts the workers, says when all of them listen, and stops them
+all on SIGINT or SIGTERM, or when one of them exits (which it reports; a container's restart
+policy then restarts the whole gateway).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from contextlib import closing
+from dataclasses import replace
+from multiprocessing.connection import Connection, wait
+
+from ftprefix.gateway.app import GatewaySettings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when a worker imports it
+STOP_TIMEOUT_S = 30.0  # for a worker to finish its requests after SIGTERM, then it is killed
+
+
+class _Stop(Exception):
+    """SIGTERM reached the supervisor."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket on host:port that other processes may bind as well (SO_REUSEPORT)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(settings: GatewaySettings, host: str, port: int, index: int, ready: Connection) -> None:
+    """One worker: a gateway on its own SO_REUSEPORT socket; tells `ready` once it listens."""
+    from ftprefix.gateway.run import log_to_stderr, make_server
+
+    log_to_stderr(f"ftprefix openai [worker {index}]")
+    server = make_server(settings, host, port)
+    started = server.startup
+
+    async def startup(sockets: object = None) -> None:
+        await started(sockets)  # type: ignore[arg-type]
+        if server.started:
+            ready.send(index)
+
+    server.startup = startup  # type: ignore[method-assign]
+    try:
+        sock = listening_socket(host, port)
+    except OSError as exc:  # the supervisor checked the port; another process took it since
+        print(
+            f"ftprefix openai [worker {index}]: error: cannot listen on {host}:{port}: {exc}", file=sys.stderr
+        )
+        sys.exit(2)
+    server.run(sockets=[sock])
+
+
+def run_workers(settings: GatewaySettings, host: str, port: int, count: int) -> int:
+    """Serve with `count` workers until SIGINT or SIGTERM (0), or until a worker exits (1)."""
+    directory = tempfile.mkdtemp(prefix="ftprefix-metrics-")
+    previous_env = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = directory  # the workers inherit it before they import anything
+    settings = replace(settings, metrics_dir=directory)
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no event loop or lock copied
+    workers, waiting = [], {}
+    previous_term = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        for index in range(count):
+            receive, send = context.Pipe(duplex=False)
+            worker = context.Process(
+                target=_serve, args=(settings, host, port, index, send), name=f"ftprefix-openai-{index}"
+            )
+            worker.start()
+            send.close()
+            workers.append(worker)
+            waiting[receive] = index
+        while waiting:  # every worker listens, or one failed to start
+            for ready in wait([*waiting, *(w.sentinel for w in workers)]):
+                if ready in waiting:
+                    with closing(ready):
+                        ready.recv()
+                    del waiting[ready]
+                else:
+                    return _one_exited(workers, ready, starting=True)
+        pids = ", ".join(str(w.pid) for w in workers)
+        print(f"ftprefix openai: {count} workers listening on port {port} (pids {pids})", flush=True)
+        ended = wait([w.sentinel for w in workers])
+        return _one_exited(workers, ended[0], starting=False)
+    except (KeyboardInterrupt, _Stop):
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        _stop_all(workers)
+        for receive in waiting:
+            receive.close()
+        shutil.rmtree(directory, ignore_errors=True)
+        if previous_env is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous_env
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def _one_exited(workers: list, sentinel: object, *, starting: bool) -> int:
+    worker = next(w for w in workers if w.sentinel == sentinel)
+    worker.join()
+    when = " while starting" if starting else ""
+    print(
+        f"ftprefix openai: error: worker {workers.index(worker)} exited{when} with code "
+        f"{worker.exitcode}; stopping the others",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
+
+
+def _stop_all(workers: list) -> None:
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()  # SIGTERM: uvicorn finishes the requests in progress
+    for worker in workers:
+        worker.join(STOP_TIMEOUT_S)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()

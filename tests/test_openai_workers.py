@@ -1,0 +1,129 @@
+"""`ftprefix openai --workers N` as a user starts it, in front of a real `ftprefix serve`: both
+workers answer on the one port, /metrics counts every request whichever worker is scraped, an
+edit of the keys file reaches every worker, and stopping the gateway stops all of them.
+
+Which worker answered a request is told by its request id, whose first half is the answering
+process's own (gateway/errors.py). Each request goes on a new connection: the kernel spreads new
+connections over the workers by their addresses (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from gateway_support import metric_samples
+from serving_support import _ctrl_c_as_in_a_terminal, convert_toy
+
+from ftprefix.serving.server import EmbeddedServer, free_port
+
+TASKS = {"smile": 3}
+BASE = "toy-base"
+REQUESTS = 40
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> dict:
+    return convert_toy(tmp_path_factory.mktemp("workers"), TASKS, seed=5)
+
+
+@pytest.fixture(scope="module")
+def triton(model):
+    with EmbeddedServer(model["ft"], watch_interval=None, stop_timeout=0) as server:
+        yield server
+
+
+def _start(
+    triton: EmbeddedServer, model: dict, keys: Path, *extra: str
+) -> tuple[subprocess.Popen, str, list[psutil.Process]]:
+    """The gateway's process, its URL and its workers, once it says they all listen."""
+    port = free_port()
+    argv = [sys.executable, "-m", "ftprefix.cli", "openai", "--url", triton.grpc_url]
+    argv += ["--http-url", triton.http_url, "--tokenizer", str(model["hf"]), "--base-model", BASE]
+    argv += ["--port", str(port), "--api-keys", str(keys), *extra]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # ends at EOF if the gateway fails; pytest's timeout is the bound
+        if "workers listening" in line:
+            pids = line.split("(pids ")[1].rstrip(")\n").split(", ")
+            return proc, f"http://127.0.0.1:{port}", [psutil.Process(int(pid)) for pid in pids]
+    proc.wait()
+    raise AssertionError(f"the gateway did not start: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def _worker_of(response: httpx.Response) -> str:
+    return response.headers["x-request-id"][:16]  # the answering process's half
+
+
+def _complete(url: str, key: str) -> httpx.Response:
+    body = {"model": BASE, "prompt": "hello there", "max_tokens": 2, "temperature": 0}
+    return httpx.post(
+        url + "/v1/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=60
+    )
+
+
+def _count(url: str, name: str, **labels: str) -> float:
+    return metric_samples(url).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_two_workers_share_the_port_the_keys_and_the_metrics(triton, model, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"key-a": {"tenant": "acme", "tasks": "*"}}))
+    proc, url, workers = _start(triton, model, keys, "--workers", "2")
+    try:
+        assert len(workers) == 2 and all(w.ppid() == proc.pid for w in workers)
+        answers = [_complete(url, "key-a") for _ in range(REQUESTS)]
+        assert [a.status_code for a in answers] == [200] * REQUESTS
+        assert len({_worker_of(a) for a in answers}) == 2  # both workers answered
+        for _ in range(6):  # each scrape on a new connection: every worker's sums are the same
+            assert _count(url, "ftprefix_requests_total", model=BASE, status="200") == REQUESTS
+            assert _count(url, "ftprefix_tenant_requests_total", tenant="acme", status="200") == REQUESTS
+            assert _count(url, "ftprefix_in_flight_requests") == 0
+
+        # a new key and an old one removed: every worker reads the file again
+        replacement = tmp_path / "keys.new"
+        replacement.write_text(json.dumps({"key-b": {"tenant": "beta", "tasks": "*"}}))
+        os.replace(replacement, keys)
+        new = [_complete(url, "key-b") for _ in range(REQUESTS // 2)]
+        old = [_complete(url, "key-a") for _ in range(REQUESTS // 2)]
+        assert [a.status_code for a in new] == [200] * (REQUESTS // 2)
+        assert [a.status_code for a in old] == [401] * (REQUESTS // 2)
+        assert len({_worker_of(a) for a in new}) == len({_worker_of(a) for a in old}) == 2
+        assert _count(url, "ftprefix_tenant_requests_total", tenant="beta", status="200") == REQUESTS // 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0
+    assert not psutil.wait_procs(workers, timeout=30)[1]  # every worker is gone
+
+
+def test_a_worker_that_dies_stops_the_gateway_with_a_one_line_error(triton, model, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"key-a": ["smile"]}))
+    proc, url, workers = _start(triton, model, keys, "--workers", "2")
+    workers[1].kill()
+    code = proc.wait(timeout=60)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert code == 1
+    assert "ftprefix openai: error: worker 1 exited with code -9; stopping the others\n" in err
+    assert not psutil.wait_procs(workers, timeout=30)[1]
+    with pytest.raises(httpx.ConnectError):  # nothing listens any more
+        httpx.get(url + "/health", timeout=5)
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "257"])
+def test_a_bad_worker_count_is_one_line_exit_2(workers: str, model, capsys) -> None:
+    from ftprefix import cli
+
+    argv = ["openai", "--tokenizer", str(model["hf"]), "--port", str(free_port()), "--workers", workers]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--workers {workers}: use 1 to 256" in err
