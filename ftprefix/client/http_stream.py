@@ -186,7 +186,7 @@ class HttpStream:
         """Stop the stream. One stopped right after a response (its reader saw the last one) keeps
         its connection: the end of the body, which follows the last response at once, is read in
         the background and the connection goes back to the pool; one that stopped with more to
-        come, or within the deadline, is closed (Triton finishes the request on its own)."""
+        come, or past its deadline, is closed (Triton finishes the request on its own)."""
         self._cancel_timer()
         connection, self._connection = self._connection, None
         buffered, self._buffer = self._buffer, b""
