@@ -11,6 +11,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 from ftprefix import cli, protocol
 from ftprefix.client import AsyncClient, Client, UnknownTaskError
 from ftprefix.client.http_infer import HttpInferPool
+from ftprefix.client.http_stream import HttpStream
 from ftprefix.demo import toy
 from ftprefix.serving.server import EmbeddedServer
 from ftprefix.task_table import TaskTable
@@ -141,6 +143,29 @@ def test_server_refuses_ids_that_name_another_task_and_keeps_serving(tmp_path: P
             asyncio.run(over_http(wrong))
         assert refused.value.status() == "INVALID_ARGUMENT"
         assert asyncio.run(over_http(right))[protocol.OUTPUT_IDS].shape[:2] == (1, 1)
+
+        # and through generate_stream, where streams go over HTTP
+        async def streamed(parameters: dict[str, str]) -> list[dict[str, np.ndarray]]:
+            pool = HttpInferPool(server.http_url)
+            stream = HttpStream(
+                pool, protocol.FT_MODEL, ft_arrays([PROMPT], 4, [1]), [protocol.OUTPUT_IDS], parameters, 60
+            )
+            try:
+                return [outputs async for outputs in _responses(stream)]
+            finally:
+                stream.close()
+                await pool.close()
+
+        with pytest.raises(InferenceServerException, match="task table changed") as refused:
+            asyncio.run(streamed(wrong))
+        assert refused.value.status() == "INVALID_ARGUMENT"
+        (answer,) = asyncio.run(streamed(right))
+        assert answer[protocol.OUTPUT_IDS].shape[:2] == (1, 1)
+
+
+async def _responses(stream: HttpStream) -> AsyncIterator[dict[str, np.ndarray]]:
+    while (outputs := await stream.next()) is not None:
+        yield outputs
 
 
 def _requests_seen(url: str) -> int:
