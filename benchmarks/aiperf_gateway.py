@@ -1,15 +1,16 @@
 """NVIDIA's aiperf against the OpenAI-compatible API, with fixed output lengths.
 
 Starts a streaming CPU server (a random GPT-NeoX with 4 prefix tasks) and `ftprefix openai` with a
-key, then runs `aiperf profile` on /v1/completions, whole answers and streamed, at each
-concurrency, every request asking for exactly `--output-tokens` tokens (aiperf's max_tokens, plus
-`ignore_eos` and `min_tokens` through --extra-inputs, which the gateway honours), and prints
-aiperf's own figures side by side. aiperf is not one of ftprefix's dependencies: install it in a
-virtual environment of its own (`python3 -m venv /tmp/aiperf && /tmp/aiperf/bin/pip install
-aiperf`) and pass its executable.
+key (and `--http-url`, as the CPU deployments run it), then runs `aiperf profile` on
+/v1/completions, whole answers and streamed, at each concurrency, every request asking for exactly
+`--output-tokens` tokens (aiperf's max_tokens, plus `ignore_eos` and `min_tokens` through
+--extra-inputs, which the gateway honours), and prints aiperf's own figures side by side. aiperf
+is not one of ftprefix's dependencies: install it in a virtual environment of its own (`python3 -m
+venv /tmp/aiperf && /tmp/aiperf/bin/pip install aiperf`) and pass its executable.
 
     .venv/bin/python benchmarks/aiperf_gateway.py --aiperf /tmp/aiperf/bin/aiperf
         [--requests 128] [--output-tokens 32] [--concurrency 1 8 32] [--hidden 64 --layers 2]
+        [--transport http|grpc]
 """
 
 from __future__ import annotations
@@ -75,13 +76,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument(
+        "--transport",
+        choices=("http", "grpc"),
+        default="http",
+        help="how the gateway reaches Triton: --http-url (default) or gRPC only",
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="ftprefix-aiperf-") as tmp:
         hf_dir, ft_dir = build(Path(tmp), hidden_size=args.hidden, num_layers=args.layers)
         with EmbeddedServer(ft_dir, streaming=True, stop_timeout=0) as server:
             port = free_port()
-            gateway = start_gateway(server.grpc_url, hf_dir, port, "--api-key", KEY)
+            # by default as `serve --openai-port` and the CPU deployments run it: to Triton over HTTP
+            http = ("--http-url", server.http_url) if args.transport == "http" else ()
+            gateway = start_gateway(server.grpc_url, hf_dir, port, "--api-key", KEY, *http)
             try:
                 for stream in (False, True):
                     for concurrency in args.concurrency:
@@ -96,7 +105,8 @@ def main() -> None:
     print(
         f"aiperf against ftprefix openai: CPU server, random GPT-NeoX (hidden {args.hidden}, {args.layers} "
         f"layers), {len(TASKS)} tasks as models, {args.input_tokens} input and exactly {args.output_tokens} "
-        f"output tokens (ignore_eos, min_tokens), {args.requests} requests per run"
+        f"output tokens (ignore_eos, min_tokens), {args.requests} requests per run, to Triton over "
+        f"{'HTTP' if args.transport == 'http' else 'gRPC'}"
     )
     print()
     labels = [label for _stat, label in SHOWN.values()]
