@@ -100,12 +100,14 @@ def run_workers(settings: GatewaySettings, host: str, port: int, count: int) -> 
             waiting[receive] = index
         while waiting:  # every worker listens, or one failed to start
             for ready in wait([*waiting, *(w.sentinel for w in workers)]):
-                if ready in waiting:
-                    with closing(ready):
-                        ready.recv()
-                    del waiting[ready]
-                else:
+                if ready not in waiting:  # a worker's sentinel: it exited
                     return _one_exited(workers, ready, starting=True)
+                index = waiting.pop(ready)
+                with closing(ready):
+                    try:
+                        ready.recv()
+                    except EOFError:  # it exited before it listened
+                        return _one_exited(workers, workers[index].sentinel, starting=True)
         pids = ", ".join(str(w.pid) for w in workers)
         print(f"ftprefix openai: {count} workers listening on port {port} (pids {pids})", flush=True)
         ended = wait([w.sentinel for w in workers])
