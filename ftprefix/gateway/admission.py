@@ -54,8 +54,7 @@ class Admission:
         which is asked for only when the request has to wait."""
         if self._free() and not self._turns:
             self.in_flight += 1
-            if self.changed is not None:
-                self.changed()
+            self._changed()
             return 0.0
         started = time.perf_counter()
         tenant = tenant if self.fair else ""
@@ -65,8 +64,7 @@ class Admission:
             queue = self._waiting[tenant] = deque()
             self._turns.append(tenant)
         queue.append(place)
-        if self.changed is not None:
-            self.changed()
+        self._changed()
         watch = asyncio.ensure_future(gone()) if gone is not None else None
         try:
             waits = {place} if watch is None else {place, watch}
@@ -78,8 +76,7 @@ class Admission:
             if watch is not None and not watch.done():
                 watch.cancel()
         if place.done() and not place.cancelled():
-            if self.changed is not None:
-                self.changed()
+            self._changed()
             return time.perf_counter() - started
         self._give_up(tenant, place)
         if watch is not None and watch.done() and not watch.cancelled():
@@ -98,8 +95,7 @@ class Admission:
             if not queue:
                 del self._waiting[tenant]
                 self._turns.remove(tenant)
-        if self.changed is not None:
-            self.changed()
+        self._changed()
 
     def leave(self) -> None:
         """A request is done at Triton: its place goes to the next tenant in turn, if one waits."""
@@ -115,6 +111,9 @@ class Admission:
                 place.set_result(None)  # the place passes on: in_flight stays
                 return
         self.in_flight -= 1
+        self._changed()
+
+    def _changed(self) -> None:
         if self.changed is not None:
             self.changed()
 

@@ -76,10 +76,11 @@ class GatewayMetrics:
             buckets=WAIT_BUCKETS,
             registry=r,
         )
-        # each label combination's series, looked up once: labels() validates and locks on every
-        # call, which was a third of a request's bookkeeping (benchmarks/openai_gateway.py); the
-        # keys are label values, so this holds no more than the registry does
-        self._series: dict[tuple[str, str, int], tuple] = {}
+        # each label set's series, looked up once: labels() validates and locks on every call,
+        # which was a third of a request's bookkeeping (benchmarks/openai_gateway.py); keyed by the
+        # registry's own label values, these hold no more series than the registry does
+        self._per_model: dict[tuple[str, str], tuple] = {}
+        self._per_tenant: dict[tuple[str, str], tuple] = {}
         self._waits: dict[str, Histogram] = {}
         # across workers, the sum of every live worker's value
         self.in_flight = Gauge(
@@ -104,10 +105,24 @@ class GatewayMetrics:
     ) -> None:
         if not self.enabled:
             return
-        series = self._series.get((model, tenant, status))
-        if series is None:
-            series = self._series[(model, tenant, status)] = self._series_of(model, tenant, str(status))
-        requests, duration, tenant_requests, prompt, tenant_prompt, generated, tenant_generated = series
+        code = str(status)
+        per_model = self._per_model.get((model, code))
+        if per_model is None:
+            per_model = self._per_model[(model, code)] = (
+                self.requests.labels(model, code),
+                self.duration.labels(model),
+                self.prompt_tokens.labels(model),
+                self.generation_tokens.labels(model),
+            )
+        per_tenant = self._per_tenant.get((tenant, code))
+        if per_tenant is None:
+            per_tenant = self._per_tenant[(tenant, code)] = (
+                self.tenant_requests.labels(tenant, code),
+                self.tenant_tokens.labels(tenant, "prompt"),
+                self.tenant_tokens.labels(tenant, "completion"),
+            )
+        requests, duration, prompt, generated = per_model
+        tenant_requests, tenant_prompt, tenant_generated = per_tenant
         requests.inc()
         duration.observe(seconds)
         tenant_requests.inc()
@@ -119,17 +134,6 @@ class GatewayMetrics:
         if generation_tokens:
             generated.inc(generation_tokens)
             tenant_generated.inc(generation_tokens)
-
-    def _series_of(self, model: str, tenant: str, code: str) -> tuple:
-        return (
-            self.requests.labels(model, code),
-            self.duration.labels(model),
-            self.tenant_requests.labels(tenant, code),
-            self.prompt_tokens.labels(model),
-            self.tenant_tokens.labels(tenant, "prompt"),
-            self.generation_tokens.labels(model),
-            self.tenant_tokens.labels(tenant, "completion"),
-        )
 
     def waited(self, tenant: str, seconds: float) -> None:
         if self.enabled:
