@@ -33,6 +33,7 @@ from ftprefix.client.http_infer import Connection, HttpInferPool, connection_fai
 
 OLDEST_VERSION = (2, 51)  # the first Triton whose generate_stream these streams were checked against
 _OUTPUT_DTYPES = {t.name: t.dtype for t in protocol.FT_OUTPUTS}
+_PER_STEP = frozenset({protocol.OUTPUT_IDS, protocol.OUTPUT_LOG_PROBS})  # [batch, beam, steps]
 _JSON = json.JSONEncoder(separators=(",", ":"))
 DRAIN_S = 1.0  # how long a stopped stream's connection waits for the end of its body
 _DRAINING: set[asyncio.Task[None]] = set()  # drains run unreferenced otherwise
@@ -84,9 +85,6 @@ def decode_event(data: bytes, names: Sequence[str], beams: int) -> dict[str, np.
             values = np.asarray(message[name], dtype=_OUTPUT_DTYPES.get(name))
             arrays[name] = values.reshape(1, beams, -1) if name in _PER_STEP else values.reshape(1, beams)
     return arrays
-
-
-_PER_STEP = frozenset({protocol.OUTPUT_IDS, protocol.OUTPUT_LOG_PROBS})  # [batch, beam, steps]
 
 
 class HttpStream:

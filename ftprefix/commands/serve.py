@@ -18,8 +18,7 @@ from ftprefix.commands.options import (
 )
 
 if TYPE_CHECKING:
-    import uvicorn
-
+    from ftprefix.gateway.run import GatewayServer
     from ftprefix.serving.server import EmbeddedServer
     from ftprefix.text import Tokenizer
 
@@ -106,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, extras=("serve",))
 
 
-def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokenizer) -> uvicorn.Server:
+def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokenizer) -> GatewayServer:
     """The gateway beside the Triton server, in this process; its base model is named like the
     conversion (config.ini's model_name). Built before Triton starts: a bad keys file or chat
     template stops `serve` in one line before anything runs."""
@@ -130,7 +129,7 @@ def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokeni
     return make_server(settings, args.host, args.openai_port, tokenizer=tokenizer)
 
 
-def _start_openai(gateway: uvicorn.Server, port: int) -> int:
+def _start_openai(gateway: GatewayServer, port: int) -> int:
     """Serve the gateway in a thread; returns the port it listens on."""
     from ftprefix.gateway.run import start_in_thread
 

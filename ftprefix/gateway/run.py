@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 import threading
+from collections.abc import Callable
 
 import uvicorn
 
@@ -37,7 +39,14 @@ class GatewayServer(uvicorn.Server):
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._should_exit = False
+        # called once start-up is over, whether it listens (`started`) or failed
+        self.on_startup: Callable[[], None] | None = None
         super().__init__(config)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.on_startup is not None:
+            self.on_startup()
 
     @property  # type: ignore[override]
     def should_exit(self) -> bool:
@@ -59,13 +68,13 @@ class GatewayServer(uvicorn.Server):
 
 def make_server(
     settings: GatewaySettings, host: str, port: int, *, tokenizer: Tokenizer | None = None
-) -> uvicorn.Server:
+) -> GatewayServer:
     app = create_app(settings, tokenizer=tokenizer)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
     return GatewayServer(config)
 
 
-def start_in_thread(server: uvicorn.Server) -> threading.Thread:
+def start_in_thread(server: GatewayServer) -> threading.Thread:
     """Serve in a daemon thread; returns once the server listens (or raises if it could not start)."""
     started = threading.Event()
     failure: list[BaseException] = []
@@ -78,13 +87,7 @@ def start_in_thread(server: uvicorn.Server) -> threading.Thread:
         finally:
             started.set()
 
-    original = server.startup
-
-    async def startup(sockets: object = None) -> None:
-        await original(sockets)  # type: ignore[arg-type]
-        started.set()
-
-    server.startup = startup  # type: ignore[method-assign]
+    server.on_startup = started.set
     thread = threading.Thread(target=run, name="ftprefix-openai", daemon=True)
     thread.start()
     started.wait()

@@ -51,7 +51,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -61,14 +60,12 @@ def _serve(settings: GatewaySettings, host: str, port: int, index: int, ready: C
 
     log_to_stderr(f"ftprefix openai [worker {index}]")
     server = make_server(settings, host, port)
-    started = server.startup
 
-    async def startup(sockets: object = None) -> None:
-        await started(sockets)  # type: ignore[arg-type]
+    def listening() -> None:
         if server.started:
             ready.send(index)
 
-    server.startup = startup  # type: ignore[method-assign]
+    server.on_startup = listening
     try:
         sock = listening_socket(host, port)
     except OSError as exc:  # the supervisor checked the port; another process took it since
