@@ -39,6 +39,8 @@ _HEAD_LIMIT = 64 * 1024  # a response's status line and headers
 _JSON = json.JSONEncoder(separators=(",", ":"))
 _timeout = getattr(asyncio, "timeout", None)
 T = TypeVar("T")
+# what a read of a connection raises when the server closes it, resets it or answers garbage
+READ_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
 
 
 def encode_request(
@@ -221,13 +223,13 @@ class HttpInferPool:
         connection, status, headers = await self.open(request)
         try:
             body = await connection.read_body(headers)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        except READ_ERRORS as exc:
             connection.close()
             raise connection_failed(exc) from None
         except BaseException:  # cancelled or a bug: the connection's state is unknown
             connection.close()
             raise
-        self.release(connection, keep=headers.get("connection", "").lower() != "close")
+        self.release(connection, keep=keeps_alive(headers))
         json_size = headers.get("inference-header-content-length")
         return status, int(json_size) if json_size and json_size.isdigit() else None, body
 
@@ -243,7 +245,7 @@ class HttpInferPool:
                 continue
             try:
                 status, headers = await connection.send(request)
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            except READ_ERRORS as exc:
                 connection.close()
                 if connection.used and isinstance(exc, _Unanswered):
                     continue
@@ -285,6 +287,11 @@ class HttpInferPool:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+def keeps_alive(headers: dict[str, str]) -> bool:
+    """Whether the server keeps the connection open after the response with these headers."""
+    return headers.get("connection", "").lower() != "close"
 
 
 def connection_failed(exc: BaseException) -> InferenceServerException:

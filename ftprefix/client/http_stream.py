@@ -29,7 +29,15 @@ import numpy as np
 from tritonclient.utils import InferenceServerException
 
 from ftprefix import protocol
-from ftprefix.client.http_infer import Connection, HttpInferPool, connection_failed, http_error, within
+from ftprefix.client.http_infer import (
+    READ_ERRORS,
+    Connection,
+    HttpInferPool,
+    connection_failed,
+    http_error,
+    keeps_alive,
+    within,
+)
 
 OLDEST_VERSION = (2, 51)  # the first Triton whose generate_stream these streams were checked against
 _OUTPUT_DTYPES = {t.name: t.dtype for t in protocol.FT_OUTPUTS}
@@ -37,7 +45,6 @@ _PER_STEP = frozenset({protocol.OUTPUT_IDS, protocol.OUTPUT_LOG_PROBS})  # [batc
 _JSON = json.JSONEncoder(separators=(",", ":"))
 DRAIN_S = 1.0  # how long a stopped stream's connection waits for the end of its body
 _DRAINING: set[asyncio.Task[None]] = set()  # drains run unreferenced otherwise
-_READ_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
 
 
 def streams_over_http(version: str) -> bool:
@@ -130,7 +137,7 @@ class HttpStream:
         except InferenceServerException:
             self.close()
             raise
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             self.close()
             if self._expired:
                 raise InferenceServerException(msg="Deadline Exceeded", status="DEADLINE_EXCEEDED") from None
@@ -168,7 +175,7 @@ class HttpStream:
         if headers.get("transfer-encoding", "").lower() != "chunked":
             self.close()
             raise InferenceServerException(msg="the stream's answer is not chunked", status="INTERNAL")
-        self._keep = headers.get("connection", "").lower() != "close"
+        self._keep = keeps_alive(headers)
 
     def _expire(self) -> None:
         self._expired = True
