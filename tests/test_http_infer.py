@@ -274,3 +274,66 @@ def test_a_stream_past_its_deadline_is_deadline_exceeded() -> None:
     ((first, error),) = asyncio.run(_streams(script, [None], timeout=0.3))
     assert first["sequence_length"].tolist() == [[3]]
     assert isinstance(error, InferenceServerException) and error.status() == "DEADLINE_EXCEEDED"
+
+
+def _reference_outputs(data: bytes, names: list[str], beams: int) -> dict[str, np.ndarray]:
+    """An event read with the standard library's json, in the shapes of the gRPC path."""
+    dtypes = {"output_ids": np.uint32, "sequence_length": np.uint32, "cum_log_probs": np.float32}
+    dtypes["output_log_probs"] = np.float32
+    message = json.loads(data)
+    shapes = {"output_ids": (1, beams, -1), "output_log_probs": (1, beams, -1)}
+    return {
+        name: np.asarray(message[name], dtype=dtypes[name]).reshape(shapes.get(name, (1, beams)))
+        for name in names
+        if name in message
+    }
+
+
+def _random_events(seed: int) -> list[tuple[bytes, list[str], int]]:
+    """Events as Triton writes them and as it might: members in any order, spaces, large values,
+    the member names inside strings, log probs asked for or not."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for _ in range(300):
+        beams = int(rng.integers(1, 3))
+        width = int(rng.integers(0, 40))
+        top = int(rng.choice([10, 50_000, 999_999_999, 4_294_967_295]))
+        members = {
+            "model_name": str(rng.choice(["fastertransformer", 'x "output_ids":[7]', "sequence_length"])),
+            "model_version": "1",
+            "output_ids": rng.integers(0, top, size=beams * width, endpoint=True).tolist(),
+            "sequence_length": rng.integers(0, top, size=beams, endpoint=True).tolist(),
+            "cum_log_probs": rng.normal(size=beams).tolist(),
+            "output_log_probs": rng.normal(size=beams * width).tolist(),
+        }
+        if beams == 1 and rng.random() < 0.3:
+            members["sequence_length"] = members["sequence_length"][0]  # a number, not an array
+        order = list(members)
+        rng.shuffle(order)
+        spaced = rng.random() < 0.2
+        data = json.dumps({k: members[k] for k in order}, separators=(", ", ": ") if spaced else (",", ":"))
+        names = ["output_ids", "sequence_length"]
+        if rng.random() < 0.2:
+            names += ["cum_log_probs", "output_log_probs"]
+        events.append((data.encode(), names, beams))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stream_events_are_read_as_json_reads_them(seed: int) -> None:
+    from ftprefix.client.http_stream import decode_event
+
+    for data, names, beams in _random_events(seed):
+        got, want = decode_event(data, names, beams), _reference_outputs(data, names, beams)
+        assert list(got) == list(want), data
+        for name in want:
+            assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, data
+            assert got[name].tobytes() == want[name].tobytes(), data
+
+
+def test_an_error_event_naming_an_output_in_its_message_is_the_error() -> None:
+    from ftprefix.client.http_stream import decode_event
+
+    data = json.dumps({"error": 'bad "output_ids":[1,2] and "sequence_length":3}'}).encode()
+    with pytest.raises(InferenceServerException, match="bad"):
+        decode_event(data, ["output_ids", "sequence_length"], 1)

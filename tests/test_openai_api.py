@@ -442,6 +442,93 @@ def test_every_response_carries_a_request_id(gateway) -> None:
         assert len(rid) == 32 and int(rid, 16) >= 0  # a new one where the caller's was unusable or absent
 
 
+def test_a_failure_inside_the_gateway_is_a_500_with_its_request_id_and_the_traceback_in_the_log(
+    triton, model, caplog
+) -> None:
+    """A native library raising where nothing expects it (as SentencePiece once did on a lone
+    surrogate) stands for any bug: the caller gets OpenAI's body with a request id and nothing
+    else, the log gets the traceback under that id, and the gateway goes on serving."""
+    from ftprefix.text import load_tokenizer
+
+    tokenizer = load_tokenizer(model["hf"])
+    encode = tokenizer._encode
+
+    def failing(text: str) -> list[int]:
+        if "BOOM" in text:
+            raise RuntimeError("Unable to cast Python instance")
+        return encode(text)
+
+    tokenizer._encode = failing  # type: ignore[method-assign]
+    server = make_server(
+        GatewaySettings(triton.grpc_url, model["hf"], BASE, api_keys=(KEY,)),
+        "127.0.0.1",
+        free_port(),
+        tokenizer=tokenizer,
+    )
+    start_in_thread(server)
+    url = f"http://127.0.0.1:{server.config.port}"
+    try:
+        with caplog.at_level(logging.ERROR, logger="ftprefix.gateway"):
+            for stream in (False, True):
+                body = {"model": BASE, "prompt": "BOOM", "max_tokens": 2, "stream": stream}
+                answer = _post(url, body, **{"x-request-id": f"bug-{stream}"})
+                assert answer.status_code == 500, answer.text
+                assert answer.json() == {
+                    "error": {
+                        "message": f"internal error (request id bug-{stream})",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "internal_error",
+                    }
+                }
+                assert answer.headers["x-request-id"] == f"bug-{stream}"
+        logged = [r for r in caplog.records if "bug-" in r.getMessage()]
+        assert len(logged) == 2 and all("Unable to cast" in str(r.exc_info[1]) for r in logged)
+        fine = _post(url, {"model": BASE, "prompt": PROMPT, "max_tokens": 2})
+        assert fine.status_code == 200 and fine.json()["usage"]["completion_tokens"] >= 1
+    finally:
+        server.should_exit = True
+
+
+STRICT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System messages are not supported') }}{% endif %}"
+    "{{ m['role'] }}: {{ m['content'].strip(m['name']) }}\n{% endfor %}assistant:"
+)
+
+
+@pytest.mark.parametrize(
+    "messages, message",
+    [
+        (
+            [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            "System messages are not supported",
+        ),
+        (  # the template reads a member the message does not have, and calls strip() with it
+            [{"role": "user", "content": "hi"}],
+            "the chat template failed on these messages: ",
+        ),
+    ],
+)
+def test_messages_a_chat_template_refuses_or_fails_on_are_a_400(
+    triton, model, tmp_path: Path, messages: list, message: str
+) -> None:
+    template = tmp_path / "strict.jinja"
+    template.write_text(STRICT_TEMPLATE)
+    server, url = _gateway(triton.grpc_url, model["hf"], chat_template=template)
+    try:
+        answer = _post(url, {"model": BASE, "messages": messages}, path="/v1/chat/completions")
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["message"].startswith(message) and error["code"] == "invalid_messages"
+        assert error["param"] == "messages" and error["type"] == "invalid_request_error"
+        named = [{"role": "user", "content": "hi!!", "name": "!"}]  # the same template renders these
+        fine = _post(url, {"model": BASE, "messages": named, "max_tokens": 1}, path="/v1/chat/completions")
+        assert fine.status_code == 200, fine.text
+    finally:
+        server.should_exit = True
+
+
 # -- /openapi.json, and a fuzzer held to it ------------------------------------------------------
 
 

@@ -321,7 +321,11 @@ class ClientBase:
         self, prompts: Sequence[Prompt], tasks: Tasks, params: GenerationParams
     ) -> Flow[list[Completion]]:
         def send(plan: Plan) -> Flow[list[Completion]]:
-            answers = yield Gather([self._request_flow(plan, r) for r in plan.requests()])
+            requests = plan.requests()
+            if len(requests) == 1:  # the common case: no concurrent flows to start and wait for
+                answers = [(yield from self._request_flow(plan, requests[0]))]
+            else:
+                answers = yield Gather([self._request_flow(plan, r) for r in requests])
             results = {row: completion for answer in answers for row, completion in answer}
             return [results[i] for i in range(len(plan.rows))]
 

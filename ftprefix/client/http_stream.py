@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 from urllib.parse import quote
 
@@ -43,6 +44,10 @@ OLDEST_VERSION = (2, 51)  # the first Triton whose generate_stream these streams
 _OUTPUT_DTYPES = {t.name: t.dtype for t in protocol.FT_OUTPUTS}
 _PER_STEP = frozenset({protocol.OUTPUT_IDS, protocol.OUTPUT_LOG_PROBS})  # [batch, beam, steps]
 _JSON = json.JSONEncoder(separators=(",", ":"))
+# An unsigned output as Triton writes it, an array or a number: at most 9 digits each, so that
+# every value fits uint32 and the fast reading below can neither wrap nor stop short.
+_UNSIGNED = re.compile(rb"\[(\d{1,9}(?:,\d{1,9})*)\]|(\d{1,9})(?=[,}])")
+_KEYS = {name: f'"{name}":'.encode() for name in _OUTPUT_DTYPES}
 DRAIN_S = 1.0  # how long a stopped stream's connection waits for the end of its body
 _DRAINING: set[asyncio.Task[None]] = set()  # drains run unreferenced otherwise
 
@@ -80,17 +85,44 @@ def encode_generate(
 
 def decode_event(data: bytes, names: Sequence[str], beams: int) -> dict[str, np.ndarray]:
     """The named outputs of one `data:` event in the shapes the gRPC path gives: [1, beams, ...]."""
-    try:
-        message = json.loads(data)
-    except ValueError as exc:
-        raise InferenceServerException(msg=f"unreadable stream event: {exc}", status="INTERNAL") from None
-    if "error" in message:  # after the 200: the server's error for this request
-        raise InferenceServerException(msg=str(message["error"]))
+    flat = _unsigned_outputs(data, names)
+    if flat is None:
+        try:
+            message = json.loads(data)
+        except ValueError as exc:
+            raise InferenceServerException(msg=f"unreadable stream event: {exc}", status="INTERNAL") from None
+        if "error" in message:  # after the 200: the server's error for this request
+            raise InferenceServerException(msg=str(message["error"]))
+        flat = {
+            name: np.asarray(message[name], dtype=_OUTPUT_DTYPES.get(name))
+            for name in names
+            if name in message
+        }
+    return {
+        name: values.reshape(1, beams, -1) if name in _PER_STEP else values.reshape(1, beams)
+        for name, values in flat.items()
+    }
+
+
+def _unsigned_outputs(data: bytes, names: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """The named outputs read from the event's bytes where each is an unsigned integer output
+    (output_ids, sequence_length: what a stream without log probs asks for) written as Triton
+    writes it; None for any other event, which json reads. Every event carries output_ids as long
+    as prompt + max_tokens and output_log_probs as long as max_tokens, so reading the whole JSON
+    at every token costs more the longer the answer: here only the named members are read, each
+    with one pattern match and numpy's own parser. A member name cannot occur inside a JSON
+    string unescaped, so finding `"name":` finds the member."""
     arrays = {}
     for name in names:
-        if name in message:
-            values = np.asarray(message[name], dtype=_OUTPUT_DTYPES.get(name))
-            arrays[name] = values.reshape(1, beams, -1) if name in _PER_STEP else values.reshape(1, beams)
+        key, dtype = _KEYS.get(name), _OUTPUT_DTYPES.get(name)
+        if key is None or dtype is None or dtype.kind != "u":
+            return None
+        at = data.find(key)
+        match = _UNSIGNED.match(data, at + len(key)) if at >= 0 else None
+        if match is None:
+            return None
+        array, number = match.groups()
+        arrays[name] = np.fromstring(array if array is not None else number, dtype=dtype, sep=",")
     return arrays
 
 

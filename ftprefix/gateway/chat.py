@@ -66,6 +66,12 @@ class ChatTemplate:
             raise
         except jinja2.TemplateError as exc:
             raise ChatTemplateError(f"the chat template failed on these messages: {exc}") from None
+        except (TypeError, ValueError, LookupError, AttributeError, ArithmeticError) as exc:
+            # what a template's own Python expressions raise on messages it was not written for
+            # (`content.upper(1)`, `messages[0]` of none): the messages' fault, not a bug here
+            raise ChatTemplateError(
+                f"the chat template failed on these messages: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 def load_chat_template(tokenizer: Tokenizer, path: str | os.PathLike[str] | None) -> ChatTemplate | None:
