@@ -420,6 +420,8 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         )
         return stream
 
+    # The two generating routes as /openapi.json describes them; requests to them are answered by
+    # Front through `answering` below, with the same handler.
     @app.post(
         "/v1/completions",
         response_model=None,
