@@ -9,7 +9,7 @@ HTTP status with `{"error": MESSAGE}`; one after it is an event of that shape.
 
 On a plain HTTP/1.1 connection every response wakes the event loop directly; through grpc.aio each
 one is first received on gRPC's own threads and handed over, which costs a streaming process 1.2
-to 1.5 times the CPU per response, 1 to 32 streams at once (benchmarks/client.py). Values keep
+to 1.6 times the CPU per response, 1 to 32 streams at once (benchmarks/client.py). Values keep
 every bit: integers are JSON integers, and a float32 written as the shortest decimal of its double
 reads back as the same float.
 
