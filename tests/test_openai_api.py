@@ -81,9 +81,12 @@ def triton(model):
         yield server
 
 
-def _gateway(triton_url: str, hf: Path, **settings):
+def _gateway(triton_url: str, hf: Path, tokenizer=None, **settings):
     server = make_server(
-        GatewaySettings(triton_url, hf, BASE, api_keys=(KEY,), **settings), "127.0.0.1", free_port()
+        GatewaySettings(triton_url, hf, BASE, api_keys=(KEY,), **settings),
+        "127.0.0.1",
+        free_port(),
+        tokenizer=tokenizer,
     )
     start_in_thread(server)
     return server, f"http://127.0.0.1:{server.config.port}"
@@ -459,14 +462,7 @@ def test_a_failure_inside_the_gateway_is_a_500_with_its_request_id_and_the_trace
         return encode(text)
 
     tokenizer._encode = failing  # type: ignore[method-assign]
-    server = make_server(
-        GatewaySettings(triton.grpc_url, model["hf"], BASE, api_keys=(KEY,)),
-        "127.0.0.1",
-        free_port(),
-        tokenizer=tokenizer,
-    )
-    start_in_thread(server)
-    url = f"http://127.0.0.1:{server.config.port}"
+    server, url = _gateway(triton.grpc_url, model["hf"], tokenizer=tokenizer)
     try:
         with caplog.at_level(logging.ERROR, logger="ftprefix.gateway"):
             for stream in (False, True):

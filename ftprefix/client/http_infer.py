@@ -157,7 +157,7 @@ async def within(seconds: float | None, work: Awaitable[T]) -> T:
                 return await work
         return await asyncio.wait_for(work, seconds)
     except asyncio.TimeoutError:
-        raise InferenceServerException(msg="Deadline Exceeded", status="DEADLINE_EXCEEDED") from None
+        raise deadline_exceeded() from None
 
 
 class _Unanswered(ConnectionError):
@@ -322,6 +322,11 @@ def keeps_alive(headers: dict[str, str]) -> bool:
 
 def connection_failed(exc: BaseException) -> InferenceServerException:
     return InferenceServerException(msg=f"the connection failed: {_describe(exc)}", status="UNAVAILABLE")
+
+
+def deadline_exceeded() -> InferenceServerException:
+    """What gRPC raises for a call past its deadline."""
+    return InferenceServerException(msg="Deadline Exceeded", status="DEADLINE_EXCEEDED")
 
 
 def _describe(exc: BaseException) -> str:

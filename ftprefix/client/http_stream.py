@@ -35,6 +35,7 @@ from ftprefix.client.http_infer import (
     Connection,
     HttpInferPool,
     connection_failed,
+    deadline_exceeded,
     http_error,
     keeps_alive,
     within,
@@ -47,7 +48,9 @@ _JSON = json.JSONEncoder(separators=(",", ":"))
 # An unsigned output as Triton writes it, an array or a number: at most 9 digits each, so that
 # every value fits uint32 and the fast reading below can neither wrap nor stop short.
 _UNSIGNED = re.compile(rb"\[(\d{1,9}(?:,\d{1,9})*)\]|(\d{1,9})(?=[,}])")
-_KEYS = {name: f'"{name}":'.encode() for name in _OUTPUT_DTYPES}
+_UNSIGNED_MEMBERS = {  # name -> how its member starts in an event, its dtype
+    t.name: (f'"{t.name}":'.encode(), t.dtype) for t in protocol.FT_OUTPUTS if t.dtype.kind == "u"
+}
 DRAIN_S = 1.0  # how long a stopped stream's connection waits for the end of its body
 _DRAINING: set[asyncio.Task[None]] = set()  # drains run unreferenced otherwise
 
@@ -114,9 +117,10 @@ def _unsigned_outputs(data: bytes, names: Sequence[str]) -> dict[str, np.ndarray
     string unescaped, so finding `"name":` finds the member."""
     arrays = {}
     for name in names:
-        key, dtype = _KEYS.get(name), _OUTPUT_DTYPES.get(name)
-        if key is None or dtype is None or dtype.kind != "u":
+        member = _UNSIGNED_MEMBERS.get(name)
+        if member is None:
             return None
+        key, dtype = member
         at = data.find(key)
         match = _UNSIGNED.match(data, at + len(key)) if at >= 0 else None
         if match is None:
@@ -172,7 +176,7 @@ class HttpStream:
         except READ_ERRORS as exc:
             self.close()
             if self._expired:
-                raise InferenceServerException(msg="Deadline Exceeded", status="DEADLINE_EXCEEDED") from None
+                raise deadline_exceeded() from None
             raise connection_failed(exc) from None
         except BaseException:
             self.close()

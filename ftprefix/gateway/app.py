@@ -443,17 +443,16 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         return await generate(request, ChatRequest)
 
     def answering(kind: type[CompletionRequest] | type[ChatRequest]) -> ASGIApp:
-        """A generating route as Front calls it: errors answered as the exception handlers above
-        answer them."""
+        """A generating route as Front calls it: errors answered by the exception handlers above."""
 
         async def route(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
             request = Request(scope, receive, send)
             try:
                 response = await generate(request, kind)
             except ApiError as exc:
-                response = error_response(request, exc)
+                response = await on_api_error(request, exc)
             except Exception as exc:
-                response = error_response(request, internal_error(exc, _context(request).request_id))
+                response = await on_bug(request, exc)
             await response(scope, receive, send)
 
         return route
