@@ -11,6 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sentencepiece_reference import LLAMA, RINNA, RinnaReference, golden_rows, recorded_continuations
 
@@ -76,6 +77,12 @@ def test_tokenizer_json_equals_transformers_fast_tokenizer(tmp_path: Path) -> No
         ids = tokenizer.encode(text)
         assert ids == hf.encode(text, add_special_tokens=False)
         assert tokenizer.decode(ids) == hf.decode(ids, skip_special_tokens=True)
+        # ids as FT's output tensors hold them (uint32), read without converting each one first
+        whole, prompt = hf.decode(ids, skip_special_tokens=True), hf.decode(ids[:1], skip_special_tokens=True)
+        row = np.asarray(ids, dtype=np.uint32)
+        assert tokenizer.decode(row) == whole
+        assert whole.startswith(prompt)
+        assert tokenizer.continuation(row[:1], row[1:]) == whole[len(prompt) :]
     assert tokenizer.eos_id == hf.eos_token_id
 
 

@@ -197,13 +197,13 @@ class AsyncClient(ClientBase):
         """Continue many prompts, each with its own task; see `Client.generate_batch`."""
         return await self._run(self._generate_flow(prompts, tasks, GenerationParams.from_options(options)))
 
-    async def stream(
+    def stream(
         self, prompt: Prompt, *, task: str | None = None, **options: Unpack[GenerateOptions]
     ) -> AsyncIterator[StreamChunk]:
-        """Yield new tokens (and text) as they come; see `Client.stream`."""
+        """Yield new tokens (and text) as they come; see `Client.stream`. Options are checked
+        here, as `Client.stream` does, before the first chunk is asked for."""
         params = GenerationParams.from_options(options)
-        async for chunk in self._iterate(self._stream_flow(prompt, task, params)):
-            yield chunk
+        return self._iterate(self._stream_flow(prompt, task, params))
 
     # -- driving flows -------------------------------------------------------------------------
 

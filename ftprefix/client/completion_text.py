@@ -16,6 +16,8 @@ from ftprefix.text import Tokenizer
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:
     """Where the earliest stop string in `text` starts, or None."""
+    if not stops:  # most requests, at every streamed token
+        return None
     found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return min(found) if found else None
 

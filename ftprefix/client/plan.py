@@ -267,7 +267,7 @@ class ChunkMaker:
     def __init__(self, plan: Plan) -> None:
         self.spec = plan.row_spec(0)
         self.reader = plan.text_reader(0)
-        self.tokens: list[int] = []  # what the chunks so far carried
+        self.sent = 0  # how many tokens the chunks so far carried
         self.text = ""
         self.finished = False
 
@@ -289,10 +289,10 @@ class ChunkMaker:
             tokens = row.tokens
             # a visible text that is not a continuation of what was shown waits for more tokens
             text = row.text[len(self.text) :] if row.text.startswith(self.text) else ""
-        fresh = tokens[len(self.tokens) :]
+        fresh = tokens[self.sent :]
         if not fresh and not text and reason is None:
             return None
-        self.tokens = [*self.tokens, *fresh]
+        self.sent += len(fresh)
         if text:
             self.text += text
         self.finished = reason is not None

@@ -236,32 +236,33 @@ def read_rows(
     ids = np.asarray(output_ids)
     if ids.ndim == 2:  # a server that drops the beam axis
         ids = ids[:, None, :]
-    lengths = np.asarray(sequence_length).reshape(ids.shape[0], -1)[:, 0].astype(np.int64)
-    if ids.shape[0] != len(specs):
-        raise MalformedResponseError(f"the server answered {ids.shape[0]} rows for {len(specs)} prompts")
+    rows = ids.shape[0]
+    if rows != len(specs):
+        raise MalformedResponseError(f"the server answered {rows} rows for {len(specs)} prompts")
+    lengths: list[int] = np.asarray(sequence_length).reshape(rows, -1)[:, 0].tolist()
     answers = [read_row(ids[b, 0], spec, final) for b, spec in enumerate(specs)]
     _cross_check(answers, lengths, specs, ids.shape[-1], final)
     return answers
 
 
 def _cross_check(
-    answers: Sequence[RowAnswer], lengths: np.ndarray, specs: Sequence[RowSpec], total: int, final: bool
+    answers: Sequence[RowAnswer], lengths: list[int], specs: Sequence[RowSpec], total: int, final: bool
 ) -> None:
     """The rows must agree on one padded width W: sequence_length[b] = W + generated tokens of row b,
     W covers every input and leaves room for every requested length in the row width `total`."""
-    low, high = max(s.input_length for s in specs), total - max(s.max_new_tokens for s in specs)
+    low, high = 0, total
+    for spec in specs:
+        low, high = max(low, spec.input_length), min(high, total - spec.max_new_tokens)
     for b, (answer, length) in enumerate(zip(answers, lengths, strict=True)):
         if final and answer.finish_reason is None:
             _malformed(b, "it neither reaches the requested length nor ends with end_id or a stop word")
         # FT generates exactly the tokens read for a row that stopped early, and one more than
         # read for a row given k + 1 tokens (or whose end_id fill follows in a streamed response)
-        exact = answer.finish_reason in ("end_id", "stop_words")
-        low = max(low, int(length) - len(answer.tokens) - (0 if exact else 1))
-        high = min(high, int(length) - len(answer.tokens))
+        width = length - len(answer.tokens)
+        exact = answer.finish_reason == "end_id" or answer.finish_reason == "stop_words"
+        low, high = max(low, width if exact else width - 1), min(high, width)
         if low > high:
-            _malformed(
-                b, f"its sequence_length {int(length)} fits no padded width shared with the other rows"
-            )
+            _malformed(b, f"its sequence_length {length} fits no padded width shared with the other rows")
 
 
 def _malformed(row: int, problem: str) -> None:

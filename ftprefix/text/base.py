@@ -135,9 +135,9 @@ class Continuation:
         self._prompt_text = self._decode_after([])
 
     def text(self, generated_ids: Sequence[int]) -> str:
-        if not generated_ids:
+        if len(generated_ids) == 0:  # a list, or a row of FT's output tensor
             return ""
-        full = self._decode_after([int(t) for t in generated_ids])
+        full = self._decode_after(generated_ids)
         # Normally decode(prompt) is a prefix of decode(prompt + generated); where a prompt ends
         # inside a character (byte pieces) the full text completes it, and that character counts as
         # continuation.
