@@ -13,9 +13,10 @@ GPT-NeoX with 4 prefix tasks; tiny by default, `--hidden/--layers` make it cost 
 3. Bookkeeping: what keys (1,000 tenants with limits), limits, fair admission and per-tenant
    metrics add to a request, timed alone in this process.
 
-`--compare-src DIR` runs a second gateway from another checkout of ftprefix (the code before a
-change) beside this one's, on the same servers: every measurement alternates between the two for
-`--rounds` rounds and reports each one's median, so both rows come from the same minutes.
+`--compare-src DIR` runs the gateway of another checkout of ftprefix (the code before a change)
+beside this one's, on the same servers, over HTTP and gRPC as this one (gRPC only for a checkout
+without `--http-url`): every measurement alternates between them for `--rounds` rounds and reports
+each one's median, so all rows come from the same minutes.
 
     .venv/bin/python benchmarks/openai_gateway.py [--requests 128] [--new-tokens 16] [--json out.json]
         [--hidden 64 --layers 2]       # a larger model: the gateway's share of the CPU shrinks
@@ -103,6 +104,18 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def speaks_http(src: Path) -> bool:
+    """Whether the gateway of the checkout `src` takes `--http-url`."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "ftprefix.cli", "openai", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        check=True,
+    ).stdout
+    return "--http-url" in help_text
 
 
 def start_gateway(
@@ -414,14 +427,14 @@ def main() -> None:
                 # over gRPC only
                 runs: list[tuple[str, Path | None, tuple[str, ...]]] = []
                 for label, src in sources:
-                    if src is None:
+                    if src is None or speaks_http(src):
                         runs.append((f"{label}, HTTP", src, ("--http-url", server.http_url)))
                         runs.append((f"{label}, gRPC", src, ()))
-                        if args.workers > 1:
-                            workers = ("--http-url", server.http_url, "--workers", str(args.workers))
-                            runs.append((f"{label}, HTTP, {args.workers} workers", src, workers))
-                    else:
+                    else:  # a checkout from before the gateway had --http-url
                         runs.append((label, src, ()))
+                    if src is None and args.workers > 1:
+                        workers = ("--http-url", server.http_url, "--workers", str(args.workers))
+                        runs.append((f"{label}, HTTP, {args.workers} workers", src, workers))
                 labels[part] = [label for label, _, _ in runs]
                 procs, gateways = [], []
                 try:

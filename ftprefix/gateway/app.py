@@ -11,7 +11,7 @@ and a key's limits (concurrency, requests and tokens per minute, max_tokens) hol
 place at Triton through fair admission (`admission.py`). `/health` and `/metrics` stay open for
 probes and scrapers.
 
-A completion request, in order: its key (middleware, before the body is read), the body (at most
+A completion request, in order: its key (`GatewayApp`, before the body is read), the body (at most
 `max_body_bytes`, strictly validated), the model, the sampling options, the prompt's tokens (and
 the context length), the key's limits, a place at Triton, then the answer, whole or streamed.
 Everything that can be refused is refused before anything reaches Triton.
