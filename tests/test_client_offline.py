@@ -228,3 +228,43 @@ def test_text_ends_at_a_stop_string_the_tokens_did_not_match() -> None:
     assert "".join(c.text or "" for c in chunks) == done.text
     assert [t for c in chunks for t in c.token_ids] == done.token_ids
     assert chunks[-1].finish_reason == "stop_words"
+
+
+# float32's edges: its smallest subnormal is 2**-149, half of it rounds to 0; its largest finite
+# value is (2 - 2**-23) * 2**127, and from (2 - 2**-24) * 2**127 on a value rounds to inf
+FLOAT32_EDGES = [
+    1.0,
+    0.5,
+    1e-30,
+    1e30,
+    9e-31,
+    2e30,
+    0.0,
+    -0.0,
+    -1.0,
+    2**-149,
+    2**-150,
+    2**-150 * (1 + 2**-40),
+    (2 - 2**-23) * 2**127,
+    (2 - 2**-24) * 2**127,
+    3.5e38,
+    float("inf"),
+    float("nan"),
+    1,
+    0,
+    10**39,
+]
+
+
+@pytest.mark.parametrize("value", FLOAT32_EDGES, ids=repr)
+def test_temperature_and_repetition_penalty_are_refused_where_ft_would_misread_them(value) -> None:
+    # FT reads both as float32: temperature must stay above 0, the penalty it divides by also finite
+    with np.errstate(over="ignore"):
+        as_float32 = np.float32(value)
+    for name, valid in (("temperature", as_float32 > 0), ("repetition_penalty", 0 < as_float32 < np.inf)):
+        params = GenerationParams(**{name: value})
+        if valid:
+            params.check()
+        else:
+            with pytest.raises(InvalidRequestError, match=name):
+                params.check()

@@ -73,7 +73,7 @@ class GenerationParams:
         """Raise InvalidRequestError for a value FT would reject or misread."""
         if self.max_new_tokens < 1:
             raise InvalidRequestError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if not np.float32(self.temperature) > 0:  # what FT sees
+        if not _positive_float32(self.temperature, finite=False):  # what FT sees
             raise InvalidRequestError(
                 f"temperature must be > 0, got {self.temperature} (for greedy use top_k=0, top_p=0)"
             )
@@ -81,7 +81,7 @@ class GenerationParams:
             raise InvalidRequestError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:
             raise InvalidRequestError(f"top_p must be within [0, 1], got {self.top_p}")
-        if not 0 < np.float32(self.repetition_penalty) < np.inf:  # FT divides by it in float32
+        if not _positive_float32(self.repetition_penalty, finite=True):  # FT divides by it in float32
             raise InvalidRequestError(
                 f"repetition_penalty must be > 0 and a float32, got {self.repetition_penalty}"
             )
@@ -94,6 +94,16 @@ class GenerationParams:
 
 
 _OPTION_NAMES = frozenset(f.name for f in fields(GenerationParams))
+
+
+def _positive_float32(value: Any, finite: bool) -> bool:
+    """Whether `value` is above 0 (and finite) as float32. Checked for every request: a plain
+    number well inside float32's range answers without numpy's scalars (about 1 us each)."""
+    if type(value) in (float, int) and 1e-30 <= value <= 1e30:
+        return True
+    with np.errstate(over="ignore"):  # a value beyond float32 is inf there, which is checked
+        as_float32 = np.float32(value)
+    return bool(0 < as_float32 < np.inf) if finite else bool(as_float32 > 0)
 
 
 @dataclass(frozen=True)
