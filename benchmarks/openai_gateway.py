@@ -92,18 +92,37 @@ async def measured(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of a process and its children (a gateway's workers)."""
+    """User + system CPU time so far of a process and its children (a gateway's workers).
+
+    Read from each thread's scheduler statistics (nanoseconds) where Linux keeps them: the user
+    and system times of /proc/PID/stat count in ticks of 10 ms, a tenth of what a run of a hundred
+    requests costs. The threads of a gateway live as long as it does."""
     import psutil
 
     process = psutil.Process(pid)
     total = 0.0
     for each in (process, *process.children(recursive=True)):
         try:
-            times = each.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
+            total += _scheduled_seconds(each.pid)
+        except OSError:
+            try:
+                times = each.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
     return total
+
+
+def _scheduled_seconds(pid: int) -> float:
+    """The time every live thread of `pid` spent on a CPU (/proc/PID/task/TID/schedstat)."""
+    tasks = Path(f"/proc/{pid}/task")
+    nanoseconds = 0
+    for task in tasks.iterdir():
+        try:
+            nanoseconds += int((task / "schedstat").read_text().split()[0])
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return nanoseconds / 1e9
 
 
 def speaks_http(src: Path) -> bool:
