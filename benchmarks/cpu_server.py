@@ -42,12 +42,25 @@ SPIN = (
 )
 
 
-def start_serve(ft_dir: Path, flags: list[str], env: dict[str, str] | None) -> tuple[subprocess.Popen, str]:
-    """`ftprefix serve` in its own process; returns it and its gRPC address once it is ready."""
+def start_serve(
+    ft_dir: Path, flags: list[str], env: dict[str, str] | None, src: Path | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`ftprefix serve` in its own process (from the checkout `src` if given); returns it and its
+    gRPC address once it is ready."""
+    if src is not None:
+        env = {**(env or os.environ), "PYTHONPATH": str(src.resolve())}
     grpc_port, http_port = free_port(), free_port()
     argv = [sys.executable, "-m", "ftprefix.cli", "serve", str(ft_dir), "--port-grpc", str(grpc_port)]
     argv += ["--port-http", str(http_port), "--no-watch", *flags]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(
+        # `-m` puts the working directory first on sys.path, before PYTHONPATH: run from src
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=src,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:  # ends at EOF if the server fails to start
         if "ready" in line:
@@ -137,26 +150,29 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, nargs="+", default=list(CONCURRENCY), help="default: 1 8 32")
     args = parser.parse_args()
     cores = cpus.usable_cores()
-    layouts: list[tuple[str, list[str], dict[str, str] | None]] = [
-        (DEFAULT, [], None),
-        ("now: --instances 1 --threads 1", ["--instances", "1", "--threads", "1"], None),
+    # (name, flags, environment, checkout: None for this one)
+    layouts: list[tuple[str, list[str], dict[str, str] | None, Path | None]] = [
+        (DEFAULT, [], None, None),
+        ("now: --instances 1 --threads 1", ["--instances", "1", "--threads", "1"], None, None),
         (
             f"now: --instances 1 --threads {cores.count}",
             ["--instances", "1", "--threads", str(cores.count)],
             None,
+            None,
         ),
     ]
     if args.compare_src is not None:
-        before = {**os.environ, "PYTHONPATH": str(args.compare_src)}
+        before = args.compare_src
         layouts += [
-            ("before: default (one instance, OMP_NUM_THREADS=min(4, nproc))", [], before),
-            (BEFORE_ONE_THREAD, [], {**before, "OMP_NUM_THREADS": "1"}),
+            ("before: default (one instance, OMP_NUM_THREADS=min(4, nproc))", [], None, before),
+            (BEFORE_ONE_THREAD, [], {**os.environ, "OMP_NUM_THREADS": "1"}, before),
         ]
     # measured on its own afterwards: idle spinning threads would be the others' busy neighbour
     spinning = (
         f"now: --instances 1 --threads {cores.count}, OMP_WAIT_POLICY=ACTIVE (threads spin)",
         ["--instances", "1", "--threads", str(cores.count)],
         {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"},
+        None,
     )
     results: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ftprefix-bench-") as tmp:
@@ -165,8 +181,8 @@ def main() -> None:
             procs: list[subprocess.Popen] = []
             servers: dict[str, str] = {}
             try:
-                for name, flags, env in group:  # all of a group at once: idle ones take no CPU
-                    proc, servers[name] = start_serve(ft_dir, flags, env)
+                for name, flags, env, src in group:  # all of a group at once: idle ones take no CPU
+                    proc, servers[name] = start_serve(ft_dir, flags, env, src)
                     procs.append(proc)
                 results.update(run_rounds(servers, hf_dir, args))
             finally:

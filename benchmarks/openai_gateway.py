@@ -131,7 +131,8 @@ def speaks_http(src: Path) -> bool:
         [sys.executable, "-m", "ftprefix.cli", "openai", "--help"],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(src)},
+        env={**os.environ, "PYTHONPATH": str(src.resolve())},
+        cwd=src,  # `-m` puts the working directory first on sys.path: this one's ftprefix, not src's
         check=True,
     ).stdout
     return "--http-url" in help_text
@@ -154,12 +155,13 @@ def start_gateway(
         str(port),
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
+    env = {**os.environ, "PYTHONPATH": str(src.resolve())} if src is not None else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "ftprefix.cli", *argv],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
+        cwd=src,  # `-m` puts the working directory first on sys.path, before PYTHONPATH
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
