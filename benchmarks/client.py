@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +39,15 @@ from ftprefix.serving.server import EmbeddedServer
 
 TASKS = {"taskA": 3, "taskB": 5, "taskC": 1, "taskD": 4}
 PROMPT = "One base model serves many tasks"
+
+
+def from_checkout(src: Path | None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """subprocess keywords that run `python -m ftprefix.cli` from the checkout `src` (None: this
+    one, `env` as given). `-m` puts the working directory first on sys.path, ahead of PYTHONPATH:
+    started from this repository's root, the process would import this checkout's ftprefix."""
+    if src is None:
+        return {"env": env}
+    return {"env": {**(env or os.environ), "PYTHONPATH": str(src.resolve())}, "cwd": src}
 
 
 def build(root: Path, hidden_size: int = 64, num_layers: int = 2) -> tuple[Path, Path]:

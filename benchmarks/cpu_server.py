@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from client import PROMPT, TASKS, build
+from client import PROMPT, TASKS, build, from_checkout
 
 from ftprefix.client import AsyncClient
 from ftprefix.serving import cpus
@@ -47,19 +47,11 @@ def start_serve(
 ) -> tuple[subprocess.Popen, str]:
     """`ftprefix serve` in its own process (from the checkout `src` if given); returns it and its
     gRPC address once it is ready."""
-    if src is not None:
-        env = {**(env or os.environ), "PYTHONPATH": str(src.resolve())}
     grpc_port, http_port = free_port(), free_port()
     argv = [sys.executable, "-m", "ftprefix.cli", "serve", str(ft_dir), "--port-grpc", str(grpc_port)]
     argv += ["--port-http", str(http_port), "--no-watch", *flags]
     proc = subprocess.Popen(
-        # `-m` puts the working directory first on sys.path, before PYTHONPATH: run from src
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=src,
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **from_checkout(src, env)
     )
     assert proc.stdout is not None
     for line in proc.stdout:  # ends at EOF if the server fails to start

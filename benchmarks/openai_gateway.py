@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from pathlib import Path
 
 import httpx
 import openai
-from client import PROMPT, TASKS, build
+from client import PROMPT, TASKS, build, from_checkout
 
 from ftprefix.client import AsyncClient
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US
@@ -131,9 +130,8 @@ def speaks_http(src: Path) -> bool:
         [sys.executable, "-m", "ftprefix.cli", "openai", "--help"],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(src.resolve())},
-        cwd=src,  # `-m` puts the working directory first on sys.path: this one's ftprefix, not src's
         check=True,
+        **from_checkout(src),
     ).stdout
     return "--http-url" in help_text
 
@@ -155,13 +153,11 @@ def start_gateway(
         str(port),
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": str(src.resolve())} if src is not None else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "ftprefix.cli", *argv],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=env,
-        cwd=src,  # `-m` puts the working directory first on sys.path, before PYTHONPATH
+        **from_checkout(src),
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

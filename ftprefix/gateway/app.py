@@ -86,10 +86,11 @@ class GatewaySettings:
 class _Context:
     """What one request carries through the gateway (in its ASGI scope's state)."""
 
-    __slots__ = ("model", "policy", "request_id", "started")
+    __slots__ = ("id_header", "model", "policy", "request_id", "started")
 
     def __init__(self, request: str) -> None:
         self.request_id = request
+        self.id_header = (REQUEST_ID_HEADER.encode(), request.encode())  # on every response
         self.policy: KeyPolicy | None = None
         self.started = time.perf_counter()
         self.model = UNKNOWN
@@ -115,7 +116,6 @@ class GatewayApp(FastAPI):
             return
         ctx = _Context(request_id(scope["headers"]))
         scope.setdefault("state", {})["ftprefix"] = ctx
-        header = (REQUEST_ID_HEADER.encode(), ctx.request_id.encode())
         if scope["path"].startswith("/v1/"):
             authorization = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             ctx.policy = self.keys.policy_of(authorization.decode("latin-1"))
@@ -127,7 +127,7 @@ class GatewayApp(FastAPI):
                     code="invalid_api_key",
                 )
                 response = JSONResponse(error.body(), status_code=401)
-                response.raw_headers.append(header)
+                response.raw_headers.append(ctx.id_header)
                 await response(scope, receive, send)
                 return
             route = self.generating.get(scope["path"])
@@ -138,7 +138,7 @@ class GatewayApp(FastAPI):
 
         async def send_with_id(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
+                message["headers"] = [*message.get("headers", []), ctx.id_header]
             await send(message)
 
         await super().__call__(scope, receive, send_with_id)
@@ -450,18 +450,13 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
 
         async def route(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
             request = Request(scope, receive, send)
-            response: Response | EventStream
             try:
                 response = await generate(request, kind)
             except ApiError as exc:
                 response = await on_api_error(request, exc)
             except Exception as exc:
                 response = await on_bug(request, exc)
-            header = (REQUEST_ID_HEADER.encode(), _context(request).request_id.encode())
-            if isinstance(response, EventStream):
-                response.start_headers.append(header)
-            else:
-                response.raw_headers.append(header)
+            response.raw_headers.append(_context(request).id_header)
             await response(scope, receive, send)
 
         return route

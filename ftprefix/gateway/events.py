@@ -38,7 +38,7 @@ class EventStream(Response):
         self.events = events
         self.failure = failure
         self.on_close = on_close
-        self.start_headers = [
+        self.raw_headers = [  # starlette's Response attribute: the route adds the request id
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),  # nginx: pass each event on as it comes
@@ -65,7 +65,7 @@ class EventStream(Response):
                 await send({"type": "http.response.body", "body": error + DONE, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        await send({"type": "http.response.start", "status": 200, "headers": self.start_headers})
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         producer = asyncio.ensure_future(pump())
         gone = asyncio.ensure_future(receive())
         completed = False

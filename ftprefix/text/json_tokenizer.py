@@ -4,7 +4,7 @@ optional clean-up of spaces the directory's config asks for."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from ftprefix.text.base import Tokenizer
@@ -38,13 +38,3 @@ class JsonTokenizer(Tokenizer):
         # the Rust side takes any integer, numpy's included, through __index__
         text = self._tokenizer.decode(list(ids), skip_special_tokens=True)
         return clean_up_spaces(text) if self._clean_up else text
-
-    def _decoder_after(self, prompt_ids: Sequence[int]) -> Callable[[Sequence[int]], str]:
-        # called for every streamed token: the prompt's list is built once, not once per token
-        prompt, decode, clean = list(prompt_ids), self._tokenizer.decode, self._clean_up
-
-        def after(generated: Sequence[int]) -> str:
-            text = decode([*prompt, *generated], skip_special_tokens=True)
-            return clean_up_spaces(text) if clean else text
-
-        return after
