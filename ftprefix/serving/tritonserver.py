@@ -134,6 +134,11 @@ def command(
         # explicit control: the server loads what we name and reloads a model on request (hot reload)
         "--model-control-mode=explicit",
         "--strict-readiness=true",
+        # every config.pbtxt here is complete (repository.py writes it from the interface); left on,
+        # auto-completion starts one more python stub per model only to ask it for additions it
+        # does not make (triton-inference-server/python_backend src/python_be.cc,
+        # ModelState::Create), about 3 s of every start and every hot reload
+        "--disable-auto-complete-config",
         "--exit-on-error=true",
         f"--exit-timeout-secs={exit_timeout_s}",
         *([f"--backend-config=python,shm-region-prefix-name={shm_prefix}"] if shm_prefix else []),
