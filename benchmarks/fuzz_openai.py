@@ -6,7 +6,7 @@ examples as asked, then sends, for every string field of both request kinds, a l
 NUL, a 1 MB string, and bodies nested 10, 1,000 and 100,000 deep. It prints the statuses per kind
 of input; a 5xx anywhere is a bug.
 
-    .venv/bin/python benchmarks/fuzz_openai.py [--max-examples 1000]
+    .venv/bin/python benchmarks/fuzz_openai.py [--max-examples 1000] [--phases examples,coverage,fuzzing]
 """
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--max-examples", type=int, default=1000, help="schemathesis examples per operation")
+    parser.add_argument(
+        "--phases", default="examples,coverage,fuzzing", help="schemathesis's phases (its --phases)"
+    )
     args = parser.parse_args()
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     if st is None:
@@ -111,7 +114,7 @@ def main() -> None:
                 )
                 argv = [st, "run", url + "/openapi.json", "--checks", checks]
                 argv += ["--header", f"Authorization: Bearer {KEY}", "--max-examples", str(args.max_examples)]
-                argv += ["--phases", "examples,coverage,fuzzing", "--workers", "2"]
+                argv += ["--phases", args.phases, "--workers", "2"]
                 run = subprocess.run(argv, capture_output=True, text=True, cwd=tmp)
                 summary = [line for line in run.stdout.splitlines() if "generated" in line or "❌" in line]
                 print(
