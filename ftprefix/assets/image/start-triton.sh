@@ -32,5 +32,9 @@ set --
 for config in "$root"/ftprefix/triton_models/*/config.pbtxt; do
     set -- "$@" "--load-model=$(basename "$(dirname "$config")")"
 done
+# Every config.pbtxt is complete as triton-repo wrote it. Auto-completion would add nothing: the
+# FT backend only logs that it skips it for GPT-NeoX (fastertransformer_backend
+# src/libfastertransformer.cc, ModelState::AutoCompleteConfig), and the python backend would start
+# one more stub per text model only to ask it (python_backend src/python_be.cc, ModelState::Create).
 exec tritonserver --model-repository=/ftprefix/triton_models --model-control-mode=explicit \
-    --strict-readiness=true "$@"
+    --strict-readiness=true --disable-auto-complete-config "$@"
