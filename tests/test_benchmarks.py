@@ -170,3 +170,12 @@ def test_wakeups_benchmark_measures_the_echo_server_and_idle_uvicorn():
         line for line in out.splitlines() if line.startswith("| uvicorn") or line.startswith("| the gateway")
     ]
     assert len(idle) == 2 and all(_number(line, 1) > 0 for line in idle)
+
+
+def test_stream_floor_benchmark_compares_the_gateway_with_a_bare_relay():
+    out = _run(
+        "stream_floor.py", *("--streams", "1", "2", "--requests", "4", "--tokens", "2", "6", "--rounds", "1")
+    )
+    rows = [line for line in out.splitlines() if re.match(r"\| \d+ \| ", line)]
+    assert [int(_number(r, 0)) for r in rows] == [1, 2]
+    assert all(_number(r, 1) > 0 and _number(r, 2) > 0 for r in rows)  # gateway, relay: CPU per token
