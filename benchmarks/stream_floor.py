@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 from client import PROMPT, build
-from openai_gateway import cpu_seconds, start_gateway
+from openai_gateway import cpu_seconds, measure, start_gateway
 
 from ftprefix.serving.server import EmbeddedServer, free_port
 
@@ -108,12 +108,9 @@ async def stream_cpu(url: str, pid: int, tokens: int, streams: int, total: int) 
     """`total` streams of `tokens` tokens, `streams` at once: the server's CPU seconds per stream."""
     body = {"model": "base", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0}
     body.update(stream=True, ignore_eos=True)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(total):
-        queue.put_nowait(i)
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=streams)) as http:
 
-        async def one() -> None:
+        async def one(_: int) -> None:
             async with http.stream("POST", url, json=body) as answer:
                 if answer.status_code != 200:
                     raise SystemExit(f"{url} answered {answer.status_code}: {await answer.aread()!r}")
@@ -121,14 +118,9 @@ async def stream_cpu(url: str, pid: int, tokens: int, streams: int, total: int) 
             if lines[-1] != "data: [DONE]":
                 raise SystemExit(f"{url}: a stream that did not end with [DONE]: {lines[-3:]}")
 
-        async def worker() -> None:
-            while not queue.empty():
-                queue.get_nowait()
-                await one()
-
-        await one()  # warm up the path
+        await one(0)  # warm up the path
         before = cpu_seconds(pid)
-        await asyncio.gather(*(worker() for _ in range(streams)))
+        await measure(one, streams, total)
         return (cpu_seconds(pid) - before) / total
 
 
@@ -155,15 +147,15 @@ def main() -> None:
         prompt_ids = load_tokenizer(hf_dir).encode(PROMPT)
         with EmbeddedServer(ft_dir, streaming=True, watch_interval=None, stop_timeout=0) as server:
             gateway_port, relay_port = free_port(), free_port()
-            servers = {
-                "gateway": start_gateway(
-                    server.grpc_url, hf_dir, gateway_port, "--http-url", server.http_url
+            servers = {  # name: the process, its completions URL
+                "gateway": (
+                    start_gateway(server.grpc_url, hf_dir, gateway_port, "--http-url", server.http_url),
+                    f"http://127.0.0.1:{gateway_port}/v1/completions",
                 ),
-                "bare relay": start_relay(server.http_url, relay_port, prompt_ids),
-            }
-            urls = {
-                "gateway": f"http://127.0.0.1:{gateway_port}/v1/completions",
-                "bare relay": f"http://127.0.0.1:{relay_port}/v1/completions",
+                "bare relay": (
+                    start_relay(server.http_url, relay_port, prompt_ids),
+                    f"http://127.0.0.1:{relay_port}/v1/completions",
+                ),
             }
             per_token: dict[str, dict[int, list[float]]] = {
                 name: {n: [] for n in args.streams} for name in servers
@@ -173,14 +165,14 @@ def main() -> None:
                     names = list(servers)[round_ % 2 :] + list(servers)[: round_ % 2]
                     for n in args.streams:
                         for name in names:
-                            pid = servers[name].pid
+                            proc, url = servers[name]
                             cpu = {
-                                t: asyncio.run(stream_cpu(urls[name], pid, t, n, args.requests))
+                                t: asyncio.run(stream_cpu(url, proc.pid, t, n, args.requests))
                                 for t in (short, long)
                             }
                             per_token[name][n].append((cpu[long] - cpu[short]) / (long - short))
             finally:
-                for proc in servers.values():
+                for proc, _ in servers.values():
                     proc.terminate()
                     proc.wait()
     print(
