@@ -7,6 +7,7 @@ request (id, object, created, model) is encoded once, so a chunk costs the encod
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -61,12 +62,12 @@ class AnswerFormat:
         # 32 random hex digits, as long as a uuid4's hex, without building a UUID (a sixth of the cost)
         self.id = f"{self.id_prefix}-{os.urandom(16).hex()}"
         self.created = int(time.time())
-        self._chunk_head = b""  # a stream's: built at its first chunk
 
-    def _head(self) -> bytes:
+    @functools.cached_property
+    def _chunk_head(self) -> bytes:
+        """What every chunk of a stream starts with; built at its first chunk."""
         head = {"id": self.id, "object": self.chunk_name, "created": self.created, "model": self.model}
-        self._chunk_head = b"data: " + dumps(head)[:-1] + b',"choices":[{"index":'
-        return self._chunk_head
+        return b"data: " + dumps(head)[:-1] + b',"choices":[{"index":'
 
     def _body(self, name: str, choices: list[dict[str, Any]], use: dict[str, int] | None) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "object": name, "created": self.created, "model": self.model}
@@ -99,8 +100,7 @@ class AnswerFormat:
 
     def chunk(self, index: int, text: str, reason: str | None) -> bytes:
         """The event of one piece of streamed text (and the finish reason with the last)."""
-        head = self._chunk_head or self._head()
-        return head + str(index).encode() + self._choice_tail(text, reason) + b"}]}\n\n"
+        return self._chunk_head + str(index).encode() + self._choice_tail(text, reason) + b"}]}\n\n"
 
     def usage_chunk(self, use: dict[str, int]) -> bytes:
         return event(self._body(self.chunk_name, [], use))
