@@ -5,14 +5,22 @@ with 4 prefix tasks, streaming over Triton's HTTP endpoint):
 
 - the gateway (`ftprefix openai --http-url`, its own process), called with `stream: true`;
 - a bare relay in its own process: a raw ASGI app on uvicorn (uvloop and httptools, as the
-  gateway runs) that sends the same `generate_stream` request to Triton and, for every chunk
-  Triton sends, writes one constant OpenAI chunk, without reading the chunk: no parsing, no
-  detokenising, no stop words, no JSON, no accounting.
+  gateway runs) that sends the same `generate_stream` request to Triton and, for every event
+  Triton sends, writes one constant OpenAI chunk, without reading the event: no parsing, no
+  detokenising, no stop words, no JSON, no accounting;
+- a text relay, the same app doing the least work a correct stream needs per token, with the
+  gateway's own pieces: it reads the event's output_ids and sequence_length (the client's event
+  reader), decodes the new tokens' text (the tokenizer, the prompt's share decoded once), holds
+  back a character whose bytes have not all come, and writes the text as the gateway's chunk:
+  no stop strings or stop words, no finish reason, no checks of FT's layout, no accounting, no
+  retries, no layers between reading and writing. Before measuring, its text of a long stream
+  is checked against the gateway's.
 
 Each serves streams of two fixed lengths (`ignore_eos` / FT's `min_length`) at 1, 8 and 32 at
 once; the CPU per streamed token is the difference of the CPU per stream over the extra tokens
-(what a stream costs once cancels). The relay's figure is the floor under the gateway's: the
-wake-up, read and write every token takes in one Python process on this machine.
+(what a stream costs once cancels). The bare relay's figure is the floor under any Python server:
+the wake-up, read and write every token takes in one process on this machine; the text relay's is
+the floor under a server that shows the tokens' text.
 
     .venv/bin/python benchmarks/stream_floor.py [--streams 1 8 32] [--requests 48]
         [--tokens 8 64] [--rounds 3]
@@ -35,6 +43,7 @@ from client import PROMPT, build
 from openai_gateway import cpu_seconds, measure, start_gateway
 
 from ftprefix.serving.server import EmbeddedServer, free_port
+from ftprefix.text import load_tokenizer
 
 CHUNK = (
     b'data: {"id":"cmpl-0","object":"text_completion","created":0,"model":"base",'
@@ -42,17 +51,33 @@ CHUNK = (
 )
 
 
-def relay(http_url: str, port: int, prompt_ids: list[int]) -> None:
-    """The bare relay (run as `--relay`): one Triton connection per stream, chunks counted, not read."""
+def relay(http_url: str, port: int, prompt_ids: list[int], hf_dir: str) -> None:
+    """A relay (run as `--relay`): one Triton connection per stream. Without `hf_dir` (an empty
+    string) Triton's events are counted, not read; with it each becomes a chunk of its text."""
     import uvicorn
 
     from ftprefix import protocol
-    from ftprefix.client.http_stream import encode_generate
+    from ftprefix.client.http_stream import decode_event, encode_generate
     from ftprefix.client.types import GenerationParams
     from ftprefix.client.wire import Row, ft_inputs
+    from ftprefix.gateway.answers import AnswerFormat
 
     host, triton_port = http_url.rsplit(":", 1)
     declared = frozenset(t.name for t in protocol.FT_INPUTS)
+    outputs = [protocol.OUTPUT_IDS, protocol.SEQUENCE_LENGTH]
+    continuation = load_tokenizer(hf_dir).continuing(prompt_ids) if hf_dir else None
+
+    def text_chunk(event: bytes, shown: list[str], answer: AnswerFormat) -> bytes:
+        """The OpenAI chunk of one `data: {...}` event: the text its tokens add to `shown[0]`
+        (nothing where a character's bytes have not all come)."""
+        assert continuation is not None
+        arrays = decode_event(event[6:], outputs, 1)
+        end = int(arrays[protocol.SEQUENCE_LENGTH][0, 0])
+        text = continuation.text(arrays[protocol.OUTPUT_IDS][0, 0, len(prompt_ids) : end].tolist())
+        text = text.rstrip("\ufffd")
+        piece = text[len(shown[0]) :] if text.startswith(shown[0]) else ""
+        shown[0] += piece
+        return answer.chunk(0, piece, None)
 
     def request(tokens: int) -> bytes:
         params = GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens)
@@ -79,11 +104,19 @@ def relay(http_url: str, port: int, prompt_ids: list[int]) -> None:
             }
         )
         last = b""  # the end of the chunk before: an event's blank line may span two chunks
+        buffer, shown, answer = b"", [""], AnswerFormat("base")  # the text relay's
         while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):  # Triton's chunks
             data = (await reader.readexactly(size + 2))[:-2]
-            for _ in range((last + data).count(b"\n\n")):  # an OpenAI chunk per event
-                await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
-            last = data[-1:]
+            if continuation is None:
+                for _ in range((last + data).count(b"\n\n")):  # an OpenAI chunk per event
+                    await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
+                last = data[-1:]
+                continue
+            buffer += data
+            while (end := buffer.find(b"\n\n")) >= 0:
+                event, buffer = buffer[:end], buffer[end + 2 :]
+                body = text_chunk(event, shown, answer)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
         await reader.readuntil(b"\r\n")
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         writer.close()
@@ -95,13 +128,24 @@ def relay(http_url: str, port: int, prompt_ids: list[int]) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def start_relay(http_url: str, port: int, prompt_ids: list[int]) -> subprocess.Popen:
-    argv = [sys.executable, __file__, "--relay", http_url, str(port), json.dumps(prompt_ids)]
+def start_relay(http_url: str, port: int, prompt_ids: list[int], hf_dir: Path | None) -> subprocess.Popen:
+    """A relay on `port`: the text relay with `hf_dir`, the bare one without."""
+    ids = json.dumps(prompt_ids)
+    argv = [sys.executable, __file__, "--relay", http_url, str(port), ids, str(hf_dir or "")]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
         raise SystemExit("the relay did not start")
     return proc
+
+
+def streamed_text(url: str, tokens: int) -> str:
+    """The text of one stream of `tokens` tokens, its chunks joined."""
+    body = {"model": "base", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0}
+    body.update(stream=True, ignore_eos=True)
+    with httpx.stream("POST", url, json=body, timeout=120) as answer:
+        events = [line[6:] for line in answer.iter_lines() if line.startswith("data: {")]
+    return "".join(json.loads(e)["choices"][0]["text"] for e in events if json.loads(e)["choices"])
 
 
 async def stream_cpu(url: str, pid: int, tokens: int, streams: int, total: int) -> float:
@@ -132,37 +176,40 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48, help="streams per measurement")
     parser.add_argument("--tokens", type=int, nargs=2, default=[8, 64], metavar=("SHORT", "LONG"))
     parser.add_argument("--rounds", type=int, default=3, help="figures are the median of the rounds")
-    parser.add_argument("--relay", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--relay", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.relay:
-        relay(args.relay[0], int(args.relay[1]), json.loads(args.relay[2]))
+        relay(args.relay[0], int(args.relay[1]), json.loads(args.relay[2]), args.relay[3])
         return
     short, long = args.tokens
     if not 0 < short < long:
         parser.error("--tokens SHORT LONG: 0 < SHORT < LONG")
-    from ftprefix.text import load_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="ftprefix-floor-") as tmp:
         hf_dir, ft_dir = build(Path(tmp))
         prompt_ids = load_tokenizer(hf_dir).encode(PROMPT)
         with EmbeddedServer(ft_dir, streaming=True, watch_interval=None, stop_timeout=0) as server:
-            gateway_port, relay_port = free_port(), free_port()
-            servers = {  # name: the process, its completions URL
-                "gateway": (
-                    start_gateway(server.grpc_url, hf_dir, gateway_port, "--http-url", server.http_url),
-                    f"http://127.0.0.1:{gateway_port}/v1/completions",
-                ),
-                "bare relay": (
-                    start_relay(server.http_url, relay_port, prompt_ids),
-                    f"http://127.0.0.1:{relay_port}/v1/completions",
-                ),
-            }
-            per_token: dict[str, dict[int, list[float]]] = {
-                name: {n: [] for n in args.streams} for name in servers
-            }
+            servers = {}  # name: the process, its completions URL
+            per_token: dict[str, dict[int, list[float]]] = {}
             try:
+                for name in ("gateway", "text relay", "bare relay"):
+                    port = free_port()
+                    if name == "gateway":
+                        proc = start_gateway(server.grpc_url, hf_dir, port, "--http-url", server.http_url)
+                    else:
+                        text = hf_dir if name == "text relay" else None
+                        proc = start_relay(server.http_url, port, prompt_ids, text)
+                    servers[name] = proc, f"http://127.0.0.1:{port}/v1/completions"
+                    per_token[name] = {n: [] for n in args.streams}
+                # equal but for a last character still held back: the relay does not read the end
+                texts = {
+                    name: streamed_text(servers[name][1], long).rstrip("\ufffd")
+                    for name in ("gateway", "text relay")
+                }
+                if texts["text relay"] != texts["gateway"]:
+                    raise SystemExit(f"the text relay's text differs from the gateway's: {texts}")
                 for round_ in range(args.rounds):
-                    names = list(servers)[round_ % 2 :] + list(servers)[: round_ % 2]
+                    names = list(servers)[round_ % 3 :] + list(servers)[: round_ % 3]
                     for n in args.streams:
                         for name in names:
                             proc, url = servers[name]
@@ -179,12 +226,19 @@ def main() -> None:
         f"CPU per streamed token (streams of {short} and {long} tokens, {args.requests} per measurement, "
         f"median of {args.rounds} rounds)\n"
     )
-    print("| streams at once | gateway | bare relay (the floor) | gateway above the floor |")
-    print("|---|---|---|---|")
+    print(
+        "| streams at once | gateway | text relay | bare relay (the floor) "
+        "| gateway above the text relay | gateway above the floor |"
+    )
+    print("|---|---|---|---|---|---|")
     for n in args.streams:
-        gateway = statistics.median(per_token["gateway"][n]) * 1e6
-        floor = statistics.median(per_token["bare relay"][n]) * 1e6
-        print(f"| {n} | {gateway:.0f} us | {floor:.0f} us | {gateway - floor:.0f} us |")
+        gateway, text, floor = (
+            statistics.median(per_token[name][n]) * 1e6 for name in ("gateway", "text relay", "bare relay")
+        )
+        print(
+            f"| {n} | {gateway:.0f} us | {text:.0f} us | {floor:.0f} us | {gateway - text:.0f} us "
+            f"| {gateway - floor:.0f} us |"
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from typing import Any
 from ftprefix.client import Completion
 
 DONE = b"data: [DONE]\n\n"
+# json.dumps with options builds an encoder at every call (1.5 against 0.25 us for a streamed piece
+# of text); one encoder, made once, writes the same bytes.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def finish_reason(reason: str | None) -> str:
@@ -33,7 +36,13 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def dumps(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _JSON.encode(body).encode("utf-8")
+
+
+def _reason_json(reason: str | None) -> bytes:
+    """A chunk's finish_reason: null on every chunk but the last (the encoder's general path,
+    which a None takes, costs seven times its path for a string)."""
+    return b"null" if reason is None else dumps(reason)
 
 
 def event(body: Any) -> bytes:
@@ -96,7 +105,7 @@ class AnswerFormat:
         return None
 
     def _choice_tail(self, text: str, reason: str | None) -> bytes:
-        return b',"text":' + dumps(text) + b',"logprobs":null,"finish_reason":' + dumps(reason)
+        return b',"text":' + dumps(text) + b',"logprobs":null,"finish_reason":' + _reason_json(reason)
 
     def chunk(self, index: int, text: str, reason: str | None) -> bytes:
         """The event of one piece of streamed text (and the finish reason with the last)."""
@@ -130,4 +139,4 @@ class ChatAnswerFormat(AnswerFormat):
 
     def _choice_tail(self, text: str, reason: str | None) -> bytes:
         delta = b'{"content":' + dumps(text) + b"}" if text else b"{}"
-        return b',"delta":' + delta + b',"logprobs":null,"finish_reason":' + dumps(reason)
+        return b',"delta":' + delta + b',"logprobs":null,"finish_reason":' + _reason_json(reason)
