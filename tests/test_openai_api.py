@@ -166,6 +166,14 @@ BAD_COMPLETIONS = [
         b'{"model": "shout", "prompt": "ok", "temperature": "0"}',
         _error("temperature: Input should be a valid number", "temperature", "invalid_value"),
     ),
+    (  # not JSON, though Python's parsers take it: not "less than or equal to 2"
+        b'{"model": "shout", "prompt": "ok", "temperature": NaN}',
+        _error("temperature: Input should be a finite number", "temperature", "invalid_value"),
+    ),
+    (
+        b'{"model": "shout", "prompt": "ok", "top_p": -Infinity}',
+        _error("top_p: Input should be a finite number", "top_p", "invalid_value"),
+    ),
     (
         b'{"model": "shout", "prompt": "ok", "ignore_eos": true, "min_length": 3}',
         _error("Unrecognized request argument supplied: min_length", "min_length", "unknown_parameter"),

@@ -44,7 +44,9 @@ def only(value: Any) -> Any:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # NaN and Infinity are not JSON (RFC 8259), though Python's parsers take them: refused as
+    # such, not as a number out of its range
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 class StreamOptions(_Strict):
