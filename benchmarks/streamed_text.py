@@ -1,13 +1,16 @@
 """What the text of a stream costs per token: a completion's text is what decode(prompt + generated)
 adds after decode(prompt), asked again at every streamed token (client, gateway, postprocessing).
 
-Side by side in one run, for prompts of several lengths: `Tokenizer.continuing(prompt)` (the
-prompt's share of the decoding done once) and decoding prompt + generated whole at every token
-(what every token cost before). Random ids from the rinna-style SentencePiece tokenizer of the
-tests (T5Tokenizer, slow); the best of the rounds, in microseconds per streamed token. The two
-must give the same text, or the run stops.
+Side by side in one run, for prompts of several lengths: `Tokenizer.continuing(prompt)` (what
+streams use: the prompt's share of the decoding done once; with a SentencePiece tokenizer also
+each token's new ids folded only once, and the text of the pieces settled kept) and decoding
+prompt + generated whole at every token (what every token cost before). Random ids; by default
+the rinna-style SentencePiece tokenizer of the tests (T5Tokenizer, slow), or any tokenizer
+directory (`--tokenizer`, e.g. a tokenizer.json one); the best of the rounds, in microseconds per
+streamed token. The two must give the same text at every token, or the run stops.
 
-    .venv/bin/python benchmarks/streamed_text.py [--prompts 50 500 2000] [--generated 100] [--rounds 5]
+    .venv/bin/python benchmarks/streamed_text.py [--prompts 50 500 2000] [--generated 100]
+        [--rounds 5] [--tokenizer DIR]
 """
 
 from __future__ import annotations
@@ -56,8 +59,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, nargs="+", default=[50, 500, 2000], metavar="IDS")
     parser.add_argument("--generated", type=int, default=100, metavar="IDS")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tokenizer", type=Path, default=TOKENIZER, metavar="DIR")
     args = parser.parse_args()
-    tokenizer = load_tokenizer(TOKENIZER)
+    tokenizer = load_tokenizer(args.tokenizer)
     rng = random.Random(0)
     ids = range(5, tokenizer.vocab_size)
     print(f"tokenizer: {tokenizer.description}; {args.generated} generated ids, best of {args.rounds}")
@@ -66,8 +70,10 @@ def main() -> None:
     for length in args.prompts:
         prompt = [rng.choice(ids) for _ in range(length)]
         generated = [rng.choice(ids) for _ in range(args.generated)]
-        if tokenizer.continuing(prompt).text(generated) != whole_every_token(tokenizer, prompt)(generated):
-            raise SystemExit(f"the two ways disagree on a {length}-id prompt: a bug in ftprefix.text")
+        stream, whole = tokenizer.continuing(prompt), whole_every_token(tokenizer, prompt)
+        for k in range(1, len(generated) + 1):
+            if stream.text(generated[:k]) != whole(generated[:k]):
+                raise SystemExit(f"the two ways disagree at token {k} after {length} ids: a bug")
         new = per_token_us(lambda p=prompt: tokenizer.continuing(p).text, generated, args.rounds)
         old = per_token_us(lambda p=prompt: whole_every_token(tokenizer, p), generated, args.rounds)
         print(f"| {length} | {new:.1f} | {old:.1f} | {old / new:.1f}x |")

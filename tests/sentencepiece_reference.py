@@ -26,6 +26,7 @@ class RinnaReference:
         specials = json.loads((directory / "special_tokens_map.json").read_text(encoding="utf-8"))
         self.special_ids = {self.sp.piece_to_id(token) for token in specials.values()}
         self.eos_id = self.sp.piece_to_id(specials["eos_token"])
+        self.strip = True  # T5Tokenizer strips what it decodes
 
     def decode(self, ids: Sequence[int]) -> str:
         """`decode(ids, skip_special_tokens=True)`: specials dropped, the first piece's `▁` dropped,
@@ -34,7 +35,21 @@ class RinnaReference:
         if not pieces:
             return ""
         pieces[0] = pieces[0].removeprefix("\u2581")
-        return self.sp.decode(pieces).strip()
+        text = self.sp.decode(pieces)
+        return text.strip() if self.strip else text
+
+
+class LlamaReference(RinnaReference):
+    """The same for the Llama-style test tokenizer (LlamaTokenizer, legacy, no added tokens, no
+    clean-up of spaces; its model has byte pieces): its specials are the model's control and
+    unknown pieces, and nothing is stripped."""
+
+    def __init__(self, directory: Path = LLAMA) -> None:
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+        sp = self.sp
+        self.special_ids = {i for i in range(sp.get_piece_size()) if sp.IsControl(i) or sp.IsUnknown(i)}
+        self.eos_id = sp.eos_id()
+        self.strip = False
 
     def continuation(self, prompt: Sequence[int], generated: Sequence[int]) -> str:
         """What decode(prompt + generated) adds after decode(prompt)."""

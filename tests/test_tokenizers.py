@@ -7,18 +7,28 @@ words, and the directories that must be refused."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sentencepiece_reference import LLAMA, RINNA, RinnaReference, golden_rows, recorded_continuations
+from sentencepiece_reference import (
+    LLAMA,
+    RINNA,
+    LlamaReference,
+    RinnaReference,
+    golden_rows,
+    recorded_continuations,
+)
 
 from ftprefix.cli import main
 from ftprefix.client import Client, FtprefixClientError
 from ftprefix.text import TokenizerError, load_tokenizer
 from ftprefix.text.added_token_split import AddedTokenSplitter, build_trie, split_at_tokens
+from ftprefix.text.base import common_prefix_length
+from ftprefix.text.sentencepiece_slow import _Folding
 
 RECORDED = [RINNA, LLAMA]
 
@@ -46,14 +56,21 @@ def test_a_completion_is_what_the_prompt_continues_with(directory: Path) -> None
         text = tokenizer.continuation(row["prompt_ids"], row["generated_ids"])
         assert text == after[len(before) :], row
         differs += text != tokenizer.decode(row["generated_ids"])
+        # as a stream asks, at every token for all of them so far: the same text at the end
+        stream, generated = tokenizer.continuing(row["prompt_ids"]), row["generated_ids"]
+        assert [stream.text(generated[:k]) for k in range(1, len(generated) + 1)][-1] == text
     assert differs > 10
 
 
-def test_the_reference_decoder_of_the_tests_agrees_with_the_recorded_answers() -> None:
-    reference = RinnaReference()
-    for row in golden_rows(RINNA):
+REFERENCES = {RINNA: RinnaReference, LLAMA: LlamaReference}
+
+
+@pytest.mark.parametrize("directory", RECORDED, ids=lambda d: d.name)
+def test_the_reference_decoders_of_the_tests_agree_with_the_recorded_answers(directory: Path) -> None:
+    reference = REFERENCES[directory]()
+    for row in golden_rows(directory):
         assert reference.decode(row["ids"]) == row["decode_skip_special"]
-    for row in recorded_continuations(RINNA):
+    for row in recorded_continuations(directory):
         assert reference.decode(row["prompt_ids"] + row["generated_ids"]) == row["decode_all"]
 
 
@@ -63,6 +80,41 @@ def test_the_client_tokenises_with_the_same_implementation() -> None:
     row = golden_rows(RINNA)[9]
     assert client.tokenizer.encode(row["text"]) == row["ids"]
     assert client.tokenizer.eos_id == 3 and "T5Tokenizer" in client.tokenizer.description
+
+
+def _long_stream(tokenizer, seed: int) -> list[int]:
+    """A prompt and its continuation as long as a stream's, of everything a model may generate:
+    encoded Japanese, emoji (byte pieces), spaces, special tokens, random ids."""
+    rng = random.Random(seed)
+    texts = ["日本語のテキストです。", " 🎉🦜 ", "  spaces\tand\nlines ", "English words, too."]
+    ids: list[int] = []
+    while len(ids) < 700:
+        ids += (
+            tokenizer.encode(rng.choice(texts))
+            if rng.random() < 0.5
+            else [rng.randrange(tokenizer.vocab_size)]
+        )
+    return ids
+
+
+@pytest.mark.parametrize("settle_every", [64, 1], ids=["default", "at-every-token"])
+@pytest.mark.parametrize("directory", RECORDED, ids=lambda d: d.name)
+def test_a_long_stream_shows_at_every_token_what_the_reference_decodes(
+    directory: Path, settle_every: int, monkeypatch
+) -> None:
+    # how often a stream's settled head moves: at every token, it moves into every byte sequence
+    monkeypatch.setattr(_Folding, "SETTLE_EVERY", settle_every)
+    reference, tokenizer = REFERENCES[directory](), load_tokenizer(directory)
+    for seed in (1, 2):
+        ids = _long_stream(tokenizer, seed)
+        prompt, generated = ids[:200], ids[200:]
+        before = reference.decode(prompt)
+        stream = tokenizer.continuing(prompt)
+        # the runs of pieces are longer than SETTLE_EVERY
+        for k in range(1, len(generated) + 1):
+            whole = reference.decode(prompt + generated[:k])
+            shared = common_prefix_length(before, whole)
+            assert stream.text(generated[:k]) == whole[shared:], (seed, k)
 
 
 def test_tokenizer_json_equals_transformers_fast_tokenizer(tmp_path: Path) -> None:

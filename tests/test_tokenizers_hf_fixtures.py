@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ftprefix.text import TokenizerError, load_tokenizer
+from ftprefix.text.sentencepiece_slow import _Folding
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT.parent / "shared" / "tokenizers" / "hf-test-fixtures"
@@ -65,7 +66,11 @@ def test_encode_and_decode_equal_transformers_slow_tokenizer(name: str, tmp_path
 
 
 @pytest.mark.parametrize("name", DIRECTORIES)
-def test_a_prompt_continues_with_what_transformers_decodes_after_it(name: str, tmp_path: Path) -> None:
+def test_a_prompt_continues_with_what_transformers_decodes_after_it(
+    name: str, tmp_path: Path, monkeypatch
+) -> None:
+    # a stream's settled head moves at every token here, across every kind of piece these hold
+    monkeypatch.setattr(_Folding, "SETTLE_EVERY", 1)
     tokenizer = load_tokenizer(_assemble(name, tmp_path))
     answers = _answers(name)
     assert len(answers["continuations"]) == 30
@@ -80,9 +85,11 @@ def test_a_prompt_continues_with_what_transformers_decodes_after_it(name: str, t
         expected = whole[shared:]
         assert tokenizer.continuation(prompt, generated) == expected, (prompt, generated)
         stream = tokenizer.continuing(prompt)
-        # as a stream asks: again and again, each time for all the tokens so far
-        first, _, again = stream.text(generated), stream.text(generated[:1]), stream.text(generated)
-        assert first == again == expected
+        # as a stream asks: again and again, each time for all the tokens so far, and once more
+        # for fewer (a stop string's search) and for all of them again
+        texts = [stream.text(generated[:k]) for k in range(1, len(generated) + 1)]
+        _, again = stream.text(generated[:1]), stream.text(generated)
+        assert texts[-1] == again == expected
 
 
 # Values transformers' own tests write for test_sentencepiece.model
