@@ -2,21 +2,24 @@
 adds after decode(prompt), asked again at every streamed token (client, gateway, postprocessing).
 
 Side by side in one run, for prompts of several lengths: `Tokenizer.continuing(prompt)` (what
-streams use: the prompt's share of the decoding done once; with a SentencePiece tokenizer also
-each token's new ids folded only once, and the text of the pieces settled kept) and decoding
-prompt + generated whole at every token (what every token cost before). Random ids; by default
+streams use: the text of prompt + answer up to the last plain token kept, so that only the tokens
+since are decoded again, `ftprefix/text/settled.py`; a SentencePiece tokenizer also folds each new
+id into its text once) and decoding prompt + generated whole at every token (what every token of
+a tokenizer.json tokenizer cost before, and much of what a SentencePiece one did). Random ids; by default
 the rinna-style SentencePiece tokenizer of the tests (T5Tokenizer, slow), or any tokenizer
-directory (`--tokenizer`, e.g. a tokenizer.json one); the best of the rounds, in microseconds per
+directory (`--tokenizer`), or a byte-level BPE tokenizer.json as GPT-NeoX and Pythia ship
+(`--byte-level`, trained on the demo's sentences); the best of the rounds, in microseconds per
 streamed token. The two must give the same text at every token, or the run stops.
 
     .venv/bin/python benchmarks/streamed_text.py [--prompts 50 500 2000] [--generated 100]
-        [--rounds 5] [--tokenizer DIR]
+        [--rounds 5] [--tokenizer DIR | --byte-level]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,8 +63,20 @@ def main() -> None:
     parser.add_argument("--generated", type=int, default=100, metavar="IDS")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokenizer", type=Path, default=TOKENIZER, metavar="DIR")
+    parser.add_argument(
+        "--byte-level",
+        action="store_true",
+        help="a byte-level BPE tokenizer.json (GPT-NeoX's kind), trained here on the demo's sentences",
+    )
     args = parser.parse_args()
-    tokenizer = load_tokenizer(args.tokenizer)
+    if args.byte_level:
+        from ftprefix.demo import toy
+
+        with tempfile.TemporaryDirectory() as directory:
+            toy.build_tokenizer(directory, vocab_size=400)
+            tokenizer = load_tokenizer(directory)
+    else:
+        tokenizer = load_tokenizer(args.tokenizer)
     rng = random.Random(0)
     ids = range(5, tokenizer.vocab_size)
     print(f"tokenizer: {tokenizer.description}; {args.generated} generated ids, best of {args.rounds}")

@@ -1,10 +1,11 @@
-"""An independent reference for the rinna-style test tokenizer (no tests here).
+"""Independent references for the rinna-style and Llama-style test tokenizers (no tests here).
 
 `decode` follows Hugging Face's slow T5Tokenizer for the files in tests/data/tokenizers/
 rinna-style-sentencepiece (special tokens are pieces of the model; no added tokens besides them),
-written with the `sentencepiece` package directly and separately from ftprefix.text. It is held to
-the answers recorded from transformers 4.57 (test_tokenizers.py), and then gives the expected text
-for ids the tests generate, which nothing recorded beforehand.
+and its slow LlamaTokenizer for llama-style-sentencepiece, written with the `sentencepiece` package
+directly and separately from ftprefix.text. Each is held to the answers recorded from
+transformers 4.57 (test_tokenizers.py), and then gives the expected text for ids the tests
+generate, which nothing recorded beforehand.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class RinnaReference:
         text = self.sp.decode(pieces)
         return text.strip() if self.strip else text
 
+    def continuation(self, prompt: Sequence[int], generated: Sequence[int]) -> str:
+        """What decode(prompt + generated) adds after decode(prompt)."""
+        before, after = self.decode(prompt), self.decode([*prompt, *generated])
+        assert after.startswith(before), (before, after)
+        return after[len(before) :]
+
 
 class LlamaReference(RinnaReference):
     """The same for the Llama-style test tokenizer (LlamaTokenizer, legacy, no added tokens, no
@@ -50,12 +57,6 @@ class LlamaReference(RinnaReference):
         self.special_ids = {i for i in range(sp.get_piece_size()) if sp.IsControl(i) or sp.IsUnknown(i)}
         self.eos_id = sp.eos_id()
         self.strip = False
-
-    def continuation(self, prompt: Sequence[int], generated: Sequence[int]) -> str:
-        """What decode(prompt + generated) adds after decode(prompt)."""
-        before, after = self.decode(prompt), self.decode([*prompt, *generated])
-        assert after.startswith(before), (before, after)
-        return after[len(before) :]
 
 
 def golden_rows(directory: Path) -> list[dict]:

@@ -154,8 +154,9 @@ def test_cpu_server_benchmark_compares_layouts_alone_and_beside_a_busy_process()
     assert "2 in flight, default: busy / alone" in out
 
 
-def test_streamed_text_benchmark_compares_with_decoding_whole_every_token():
-    out = _run("streamed_text.py", "--prompts", "20", "400", "--generated", "12", "--rounds", "1")
+@pytest.mark.parametrize("kind", [[], ["--byte-level"]], ids=["sentencepiece", "byte-level"])
+def test_streamed_text_benchmark_compares_with_decoding_whole_every_token(kind: list[str]):
+    out = _run("streamed_text.py", "--prompts", "20", "400", "--generated", "80", "--rounds", "1", *kind)
     rows = {_number(line, 0): line for line in out.splitlines() if re.match(r"\| \d", line)}
     assert set(rows) == {20, 400}
     assert all(_number(row, 1) > 0 and _number(row, 2) > 0 for row in rows.values())

@@ -28,7 +28,7 @@ from ftprefix.client import Client, FtprefixClientError
 from ftprefix.text import TokenizerError, load_tokenizer
 from ftprefix.text.added_token_split import AddedTokenSplitter, build_trie, split_at_tokens
 from ftprefix.text.base import common_prefix_length
-from ftprefix.text.sentencepiece_slow import _Folding
+from ftprefix.text.settled import SettledText
 
 RECORDED = [RINNA, LLAMA]
 
@@ -103,7 +103,7 @@ def test_a_long_stream_shows_at_every_token_what_the_reference_decodes(
     directory: Path, settle_every: int, monkeypatch
 ) -> None:
     # how often a stream's settled head moves: at every token, it moves into every byte sequence
-    monkeypatch.setattr(_Folding, "SETTLE_EVERY", settle_every)
+    monkeypatch.setattr(SettledText, "SETTLE_EVERY", settle_every)
     reference, tokenizer = REFERENCES[directory](), load_tokenizer(directory)
     for seed in (1, 2):
         ids = _long_stream(tokenizer, seed)

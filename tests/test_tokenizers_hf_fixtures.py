@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ftprefix.text import TokenizerError, load_tokenizer
-from ftprefix.text.sentencepiece_slow import _Folding
+from ftprefix.text.settled import SettledText
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT.parent / "shared" / "tokenizers" / "hf-test-fixtures"
@@ -70,7 +70,7 @@ def test_a_prompt_continues_with_what_transformers_decodes_after_it(
     name: str, tmp_path: Path, monkeypatch
 ) -> None:
     # a stream's settled head moves at every token here, across every kind of piece these hold
-    monkeypatch.setattr(_Folding, "SETTLE_EVERY", 1)
+    monkeypatch.setattr(SettledText, "SETTLE_EVERY", 1)
     tokenizer = load_tokenizer(_assemble(name, tmp_path))
     answers = _answers(name)
     assert len(answers["continuations"]) == 30

@@ -4,12 +4,14 @@ optional clean-up of spaces the directory's config asks for."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ftprefix.text.base import Tokenizer
 from ftprefix.text.files import JSON_FILE, TokenizerError, TokenizerFiles
 from ftprefix.text.sentencepiece_slow import clean_up_spaces
+from ftprefix.text.settled import SettledText, cut_sentinel
 
 
 class JsonTokenizer(Tokenizer):
@@ -23,6 +25,7 @@ class JsonTokenizer(Tokenizer):
         name = files.tokenizer_class or "PreTrainedTokenizerFast"
         super().__init__(path, f"{JSON_FILE}, {name}", files, newline_token)
         self._clean_up = files.flag("clean_up_tokenization_spaces", False)
+        self._plain_ids: dict[int, bool] = {}  # _plain, per token
 
     @property
     def vocab_size(self) -> int:
@@ -35,6 +38,62 @@ class JsonTokenizer(Tokenizer):
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
     def _decode(self, ids: Sequence[int]) -> str:
+        return self._cleaned(self._raw(ids))
+
+    def _raw(self, ids: Sequence[int]) -> str:
         # the Rust side takes any integer, numpy's included, through __index__
-        text = self._tokenizer.decode(list(ids), skip_special_tokens=True)
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def _cleaned(self, text: str) -> str:
         return clean_up_spaces(text) if self._clean_up else text
+
+    def _decoder_after(self, prompt_ids: Sequence[int]) -> Callable[[Sequence[int]], str]:
+        return _Growing(self, prompt_ids)
+
+    # -- a stream's text: settled head and tail (settled.py) ---------------------------------------
+
+    @functools.cached_property
+    def _sentinel(self) -> tuple[int, str] | None:
+        """A token whose text is letters, and stays a prefix of the text of what follows it."""
+        for index in range(min(self.vocab_size, 4096)):
+            text = self._raw([index])
+            if text.isascii() and text.isalpha() and self._raw([index, index]).startswith(text):
+                return index, text
+        return None
+
+    def _after_sentinel(self, ids: list[int]) -> str | None:
+        if self._sentinel is None:
+            return None
+        index, text = self._sentinel
+        return cut_sentinel(self._raw([index, *ids]), text)
+
+    def _plain(self, index: int) -> bool:
+        """Whether a token decodes after other text to whole characters (no byte of an unfinished
+        one): no later token changes the text before it. Remembered per token."""
+        plain = self._plain_ids.get(index)
+        if plain is None:
+            rest = self._after_sentinel([index])
+            plain = self._plain_ids[index] = bool(rest) and "\ufffd" not in rest
+        return plain
+
+
+class _Growing:
+    """decode(prompt + generated) for a stream that asks again at every token with all of its
+    tokens so far: the prompt and the answer so far decoded as a settled head and a tail
+    (settled.py) instead of whole at every token, which the Rust decoder does in time that grows
+    with both (290 us per token after a 2,000-token prompt)."""
+
+    def __init__(self, tokenizer: JsonTokenizer, prompt_ids: Sequence[int]) -> None:
+        self._tokenizer = tokenizer
+        self._prompt = [int(i) for i in prompt_ids]
+        self._ids = list(self._prompt)  # the prompt, then the generated ids asked for last time
+        self._settled = SettledText(tokenizer._raw, tokenizer._after_sentinel, tokenizer._plain)
+
+    def __call__(self, generated: Sequence[int]) -> str:
+        ids = generated if isinstance(generated, list) else [int(i) for i in generated]
+        known, start = self._ids, len(self._prompt)
+        if len(ids) < len(known) - start or ids[: len(known) - start] != known[start:]:
+            known = self._ids = list(self._prompt)  # a new list: the settled head starts anew
+        known.extend(int(i) for i in ids[len(known) - start :])
+        text = self._settled.text(known)
+        return self._tokenizer._cleaned(self._tokenizer._raw(known) if text is None else text)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from ftprefix.text.added_token_split import AddedTokenSplitter
 from ftprefix.text.base import Tokenizer
 from ftprefix.text.files import NAMED_SPECIAL_TOKENS, TokenizerError, TokenizerFiles, TokenSpec
+from ftprefix.text.settled import SettledText, cut_sentinel
 
 UNDERLINE = "\u2581"  # SentencePiece's word boundary, "▁"
 
@@ -298,8 +299,7 @@ class SentencePieceTokenizer(Tokenizer):
         if self._sentinel is None:
             return None
         piece, text = self._sentinel
-        decoded = self._sp.decode([piece, *pieces])
-        return decoded[len(text) :] if decoded.startswith(text) else None
+        return cut_sentinel(self._sp.decode([piece, *pieces]), text)
 
     @functools.cached_property
     def _sentinel(self) -> tuple[str, str] | None:
@@ -365,28 +365,18 @@ class SentencePieceTokenizer(Tokenizer):
 
 class _Folding:
     """decode(prompt + generated) from the prompt's fold, for a stream that asks again at every
-    token with all of its tokens so far.
-
-    - The fold of the ids asked for last time is kept, so only the new ids are folded (a left
-      fold folded in two steps is the fold of the whole). Folding all generated ids at every
-      token made a 1,000-token stream's text cost 0.5 ms per token.
-    - The run of pieces the fold ends with (a prompt's pieces and the continuation's, as a rule)
-      is decoded as a settled head and a tail: the head's text is kept, and only the tail is
-      decoded again. The head ends before a plain piece, whose text no later piece changes; every
-      SETTLE_EVERY pieces the head moves up to the end, after a check that head + tail is the
-      whole run's text. Should that check ever fail, the run is decoded whole from then on.
-    """
-
-    SETTLE_EVERY = 64
+    token with all of its tokens so far: the fold of the ids asked for last time is kept, so only
+    the new ids are folded (a left fold folded in two steps is the fold of the whole), and the run
+    of pieces the fold ends with (as a rule the prompt's and all the answer's) is decoded as a
+    settled head and a tail (settled.py). Folding and decoding all of it at every token made a
+    1,000-token answer's text cost 0.5 ms per token."""
 
     def __init__(self, tokenizer: SentencePieceTokenizer, parts: list[str], run: list[str]) -> None:
         self._tokenizer = tokenizer
         self._prompt = (parts, run)  # never changed: a call that does not extend the last starts here
         self._seen: list[int] = []  # the generated ids folded into _parts and _run
         self._parts, self._run = list(parts), list(run)
-        self._head: tuple[list[str], int, str] | None = None  # the run, its pieces settled, their text
-        self._settle_at = 0  # the run's length at which the head moves next
-        self._whole_only = False
+        self._settled = SettledText(tokenizer._run_raw, tokenizer._tail_raw, tokenizer._plain)
 
     def __call__(self, generated: Sequence[int]) -> str:
         ids = generated if isinstance(generated, list) else [int(i) for i in generated]
@@ -398,40 +388,9 @@ class _Folding:
         if new:
             self._parts, self._run = self._tokenizer._fold(new, self._parts, self._run)
             seen.extend(int(i) for i in new)
-        run = self._run
-        return self._tokenizer._joined(self._parts, run, self._run_text(run) if run else None)
-
-    def _run_text(self, run: list[str]) -> str | None:
-        """The run's text from its settled head, or None (decode it whole)."""
-        if self._whole_only:
-            return None
-        head = self._head
-        if head is None or head[0] is not run or head[1] > len(run):  # a run the fold started anew
-            head = self._head = (run, 0, "")
-            self._settle_at = self.SETTLE_EVERY
-        if len(run) >= self._settle_at:  # at most once per SETTLE_EVERY pieces, settled or not
-            self._settle_at = len(run) + self.SETTLE_EVERY
-            head = self._settle(run, head)
-            if head is None:
-                return None
-        if head[1] == 0:
-            return None
-        tail = self._tokenizer._tail_raw(run[head[1] :])
-        return None if tail is None else self._tokenizer._run_text(head[2] + tail)
-
-    def _settle(self, run: list[str], head: tuple[list[str], int, str]) -> tuple[list[str], int, str] | None:
-        """The head moved up to the run's last plain piece since it, if any; None: decode whole."""
-        tokenizer = self._tokenizer
-        start = next((i for i in range(len(run) - 1, head[1], -1) if tokenizer._plain(run[i])), 0)
-        if start == 0:
-            return head
-        whole = tokenizer._run_raw(run)
-        tail = tokenizer._tail_raw(run[start:])
-        if tail is None or not whole.endswith(tail):
-            self._whole_only, self._head = True, None
-            return None
-        self._head = (run, start, whole[: len(whole) - len(tail)])
-        return self._head
+        run, tokenizer = self._run, self._tokenizer
+        raw = self._settled.text(run) if run else None
+        return tokenizer._joined(self._parts, run, None if raw is None else tokenizer._run_text(raw))
 
 
 def sentencepiece_tokenizer(
