@@ -47,7 +47,8 @@ _PER_STEP = frozenset({protocol.OUTPUT_IDS, protocol.OUTPUT_LOG_PROBS})  # [batc
 _JSON = json.JSONEncoder(separators=(",", ":"))
 # An unsigned output as Triton writes it, an array or a number: at most 9 digits each, so that
 # every value fits uint32 and the fast reading below can neither wrap nor stop short.
-_UNSIGNED = re.compile(rb"\[(\d{1,9}(?:,\d{1,9})*)\]|(\d{1,9})(?=[,}])")
+_UNSIGNED_NUMBER = re.compile(rb"(\d{1,9})(?=[,}])")
+_DIGITS_AS_D = bytes.maketrans(b"0123456789", b"dddddddddd")
 _UNSIGNED_MEMBERS = {  # name -> how its member starts in an event, its dtype
     t.name: (f'"{t.name}":'.encode(), t.dtype) for t in protocol.FT_OUTPUTS if t.dtype.kind == "u"
 }
@@ -122,12 +123,34 @@ def _unsigned_outputs(data: bytes, names: Sequence[str]) -> dict[str, np.ndarray
             return None
         key, dtype = member
         at = data.find(key)
-        match = _UNSIGNED.match(data, at + len(key)) if at >= 0 else None
-        if match is None:
+        if at < 0:
             return None
-        array, number = match.groups()
-        arrays[name] = np.fromstring(array if array is not None else number, dtype=dtype, sep=",")
+        at += len(key)
+        if data[at : at + 1] == b"[":
+            close = data.find(b"]", at)
+            text = data[at + 1 : close] if close >= 0 else None
+            if text is None or not _unsigned_list(text):
+                return None
+        else:
+            match = _UNSIGNED_NUMBER.match(data, at)
+            if match is None:
+                return None
+            text = match.group(1)
+        arrays[name] = np.fromstring(text, dtype=dtype, sep=",")
     return arrays
+
+
+def _unsigned_list(text: bytes) -> bool:
+    """Whether `text` is numbers of 1 to 9 digits joined by commas: what a pattern says, checked
+    with byte operations instead, which an event's output_ids as long as prompt + max_tokens
+    makes worth it (5 against 37 us for 1,024 ids)."""
+    return (
+        text[:1].isdigit()
+        and text[-1:].isdigit()
+        and not text.translate(None, b"0123456789,")
+        and b",," not in text
+        and b"dddddddddd" not in text.translate(_DIGITS_AS_D)
+    )
 
 
 class HttpStream:
