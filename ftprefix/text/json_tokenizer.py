@@ -11,7 +11,7 @@ from pathlib import Path
 from ftprefix.text.base import Tokenizer
 from ftprefix.text.files import JSON_FILE, TokenizerError, TokenizerFiles
 from ftprefix.text.sentencepiece_slow import clean_up_spaces
-from ftprefix.text.settled import SettledText, cut_sentinel
+from ftprefix.text.settled import SettledText, cut_sentinel, int_list
 
 
 class JsonTokenizer(Tokenizer):
@@ -90,7 +90,7 @@ class _Growing:
         self._settled = SettledText(tokenizer._raw, tokenizer._after_sentinel, tokenizer._plain)
 
     def __call__(self, generated: Sequence[int]) -> str:
-        ids = generated if isinstance(generated, list) else [int(i) for i in generated]
+        ids = int_list(generated)
         known, start = self._ids, len(self._prompt)
         if len(ids) < len(known) - start or ids[: len(known) - start] != known[start:]:
             known = self._ids = list(self._prompt)  # a new list: the settled head starts anew

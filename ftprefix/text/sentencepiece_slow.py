@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from ftprefix.text.added_token_split import AddedTokenSplitter
 from ftprefix.text.base import Tokenizer
 from ftprefix.text.files import NAMED_SPECIAL_TOKENS, TokenizerError, TokenizerFiles, TokenSpec
-from ftprefix.text.settled import SettledText, cut_sentinel
+from ftprefix.text.settled import SettledText, cut_sentinel, int_list
 
 UNDERLINE = "\u2581"  # SentencePiece's word boundary, "▁"
 
@@ -379,7 +379,7 @@ class _Folding:
         self._settled = SettledText(tokenizer._run_raw, tokenizer._tail_raw, tokenizer._plain)
 
     def __call__(self, generated: Sequence[int]) -> str:
-        ids = generated if isinstance(generated, list) else [int(i) for i in generated]
+        ids = int_list(generated)
         seen = self._seen
         if len(ids) < len(seen) or ids[: len(seen)] != seen:
             seen.clear()

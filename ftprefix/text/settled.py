@@ -16,7 +16,7 @@ as a settled head, whose text is kept, and a tail, decoded again at every step:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -79,3 +79,11 @@ def plain_after(sentinel_text: str, decoded: str) -> bool:
     sentinel's text and holds no replacement character (no byte of an unfinished character)."""
     rest = cut_sentinel(decoded, sentinel_text)
     return rest is not None and "\ufffd" not in rest
+
+
+def int_list(ids: Sequence[int]) -> list[int]:
+    """`ids` as a list of Python ints: as it is, or a row of FT's output tensor at C speed."""
+    if isinstance(ids, list):
+        return ids
+    tolist = getattr(ids, "tolist", None)  # numpy's arrays
+    return tolist() if tolist is not None else [int(i) for i in ids]
