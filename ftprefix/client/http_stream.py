@@ -114,7 +114,7 @@ def _unsigned_outputs(data: bytes, names: Sequence[str]) -> dict[str, np.ndarray
     writes it; None for any other event, which json reads. Every event carries output_ids as long
     as prompt + max_tokens and output_log_probs as long as max_tokens, so reading the whole JSON
     at every token costs more the longer the answer: here only the named members are read, each
-    with one pattern match and numpy's own parser. A member name cannot occur inside a JSON
+    with a check of its bytes and numpy's own parser. A member name cannot occur inside a JSON
     string unescaped, so finding `"name":` finds the member."""
     arrays = {}
     for name in names:
