@@ -11,7 +11,7 @@ from pathlib import Path
 from ftprefix.text.base import Tokenizer
 from ftprefix.text.files import JSON_FILE, TokenizerError, TokenizerFiles
 from ftprefix.text.sentencepiece_slow import clean_up_spaces
-from ftprefix.text.settled import SettledText, cut_sentinel, int_list
+from ftprefix.text.settled import SettledText, cut_sentinel, int_list, new_ids
 
 
 class JsonTokenizer(Tokenizer):
@@ -91,9 +91,11 @@ class _Growing:
 
     def __call__(self, generated: Sequence[int]) -> str:
         ids = int_list(generated)
-        known, start = self._ids, len(self._prompt)
-        if len(ids) < len(known) - start or ids[: len(known) - start] != known[start:]:
+        known = self._ids
+        new = new_ids(known[len(self._prompt) :], ids)
+        if new is None:
             known = self._ids = list(self._prompt)  # a new list: the settled head starts anew
-        known.extend(int(i) for i in ids[len(known) - start :])
+            new = ids
+        known.extend(int(i) for i in new)
         text = self._settled.text(known)
         return self._tokenizer._cleaned(self._tokenizer._raw(known) if text is None else text)

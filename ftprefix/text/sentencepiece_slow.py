@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from ftprefix.text.added_token_split import AddedTokenSplitter
 from ftprefix.text.base import Tokenizer
 from ftprefix.text.files import NAMED_SPECIAL_TOKENS, TokenizerError, TokenizerFiles, TokenSpec
-from ftprefix.text.settled import SettledText, cut_sentinel, int_list
+from ftprefix.text.settled import SettledText, cut_sentinel, int_list, new_ids
 
 UNDERLINE = "\u2581"  # SentencePiece's word boundary, "▁"
 
@@ -304,20 +304,21 @@ class SentencePieceTokenizer(Tokenizer):
     @functools.cached_property
     def _sentinel(self) -> tuple[str, str] | None:
         """A plain piece (no word boundary, no byte, control or unknown piece) whose text is itself."""
-        sp = self._sp
         for index in range(self._size):
-            if sp.IsControl(index) or sp.IsUnknown(index) or sp.IsByte(index) or sp.IsUnused(index):
+            if not self._plain_index(index):
                 continue
-            piece = sp.IdToPiece(index)
-            if piece and UNDERLINE not in piece and sp.decode([piece]) == piece:
+            piece = self._sp.IdToPiece(index)
+            if piece and UNDERLINE not in piece and self._sp.decode([piece]) == piece:
                 return piece, piece
         return None
 
     def _plain(self, piece: str) -> bool:
-        """A piece of the model that is neither a byte, control, unknown nor unused piece: its
-        text does not depend on the pieces after it."""
+        """A piece of the model whose text does not depend on the pieces after it."""
+        return self._plain_index(self._sp.PieceToId(piece))
+
+    def _plain_index(self, index: int) -> bool:
+        """Neither a byte, control, unknown nor unused piece."""
         sp = self._sp
-        index = sp.PieceToId(piece)
         return not (sp.IsControl(index) or sp.IsUnknown(index) or sp.IsByte(index) or sp.IsUnused(index))
 
     def _fold(self, ids: Sequence[int], parts: list[str], run: list[str]) -> tuple[list[str], list[str]]:
@@ -380,14 +381,14 @@ class _Folding:
 
     def __call__(self, generated: Sequence[int]) -> str:
         ids = int_list(generated)
-        seen = self._seen
-        if len(ids) < len(seen) or ids[: len(seen)] != seen:
-            seen.clear()
+        new = new_ids(self._seen, ids)
+        if new is None:
+            self._seen.clear()
             self._parts, self._run = list(self._prompt[0]), list(self._prompt[1])
-        new = ids[len(seen) :]
+            new = ids
         if new:
             self._parts, self._run = self._tokenizer._fold(new, self._parts, self._run)
-            seen.extend(int(i) for i in new)
+            self._seen.extend(int(i) for i in new)
         run, tokenizer = self._run, self._tokenizer
         raw = self._settled.text(run) if run else None
         return tokenizer._joined(self._parts, run, None if raw is None else tokenizer._run_text(raw))

@@ -74,11 +74,11 @@ def cut_sentinel(decoded: str, sentinel_text: str) -> str | None:
     return decoded[len(sentinel_text) :] if decoded.startswith(sentinel_text) else None
 
 
-def plain_after(sentinel_text: str, decoded: str) -> bool:
-    """Whether a token decoded after the sentinel (`decoded`) is whole text: it starts after the
-    sentinel's text and holds no replacement character (no byte of an unfinished character)."""
-    rest = cut_sentinel(decoded, sentinel_text)
-    return rest is not None and "\ufffd" not in rest
+def new_ids(seen: list[int], ids: list[int]) -> list[int] | None:
+    """The ids after `seen` where `ids` start with all of `seen` (a stream asking again, with more
+    tokens), else None (fewer or other tokens: start anew)."""
+    count = len(seen)
+    return ids[count:] if len(ids) >= count and ids[:count] == seen else None
 
 
 def int_list(ids: Sequence[int]) -> list[int]:
