@@ -139,19 +139,28 @@ def start_relay(http_url: str, port: int, prompt_ids: list[int], hf_dir: Path | 
     return proc
 
 
+def stream_request(tokens: int) -> dict[str, object]:
+    """A greedy completion streamed with exactly `tokens` tokens."""
+    return {
+        "model": "base",
+        "prompt": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }
+
+
 def streamed_text(url: str, tokens: int) -> str:
     """The text of one stream of `tokens` tokens, its chunks joined."""
-    body = {"model": "base", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0}
-    body.update(stream=True, ignore_eos=True)
-    with httpx.stream("POST", url, json=body, timeout=120) as answer:
-        events = [line[6:] for line in answer.iter_lines() if line.startswith("data: {")]
-    return "".join(json.loads(e)["choices"][0]["text"] for e in events if json.loads(e)["choices"])
+    with httpx.stream("POST", url, json=stream_request(tokens), timeout=120) as answer:
+        chunks = [json.loads(line[6:]) for line in answer.iter_lines() if line.startswith("data: {")]
+    return "".join(chunk["choices"][0]["text"] for chunk in chunks if chunk["choices"])
 
 
 async def stream_cpu(url: str, pid: int, tokens: int, streams: int, total: int) -> float:
     """`total` streams of `tokens` tokens, `streams` at once: the server's CPU seconds per stream."""
-    body = {"model": "base", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0}
-    body.update(stream=True, ignore_eos=True)
+    body = stream_request(tokens)
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=streams)) as http:
 
         async def one(_: int) -> None:
