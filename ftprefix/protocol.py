@@ -87,6 +87,13 @@ FT_INPUTS: tuple[WireTensor, ...] = (
 )
 FT_INPUT = {t.name: t for t in FT_INPUTS}
 
+# The most runtime_top_k FT samples from: layers/sampling_layers/TopKSamplingLayer.cu clips k with
+# setup_topk_runtime_args<1024> (its kernel's comment still says 64, from before), and
+# kernels/sampling_topk_kernels.cu runs k up to 1024. Before clipping, the layer sizes its
+# workspace by the k it was sent, in int (8 candidates per k per row): a k far above this costs GPU
+# memory and from about 2**28 overflows, so clients send at most this, which FT reads the same.
+TOP_K_MAX = 1024
+
 # The FT backend's ragged batching: Triton tells the backend each request's `input_ids` shape in
 # this batch input, and the backend pads the merged requests (libfastertransformer.cc).
 INPUT_IDS_ITEM_SHAPE = "input_ids_item_shape"

@@ -268,3 +268,29 @@ def test_temperature_and_repetition_penalty_are_refused_where_ft_would_misread_t
         else:
             with pytest.raises(InvalidRequestError, match=name):
                 params.check()
+
+
+# FT's types for these inputs (fastertransformer_backend all_models/gpt/fastertransformer/
+# config.pbtxt): uint32, uint32, int32, uint64; max_new_tokens stays below 2**31 because FT adds
+# the input length to it as an int. FT samples from at most 1024 tokens (TopKSamplingLayer.cu
+# clips k) but sizes its workspace by the k it gets: a bigger top_k goes as 1024.
+SENT = {"top_k": lambda k: min(k, 1024)}
+INTEGER_OPTIONS = {
+    "max_new_tokens": (protocol.REQUEST_OUTPUT_LEN, [1, 2**31 - 1], [0, 2**31, 2**32, 2**32 + 5, 10**30]),
+    "top_k": (protocol.RUNTIME_TOP_K, [0, 64, 2**32 - 1], [-1, 2**32, 2**32 + 1, 10**30]),
+    "min_new_tokens": (protocol.MIN_LENGTH, [0, 2**31 - 1], [-1, 2**31, 2**32]),
+    "seed": (protocol.RANDOM_SEED, [0, 2**64 - 1], [-1, 2**64, 10**30]),
+}
+
+
+@pytest.mark.parametrize("name", INTEGER_OPTIONS)
+def test_an_integer_option_is_sent_exactly_or_refused_never_wrapped(name: str) -> None:
+    tensor, fits, wraps = INTEGER_OPTIONS[name]
+    for value in fits:
+        params = GenerationParams(**{name: value})
+        params.check()
+        arrays = ft_inputs([Row([1, 2])], params, ALL_INPUTS)
+        assert int(arrays[tensor].item()) == SENT.get(name, int)(value), (name, value)
+    for value in wraps:
+        with pytest.raises(InvalidRequestError, match=name):
+            GenerationParams(**{name: value}).check()

@@ -109,6 +109,23 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - x.max() - np.log(np.exp(x - x.max()).sum())
 
 
+@pytest.mark.parametrize("top_k", [200, 5000])
+def test_top_k_above_64_samples_among_the_k_best_as_ft_does(engine: Engine, top_k: int) -> None:
+    # FT df4a753 clips k to 1024 (TopKSamplingLayer.cu: setup_topk_runtime_args<1024>), not to the
+    # 64 its kernel's comment names; a top-k row's output_log_probs is log P(token) - log P(k best),
+    # so the set it sampled from shows in them. The toy vocabulary (512) is smaller than 1024.
+    request = GenerationRequest(
+        PROMPT, 6, task_id=1, end_id=-1, top_k=top_k, random_seed=5, return_log_probs=True
+    )
+    result = engine.generate([request])[0]
+    expected = []
+    for logits, token in zip(engine.decode_logits([request])[0], result.generated_ids, strict=True):
+        log_probs = _log_softmax(logits)
+        best = np.sort(log_probs)[::-1][: min(top_k, 1024)]
+        expected.append(log_probs[token] - np.log(np.exp(best).sum()))
+    np.testing.assert_allclose(result.output_log_probs, expected, atol=1e-4)
+
+
 def test_log_probs_are_fts(engine: Engine) -> None:
     request = GenerationRequest(PROMPT, 6, task_id=1, end_id=-1, return_log_probs=True)
     result = engine.generate([request])[0]

@@ -174,6 +174,14 @@ BAD_COMPLETIONS = [
         b'{"model": "shout", "prompt": "ok", "top_p": -Infinity}',
         _error("top_p: Input should be a finite number", "top_p", "invalid_value"),
     ),
+    (  # FT reads top_k as uint32: a bigger one would wrap, 2**32 to 0 (no top-k at all)
+        b'{"model": "shout", "prompt": "ok", "top_k": 4294967296}',
+        _error("top_k: Input should be less than 4294967296", "top_k", "invalid_value"),
+    ),
+    (
+        b'{"model": "shout", "prompt": "ok", "top_k": 12414066904738691386791180632064}',
+        _error("top_k: Input should be less than 4294967296", "top_k", "invalid_value"),
+    ),
     (
         b'{"model": "shout", "prompt": "ok", "ignore_eos": true, "min_length": 3}',
         _error("Unrecognized request argument supplied: min_length", "min_length", "unknown_parameter"),

@@ -71,14 +71,15 @@ class GenerationParams:
 
     def check(self) -> None:
         """Raise InvalidRequestError for a value FT would reject or misread."""
-        if self.max_new_tokens < 1:
-            raise InvalidRequestError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        # integers outside FT's types would wrap on the wire (numpy casts them silently): refused
+        if not 1 <= self.max_new_tokens < 2**31:  # uint32, added to the input length in int
+            raise InvalidRequestError(f"max_new_tokens must be within [1, 2**31), got {self.max_new_tokens}")
         if not _positive_float32(self.temperature, finite=False):  # what FT sees
             raise InvalidRequestError(
                 f"temperature must be > 0, got {self.temperature} (for greedy use top_k=0, top_p=0)"
             )
-        if self.top_k < 0:
-            raise InvalidRequestError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 <= self.top_k < 2**32:  # FT's type; FT samples from at most 1024 (protocol.TOP_K_MAX)
+            raise InvalidRequestError(f"top_k must be within [0, 2**32), got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:
             raise InvalidRequestError(f"top_p must be within [0, 1], got {self.top_p}")
         if not _positive_float32(self.repetition_penalty, finite=True):  # FT divides by it in float32

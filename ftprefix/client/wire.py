@@ -130,7 +130,7 @@ def output_arrays(result: grpcclient.InferResult, names: Sequence[str]) -> dict[
 def sampling_inputs(batch: int, params: GenerationParams, end_id: int | None) -> dict[str, np.ndarray]:
     """The optional per-row inputs for `params` (callers drop those the model does not declare)."""
     values: dict[str, float | int | None] = {
-        protocol.RUNTIME_TOP_K: params.top_k,
+        protocol.RUNTIME_TOP_K: min(params.top_k, protocol.TOP_K_MAX),
         protocol.RUNTIME_TOP_P: params.top_p,
         protocol.TEMPERATURE: params.temperature,
         protocol.REPETITION_PENALTY: params.repetition_penalty,

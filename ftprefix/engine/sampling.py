@@ -11,7 +11,8 @@ Order and formulas follow NVIDIA/FasterTransformer:
 - kernels/sampling_penalty_kernels.cu: multiplicative penalty on every distinct token of the row
   so far (input without padding + generated): logit < 0 ? logit * p : logit / p.
 - layers/sampling_layers/TopKSamplingLayer.cu: top_k == 0 and top_p == 0 means greedy (k = 1);
-  k > 0 with p == 0 means p = 1; k is clipped to 64 and p to [0, 1]; k == 0, p > 0 is top-p.
+  k > 0 with p == 0 means p = 1; k is clipped to 1024 (protocol.TOP_K_MAX) and p to [0, 1];
+  k == 0, p > 0 is top-p.
 - kernels/sampling_topk_kernels.cu: among the k best, draw u * p * (sum of their probabilities)
   and walk down the sorted list; log probs come from the softmax over the whole vocabulary:
   cum_log_probs += log P(token), output_log_probs = log P(token) - log P(top-k set).
@@ -27,9 +28,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ftprefix import protocol
 from ftprefix.engine.api import GenerationRequest
 
-TOP_K_MAX = 64  # TopKSamplingLayer.cu clips k to this
 FLT_LOWEST = float(torch.finfo(torch.float32).min)  # -FLT_MAX, FT's mask for a float logit
 
 
@@ -55,7 +56,9 @@ class Sampler:
                 k = 1
             if k > 0 and p == 0.0:
                 p = 1.0
-            ks.append(min(k, TOP_K_MAX))
+            # k above the vocabulary: every token is a candidate, as in FT's kernel (whose extra
+            # candidates have no probability)
+            ks.append(min(k, protocol.TOP_K_MAX, vocab_size))
             ps.append(min(max(p, 0.0), 1.0))
         self.top_k = ks
         self.top_p = ps

@@ -72,7 +72,7 @@ class _Sampling(_Strict):
     logit_bias: Annotated[dict[str, float], Field(json_schema_extra={"maxProperties": 0})] | None = None
     user: str | None = None
     # vLLM's extensions
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[int, Field(ge=-1, lt=2**32)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
     ignore_eos: bool | None = None
     # FT divides positive logits by it in float32: bounded so that neither it nor the result overflows
