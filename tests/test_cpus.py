@@ -102,9 +102,18 @@ def test_the_default_layout_starts_no_more_instances_than_memory_holds() -> None
     )
 
 
-@pytest.mark.parametrize(("instances", "threads", "flag"), [(0, None, "--instances"), (None, 0, "--threads")])
-def test_impossible_layouts_are_refused(instances, threads, flag) -> None:
-    with pytest.raises(UserError, match=f"{flag} must be at least 1"):
+@pytest.mark.parametrize(
+    ("instances", "threads", "message"),
+    [
+        (0, None, "--instances must be at least 1, got 0"),
+        (None, 0, "--threads must be at least 1, got 0"),
+        # Triton died starting 100,000 instances (out of threads); torch overflowed on 10**20 threads
+        (100_000, None, "--instances must be at most 256, got 100000"),
+        (None, 10**20, f"--threads must be at most 1024, got {10**20}"),
+    ],
+)
+def test_impossible_layouts_are_refused(instances, threads, message) -> None:
+    with pytest.raises(UserError, match=f"^{message}$"):
         cpus.choose_layout(cpus.Cores(2, ""), instances=instances, threads=threads)
 
 

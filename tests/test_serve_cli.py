@@ -237,10 +237,15 @@ def test_serve_by_default_runs_a_single_threaded_instance_per_core(converted):
 def test_serve_refuses_an_impossible_layout_before_starting_anything(converted, capsys):
     from ftprefix.cli import main
 
-    for flag in ("--instances", "--threads"):
-        assert main(["serve", str(converted), flag, "0"]) == 2
+    for flag, value, says in (
+        ("--instances", "0", "at least 1"),
+        ("--threads", "0", "at least 1"),
+        ("--instances", "100000", "at most 256"),
+        ("--threads", "99999999999999999999", "at most 1024"),
+    ):
+        assert main(["serve", str(converted), flag, value]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and f"{flag} must be at least 1" in err
+        assert err.count("\n") == 1 and f"{flag} must be {says}, got {value}" in err
 
 
 def _regions(prefix: str) -> list[str]:

@@ -32,6 +32,11 @@ MAX_DEFAULT_INSTANCES = 8
 INSTANCE_OVERHEAD_BYTES = 384 << 20
 # the default layout leaves this share of the memory it sees to everything else
 MEMORY_SHARE = 0.75
+# what --instances and --threads may ask for: Triton starts a process per instance (on the GPU,
+# each on tp GPUs), and each starts its threads; far beyond these a start fails deep inside Triton
+# or torch (out of threads, an integer overflow) instead of with a line saying what to change
+MAX_INSTANCES = 256
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,15 @@ class Layout:
     note: str = ""  # why the default has fewer instances than cores, for the start-up line
 
 
+def check_counts(instances: int | None, threads: int | None) -> None:
+    """Refuse --instances or --threads (None: not given) outside 1..MAX_INSTANCES / MAX_THREADS."""
+    for name, value, most in (("--instances", instances, MAX_INSTANCES), ("--threads", threads, MAX_THREADS)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+        if value is not None and value > most:
+            raise UserError(f"{name} must be at most {most}, got {value}")
+
+
 def choose_layout(
     cores: Cores,
     instances: int | None = None,
@@ -159,9 +173,7 @@ def choose_layout(
     """What was asked for; by default single-threaded instances, one per usable core, at most
     MAX_DEFAULT_INSTANCES, and no more than MEMORY_SHARE of `memory` holds at `bytes_per_instance`
     each (never fewer than one). With only --threads given, instances fill the remaining cores."""
-    for name, value in (("--instances", instances), ("--threads", threads)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
+    check_counts(instances, threads)
     if threads is None:
         threads = 1
     if instances is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ftprefix import layout, protocol
 from ftprefix.errors import UserError
-from ftprefix.serving import interface
+from ftprefix.serving import cpus, interface
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
 from ftprefix.serving.text_models import NEWLINE_TOKEN_PARAMETER, TOKENIZER_PATH_PARAMETER, TOKENIZER_SUBDIR
 from ftprefix.text import Tokenizer, copy_tokenizer_files, load_tokenizer
@@ -88,10 +88,7 @@ def write_repository(
     tp GPUs; CPU: each a process running the engine with `engine_threads` threads, see `cpus`)."""
     if target not in (CPU, GPU):
         raise UserError(f"unknown target {target!r}: use {CPU!r} or {GPU!r}")
-    if instances < 1:
-        raise UserError(f"--instances must be at least 1, got {instances}")
-    if engine_threads < 1:
-        raise UserError(f"--threads must be at least 1, got {engine_threads}")
+    cpus.check_counts(instances, engine_threads)
     check_max_queue_delay(max_queue_delay_us)
     ft_dir = layout.find_ft_dir(converted).resolve()
     cfg = layout.read_config(ft_dir)
