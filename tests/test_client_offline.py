@@ -294,3 +294,15 @@ def test_an_integer_option_is_sent_exactly_or_refused_never_wrapped(name: str) -
     for value in wraps:
         with pytest.raises(InvalidRequestError, match=name):
             GenerationParams(**{name: value}).check()
+
+
+def test_a_word_token_id_is_sent_exactly_or_refused_never_wrapped() -> None:
+    # FT's stop_words_list and bad_words_list are INT32 (fastertransformer_backend config.pbtxt);
+    # INFO publishes no vocab_size, so only the type bounds the ids
+    for kind in ("stop", "bad_words"):
+        plan = Plan.build([[1, 2]], None, GenerationParams(**{kind: [[2**31 - 1, 5]]}), INFO, None)
+        name = protocol.STOP_WORDS_LIST if kind == "stop" else protocol.BAD_WORDS_LIST
+        sent = plan.requests()[0].arrays[name]
+        assert sent[0, 0, :2].tolist() == [2**31 - 1, 5]
+        with pytest.raises(InvalidRequestError, match="2147483648"):
+            Plan.build([[1, 2]], None, GenerationParams(**{kind: [[2**31, 5]]}), INFO, None)

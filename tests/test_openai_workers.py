@@ -127,3 +127,26 @@ def test_a_bad_worker_count_is_one_line_exit_2(workers: str, model, capsys) -> N
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--workers {workers}: use 1 to 256" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--max-in-flight", "0", "--max-in-flight must be at least 1, got 0"),
+        ("--queue-timeout", "0", "--queue-timeout must be more than 0 seconds, got 0"),
+        ("--queue-timeout", "nan", "--queue-timeout must be more than 0 seconds, got nan"),
+        ("--max-model-len", "1", "--max-model-len must be within 2 to 2**31 - 1 tokens, got 1"),
+        (
+            "--max-model-len",
+            "2147483648",
+            "--max-model-len must be within 2 to 2**31 - 1 tokens, got 2147483648",
+        ),
+    ],
+)
+def test_a_bad_gateway_limit_is_one_line_exit_2(option: str, value: str, says: str, model, capsys) -> None:
+    from ftprefix import cli
+
+    argv = ["openai", "--tokenizer", str(model["hf"]), "--port", str(free_port()), option, value]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err

@@ -125,7 +125,12 @@ class Plan:
             if isinstance(item, str):
                 assert tokenizer is not None  # checked above: text without a tokenizer was refused
                 return tokenizer.encode_word(item)
-            return _as_ids(item) or []
+            ids = _as_ids(item) or []
+            if ids and max(ids) >= 2**31:  # stop_words_list and bad_words_list are INT32
+                raise InvalidRequestError(
+                    f"token id {max(ids)} in a stop or bad word does not fit FT's int32"
+                )
+            return ids
 
         stop_ids = [w for w in map(word_ids, params.stop or []) if w]
         bad_ids = [w for w in map(word_ids, params.bad_words or []) if w]

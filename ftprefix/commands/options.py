@@ -232,8 +232,8 @@ def gateway_limits(args: argparse.Namespace) -> dict[str, float | int | bool | N
         raise UserError(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
     if not args.queue_timeout > 0:
         raise UserError(f"--queue-timeout must be more than 0 seconds, got {args.queue_timeout:g}")
-    if args.max_model_len < 2:
-        raise UserError(f"--max-model-len must be at least 2 tokens, got {args.max_model_len}")
+    if not 2 <= args.max_model_len < 2**31:  # FT counts a sequence's tokens in int
+        raise UserError(f"--max-model-len must be within 2 to 2**31 - 1 tokens, got {args.max_model_len}")
     return {
         "max_in_flight": args.max_in_flight,
         "fair": args.admission == "fair",
