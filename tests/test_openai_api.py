@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import jsonschema
 import numpy as np
 import openai
 import pytest
@@ -160,6 +161,10 @@ BAD_COMPLETIONS = [
     ),
     (
         b'{"model": "shout", "prompt": "ok", "max_tokens": true}',
+        _error("max_tokens: Input should be a valid integer", "max_tokens", "invalid_value"),
+    ),
+    (  # JSON Schema's integers include 3.0 (taken as 3), not 2.5
+        b'{"model": "shout", "prompt": "ok", "max_tokens": 2.5}',
         _error("max_tokens: Input should be a valid integer", "max_tokens", "invalid_value"),
     ),
     (
@@ -367,6 +372,34 @@ def test_top_k_and_repetition_penalty_reach_the_model_as_sent(gateway, triton, m
     assert error is None
     generated = result.as_numpy(protocol.OUTPUT_IDS)[0, 0, len(ids) : len(ids) + 6].tolist()
     assert answer["choices"][0]["text"] == _text(model, generated)
+
+
+def test_an_integer_written_as_a_float_is_that_integer(gateway, model) -> None:
+    """/openapi.json says these fields are JSON Schema integers, which are any number without a
+    fraction (3.0 is 3): an independent validator takes such a body, so the gateway must answer
+    it as it answers the integers."""
+    doc = httpx.get(gateway + "/openapi.json").json()
+    validator = jsonschema.Draft202012Validator(
+        {
+            "$ref": "#/paths/~1v1~1completions/post/requestBody/content/application~1json/schema",
+            "paths": doc["paths"],
+            "components": doc["components"],
+        }
+    )
+    ids = model["ids"]
+    as_ints = {"model": "shout", "prompt": ids, "max_tokens": 3, "min_tokens": 3, "temperature": 0, "n": 1}
+    as_floats = {**as_ints, "prompt": [float(i) for i in ids], "max_tokens": 3.0, "min_tokens": 3.0, "n": 1.0}
+    validator.validate(as_floats)
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({**as_ints, "max_tokens": 2.5})
+    answers = [
+        _post(gateway, body) for body in (as_ints, as_floats, {**as_floats, "prompt": [as_floats["prompt"]]})
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    texts = {a.json()["choices"][0]["text"] for a in answers}
+    usages = {json.dumps(a.json()["usage"]) for a in answers}
+    assert len(texts) == 1 and len(usages) == 1
+    assert answers[0].json()["usage"]["completion_tokens"] == 3
 
 
 # -- failures after the 200, errors for tenants, request ids --------------------------------------

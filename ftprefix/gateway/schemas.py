@@ -1,9 +1,10 @@
 """The OpenAI completions and chat requests as the gateway takes them: strictly.
 
-Types are strict (no bool for a number, no string for an integer), every field is known (an
-unknown one is a 400 naming it, as OpenAI answers), text must be valid Unicode, and the constraints
-are in the schema `/openapi.json` publishes. Fields OpenAI defines that FT cannot honour are taken
-at their neutral values and refused otherwise, naming the parameter.
+Types are strict (no bool for a number, no string or fraction for an integer; 3.0 is JSON Schema's
+integer 3), every field is known (an unknown one is a 400 naming it, as OpenAI answers), text must
+be valid Unicode, and the constraints are in the schema `/openapi.json` publishes. Fields OpenAI
+defines that FT cannot honour are taken at their neutral values and refused otherwise, naming the
+parameter.
 
 vLLM's extensions that clients and benchmarks send (vllm-project/vllm
 `vllm/entrypoints/openai/protocol.py`, its "extra sampling parameters") are honoured: `top_k`,
@@ -21,7 +22,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator
 
 from ftprefix.gateway.errors import ApiError, bad_param
 
@@ -30,6 +31,31 @@ MAX_STOP = 4  # as OpenAI
 # float32, where smaller ones vanish or overflow
 GREEDY_BELOW = 1e-5
 MAX_SEED = 2**63
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer is any number without a fractional part (2020-12 validation,
+    "integer"), so 5.0 is the 5 that `/openapi.json`'s "type": "integer" promises to take, and
+    schemathesis sends such numbers; 5.5, "5" and true go on to the strict check, which refuses them."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+def _integral_ids(value: Any, handler: Any) -> Any:
+    """A prompt's token ids, read as `_integral` reads one integer: tried as sent first, so that a
+    long prompt of plain integers costs no Python call per id."""
+    try:
+        return handler(value)
+    except ValidationError:
+        if not isinstance(value, list) or not any(
+            type(x) is float or (type(x) is list and any(type(y) is float for y in x)) for x in value
+        ):
+            raise
+    return handler([[_integral(y) for y in x] if type(x) is list else _integral(x) for x in value])
+
+
+INTEGRAL = BeforeValidator(_integral)  # after the constraints, which then stay in the schema
 TOKEN_ID = Annotated[int, Field(ge=0, lt=2**32)]
 NonEmptyText = Annotated[str, Field(min_length=1)]
 NO_ALTERNATIVES = (
@@ -60,24 +86,24 @@ class _Sampling(_Strict):
     model: NonEmptyText
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    n: Annotated[int, Field(ge=1), only(1)] | None = None
+    n: Annotated[int, Field(ge=1), only(1), INTEGRAL] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: (
         Annotated[str, Field(min_length=1)] | Annotated[list[NonEmptyText], Field(max_length=MAX_STOP)] | None
     ) = None
-    seed: Annotated[int, Field(ge=0, lt=MAX_SEED)] | None = None
+    seed: Annotated[int, Field(ge=0, lt=MAX_SEED), INTEGRAL] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2), only(0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2), only(0)] | None = None
     logit_bias: Annotated[dict[str, float], Field(json_schema_extra={"maxProperties": 0})] | None = None
     user: str | None = None
     # vLLM's extensions
-    top_k: Annotated[int, Field(ge=-1, lt=2**32)] | None = None
-    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=-1, lt=2**32), INTEGRAL] | None = None
+    min_tokens: Annotated[int, Field(ge=0), INTEGRAL] | None = None
     ignore_eos: bool | None = None
     # FT divides positive logits by it in float32: bounded so that neither it nor the result overflows
     repetition_penalty: Annotated[float, Field(ge=0.01, le=100)] | None = None
-    stop_token_ids: list[TOKEN_ID] | None = None
+    stop_token_ids: list[Annotated[TOKEN_ID, INTEGRAL]] | None = None
     bad_words: list[NonEmptyText] | None = None
     min_p: Annotated[float, Field(ge=0, le=1), only(0)] | None = None
     length_penalty: Annotated[float, only(1)] | None = None
@@ -145,16 +171,17 @@ class _Sampling(_Strict):
 class CompletionRequest(_Sampling):
     """POST /v1/completions."""
 
-    prompt: (
+    prompt: Annotated[
         NonEmptyText
         | Annotated[list[NonEmptyText], Field(min_length=1)]
         | Annotated[list[TOKEN_ID], Field(min_length=1)]
-        | Annotated[list[Annotated[list[TOKEN_ID], Field(min_length=1)]], Field(min_length=1)]
-    )
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+        | Annotated[list[Annotated[list[TOKEN_ID], Field(min_length=1)]], Field(min_length=1)],
+        WrapValidator(_integral_ids),
+    ]
+    max_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
     echo: Annotated[bool, only(False)] | None = None
-    logprobs: Annotated[int, Field(ge=0, le=5), only(0)] | None = None
-    best_of: Annotated[int, Field(ge=1), only(1)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5), only(0), INTEGRAL] | None = None
+    best_of: Annotated[int, Field(ge=1), only(1), INTEGRAL] | None = None
     suffix: Annotated[str, only("")] | None = None
 
     def prompts(self) -> list[str | list[int]]:
@@ -203,10 +230,10 @@ class ChatRequest(_Sampling):
     """POST /v1/chat/completions."""
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20), only(0)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20), only(0), INTEGRAL] | None = None
     tools: Annotated[list[dict[str, Any]], Field(json_schema_extra={"maxItems": 0})] | None = None
     tool_choice: Annotated[str, only("none")] | None = None
     parallel_tool_calls: bool | None = None
