@@ -2,9 +2,10 @@
 inputs schemathesis does not generate, and what the gateway answered to each kind.
 
 The suite runs a bounded schemathesis run (tests/test_openai_api.py); this one runs as many
-examples as asked, then sends, for every string field of both request kinds, a lone surrogate, a
-NUL, a 1 MB string, and bodies nested 10, 1,000 and 100,000 deep. It prints the statuses per kind
-of input; a 5xx anywhere is a bug.
+examples as asked (most of them to models the gateway serves, fuzz_models.py, so that generation
+is fuzzed too, not only the 404 of a model that does not exist), then sends, for every string
+field of both request kinds, a lone surrogate, a NUL, a 1 MB string, and bodies nested 10, 1,000
+and 100,000 deep. It prints the statuses per kind of input; a 5xx anywhere is a bug.
 
     .venv/bin/python benchmarks/fuzz_openai.py [--max-examples 1000] [--phases examples,coverage,fuzzing]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from client import build
+from client import TASKS, build
+from fuzz_models import MODELS_ENV
 from openai_gateway import start_gateway
 
 from ftprefix.gateway.schemas import ChatRequest, CompletionRequest
@@ -48,6 +51,18 @@ def _string_fields(kind: type) -> list[str]:
         if any(o.get("type") == "string" for o in options):
             fields.append(name)
     return fields
+
+
+def hooks_env(models: list[str]) -> dict[str, str]:
+    """schemathesis's environment with fuzz_models.py's hooks, which send requests to `models`."""
+    here = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "fuzz_models",
+        "PYTHONPATH": path,
+        MODELS_ENV: ",".join(models),
+    }
 
 
 def handmade(path: str) -> list[tuple[str, bytes]]:
@@ -115,7 +130,9 @@ def main() -> None:
                 argv = [st, "run", url + "/openapi.json", "--checks", checks]
                 argv += ["--header", f"Authorization: Bearer {KEY}", "--max-examples", str(args.max_examples)]
                 argv += ["--phases", args.phases, "--workers", "2"]
-                run = subprocess.run(argv, capture_output=True, text=True, cwd=tmp)
+                run = subprocess.run(
+                    argv, capture_output=True, text=True, cwd=tmp, env=hooks_env(["base", *TASKS])
+                )
                 summary = [line for line in run.stdout.splitlines() if "generated" in line or "❌" in line]
                 print(
                     f"schemathesis, up to {args.max_examples} examples per operation: exit {run.returncode}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -607,12 +608,29 @@ def test_the_openapi_document_says_what_the_gateway_does(gateway) -> None:
     assert "security" not in doc["paths"]["/health"]["get"]
 
 
+def _answered(gateway: str) -> dict[str, float]:
+    """The completions and chats the gateway has answered with a 200, per model."""
+    text = httpx.get(gateway + "/metrics").text
+    counts = re.findall(
+        r'^ftprefix_requests_total\{model="([^"]*)",status="200"\} (\S+)$', text, re.MULTILINE
+    )
+    return {model: float(count) for model, count in counts}
+
+
 def test_schemathesis_finds_nothing(gateway, tmp_path: Path) -> None:
     """A bounded run in the suite (benchmarks/fuzz_openai.py runs a longer one). Every response
     must be documented, match its schema, never be a 5xx; invalid requests must be refused and
     requests without the key answered 401. Not checked: that every valid request succeeds, since a
-    model name the schema allows (any non-empty string) need not exist (404, documented)."""
+    model name the schema allows (any non-empty string) need not exist (404, documented); most
+    requests go to models that do (benchmarks/fuzz_models.py), so generation is fuzzed too."""
     st = shutil.which("st", path=str(Path(sys.executable).parent))
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "fuzz_models",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "benchmarks"),
+        "FTPREFIX_FUZZ_MODELS": ",".join([BASE, *TASKS]),
+    }
+    answered = _answered(gateway)
     assert st is not None, "schemathesis is one of the dev extra's packages"
     run = subprocess.run(
         [
@@ -638,9 +656,13 @@ def test_schemathesis_finds_nothing(gateway, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env=env,
         timeout=600,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    after = _answered(gateway)
+    # the schema's examples name the base model; the hooks sent requests to the tasks too
+    assert all(after.get(task, 0) > answered.get(task, 0) for task in TASKS), (answered, after)
 
 
 def test_the_openai_client_reads_the_error_bodies(gateway) -> None:
