@@ -296,20 +296,20 @@ class SentencePieceTokenizer(Tokenizer):
         """What `pieces` add to SentencePiece's text after a run that already shows text (the
         start of a text drops a leading space; after text nothing is dropped): decoded after a
         plain piece, whose own text is cut off. None if the model has no such piece."""
-        if self._sentinel is None:
+        piece = self._sentinel
+        if piece is None:
             return None
-        piece, text = self._sentinel
-        return cut_sentinel(self._sp.decode([piece, *pieces]), text)
+        return cut_sentinel(self._sp.decode([piece, *pieces]), piece)
 
     @functools.cached_property
-    def _sentinel(self) -> tuple[str, str] | None:
+    def _sentinel(self) -> str | None:
         """A plain piece (no word boundary, no byte, control or unknown piece) whose text is itself."""
         for index in range(self._size):
             if not self._plain_index(index):
                 continue
             piece = self._sp.IdToPiece(index)
             if piece and UNDERLINE not in piece and self._sp.decode([piece]) == piece:
-                return piece, piece
+                return piece
         return None
 
     def _plain(self, piece: str) -> bool:
