@@ -255,6 +255,21 @@ def test_a_bad_chat_request_is_a_400_with_openais_body(gateway, body: bytes, exp
         assert (answer.status_code, answer.json()) == (400, expected)
 
 
+def test_stream_options_without_a_stream_is_a_400_as_openai_answers(gateway) -> None:
+    expected = _error("stream_options is only allowed when stream is true", "stream_options", "invalid_value")
+    for path, body in (
+        ("/v1/completions", {"prompt": PROMPT}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ):
+        request = {"model": BASE, **body, "max_tokens": 1, "stream_options": {"include_usage": True}}
+        for stream in ({}, {"stream": False}):
+            answer = _post(gateway, {**request, **stream}, path)
+            assert (answer.status_code, answer.json()) == (400, expected)
+        streamed = _post(gateway, {**request, "stream": True}, path)
+        assert streamed.status_code == 200 and _events(streamed)[-1] == "[DONE]"
+        assert json.loads(_events(streamed)[-2])["usage"]["completion_tokens"] == 1
+
+
 def test_nul_is_text_and_is_served(gateway, triton, model) -> None:
     prompt = "a\u0000b"
     answer = _post(gateway, {"model": BASE, "prompt": prompt, "max_tokens": 3, "temperature": 0})
@@ -308,6 +323,49 @@ def test_min_tokens_and_ignore_eos_give_exactly_the_asked_length(gateway, model)
         assert chunks[-1]["usage"]["completion_tokens"] == len(want)
     ignored = _post(gateway, {**request, "ignore_eos": True}).json()
     assert ignored["choices"][0]["finish_reason"] == "length"
+
+
+def _chunks(gateway: str, body: dict, path: str = "/v1/completions") -> list[dict]:
+    return [json.loads(e) for e in _events(_post(gateway, body, path))[:-1]]
+
+
+def test_continuous_usage_stats_put_the_tokens_so_far_on_every_chunk(gateway, model) -> None:
+    want, _ = model["reference"].greedy(model["ids"], None, 6, end_id=model["end_id"], min_new_tokens=6)
+    request = {"model": BASE, "prompt": PROMPT, "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    every = {"include_usage": True, "continuous_usage_stats": True}
+    *pieces, last = _chunks(gateway, {**request, "stream": True, "stream_options": every})
+    assert last == {**last, "choices": [], "usage": usage(len(model["ids"]), 6)}
+    text = ""
+    for chunk in pieces:
+        so_far = chunk["usage"]["completion_tokens"]
+        assert chunk["usage"] == usage(len(model["ids"]), so_far)
+        text += chunk["choices"][0]["text"]
+        # the text so far is that of so many tokens, less at most one character still partial
+        whole = _text(model, want[:so_far])
+        assert whole.startswith(text) and len(whole) - len(text) <= 1
+    assert text == _text(model, want) and so_far == 6
+    # chat: the opening chunk (the role) has none generated yet, the last all six
+    chat = {
+        **request,
+        "stream": True,
+        "stream_options": every,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    del chat["prompt"]
+    *pieces, last = _chunks(gateway, chat, "/v1/chat/completions")
+    counts = [c["usage"]["completion_tokens"] for c in pieces]
+    assert (
+        counts[0] == 0 and counts[-1] == last["usage"]["completion_tokens"] == 6 and counts == sorted(counts)
+    )
+    # continuous_usage_stats needs include_usage (as vLLM reads it); include_usage alone, the last chunk only
+    for options in ({"continuous_usage_stats": True}, {"include_usage": True}):
+        chunks = _chunks(gateway, {**request, "stream": True, "stream_options": options})
+        assert not any("usage" in c for c in chunks if c["choices"])
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    total = prompt_tokens + completion_tokens
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
 
 
 def test_stop_token_ids_end_the_answer_at_that_token(gateway, model) -> None:

@@ -101,15 +101,17 @@ class AnswerFormat:
         reason = finish_reason(done.finish_reason)
         return {"index": index, "text": done.text or "", "logprobs": logprobs, "finish_reason": reason}
 
-    def opening(self, index: int) -> bytes | None:
+    def opening(self, index: int, use: dict[str, int] | None = None) -> bytes | None:
         return None
 
     def _choice_tail(self, text: str, reason: str | None) -> bytes:
         return b',"text":' + dumps(text) + b',"logprobs":null,"finish_reason":' + _reason_json(reason)
 
-    def chunk(self, index: int, text: str, reason: str | None) -> bytes:
-        """The event of one piece of streamed text (and the finish reason with the last)."""
-        return self._chunk_head + str(index).encode() + self._choice_tail(text, reason) + b"}]}\n\n"
+    def chunk(self, index: int, text: str, reason: str | None, use: dict[str, int] | None = None) -> bytes:
+        """The event of one piece of streamed text (and the finish reason with the last); `use`,
+        the usage so far, when the request asked for it on every chunk."""
+        end = b"}]}\n\n" if use is None else b'}],"usage":' + dumps(use) + b"}\n\n"
+        return self._chunk_head + str(index).encode() + self._choice_tail(text, reason) + end
 
     def usage_chunk(self, use: dict[str, int]) -> bytes:
         return event(self._body(self.chunk_name, [], use))
@@ -133,9 +135,9 @@ class ChatAnswerFormat(AnswerFormat):
         reason = finish_reason(done.finish_reason)
         return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}
 
-    def opening(self, index: int) -> bytes | None:
+    def opening(self, index: int, use: dict[str, int] | None = None) -> bytes | None:
         choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
-        return event(self._body(self.chunk_name, [{**choice, "finish_reason": None}], None))
+        return event(self._body(self.chunk_name, [{**choice, "finish_reason": None}], use))
 
     def _choice_tail(self, text: str, reason: str | None) -> bytes:
         delta = b'{"content":' + dumps(text) + b"}" if text else b"{}"

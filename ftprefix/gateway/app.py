@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -367,7 +367,8 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             raise
         metrics.waited(policy.tenant, waited)
         if body.stream:
-            return stream_answer(ctx, policy, answer, ids, task, options, body.include_usage, grant)
+            usage_in = UsageIn(body.include_usage, body.continuous_usage)
+            return stream_answer(ctx, policy, answer, ids, task, options, usage_in, grant)
         try:
             done = await client().generate_batch(ids, tasks=task, **options)
         except BaseException as exc:
@@ -392,7 +393,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         ids: list[list[int]],
         task: str | None,
         options: dict[str, Any],
-        include_usage: bool,
+        usage_in: UsageIn,
         grant: Grant,
     ) -> EventStream:
         used = [0]
@@ -415,7 +416,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             return internal_error(exc, ctx.request_id)
 
         stream = EventStream(
-            _events(client(), answer, ids, task, options, include_usage, used),
+            _events(client(), answer, ids, task, options, usage_in, used),
             failure=failure,
             on_close=close,
             headers=grant.headers,
@@ -485,19 +486,32 @@ def render_chat(template: ChatTemplate | None, body: ChatRequest) -> str:
         raise ApiError(400, str(exc), param="messages", code="invalid_messages") from None
 
 
+class UsageIn(NamedTuple):
+    """Where a stream's usage goes: a last chunk of its own (`include_usage`), and on every chunk
+    as well (vLLM's `continuous_usage_stats`)."""
+
+    end: bool
+    every_chunk: bool
+
+
 async def _events(
     client: AsyncClient,
     answer: AnswerFormat,
     ids: list[list[int]],
     task: str | None,
     options: dict[str, Any],
-    include_usage: bool,
+    usage_in: UsageIn,
     used: list[int],
 ) -> AsyncIterator[bytes]:
     """The stream's events: the pieces of text of every prompt as they come, usage, `[DONE]`.
     `used` counts the generated tokens as they come (for the limits and metrics)."""
+    counts = [0] * len(ids)  # each prompt's tokens so far, for usage on every chunk
+
+    def so_far(index: int) -> dict[str, int] | None:
+        return usage(len(ids[index]), counts[index]) if usage_in.every_chunk else None
+
     for index in range(len(ids)):
-        opening = answer.opening(index)
+        opening = answer.opening(index, so_far(index))
         if opening is not None:
             yield opening
     info = await client.model_info()
@@ -505,20 +519,23 @@ async def _events(
         done: list[Completion] = await client.generate_batch(ids, tasks=task, **options)
         for i, c in enumerate(done):
             used[0] += len(c.token_ids)
-            yield answer.chunk(i, c.text or "", finish_reason(c.finish_reason))
+            counts[i] = len(c.token_ids)
+            yield answer.chunk(i, c.text or "", finish_reason(c.finish_reason), so_far(i))
     elif len(ids) == 1:  # one prompt, the common case: its chunks as they come
         async for piece in client.stream(ids[0], task=task, **options):
             used[0] += len(piece.token_ids)
+            counts[0] = used[0]
             reason = finish_reason(piece.finish_reason) if piece.finish_reason else None
             if piece.text or reason:
-                yield answer.chunk(0, piece.text or "", reason)
+                yield answer.chunk(0, piece.text or "", reason, so_far(0))
     else:
         async for index, piece in _merged(client, ids, task, options):
             used[0] += len(piece.token_ids)
+            counts[index] += len(piece.token_ids)
             reason = finish_reason(piece.finish_reason) if piece.finish_reason else None
             if piece.text or reason:
-                yield answer.chunk(index, piece.text or "", reason)
-    if include_usage:
+                yield answer.chunk(index, piece.text or "", reason, so_far(index))
+    if usage_in.end:
         yield answer.usage_chunk(usage(sum(len(row) for row in ids), used[0]))
     yield DONE
 

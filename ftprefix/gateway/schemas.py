@@ -10,7 +10,7 @@ vLLM's extensions that clients and benchmarks send (vllm-project/vllm
 `vllm/entrypoints/openai/protocol.py`, its "extra sampling parameters") are honoured: `top_k`,
 `min_tokens` (FT's `min_length`), `ignore_eos` (min_tokens = max_tokens: FT cannot go on past an
 end token, so the end token is not generated before the limit), `repetition_penalty`,
-`stop_token_ids`, `bad_words`; `min_p`, `length_penalty`, `use_beam_search`,
+`stop_token_ids`, `bad_words`, `stream_options.continuous_usage_stats`; `min_p`, `length_penalty`, `use_beam_search`,
 `include_stop_str_in_output`, `skip_special_tokens`, `spaces_between_special_tokens`,
 `truncate_prompt_tokens` and `prompt_logprobs` at their neutral values.
 """
@@ -118,6 +118,12 @@ class _Sampling(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def continuous_usage(self) -> bool:
+        """vLLM's `continuous_usage_stats`: the usage so far on every chunk, with `include_usage`
+        only, as vLLM reads it (`should_include_usage`, vllm/entrypoints/openai)."""
+        return bool(self.include_usage and self.stream_options.continuous_usage_stats)  # type: ignore[union-attr]
+
     def _refuse(self, unsupported: Sequence[tuple[str, Any, tuple[Any, ...]]]) -> None:
         for param, value, neutral in (
             ("n", self.n, (None, 1)),
@@ -137,6 +143,9 @@ class _Sampling(_Strict):
 
     def _options(self, max_tokens: int, log_probs: bool) -> dict[str, Any]:
         """The client's options (`ftprefix.client.GenerateOptions`) for this request."""
+        if self.stream_options is not None and not self.stream:
+            # as OpenAI and vLLM (`validate_stream_options` in vllm/entrypoints/openai/protocol.py)
+            raise bad_param("stream_options", "stream_options is only allowed when stream is true")
         if self.stream and log_probs:
             raise bad_param(
                 "stream", "log probabilities come with the whole answer: ask for them without stream"
