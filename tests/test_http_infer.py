@@ -128,6 +128,38 @@ def test_a_kept_alive_connection_closed_under_a_request_is_resent_once_on_a_new_
     assert body[header_size:] == np.array([1, 2], dtype=np.uint32).tobytes()
 
 
+def test_an_idle_connection_is_closed_after_the_keepalive_and_the_next_request_opens_another() -> None:
+    """A stopping Triton waits for its open connections before unloading: an idle pool lets go."""
+    closed = asyncio.Event()
+    script = Script([["answer", "answer", "answer"], ["answer"]])  # the first would answer a third
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = script.connections == 0
+        await script.handle(reader, writer)
+        if first:  # the server saw the first connection end: the client closed it
+            closed.set()
+
+    async def run() -> list[dict]:
+        arrays = {"input_ids": np.array([[1, 2]], dtype=np.uint32)}
+        outputs = ["output_ids", "sequence_length"]
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        pool = HttpInferPool(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", keepalive_s=0.2)
+        try:
+            answers = [await pool.infer("fastertransformer", arrays, outputs, None, 10) for _ in range(2)]
+            await asyncio.wait_for(closed.wait(), timeout=30)  # idle: closed by the pool
+            answers.append(await pool.infer("fastertransformer", arrays, outputs, None, 10))
+            return answers
+        finally:
+            await pool.close()
+            server.close()
+            await server.wait_closed()
+
+    answers = asyncio.run(run())
+    assert len(answers) == 3 and all(isinstance(a, dict) for a in answers)
+    # two requests back to back shared one connection; the third, after the idle one closed, a new one
+    assert script.connections == 2 and len(script.requests) == 3
+
+
 @pytest.mark.parametrize(
     ("plans", "why"),
     [

@@ -541,6 +541,50 @@ def test_a_request_in_flight_when_triton_dies_is_a_503_with_retry_after(
         server.stop()
 
 
+def test_requests_that_outlive_the_stop_timeout_end_with_a_503_not_a_bare_close(model, tmp_path) -> None:
+    """SIGTERM (a pod stopping) gives requests in flight the stop timeout; what is still running
+    then gets what a Triton going away gives: a 503 to retry, or a stream's error event and [DONE]."""
+    shutil.copytree(model["ft"], tmp_path / "ft")
+    # Triton holds a lone request for its whole batching window: both are still there at the stop
+    with EmbeddedServer(
+        tmp_path / "ft", streaming=True, watch_interval=None, stop_timeout=0, max_queue_delay_us=60_000_000
+    ) as triton:
+        settings = GatewaySettings(triton.grpc_url, model["hf"], BASE, api_keys=(KEY,), stop_timeout=0.5)
+        gateway = make_server(settings, "127.0.0.1", free_port())
+        serving = start_in_thread(gateway)
+        url = f"http://127.0.0.1:{gateway.config.port}"
+        request = {"model": BASE, "prompt": PROMPT, "max_tokens": 4}
+        answers: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: answers.append(_post(url, request, **{"x-request-id": "r-1"}))
+        )
+        sender.start()
+        with httpx.stream(
+            "POST", url + "/v1/completions", json={**request, "stream": True}, headers=AUTH, timeout=60
+        ) as streamed:
+            assert streamed.status_code == 200
+            deadline = time.monotonic() + 60
+            while "ftprefix_in_flight_requests 2.0" not in httpx.get(url + "/metrics").text:
+                assert time.monotonic() < deadline  # bounded poll: both requests are at Triton
+            gateway.should_exit = True  # as uvicorn's SIGTERM handler sets it
+            events = [
+                line.removeprefix("data: ") for line in streamed.iter_lines() if line.startswith("data: ")
+            ]
+        serving.join(timeout=60)
+        sender.join(timeout=60)
+    assert not serving.is_alive()
+    error = {
+        "message": "the server is shutting down; try again",
+        "type": "service_unavailable",
+        "param": None,
+        "code": "server_shutting_down",
+    }
+    assert [json.loads(e) for e in events[:-1]] == [{"error": error}] and events[-1] == "[DONE]"
+    (answer,) = answers
+    assert (answer.status_code, answer.json()) == (503, {"error": error})
+    assert answer.headers["retry-after"] == "1" and answer.headers["x-request-id"] == "r-1"
+
+
 def test_every_response_carries_a_request_id(gateway) -> None:
     fine = _post(gateway, {"model": BASE, "prompt": PROMPT, "max_tokens": 1}, **{"x-request-id": "abc-1"})
     assert fine.status_code == 200 and fine.headers["x-request-id"] == "abc-1"

@@ -142,7 +142,14 @@ def test_serve_with_openai_port_serves_the_openai_api_and_metrics_beside_triton(
     port, metrics = free_port(), free_port()
     hf = str(converted.parent.parent / "hf")
     proc, _, printed = _start(
-        converted, "--tokenizer", hf, "--openai-port", str(port), "--port-metrics", str(metrics)
+        converted,
+        "--tokenizer",
+        hf,
+        "--openai-port",
+        str(port),
+        "--port-metrics",
+        str(metrics),
+        graceful=True,  # as a user's: Triton unloads its models on SIGTERM
     )
     try:
         scraped = httpx.get(f"http://127.0.0.1:{metrics}/metrics").text  # what Prometheus scrapes
@@ -150,8 +157,17 @@ def test_serve_with_openai_port_serves_the_openai_api_and_metrics_beside_triton(
         assert f"OpenAI-compatible API on http://127.0.0.1:{port}/v1" in printed
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["hf", "smile"]  # base named as the conversion's model
-        proc.send_signal(signal.SIGINT)
+        request = {"model": "smile", "prompt": "hi", "max_tokens": 2}
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=request).status_code == 200
+        # SIGTERM, as Docker and Kubernetes stop it: the gateway goes first, so its connection to
+        # Triton's HTTP port (kept alive) does not hold Triton's exit for Triton's whole exit timeout,
+        # 10 s + 2 s per model and instance, after which it would not even unload its models
+        instances = int(re.search(r"(\d+) engine instance", printed)[1])
+        exit_timeout = 10 + 2 * (instances + len(["fastertransformer", "pre", "post", "ensemble"]))
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        assert time.monotonic() - started < exit_timeout
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -43,6 +43,12 @@ _timeout = getattr(asyncio, "timeout", None)
 T = TypeVar("T")
 # what a read of a connection raises when the server closes it, resets it or answers garbage
 READ_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
+# A connection idle this long is closed. A stopping Triton waits for every open HTTP connection
+# before it unloads its models ("Found 1 HTTP service connections" in its log, once a second), and
+# serves kept-alive ones meanwhile, with no sign of stopping: held open, an idle pool would keep it
+# waiting out its whole exit timeout (and then exit without unloading), while a Docker or
+# Kubernetes grace period runs out. As httpx's keepalive_expiry (5 s), shorter.
+KEEPALIVE_S = 2.0
 
 
 def encode_request(
@@ -170,6 +176,7 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.used = False  # answered before: the server may have closed it since (then resend once)
+        self.idle_since = 0.0  # the loop's time when it was put back in the pool
 
     async def read_body(self, headers: dict[str, str]) -> bytes:
         """The whole body of the response whose `headers` were read (a body that ends with the
@@ -226,11 +233,12 @@ class Connection:
 class HttpInferPool:
     """Keep-alive connections to one Triton HTTP endpoint; as many open as requests in flight."""
 
-    def __init__(self, url: str, *, max_idle: int = 256) -> None:
+    def __init__(self, url: str, *, max_idle: int = 256, keepalive_s: float = KEEPALIVE_S) -> None:
         host, _, port = url.rpartition(":")
         self.url, self.host, self.port = url, host.strip("[]"), int(port)
-        self.max_idle = max_idle
-        self._idle: list[Connection] = []
+        self.max_idle, self.keepalive_s = max_idle, keepalive_s
+        self._idle: list[Connection] = []  # the longest idle first: a request takes the last
+        self._sweep: asyncio.TimerHandle | None = None  # closes the first when it expires
 
     async def infer(
         self,
@@ -285,9 +293,26 @@ class HttpInferPool:
         """A connection whose response was read to its end: kept for the next request if `keep`."""
         if keep and len(self._idle) < self.max_idle:
             connection.used = True
+            loop = asyncio.get_running_loop()
+            connection.idle_since = loop.time()
             self._idle.append(connection)
+            if self._sweep is None:
+                self._sweep = loop.call_later(self.keepalive_s, self._close_expired)
         else:
             connection.close()
+
+    def _close_expired(self) -> None:
+        """Close the connections idle for keepalive_s; come back when the next one expires."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        expired = loop.time() - self.keepalive_s
+        count = 0
+        while count < len(self._idle) and self._idle[count].idle_since <= expired:
+            self._idle[count].close()
+            count += 1
+        del self._idle[:count]
+        if self._idle:
+            self._sweep = loop.call_at(self._idle[0].idle_since + self.keepalive_s, self._close_expired)
 
     async def server_version(self, timeout: float | None) -> str:
         """The version Triton reports in its server metadata (`GET /v2`)."""
@@ -310,6 +335,9 @@ class HttpInferPool:
         return Connection(reader, writer)
 
     async def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()

@@ -52,6 +52,15 @@ def register(subparsers: Any) -> None:
         help="gateway processes sharing the port, one core each; the keys file and /metrics hold "
         "across them, per-key limits and --max-in-flight per worker (default %(default)s)",
     )
+    p.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=25.0,
+        metavar="SECONDS",
+        help="on Ctrl-C / SIGTERM, how long requests in flight may finish; then a stream ends with an "
+        "error event and [DONE], an answer not yet sent is a 503 (default %(default)g, within "
+        "Kubernetes' default grace period of 30 s)",
+    )
     add_newline_token_option(p)
     add_gateway_options(p)
     p.set_defaults(func=run, extras=("openai",))
@@ -69,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port <= 65535:
         raise UserError(f"--port {args.port} is not a port number; use 1..65535")
+    if not 0 <= args.stop_timeout < float("inf"):
+        raise UserError(f"--stop-timeout must be 0 seconds or more (and finite), got {args.stop_timeout:g}")
     if not 1 <= args.workers <= MAX_WORKERS:
         raise UserError(f"--workers {args.workers}: use 1 to {MAX_WORKERS} (about one per core)")
     http_url = None
@@ -93,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         api_keys_file=args.api_keys,
         chat_template=args.chat_template,
         metrics=not args.no_metrics,
+        stop_timeout=args.stop_timeout,
         **gateway_limits(args),
     )
     server = make_server(settings, args.host, args.port, tokenizer=tokenizer)  # bad keys file: one line

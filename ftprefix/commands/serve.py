@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -95,7 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         metavar="SECONDS",
         help=(
-            "on Ctrl-C / SIGTERM, how long Triton may finish requests in flight and unload before it "
+            "on Ctrl-C / SIGTERM, how long requests in flight may finish (the OpenAI API's first, then "
+            "Triton's) and Triton may unload before it "
             "is killed (default: Triton's exit timeout, about 10 s + 2 s per model and instance; "
             "0 = at once)"
         ),
@@ -124,17 +126,19 @@ def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokeni
         api_keys_file=args.api_keys,
         chat_template=args.chat_template,
         metrics=not args.no_metrics,
+        # the gateway's requests get the stop timeout Triton's get: they are the same requests
+        stop_timeout=server.exit_timeout_s if server.stop_timeout is None else server.stop_timeout,
         **gateway_limits(args),
     )
     return make_server(settings, args.host, args.openai_port, tokenizer=tokenizer)
 
 
-def _start_openai(gateway: GatewayServer, port: int) -> int:
-    """Serve the gateway in a thread; returns the port it listens on."""
+def _start_openai(gateway: GatewayServer, port: int) -> tuple[int, threading.Thread]:
+    """Serve the gateway in a thread; returns the port it listens on, and the thread."""
     from ftprefix.gateway.run import start_in_thread
 
-    start_in_thread(gateway)
-    return int(gateway.servers[0].sockets[0].getsockname()[1]) if port == 0 else port
+    thread = start_in_thread(gateway)
+    return (int(gateway.servers[0].sockets[0].getsockname()[1]) if port == 0 else port), thread
 
 
 def _check_port(value: int, flag: str) -> None:
@@ -222,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    gateway_thread: threading.Thread | None = None
     try:
         try:
             server.start()
@@ -241,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
             newline = f"; newline token {args.newline_token!r}" if args.newline_token else ""
             print(f"ftprefix serve: tokenizer {tokenizer.description}{newline}", flush=True)
         if gateway is not None:
-            port = _start_openai(gateway, args.openai_port)
+            port, gateway_thread = _start_openai(gateway, args.openai_port)
             print(f"ftprefix serve: OpenAI-compatible API on http://{args.host}:{port}/v1", flush=True)
             print(f"ftprefix serve: {gateway.config.app.state.keys.describe()}", flush=True)
             print(f"ftprefix serve: {gateway.config.app.state.describe_limits()}", flush=True)
@@ -253,4 +258,13 @@ def run(args: argparse.Namespace) -> int:
         print("ftprefix serve: stopping", file=sys.stderr, flush=True)
         return 0
     finally:
-        server.stop()
+        try:
+            if gateway is not None and gateway_thread is not None:
+                # the gateway first: it ends its requests (within the stop timeout) and closes its
+                # connections to Triton, which would otherwise hold Triton's exit for all of its own
+                gateway.should_exit = True
+                gateway_thread.join()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+            pass
+        finally:
+            server.stop()

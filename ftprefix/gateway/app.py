@@ -19,10 +19,11 @@ Everything that can be refused is refused before anything reaches Triton.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,6 +46,7 @@ from ftprefix.gateway.errors import (
     from_client_error,
     internal_error,
     request_id,
+    shutting_down,
 )
 from ftprefix.gateway.events import EventStream
 from ftprefix.gateway.limits import Grant, Limits
@@ -81,6 +83,9 @@ class GatewaySettings:
     max_model_len: int = 2048  # prompt + completion tokens of one row
     max_body_bytes: int = 4 * 1024 * 1024
     metrics_dir: str | None = None  # with --workers: where every worker's metrics meet (workers.py)
+    # on SIGTERM or Ctrl-C: how long requests in flight may finish; then a stream ends with an error
+    # event and [DONE], an answer not yet sent is a 503 (within Kubernetes' default 30 s grace period)
+    stop_timeout: float = 25.0
 
 
 class _Context:
@@ -161,7 +166,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     base_model = settings.base_model
     holder: dict[str, AsyncClient] = {}
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         holder["client"] = AsyncClient(
             settings.triton_url,
@@ -457,6 +462,15 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
                 response = await on_api_error(request, exc)
             except Exception as exc:
                 response = await on_bug(request, exc)
+            except asyncio.CancelledError:
+                # only the server cancels an answer: it stops, and this one outlived its stop
+                # timeout. A 503 to retry, not a connection closed without an answer; the request
+                # is over then, so the cancellation ends here (uvicorn would log it as a failure)
+                response = error_response(request, shutting_down())
+                response.raw_headers.append(_context(request).id_header)
+                with contextlib.suppress(Exception):
+                    await response(scope, receive, send)
+                return
             response.raw_headers.append(_context(request).id_header)
             await response(scope, receive, send)
 
@@ -544,8 +558,6 @@ async def _merged(
     client: AsyncClient, ids: list[list[int]], task: str | None, options: dict[str, Any]
 ) -> AsyncIterator[tuple[int, Any]]:
     """Several prompts streamed at once, their chunks in the order they arrive."""
-    import asyncio
-
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
     async def pump(index: int, prompt: list[int]) -> None:

@@ -90,6 +90,17 @@ def _unavailable(message: str) -> ApiError:
     )
 
 
+def shutting_down() -> ApiError:
+    """What a request still running when the gateway's stop timeout ran out gets: retry elsewhere."""
+    return ApiError(
+        503,
+        "the server is shutting down; try again",
+        code="server_shutting_down",
+        kind="service_unavailable",
+        headers=[("retry-after", str(RETRY_AFTER_S))],
+    )
+
+
 def from_client_error(exc: FtprefixClientError, request: str) -> ApiError:
     """The answer for a client error: what the caller may know; the whole of it goes to the log."""
     if isinstance(exc, UnknownTaskError):

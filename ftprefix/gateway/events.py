@@ -2,21 +2,23 @@
 
 Once its 200 is out, a stream cannot change its status: whatever fails after that (Triton, the
 client library, a bug) ends it with an OpenAI error event, then `data: [DONE]`, never with a bare
-close. A client that disconnects stops the stream's producer at once (so its place at Triton is
-given back), and a comment line goes out when nothing else has for PING_S seconds, so proxies keep
-an idle stream open while a non-streaming server computes the whole answer.
+close; so does a server that stops while the stream outlives its stop timeout (a 503 event). A
+client that disconnects stops the stream's producer at once (so its place at Triton is given
+back), and a comment line goes out when nothing else has for PING_S seconds, so proxies keep an
+idle stream open while a non-streaming server computes the whole answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
 
 from starlette.responses import Response
 
 from ftprefix.gateway.answers import DONE, event
-from ftprefix.gateway.errors import ApiError
+from ftprefix.gateway.errors import ApiError, shutting_down
 
 PING_S = 15.0
 PING = b": ping\n\n"
@@ -68,7 +70,7 @@ class EventStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         producer = asyncio.ensure_future(pump())
         gone = asyncio.ensure_future(receive())
-        completed = False
+        completed = stopped = False
         try:
             while True:
                 done, _ = await asyncio.wait(
@@ -86,9 +88,22 @@ class EventStream(Response):
                 elif loop.time() - last_sent[0] >= PING_S:
                     await send({"type": "http.response.body", "body": PING, "more_body": True})
                     last_sent[0] = loop.time()
+        except asyncio.CancelledError:
+            # only the server cancels a response (a client that leaves is `gone`): it stops, and
+            # the stream outlived its stop timeout. It still ends as every failing stream does,
+            # sent at once: nothing else is awaited, as the server's loop ends soon after
+            stopped = True
+            if not producer.done():
+                producer.cancel()  # nothing of it comes after [DONE]
+                self.failed = shutting_down()
+                with contextlib.suppress(Exception):  # a client already gone
+                    await send({"type": "http.response.body", "body": event(self.failed.body()) + DONE})
         finally:
             for task in (producer, gone):
                 if not task.done():
                     task.cancel()
-            await asyncio.gather(producer, return_exceptions=True)
-            self.on_close(completed and self.failed is None)
+            try:
+                if not stopped:
+                    await asyncio.gather(producer, return_exceptions=True)
+            finally:
+                self.on_close(completed and self.failed is None)

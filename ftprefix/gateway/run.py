@@ -70,7 +70,15 @@ def make_server(
     settings: GatewaySettings, host: str, port: int, *, tokenizer: Tokenizer | None = None
 ) -> GatewayServer:
     app = create_app(settings, tokenizer=tokenizer)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=settings.stop_timeout,
+    )
     return GatewayServer(config)
 
 

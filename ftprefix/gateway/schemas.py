@@ -10,9 +10,10 @@ vLLM's extensions that clients and benchmarks send (vllm-project/vllm
 `vllm/entrypoints/openai/protocol.py`, its "extra sampling parameters") are honoured: `top_k`,
 `min_tokens` (FT's `min_length`), `ignore_eos` (min_tokens = max_tokens: FT cannot go on past an
 end token, so the end token is not generated before the limit), `repetition_penalty`,
-`stop_token_ids`, `bad_words`, `stream_options.continuous_usage_stats`; `min_p`, `length_penalty`, `use_beam_search`,
-`include_stop_str_in_output`, `skip_special_tokens`, `spaces_between_special_tokens`,
-`truncate_prompt_tokens` and `prompt_logprobs` at their neutral values.
+`stop_token_ids`, `bad_words`, `stream_options.continuous_usage_stats`; `min_p`,
+`length_penalty`, `use_beam_search`, `include_stop_str_in_output`, `skip_special_tokens`,
+`spaces_between_special_tokens`, `truncate_prompt_tokens` and `prompt_logprobs` at their neutral
+values.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from contextlib import closing
 from dataclasses import replace
 from multiprocessing.connection import Connection, wait
@@ -34,7 +35,9 @@ from multiprocessing.connection import Connection, wait
 from ftprefix.gateway.app import GatewaySettings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when a worker imports it
-STOP_TIMEOUT_S = 30.0  # for a worker to finish its requests after SIGTERM, then it is killed
+# after SIGTERM, a worker ends what outlived its stop timeout (settings.stop_timeout) by itself;
+# this much longer and it is killed
+STOP_GRACE_S = 5.0
 
 
 class _Stop(Exception):
@@ -113,7 +116,7 @@ def run_workers(settings: GatewaySettings, host: str, port: int, count: int) -> 
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous_term)
-        _stop_all(workers)
+        _stop_all(workers, settings.stop_timeout + STOP_GRACE_S)
         for receive in waiting:
             receive.close()
         shutil.rmtree(directory, ignore_errors=True)
@@ -140,12 +143,13 @@ def _one_exited(workers: list, sentinel: object, *, starting: bool) -> int:
     return 1
 
 
-def _stop_all(workers: list) -> None:
+def _stop_all(workers: list, timeout: float) -> None:
     for worker in workers:
         if worker.is_alive():
             worker.terminate()  # SIGTERM: uvicorn finishes the requests in progress
+    deadline = time.monotonic() + timeout
     for worker in workers:
-        worker.join(STOP_TIMEOUT_S)
+        worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
             worker.kill()
             worker.join()
