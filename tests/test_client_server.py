@@ -91,6 +91,31 @@ def _inference_count(url: str) -> int:
     return sum(int(s.get("inference_count", 0)) for s in stats.get("model_stats", []))
 
 
+def test_a_target_naming_several_replicas_spreads_requests_over_all_of_them(
+    server: EmbeddedServer, model: dict, reference
+) -> None:
+    """Kubernetes' headless Service (`dns:///triton-pods:8001`) names every replica: requests go
+    round robin over them, as Triton's own counts show, where one connection would take them all
+    to one replica."""
+    with EmbeddedServer(model["ft"], tokenizer_dir=model["hf"], stop_timeout=0) as second:
+        replicas = (server.grpc_url, second.grpc_url)
+        target = f"ipv4:{','.join(replicas)}"
+        jobs = [(PROMPTS[i % len(PROMPTS)], [None, *TASKS][i % (len(TASKS) + 1)]) for i in range(8)]
+        before = [_inference_count(url) for url in replicas]
+        with Client(target, tokenizer=model["hf"]) as c:
+            answers = [c.generate(p, task=t, max_new_tokens=NEW_TOKENS) for p, t in jobs]
+
+        async def run_all() -> list:
+            async with AsyncClient(target, tokenizer=model["hf"]) as c:
+                return [await c.generate(p, task=t, max_new_tokens=NEW_TOKENS) for p, t in jobs]
+
+        answers += asyncio.run(run_all())
+        served = [_inference_count(url) - b for url, b in zip(replicas, before, strict=True)]
+    for (prompt, task), completion in zip(jobs * 2, answers, strict=True):
+        assert (completion.token_ids, completion.text) == reference(prompt, task)[:2]
+    assert sum(served) == 16 and min(served) >= 4  # round robin: about 8 each
+
+
 def test_tasks_are_read_from_the_server(client: Client, model: dict) -> None:
     table = layout.read_config(layout.find_ft_dir(model["ft"])).tasks
     assert [(t.id, t.name, t.prompt_length) for t in client.tasks()] == [

@@ -107,12 +107,19 @@ def test_gpu_paths_match_the_repository_triton_repo_writes(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("flavour", ["gpu", "cpu"])
-def test_the_gateway_points_at_the_triton_service_and_autoscales(flavour: str) -> None:
+def test_the_gateway_spreads_over_the_triton_pods_and_autoscales(flavour: str) -> None:
     resources = _by_kind(KUBE / flavour)
     gateway = _container(resources, "ftprefix-openai")
     command = gateway["command"]
     assert command[:2] == ["ftprefix", "openai"]
-    assert command[command.index("--url") + 1] == "ftprefix-triton:8001"
+    # gRPC round robin over every Triton pod: the headless Service resolves to each ready pod's
+    # address (through the ClusterIP Service, one connection would take all to one pod)
+    assert command[command.index("--url") + 1] == "dns:///ftprefix-triton-pods:8001"
+    pods = resources[("Service", "ftprefix-triton-pods")]["spec"]
+    triton = resources[("Deployment", "ftprefix-triton")]["spec"]
+    assert pods["clusterIP"] == "None" and pods["selector"] == triton["selector"]["matchLabels"]
+    assert pods["ports"] == [{"name": "grpc", "port": 8001, "targetPort": "grpc"}]
+    assert not pods.get("publishNotReadyAddresses", False)  # only ready pods get requests
     if flavour == "cpu":  # beside the CPU server, whole answers over Triton's HTTP port
         assert command[command.index("--http-url") + 1] == "ftprefix-triton:8000"
     assert command[command.index("--tokenizer") + 1] in _mounts(gateway)

@@ -45,7 +45,7 @@ from ftprefix.client.http_stream import HttpStream, one_row, streams_over_http
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
-from ftprefix.client.wire import CHANNEL_OPTIONS, infer_request, response_arrays
+from ftprefix.client.wire import channel_options, infer_request, response_arrays
 from ftprefix.task_table import Task
 from ftprefix.text import Tokenizer
 
@@ -157,7 +157,7 @@ class AsyncClient(ClientBase):
     def _stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
         # created lazily so the channel binds to the event loop that uses it
         if self._grpc_stub is None:
-            self._channel = grpc.aio.insecure_channel(self.url, options=CHANNEL_OPTIONS)
+            self._channel = grpc.aio.insecure_channel(self.url, options=channel_options(self.url))
             self._grpc_stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         return self._grpc_stub
 

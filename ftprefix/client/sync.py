@@ -33,7 +33,7 @@ from ftprefix.client.failures import translate
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
-from ftprefix.client.wire import infer_inputs, output_arrays
+from ftprefix.client.wire import channel_options, infer_inputs, output_arrays
 from ftprefix.task_table import Task
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class ResponseStream:
         self.url, self.timeout, self.model, self.names = url, timeout, op.model, op.outputs
         self.responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
         self.done = False
-        self.grpc = grpcclient.InferenceServerClient(url)
+        self.grpc = grpcclient.InferenceServerClient(url, channel_args=channel_options(url))
         try:
             self.grpc.start_stream(
                 callback=lambda result, error: self.responses.put((result, error)), stream_timeout=timeout
@@ -108,7 +108,7 @@ class Client(ClientBase):
     @property
     def _grpc(self) -> grpcclient.InferenceServerClient:
         if self._channel is None:
-            self._channel = grpcclient.InferenceServerClient(self.url)
+            self._channel = grpcclient.InferenceServerClient(self.url, channel_args=channel_options(self.url))
         return self._channel
 
     def close(self) -> None:

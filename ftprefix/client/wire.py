@@ -65,6 +65,19 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", False),
     ("grpc.http2.max_pings_without_data", 2),
 ]
+# gRPC's name resolvers, for a target that names several servers ("dns:///triton-pods:8001", a
+# Kubernetes headless Service; "ipv4:10.0.0.1:8001,10.0.0.2:8001")
+_RESOLVER_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+
+
+def channel_options(url: str) -> list[tuple[str, int | str]]:
+    """The channel settings for `url`. A target with a resolver scheme may name several servers:
+    requests then go round robin over every address (gRPC's default, pick_first, sends them all
+    over one connection, to one server). A plain host:port keeps pick_first: the first address of
+    the host that answers, as every gRPC client does."""
+    if url.startswith(_RESOLVER_SCHEMES):
+        return [*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
+    return CHANNEL_OPTIONS
 
 
 _DATATYPES: dict[np.dtype, str] = {}  # numpy dtype -> Triton's name, as np_to_triton_dtype says
