@@ -15,7 +15,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "convert": ("torch", "transformers", "tqdm"),
     "verify": ("torch", "transformers"),
     "serve": ("torch", "transformers", "pytriton"),
-    "openai": ("fastapi", "uvicorn", "sse_starlette", "jinja2", "prometheus_client"),
+    "openai": ("fastapi", "uvicorn", "jinja2", "prometheus_client"),
 }
 
 
