@@ -16,9 +16,17 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
+from ftprefix.serving import cpus
+
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT.parent / "shared" / "compose-spec" / "compose-spec.json"
 _VAR = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+# tritonserver's --exit-timeout-secs when not given (triton-inference-server/core, src/server.cc:
+# exit_timeout_secs_ = 30), as the GPU image starts it
+TRITON_EXIT_TIMEOUT_S = 30
+# ftprefix serve's longest stop with the engine instances it picks itself: Triton's exit timeout
+# as EmbeddedServer.exit_timeout_s sets it, 10 s + 2 s per model (four) and per instance
+LONGEST_CPU_STOP_S = 10 + 2 * (4 + cpus.MAX_DEFAULT_INSTANCES)
 
 
 def _interpolate(text: str, env: dict[str, str]) -> str:

@@ -22,6 +22,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 from deployment_support import (
+    LONGEST_CPU_STOP_S,
+    TRITON_EXIT_TIMEOUT_S,
     bind,
     compose,
     compose_schema,
@@ -35,7 +37,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import ftprefix
 from ftprefix import assets
-from ftprefix.cli import main
+from ftprefix.cli import build_parser, main
 from ftprefix.demo.toy import build_tokenizer, random_prefix
 from ftprefix.serving.interface import parse_pbtxt
 from tools.regenerate_triton_models import example_conversion
@@ -127,6 +129,24 @@ def test_the_same_deployment_serves_on_cpu(gpu_deployment: Path, schema) -> None
     )
     at = command.index("--http-url")
     assert {**cpu_gateway, "command": command[:at] + command[at + 2 :]} == gpu_gateway
+
+
+def _seconds(duration: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([sm])", duration).groups()  # as written in the compose files
+    return int(number) * (60 if unit == "m" else 1)
+
+
+def test_docker_waits_for_each_service_to_stop_on_its_own(gpu_deployment: Path, schema) -> None:
+    """Docker kills a container 10 s after SIGTERM unless told otherwise: each service gets at least
+    what its own stop may take, so requests in flight end the way the server ends them."""
+    gateway_stop = build_parser().parse_args(["openai", "--tokenizer", "hf"]).stop_timeout
+    for file, triton_stop in (
+        ("compose.yaml", TRITON_EXIT_TIMEOUT_S),
+        ("compose.cpu.yaml", LONGEST_CPU_STOP_S),
+    ):
+        services = compose(gpu_deployment, schema, file=file, profiles=("openai",))["services"]
+        assert _seconds(services["openai"]["stop_grace_period"]) > gateway_stop
+        assert _seconds(services["triton"]["stop_grace_period"]) > triton_stop
 
 
 def test_a_cpu_deployment_serves_on_cpu_with_docker_compose_up(

@@ -11,9 +11,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from deployment_support import LONGEST_CPU_STOP_S, TRITON_EXIT_TIMEOUT_S
 
 from ftprefix import assets
-from ftprefix.cli import main
+from ftprefix.cli import build_parser, main
 from ftprefix.serving import deployment
 from ftprefix.serving.interface import parse_pbtxt
 from tools.regenerate_triton_models import example_conversion
@@ -194,3 +195,17 @@ def test_only_the_gateway_reaches_triton_and_keys_come_from_a_secret(flavour: st
     annotations = gateway_pod["metadata"]["annotations"]
     port = gateway["command"][gateway["command"].index("--port") + 1]
     assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (port, "/metrics")
+
+
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_each_pod_gets_the_time_its_own_stop_takes(flavour: str) -> None:
+    """The kubelet kills a pod its grace period after SIGTERM: each gets at least what its own stop
+    may take, so requests in flight end the way the server ends them."""
+    resources = _by_kind(KUBE / flavour)
+
+    def grace(name: str) -> int:
+        return resources[("Deployment", name)]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+    gateway_stop = build_parser().parse_args(["openai", "--tokenizer", "hf"]).stop_timeout
+    assert grace("ftprefix-openai") > gateway_stop
+    assert grace("ftprefix-triton") > (TRITON_EXIT_TIMEOUT_S if flavour == "gpu" else LONGEST_CPU_STOP_S)
