@@ -126,3 +126,92 @@ def test_a_cancelled_waiter_leaves_and_a_place_granted_meanwhile_is_handed_on() 
         assert admission.in_flight == 0
 
     asyncio.run(run())
+
+
+# -- a request of several prompts takes a place per row -------------------------------------------
+
+
+def test_a_request_of_several_prompts_takes_a_place_per_row() -> None:
+    async def run() -> None:
+        admission = Admission(4)
+        assert await admission.enter("A", FOREVER, places=3) == 0.0
+        waiter = asyncio.ensure_future(admission.enter("B", FOREVER, places=2))
+        await step()
+        assert not waiter.done() and admission.in_flight == 3  # 2 more would be 5, over the 4
+        admission.leave(3)
+        await waiter
+        assert admission.in_flight == 2
+        admission.leave(2)
+        assert admission.in_flight == 0 and admission.waiting == 0
+
+    asyncio.run(run())
+
+
+def test_nothing_overtakes_a_large_request_whose_turn_it_is() -> None:
+    """B's batch of 4 waits for every place; C's single request, which would fit at once, comes
+    after it: small requests cannot starve a large one by slipping into each freed place."""
+
+    async def run() -> list[str]:
+        admission = Admission(4)
+        order: list[str] = []
+        await admission.enter("A", FOREVER, places=3)
+
+        async def request(tenant: str, places: int) -> None:
+            await admission.enter(tenant, FOREVER, places=places)
+            order.append(tenant)
+
+        large = asyncio.ensure_future(request("B", 4))
+        await step()
+        small = asyncio.ensure_future(request("C", 1))  # one place is free, but B's turn is first
+        await step()
+        assert order == [] and admission.waiting == 2
+        admission.leave(3)
+        await step()
+        assert order == ["B"] and admission.in_flight == 4
+        admission.leave(4)
+        await asyncio.gather(large, small)
+        admission.leave(1)
+        assert admission.in_flight == 0
+        return order
+
+    assert asyncio.run(run()) == ["B", "C"]
+
+
+def test_a_request_larger_than_the_limit_runs_alone() -> None:
+    async def run() -> None:
+        admission = Admission(2)
+        assert await admission.enter("A", FOREVER, places=5) == 0.0  # nothing else there: it goes
+        waiter = asyncio.ensure_future(admission.enter("B", FOREVER))
+        await step()
+        assert not waiter.done()
+        admission.leave(5)
+        await waiter
+        big = asyncio.ensure_future(admission.enter("A", FOREVER, places=5))
+        await step()
+        assert not big.done()  # it waits until it would be alone
+        admission.leave(1)
+        await big
+        admission.leave(5)
+        assert admission.in_flight == 0 and admission.waiting == 0
+
+    asyncio.run(run())
+
+
+def test_a_large_request_that_gives_up_lets_the_next_in_turn_in() -> None:
+    async def run() -> None:
+        admission = Admission(4)
+        await admission.enter("A", FOREVER, places=2)
+        large = asyncio.ensure_future(admission.enter("B", 0.05, places=4))  # needs every place
+        await step()
+        small = asyncio.ensure_future(admission.enter("C", FOREVER, places=2))  # fits, after B
+        await step()
+        assert not small.done() and admission.waiting == 2
+        with pytest.raises(QueueTimeout):
+            await large
+        await small  # B left the queue: C's places were free all along
+        assert admission.in_flight == 4 and admission.waiting == 0
+        admission.leave(2)
+        admission.leave(2)
+        assert admission.in_flight == 0
+
+    asyncio.run(run())

@@ -309,6 +309,42 @@ def test_a_calm_tenant_is_not_queued_behind_a_flood(triton, model, admission: st
         assert before >= 40  # first come, first served: behind the whole flood
 
 
+def test_a_batch_in_one_request_takes_a_place_per_prompt(triton, model) -> None:
+    """Six prompts in one request are six rows at Triton: with two places, the batch holds them all
+    and another tenant's request waits its turn, where counting the batch as one request would
+    have sent it in beside six rows (a flood in one request)."""
+    server, url = _gateway(triton.grpc_url, model["hf"], model["keys"], max_in_flight=2)
+    finished: list[str] = []
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
+
+            async def post(key: str, prompt: str | list[str], max_tokens: int) -> None:
+                body = {"model": BASE, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
+                answer = await client.post(
+                    url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+                )
+                assert answer.status_code == 200
+                finished.append(key)
+
+            async def until(sample: str) -> None:
+                deadline = time.monotonic() + 60
+                while sample not in (await client.get(url + "/metrics")).text:
+                    assert time.monotonic() < deadline  # bounded poll
+
+            batch = asyncio.ensure_future(post("k-flood", [PROMPT] * 6, 200))
+            await until("ftprefix_in_flight_requests 6.0")  # its six rows are at Triton
+            calm = asyncio.ensure_future(post("k-calm", PROMPT, 2))
+            await until("ftprefix_waiting_requests 1.0")  # no place for it beside them
+            await asyncio.gather(batch, calm)
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.should_exit = True
+    assert finished == ["k-flood", "k-calm"]
+
+
 @pytest.mark.parametrize("url", ["https://triton:8000", "triton", "triton:http"])
 def test_a_bad_http_url_is_one_line_before_anything_listens(url: str, model, capsys) -> None:
     port = free_port()

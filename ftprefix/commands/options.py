@@ -197,8 +197,9 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help=(
-            "requests the gateway keeps at Triton at once; the others wait, admitted round-robin by "
-            "tenant (default: what fills the model's batches, its max_batch_size x instances)"
+            "prompt rows the gateway keeps at Triton at once (a request of N prompts takes N); the "
+            "others wait, admitted round-robin by tenant (default: what fills the model's batches, "
+            "its max_batch_size x instances)"
         ),
     )
     parser.add_argument(

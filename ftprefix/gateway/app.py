@@ -193,7 +193,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             else "no chat template, so /v1/chat/completions answers 400 (give --chat-template FILE)"
         )
         return (
-            f"up to {places} requests at Triton, the others admitted "
+            f"up to {places} prompt rows at Triton, the other requests admitted "
             f"{'round-robin by tenant' if settings.fair else 'first come, first served'} (queue "
             f"timeout {settings.queue_timeout:g} s); context {settings.max_model_len} tokens; {chat}"
         )
@@ -353,7 +353,10 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         grant = limits.admit(policy, prompt_tokens + max_new * len(ids))
         try:
             await place_limit(ctx)
-            waited = await admission.enter(policy.tenant, settings.queue_timeout, request.receive)
+            # a place per prompt row: a batch in one request counts as that many requests
+            waited = await admission.enter(
+                policy.tenant, settings.queue_timeout, request.receive, places=len(ids)
+            )
         except QueueTimeout:
             grant.finish(0)
             raise ApiError(
@@ -382,7 +385,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
                 raise from_client_error(exc, ctx.request_id) from exc
             raise
         finally:
-            admission.leave()
+            admission.leave(len(ids))
         completion_tokens = sum(len(c.token_ids) for c in done)
         grant.finish(prompt_tokens + completion_tokens)
         metrics.record(
@@ -406,7 +409,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         prompt = sum(map(len, ids))
 
         def close(completed: bool) -> None:
-            admission.leave()
+            admission.leave(len(ids))
             grant.finish(prompt + used[0])
             failed = stream.failed
             status = 200 if completed else (failed.status if failed is not None else CLIENT_GONE)

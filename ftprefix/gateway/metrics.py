@@ -84,7 +84,10 @@ class GatewayMetrics:
         self._waits: dict[str, Histogram] = {}
         # across workers, the sum of every live worker's value
         self.in_flight = Gauge(
-            "ftprefix_in_flight_requests", "Requests at Triton now", registry=r, multiprocess_mode="livesum"
+            "ftprefix_in_flight_requests",
+            "Places taken at Triton now: one per prompt row of the requests there",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.waiting = Gauge(
             "ftprefix_waiting_requests",
