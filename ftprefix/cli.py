@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -72,6 +73,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ftprefix {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        message = storage_error(exc)
+        if message is None:
+            raise  # not the machine's storage: a bug, with its traceback
+        print(f"ftprefix {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+# what the machine's storage refuses: the user's to fix, in one line (staged writes leave nothing)
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_REFUSED = {errno.EROFS, errno.EACCES}
+
+
+def storage_error(exc: OSError) -> str | None:
+    """The one line for an OSError the disk raised (full, over quota, read-only, not allowed), or
+    None for any other."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in _FULL:
+        return f"{exc.strerror}{where}: free some space, or write somewhere else, and run it again"
+    if exc.errno in _REFUSED:
+        return f"{exc.strerror}{where}: choose a directory you may write to"
+    return None
 
 
 if __name__ == "__main__":

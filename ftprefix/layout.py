@@ -397,6 +397,19 @@ def read_array(path: str | os.PathLike[str], shape: Sequence[int], dtype: np.dty
     return np.fromfile(path, dtype=dtype).reshape(shape)
 
 
+def write_array(path: str | os.PathLike[str], data: np.ndarray) -> None:
+    """Write one raw FT file: the array's bytes in C order, nothing else. Through Python's file
+    object, so a full disk is an OSError that names its cause (ENOSPC) and the file, where numpy's
+    tofile says only how many bytes it wrote."""
+    try:
+        with open(path, "wb") as f:
+            f.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None  # a failed write names no file
+
+
 def read_tensor(directory: str | os.PathLike[str], spec: TensorSpec, cfg: ModelConfig) -> np.ndarray:
     """All rank files of `spec` joined into the full FT-shaped tensor, in the stored dtype."""
     d = Path(directory)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -316,6 +320,31 @@ def test_failure_midway_leaves_no_complete_looking_directory(tmp_path):
         (staging / "config.ini").write_text("[gptneox]\n")
         raise RuntimeError("disk full")
     assert list(out.iterdir()) == []
+
+
+def _small_files_only() -> None:
+    """In the child: files may not grow past 1 KiB, and writing past that fails (EFBIG) instead of
+    killing the process (SIGXFSZ), as a full disk fails a write (ENOSPC)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+
+def test_a_disk_that_refuses_the_writes_is_one_line_exit_1_nothing_left(work):
+    """What the machine's storage refuses (full, over quota, a file too large) is the user's to fix:
+    one line naming the file and what to do, no traceback, and no half-written conversion."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ftprefix.cli", *_convert_argv(work, str(work / "good.pt"))],
+        capture_output=True,
+        text=True,
+        preexec_fn=_small_files_only,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "error" in line]
+    assert line.startswith("ftprefix convert: error: File too large (") and "Traceback" not in done.stderr
+    assert line.endswith("free some space, or write somewhere else, and run it again")
+    assert not (work / "out").exists() or list((work / "out").iterdir()) == []
 
 
 def test_model_differences_ft_ignores_are_warned_not_refused(work, capsys):

@@ -134,7 +134,7 @@ def _write_tensor_checked(
             for source in sources:
                 check_servable(source, what, cfg.weight_data_type)
             check_servable(part, what, cfg.weight_data_type, cast=data)
-        data.tofile(out_dir / file_name)
+        layout.write_array(out_dir / file_name, data)
         stats.bytes_written += data.nbytes
         stats.files += 1
     return stats

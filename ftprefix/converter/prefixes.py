@@ -121,7 +121,7 @@ def write_prefix(out_dir: Path, name: str, prefix: np.ndarray, cfg: layout.Model
         layout.prefix_file_names(name, cfg.tensor_para_size), layout.prefix_to_ft(prefix, cfg), strict=True
     ):
         data = part.astype(cfg.np_dtype)
-        data.tofile(out_dir / file_name)
+        layout.write_array(out_dir / file_name, data)
         written += data.nbytes
     return written
 
