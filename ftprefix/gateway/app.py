@@ -77,7 +77,7 @@ class GatewaySettings:
     chat_template: Path | None = None  # instead of the tokenizer's own
     metrics: bool = True  # per-task and per-tenant counters at /metrics
     timeout: float = 120.0  # one generation at Triton
-    max_in_flight: int | None = None  # requests at Triton; None: the model's max_batch_size x instances
+    max_in_flight: int | None = None  # prompt rows at Triton; None: the model's max_batch_size x instances
     fair: bool = True  # waiting requests admitted round-robin by tenant; False: first come, first served
     queue_timeout: float = 60.0  # how long a request may wait for a place at Triton
     max_model_len: int = 2048  # prompt + completion tokens of one row
@@ -186,14 +186,14 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     app.state.keys = keys  # for the commands' start-up lines
 
     def describe_limits() -> str:
-        places = settings.max_in_flight or "max_batch_size x instances of the model"
+        places = settings.max_in_flight or "the model's max_batch_size x instances"
         chat = (
             f"chat template from {template.origin}"
             if template is not None
             else "no chat template, so /v1/chat/completions answers 400 (give --chat-template FILE)"
         )
         return (
-            f"up to {places} prompt rows at Triton, the other requests admitted "
+            f"prompt rows at Triton: at most {places}, the other requests admitted "
             f"{'round-robin by tenant' if settings.fair else 'first come, first served'} (queue "
             f"timeout {settings.queue_timeout:g} s); context {settings.max_model_len} tokens; {chat}"
         )
