@@ -153,3 +153,50 @@ def test_a_bad_gateway_limit_is_one_line_exit_2(option: str, value: str, says: s
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err
+
+
+def test_sigterm_gives_requests_the_stop_timeout_then_ends_them_as_failures(model, tmp_path: Path) -> None:
+    """As Docker or Kubernetes stop it: the workers finish what they can within --stop-timeout,
+    then a stream still running gets an error event and [DONE], an answer not yet sent a 503 to
+    retry; none is cut off bare, and the gateway exits 0."""
+    import threading
+    import time
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"key-a": "*"}))
+    # Triton holds a lone request for its whole batching window: both are still there at the stop
+    held = EmbeddedServer(
+        model["ft"], streaming=True, watch_interval=None, stop_timeout=0, max_queue_delay_us=60_000_000
+    )
+    with held:
+        proc, url, workers = _start(held, model, keys, "--workers", "2", "--stop-timeout", "0.5")
+        events: list[str] = []
+        try:
+            answers: list[httpx.Response] = []
+            sender = threading.Thread(target=lambda: answers.append(_complete(url, "key-a")))
+            sender.start()
+            body = {"model": BASE, "prompt": "hello there", "max_tokens": 2, "stream": True}
+            headers = {"authorization": "Bearer key-a"}
+            with httpx.stream("POST", url + "/v1/completions", json=body, headers=headers, timeout=60) as s:
+                assert s.status_code == 200
+                deadline = time.monotonic() + 60
+                while _count(url, "ftprefix_in_flight_requests") < 2:
+                    assert time.monotonic() < deadline  # bounded poll: both requests are at Triton
+                proc.send_signal(signal.SIGTERM)
+                events += [line for line in s.iter_lines() if line.startswith("data: ")]
+            sender.join(timeout=60)
+        finally:
+            if proc.returncode is None and not events:  # failed before its SIGTERM
+                proc.kill()
+            code = proc.wait(timeout=60)
+    assert code == 0 and not psutil.wait_procs(workers, timeout=30)[1]
+    error = {
+        "message": "the server is shutting down; try again",
+        "type": "service_unavailable",
+        "param": None,
+        "code": "server_shutting_down",
+    }
+    assert events == [f"data: {json.dumps({'error': error}, separators=(',', ':'))}", "data: [DONE]"]
+    (answer,) = answers
+    assert (answer.status_code, answer.json()) == (503, {"error": error})
+    assert answer.headers["retry-after"] == "1"

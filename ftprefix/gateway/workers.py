@@ -14,8 +14,9 @@ Per-key limits and fair admission hold within each worker, as within each gatewa
 allowed 600 requests a minute may make up to N x 600 through N workers.
 
 This process only supervises: it starts the workers, says when all of them listen, and stops them
-all on SIGINT or SIGTERM, or when one of them exits (which it reports; a container's restart
-policy then restarts the whole gateway).
+all on SIGINT or SIGTERM (each finishes its requests within the stop timeout; a second signal
+kills them at once), or when one of them exits (which it reports; a container's restart policy
+then restarts the whole gateway).
 """
 
 from __future__ import annotations
@@ -115,8 +116,12 @@ def run_workers(settings: GatewaySettings, host: str, port: int, count: int) -> 
     except (KeyboardInterrupt, _Stop):
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        _stop_all(workers, settings.stop_timeout + STOP_GRACE_S)
+        try:
+            _stop_all(workers, settings.stop_timeout + STOP_GRACE_S)
+        except (KeyboardInterrupt, _Stop):  # asked again while they stop: stop them now
+            _kill_all(workers)
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
         for receive in waiting:
             receive.close()
         shutil.rmtree(directory, ignore_errors=True)
@@ -150,6 +155,11 @@ def _stop_all(workers: list, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for worker in workers:
         worker.join(max(0.0, deadline - time.monotonic()))
+    _kill_all(workers)
+
+
+def _kill_all(workers: list) -> None:
+    for worker in workers:
         if worker.is_alive():
             worker.kill()
             worker.join()
