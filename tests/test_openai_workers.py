@@ -200,3 +200,33 @@ def test_sigterm_gives_requests_the_stop_timeout_then_ends_them_as_failures(mode
     (answer,) = answers
     assert (answer.status_code, answer.json()) == (503, {"error": error})
     assert answer.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_one_process_stopped_by_a_signal_exits_0_as_the_workers_do(triton, model, stop) -> None:
+    """uvicorn raises the signal again once it has stopped; the command still ends as a clean stop,
+    not a death by SIGTERM (143) or an interruption (130)."""
+    import time
+
+    port = free_port()
+    argv = [sys.executable, "-m", "ftprefix.cli", "openai", "--url", triton.grpc_url]
+    argv += ["--tokenizer", str(model["hf"]), "--base-model", BASE, "--port", str(port)]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # bounded poll: until it listens
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None
+        proc.send_signal(stop)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (code, proc.stderr.read() if proc.stderr else "") == (0, "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -126,5 +127,18 @@ def run(args: argparse.Namespace) -> int:
         )
         return run_workers(settings, args.host, args.port, args.workers)
     log_to_stderr("ftprefix openai")
-    server.run()
+    # uvicorn takes SIGINT and SIGTERM while it serves, stops gracefully, then raises the signal
+    # again under the handler it found: here, one that ends the command as a clean stop (exit 0,
+    # as `serve` and --workers), not a death by SIGTERM (143) or an interruption (130)
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
