@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import tritonclient.grpc as grpcclient
 from gateway_support import metric_delta, metric_samples
 from prometheus_client.parser import text_string_to_metric_families
 from serving_support import convert_toy
@@ -343,6 +344,41 @@ def test_a_batch_in_one_request_takes_a_place_per_prompt(triton, model) -> None:
     finally:
         server.should_exit = True
     assert finished == ["k-flood", "k-calm"]
+
+
+def _successes(url: str) -> int:
+    """Requests the `fastertransformer` model finished, as Triton itself counts them."""
+    with grpcclient.InferenceServerClient(url) as raw:
+        stats = raw.get_inference_statistics("fastertransformer", as_json=True)
+    return sum(int(s["inference_stats"]["success"].get("count", 0)) for s in stats["model_stats"])
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_a_stream_whose_client_left_keeps_its_place_until_triton_finished_it(model, transport) -> None:
+    """Neither FT nor the CPU twin can stop a generation it started: the place of a stream whose
+    client left is given back when Triton's generation ends, not at the disconnect, so the next
+    request (another tenant's) reaches Triton only then. Seen from Triton's own counts: when the
+    next answer comes, the abandoned generation has finished too."""
+    with EmbeddedServer(
+        model["ft"], streaming=True, instances=2, watch_interval=None, stop_timeout=0
+    ) as triton:
+        http_url = triton.http_url if transport == "http" else None
+        server, url = _gateway(
+            triton.grpc_url, model["hf"], model["keys"], max_in_flight=1, triton_http_url=http_url
+        )
+        try:
+            before = _successes(triton.grpc_url)
+            body = {"model": BASE, "prompt": PROMPT, "max_tokens": 600, "ignore_eos": True, "stream": True}
+            headers = {"Authorization": "Bearer k-flood"}
+            with httpx.stream("POST", url + "/v1/completions", json=body, headers=headers, timeout=60) as s:
+                next(s.iter_lines())  # the first event: Triton is generating; then the client leaves
+            answer = _post(url, "k-calm")
+            assert answer.status_code == 200
+            # both finished: the calm request was sent only once the abandoned one was done (with two
+            # engine instances it would otherwise have run beside it, and finished first)
+            assert _successes(triton.grpc_url) - before == 2
+        finally:
+            server.should_exit = True
 
 
 @pytest.mark.parametrize("url", ["https://triton:8000", "triton", "triton:http"])

@@ -3,9 +3,13 @@
 Once its 200 is out, a stream cannot change its status: whatever fails after that (Triton, the
 client library, a bug) ends it with an OpenAI error event, then `data: [DONE]`, never with a bare
 close; so does a server that stops while the stream outlives its stop timeout (a 503 event). A
-client that disconnects stops the stream's producer at once (so its place at Triton is given
-back), and a comment line goes out when nothing else has for PING_S seconds, so proxies keep an
-idle stream open while a non-streaming server computes the whole answer.
+client that disconnects does not stop the generation: neither FT nor the CPU twin can stop one
+they started, so Triton computes it to its end whatever the client does. The stream is read on
+to its last response, its events going nowhere, and only then are its places at Triton given
+back: given back at the disconnect, they let a client that starts streams and leaves pile
+generations onto Triton past --max-in-flight and ahead of every other tenant. A comment line goes
+out when nothing else has for PING_S seconds, so proxies keep an idle stream open while a
+non-streaming server computes the whole answer.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ class EventStream(Response):
                     completed = True
                     return
                 if gone in done and gone.result().get("type") == "http.disconnect":
-                    producer.cancel()
+                    await producer  # Triton's generation goes on: its places with it (see above)
                     return
                 if gone in done:  # another message than a disconnect (none is expected): wait on
                     gone = asyncio.ensure_future(receive())
