@@ -141,6 +141,8 @@ def test_a_bad_worker_count_is_one_line_exit_2(workers: str, model, capsys) -> N
             "2147483648",
             "--max-model-len must be within 2 to 2**31 - 1 tokens, got 2147483648",
         ),
+        ("--request-timeout", "0", "--request-timeout must be more than 0 seconds (and finite), got 0"),
+        ("--request-timeout", "inf", "--request-timeout must be more than 0 seconds (and finite), got inf"),
         ("--stop-timeout", "-1", "--stop-timeout must be 0 seconds or more (and finite), got -1"),
         ("--stop-timeout", "inf", "--stop-timeout must be 0 seconds or more (and finite), got inf"),
         ("--stop-timeout", "nan", "--stop-timeout must be 0 seconds or more (and finite), got nan"),

@@ -174,6 +174,35 @@ def test_serve_with_openai_port_serves_the_openai_api_and_metrics_beside_triton(
             proc.wait()
 
 
+def test_a_generation_longer_than_request_timeout_is_a_504(converted):
+    """--request-timeout reaches the gateway: Triton holds this lone request for its minute-long
+    batching window, longer than the half second the gateway gives it."""
+    import httpx
+
+    from ftprefix.serving.server import free_port
+
+    port = free_port()
+    hf = str(converted.parent.parent / "hf")
+    proc, _, _ = _start(
+        converted,
+        "--tokenizer",
+        hf,
+        "--openai-port",
+        str(port),
+        "--max-queue-delay-us",
+        "60000000",
+        "--request-timeout",
+        "0.5",
+    )
+    try:
+        request = {"model": "smile", "prompt": "hi", "max_tokens": 2}
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=request, timeout=30)
+        assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_serve_takes_the_settings_of_a_deployment(converted, tmp_path, capsys):
     """What a deployment's compose.cpu.yaml runs: `ftprefix serve CONVERTED --deployment DIR`."""
     from ftprefix.cli import main

@@ -219,6 +219,14 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         help="how long a request may wait for a place at Triton before a 503 (default %(default)g)",
     )
     parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long one generation may take at Triton before a 504 (default %(default)g); raise it "
+        "for long answers from a slow model",
+    )
+    parser.add_argument(
         "--max-model-len",
         type=int,
         default=2048,
@@ -233,12 +241,17 @@ def gateway_limits(args: argparse.Namespace) -> dict[str, float | int | bool | N
         raise UserError(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
     if not args.queue_timeout > 0:
         raise UserError(f"--queue-timeout must be more than 0 seconds, got {args.queue_timeout:g}")
+    if not 0 < args.request_timeout < float("inf"):
+        raise UserError(
+            f"--request-timeout must be more than 0 seconds (and finite), got {args.request_timeout:g}"
+        )
     if not 2 <= args.max_model_len < 2**31:  # FT counts a sequence's tokens in int
         raise UserError(f"--max-model-len must be within 2 to 2**31 - 1 tokens, got {args.max_model_len}")
     return {
         "max_in_flight": args.max_in_flight,
         "fair": args.admission == "fair",
         "queue_timeout": args.queue_timeout,
+        "timeout": args.request_timeout,
         "max_model_len": args.max_model_len,
     }
 
