@@ -199,8 +199,8 @@ def test_a_generation_longer_than_request_timeout_is_a_504(converted):
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=request, timeout=30)
         assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
     finally:
-        proc.kill()
-        proc.wait()
+        proc.send_signal(signal.SIGINT)  # a clean stop, which removes its scratch directory
+        assert proc.wait(timeout=60) == 0
 
 
 def test_serve_takes_the_settings_of_a_deployment(converted, tmp_path, capsys):
