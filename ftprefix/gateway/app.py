@@ -404,17 +404,18 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         usage_in: UsageIn,
         grant: Grant,
     ) -> EventStream:
-        used = [0]
+        used = [0] * len(ids)  # each prompt's generated tokens so far
 
         prompt = sum(map(len, ids))
 
         def close(completed: bool) -> None:
             admission.leave(len(ids))
-            grant.finish(prompt + used[0])
+            generated = sum(used)
+            grant.finish(prompt + generated)
             failed = stream.failed
             status = 200 if completed else (failed.status if failed is not None else CLIENT_GONE)
             seconds = time.perf_counter() - ctx.started
-            metrics.record(ctx.model, policy.tenant, status, seconds, prompt, used[0])
+            metrics.record(ctx.model, policy.tenant, status, seconds, prompt, generated)
 
         def failure(exc: BaseException) -> ApiError:
             if isinstance(exc, ApiError):
@@ -521,11 +522,11 @@ async def _events(
     used: list[int],
 ) -> AsyncIterator[bytes]:
     """The stream's events: the pieces of text of every prompt as they come, usage, `[DONE]`.
-    `used` counts the generated tokens as they come (for the limits and metrics)."""
-    counts = [0] * len(ids)  # each prompt's tokens so far, for usage on every chunk
+    `used` counts each prompt's generated tokens as they come (for the limits, the metrics and
+    usage on every chunk)."""
 
     def so_far(index: int) -> dict[str, int] | None:
-        return usage(len(ids[index]), counts[index]) if usage_in.every_chunk else None
+        return usage(len(ids[index]), used[index]) if usage_in.every_chunk else None
 
     for index in range(len(ids)):
         opening = answer.opening(index, so_far(index))
@@ -535,25 +536,22 @@ async def _events(
     if not info.decoupled:  # the server answers once per request: one chunk per prompt
         done: list[Completion] = await client.generate_batch(ids, tasks=task, **options)
         for i, c in enumerate(done):
-            used[0] += len(c.token_ids)
-            counts[i] = len(c.token_ids)
+            used[i] = len(c.token_ids)
             yield answer.chunk(i, c.text or "", finish_reason(c.finish_reason), so_far(i))
     elif len(ids) == 1:  # one prompt, the common case: its chunks as they come
         async for piece in client.stream(ids[0], task=task, **options):
             used[0] += len(piece.token_ids)
-            counts[0] = used[0]
             reason = finish_reason(piece.finish_reason) if piece.finish_reason else None
             if piece.text or reason:
                 yield answer.chunk(0, piece.text or "", reason, so_far(0))
     else:
         async for index, piece in _merged(client, ids, task, options):
-            used[0] += len(piece.token_ids)
-            counts[index] += len(piece.token_ids)
+            used[index] += len(piece.token_ids)
             reason = finish_reason(piece.finish_reason) if piece.finish_reason else None
             if piece.text or reason:
                 yield answer.chunk(index, piece.text or "", reason, so_far(index))
     if usage_in.end:
-        yield answer.usage_chunk(usage(sum(len(row) for row in ids), used[0]))
+        yield answer.usage_chunk(usage(sum(len(row) for row in ids), sum(used)))
     yield DONE
 
 
