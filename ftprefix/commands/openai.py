@@ -12,6 +12,7 @@ from ftprefix.commands.options import (
     add_newline_token_option,
     gateway_keys,
     gateway_limits,
+    stop_as_on_ctrl_c,
 )
 
 
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn takes SIGINT and SIGTERM while it serves, stops gracefully, then raises the signal
     # again under the handler it found: here, one that ends the command as a clean stop (exit 0,
     # as `serve` and --workers), not a death by SIGTERM (143) or an interruption (130)
-    previous = signal.signal(signal.SIGTERM, _stopped)
+    previous = signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
     try:
         server.run()
     except KeyboardInterrupt:
@@ -138,7 +139,3 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
-
-
-def _stopped(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

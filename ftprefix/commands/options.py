@@ -1,4 +1,5 @@
-"""Options several commands share, parsed into the typed values the library takes."""
+"""Options several commands share, parsed into the typed values the library takes, and the way the
+long-running ones stop."""
 
 from __future__ import annotations
 
@@ -264,3 +265,9 @@ def gateway_keys(values: Sequence[str]) -> tuple[str, ...]:
 
     env = os.environ.get(ENV_KEY)
     return (*values, *([env] if env else []))
+
+
+def stop_as_on_ctrl_c(signum: int, frame: object) -> None:
+    """A SIGTERM handler (Docker and Kubernetes stop with SIGTERM): the command stops as on Ctrl-C,
+    through KeyboardInterrupt, with its clean-up and exit 0."""
+    raise KeyboardInterrupt

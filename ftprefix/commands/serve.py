@@ -7,7 +7,6 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from ftprefix.commands.options import (
@@ -16,6 +15,7 @@ from ftprefix.commands.options import (
     add_queue_delay_option,
     gateway_keys,
     gateway_limits,
+    stop_as_on_ctrl_c,
 )
 
 if TYPE_CHECKING:
@@ -222,10 +222,7 @@ def run(args: argparse.Namespace) -> int:
     )
     gateway = _gateway(args, server, tokenizer) if args.openai_port is not None and tokenizer else None
 
-    def _terminate(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
     gateway_thread: threading.Thread | None = None
     try:
         try:
