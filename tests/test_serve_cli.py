@@ -134,23 +134,29 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(converted, capsys,
     )
 
 
+def _start_with_api(
+    converted: Path, *extra: str, graceful: bool = False
+) -> tuple[subprocess.Popen, int, str]:
+    """`ftprefix serve` with the OpenAI API beside Triton: the process, the API's port, and what it
+    printed up to "ready"."""
+    from ftprefix.serving.server import free_port
+
+    port = free_port()
+    hf = str(converted.parent.parent / "hf")
+    proc, _, printed = _start(
+        converted, "--tokenizer", hf, "--openai-port", str(port), *extra, graceful=graceful
+    )
+    return proc, port, printed
+
+
 def test_serve_with_openai_port_serves_the_openai_api_and_metrics_beside_triton(converted):
     import httpx
 
     from ftprefix.serving.server import free_port
 
-    port, metrics = free_port(), free_port()
-    hf = str(converted.parent.parent / "hf")
-    proc, _, printed = _start(
-        converted,
-        "--tokenizer",
-        hf,
-        "--openai-port",
-        str(port),
-        "--port-metrics",
-        str(metrics),
-        graceful=True,  # as a user's: Triton unloads its models on SIGTERM
-    )
+    metrics = free_port()
+    # graceful, as a user's: Triton unloads its models on SIGTERM
+    proc, port, printed = _start_with_api(converted, "--port-metrics", str(metrics), graceful=True)
     try:
         scraped = httpx.get(f"http://127.0.0.1:{metrics}/metrics").text  # what Prometheus scrapes
         assert 'nv_inference_request_success{model="fastertransformer"' in scraped
@@ -179,21 +185,7 @@ def test_a_generation_longer_than_request_timeout_is_a_504(converted):
     batching window, longer than the half second the gateway gives it."""
     import httpx
 
-    from ftprefix.serving.server import free_port
-
-    port = free_port()
-    hf = str(converted.parent.parent / "hf")
-    proc, _, _ = _start(
-        converted,
-        "--tokenizer",
-        hf,
-        "--openai-port",
-        str(port),
-        "--max-queue-delay-us",
-        "60000000",
-        "--request-timeout",
-        "0.5",
-    )
+    proc, port, _ = _start_with_api(converted, "--max-queue-delay-us", "60000000", "--request-timeout", "0.5")
     try:
         request = {"model": "smile", "prompt": "hi", "max_tokens": 2}
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=request, timeout=30)
