@@ -32,7 +32,7 @@ from client import PROMPT, TASKS, build, from_checkout
 
 from ftprefix.client import AsyncClient
 from ftprefix.serving import cpus
-from ftprefix.serving.server import free_port
+from ftprefix.serving.server import free_ports
 
 CONCURRENCY = (1, 8, 32)
 DEFAULT = "now: default (an instance per core, 1 thread each)"
@@ -47,7 +47,7 @@ def start_serve(
 ) -> tuple[subprocess.Popen, str]:
     """`ftprefix serve` in its own process (from the checkout `src` if given); returns it and its
     gRPC address once it is ready."""
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_ports(2)
     argv = [sys.executable, "-m", "ftprefix.cli", "serve", str(ft_dir), "--port-grpc", str(grpc_port)]
     argv += ["--port-http", str(http_port), "--no-watch", *flags]
     proc = subprocess.Popen(

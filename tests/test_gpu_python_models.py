@@ -28,7 +28,7 @@ from serving_support import tensors
 
 from ftprefix import assets
 from ftprefix.serving import deployment, tritonserver
-from ftprefix.serving.server import free_port
+from ftprefix.serving.server import free_ports
 from tools.regenerate_triton_models import example_conversion
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +84,7 @@ def text_server(tmp_path_factory, gpu_site, deployed):
     root = tmp_path_factory.mktemp("gpu-text-server")
     repo = deployed / deployment.REPOSITORY_DIR
     assert 'backend: "fastertransformer"' in (repo / "fastertransformer" / "config.pbtxt").read_text()
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_ports(2)
     cmd = tritonserver.command(
         repo,
         tritonserver.prepare_backends(root / "backends"),

@@ -114,6 +114,47 @@ def test_serve_refuses_a_bad_setting_before_starting_anything(
     assert err.count("\n") == 1 and message in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port-grpc", "{p}", "--port-http", "{p}"], "--port-grpc and --port-http are both {p}"),
+        (["--port-http", "{p}", "--port-metrics", "{p}"], "--port-http and --port-metrics are both {p}"),
+        (
+            ["--port-grpc", "{p}", "--tokenizer", "{hf}", "--openai-port", "{p}"],
+            "--port-grpc and --openai-port are both {p}",
+        ),
+    ],
+    ids=["grpc-http", "http-metrics", "grpc-openai"],
+)
+def test_serve_refuses_one_port_for_two_listeners_before_starting_anything(
+    converted, capsys, monkeypatch, tmp_path, flags, message
+):
+    """Triton itself answers this with its whole usage text; the gateway with a traceback."""
+    from ftprefix.cli import main
+    from ftprefix.serving.server import free_port
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    port, hf = str(free_port()), str(converted.parent.parent / "hf")
+    before = _descendants(os.getpid())
+    argv = ["serve", str(converted), "--port-grpc", "0", "--port-http", "0"]
+    assert main(argv + [flag.format(p=port, hf=hf) for flag in flags]) == 2
+    assert _descendants(os.getpid()) == before
+    assert list(tmp_path.iterdir()) == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message.format(p=port) in err
+
+
+def test_free_ports_are_distinct_and_clear_of_the_taken_ones() -> None:
+    """Ports picked one after another can come back equal (a CI run once gave Triton the same
+    port for gRPC and HTTP): each socket stays bound until all are picked."""
+    from ftprefix.serving.server import free_ports
+
+    for _ in range(200):
+        first = free_ports(1)[0]
+        ports = free_ports(3, taken={first})
+        assert len(set(ports)) == 3 and first not in ports
+
+
 def test_serve_refuses_a_port_in_use_before_starting_anything(converted, capsys, monkeypatch, tmp_path):
     from ftprefix.cli import main
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftprefix.commands.options import (
     add_gateway_options,
@@ -14,6 +14,11 @@ from ftprefix.commands.options import (
     gateway_limits,
     stop_as_on_ctrl_c,
 )
+
+if TYPE_CHECKING:
+    import socket
+
+    from ftprefix.text import Tokenizer
 
 
 def register(subparsers: Any) -> None:
@@ -73,15 +78,13 @@ MAX_WORKERS = 256
 
 def run(args: argparse.Namespace) -> int:
     from ftprefix.errors import UserError
-    from ftprefix.gateway.app import GatewaySettings
-    from ftprefix.gateway.run import log_to_stderr, make_server
-    from ftprefix.serving.server import check_port_free
+    from ftprefix.serving.server import bind_port
     from ftprefix.text import load_tokenizer
 
     if not 0 < args.port <= 65535:
         raise UserError(f"--port {args.port} is not a port number; use 1..65535")
     if not 0 <= args.stop_timeout < float("inf"):
-        raise UserError(f"--stop-timeout must be 0 seconds or more (and finite), got {args.stop_timeout:g}")
+        raise UserError(f"--stop-timeout must be 0 or more seconds, got {args.stop_timeout:g}")
     if not 1 <= args.workers <= MAX_WORKERS:
         raise UserError(f"--workers {args.workers}: use 1 to {MAX_WORKERS} (about one per core)")
     http_url = None
@@ -95,7 +98,18 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--http-url: {exc}") from None
     # one line now if the tokenizer cannot be read, not at the first request
     tokenizer = load_tokenizer(args.tokenizer, newline_token=args.newline_token)
-    check_port_free(args.host, args.port, "--port")
+    # held from here: a port taken meanwhile would be uvicorn's error and exit code 3, not ours
+    sock = bind_port(args.host, args.port, "--port")
+    try:
+        return _serve(args, tokenizer, http_url, sock)
+    finally:
+        sock.close()
+
+
+def _serve(args: argparse.Namespace, tokenizer: Tokenizer, http_url: str | None, sock: socket.socket) -> int:
+    from ftprefix.gateway.app import GatewaySettings
+    from ftprefix.gateway.run import log_to_stderr, make_server
+
     settings = GatewaySettings(
         triton_url=args.url,
         triton_http_url=http_url,
@@ -126,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             f"ftprefix openai: {args.workers} workers; per-key limits and places at Triton hold per worker",
             flush=True,
         )
+        sock.close()  # each worker binds a socket of its own (SO_REUSEPORT), where this one would refuse them
         return run_workers(settings, args.host, args.port, args.workers)
     log_to_stderr("ftprefix openai")
     # uvicorn takes SIGINT and SIGTERM while it serves, stops gracefully, then raises the signal
@@ -133,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     # as `serve` and --workers), not a death by SIGTERM (143) or an interruption (130)
     previous = signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
     try:
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:

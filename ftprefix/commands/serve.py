@@ -19,6 +19,8 @@ from ftprefix.commands.options import (
 )
 
 if TYPE_CHECKING:
+    import socket
+
     from ftprefix.gateway.run import GatewayServer
     from ftprefix.serving.server import EmbeddedServer
     from ftprefix.text import Tokenizer
@@ -133,19 +135,36 @@ def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokeni
     return make_server(settings, args.host, args.openai_port, tokenizer=tokenizer)
 
 
-def _start_openai(gateway: GatewayServer, port: int) -> tuple[int, threading.Thread]:
-    """Serve the gateway in a thread; returns the port it listens on, and the thread."""
-    from ftprefix.gateway.run import start_in_thread
-
-    thread = start_in_thread(gateway)
-    return (int(gateway.servers[0].sockets[0].getsockname()[1]) if port == 0 else port), thread
-
-
 def _check_port(value: int, flag: str) -> None:
     from ftprefix.errors import UserError
 
     if not 0 <= value <= 65535:
         raise UserError(f"{flag} {value} is not a port number; use 0..65535")
+
+
+def _pick_ports(args: argparse.Namespace) -> socket.socket | None:
+    """Refuse one port given for two listeners (Triton would print a page of start-up log), bind
+    the OpenAI API's socket, and pick Triton's `0` ports clear of all of them. The socket is held
+    from here on, so that no free-port pick and no other process takes its port meanwhile."""
+    from ftprefix.errors import UserError
+    from ftprefix.serving.server import bind_port, free_ports
+
+    given: dict[int, str] = {}
+    for flag, port in (
+        ("--port-grpc", args.port_grpc),
+        ("--port-http", args.port_http),
+        ("--port-metrics", args.port_metrics),
+        ("--openai-port", args.openai_port),
+    ):
+        if port:
+            if port in given:
+                raise UserError(f"{given[port]} and {flag} are both {port}: give each its own port")
+            given[port] = flag
+    held = None if args.openai_port is None else bind_port(args.host, args.openai_port, "--openai-port")
+    unset = [name for name in ("port_grpc", "port_http") if getattr(args, name) == 0]
+    for name, port in zip(unset, free_ports(len(unset), args.host, taken=given), strict=True):
+        setattr(args, name, port)
+    return held
 
 
 def _apply_deployment(args: argparse.Namespace) -> None:
@@ -182,7 +201,6 @@ def _apply_deployment(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from ftprefix.errors import UserError
     from ftprefix.extras import require
-    from ftprefix.serving.server import EmbeddedServer, ServerError, check_port_free
     from ftprefix.text import load_tokenizer
 
     if args.deployment is not None:
@@ -201,7 +219,23 @@ def run(args: argparse.Namespace) -> int:
         _check_port(args.openai_port, "--openai-port")
         if args.tokenizer is None:
             raise UserError("--openai-port needs --tokenizer HF_DIR: the OpenAI API takes and returns text")
-        check_port_free(args.host, args.openai_port, "--openai-port")
+    openai_socket = _pick_ports(args)
+    try:
+        return _serve(args, tokenizer, ensemble_tokenizer, openai_socket)
+    finally:
+        if openai_socket is not None:
+            openai_socket.close()
+
+
+def _serve(
+    args: argparse.Namespace,
+    tokenizer: Tokenizer | None,
+    ensemble_tokenizer: Path | None,
+    openai_socket: socket.socket | None,
+) -> int:
+    from ftprefix.gateway.run import start_in_thread
+    from ftprefix.serving.server import EmbeddedServer, ServerError
+
     if args.streaming and (args.openai_port is not None or args.deployment is not None):
         # Triton has no text ensemble on a streaming model: the tokenizer is the OpenAI API's
         ensemble_tokenizer = None
@@ -243,7 +277,9 @@ def run(args: argparse.Namespace) -> int:
             newline = f"; newline token {args.newline_token!r}" if args.newline_token else ""
             print(f"ftprefix serve: tokenizer {tokenizer.description}{newline}", flush=True)
         if gateway is not None:
-            port, gateway_thread = _start_openai(gateway, args.openai_port)
+            assert openai_socket is not None
+            gateway_thread = start_in_thread(gateway, openai_socket)
+            port = int(openai_socket.getsockname()[1])
             print(f"ftprefix serve: OpenAI-compatible API on http://{args.host}:{port}/v1", flush=True)
             print(f"ftprefix serve: {gateway.config.app.state.keys.describe()}", flush=True)
             print(f"ftprefix serve: {gateway.config.app.state.describe_limits()}", flush=True)

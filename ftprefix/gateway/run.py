@@ -82,14 +82,15 @@ def make_server(
     return GatewayServer(config)
 
 
-def start_in_thread(server: GatewayServer) -> threading.Thread:
-    """Serve in a daemon thread; returns once the server listens (or raises if it could not start)."""
+def start_in_thread(server: GatewayServer, sock: socket.socket | None = None) -> threading.Thread:
+    """Serve in a daemon thread, on `sock` if given (a bound socket: its port cannot be taken
+    meanwhile); returns once the server listens (or raises if it could not start)."""
     started = threading.Event()
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            server.run()
+            server.run(sockets=None if sock is None else [sock])
         except BaseException as exc:
             failure.append(exc)
         finally:

@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -45,22 +46,47 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1", taken: Iterable[int] = ()) -> list[int]:
+    """`count` distinct ports free now, none of them in `taken`. Every socket stays bound until
+    all are picked: ports asked for one at a time may come back equal, since the kernel can
+    hand a just-released port out again."""
+    ports: list[int] = []
+    with contextlib.ExitStack() as held:
+        while len(ports) < count:
+            port = int(held.enter_context(bind_port(host, 0, "--host")).getsockname()[1])
+            if port not in taken:
+                ports.append(port)
+    return ports
 
 
 def check_port_free(host: str, port: int, option: str) -> None:
     """Refuse a taken port up front: Triton would fail later with a page of start-up log."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # SO_REUSEADDR as Triton's own listeners set it, so a port in TIME_WAIT is not refused
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise UserError(
-                f"cannot listen on {host}:{port} ({exc.strerror}); pass another {option} (0 = any free port)"
-            ) from None
+    bind_port(host, port, option).close()
+
+
+def bind_port(host: str, port: int, option: str) -> socket.socket:
+    """A socket bound to host:port, for a server to listen on later (while it is held, no other
+    listener and no free-port pick takes the port), or a one-line error naming `option`."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --host") from None
+    sock = socket.socket(family, kind, proto)
+    # SO_REUSEADDR as Triton's and uvicorn's own listeners set it, so a port in TIME_WAIT is not refused
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise UserError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pass another {option} (0 = any free port)"
+        ) from None
+    return sock
 
 
 class ServerError(RuntimeError):
@@ -105,8 +131,9 @@ class EmbeddedServer:
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
         self.newline_token = newline_token
         self.host = host
-        self.grpc_port = grpc_port or free_port(host)
-        self.http_port = http_port or free_port(host)
+        picked = iter(free_ports(2, host, taken={grpc_port, http_port, metrics_port}))
+        self.grpc_port = grpc_port or next(picked)
+        self.http_port = http_port or next(picked)
         check_port_free(host, self.grpc_port, "--port-grpc")  # before any temporary directory exists
         check_port_free(host, self.http_port, "--port-http")
         self.metrics_port = metrics_port
