@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ftprefix.client.errors import FtprefixClientError, InferenceError
+    from ftprefix.serving.cpus import wait_passively
 
+    wait_passively()  # before any command imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

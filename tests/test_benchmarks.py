@@ -183,3 +183,13 @@ def test_stream_floor_benchmark_compares_the_gateway_with_two_relays():
     assert [int(_number(r, 0)) for r in rows] == [1, 2]
     # the gateway, the text relay and the bare relay: each one's CPU per token
     assert all(_number(r, 1) > 0 and _number(r, 2) > 0 and _number(r, 3) > 0 for r in rows)
+
+
+def test_torch_waits_benchmark_compares_wait_policies_alone_and_beside_a_busy_process():
+    out = _run("torch_waits.py", "--steps", "1", "--rounds", "1", "--cap", "200")
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    del rows["setting"]
+    assert {"torch's default (OMP_WAIT_POLICY unset)", "now: OMP_WAIT_POLICY=PASSIVE"} <= rows.keys()
+    assert all(_number(row, 1) > 0 and _number(row, 2) > 0 for row in rows.values())
+    assert _number(rows["now: OMP_WAIT_POLICY=PASSIVE"], 4) == 1.0  # the column's own unit
+    assert "stopped at 200 s: none" in out

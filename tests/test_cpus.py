@@ -131,3 +131,41 @@ def test_model_processes_get_single_threaded_math_libraries_that_sleep_while_wai
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1"
     assert env["OMP_WAIT_POLICY"] == "PASSIVE"
     assert cpus.thread_env(4, environ={"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+@pytest.mark.parametrize(
+    ("policy", "reported"),
+    [(None, ("PASSIVE", "0")), ("ACTIVE", ("ACTIVE", "30000000000"))],
+    ids=["default", "set-by-the-user"],
+)
+def test_the_commands_torch_threads_sleep_while_waiting_unless_told_otherwise(
+    tmp_path, policy, reported
+) -> None:
+    """As libgomp itself reports its settings (OMP_DISPLAY_ENV): without a policy of the user's, the
+    OpenMP threads of the `ftprefix` command's torch sleep at once (no spin count), where torch's
+    default spins 300,000 times at every barrier (benchmarks/torch_waits.py: the demo's training
+    took 2x as long beside one busy process that way)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from ftprefix.demo.toy import build_model, random_prefix
+
+    build_model(tmp_path / "hf", hidden_size=32, num_heads=4, num_layers=1)
+    torch.save(random_prefix(4, 1, 32, seed=1), tmp_path / "task.pt")  # read with torch
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["OMP_DISPLAY_ENV"] = "VERBOSE"
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
+    argv = [sys.executable, "-m", "ftprefix.cli", "convert", "--model", str(tmp_path / "hf")]
+    proc = subprocess.run(
+        [*argv, "--prefix", f"task={tmp_path / 'task.pt'}", "--out", str(tmp_path / "ft")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"OMP_WAIT_POLICY = '{reported[0]}'" in proc.stderr
+    assert f"GOMP_SPINCOUNT = '{reported[1]}'" in proc.stderr

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from ftprefix import layout
 from ftprefix.errors import UserError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PASSIVE = "PASSIVE"  # OpenMP's wait policy where waiting threads sleep (OMP_WAIT_POLICY)
 # beyond this, more instances mostly add memory (each holds a copy of the weights) and start-up time
 MAX_DEFAULT_INSTANCES = 8
 # what an instance's process holds besides the weights: Python, torch, the activations of a batch
@@ -190,6 +191,16 @@ def choose_layout(
     return Layout(instances=instances, threads=threads)
 
 
+def wait_passively(environ: MutableMapping[str, str] = os.environ) -> None:
+    """OpenMP threads that sleep rather than spin while they wait, for the torch of this process
+    (read when torch is first imported), unless OMP_WAIT_POLICY is set already. torch's pool of a
+    thread per core spins at every barrier of the small steps ftprefix's own work is made of (the
+    demo's training, verify's reference, a conversion's casts): on the 2-core machine of the
+    README's figures the demo's training took 2-3 times as long that way, alone, and the whole demo
+    3 times as long with one busy process beside it (benchmarks/torch_waits.py)."""
+    environ.setdefault("OMP_WAIT_POLICY", PASSIVE)
+
+
 def thread_env(threads: int, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The environment of the server's model processes for `threads` engine threads each: the math
     libraries' pools of that size, and OpenMP threads that sleep rather than spin while they wait
@@ -199,5 +210,5 @@ def thread_env(threads: int, environ: Mapping[str, str] = os.environ) -> dict[st
         "OMP_NUM_THREADS": count,
         "MKL_NUM_THREADS": count,
         "OPENBLAS_NUM_THREADS": count,
-        "OMP_WAIT_POLICY": environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        "OMP_WAIT_POLICY": environ.get("OMP_WAIT_POLICY", PASSIVE),
     }
