@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,7 @@ from ftprefix.client.http_stream import HttpStream, one_row, streams_over_http
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
-from ftprefix.client.wire import channel_options, infer_request, response_arrays
+from ftprefix.client.wire import channel_options, infer_request, looks_up_a_name, response_arrays
 from ftprefix.task_table import Task
 from ftprefix.text import Tokenizer
 
@@ -109,6 +110,14 @@ class _HttpStreamCall:
         self.stream.close()
 
 
+# how often a client whose target is a DNS name (Kubernetes' headless Service of the Triton pods)
+# opens a new channel, so a new lookup: gRPC looks a name up again only when a connection fails,
+# so replicas added by scaling up would get nothing until then
+RESOLVE_EVERY_S = 30.0
+# how long a channel given up for a new one has to finish its calls when the client has no timeout
+RETIRED_CHANNEL_GRACE_S = 3600.0
+
+
 class AsyncClient(ClientBase):
     """The asyncio twin of `Client`: same arguments, same results, awaitable.
 
@@ -133,13 +142,18 @@ class AsyncClient(ClientBase):
         connect_retries: int = 3,
         retry_delay: float = 0.2,
         task_table_ttl: float | None = TASK_TABLE_TTL_S,
+        resolve_every: float | None = RESOLVE_EVERY_S,
     ) -> None:
         """As `Client`, plus `http_url`: the same server's HTTP address (host:port, e.g.
         localhost:8000). Then generations go over HTTP/1.1 keep-alive connections, which cost this
         process less CPU per call than gRPC (benchmarks/client.py): whole answers always, streams
         where the server's Triton has the generate extension checked here (2.51 and newer, which
         `ftprefix serve` runs; older ones stream over gRPC). Probes and the model's config stay on
-        gRPC at `url`."""
+        gRPC at `url`.
+
+        `resolve_every`: for a `dns:` target, the seconds after which the next call opens a new
+        channel, which looks the name up again (None: never); calls on the old channel finish
+        there. Connections to the servers it had are shared with the new channel."""
         super().__init__(
             url,
             tokenizer=tokenizer,
@@ -152,19 +166,40 @@ class AsyncClient(ClientBase):
         self.http_url = normalize_http_url(http_url) if http_url is not None else None
         self._http = HttpInferPool(self.http_url) if self.http_url is not None else None
         self._http_streams: asyncio.Future[str] | None = None  # whether streams go over HTTP too
+        if resolve_every is not None and not resolve_every >= 0:
+            raise ValueError(f"resolve_every must be 0 or more seconds, or None; got {resolve_every}")
+        self.resolve_every = resolve_every if looks_up_a_name(self.url) else None
+        self._renew_at = float("inf")
+        self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
 
     @property
     def _stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
         # created lazily so the channel binds to the event loop that uses it
-        if self._grpc_stub is None:
-            self._channel = grpc.aio.insecure_channel(self.url, options=channel_options(self.url))
-            self._grpc_stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        if self._grpc_stub is None or time.monotonic() >= self._renew_at:
+            self._open_channel()
+        assert self._grpc_stub is not None
         return self._grpc_stub
 
+    def _open_channel(self) -> None:
+        retired = self._channel
+        self._channel = grpc.aio.insecure_channel(self.url, options=channel_options(self.url))
+        self._grpc_stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        if self.resolve_every is not None:
+            self._renew_at = time.monotonic() + self.resolve_every
+        if retired is not None:  # its calls may run as long as the timeout lets them
+            grace = RETIRED_CHANNEL_GRACE_S if self.timeout is None else self.timeout
+            closing = asyncio.get_running_loop().create_task(retired.close(grace))
+            self._retired[retired] = closing
+            closing.add_done_callback(lambda _: self._retired.pop(retired, None))
+
     async def close(self) -> None:
-        """Close the gRPC channel and the HTTP connections."""
+        """Close the gRPC channels and the HTTP connections."""
         if self._http is not None:
             await self._http.close()
+        for retired, closing in list(self._retired.items()):
+            closing.cancel()
+            await retired.close()
+        self._retired.clear()
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._grpc_stub = None
