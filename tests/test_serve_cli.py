@@ -98,6 +98,8 @@ def test_server_dies_with_a_killed_serve_process(converted, tmp_path):
         ("--max-queue-delay-us", "-1", "--max-queue-delay-us must be between 0 and"),
         ("--stop-timeout", "-1", "--stop-timeout must be 0 or more seconds, got -1"),
         ("--stop-timeout", "nan", "--stop-timeout must be 0 or more seconds, got nan"),
+        # Triton writes the address before ":port" as it is: no IPv6 address can listen
+        ("--host", "::1", "--host ::1: no IPv4 address"),
     ],
 )
 def test_serve_refuses_a_bad_setting_before_starting_anything(
@@ -142,6 +144,18 @@ def test_serve_refuses_one_port_for_two_listeners_before_starting_anything(
     assert list(tmp_path.iterdir()) == []
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message.format(p=port) in err
+
+
+def test_a_host_name_is_served_on_its_ipv4_address(converted) -> None:
+    """Triton given the name `localhost` did not get ready within a minute; it is given the
+    name's IPv4 address."""
+    from ftprefix.client import Client
+    from ftprefix.serving.server import EmbeddedServer
+
+    with EmbeddedServer(converted, host="localhost", watch_interval=None, stop_timeout=0) as server:
+        assert server.grpc_url.startswith("127.0.0.1:")
+        with Client(server.grpc_url) as client:
+            assert [t.name for t in client.tasks()] == ["smile"]
 
 
 def test_free_ports_are_distinct_and_clear_of_the_taken_ones() -> None:

@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dir", type=Path, metavar="DIR", help="converted model (<tp>-gpu directory or its parent)")
     p.add_argument("--port-grpc", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
     p.add_argument("--port-http", type=int, default=8000, help="HTTP port (default 8000; 0 = any free port)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="IPv4 address (or name of one) to listen on (default 127.0.0.1)"
+    )
     p.add_argument(
         "--port-metrics",
         type=int,
@@ -201,10 +203,12 @@ def _apply_deployment(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from ftprefix.errors import UserError
     from ftprefix.extras import require
+    from ftprefix.serving.server import triton_host
     from ftprefix.text import load_tokenizer
 
     if args.deployment is not None:
         _apply_deployment(args)
+    args.host = triton_host(args.host)
     _check_port(args.port_grpc, "--port-grpc")
     _check_port(args.port_http, "--port-http")
     if args.port_metrics is not None:

@@ -45,6 +45,20 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def triton_host(host: str) -> str:
+    """The IPv4 address Triton is to listen on for `host`. Triton 2.51 takes the address as text
+    and writes `address:port`: an IPv6 address, written without brackets, cannot listen, and
+    given a name (localhost) it did not get ready within a minute."""
+    try:
+        return str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not a host name"
+        raise UserError(
+            f"--host {host}: no IPv4 address ({reason}); Triton listens on IPv4 addresses: pass one, "
+            "e.g. 127.0.0.1, or 0.0.0.0 for every interface"
+        ) from None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
@@ -130,7 +144,7 @@ class EmbeddedServer:
         )
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
         self.newline_token = newline_token
-        self.host = host
+        self.host = host = triton_host(host)
         picked = iter(free_ports(2, host, taken={grpc_port, http_port, metrics_port}))
         self.grpc_port = grpc_port or next(picked)
         self.http_port = http_port or next(picked)
