@@ -158,6 +158,25 @@ def test_a_host_name_is_served_on_its_ipv4_address(converted) -> None:
             assert [t.name for t in client.tasks()] == ["smile"]
 
 
+def test_a_failed_start_says_triton_s_reason_first(converted) -> None:
+    """Triton prints its options table (and, for a bad option, its usage text) before the line it
+    exits on: that line comes first. Here the port is taken after it was checked, as another
+    process could."""
+    from ftprefix.serving.server import EmbeddedServer, ServerError
+
+    server = EmbeddedServer(converted, watch_interval=None, stop_timeout=0)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", server.grpc_port))
+        taken.listen()
+        with pytest.raises(ServerError) as failed:
+            server.start()
+    first = str(failed.value).splitlines()[0]
+    assert first == (
+        "tritonserver exited with code 1 while starting: failed to start GRPC service: "
+        f"Unavailable - Socket '127.0.0.1:{server.grpc_port}' already in use"
+    )
+
+
 def test_free_ports_are_distinct_and_clear_of_the_taken_ones() -> None:
     """Ports picked one after another can come back equal (a CI run once gave Triton the same
     port for gRPC and HTTP): each socket stays bound until all are picked."""

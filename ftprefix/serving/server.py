@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -101,6 +102,9 @@ def bind_port(host: str, port: int, option: str) -> socket.socket:
             f"cannot listen on {host}:{port} ({exc.strerror}); pass another {option} (0 = any free port)"
         ) from None
     return sock
+
+
+_GLOG_ERROR = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [^\]]+\]\s*(.+)$")
 
 
 class ServerError(RuntimeError):
@@ -250,9 +254,11 @@ class EmbeddedServer:
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
+                reason = self.last_error()
                 raise ServerError(
-                    f"tritonserver exited with code {self._proc.returncode} while starting:\n"
-                    + self.log_tail()
+                    f"tritonserver exited with code {self._proc.returncode} while starting"
+                    + (f": {reason}" if reason else "")
+                    + f"\n{self.log_tail()}"
                 )
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
@@ -320,6 +326,21 @@ class EmbeddedServer:
         """Block until the server exits (used by `ftprefix serve`)."""
         assert self._proc is not None
         return self._proc.wait()
+
+    def last_error(self) -> str:
+        """The message of the last error line of Triton's log (glog's `E<date> <time> <thread>
+        <file>:<line>] message`: the one it exits on), which its start-up options and its usage
+        text can bury."""
+        reason = ""
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as log:
+                for line in log:
+                    found = _GLOG_ERROR.match(line)
+                    if found:
+                        reason = found.group(1).strip().strip('"').strip()
+        except OSError:
+            pass
+        return reason
 
     def log_tail(self, lines: int = 40) -> str:
         try:
