@@ -232,3 +232,35 @@ def test_one_process_stopped_by_a_signal_exits_0_as_the_workers_do(triton, model
             proc.kill()
             proc.wait()
     assert (code, proc.stderr.read() if proc.stderr else "") == (0, "")
+
+
+def test_the_printed_address_reaches_a_gateway_on_ipv6(triton, model) -> None:
+    """`--host ::1`: the URL it prints is one a client can use (the address in brackets)."""
+    import re
+    import socket
+    import time
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"this machine has no IPv6 loopback ({exc.strerror})")
+    port = free_port("::1")
+    argv = [sys.executable, "-m", "ftprefix.cli", "openai", "--url", triton.grpc_url, "--host", "::1"]
+    argv += ["--tokenizer", str(model["hf"]), "--base-model", BASE, "--port", str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = re.search(r"(http://\S+)/v1 in front of", proc.stdout.readline())[1]
+        assert url == f"http://[::1]:{port}"
+        deadline = time.monotonic() + 60
+        while True:  # bounded poll: until it listens
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

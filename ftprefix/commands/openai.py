@@ -126,7 +126,7 @@ def _serve(args: argparse.Namespace, tokenizer: Tokenizer, http_url: str | None,
     server = make_server(settings, args.host, args.port, tokenizer=tokenizer)  # bad keys file: one line
     app = server.config.app
     print(
-        f"ftprefix openai: http://{args.host}:{args.port}/v1 in front of {args.url}"
+        f"ftprefix openai: http://{_url_host(args.host)}:{args.port}/v1 in front of {args.url}"
         f"{f' (and over HTTP at {http_url})' if http_url else ''}; base model "
         f"{settings.base_model!r}; tokenizer {tokenizer.description}",
         flush=True,
@@ -154,3 +154,8 @@ def _serve(args: argparse.Namespace, tokenizer: Tokenizer, http_url: str | None,
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _url_host(host: str) -> str:
+    """`host` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
