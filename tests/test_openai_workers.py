@@ -59,6 +59,20 @@ def _start(
     raise AssertionError(f"the gateway did not start: {proc.stderr.read() if proc.stderr else ''}")
 
 
+def _wait_until_listening(url: str, proc: subprocess.Popen) -> None:
+    """Until the gateway at `url` answers its health check (bounded poll; it must not exit)."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return
+        except httpx.ConnectError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None
+
+
 def _worker_of(response: httpx.Response) -> str:
     return response.headers["x-request-id"][:16]  # the answering process's half
 
@@ -208,7 +222,6 @@ def test_sigterm_gives_requests_the_stop_timeout_then_ends_them_as_failures(mode
 def test_one_process_stopped_by_a_signal_exits_0_as_the_workers_do(triton, model, stop) -> None:
     """uvicorn raises the signal again once it has stopped; the command still ends as a clean stop,
     not a death by SIGTERM (143) or an interruption (130)."""
-    import time
 
     port = free_port()
     argv = [sys.executable, "-m", "ftprefix.cli", "openai", "--url", triton.grpc_url]
@@ -217,14 +230,7 @@ def test_one_process_stopped_by_a_signal_exits_0_as_the_workers_do(triton, model
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:  # bounded poll: until it listens
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.ConnectError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None
+        _wait_until_listening(f"http://127.0.0.1:{port}", proc)
         proc.send_signal(stop)
         code = proc.wait(timeout=60)
     finally:
@@ -238,7 +244,6 @@ def test_the_printed_address_reaches_a_gateway_on_ipv6(triton, model) -> None:
     """`--host ::1`: the URL it prints is one a client can use (the address in brackets)."""
     import re
     import socket
-    import time
 
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
@@ -253,14 +258,7 @@ def test_the_printed_address_reaches_a_gateway_on_ipv6(triton, model) -> None:
         assert proc.stdout is not None
         url = re.search(r"(http://\S+)/v1 in front of", proc.stdout.readline())[1]
         assert url == f"http://[::1]:{port}"
-        deadline = time.monotonic() + 60
-        while True:  # bounded poll: until it listens
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.ConnectError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None
+        _wait_until_listening(url, proc)
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -144,12 +144,12 @@ def _check_port(value: int, flag: str) -> None:
         raise UserError(f"{flag} {value} is not a port number; use 0..65535")
 
 
-def _pick_ports(args: argparse.Namespace) -> socket.socket | None:
-    """Refuse one port given for two listeners (Triton would print a page of start-up log), bind
-    the OpenAI API's socket, and pick Triton's `0` ports clear of all of them. The socket is held
-    from here on, so that no free-port pick and no other process takes its port meanwhile."""
+def _reserve_ports(args: argparse.Namespace) -> socket.socket | None:
+    """Refuse one port given for two listeners (Triton would print a page of start-up log), and
+    bind the OpenAI API's socket, held from here on: no other process, and none of the server's
+    own free-port picks (the kernel hands out no bound port), takes its port meanwhile."""
     from ftprefix.errors import UserError
-    from ftprefix.serving.server import bind_port, free_ports
+    from ftprefix.serving.server import bind_port
 
     given: dict[int, str] = {}
     for flag, port in (
@@ -162,11 +162,7 @@ def _pick_ports(args: argparse.Namespace) -> socket.socket | None:
             if port in given:
                 raise UserError(f"{given[port]} and {flag} are both {port}: give each its own port")
             given[port] = flag
-    held = None if args.openai_port is None else bind_port(args.host, args.openai_port, "--openai-port")
-    unset = [name for name in ("port_grpc", "port_http") if getattr(args, name) == 0]
-    for name, port in zip(unset, free_ports(len(unset), args.host, taken=given), strict=True):
-        setattr(args, name, port)
-    return held
+    return None if args.openai_port is None else bind_port(args.host, args.openai_port, "--openai-port")
 
 
 def _apply_deployment(args: argparse.Namespace) -> None:
@@ -223,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         _check_port(args.openai_port, "--openai-port")
         if args.tokenizer is None:
             raise UserError("--openai-port needs --tokenizer HF_DIR: the OpenAI API takes and returns text")
-    openai_socket = _pick_ports(args)
+    openai_socket = _reserve_ports(args)
     try:
         return _serve(args, tokenizer, ensemble_tokenizer, openai_socket)
     finally:

@@ -67,11 +67,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 def free_ports(count: int, host: str = "127.0.0.1", taken: Iterable[int] = ()) -> list[int]:
     """`count` distinct ports free now, none of them in `taken`. Every socket stays bound until
     all are picked: ports asked for one at a time may come back equal, since the kernel can
-    hand a just-released port out again."""
+    hand a just-released port out again. Without SO_REUSEADDR, a pick shares its port with no
+    socket bound anywhere, whatever that socket set (two sockets that both set it, neither
+    listening, may share a port)."""
     ports: list[int] = []
     with contextlib.ExitStack() as held:
         while len(ports) < count:
-            port = int(held.enter_context(bind_port(host, 0, "--host")).getsockname()[1])
+            sock = held.enter_context(bind_port(host, 0, "--host", reuse_address=False))
+            port = int(sock.getsockname()[1])
             if port not in taken:
                 ports.append(port)
     return ports
@@ -82,9 +85,11 @@ def check_port_free(host: str, port: int, option: str) -> None:
     bind_port(host, port, option).close()
 
 
-def bind_port(host: str, port: int, option: str) -> socket.socket:
+def bind_port(host: str, port: int, option: str, *, reuse_address: bool = True) -> socket.socket:
     """A socket bound to host:port, for a server to listen on later (while it is held, no other
-    listener and no free-port pick takes the port), or a one-line error naming `option`."""
+    listener and no free-port pick takes the port), or a one-line error naming `option`.
+    `reuse_address`: SO_REUSEADDR, as Triton's and uvicorn's own listeners set it, so that a port
+    in TIME_WAIT is not refused."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -92,8 +97,8 @@ def bind_port(host: str, port: int, option: str) -> socket.socket:
     except socket.gaierror as exc:
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --host") from None
     sock = socket.socket(family, kind, proto)
-    # SO_REUSEADDR as Triton's and uvicorn's own listeners set it, so a port in TIME_WAIT is not refused
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_address:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
     except OSError as exc:
@@ -149,7 +154,8 @@ class EmbeddedServer:
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
         self.newline_token = newline_token
         self.host = host = triton_host(host)
-        picked = iter(free_ports(2, host, taken={grpc_port, http_port, metrics_port}))
+        missing = sum(not port for port in (grpc_port, http_port))
+        picked = iter(free_ports(missing, host, taken={grpc_port, http_port, metrics_port}))
         self.grpc_port = grpc_port or next(picked)
         self.http_port = http_port or next(picked)
         check_port_free(host, self.grpc_port, "--port-grpc")  # before any temporary directory exists
