@@ -381,6 +381,50 @@ def test_a_stream_whose_client_left_keeps_its_place_until_triton_finished_it(mod
             server.should_exit = True
 
 
+@pytest.mark.parametrize(
+    ("stream", "transport"), [(False, "grpc"), (True, "http")], ids=["whole-over-grpc", "streamed-over-http"]
+)
+def test_a_request_past_its_timeout_is_a_504_at_once_and_keeps_its_place_until_triton_finished_it(
+    model, stream: bool, transport: str
+) -> None:
+    """The caller gets its 504 at --request-timeout, but Triton computes the generation to its end
+    all the same: the request's place is given back only then, so a tenant whose requests outlive
+    the timeout cannot pile generations onto Triton past --max-in-flight. Seen from Triton's own
+    counts: at the 504 the generation is still running; when the next request's answer comes, it
+    has finished too (with two engine instances the next one would otherwise have run beside it,
+    and finished first)."""
+    with EmbeddedServer(
+        model["ft"], streaming=stream, instances=2, watch_interval=None, stop_timeout=0
+    ) as triton:
+        http_url = triton.http_url if transport == "http" else None
+        server, url = _gateway(
+            triton.grpc_url,
+            model["hf"],
+            model["keys"],
+            max_in_flight=1,
+            triton_http_url=http_url,
+            timeout=0.5,
+        )
+        try:
+            before = _successes(triton.grpc_url)
+            body = {"model": BASE, "prompt": PROMPT, "max_tokens": 1500, "ignore_eos": True, "stream": stream}
+            headers = {"Authorization": "Bearer k-flood"}
+            answer = httpx.post(url + "/v1/completions", json=body, headers=headers, timeout=60)
+            if stream:  # its 200 is out: the stream ends with the 504's error event, then [DONE]
+                assert answer.status_code == 200
+                events = [line.removeprefix("data: ") for line in answer.text.splitlines() if line]
+                assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout"
+                assert len(events) > 3  # it streamed text before its time was up
+            else:
+                assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
+            assert _successes(triton.grpc_url) == before  # Triton is still generating it
+            calm = _post(url, "k-calm")
+            assert calm.status_code == 200
+            assert _successes(triton.grpc_url) - before == 2
+        finally:
+            server.should_exit = True
+
+
 @pytest.mark.parametrize("url", ["https://triton:8000", "triton", "triton:http"])
 def test_a_bad_http_url_is_one_line_before_anything_listens(url: str, model, capsys) -> None:
     port = free_port()

@@ -224,8 +224,8 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=120.0,
         metavar="SECONDS",
-        help="how long one generation may take at Triton before a 504 (default %(default)g); raise it "
-        "for long answers from a slow model",
+        help="how long one generation may take at Triton before a 504 (default %(default)g; its "
+        "places stay taken until Triton ends it); raise it for long answers from a slow model",
     )
     parser.add_argument(
         "--max-model-len",

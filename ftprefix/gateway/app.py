@@ -38,6 +38,7 @@ from ftprefix.gateway.admission import Admission, ClientGone, QueueTimeout
 from ftprefix.gateway.answers import DONE, AnswerFormat, ChatAnswerFormat, finish_reason, usage
 from ftprefix.gateway.auth import KeyPolicy, KeyRing
 from ftprefix.gateway.chat import ChatTemplate, ChatTemplateError, load_chat_template
+from ftprefix.gateway.deadline import client_timeout, within
 from ftprefix.gateway.errors import (
     REQUEST_ID_HEADER,
     RETRY_AFTER_S,
@@ -172,7 +173,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             settings.triton_url,
             http_url=settings.triton_http_url,
             tokenizer=tokenizer,
-            timeout=settings.timeout,
+            timeout=client_timeout(settings.timeout),  # the gateway keeps the request's own
             connect_retries=0,
         )
         try:
@@ -377,17 +378,17 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         if body.stream:
             usage_in = UsageIn(body.include_usage, body.continuous_usage)
             return stream_answer(ctx, policy, answer, ids, task, options, usage_in, grant)
-        try:
-            done = await client().generate_batch(ids, tasks=task, **options)
-        except BaseException as exc:
-            grant.finish(0)
-            if isinstance(exc, FtprefixClientError):
-                raise from_client_error(exc, ctx.request_id) from exc
-            raise
-        finally:
+
+        def ended(done: list[Completion] | None) -> None:  # Triton's generation, not the request
             admission.leave(len(ids))
+            grant.finish(0 if done is None else prompt_tokens + sum(len(c.token_ids) for c in done))
+
+        try:
+            call = client().generate_batch(ids, tasks=task, **options)
+            done = await within(call, settings.timeout, ended, ctx.request_id)
+        except FtprefixClientError as exc:
+            raise from_client_error(exc, ctx.request_id) from exc
         completion_tokens = sum(len(c.token_ids) for c in done)
-        grant.finish(prompt_tokens + completion_tokens)
         metrics.record(
             ctx.model, policy.tenant, 200, time.perf_counter() - ctx.started, prompt_tokens, completion_tokens
         )
@@ -429,6 +430,8 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             failure=failure,
             on_close=close,
             headers=grant.headers,
+            timeout=settings.timeout,
+            request_id=ctx.request_id,
         )
         return stream
 

@@ -101,6 +101,11 @@ def shutting_down() -> ApiError:
     )
 
 
+def timed_out() -> ApiError:
+    """The answer for a generation that outlived --request-timeout."""
+    return ApiError(504, "the model server did not answer in time", code="timeout", kind="timeout")
+
+
 def from_client_error(exc: FtprefixClientError, request: str) -> ApiError:
     """The answer for a client error: what the caller may know; the whole of it goes to the log."""
     if isinstance(exc, UnknownTaskError):
@@ -114,7 +119,7 @@ def from_client_error(exc: FtprefixClientError, request: str) -> ApiError:
     if isinstance(exc, ServerUnavailableError | ModelNotReadyError):
         return _unavailable("the model server is not available; try again shortly")
     if isinstance(exc, RequestTimeoutError):
-        return ApiError(504, "the model server did not answer in time", code="timeout", kind="timeout")
+        return timed_out()
     if isinstance(exc, InferenceError) and (exc.status or "").removeprefix("StatusCode.") in _UNAVAILABLE:
         return _unavailable("the model server stopped before it answered; try again shortly")
     return ApiError(500, "the model server failed this request", code="model_server_error")
