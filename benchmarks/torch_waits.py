@@ -11,6 +11,7 @@ then sleep), what the `ftprefix` command sets (PASSIVE: they sleep at once; cli.
 thread (OMP_NUM_THREADS=1).
 
     .venv/bin/python benchmarks/torch_waits.py [--steps 300] [--rounds 3] [--cap 120]
+        [--settings default passive one-thread]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ SETTINGS = {
     "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
 }
 NOW = "now: OMP_WAIT_POLICY=PASSIVE"
+SHORT_NAMES = dict(zip(("default", "passive", "one-thread"), SETTINGS, strict=True))
 WORK = """
 import sys, tempfile, time
 from ftprefix.demo.training import train_demo_tasks
@@ -73,9 +75,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps per model (the demo's: 300)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cap", type=float, default=120.0, help="seconds a run may take (default 120)")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=SHORT_NAMES,
+        default=list(SHORT_NAMES),
+        help="which settings to measure (default: all three; the columns 'x now' need passive)",
+    )
     args = parser.parse_args()
+    if "passive" not in args.settings:
+        parser.error("--settings must include passive, the setting the other rows are compared with")
 
-    names = list(SETTINGS)
+    names = [SHORT_NAMES[short] for short in SHORT_NAMES if short in args.settings]
     samples: dict[tuple[str, bool], list[float | None]] = {}
     started = time.monotonic()
     for round_ in range(args.rounds):

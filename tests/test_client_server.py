@@ -480,49 +480,60 @@ def test_streams_take_http_only_from_servers_they_were_checked_with(version: str
 
 @pytest.mark.parametrize("resolve_every", [None, 0.0], ids=["never", "every-call"])
 def test_replicas_added_behind_a_dns_name_get_requests_once_the_client_looks_it_up_again(
-    server: EmbeddedServer, model: dict, reference, resolve_every: float | None
+    model: dict, reference, resolve_every: float | None
 ) -> None:
     """Scaling up the Triton pods: the headless Service's name answers one more address. gRPC
     looks a name up again only when a connection fails, so a client that never opens a new channel
     sends everything to the replicas it first saw; AsyncClient opens one every `resolve_every`
     seconds (30 by default; here at every call), and the new replica gets requests. The name is
-    resolved by gRPC's own resolver, asking a DNS server of the test's."""
+    resolved by gRPC's own resolver, asking a DNS server of the test's. Both replicas are the
+    test's own: the module's server may still be computing what an earlier test gave up waiting
+    for, which Triton counts when it ends."""
     from dns_support import name_server
 
-    _, grpc_port = server.grpc_url.rsplit(":", 1)
-    # a second replica at another loopback address, on the same port, as pods are
-    with (
-        EmbeddedServer(model["ft"], host="127.0.0.2", grpc_port=int(grpc_port), stop_timeout=0) as second,
-        name_server("triton-pods.test", ["127.0.0.1"]) as dns,
-    ):
-        replicas = (server.grpc_url, second.grpc_url)
-        before = [_inference_count(url) for url in replicas]
-
-        async def ask(client: AsyncClient, count: int) -> list:
-            return [await client.generate(PROMPTS[0], max_new_tokens=NEW_TOKENS) for _ in range(count)]
-
-        async def run_all() -> tuple[list, list[int], list]:
-            target = dns.target(int(grpc_port))
-            async with AsyncClient(target, tokenizer=model["hf"], resolve_every=resolve_every) as c:
-                answers = await ask(c, 4)  # one replica behind the name
-                alone = [_inference_count(url) - b for url, b in zip(replicas, before, strict=True)]
-                dns.addresses = ["127.0.0.1", "127.0.0.2"]  # scaled up
-                # the new replica's connection is opened by the first channel that sees it, and
-                # round robin picks only replicas already connected: ask until it has served some
-                for _ in range(40):
-                    answers += await ask(c, 1)
-                    if resolve_every is not None and _inference_count(second.grpc_url) > before[1] + 2:
-                        break
-                after = [_inference_count(url) - b for url, b in zip(replicas, before, strict=True)]
-                return answers, alone, after
-
-        answers, alone, after = asyncio.run(run_all())
+    with EmbeddedServer(model["ft"], stop_timeout=0) as first:
+        _, grpc_port = first.grpc_url.rsplit(":", 1)
+        # a second replica at another loopback address, on the same port, as pods are
+        with (
+            EmbeddedServer(model["ft"], host="127.0.0.2", grpc_port=int(grpc_port), stop_timeout=0) as second,
+            name_server("triton-pods.test", ["127.0.0.1"]) as dns,
+        ):
+            answers, alone, after = _ask_behind_a_name(
+                dns, (first.grpc_url, second.grpc_url), model, resolve_every
+            )
     assert all((a.token_ids, a.text) == reference(PROMPTS[0], None)[:2] for a in answers)
     assert alone == [4, 0]
     if resolve_every is None:
         assert after == [44, 0]  # never looked up again: the new replica idles
     else:
         assert after[1] >= 3 and dns.questions > 1
+
+
+def _ask_behind_a_name(dns, replicas: tuple[str, str], model: dict, resolve_every: float | None):
+    """4 requests while one replica is behind the name, then up to 40 more once both are: the
+    answers, and the requests each replica served in the first part and in both."""
+    _, grpc_port = replicas[0].rsplit(":", 1)
+    before = [_inference_count(url) for url in replicas]
+
+    async def ask(client: AsyncClient, count: int) -> list:
+        return [await client.generate(PROMPTS[0], max_new_tokens=NEW_TOKENS) for _ in range(count)]
+
+    async def run_all() -> tuple[list, list[int], list[int]]:
+        target = dns.target(int(grpc_port))
+        async with AsyncClient(target, tokenizer=model["hf"], resolve_every=resolve_every) as c:
+            answers = await ask(c, 4)  # one replica behind the name
+            alone = [_inference_count(url) - b for url, b in zip(replicas, before, strict=True)]
+            dns.addresses = ["127.0.0.1", "127.0.0.2"]  # scaled up
+            # the new replica's connection is opened by the first channel that sees it, and
+            # round robin picks only replicas already connected: ask until it has served some
+            for _ in range(40):
+                answers += await ask(c, 1)
+                if resolve_every is not None and _inference_count(replicas[1]) > before[1] + 2:
+                    break
+            after = [_inference_count(url) - b for url, b in zip(replicas, before, strict=True)]
+            return answers, alone, after
+
+    return asyncio.run(run_all())
 
 
 def test_a_stream_goes_on_on_the_channel_a_new_lookup_retired(
