@@ -8,7 +8,10 @@ through the client, the server or ftprefix's engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -478,62 +481,70 @@ def test_streams_take_http_only_from_servers_they_were_checked_with(version: str
     assert streams_over_http(version) is over_http
 
 
-@pytest.mark.parametrize("resolve_every", [None, 0.0], ids=["never", "every-call"])
-def test_replicas_added_behind_a_dns_name_get_requests_once_the_client_looks_it_up_again(
-    model: dict, reference, resolve_every: float | None
-) -> None:
-    """Scaling up the Triton pods: the headless Service's name answers one more address. gRPC
-    looks a name up again only when a connection fails, so a client that never opens a new channel
-    sends everything to the replicas it first saw; AsyncClient opens one every `resolve_every`
-    seconds (30 by default; here at every call), and the new replica gets requests. The name is
-    resolved by gRPC's own resolver, asking a DNS server of the test's. Both replicas are the
-    test's own: the module's server may still be computing what an earlier test gave up waiting
-    for, which Triton counts when it ends."""
+@pytest.fixture(scope="module")
+def pods(model: dict):
+    """Two replicas on one port at two loopback addresses, as Triton pods are, and a DNS server
+    answering for their name; of these tests' own, since the module's server may still be
+    computing what an earlier test gave up waiting for, which Triton counts when it ends."""
     from dns_support import name_server
 
     with EmbeddedServer(model["ft"], stop_timeout=0) as first:
-        _, grpc_port = first.grpc_url.rsplit(":", 1)
-        # a second replica at another loopback address, on the same port, as pods are
+        _, port = first.grpc_url.rsplit(":", 1)
         with (
-            EmbeddedServer(model["ft"], host="127.0.0.2", grpc_port=int(grpc_port), stop_timeout=0) as second,
+            EmbeddedServer(model["ft"], host="127.0.0.2", grpc_port=int(port), stop_timeout=0) as second,
             name_server("triton-pods.test", ["127.0.0.1"]) as dns,
         ):
-            answers, alone, after = _ask_behind_a_name(
-                dns, (first.grpc_url, second.grpc_url), model, resolve_every
-            )
+            yield dns, (first.grpc_url, second.grpc_url)
+
+
+@contextlib.contextmanager
+def _asking(kind: str, target: str, model: dict, resolve_every: float | None) -> Iterator[Callable[[], Any]]:
+    """A client of `kind` for `target`: one blocking call that generates once with it."""
+    if kind == "sync":
+        with Client(target, tokenizer=model["hf"], resolve_every=resolve_every) as c:
+            yield lambda: c.generate(PROMPTS[0], max_new_tokens=NEW_TOKENS)
+        return
+    loop = asyncio.new_event_loop()  # one loop for the client's whole life: its channels live on it
+    a = AsyncClient(target, tokenizer=model["hf"], resolve_every=resolve_every)
+    try:
+        yield lambda: loop.run_until_complete(a.generate(PROMPTS[0], max_new_tokens=NEW_TOKENS))
+    finally:
+        loop.run_until_complete(a.close())
+        loop.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("resolve_every", [None, 0.0], ids=["never", "every-call"])
+def test_replicas_added_behind_a_dns_name_get_requests_once_the_client_looks_it_up_again(
+    pods, model: dict, reference, resolve_every: float | None, kind: str
+) -> None:
+    """Scaling up the Triton pods: the headless Service's name answers one more address. gRPC
+    looks a name up again only when a connection fails, so a client that never opens a new channel
+    sends everything to the replicas it first saw; Client and AsyncClient open one every
+    `resolve_every` seconds (30 by default; here at every call), and the new replica gets
+    requests. The name is resolved by gRPC's own resolver, asking a DNS server of the test's."""
+    dns, replicas = pods
+    dns.addresses = ["127.0.0.1"]  # one replica behind the name
+    _, port = replicas[0].rsplit(":", 1)
+    before = [_inference_count(url) for url in replicas]
+    questions = dns.questions
+    with _asking(kind, dns.target(int(port)), model, resolve_every) as ask:
+        answers = [ask() for _ in range(4)]
+        alone = [_inference_count(url) - b for url, b in zip(replicas, before, strict=True)]
+        dns.addresses = ["127.0.0.1", "127.0.0.2"]  # scaled up
+        # the new replica's connection is opened by the first channel that sees it, and round
+        # robin picks only replicas already connected: ask until it has served some
+        for _ in range(40):
+            answers.append(ask())
+            if resolve_every is not None and _inference_count(replicas[1]) > before[1] + 2:
+                break
+        after = [_inference_count(url) - b for url, b in zip(replicas, before, strict=True)]
     assert all((a.token_ids, a.text) == reference(PROMPTS[0], None)[:2] for a in answers)
     assert alone == [4, 0]
     if resolve_every is None:
         assert after == [44, 0]  # never looked up again: the new replica idles
     else:
-        assert after[1] >= 3 and dns.questions > 1
-
-
-def _ask_behind_a_name(dns, replicas: tuple[str, str], model: dict, resolve_every: float | None):
-    """4 requests while one replica is behind the name, then up to 40 more once both are: the
-    answers, and the requests each replica served in the first part and in both."""
-    _, grpc_port = replicas[0].rsplit(":", 1)
-    before = [_inference_count(url) for url in replicas]
-
-    async def ask(client: AsyncClient, count: int) -> list:
-        return [await client.generate(PROMPTS[0], max_new_tokens=NEW_TOKENS) for _ in range(count)]
-
-    async def run_all() -> tuple[list, list[int], list[int]]:
-        target = dns.target(int(grpc_port))
-        async with AsyncClient(target, tokenizer=model["hf"], resolve_every=resolve_every) as c:
-            answers = await ask(c, 4)  # one replica behind the name
-            alone = [_inference_count(url) - b for url, b in zip(replicas, before, strict=True)]
-            dns.addresses = ["127.0.0.1", "127.0.0.2"]  # scaled up
-            # the new replica's connection is opened by the first channel that sees it, and
-            # round robin picks only replicas already connected: ask until it has served some
-            for _ in range(40):
-                answers += await ask(c, 1)
-                if resolve_every is not None and _inference_count(replicas[1]) > before[1] + 2:
-                    break
-            after = [_inference_count(url) - b for url, b in zip(replicas, before, strict=True)]
-            return answers, alone, after
-
-    return asyncio.run(run_all())
+        assert after[1] >= 3 and dns.questions > questions + 1
 
 
 def test_a_stream_goes_on_on_the_channel_a_new_lookup_retired(

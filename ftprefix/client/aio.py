@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from ftprefix.client.base import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
     PROBE_TIMEOUT_S,
+    RESOLVE_EVERY_S,
     TASK_TABLE_TTL_S,
     ClientBase,
     CloseStream,
@@ -46,7 +46,7 @@ from ftprefix.client.http_stream import HttpStream, one_row, streams_over_http
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
-from ftprefix.client.wire import channel_options, infer_request, looks_up_a_name, response_arrays
+from ftprefix.client.wire import channel_options, infer_request, response_arrays
 from ftprefix.task_table import Task
 from ftprefix.text import Tokenizer
 
@@ -110,10 +110,6 @@ class _HttpStreamCall:
         self.stream.close()
 
 
-# how often a client whose target is a DNS name (Kubernetes' headless Service of the Triton pods)
-# opens a new channel, so a new lookup: gRPC looks a name up again only when a connection fails,
-# so replicas added by scaling up would get nothing until then
-RESOLVE_EVERY_S = 30.0
 # how long a channel given up for a new one has to finish its calls when the client has no timeout
 RETIRED_CHANNEL_GRACE_S = 3600.0
 
@@ -149,11 +145,7 @@ class AsyncClient(ClientBase):
         process less CPU per call than gRPC (benchmarks/client.py): whole answers always, streams
         where the server's Triton has the generate extension checked here (2.51 and newer, which
         `ftprefix serve` runs; older ones stream over gRPC). Probes and the model's config stay on
-        gRPC at `url`.
-
-        `resolve_every`: for a `dns:` target, the seconds after which the next call opens a new
-        channel, which looks the name up again (None: never); calls on the old channel finish
-        there. Connections to the servers it had are shared with the new channel."""
+        gRPC at `url`."""
         super().__init__(
             url,
             tokenizer=tokenizer,
@@ -162,20 +154,17 @@ class AsyncClient(ClientBase):
             connect_retries=connect_retries,
             retry_delay=retry_delay,
             task_table_ttl=task_table_ttl,
+            resolve_every=resolve_every,
         )
         self.http_url = normalize_http_url(http_url) if http_url is not None else None
         self._http = HttpInferPool(self.http_url) if self.http_url is not None else None
         self._http_streams: asyncio.Future[str] | None = None  # whether streams go over HTTP too
-        if resolve_every is not None and not resolve_every >= 0:
-            raise ValueError(f"resolve_every must be 0 or more seconds, or None; got {resolve_every}")
-        self.resolve_every = resolve_every if looks_up_a_name(self.url) else None
-        self._renew_at = float("inf")
         self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
 
     @property
     def _stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
         # created lazily so the channel binds to the event loop that uses it
-        if self._grpc_stub is None or time.monotonic() >= self._renew_at:
+        if self._grpc_stub is None or self._channel_due():
             self._open_channel()
         assert self._grpc_stub is not None
         return self._grpc_stub
@@ -184,8 +173,7 @@ class AsyncClient(ClientBase):
         retired = self._channel
         self._channel = grpc.aio.insecure_channel(self.url, options=channel_options(self.url))
         self._grpc_stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
-        if self.resolve_every is not None:
-            self._renew_at = time.monotonic() + self.resolve_every
+        self._channel_opened()
         if retired is not None:  # its calls may run as long as the timeout lets them
             grace = RETIRED_CHANNEL_GRACE_S if self.timeout is None else self.timeout
             closing = asyncio.get_running_loop().create_task(retired.close(grace))

@@ -35,6 +35,10 @@ DEFAULT_URL = "localhost:8001"
 DEFAULT_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 5.0
 TASK_TABLE_TTL_S = 5.0
+# how often a client whose target is a DNS name (Kubernetes' headless Service of the Triton pods)
+# opens a new channel, so a new lookup: gRPC looks a name up again only when a connection fails,
+# so replicas added by scaling up would get nothing until then
+RESOLVE_EVERY_S = 30.0
 # After the server refused stale task ids: how long to wait for it to publish its new table.
 TABLE_CHANGE_WAIT_S = 10.0
 MAX_RESENDS = 5
@@ -131,6 +135,11 @@ def normalize_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def looks_up_a_name(url: str) -> bool:
+    """Whether `url` is a name that DNS may answer differently later (replicas added, moved)."""
+    return url.startswith("dns:")
+
+
 def normalize_http_url(url: str) -> str:
     """`host:port` of Triton's HTTP endpoint; an `http://` scheme is accepted and dropped."""
     text = url.strip().removeprefix("http://").rstrip("/")
@@ -157,6 +166,7 @@ class ClientBase:
         connect_retries: int = 3,
         retry_delay: float = 0.2,
         task_table_ttl: float | None = TASK_TABLE_TTL_S,
+        resolve_every: float | None = RESOLVE_EVERY_S,
     ) -> None:
         """`tokenizer`: the model's HF directory (tokenise here) or None (text goes to the ensemble).
         `newline_token`: rinna's convention, e.g. "<NL>": `\\n` in prompts and words is sent as that
@@ -164,8 +174,14 @@ class ClientBase:
         does this). `timeout` bounds each generation in seconds (None: wait forever). `connect_retries` extra
         attempts, `retry_delay` seconds apart and doubling, are made to reach a ready server. The
         task table is read again when older than `task_table_ttl` seconds (None: read once). The
-        gRPC channel opens on first use."""
+        gRPC channel opens on first use. `resolve_every`: for a `dns:` target, the seconds after
+        which the next call opens a new channel, which looks the name up again (None: never);
+        calls on the old channel finish there, and the connections it had carry over."""
         self.url = normalize_url(url)
+        if resolve_every is not None and not resolve_every >= 0:
+            raise ValueError(f"resolve_every must be 0 or more seconds, or None; got {resolve_every}")
+        self.resolve_every = resolve_every if looks_up_a_name(self.url) else None
+        self._renew_at = float("inf")
         self.tokenizer = self._tokenizer(tokenizer, newline_token)
         self.timeout = timeout
         self.connect_retries = connect_retries
@@ -177,6 +193,14 @@ class ClientBase:
         self._ensemble_checked = False
         # probes in flight, shared by concurrent calls of the async client
         self._probes: dict[IsReady | GetConfig, Any] = {}
+
+    def _channel_due(self) -> bool:
+        """Whether the next call opens a new channel: a new lookup of the target's name."""
+        return time.monotonic() >= self._renew_at
+
+    def _channel_opened(self) -> None:
+        if self.resolve_every is not None:
+            self._renew_at = time.monotonic() + self.resolve_every
 
     @staticmethod
     def _tokenizer(

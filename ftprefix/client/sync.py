@@ -107,8 +107,12 @@ class Client(ClientBase):
 
     @property
     def _grpc(self) -> grpcclient.InferenceServerClient:
-        if self._channel is None:
+        if self._channel is None or self._channel_due():
+            # the old channel is not closed here: a call another thread has in flight on it
+            # finishes there, and it closes when the last of them lets go of it (tritonclient's
+            # __del__); the connections it shares with the new one carry over
             self._channel = grpcclient.InferenceServerClient(self.url, channel_args=channel_options(self.url))
+            self._channel_opened()
         return self._channel
 
     def close(self) -> None:

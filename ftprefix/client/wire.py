@@ -70,11 +70,6 @@ CHANNEL_OPTIONS = [
 _RESOLVER_SCHEMES = ("dns:", "ipv4:", "ipv6:")
 
 
-def looks_up_a_name(url: str) -> bool:
-    """Whether `url` is a name that DNS may answer differently later (replicas added, moved)."""
-    return url.startswith("dns:")
-
-
 def channel_options(url: str) -> list[tuple[str, int | str]]:
     """The channel settings for `url`. A target with a resolver scheme may name several servers:
     requests then go round robin over every address (gRPC's default, pick_first, sends them all
