@@ -218,6 +218,42 @@ def test_sigterm_gives_requests_the_stop_timeout_then_ends_them_as_failures(mode
     assert answer.headers["retry-after"] == "1"
 
 
+def test_the_workers_split_the_places_at_triton(model, tmp_path: Path) -> None:
+    """--max-in-flight holds for the whole gateway: with 2 workers and 2 places, at most 2 requests
+    are at Triton whichever workers the requests reach (each worker keeping 2 would let 4 wait
+    there, first come first served). Triton holds every request for its batching window, so all
+    six are in the gateway at once."""
+    import threading
+    import time
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"key-a": "*"}))
+    held = EmbeddedServer(model["ft"], watch_interval=None, stop_timeout=0, max_queue_delay_us=60_000_000)
+    with held:
+        proc, url, workers = _start(
+            held, model, keys, "--workers", "2", "--max-in-flight", "2", "--stop-timeout", "0.5"
+        )
+        try:
+            senders = [threading.Thread(target=_complete, args=(url, "key-a")) for _ in range(6)]
+            for sender in senders:  # each on a connection of its own: the kernel spreads them
+                sender.start()
+            deadline = time.monotonic() + 60
+            while True:  # bounded poll: until all six are in the gateway
+                samples = metric_samples(url)
+                in_flight = samples.get(("ftprefix_in_flight_requests", ()), 0.0)
+                waiting = samples.get(("ftprefix_waiting_requests", ()), 0.0)
+                if in_flight + waiting == 6:
+                    break
+                assert time.monotonic() < deadline
+            assert in_flight <= 2 and waiting >= 4
+        finally:
+            proc.send_signal(signal.SIGTERM)  # the requests still held end as 503s
+            code = proc.wait(timeout=60)
+            for sender in senders:
+                sender.join(timeout=60)
+    assert code == 0 and not psutil.wait_procs(workers, timeout=30)[1]
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_one_process_stopped_by_a_signal_exits_0_as_the_workers_do(triton, model, stop) -> None:
     """uvicorn raises the signal again once it has stopped; the command still ends as a clean stop,

@@ -121,6 +121,7 @@ def _serve(args: argparse.Namespace, tokenizer: Tokenizer, http_url: str | None,
         chat_template=args.chat_template,
         metrics=not args.no_metrics,
         stop_timeout=args.stop_timeout,
+        workers=args.workers,
         **gateway_limits(args),
     )
     server = make_server(settings, args.host, args.port, tokenizer=tokenizer)  # bad keys file: one line
@@ -137,7 +138,8 @@ def _serve(args: argparse.Namespace, tokenizer: Tokenizer, http_url: str | None,
         from ftprefix.gateway.workers import run_workers
 
         print(
-            f"ftprefix openai: {args.workers} workers; per-key limits and places at Triton hold per worker",
+            f"ftprefix openai: {args.workers} workers; per-key limits hold per worker, the places at "
+            "Triton are split among them",
             flush=True,
         )
         sock.close()  # each worker binds a socket of its own (SO_REUSEPORT), where this one would refuse them

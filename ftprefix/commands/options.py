@@ -200,7 +200,7 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         help=(
             "prompt rows the gateway keeps at Triton at once (a request of N prompts takes N); the "
             "others wait, admitted round-robin by tenant (default: what fills the model's batches, "
-            "its max_batch_size x instances)"
+            "its max_batch_size x instances; split among --workers)"
         ),
     )
     parser.add_argument(

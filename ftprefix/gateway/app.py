@@ -84,9 +84,16 @@ class GatewaySettings:
     max_model_len: int = 2048  # prompt + completion tokens of one row
     max_body_bytes: int = 4 * 1024 * 1024
     metrics_dir: str | None = None  # with --workers: where every worker's metrics meet (workers.py)
+    workers: int = 1  # gateway processes serving one port (--workers), which split max_in_flight
+    worker: int = 0  # which of them this one is
     # on SIGTERM or Ctrl-C: how long requests in flight may finish; then a stream ends with an error
     # event and [DONE], an answer not yet sent is a 503 (within Kubernetes' default 30 s grace period)
     stop_timeout: float = 25.0
+
+    def share(self, places: int) -> int:
+        """This worker's part of `places` at Triton: what keeps the whole gateway within them,
+        however many workers serve (each has at least one place, or it could serve nothing)."""
+        return max(1, places // self.workers + (self.worker < places % self.workers))
 
 
 class _Context:
@@ -161,7 +168,8 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     keys = KeyRing(settings.api_keys, settings.api_keys_file)
     metrics = GatewayMetrics(enabled=settings.metrics, shared_dir=settings.metrics_dir)
     limits = Limits()
-    admission = Admission(settings.max_in_flight, fair=settings.fair)
+    places = settings.max_in_flight
+    admission = Admission(None if places is None else settings.share(places), fair=settings.fair)
     if settings.metrics_dir is not None and settings.metrics:  # other workers read these gauges
         admission.changed = lambda: metrics.places(admission.in_flight, admission.waiting)
     base_model = settings.base_model
@@ -188,6 +196,8 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
 
     def describe_limits() -> str:
         places = settings.max_in_flight or "the model's max_batch_size x instances"
+        if settings.workers > 1:
+            places = f"{places} in all, split among the {settings.workers} workers (at least 1 each)"
         chat = (
             f"chat template from {template.origin}"
             if template is not None
@@ -312,7 +322,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     async def place_limit(ctx: _Context) -> None:
         if admission.limit is None:  # what fills the model's batches, read once from Triton
             info = await model_info(ctx)
-            admission.limit = max(1, info.max_batch_size) * max(1, info.instances)
+            admission.limit = settings.share(max(1, info.max_batch_size) * max(1, info.instances))
 
     def tokens_of(prompts: list[str | list[int]], max_new: int, param: str) -> list[list[int]]:
         ids = [tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]

@@ -10,8 +10,13 @@ by their addresses. What must agree across workers does:
   multiprocess mode: each worker writes its values to files in a directory this supervisor
   creates empty and removes at the end; the in-flight and waiting gauges are the sum over live
   workers).
+- the places at Triton (--max-in-flight, or the model's batches): split among the workers
+  (GatewaySettings.share), so the whole gateway keeps Triton's queue as short as one process
+  would; N workers each keeping the whole of it let N times that wait at Triton, first come
+  first served, and fair admission lost its point.
 Per-key limits and fair admission hold within each worker, as within each gateway replica: a key
-allowed 600 requests a minute may make up to N x 600 through N workers.
+allowed 600 requests a minute may make up to N x 600 through N workers (its requests reach a
+worker by their connection, so a share of its limit could starve a client of one connection).
 
 This process only supervises: it starts the workers, says when all of them listen, and stops them
 all on SIGINT or SIGTERM (each finishes its requests within the stop timeout; a second signal
@@ -92,8 +97,9 @@ def run_workers(settings: GatewaySettings, host: str, port: int, count: int) -> 
     try:
         for index in range(count):
             receive, send = context.Pipe(duplex=False)
+            mine = replace(settings, workers=count, worker=index)
             worker = context.Process(
-                target=_serve, args=(settings, host, port, index, send), name=f"ftprefix-openai-{index}"
+                target=_serve, args=(mine, host, port, index, send), name=f"ftprefix-openai-{index}"
             )
             worker.start()
             send.close()
