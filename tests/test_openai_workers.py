@@ -143,6 +143,15 @@ def test_a_bad_worker_count_is_one_line_exit_2(workers: str, model, capsys) -> N
     assert err.count("\n") == 1 and f"--workers {workers}: use 1 to 256" in err
 
 
+def test_fewer_places_than_workers_is_one_line_exit_2(model, capsys) -> None:
+    from ftprefix import cli
+
+    argv = ["openai", "--tokenizer", str(model["hf"]), "--port", str(free_port()), "--workers", "3"]
+    assert cli.main([*argv, "--max-in-flight", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-in-flight 2 is fewer places than --workers 3" in err
+
+
 @pytest.mark.parametrize(
     ("option", "value", "says"),
     [

@@ -87,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--stop-timeout must be 0 or more seconds, got {args.stop_timeout:g}")
     if not 1 <= args.workers <= MAX_WORKERS:
         raise UserError(f"--workers {args.workers}: use 1 to {MAX_WORKERS} (about one per core)")
+    if args.max_in_flight is not None and 0 < args.max_in_flight < args.workers:
+        raise UserError(
+            f"--max-in-flight {args.max_in_flight} is fewer places than --workers {args.workers}, which "
+            "split them and need one each: give at least as many places as workers, or fewer workers"
+        )
     http_url = None
     if args.http_url is not None:
         from ftprefix.client import FtprefixClientError
