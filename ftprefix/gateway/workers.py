@@ -63,10 +63,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(settings: GatewaySettings, host: str, port: int, index: int, ready: Connection) -> None:
-    """One worker: a gateway on its own SO_REUSEPORT socket; tells `ready` once it listens."""
+def _serve(settings: GatewaySettings, host: str, port: int, ready: Connection) -> None:
+    """One worker (`settings.worker`): a gateway on its own SO_REUSEPORT socket; tells `ready`
+    once it listens."""
     from ftprefix.gateway.run import log_to_stderr, make_server
 
+    index = settings.worker
     log_to_stderr(f"ftprefix openai [worker {index}]")
     server = make_server(settings, host, port)
 
@@ -99,7 +101,7 @@ def run_workers(settings: GatewaySettings, host: str, port: int, count: int) -> 
             receive, send = context.Pipe(duplex=False)
             mine = replace(settings, workers=count, worker=index)
             worker = context.Process(
-                target=_serve, args=(mine, host, port, index, send), name=f"ftprefix-openai-{index}"
+                target=_serve, args=(mine, host, port, send), name=f"ftprefix-openai-{index}"
             )
             worker.start()
             send.close()
