@@ -134,6 +134,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda w: (_edit_config(w / "model", hidden_act="relu"), _convert_argv(w))[1],
         "hidden_act 'relu' is not a GELU",
     ),
+    "a flag that is not a boolean": (
+        lambda w: (_edit_config(w / "model", attention_bias="false"), _convert_argv(w))[1],
+        "attention_bias must be true or false, got 'false'",
+    ),
     "rope theta": (
         lambda w: (
             _edit_config(

@@ -30,12 +30,20 @@ class Built:
     prefixes: list[np.ndarray]  # canonical [P, layers*2*hidden] per task id
 
 
-def build(directory: Path, tp: int, parallel: bool, rotary_pct: float, dtype: str = "fp32") -> Built:
+def build(
+    directory: Path,
+    tp: int,
+    parallel: bool,
+    rotary_pct: float,
+    dtype: str = "fp32",
+    attention_bias: bool = True,
+) -> Built:
     """A toy HF model and one prefix per task, converted with `ftprefix convert`."""
     hf_dir = directory / "hf"
     model = toy.build_model(
         hf_dir,
         use_parallel_residual=parallel,
+        attention_bias=attention_bias,
         rotary_pct=rotary_pct,
         seed=tp,
         with_tokenizer=False,
@@ -165,3 +173,22 @@ def test_fp16_files_match_hf_with_the_same_rounded_weights(tmp_path: Path) -> No
         engine.logits(MIXED_ROWS, MIXED_TASKS), MIXED_ROWS, MIXED_TASKS, strict=True
     ):
         assert np.abs(row - hf_logits(built16, ids, task_id)).max() < 1e-4
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "sequential"])
+def test_a_model_without_attention_biases_matches_hf(tmp_path: Path, parallel: bool) -> None:
+    # GPTNeoXConfig.attention_bias false: transformers builds the attention without biases, FT
+    # always adds them, so they must come out as zeros (and the parallel style's summed bias as
+    # the MLP's alone)
+    no_bias = build(tmp_path, 2, parallel, 0.25, attention_bias=False)
+    names = [name for name, _ in no_bias.model.named_parameters()]
+    assert not any(".attention." in name and name.endswith("bias") for name in names)
+    engine = Engine.load(no_bias.directory, gelu="erf")
+    for row, ids, task_id in zip(
+        engine.logits(MIXED_ROWS, MIXED_TASKS), MIXED_ROWS, MIXED_TASKS, strict=True
+    ):
+        assert np.abs(row - hf_logits(no_bias, ids, task_id)).max() < 1e-4
+    rows = zip(MIXED_ROWS, MIXED_TASKS, strict=True)
+    results = engine.generate([GenerationRequest(ids, 8, task_id=t, end_id=-1) for ids, t in rows])
+    for result, ids, task_id in zip(results, MIXED_ROWS, MIXED_TASKS, strict=True):
+        assert result.generated_ids == hf_greedy(no_bias, ids, task_id, 8)

@@ -21,10 +21,18 @@ EMBED_IN = "gpt_neox.embed_in.weight"
 _TRANSPOSE_BLOCK = 16
 
 
+# the biases of the attention's two Linear layers, absent from a model with attention_bias false
+ATTENTION_BIASES = ("attention.query_key_value.bias", "attention.dense.bias")
+
+
 @dataclass(frozen=True)
 class PlannedTensor:
     spec: layout.TensorSpec
-    stored_sources: tuple[str, ...]  # names as stored in the HF files
+    # names as stored in the HF files; None for a bias the model does not have, written as zeros
+    stored_sources: tuple[str | None, ...]
+
+    def describe(self) -> str:
+        return " + ".join(name or "(no bias)" for name in self.stored_sources)
 
 
 def hf_shape(spec: layout.TensorSpec) -> tuple[int, ...]:
@@ -43,6 +51,8 @@ def plan_base(hf: HFModel, cfg: layout.ModelConfig) -> list[PlannedTensor]:
         stored = tuple(_find_source(hf, name) for name in spec.sources)
         expected = hf_shape(spec)
         for name in stored:
+            if name is None:
+                continue
             found = hf.shape(name)
             if found != expected:
                 raise UserError(
@@ -53,7 +63,10 @@ def plan_base(hf: HFModel, cfg: layout.ModelConfig) -> list[PlannedTensor]:
     return plan
 
 
-def _find_source(hf: HFModel, name: str) -> str:
+def _find_source(hf: HFModel, name: str) -> str | None:
+    if not hf.config.attention_bias and name.endswith(ATTENTION_BIASES):
+        # transformers builds these layers without a bias and ignores one a checkpoint holds
+        return None
     stored = hf.resolve(name)
     if stored is None and name in layout.HF_LM_HEAD_NAMES:
         for alias in layout.HF_LM_HEAD_NAMES:
@@ -113,8 +126,11 @@ def _write_tensor_checked(
     stats = WriteStats()
     out_dtype = cfg.np_dtype
     spec = item.spec
-    sources = [hf.tensor(name) for name in item.stored_sources]
-    stats.bytes_read += sum(hf.stored_nbytes(name) for name in item.stored_sources)
+    sources = [
+        hf.tensor(name) if name is not None else np.zeros(hf_shape(spec), np.float32)
+        for name in item.stored_sources
+    ]
+    stats.bytes_read += sum(hf.stored_nbytes(name) for name in item.stored_sources if name is not None)
     if len(sources) > 1 or spec.divide_by_tp:
         # Sums and divisions happen in fp32 and are rounded once, whatever the stored dtype.
         sources = [np.asarray(s, dtype=np.float32) for s in sources]
@@ -129,8 +145,8 @@ def _write_tensor_checked(
     for file_name, part in zip(spec.file_names(cfg.tensor_para_size), parts, strict=True):
         data = part.astype(out_dtype, copy=False)
         if not np.isfinite(data).all():
-            sources = [hf.tensor(name) for name in item.stored_sources]
-            what = f"base weight {' + '.join(item.stored_sources)}"
+            sources = [hf.tensor(name) for name in item.stored_sources if name is not None]
+            what = f"base weight {item.describe()}"
             for source in sources:
                 check_servable(source, what, cfg.weight_data_type)
             check_servable(part, what, cfg.weight_data_type, cast=data)

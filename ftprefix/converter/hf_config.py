@@ -37,6 +37,9 @@ class NeoXConfig:
     vocab_size: int
     rotary_pct: float
     use_parallel_residual: bool
+    # False: the attention's two Linear layers have no bias (GPTNeoXConfig.attention_bias); FT
+    # always adds one, so the converter writes zeros, which add nothing
+    attention_bias: bool
     bos_token_id: int
     eos_token_id: int
     tie_word_embeddings: bool
@@ -130,10 +133,11 @@ def parse_hf_config(raw: dict[str, Any], source: str = "config.json") -> NeoXCon
             intermediate_size=_int(raw, "intermediate_size"),
             vocab_size=_int(raw, "vocab_size"),
             rotary_pct=_rotary_pct(raw, source),
-            use_parallel_residual=bool(raw.get("use_parallel_residual", True)),
+            use_parallel_residual=_flag(raw, "use_parallel_residual", True),
+            attention_bias=_flag(raw, "attention_bias", True),
             bos_token_id=_token_id(raw.get("bos_token_id"), 0),
             eos_token_id=_token_id(raw.get("eos_token_id"), 0),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            tie_word_embeddings=_flag(raw, "tie_word_embeddings", False),
             layer_norm_eps=float(raw.get("layer_norm_eps", 1e-5)),
             hidden_act=str(raw.get("hidden_act", "gelu")),
         )
@@ -181,6 +185,15 @@ def _int(raw: dict[str, Any], key: str) -> int:
     value = raw[key]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _flag(raw: dict[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if value is None:  # transformers tests these by truth, so null is false
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
     return value
 
 
