@@ -4,7 +4,12 @@ package: tasks are models, each completion equals the client's greedy answer for
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import logging
+import socket
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -171,6 +176,61 @@ def test_triton_down_is_503_and_health_says_so(model) -> None:
         assert down.value.response.headers["x-request-id"]
     finally:
         gateway.should_exit = True
+
+
+def test_a_gateway_started_before_triton_tries_it_every_second_and_logs_the_changes(model, caplog) -> None:
+    """As compose or Kubernetes may start them, or after Triton restarts: the gateway first,
+    Triton later. gRPC waits longer after each failed connection, up to two minutes, so a Triton
+    back after a long outage went unseen that long; the gateway must try it at least once a second
+    however long it was away. Its readiness probes' failures are logged when what they find changes,
+    not at every probe."""
+    away = socket.create_server(("127.0.0.1", 0))  # Triton's port, while Triton is away
+    triton_port = away.getsockname()[1]
+    attempts: list[float] = []
+
+    def refuse() -> None:  # each connection the gateway opens: noted, then closed at once
+        while True:
+            try:
+                conn, _ = away.accept()
+            except OSError:
+                return
+            attempts.append(time.monotonic())
+            conn.close()
+
+    refusing = threading.Thread(target=refuse, daemon=True)
+    refusing.start()
+    gateway, base_url = _gateway(f"127.0.0.1:{triton_port}", model["hf"])
+    logger = logging.getLogger("ftprefix.gateway")
+    separate = not logger.propagate  # as the commands set it up: caplog would not see its records
+    if separate:
+        logger.addHandler(caplog.handler)
+    health = base_url.removesuffix("/v1") + "/health"
+    try:
+        with caplog.at_level(logging.INFO, logger="ftprefix.gateway"):
+            began = time.monotonic()
+            while time.monotonic() - began < 12:  # readiness probes, as fast as they answer
+                assert httpx.get(health).status_code == 503
+            away.close()
+            refusing.join()
+            probes_down = [r.getMessage() for r in caplog.records if r.getMessage().startswith("health:")]
+            with EmbeddedServer(model["ft"], grpc_port=triton_port, watch_interval=None, stop_timeout=0):
+                up = time.monotonic()
+                while httpx.get(health).status_code != 200:  # bounded: asserted just below
+                    assert time.monotonic() - up < 10
+                answer = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0).completions.create(
+                    model="smile", prompt=PROMPTS[0], max_tokens=2, temperature=0
+                )
+                assert answer.usage.completion_tokens == 2
+            probes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("health:")]
+    finally:
+        if separate:
+            logger.removeHandler(caplog.handler)
+        gateway.should_exit = True
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    # gRPC's jitter is 20% of the second
+    assert len(attempts) >= 8 and max(gaps) < 1.5, [round(gap, 2) for gap in gaps]
+    assert len(probes_down) == 1 and "not ready" in probes_down[0] and str(triton_port) in probes_down[0]
+    assert probes == [*probes_down, "health: the model server is ready again"]
 
 
 def test_health_is_ok_with_triton_up(stack) -> None:

@@ -56,7 +56,9 @@ def infer_inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
     return inputs
 
 
-# Triton's own client's channel settings (tritonclient.grpc: messages of any size, its keepalive)
+RECONNECT_EVERY_MS = 1000
+# Triton's own client's channel settings (tritonclient.grpc: messages of any size, its keepalive),
+# and a bounded wait between connection attempts
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 2**31 - 1),
     ("grpc.max_receive_message_length", 2**31 - 1),
@@ -64,6 +66,10 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 20000),
     ("grpc.keepalive_permit_without_calls", False),
     ("grpc.http2.max_pings_without_data", 2),
+    # gRPC waits longer after each failed connection, up to 2 minutes: a Triton back after a long
+    # outage (a restart, a GPU model loading) would go unseen that long; one attempt a second to
+    # a server that refuses costs nothing
+    ("grpc.max_reconnect_backoff_ms", RECONNECT_EVERY_MS),
 ]
 # gRPC's name resolvers, for a target that names several servers ("dns:///triton-pods:8001", a
 # Kubernetes headless Service; "ipv4:10.0.0.1:8001,10.0.0.2:8001")

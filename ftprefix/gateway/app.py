@@ -43,6 +43,7 @@ from ftprefix.gateway.errors import (
     REQUEST_ID_HEADER,
     RETRY_AFTER_S,
     ApiError,
+    ReadinessLog,
     bad_param,
     from_client_error,
     internal_error,
@@ -173,6 +174,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     if settings.metrics_dir is not None and settings.metrics:  # other workers read these gauges
         admission.changed = lambda: metrics.places(admission.in_flight, admission.waiting)
     base_model = settings.base_model
+    readiness = ReadinessLog()
     holder: dict[str, AsyncClient] = {}
 
     @contextlib.asynccontextmanager
@@ -278,8 +280,10 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         try:
             await client().model_info(refresh=True)
         except FtprefixClientError as exc:
-            error = from_client_error(exc, _context(request).request_id)
+            readiness.failed(exc)
+            error = from_client_error(exc, _context(request).request_id, logged=False)
             return JSONResponse(error.body(), status_code=503, headers={"retry-after": str(RETRY_AFTER_S)})
+        readiness.ready()
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", response_class=Response, responses=openapi.METRICS_RESPONSES)

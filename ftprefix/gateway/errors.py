@@ -106,12 +106,18 @@ def timed_out() -> ApiError:
     return ApiError(504, "the model server did not answer in time", code="timeout", kind="timeout")
 
 
-def from_client_error(exc: FtprefixClientError, request: str) -> ApiError:
-    """The answer for a client error: what the caller may know; the whole of it goes to the log."""
+def _detail(exc: FtprefixClientError) -> str:
+    return f"{exc} ({exc.status or 'no status'})"
+
+
+def from_client_error(exc: FtprefixClientError, request: str, *, logged: bool = True) -> ApiError:
+    """The answer for a client error: what the caller may know; the whole of it goes to the log
+    (unless `logged` is false: the caller logs it its own way)."""
     if isinstance(exc, UnknownTaskError):
         # a task removed meanwhile: say only that it does not exist (no other tenant's names)
         return ApiError(404, f"the model {exc.task!r} does not exist", param="model", code="model_not_found")
-    log.warning("request %s: the model server failed: %s (%s)", request, exc, exc.status or "no status")
+    if logged:
+        log.warning("request %s: the model server failed: %s", request, _detail(exc))
     if isinstance(exc, InvalidRequestError):
         if exc.status is None:  # refused before sending: about the request itself, and says so
             return ApiError(400, str(exc), code="invalid_request")
@@ -129,3 +135,24 @@ def internal_error(exc: BaseException, request: str) -> ApiError:
     """A bug in the gateway: the traceback to the log, a request id to the caller."""
     log.error("request %s: internal error", request, exc_info=exc)
     return ApiError(500, f"internal error (request id {request})", code="internal_error")
+
+
+class ReadinessLog:
+    """What the health probes found, logged when it changes: a readiness probe comes every few
+    seconds, and a Triton away for an hour would otherwise write the same line a thousand times."""
+
+    def __init__(self) -> None:
+        # the kind of failure the last probe found; None while ready. A kind, not the message,
+        # which names a connection's last error and so varies from one probe to the next
+        self._failure: tuple[type, str | None] | None = None
+
+    def failed(self, exc: FtprefixClientError) -> None:
+        kind = (type(exc), exc.status)
+        if kind != self._failure:
+            log.warning("health: the model server is not ready: %s", _detail(exc))
+            self._failure = kind
+
+    def ready(self) -> None:
+        if self._failure is not None:
+            log.info("health: the model server is ready again")
+            self._failure = None
