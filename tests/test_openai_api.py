@@ -255,6 +255,21 @@ def test_a_bad_chat_request_is_a_400_with_openais_body(gateway, body: bytes, exp
         assert (answer.status_code, answer.json()) == (400, expected)
 
 
+def test_token_ids_outside_the_vocabulary_are_a_400_before_any_stream(gateway, model) -> None:
+    vocab = json.loads((model["hf"] / "config.json").read_text())["vocab_size"]
+    for param, body, highest in (
+        ("prompt", {"prompt": [[1, 2], [3, vocab + 5, vocab]]}, vocab + 5),
+        ("prompt", {"prompt": [vocab]}, vocab),
+        ("stop_token_ids", {"prompt": PROMPT, "stop_token_ids": [2, vocab + 7]}, vocab + 7),
+    ):
+        message = f"token id {highest} is not in the vocabulary (0 to {vocab - 1})"
+        for stream in (False, True):
+            answer = _post(gateway, {"model": "shout", "max_tokens": 2, **body, "stream": stream})
+            assert (answer.status_code, answer.json()) == (400, _error(message, param, "invalid_value"))
+    last = _post(gateway, {"model": "shout", "prompt": [vocab - 1], "max_tokens": 1, "stream": True})
+    assert last.status_code == 200 and _events(last)[-1] == "[DONE]" and "error" not in last.text
+
+
 def test_stream_options_without_a_stream_is_a_400_as_openai_answers(gateway) -> None:
     expected = _error("stream_options is only allowed when stream is true", "stream_options", "invalid_value")
     for path, body in (

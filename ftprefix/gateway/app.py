@@ -343,6 +343,17 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
                 )
         return ids
 
+    async def in_vocabulary(ctx: _Context, prompts: list[list[int]], stop_token_ids: list[int]) -> None:
+        """Token ids the caller sent, checked against the model's vocabulary. The client checks
+        them too, but only when it sends: after a stream's 200, where a 400 can no longer be given."""
+        vocab = (await model_info(ctx)).vocab_size
+        if vocab is None:
+            return
+        for param, rows in (("prompt", prompts), ("stop_token_ids", [stop_token_ids])):
+            highest = max((max(row) for row in rows if row), default=-1)
+            if highest >= vocab:
+                raise bad_param(param, f"token id {highest} is not in the vocabulary (0 to {vocab - 1})")
+
     async def generate(request: Request, kind: type[CompletionRequest] | type[ChatRequest]) -> Response:
         """/v1/completions and /v1/chat/completions: validate, admit, answer in the request's shape."""
         ctx = _context(request)
@@ -364,6 +375,9 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             prompts = body.prompts()
             answer = AnswerFormat(body.model)
         ids = tokens_of(prompts, max_new, "messages" if isinstance(body, ChatRequest) else "prompt")
+        sent_ids = [p for p in prompts if not isinstance(p, str)]
+        if sent_ids or body.stop_token_ids:
+            await in_vocabulary(ctx, sent_ids, body.stop_token_ids or [])
         prompt_tokens = sum(len(row) for row in ids)
         grant = limits.admit(policy, prompt_tokens + max_new * len(ids))
         try:
