@@ -260,7 +260,7 @@ def test_the_patch_changes_only_the_gptneox_streaming_branch(gpu_deployment: Pat
 def test_version_names_the_commits_the_image_pins(gpu_deployment: Path) -> None:
     dockerfile = (gpu_deployment / "image" / "Dockerfile.gpu").read_text()
     pins = dict(re.findall(r"^ARG (FT_COMMIT|FT_BACKEND_COMMIT|TRITON_VERSION)=(\S+)$", dockerfile, re.M))
-    run = subprocess.run([sys.executable, "-m", "ftprefix.cli", "--version"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "ftprefix", "--version"], capture_output=True, text=True)
     assert run.returncode == 0
     assert run.stdout.splitlines()[0] == f"ftprefix {ftprefix.__version__}"
     assert f"FasterTransformer {pins['FT_COMMIT']}" in run.stdout
