@@ -194,6 +194,14 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         help="do not count requests and tokens per task and tenant (default: Prometheus text at /metrics)",
     )
     parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help=(
+            "a line per completion or chat request, and per refused /v1 call, on stderr: request id "
+            "(as x-request-id), tenant, model, status, seconds, tokens (default: errors only)"
+        ),
+    )
+    parser.add_argument(
         "--max-in-flight",
         type=int,
         metavar="N",

@@ -130,6 +130,7 @@ def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokeni
         api_keys_file=args.api_keys,
         chat_template=args.chat_template,
         metrics=not args.no_metrics,
+        access_log=args.access_log,
         # the gateway's requests get the stop timeout Triton's get: they are the same requests
         stop_timeout=server.exit_timeout_s if server.stop_timeout is None else server.stop_timeout,
         **gateway_limits(args),

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ftprefix.client import AsyncClient, Completion, FtprefixClientError
-from ftprefix.gateway import openapi
+from ftprefix.gateway import access, openapi
 from ftprefix.gateway.admission import Admission, ClientGone, QueueTimeout
 from ftprefix.gateway.answers import DONE, AnswerFormat, ChatAnswerFormat, finish_reason, usage
 from ftprefix.gateway.auth import KeyPolicy, KeyRing
@@ -78,6 +78,7 @@ class GatewaySettings:
     api_keys_file: Path | None = None  # see auth.py, read again when it changes
     chat_template: Path | None = None  # instead of the tokenizer's own
     metrics: bool = True  # per-task and per-tenant counters at /metrics
+    access_log: bool = False  # a line per /v1 request in the log (access.py)
     timeout: float = 120.0  # one generation at Triton
     max_in_flight: int | None = None  # prompt rows at Triton; None: the model's max_batch_size x instances
     fair: bool = True  # waiting requests admitted round-robin by tenant; False: first come, first served
@@ -121,8 +122,9 @@ class GatewayApp(FastAPI):
     streamed answer's events go straight to the server, not through a wrapper per event."""
 
     keys: KeyRing
-    metrics: GatewayMetrics
     generating: dict[str, ASGIApp]
+    # a /v1 request's end: its metrics and access-log line (model and tenant from the context)
+    finished: Callable[..., None]
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -134,7 +136,7 @@ class GatewayApp(FastAPI):
             authorization = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             ctx.policy = self.keys.policy_of(authorization.decode("latin-1"))
             if ctx.policy is None:
-                self.metrics.record(UNKNOWN, UNKNOWN, 401, 0.0)
+                self.finished(ctx, 401)
                 error = ApiError(
                     401,
                     "missing or invalid API key: send the header Authorization: Bearer KEY",
@@ -192,7 +194,19 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             await holder["client"].close()
 
     app = GatewayApp(title="ftprefix OpenAI-compatible API", version=openapi.api_version(), lifespan=lifespan)
-    app.keys, app.metrics, app.generating = keys, metrics, {}  # generating: filled below
+    app.keys, app.generating = keys, {}  # generating: filled below
+
+    def finished(
+        ctx: _Context, status: int, prompt: int = 0, completion: int = 0, reason: str | None = None
+    ) -> None:
+        """A /v1 request's end: counted in the metrics and, with --access-log, written to the log."""
+        tenant = ctx.policy.tenant if ctx.policy is not None else UNKNOWN
+        seconds = time.perf_counter() - ctx.started
+        metrics.record(ctx.model, tenant, status, seconds, prompt, completion, reason=reason)
+        if settings.access_log:
+            access.write(ctx.request_id, tenant, ctx.model, status, seconds, prompt, completion, reason)
+
+    app.finished = finished
     app.state.admission = admission
     app.state.keys = keys  # for the commands' start-up lines
 
@@ -221,8 +235,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     def error_response(request: Request, error: ApiError) -> JSONResponse:
         ctx = _context(request)
         if ctx.policy is not None:  # a /v1 call with a valid key: counted per model and tenant
-            seconds = time.perf_counter() - ctx.started
-            metrics.record(ctx.model, ctx.policy.tenant, error.status, seconds, reason=error.reason)
+            finished(ctx, error.status, reason=error.reason)
         return JSONResponse(error.body(), status_code=error.status, headers=dict(error.headers))
 
     @app.exception_handler(ApiError)
@@ -397,7 +410,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             ) from None
         except ClientGone:
             grant.finish(0)
-            metrics.record(ctx.model, policy.tenant, CLIENT_GONE, time.perf_counter() - ctx.started)
+            finished(ctx, CLIENT_GONE)
             return Response(status_code=CLIENT_GONE)
         except BaseException:
             grant.finish(0)
@@ -417,9 +430,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         except FtprefixClientError as exc:
             raise from_client_error(exc, ctx.request_id) from exc
         completion_tokens = sum(len(c.token_ids) for c in done)
-        metrics.record(
-            ctx.model, policy.tenant, 200, time.perf_counter() - ctx.started, prompt_tokens, completion_tokens
-        )
+        finished(ctx, 200, prompt_tokens, completion_tokens)
         content = answer.full(done, usage(prompt_tokens, completion_tokens))
         return Response(content, media_type="application/json", headers=dict(grant.headers))
 
@@ -443,8 +454,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             grant.finish(prompt + generated)
             failed = stream.failed
             status = 200 if completed else (failed.status if failed is not None else CLIENT_GONE)
-            seconds = time.perf_counter() - ctx.started
-            metrics.record(ctx.model, policy.tenant, status, seconds, prompt, generated)
+            finished(ctx, status, prompt, generated)
 
         def failure(exc: BaseException) -> ApiError:
             if isinstance(exc, ApiError):
