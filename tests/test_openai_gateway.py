@@ -227,8 +227,9 @@ def test_a_gateway_started_before_triton_tries_it_every_second_and_logs_the_chan
             logger.removeHandler(caplog.handler)
         gateway.should_exit = True
     gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
-    # gRPC's jitter is 20% of the second
-    assert len(attempts) >= 8 and max(gaps) < 1.5, [round(gap, 2) for gap in gaps]
+    # a second, give or take gRPC's 20% jitter and a busy machine's scheduling; gRPC's own backoff
+    # (x1.6 from 1 s) would wait 4 s or more between its fourth and fifth attempts
+    assert len(attempts) >= 8 and max(gaps) < 2.5, [round(gap, 2) for gap in gaps]
     assert len(probes_down) == 1 and "not ready" in probes_down[0] and str(triton_port) in probes_down[0]
     assert probes == [*probes_down, "health: the model server is ready again"]
 
