@@ -7,8 +7,11 @@ to the served model, runs last.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,6 +198,55 @@ def test_wrong_dtype_is_rejected_by_triton(client):
     with pytest.raises(InferenceServerException, match=r"(?i)data-type|datatype|data type"):
         client.infer(protocol.FT_MODEL, inputs)
     assert client.is_model_ready(protocol.FT_MODEL)
+
+
+def _children_running(parent: int, model: bytes) -> list[int]:
+    """The processes whose parent is `parent` and whose command line names `model`, from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_bytes()
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        state, ppid = stat.rpartition(b")")[2].split()[:2]
+        if int(ppid) == parent and state != b"Z" and model in cmdline:
+            found.append(int(name))
+    return found
+
+
+def test_an_engine_process_that_dies_is_started_again(converted):
+    """Killed for memory, say. Triton neither starts it again nor calls the model unready, and
+    sends every other request to it still: all of those failed, for good."""
+    _root, ft_dir, hf = converted
+    prompt = PROMPTS[1]
+    want = hf.greedy(prompt, "story", OUT_LEN, END_ID)[0]
+    with (
+        EmbeddedServer(ft_dir.parent, watch_interval=None, stop_timeout=0, instances=2) as srv,
+        grpcclient.InferenceServerClient(srv.grpc_url) as c,
+    ):
+
+        def ask() -> None:
+            check(c.infer(protocol.FT_MODEL, ft_inputs([prompt], OUT_LEN, [1])), [prompt], [want])
+
+        for _ in range(4):
+            ask()
+        engines = _children_running(srv.pid, b"fastertransformer")
+        assert len(engines) == 2
+        os.kill(engines[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        failed = answered = 0
+        while answered < 8:  # in a row: with one instance dead, every other request fails
+            assert time.monotonic() < deadline, f"{failed} requests failed"
+            try:
+                ask()
+                answered += 1
+            except InferenceServerException as exc:
+                assert "not healthy" in str(exc) or "unavailable" in str(exc).lower(), exc
+                failed, answered = failed + 1, 0
+        assert len(_children_running(srv.pid, b"fastertransformer")) >= 2
 
 
 def test_hot_reload_adds_task_without_restart(converted, server, client):

@@ -34,10 +34,14 @@ from types import TracebackType
 
 from ftprefix import layout, locking, protocol
 from ftprefix.errors import UserError
-from ftprefix.serving import cpus, repository, tritonserver
+from ftprefix.serving import cpus, repository, stubs, tritonserver
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
 
 _PR_SET_PDEATHSIG = 1
+# how often the watcher looks for engine processes that died when it does not watch config.ini,
+# and how long it waits before loading the same model again for that
+HEAL_INTERVAL_S = 0.5
+HEAL_AGAIN_S = 5.0
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -182,6 +186,8 @@ class EmbeddedServer:
         self._lock = threading.Lock()
         self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._stubs: list[stubs.Stub] = []  # the python backend's processes the watcher keeps alive
+        self._healed_at: dict[str, float] = {}
 
     # -- addresses -----------------------------------------------------------------------------
 
@@ -201,7 +207,8 @@ class EmbeddedServer:
         # no `tasks add/remove` between reading the table here and the model loading its files
         with locking.shared(self.ft_dir.parent):
             self._start()
-        if self.watch_interval:
+        self._stubs = self._find_stubs()
+        if self.watch_interval or self._stubs:
             self._watcher = threading.Thread(target=self._watch, name="ftprefix-reload", daemon=True)
             self._watcher.start()
         return self
@@ -388,18 +395,71 @@ class EmbeddedServer:
             cfg = layout.read_config(self.ft_dir)
             changed = repository.refresh_task_table(self.repository, cfg)
             # fastertransformer always: config.ini changed, so tasks or prefixes did
-            names = [protocol.FT_MODEL] + [m for m in changed if m != protocol.FT_MODEL]
-            for name in names:
-                if name in self.models:
-                    self.load_model(name)
+            names = [name for name in [protocol.FT_MODEL, *changed] if name in self.models]
+            self._load_again(list(dict.fromkeys(names)))
             self._config_digest = digest
             return True
 
     def _watch(self) -> None:
-        assert self.watch_interval
-        while not self._stop_watch.wait(self.watch_interval):
+        while not self._stop_watch.wait(self.watch_interval or HEAL_INTERVAL_S):
+            if self.watch_interval:
+                try:
+                    self.reload()
+                except (UserError, ServerError, OSError) as exc:
+                    # a half-written conversion or a failed load: report and keep the old models
+                    print(f"ftprefix serve: reload failed: {exc}", file=sys.stderr)
             try:
-                self.reload()
-            except (UserError, ServerError, OSError) as exc:
-                # a half-written conversion or a failed load: report and keep the old models
-                print(f"ftprefix serve: reload failed: {exc}", file=sys.stderr)
+                self.heal()
+            except (ServerError, OSError) as exc:
+                if not self._stop_watch.is_set():  # a server stopping under the load
+                    print(f"ftprefix serve: loading a model again failed: {exc}", file=sys.stderr)
+
+    # -- engine processes that died ------------------------------------------------------------
+
+    def _find_stubs(self) -> list[stubs.Stub]:
+        if self._proc is None or self._shm_prefix is None:
+            return []
+        return stubs.find(self._proc.pid, self._shm_prefix)
+
+    def _load_again(self, names: list[str]) -> None:
+        """Load models again (under self._lock). Their instances' processes are new ones then; the
+        old ones end once their requests in flight have, and are no longer watched."""
+        before = {stub.pid for stub in self._find_stubs()}
+        try:
+            for name in names:
+                self.load_model(name)
+        finally:
+            kept = [stub for stub in self._stubs if stub.model not in names]
+            fresh = [s for s in self._find_stubs() if s.model in names and s.pid not in before]
+            self._stubs = kept + fresh
+
+    def heal(self) -> list[str]:
+        """Load again every model one of whose processes has died (stubs.py says why Triton does
+        not); returns their names. A model is loaded again at most once every HEAL_AGAIN_S."""
+        if not self.running or not self._stubs:
+            return []
+        with self._lock:
+            gone = [stub for stub in self._stubs if not stub.alive()]
+            now = time.monotonic()
+            due = now - HEAL_AGAIN_S
+            models = sorted({stub.model for stub in gone if self._healed_at.get(stub.model, due) <= due})
+            if not models or self._stop_watch.is_set():
+                return []
+            for model in models:
+                pids = ", ".join(str(stub.pid) for stub in gone if stub.model == model)
+                print(
+                    f"ftprefix serve: a process of model {model!r} ended (pid {pids}; killed for "
+                    "memory?), and Triton sends its share of the requests there still: loading "
+                    f"{model!r} again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._healed_at[model] = now
+            started = time.monotonic()
+            self._load_again(models)
+            print(
+                f"ftprefix serve: {', '.join(models)} loaded again in {time.monotonic() - started:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            return models
