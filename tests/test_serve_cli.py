@@ -92,6 +92,26 @@ def test_server_dies_with_a_killed_serve_process(converted, tmp_path):
     assert _wait_gone(children) == set()
 
 
+def test_a_killed_tritonserver_ends_serve_with_exit_1_saying_so(converted, tmp_path):
+    """For a supervisor (compose's restart policy, Kubernetes) to start it again; a SIGKILL is what
+    the kernel's out-of-memory killer sends, and Triton's log says nothing of it."""
+    proc, _, _ = _start(converted, tmp=tmp_path)
+    try:
+        (triton,) = [
+            p
+            for p in _descendants(proc.pid)
+            if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/tritonserver")
+        ]
+        os.kill(triton, signal.SIGKILL)
+        assert proc.wait(timeout=60) == 1
+        said = proc.stderr.read().strip().splitlines()
+        assert said[-1].startswith("ftprefix serve: tritonserver was killed (SIGKILL; "), said
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [

@@ -138,6 +138,23 @@ def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokeni
     return make_server(settings, args.host, args.openai_port, tokenizer=tokenizer)
 
 
+def _ended(code: int, log_tail: str) -> str:
+    """What to say when tritonserver ended by itself (the command exits 1 for a supervisor to
+    start it again)."""
+    if code >= 0:
+        return f"tritonserver exited with code {code}:\n{log_tail}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == signal.SIGKILL:  # nothing of it is in Triton's own log
+        return (
+            "tritonserver was killed (SIGKILL; the kernel's out-of-memory killer sends it when memory "
+            "runs out: see `dmesg`)"
+        )
+    return f"tritonserver was ended by {name}:\n{log_tail}"
+
+
 def _check_port(value: int, flag: str) -> None:
     from ftprefix.errors import UserError
 
@@ -286,7 +303,7 @@ def _serve(
             print(f"ftprefix serve: {gateway.config.app.state.describe_limits()}", flush=True)
         print("ftprefix serve: ready; Ctrl-C to stop", flush=True)
         code = server.wait()
-        print(f"ftprefix serve: tritonserver exited with code {code}:\n{server.log_tail()}", file=sys.stderr)
+        print(f"ftprefix serve: {_ended(code, server.log_tail())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("ftprefix serve: stopping", file=sys.stderr, flush=True)
