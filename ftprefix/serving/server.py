@@ -425,12 +425,14 @@ class EmbeddedServer:
         """Load models again (under self._lock). Their instances' processes are new ones then; the
         old ones end once their requests in flight have, and are no longer watched."""
         before = {stub.pid for stub in self._find_stubs()}
+        loaded: list[str] = []
         try:
             for name in names:
                 self.load_model(name)
-        finally:
-            kept = [stub for stub in self._stubs if stub.model not in names]
-            fresh = [s for s in self._find_stubs() if s.model in names and s.pid not in before]
+                loaded.append(name)
+        finally:  # a model that failed to load keeps its old processes watched: tried again later
+            kept = [stub for stub in self._stubs if stub.model not in loaded]
+            fresh = [s for s in self._find_stubs() if s.model in loaded and s.pid not in before]
             self._stubs = kept + fresh
 
     def heal(self) -> list[str]:
