@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,18 +44,21 @@ def _start(
     triton: EmbeddedServer, model: dict, keys: Path, *extra: str
 ) -> tuple[subprocess.Popen, str, list[psutil.Process]]:
     """The gateway's process, its URL and its workers, once it says they all listen."""
-    port = free_port()
     argv = [sys.executable, "-m", "ftprefix.cli", "openai", "--url", triton.grpc_url]
     argv += ["--http-url", triton.http_url, "--tokenizer", str(model["hf"]), "--base-model", BASE]
-    argv += ["--port", str(port), "--api-keys", str(keys), *extra]
+    argv += ["--port", "0", "--api-keys", str(keys), *extra]  # any free port: the one it prints
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal
     )
     assert proc.stdout is not None
+    url = None
     for line in proc.stdout:  # ends at EOF if the gateway fails; pytest's timeout is the bound
+        printed = re.match(r"ftprefix openai: (http://127\.0\.0\.1:\d+)/v1 in front of ", line)
+        url = printed.group(1) if printed else url
         if "workers listening" in line:
+            assert url is not None and not url.endswith(":0")
             pids = line.split("(pids ")[1].rstrip(")\n").split(", ")
-            return proc, f"http://127.0.0.1:{port}", [psutil.Process(int(pid)) for pid in pids]
+            return proc, url, [psutil.Process(int(pid)) for pid in pids]
     proc.wait()
     raise AssertionError(f"the gateway did not start: {proc.stderr.read() if proc.stderr else ''}")
 
@@ -307,3 +311,26 @@ def test_the_printed_address_reaches_a_gateway_on_ipv6(triton, model) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_one_process_on_any_free_port_says_which_and_when_it_listens(triton, model) -> None:
+    argv = [sys.executable, "-m", "ftprefix.cli", "openai", "--url", triton.grpc_url, "--port", "0"]
+    argv += ["--tokenizer", str(model["hf"]), "--base-model", BASE]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        printed = re.match(r"ftprefix openai: (http://127\.0\.0\.1:(\d+))/v1 in front of ", first)
+        assert printed and printed.group(2) != "0", first
+        for line in proc.stdout:  # ends at EOF if the gateway fails; pytest's timeout is the bound
+            if line == "ftprefix openai: ready; Ctrl-C to stop\n":
+                break
+        assert httpx.get(printed.group(1) + "/health", timeout=30).json() == {"status": "ok"}
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -50,7 +50,9 @@ def register(subparsers: Any) -> None:
         "the model_name ftprefix convert writes)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port (default %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=8080, help="HTTP port (default %(default)s; 0 = any free port, printed)"
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -81,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from ftprefix.serving.server import bind_port
     from ftprefix.text import load_tokenizer
 
-    if not 0 < args.port <= 65535:
-        raise UserError(f"--port {args.port} is not a port number; use 1..65535")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a port number; use 0..65535 (0: any free port)")
     if not 0 <= args.stop_timeout < float("inf"):
         raise UserError(f"--stop-timeout must be 0 or more seconds, got {args.stop_timeout:g}")
     if not 1 <= args.workers <= MAX_WORKERS:
@@ -105,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.tokenizer, newline_token=args.newline_token)
     # held from here: a port taken meanwhile would be uvicorn's error and exit code 3, not ours
     sock = bind_port(args.host, args.port, "--port")
+    args.port = sock.getsockname()[1]  # the one a 0 picked; --workers bind it again
     try:
         return _serve(args, tokenizer, http_url, sock)
     finally:
@@ -151,6 +154,12 @@ def _serve(args: argparse.Namespace, tokenizer: Tokenizer, http_url: str | None,
         sock.close()  # each worker binds a socket of its own (SO_REUSEPORT), where this one would refuse them
         return run_workers(settings, args.host, args.port, args.workers)
     log_to_stderr("ftprefix openai")
+
+    def listening() -> None:
+        if server.started:
+            print("ftprefix openai: ready; Ctrl-C to stop", flush=True)
+
+    server.on_startup = listening
     # uvicorn takes SIGINT and SIGTERM while it serves, stops gracefully, then raises the signal
     # again under the handler it found: here, one that ends the command as a clean stop (exit 0,
     # as `serve` and --workers), not a death by SIGTERM (143) or an interruption (130)
