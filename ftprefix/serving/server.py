@@ -373,6 +373,10 @@ class EmbeddedServer:
 
     def load_model(self, name: str) -> None:
         """Ask Triton to (re)load one model; returns once it is loaded."""
+        with self._lock:
+            self._load_again([name])
+
+    def _post_load(self, name: str) -> None:
         req = urllib.request.Request(
             f"http://{self.http_url}/v2/repository/models/{name}/load", data=b"{}", method="POST"
         )
@@ -428,7 +432,7 @@ class EmbeddedServer:
         loaded: list[str] = []
         try:
             for name in names:
-                self.load_model(name)
+                self._post_load(name)
                 loaded.append(name)
         finally:  # a model that failed to load keeps its old processes watched: tried again later
             kept = [stub for stub in self._stubs if stub.model not in loaded]
