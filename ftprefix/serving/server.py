@@ -7,7 +7,8 @@ The server runs in its own process group; `stop()` terminates the whole group, a
 and (on Linux) PR_SET_PDEATHSIG make sure it never outlives this process. Hot reload: a watcher
 thread notices when `config.ini` of the converted model changes (e.g. after `ftprefix tasks add`),
 rewrites the task table in the generated configs and asks Triton to load the models again
-(model control, explicit mode); `reload()` does the same on demand.
+(model control, explicit mode); `reload()` does the same on demand. The same thread loads a model
+again when one of its processes has died (`heal()`, stubs.py), with or without watching config.ini.
 """
 
 from __future__ import annotations
