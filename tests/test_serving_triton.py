@@ -217,22 +217,37 @@ def _children_running(parent: int, model: bytes) -> list[int]:
     return found
 
 
-def test_an_engine_process_that_dies_is_started_again(converted):
+def test_an_engine_process_that_dies_is_started_again(converted, capsys):
     """Killed for memory, say. Triton neither starts it again nor calls the model unready, and
-    sends every other request to it still: all of those failed, for good."""
-    _root, ft_dir, hf = converted
+    sends every other request to it still: all of those failed, for good. Loading a model again
+    replaces processes as well (the ensemble's, every step's), which is no death."""
+    root, ft_dir, hf = converted
     prompt = PROMPTS[1]
     want = hf.greedy(prompt, "story", OUT_LEN, END_ID)[0]
     with (
-        EmbeddedServer(ft_dir.parent, watch_interval=None, stop_timeout=0, instances=2) as srv,
+        EmbeddedServer(
+            ft_dir.parent, tokenizer_dir=root / "hf", watch_interval=None, stop_timeout=0, instances=2
+        ) as srv,
         grpcclient.InferenceServerClient(srv.grpc_url) as c,
     ):
 
         def ask() -> None:
             check(c.infer(protocol.FT_MODEL, ft_inputs([prompt], OUT_LEN, [1])), [prompt], [want])
 
+        def processes() -> list[int]:
+            return sorted(_children_running(srv.pid, b"/1/model.py"))
+
         for _ in range(4):
             ask()
+        started = processes()
+        assert len(started) == 4  # two engine instances, preprocessing, postprocessing
+        srv.load_model("ensemble")  # Triton loads its steps again too: every process is new
+        deadline = time.monotonic() + 60
+        while set(processes()) & set(started) or len(processes()) != 4:  # the old ones end
+            assert time.monotonic() < deadline
+        assert srv.heal() == []
+        assert "ended" not in capsys.readouterr().err
+
         engines = _children_running(srv.pid, b"fastertransformer")
         assert len(engines) == 2
         os.kill(engines[0], signal.SIGKILL)
@@ -246,7 +261,8 @@ def test_an_engine_process_that_dies_is_started_again(converted):
             except InferenceServerException as exc:
                 assert "not healthy" in str(exc) or "unavailable" in str(exc).lower(), exc
                 failed, answered = failed + 1, 0
-        assert len(_children_running(srv.pid, b"fastertransformer")) >= 2
+        said = capsys.readouterr().err
+        assert "ended (killed for memory?)" in said and "loading 'fastertransformer' again" in said
 
 
 def test_hot_reload_adds_task_without_restart(converted, server, client):

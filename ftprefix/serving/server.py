@@ -187,7 +187,9 @@ class EmbeddedServer:
         self._lock = threading.Lock()
         self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._stubs: list[stubs.Stub] = []  # the python backend's processes the watcher keeps alive
+        # the python backend's processes, and the model instances the watcher keeps alive
+        self._stubs: list[stubs.Stub] = []
+        self._instances: dict[str, str] = {}  # instance -> model
         self._healed_at: dict[str, float] = {}
 
     # -- addresses -----------------------------------------------------------------------------
@@ -208,8 +210,8 @@ class EmbeddedServer:
         # no `tasks add/remove` between reading the table here and the model loading its files
         with locking.shared(self.ft_dir.parent):
             self._start()
-        self._stubs = self._find_stubs()
-        if self.watch_interval or self._stubs:
+        self._watch_stubs(self._find_stubs())
+        if self.watch_interval or self._instances:
             self._watcher = threading.Thread(target=self._watch, name="ftprefix-reload", daemon=True)
             self._watcher.start()
         return self
@@ -378,6 +380,13 @@ class EmbeddedServer:
             self._load_again([name])
 
     def _post_load(self, name: str) -> None:
+        # Triton loads a model again only if its files changed since it last loaded it (a load
+        # request for an unchanged one returns at once, keeping every instance as it is, a dead
+        # one included; a changed config.pbtxt whose instances alone differ only adds or removes
+        # instances): the times of its version's files say they did
+        for path in (self.repository / name).glob("*/*"):
+            with contextlib.suppress(OSError):
+                os.utime(path)
         req = urllib.request.Request(
             f"http://{self.http_url}/v2/repository/models/{name}/load", data=b"{}", method="POST"
         )
@@ -427,37 +436,47 @@ class EmbeddedServer:
         return stubs.find(self._proc.pid, self._shm_prefix)
 
     def _load_again(self, names: list[str]) -> None:
-        """Load models again (under self._lock). Their instances' processes are new ones then; the
-        old ones end once their requests in flight have, and are no longer watched."""
-        before = {stub.pid for stub in self._find_stubs()}
-        loaded: list[str] = []
+        """Load models again (under self._lock). Their instances get new processes, and Triton
+        may load others with them (an ensemble's steps); the old processes end once their requests
+        in flight have."""
         try:
             for name in names:
                 self._post_load(name)
-                loaded.append(name)
-        finally:  # a model that failed to load keeps its old processes watched: tried again later
-            kept = [stub for stub in self._stubs if stub.model not in loaded]
-            fresh = [s for s in self._find_stubs() if s.model in loaded and s.pid not in before]
-            self._stubs = kept + fresh
+        finally:
+            self._watch_stubs(self._find_stubs())
+
+    def _watch_stubs(self, found: list[stubs.Stub]) -> None:
+        self._stubs = found
+        # every instance seen once is one to keep alive: a model keeps its instances when loaded again
+        self._instances.update({stub.instance: stub.model for stub in found})
 
     def heal(self) -> list[str]:
-        """Load again every model one of whose processes has died (stubs.py says why Triton does
-        not); returns their names. A model is loaded again at most once every HEAL_AGAIN_S."""
-        if not self.running or not self._stubs:
+        """Load again every model an instance of which has lost its process (stubs.py says why
+        Triton does not); returns their names. A model is loaded again at most once every
+        HEAL_AGAIN_S."""
+        if not self.running or not self._instances:
             return []
         with self._lock:
-            gone = [stub for stub in self._stubs if not stub.alive()]
+            if (
+                all(stub.alive() for stub in self._stubs)
+                and {stub.instance for stub in self._stubs} >= self._instances.keys()
+            ):  # the cheap check, every time
+                return []
+            self._watch_stubs(self._find_stubs())  # a load may have replaced the processes gone
+            alive = {stub.instance for stub in self._stubs if stub.alive()}
+            dead = sorted(instance for instance in self._instances if instance not in alive)
             now = time.monotonic()
             due = now - HEAL_AGAIN_S
-            models = sorted({stub.model for stub in gone if self._healed_at.get(stub.model, due) <= due})
+            models = sorted(
+                {self._instances[i] for i in dead if self._healed_at.get(self._instances[i], due) <= due}
+            )
             if not models or self._stop_watch.is_set():
                 return []
             for model in models:
-                pids = ", ".join(str(stub.pid) for stub in gone if stub.model == model)
+                lost = ", ".join(i for i in dead if self._instances[i] == model)
                 print(
-                    f"ftprefix serve: a process of model {model!r} ended (pid {pids}; killed for "
-                    "memory?), and Triton sends its share of the requests there still: loading "
-                    f"{model!r} again",
+                    f"ftprefix serve: the process of {lost} ended (killed for memory?), and Triton "
+                    f"sends that instance its share of the requests still: loading {model!r} again",
                     file=sys.stderr,
                     flush=True,
                 )

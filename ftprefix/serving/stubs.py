@@ -13,7 +13,10 @@ instances afresh, with requests in flight on the old ones finishing there; the s
 
 A stub is told apart by its command line, which the python backend writes as: the stub binary,
 the model's `model.py`, its shared-memory region (named after the server's prefix, tritonserver.py),
-two sizes, the server's pid, and more. Linux only (/proc), as the server is.
+two sizes, the server's pid, the backend's directory, a handle, and the instance's name
+(`fastertransformer_0_1`; python_backend `src/stub_launcher.cc`). An instance is alive while one of
+its stubs is: a model loaded again starts new stubs for its instances before the old ones end, so
+for a while an instance has two. Linux only (/proc), as the server is.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ STUB_BINARY = "triton_python_backend_stub"
 class Stub:
     pid: int
     model: str  # the model's directory name in the repository
+    instance: str  # the model instance it runs, e.g. fastertransformer_0_1
     cmdline: bytes  # as /proc showed it: a pid used again by another process shows another
 
     def alive(self) -> bool:
@@ -58,12 +62,12 @@ def find(server_pid: int, shm_prefix: str) -> list[Stub]:
             continue  # gone meanwhile, or not ours to read
         args = cmdline.split(b"\0")
         if (
-            len(args) > 5
+            len(args) > 8
             and os.path.basename(args[0]) == STUB_BINARY.encode()
             and args[2].startswith(shm_prefix.encode())
             and args[5] == str(server_pid).encode()
         ):
             # <repository>/<model>/<version>/model.py
             model = Path(os.fsdecode(args[1])).parent.parent.name
-            stubs.append(Stub(pid, model, cmdline))
+            stubs.append(Stub(pid, model, os.fsdecode(args[8]), cmdline))
     return stubs
