@@ -9,7 +9,7 @@ server with two engine instances went on failing half its requests for good. The
 own restart of an unhealthy stub was removed upstream (triton-inference-server/python_backend,
 `src/python_be.cc`, TRITONBACKEND_ModelInstanceExecute). Loading the model again starts all its
 instances afresh, with requests in flight on the old ones finishing there; the server's watcher
-(server.py) does that when a stub it knows is gone.
+(server.py) does that when an instance has no stub left.
 
 A stub is told apart by its command line, which the python backend writes as: the stub binary,
 the model's `model.py`, its shared-memory region (named after the server's prefix, tritonserver.py),
