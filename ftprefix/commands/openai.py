@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ftprefix.commands.options import (
     add_gateway_options,
     add_newline_token_option,
+    check_port,
     gateway_keys,
     gateway_limits,
     stop_as_on_ctrl_c,
@@ -83,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from ftprefix.serving.server import bind_port
     from ftprefix.text import load_tokenizer
 
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port {args.port} is not a port number; use 0..65535 (0: any free port)")
+    check_port(args.port, "--port")
     if not 0 <= args.stop_timeout < float("inf"):
         raise UserError(f"--stop-timeout must be 0 or more seconds, got {args.stop_timeout:g}")
     if not 1 <= args.workers <= MAX_WORKERS:

@@ -162,6 +162,11 @@ def add_newline_token_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_port(value: int, flag: str) -> None:
+    if not 0 <= value <= 65535:
+        raise UserError(f"{flag} {value} is not a port number; use 0..65535")
+
+
 def add_gateway_options(parser: argparse.ArgumentParser) -> None:
     """API keys and the chat template of the OpenAI-compatible API (`ftprefix openai`, `serve`)."""
     parser.add_argument(

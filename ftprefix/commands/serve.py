@@ -13,6 +13,7 @@ from ftprefix.commands.options import (
     add_gateway_options,
     add_newline_token_option,
     add_queue_delay_option,
+    check_port,
     gateway_keys,
     gateway_limits,
     stop_as_on_ctrl_c,
@@ -155,13 +156,6 @@ def _ended(code: int, log_tail: str) -> str:
     return f"tritonserver was ended by {name}:\n{log_tail}"
 
 
-def _check_port(value: int, flag: str) -> None:
-    from ftprefix.errors import UserError
-
-    if not 0 <= value <= 65535:
-        raise UserError(f"{flag} {value} is not a port number; use 0..65535")
-
-
 def _reserve_ports(args: argparse.Namespace) -> socket.socket | None:
     """Refuse one port given for two listeners (Triton would print a page of start-up log), and
     bind the OpenAI API's socket, held from here on: no other process, and none of the server's
@@ -223,10 +217,10 @@ def run(args: argparse.Namespace) -> int:
     if args.deployment is not None:
         _apply_deployment(args)
     args.host = triton_host(args.host)
-    _check_port(args.port_grpc, "--port-grpc")
-    _check_port(args.port_http, "--port-http")
+    check_port(args.port_grpc, "--port-grpc")
+    check_port(args.port_http, "--port-http")
     if args.port_metrics is not None:
-        _check_port(args.port_metrics, "--port-metrics")
+        check_port(args.port_metrics, "--port-metrics")
     ensemble_tokenizer = args.tokenizer
     if args.newline_token is not None and args.tokenizer is None:
         raise UserError("--newline-token is for text: give --tokenizer HF_DIR too")
@@ -234,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.tokenizer, newline_token=args.newline_token) if args.tokenizer else None
     if args.openai_port is not None:
         require("openai")
-        _check_port(args.openai_port, "--openai-port")
+        check_port(args.openai_port, "--openai-port")
         if args.tokenizer is None:
             raise UserError("--openai-port needs --tokenizer HF_DIR: the OpenAI API takes and returns text")
     openai_socket = _reserve_ports(args)
