@@ -3,7 +3,12 @@ with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple], float]
@@ -22,3 +27,20 @@ def metric_samples(root: str) -> Samples:
 def metric_delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     key = (name, tuple(sorted(labels.items())))
     return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+@contextlib.contextmanager
+def gateway_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """caplog records the gateway's log at INFO inside this block, also once a command in this
+    process has set that log up (log_to_stderr: a handler of its own and no propagation, where
+    caplog's would see nothing)."""
+    logger = logging.getLogger("ftprefix.gateway")
+    separate = not logger.propagate
+    if separate:
+        logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="ftprefix.gateway"):
+            yield
+    finally:
+        if separate:
+            logger.removeHandler(caplog.handler)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import logging
 import socket
 import threading
 import time
@@ -16,6 +15,7 @@ import httpx
 import openai
 import pytest
 import torch
+from gateway_support import gateway_log
 from serving_support import convert_toy
 from transformers import AutoTokenizer
 
@@ -200,13 +200,9 @@ def test_a_gateway_started_before_triton_tries_it_every_second_and_logs_the_chan
     refusing = threading.Thread(target=refuse, daemon=True)
     refusing.start()
     gateway, base_url = _gateway(f"127.0.0.1:{triton_port}", model["hf"])
-    logger = logging.getLogger("ftprefix.gateway")
-    separate = not logger.propagate  # as the commands set it up: caplog would not see its records
-    if separate:
-        logger.addHandler(caplog.handler)
     health = base_url.removesuffix("/v1") + "/health"
     try:
-        with caplog.at_level(logging.INFO, logger="ftprefix.gateway"):
+        with gateway_log(caplog):
             began = time.monotonic()
             while time.monotonic() - began < 12:  # readiness probes, as fast as they answer
                 assert httpx.get(health).status_code == 503
@@ -223,8 +219,6 @@ def test_a_gateway_started_before_triton_tries_it_every_second_and_logs_the_chan
                 assert answer.usage.completion_tokens == 2
             probes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("health:")]
     finally:
-        if separate:
-            logger.removeHandler(caplog.handler)
         gateway.should_exit = True
     gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
     # a second, give or take gRPC's 20% jitter and a busy machine's scheduling; gRPC's own backoff

@@ -5,7 +5,6 @@ probabilities, and OpenAI's error body for everything."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.grpc as grpcclient
-from gateway_support import metric_delta, metric_samples
+from gateway_support import gateway_log, metric_delta, metric_samples
 from serving_support import convert_toy, tensors
 from transformers import AutoTokenizer
 
@@ -343,61 +342,53 @@ def test_the_access_log_has_a_line_per_request_with_its_id_tenant_model_status_a
     prompt_tokens = len(
         AutoTokenizer.from_pretrained(str(model["hf"])).encode(PROMPT, add_special_tokens=False)
     )
-    logger = logging.getLogger("ftprefix.gateway")
-    separate = not logger.propagate  # as the commands set it up: caplog would not see its records
-    if separate:
-        logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.INFO, logger="ftprefix.gateway"):
-            for access_log in (True, False):
-                server = make_server(
-                    GatewaySettings(
-                        triton.grpc_url,
-                        model["hf"],
-                        BASE,
-                        api_keys_file=keys_file,
-                        **({"access_log": True} if access_log else {}),  # off by default
+    with gateway_log(caplog):
+        for access_log in (True, False):
+            server = make_server(
+                GatewaySettings(
+                    triton.grpc_url,
+                    model["hf"],
+                    BASE,
+                    api_keys_file=keys_file,
+                    **({"access_log": True} if access_log else {}),  # off by default
+                ),
+                "127.0.0.1",
+                free_port(),
+            )
+            serving = start_in_thread(server)
+            url = f"http://127.0.0.1:{server.config.port}/v1/completions"
+            alpha = {"Authorization": "Bearer alpha-key"}
+            body = {"model": "smile", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "ignore_eos": True}
+            sent = [
+                ("acc-whole", alpha, body),
+                ("acc-stream", alpha, {**body, "stream": True}),
+                ("acc-404", alpha, {**body, "model": "shout"}),
+                ("acc-401", {"Authorization": "Bearer wrong"}, body),
+            ]
+            statuses = [
+                httpx.post(url, json=request, headers={**auth, "x-request-id": rid}).status_code
+                for rid, auth, request in sent
+            ]
+            assert statuses == [200, 200, 404, 401]
+            server.should_exit = True
+            serving.join(timeout=60)  # every answer has ended: its line is written
+            lines = [r.getMessage() for r in caplog.records if r.name == "ftprefix.gateway.access"]
+            if not access_log:
+                assert lines == []
+                continue
+            assert all(re.search(r" seconds=\d+\.\d{3} ", line) for line in lines), lines
+            shapes = [re.sub(r" seconds=\S+ ", " seconds={} ", line) for line in lines]
+            assert sorted(shapes) == sorted(
+                [
+                    *(
+                        f"access: request={rid} tenant=alpha model=smile status=200 seconds={{}} "
+                        f"prompt_tokens={prompt_tokens} completion_tokens={MAX_TOKENS}"
+                        for rid in ("acc-whole", "acc-stream")
                     ),
-                    "127.0.0.1",
-                    free_port(),
-                )
-                serving = start_in_thread(server)
-                url = f"http://127.0.0.1:{server.config.port}/v1/completions"
-                alpha = {"Authorization": "Bearer alpha-key"}
-                body = {"model": "smile", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "ignore_eos": True}
-                sent = [
-                    ("acc-whole", alpha, body),
-                    ("acc-stream", alpha, {**body, "stream": True}),
-                    ("acc-404", alpha, {**body, "model": "shout"}),
-                    ("acc-401", {"Authorization": "Bearer wrong"}, body),
+                    "access: request=acc-404 tenant=alpha model=- status=404 seconds={} "
+                    "prompt_tokens=0 completion_tokens=0",
+                    "access: request=acc-401 tenant=- model=- status=401 seconds={} "
+                    "prompt_tokens=0 completion_tokens=0",
                 ]
-                statuses = [
-                    httpx.post(url, json=request, headers={**auth, "x-request-id": rid}).status_code
-                    for rid, auth, request in sent
-                ]
-                assert statuses == [200, 200, 404, 401]
-                server.should_exit = True
-                serving.join(timeout=60)  # every answer has ended: its line is written
-                lines = [r.getMessage() for r in caplog.records if r.name == "ftprefix.gateway.access"]
-                if not access_log:
-                    assert lines == []
-                    continue
-                assert all(re.search(r" seconds=\d+\.\d{3} ", line) for line in lines), lines
-                shapes = [re.sub(r" seconds=\S+ ", " seconds={} ", line) for line in lines]
-                assert sorted(shapes) == sorted(
-                    [
-                        *(
-                            f"access: request={rid} tenant=alpha model=smile status=200 seconds={{}} "
-                            f"prompt_tokens={prompt_tokens} completion_tokens={MAX_TOKENS}"
-                            for rid in ("acc-whole", "acc-stream")
-                        ),
-                        "access: request=acc-404 tenant=alpha model=- status=404 seconds={} "
-                        "prompt_tokens=0 completion_tokens=0",
-                        "access: request=acc-401 tenant=- model=- status=401 seconds={} "
-                        "prompt_tokens=0 completion_tokens=0",
-                    ]
-                ), "\n".join(lines)
-                caplog.clear()
-    finally:
-        if separate:
-            logger.removeHandler(caplog.handler)
+            ), "\n".join(lines)
+            caplog.clear()
