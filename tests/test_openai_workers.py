@@ -291,7 +291,6 @@ def test_one_process_stopped_by_a_signal_exits_0_as_the_workers_do(triton, model
 
 def test_the_printed_address_reaches_a_gateway_on_ipv6(triton, model) -> None:
     """`--host ::1`: the URL it prints is one a client can use (the address in brackets)."""
-    import re
     import socket
 
     try:
