@@ -1,17 +1,18 @@
-"""ftprefix's own torch work under each OpenMP wait policy, alone and beside one busy process, side
-by side in one run: the demo's training (its base model, then a prefix per task: the many small
-steps that ftprefix's own work is made of), each setting in a fresh process, the median of
-`--rounds` rounds (the order rotates). The busy neighbour spins on one core for as long as each
-measurement runs (started and stopped here). A run that takes longer than `--cap` seconds is
-stopped there and counted as the cap (its figures then read "> cap"): beside a busy process,
-threads that spin can take minutes over what takes seconds.
+"""ftprefix's own torch work on one thread and with torch's pool under each OpenMP wait policy,
+alone and beside one busy process, side by side in one run: the demo's training (its base model,
+then a prefix per task: the many small steps that ftprefix's own work is made of), each setting in
+a fresh process, the median of `--rounds` rounds (the order rotates). The busy neighbour spins on
+one core for as long as each measurement runs (started and stopped here). A run that takes longer
+than `--cap` seconds is stopped there and counted as the cap (its figures then read "> cap"):
+beside a busy process, threads that spin can take minutes over what takes seconds.
 
-Settings: torch's default (OMP_WAIT_POLICY unset: libgomp's threads spin a while at each barrier,
-then sleep), what the `ftprefix` command sets (PASSIVE: they sleep at once; cli.main), and one
-thread (OMP_NUM_THREADS=1).
+Settings: what the demo does now (one thread while it trains, `ftprefix.demo.training.one_thread`,
+in the `ftprefix` command's environment: OMP_WAIT_POLICY=PASSIVE, cli.main), and as before, torch's
+pool of a thread per core, with torch's default wait policy (OMP_WAIT_POLICY unset: libgomp's
+threads spin a while at each barrier, then sleep) and with PASSIVE (they sleep at once).
 
     .venv/bin/python benchmarks/torch_waits.py [--steps 300] [--rounds 3] [--cap 120]
-        [--settings default passive one-thread]
+        [--settings one-thread default passive]
 """
 
 from __future__ import annotations
@@ -23,33 +24,38 @@ import subprocess
 import sys
 import time
 
+# name -> (environment, whether torch keeps its pool of a thread per core while the demo trains)
 SETTINGS = {
-    "torch's default (OMP_WAIT_POLICY unset)": {},
-    "now: OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
+    "now: one thread (OMP_WAIT_POLICY=PASSIVE)": ({"OMP_WAIT_POLICY": "PASSIVE"}, False),
+    "before: torch's pool, OMP_WAIT_POLICY unset": ({}, True),
+    "before: torch's pool, OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, True),
 }
-NOW = "now: OMP_WAIT_POLICY=PASSIVE"
-SHORT_NAMES = dict(zip(("default", "passive", "one-thread"), SETTINGS, strict=True))
+NOW = "now: one thread (OMP_WAIT_POLICY=PASSIVE)"
+SHORT_NAMES = dict(zip(("one-thread", "default", "passive"), SETTINGS, strict=True))
 WORK = """
-import sys, tempfile, time
-from ftprefix.demo.training import train_demo_tasks
+import contextlib, sys, tempfile, time
+from ftprefix.demo import training
+if sys.argv[2] == "pool":  # as the demo trained before: torch's threads, as many as it starts with
+    training.one_thread = contextlib.nullcontext
 with tempfile.TemporaryDirectory() as workdir:
     started = time.perf_counter()
-    train_demo_tasks(workdir, steps=int(sys.argv[1]))
+    training.train_demo_tasks(workdir, steps=int(sys.argv[1]))
     print(time.perf_counter() - started)
 """
 SPIN = "while True:\n    pass\n"
 
 
-def measure(setting: dict[str, str], steps: int, busy: bool, cap: float) -> float | None:
-    """Seconds the demo's training takes in a fresh process with `setting` in its environment, or
-    None where it took longer than `cap` seconds (then it is stopped)."""
+def measure(setting: tuple[dict[str, str], bool], steps: int, busy: bool, cap: float) -> float | None:
+    """Seconds the demo's training takes in a fresh process with `setting` (its environment, and
+    whether torch keeps its pool), or None where it took longer than `cap` seconds (then it is
+    stopped)."""
+    environment, pool = setting
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     neighbour = subprocess.Popen([sys.executable, "-c", SPIN]) if busy else None
     try:
         out = subprocess.run(
-            [sys.executable, "-c", WORK, str(steps)],
-            env={**env, **setting},
+            [sys.executable, "-c", WORK, str(steps), "pool" if pool else "one"],
+            env={**env, **environment},
             capture_output=True,
             text=True,
             check=True,
@@ -80,11 +86,11 @@ def main() -> None:
         nargs="+",
         choices=SHORT_NAMES,
         default=list(SHORT_NAMES),
-        help="which settings to measure (default: all three; the columns 'x now' need passive)",
+        help="which settings to measure (default: all three; the columns 'x now' need one-thread)",
     )
     args = parser.parse_args()
-    if "passive" not in args.settings:
-        parser.error("--settings must include passive, the setting the other rows are compared with")
+    if "one-thread" not in args.settings:
+        parser.error("--settings must include one-thread, the setting the other rows are compared with")
 
     names = [SHORT_NAMES[short] for short in SHORT_NAMES if short in args.settings]
     samples: dict[tuple[str, bool], list[float | None]] = {}

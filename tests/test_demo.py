@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from ftprefix.cli import main
 from ftprefix.demo.training import QUESTIONS_AND_ANSWERS, shout, smile
@@ -14,7 +15,9 @@ from ftprefix.demo.training import QUESTIONS_AND_ANSWERS, shout, smile
 @pytest.mark.parametrize("tokenizer", ["bpe", "sentencepiece"])
 def test_demo_answers_differ_per_task_as_trained(tmp_path, capsys, tokenizer):
     workdir = tmp_path / "demo"
+    threads = torch.get_num_threads()
     assert main(["demo", "--workdir", str(workdir), "--tokenizer", tokenizer]) == 0
+    assert torch.get_num_threads() == threads  # one thread while it trained, the process's again after
     # sentencepiece: rinna's kind of tokenizer, trained on the spot and read as rinna's models are
     config = json.loads((workdir / "base" / "tokenizer_config.json").read_text())
     if tokenizer == "sentencepiece":

@@ -8,8 +8,9 @@ tensor is fed as `past_key_values` (unrotated keys, real tokens at positions P, 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,14 +171,32 @@ def train_demo_tasks(
 ) -> tuple[Path, list[Path]]:
     """Base model into `<workdir>/base`, one rinna-style checkpoint per task into `<workdir>/prefixes`."""
     workdir = Path(workdir)
-    model, tokenizer = train_base(workdir / "base", steps=steps, tokenizer_kind=tokenizer_kind)
-    ckpt_dir = workdir / "prefixes"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    # SentencePiece makes " :)" one piece, which the smile prefix has to put where the base model
-    # learnt last to end the answer: that takes it about twice the steps BPE's pieces do.
-    prefix_steps = 2 * steps if tokenizer_kind == "sentencepiece" else steps
-    paths = []
-    for i, task in enumerate(tasks):
-        prefix = train_prefix(model, tokenizer, TASK_STYLES[task], steps=prefix_steps, seed=i)
-        paths.append(save_rinna_checkpoint(prefix, ckpt_dir, task))
+    with one_thread():
+        model, tokenizer = train_base(workdir / "base", steps=steps, tokenizer_kind=tokenizer_kind)
+        ckpt_dir = workdir / "prefixes"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        # SentencePiece makes " :)" one piece, which the smile prefix has to put where the base
+        # model learnt last to end the answer: that takes it about twice the steps BPE's pieces do.
+        prefix_steps = 2 * steps if tokenizer_kind == "sentencepiece" else steps
+        paths = []
+        for i, task in enumerate(tasks):
+            prefix = train_prefix(model, tokenizer, TASK_STYLES[task], steps=prefix_steps, seed=i)
+            paths.append(save_rinna_checkpoint(prefix, ckpt_dir, task))
     return workdir / "base", paths
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread while the demo trains, then as many as before (the setting is the
+    process's). A step of models this small is a few hundred microseconds of arithmetic per
+    operation: a pool of threads spends more waiting for each other at every operation than the
+    other cores give (benchmarks/torch_waits.py), and one thread leaves the other cores to the
+    machine's other work."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
