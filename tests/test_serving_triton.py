@@ -8,6 +8,7 @@ to the served model, runs last.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -265,7 +266,7 @@ def test_an_engine_process_that_dies_is_started_again(converted, capsys):
         assert "ended (killed for memory?)" in said and "loading 'fastertransformer' again" in said
 
 
-def test_hot_reload_adds_task_without_restart(converted, server, client):
+def test_hot_reload_adds_task_without_restart(converted, server, client, capsys):
     _root, ft_dir, hf = converted
     pid = server.pid
     prefix = random_prefix(4, LAYERS, HIDDEN, seed=99).numpy()
@@ -273,14 +274,23 @@ def test_hot_reload_adds_task_without_restart(converted, server, client):
 
     deadline = time.monotonic() + 60
     names: list[str] = []
+    said = ""
     while time.monotonic() < deadline:
         cfg = client.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
         names = TaskTable.from_json(cfg["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"]).names
-        if "fresh" in names and client.is_model_ready(protocol.FT_MODEL):
+        said += capsys.readouterr().out
+        if "fresh" in names and client.is_model_ready(protocol.FT_MODEL) and "loaded again" in said:
             break
-        time.sleep(0.2)  # bounded poll for the watcher; the assertion below is the check
+        time.sleep(0.2)  # bounded poll for the watcher; the assertions below are the check
     assert names == ["smile", "story", "fresh"]
     assert server.pid == pid and server.running
+    # the operator is told what changed and which models (those holding the task table) loaded again
+    (line,) = [line for line in said.splitlines() if "loaded again" in line]
+    assert re.fullmatch(
+        r"ftprefix serve: tasks: \+fresh \(3 in all\); fastertransformer, ensemble "
+        r"loaded again in \d+\.\d s",
+        line,
+    ), line
 
     hf.prefixes["fresh"] = prefix
     res = client.infer(protocol.FT_MODEL, ft_inputs([PROMPTS[2]], OUT_LEN, [2]))

@@ -184,6 +184,7 @@ class EmbeddedServer:
         self._shm_prefix: str | None = None  # this server's shared-memory regions (tritonserver.py)
         self._proc: subprocess.Popen[bytes] | None = None
         self._config_digest = ""
+        self._tasks: list[str] = []  # the task names served, as config.ini had them when last loaded
         self._lock = threading.Lock()
         self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -218,6 +219,7 @@ class EmbeddedServer:
 
     def _start(self) -> None:
         self._config_digest = self._digest()
+        self._tasks = layout.read_config(self.ft_dir).tasks.names
         info = repository.write_repository(
             self.ft_dir,
             self.repository,
@@ -397,28 +399,35 @@ class EmbeddedServer:
             detail = exc.read().decode("utf-8", errors="replace")
             raise ServerError(f"loading model {name!r} failed: {detail}\n{self.log_tail()}") from None
 
-    def reload(self) -> bool:
+    def reload(self) -> str | None:
         """Pick up a changed converted model (new tasks): refresh the task table and load again.
 
-        Returns True when something changed and the models were reloaded. Holds the model lock
-        shared, so config.ini and the prefix files it names are read as one consistent state."""
+        Returns what changed and what was loaded again, in a line for the operator, or None where
+        nothing changed. Holds the model lock shared, so config.ini and the prefix files it names
+        are read as one consistent state."""
         with self._lock, locking.shared(self.ft_dir.parent):
             digest = self._digest()
             if digest == self._config_digest:
-                return False
+                return None
+            started = time.monotonic()
             cfg = layout.read_config(self.ft_dir)
             changed = repository.refresh_task_table(self.repository, cfg)
             # fastertransformer always: config.ini changed, so tasks or prefixes did
-            names = [name for name in [protocol.FT_MODEL, *changed] if name in self.models]
-            self._load_again(list(dict.fromkeys(names)))
+            names = list(dict.fromkeys(n for n in [protocol.FT_MODEL, *changed] if n in self.models))
+            self._load_again(names)
             self._config_digest = digest
-            return True
+            tasks, self._tasks = self._tasks, cfg.tasks.names
+            return (
+                f"{_task_changes(tasks, self._tasks)}; {', '.join(names)} loaded again in "
+                f"{time.monotonic() - started:.1f} s"
+            )
 
     def _watch(self) -> None:
         while not self._stop_watch.wait(self.watch_interval or HEAL_INTERVAL_S):
             if self.watch_interval:
                 try:
-                    self.reload()
+                    if (done := self.reload()) is not None:
+                        print(f"ftprefix serve: {done}", flush=True)
                 except (UserError, ServerError, OSError) as exc:
                     # a half-written conversion or a failed load: report and keep the old models
                     print(f"ftprefix serve: reload failed: {exc}", file=sys.stderr)
@@ -489,3 +498,12 @@ class EmbeddedServer:
                 flush=True,
             )
             return models
+
+
+def _task_changes(before: list[str], after: list[str]) -> str:
+    """What a change of config.ini did to the tasks served, e.g. "tasks: +fresh -old (3 in all)"."""
+    added = [f"+{name}" for name in after if name not in before]
+    removed = [f"-{name}" for name in before if name not in after]
+    if not added and not removed:  # a prefix written again, or the same tasks otherwise changed
+        return f"config.ini changed, the same {len(after)} task(s)"
+    return f"tasks: {' '.join(added + removed)} ({len(after)} in all)"
