@@ -8,9 +8,11 @@ connections over the workers by their addresses (SO_REUSEPORT)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -41,14 +43,23 @@ def triton(model):
 
 
 def _start(
-    triton: EmbeddedServer, model: dict, keys: Path, *extra: str
+    triton: EmbeddedServer, model: dict, keys: Path, *extra: str, open_files: int | None = None
 ) -> tuple[subprocess.Popen, str, list[psutil.Process]]:
-    """The gateway's process, its URL and its workers, once it says they all listen."""
+    """The gateway's process, its URL and its workers, once it says they all listen; started with
+    a soft limit of `open_files` where given (the hard limit as it is)."""
     argv = [sys.executable, "-m", "ftprefix.cli", "openai", "--url", triton.grpc_url]
     argv += ["--http-url", triton.http_url, "--tokenizer", str(model["hf"]), "--base-model", BASE]
     argv += ["--port", "0", "--api-keys", str(keys), *extra]  # any free port: the one it prints
+
+    def as_started() -> None:
+        _ctrl_c_as_in_a_terminal()
+        if open_files is not None:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+            )
+
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_started
     )
     assert proc.stdout is not None
     url = None
@@ -333,3 +344,46 @@ def test_one_process_on_any_free_port_says_which_and_when_it_listens(triton, mod
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_more_clients_at_once_than_the_soft_limit_of_open_files_are_all_answered(
+    triton, model, tmp_path
+) -> None:
+    """Started from a shell, a process may hold 1024 files (the soft limit; the hard one is often
+    500 times that), one per connection. At the limit gRPC's core aborted the whole gateway
+    (`Failed to open /dev/urandom`): every request in flight was lost, the next ones refused. The
+    gateway raises its soft limit as far as the hard one allows, for its workers as well: 400
+    clients at once over 2 workers started with a soft limit of 128 files are all answered."""
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"k": {"tenant": "t", "tasks": "*"}}))
+    proc, url, workers = _start(triton, model, keys, "--workers", "2", open_files=128)
+    try:
+
+        async def clients(count: int) -> list[int | str]:
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+            async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+                async def one(i: int) -> int | str:
+                    body = {
+                        "model": "smile",
+                        "prompt": f"The quick brown fox {i}",
+                        "max_tokens": 2,
+                        "stream": i % 2 == 0,
+                    }
+                    try:
+                        answer = await client.post(
+                            f"{url}/v1/completions", json=body, headers={"authorization": "Bearer k"}
+                        )
+                    except httpx.HTTPError as exc:
+                        return type(exc).__name__
+                    return answer.status_code
+
+                return await asyncio.gather(*(one(i) for i in range(count)))
+
+        statuses = asyncio.run(clients(400))
+        assert statuses == [200] * 400, {s: statuses.count(s) for s in set(statuses)}
+        assert all(w.rlimit(psutil.RLIMIT_NOFILE)[0] > 400 for w in workers)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

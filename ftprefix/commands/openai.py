@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftprefix.commands.open_files import open_files_note
 from ftprefix.commands.options import (
     add_gateway_options,
     add_newline_token_option,
@@ -105,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--http-url: {exc}") from None
     # one line now if the tokenizer cannot be read, not at the first request
     tokenizer = load_tokenizer(args.tokenizer, newline_token=args.newline_token)
+    if (note := open_files_note("ftprefix openai")) is not None:  # before the workers start
+        print(note, file=sys.stderr, flush=True)
     # held from here: a port taken meanwhile would be uvicorn's error and exit code 3, not ours
     sock = bind_port(args.host, args.port, "--port")
     args.port = sock.getsockname()[1]  # the one a 0 picked; --workers bind it again

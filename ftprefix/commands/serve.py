@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ftprefix.commands.open_files import open_files_note
 from ftprefix.commands.options import (
     add_gateway_options,
     add_newline_token_option,
@@ -231,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
         check_port(args.openai_port, "--openai-port")
         if args.tokenizer is None:
             raise UserError("--openai-port needs --tokenizer HF_DIR: the OpenAI API takes and returns text")
+    if (note := open_files_note("ftprefix serve")) is not None:  # before Triton starts
+        print(note, file=sys.stderr, flush=True)
     openai_socket = _reserve_ports(args)
     try:
         return _serve(args, tokenizer, ensemble_tokenizer, openai_socket)
