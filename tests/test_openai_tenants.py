@@ -392,3 +392,82 @@ def test_the_access_log_has_a_line_per_request_with_its_id_tenant_model_status_a
                 ]
             ), "\n".join(lines)
             caplog.clear()
+
+
+# -- browsers ------------------------------------------------------------------------------------
+
+PAGE = "https://chat.example.com"
+
+
+def _preflight(url: str, origin: str) -> httpx.Response:
+    """What a browser sends before a page's POST with a key (the Fetch standard's CORS preflight):
+    no key, the method and the headers the POST will carry."""
+    return httpx.options(
+        url,
+        headers={
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization,content-type,x-stainless-os",
+        },
+    )
+
+
+def test_web_pages_of_a_cors_origin_may_call_the_api_and_read_its_answers(triton, model) -> None:
+    """A browser lets a page of one origin call another only when the answers say so: its
+    preflight (no key) answered with the allowed method and headers, and every answer, errors and
+    streams included, naming the page's origin. Without --cors-origin, nothing allows it."""
+    server, url = _gateway(
+        triton.grpc_url, model["hf"], triton_http_url=triton.http_url, api_keys=(ADMIN,), cors_origins=(PAGE,)
+    )
+    plain, plain_url = _gateway(triton.grpc_url, model["hf"], api_keys=(ADMIN,))
+    try:
+        allowed = _preflight(url + "/chat/completions", PAGE)
+        assert allowed.status_code == 200, allowed.text
+        assert allowed.headers["access-control-allow-origin"] == PAGE
+        assert "POST" in allowed.headers["access-control-allow-methods"]
+        granted = allowed.headers["access-control-allow-headers"].lower()
+        assert {"authorization", "content-type", "x-stainless-os"} <= set(granted.replace(" ", "").split(","))
+        # another origin's page: its preflight fails, so the browser never sends the POST
+        other = _preflight(url + "/chat/completions", "https://elsewhere.example.org")
+        assert other.status_code >= 400 and "access-control-allow-origin" not in other.headers
+
+        page = {"origin": PAGE, "authorization": f"Bearer {ADMIN}"}
+        body = {"model": "smile", "prompt": PROMPT, "max_tokens": 2, "temperature": 0}
+        answers = {
+            "whole": httpx.post(url + "/completions", json=body, headers=page),
+            "streamed": httpx.post(url + "/completions", json={**body, "stream": True}, headers=page),
+            "models": httpx.get(url + "/models", headers=page),
+            "no key": httpx.post(url + "/completions", json=body, headers={"origin": PAGE}),
+            "bad request": httpx.post(url + "/completions", json={**body, "max_tokens": "2"}, headers=page),
+        }
+        assert {name: a.status_code for name, a in answers.items()} == {
+            "whole": 200,
+            "streamed": 200,
+            "models": 200,
+            "no key": 401,
+            "bad request": 400,
+        }
+        for name, answer in answers.items():
+            assert answer.headers.get("access-control-allow-origin") == PAGE, name
+            exposed = answer.headers.get("access-control-expose-headers", "").lower()
+            assert "x-request-id" in exposed, name  # the id an operator asks for, readable by the page
+        assert answers["streamed"].text.rstrip().endswith("data: [DONE]")
+
+        # without --cors-origin: no preflight passes, no answer names an origin
+        refused = _preflight(plain_url + "/chat/completions", PAGE)
+        assert refused.status_code >= 400 and "access-control-allow-origin" not in refused.headers
+        answer = httpx.get(
+            plain_url + "/models", headers={"origin": PAGE, "authorization": f"Bearer {ADMIN}"}
+        )
+        assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+    finally:
+        server.should_exit = plain.should_exit = True
+
+
+def test_a_cors_origin_must_be_an_origin(triton, model, capsys) -> None:
+    for value in ("chat.example.com", "https://chat.example.com/", "https://chat.example.com/app"):
+        argv = ["openai", "--url", triton.grpc_url, "--tokenizer", str(model["hf"]), "--cors-origin", value]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"ftprefix openai: error: --cors-origin {value!r} is not an origin"), err
+        assert len(err.splitlines()) == 1

@@ -4,6 +4,7 @@ long-running ones stop."""
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -207,6 +208,16 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help=(
+            "let web pages from ORIGIN (e.g. https://chat.example.com) call the API from a browser "
+            "(CORS); repeatable; * for any origin (default: none)"
+        ),
+    )
+    parser.add_argument(
         "--max-in-flight",
         type=int,
         metavar="N",
@@ -268,6 +279,20 @@ def gateway_limits(args: argparse.Namespace) -> dict[str, float | int | bool | N
         "timeout": args.request_timeout,
         "max_model_len": args.max_model_len,
     }
+
+
+def cors_origins(values: Sequence[str]) -> tuple[str, ...]:
+    """--cors-origin values, each checked to be an origin as browsers send it, or *."""
+    for value in values:
+        if value != "*" and not _ORIGIN.fullmatch(value):
+            raise UserError(
+                f"--cors-origin {value!r} is not an origin as a browser sends it: give scheme and host "
+                "(and port), no path or trailing slash, e.g. https://chat.example.com; or * for any"
+            )
+    return tuple(dict.fromkeys(values))
+
+
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(:\d{1,5})?")
 
 
 def gateway_keys(values: Sequence[str]) -> tuple[str, ...]:

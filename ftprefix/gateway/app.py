@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from ftprefix.client import AsyncClient, Completion, FtprefixClientError
 from ftprefix.gateway import access, openapi
@@ -51,7 +52,7 @@ from ftprefix.gateway.errors import (
     shutting_down,
 )
 from ftprefix.gateway.events import EventStream
-from ftprefix.gateway.limits import Grant, Limits
+from ftprefix.gateway.limits import Grant, Limits, header_names
 from ftprefix.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from ftprefix.gateway.schemas import ChatRequest, CompletionRequest, parse_request
 from ftprefix.task_table import unknown_name_hint
@@ -85,6 +86,8 @@ class GatewaySettings:
     queue_timeout: float = 60.0  # how long a request may wait for a place at Triton
     max_model_len: int = 2048  # prompt + completion tokens of one row
     max_body_bytes: int = 4 * 1024 * 1024
+    # origins whose web pages may call the API from a browser (CORS; "*": any); none by default
+    cors_origins: tuple[str, ...] = ()
     metrics_dir: str | None = None  # with --workers: where every worker's metrics meet (workers.py)
     workers: int = 1  # gateway processes serving one port (--workers), which split max_in_flight
     worker: int = 0  # which of them this one is
@@ -125,8 +128,17 @@ class GatewayApp(FastAPI):
     generating: dict[str, ASGIApp]
     # a /v1 request's end: its metrics and access-log line (model and tenant from the context)
     finished: Callable[..., None]
+    # with --cors-origin: the front door behind CORS, which answers browsers' preflight requests
+    # itself (they carry no key) and adds its headers to every answer, errors and streams included
+    cors: ASGIApp | None = None
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if self.cors is not None:
+            await self.cors(scope, receive, send)
+        else:
+            await self.front_door(scope, receive, send)
+
+    async def front_door(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
@@ -207,6 +219,15 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             access.write(ctx.request_id, tenant, ctx.model, status, seconds, prompt, completion, reason)
 
     app.finished = finished
+    if settings.cors_origins:
+        app.cors = CORSMiddleware(
+            app.front_door,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],  # openai-node adds headers of its own (x-stainless-*)
+            expose_headers=[REQUEST_ID_HEADER, "retry-after", *header_names()],
+            max_age=600,
+        )
     app.state.admission = admission
     app.state.keys = keys  # for the commands' start-up lines
 

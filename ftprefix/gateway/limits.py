@@ -55,11 +55,21 @@ class Bucket:
         return (self.limit - self.level) / self.rate
 
     def headers(self, kind: str) -> list[tuple[str, str]]:
+        limit, remaining, reset = header_names(kind)
         return [
-            (f"x-ratelimit-limit-{kind}", str(self.limit)),
-            (f"x-ratelimit-remaining-{kind}", str(max(0, math.floor(self.level)))),
-            (f"x-ratelimit-reset-{kind}", duration(self.until_full())),
+            (limit, str(self.limit)),
+            (remaining, str(max(0, math.floor(self.level)))),
+            (reset, duration(self.until_full())),
         ]
+
+
+def header_names(*kinds: str) -> list[str]:
+    """OpenAI's rate-limit headers of `kinds` (default: both, requests and tokens), as answers carry them."""
+    return [
+        f"x-ratelimit-{part}-{kind}"
+        for kind in kinds or ("requests", "tokens")
+        for part in ("limit", "remaining", "reset")
+    ]
 
 
 @dataclass

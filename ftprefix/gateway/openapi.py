@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from ftprefix import __version__
+from ftprefix.gateway.limits import header_names
 
 REF = "#/components/schemas/{model}"
 BEARER = "bearer"
@@ -128,11 +129,7 @@ _DESCRIPTIONS = {
     503: "The model server is not available, or no place at it came free in time (Retry-After)",
     504: "The model server did not answer in time",
 }
-_RATE_HEADERS = {
-    name: {"schema": {"type": "string"}}
-    for kind in ("requests", "tokens")
-    for name in (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
-}
+_RATE_HEADERS = {name: {"schema": {"type": "string"}} for name in header_names()}
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
