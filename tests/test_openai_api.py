@@ -7,6 +7,7 @@ schemathesis). Expected tokens come from Hugging Face (tests/hf_reference.py) or
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -306,6 +307,51 @@ def test_huge_and_deep_bodies_are_refused_before_reaching_the_model(gateway) -> 
     assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "request_too_large"
     deep = _post(gateway, b'{"model": "shout", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
     assert deep.status_code == 400 and set(deep.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_prompt_far_over_the_context_is_refused_on_its_head(gateway, model) -> None:
+    """A 4 MB prompt is a 400 whatever the rest of it says: its first 16 characters per token of
+    context already hold more than twice the context, as Hugging Face's tokenizer counts them."""
+    head_chars = 16 * 1024
+    prompt = "the quick brown fox " * 200_000
+    head_tokens = len(model["tokenizer"].encode(prompt[:head_chars], add_special_tokens=False))
+    assert head_tokens > 2 * 1024
+    answer = _post(gateway, {"model": BASE, "prompt": prompt})
+    assert answer.status_code == 400
+    assert answer.json() == _error(
+        f"this model's maximum context length is 1024 tokens; the prompt's first {head_chars} characters "
+        f"alone are {head_tokens}: send a shorter prompt",
+        "prompt",
+        "context_length_exceeded",
+    )
+
+
+def test_while_a_long_prompt_is_tokenized_the_gateway_answers_others(triton, model) -> None:
+    """Tokenizing a prompt of 4 MB takes seconds; it runs beside the event loop, not on it, so the
+    requests that come meanwhile are answered meanwhile. Here the context is large enough that the
+    whole prompt is tokenized (its 400 comes after that), while one client after another asks for
+    the models: before, each of them waited for the tokenizer to finish."""
+    server, url = _gateway(triton.grpc_url, model["hf"], max_model_len=10_000_000)
+    try:
+        prompt = "the quick brown fox " * 200_000
+        body = {"model": BASE, "prompt": prompt, "max_tokens": 9_000_000}
+
+        async def meanwhile() -> tuple[httpx.Response, int]:
+            async with httpx.AsyncClient(timeout=120, headers=AUTH) as client:
+                long = asyncio.ensure_future(client.post(url + "/v1/completions", json=body))
+                answered = 0
+                while not long.done():  # one small request after another until the long one ends
+                    assert (await client.get(url + "/v1/models")).status_code == 200
+                    answered += 1
+                return await long, answered
+
+        long, answered = asyncio.run(meanwhile())
+        assert long.status_code == 400 and long.json()["error"]["code"] == "context_length_exceeded"
+        tokens = len(model["tokenizer"].encode(prompt, add_special_tokens=False))
+        assert f"({tokens} in the prompt, 9000000 for the completion)" in long.json()["error"]["message"]
+        assert answered >= 10, answered  # before: 1, the request sent before the long one arrived whole
+    finally:
+        server.should_exit = True
 
 
 # -- vLLM's extensions, honoured -----------------------------------------------------------------

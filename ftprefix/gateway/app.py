@@ -54,6 +54,7 @@ from ftprefix.gateway.errors import (
 from ftprefix.gateway.events import EventStream
 from ftprefix.gateway.limits import Grant, Limits, header_names
 from ftprefix.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from ftprefix.gateway.prompt_ids import PromptIds, TooLong
 from ftprefix.gateway.schemas import ChatRequest, CompletionRequest, parse_request
 from ftprefix.task_table import unknown_name_hint
 from ftprefix.text import Tokenizer, load_tokenizer
@@ -180,6 +181,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     """The FastAPI app; `tokenizer` (else read from settings.tokenizer_dir) also renders chats."""
     tokenizer = tokenizer or load_tokenizer(settings.tokenizer_dir, newline_token=settings.newline_token)
     template = load_chat_template(tokenizer, settings.chat_template)
+    prompt_ids = PromptIds(tokenizer, settings.max_model_len)
     keys = KeyRing(settings.api_keys, settings.api_keys_file)
     metrics = GatewayMetrics(enabled=settings.metrics, shared_dir=settings.metrics_dir)
     limits = Limits()
@@ -203,6 +205,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         try:
             yield
         finally:
+            prompt_ids.close()
             await holder["client"].close()
 
     app = GatewayApp(title="ftprefix OpenAI-compatible API", version=openapi.api_version(), lifespan=lifespan)
@@ -362,8 +365,20 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             info = await model_info(ctx)
             admission.limit = settings.share(max(1, info.max_batch_size) * max(1, info.instances))
 
-    def tokens_of(prompts: list[str | list[int]], max_new: int, param: str) -> list[list[int]]:
-        ids = [tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
+    async def tokens_of(prompts: list[str | list[int]], max_new: int, param: str) -> list[list[int]]:
+        texts = iter(await prompt_ids.of([p for p in prompts if isinstance(p, str)]))
+        ids = []
+        for prompt in prompts:
+            row = next(texts) if isinstance(prompt, str) else prompt
+            if isinstance(row, TooLong):
+                raise bad_param(
+                    param,
+                    f"this model's maximum context length is {settings.max_model_len} tokens; the "
+                    f"prompt's first {row.head_chars} characters alone are {row.head_tokens}: send a "
+                    "shorter prompt",
+                    code="context_length_exceeded",
+                )
+            ids.append(row)
         for row in ids:
             if not row:
                 raise bad_param(param, "the prompt encodes to no tokens; FT needs at least one")
@@ -408,7 +423,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         else:
             prompts = body.prompts()
             answer = AnswerFormat(body.model)
-        ids = tokens_of(prompts, max_new, "messages" if isinstance(body, ChatRequest) else "prompt")
+        ids = await tokens_of(prompts, max_new, "messages" if isinstance(body, ChatRequest) else "prompt")
         sent_ids = [p for p in prompts if not isinstance(p, str)]
         if sent_ids or body.stop_token_ids:
             await in_vocabulary(ctx, sent_ids, body.stop_token_ids or [])

@@ -35,7 +35,9 @@ class JsonTokenizer(Tokenizer):
         return self._tokenizer.token_to_id(token)
 
     def _encode(self, text: str) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        # the batch call, not `encode`: it lets other threads run while it works (the single call
+        # holds the GIL throughout, 3.4 s for a 4 MB prompt), for the same ids and 2 us more
+        return list(self._tokenizer.encode_batch([text], add_special_tokens=False)[0].ids)
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self._cleaned(self._raw(ids))
