@@ -209,3 +209,19 @@ def test_each_pod_gets_the_time_its_own_stop_takes(flavour: str) -> None:
     gateway_stop = build_parser().parse_args(["openai", "--tokenizer", "hf"]).stop_timeout
     assert grace("ftprefix-openai") > gateway_stop
     assert grace("ftprefix-triton") > (TRITON_EXIT_TIMEOUT_S if flavour == "gpu" else LONGEST_CPU_STOP_S)
+
+
+@pytest.mark.parametrize("flavour", ["gpu", "cpu"])
+def test_a_node_drain_takes_one_pod_of_each_at_a_time(flavour: str) -> None:
+    """Each Deployment has a disruption budget of one pod whose selector picks exactly its pods
+    (a budget selecting no pod, or another Deployment's too, would protect nothing or hold both)."""
+    resources = _by_kind(KUBE / flavour)
+    deployments = {name: r for (kind, name), r in resources.items() if kind == "Deployment"}
+    budgets = {name: r for (kind, name), r in resources.items() if kind == "PodDisruptionBudget"}
+    assert budgets.keys() == deployments.keys() == {"ftprefix-openai", "ftprefix-triton"}
+    for name, budget in budgets.items():
+        wanted = budget["spec"]["selector"]["matchLabels"]
+        assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
+        for other, pods in deployments.items():
+            labels = pods["spec"]["template"]["metadata"]["labels"]
+            assert (wanted.items() <= labels.items()) == (other == name), (name, other)
