@@ -320,7 +320,7 @@ def test_a_prompt_far_over_the_context_is_refused_on_its_head(gateway, model) ->
     assert answer.status_code == 400
     assert answer.json() == _error(
         f"this model's maximum context length is 1024 tokens; the prompt's first {head_chars} characters "
-        f"alone are {head_tokens}: send a shorter prompt",
+        f"alone are {head_tokens} tokens: send a shorter prompt",
         "prompt",
         "context_length_exceeded",
     )

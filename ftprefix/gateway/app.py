@@ -374,7 +374,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
                 raise bad_param(
                     param,
                     f"this model's maximum context length is {settings.max_model_len} tokens; the "
-                    f"prompt's first {row.head_chars} characters alone are {row.head_tokens}: send a "
+                    f"prompt's first {row.head_chars} characters alone are {row.head_tokens} tokens: send a "
                     "shorter prompt",
                     code="context_length_exceeded",
                 )
