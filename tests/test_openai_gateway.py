@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import socket
 import threading
 import time
@@ -234,7 +235,9 @@ def test_health_is_ok_with_triton_up(stack) -> None:
     assert httpx.get(stack["url"].removesuffix("/v1") + "/health").json() == {"status": "ok"}
 
 
-def test_a_task_added_on_the_server_becomes_a_model_and_a_removed_one_is_gone(model, tmp_path: Path) -> None:
+def test_a_task_added_on_the_server_becomes_a_model_and_a_removed_one_is_gone(
+    model, tmp_path: Path, capsys
+) -> None:
     import shutil
     import time
 
@@ -268,6 +271,16 @@ def test_a_task_added_on_the_server_becomes_a_model_and_a_removed_one_is_gone(mo
             with pytest.raises(openai.NotFoundError) as gone:
                 client.completions.create(model="fresh", prompt=PROMPTS[1], max_tokens=MAX_TOKENS)
             assert gone.value.body["code"] == "model_not_found"
+            # and the server said what each change did, once it had loaded the model again
+            said: list[str] = []
+            while len(said) < 2 and time.monotonic() < deadline:
+                said += [line for line in capsys.readouterr().out.splitlines() if "loaded again" in line]
+                time.sleep(0.2)  # bounded poll for the watcher's lines; asserted next
+            loaded = "fastertransformer loaded again in S"
+            assert [re.sub(r"in \d+\.\d s$", "in S", line) for line in said] == [
+                f"ftprefix serve: tasks: +fresh ({len(TASKS) + 1} in all); {loaded}",
+                f"ftprefix serve: tasks: -fresh ({len(TASKS)} in all); {loaded}",
+            ]
         finally:
             gateway.should_exit = True
 
