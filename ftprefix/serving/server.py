@@ -219,7 +219,6 @@ class EmbeddedServer:
 
     def _start(self) -> None:
         self._config_digest = self._digest()
-        self._tasks = layout.read_config(self.ft_dir).tasks.names
         info = repository.write_repository(
             self.ft_dir,
             self.repository,
@@ -232,6 +231,7 @@ class EmbeddedServer:
             engine_threads=self.layout.threads,
         )
         self.models = info.models
+        self._tasks = info.config.tasks.names
         backends = tritonserver.prepare_backends(self.workdir / "backends")
         tritonserver.remove_orphaned_regions()
         self._shm_prefix = tritonserver.shm_prefix()
@@ -409,18 +409,14 @@ class EmbeddedServer:
             digest = self._digest()
             if digest == self._config_digest:
                 return None
-            started = time.monotonic()
             cfg = layout.read_config(self.ft_dir)
             changed = repository.refresh_task_table(self.repository, cfg)
             # fastertransformer always: config.ini changed, so tasks or prefixes did
             names = list(dict.fromkeys(n for n in [protocol.FT_MODEL, *changed] if n in self.models))
-            self._load_again(names)
+            seconds = self._load_again(names)
             self._config_digest = digest
             tasks, self._tasks = self._tasks, cfg.tasks.names
-            return (
-                f"{_task_changes(tasks, self._tasks)}; {', '.join(names)} loaded again in "
-                f"{time.monotonic() - started:.1f} s"
-            )
+            return f"{_task_changes(tasks, self._tasks)}; {', '.join(names)} loaded again in {seconds:.1f} s"
 
     def _watch(self) -> None:
         while not self._stop_watch.wait(self.watch_interval or HEAL_INTERVAL_S):
@@ -444,15 +440,17 @@ class EmbeddedServer:
             return []
         return stubs.find(self._proc.pid, self._shm_prefix)
 
-    def _load_again(self, names: list[str]) -> None:
-        """Load models again (under self._lock). Their instances get new processes, and Triton
-        may load others with them (an ensemble's steps); the old processes end once their requests
-        in flight have."""
+    def _load_again(self, names: list[str]) -> float:
+        """Load models again (under self._lock); returns the seconds it took. Their instances get
+        new processes, and Triton may load others with them (an ensemble's steps); the old
+        processes end once their requests in flight have."""
+        started = time.monotonic()
         try:
             for name in names:
                 self._post_load(name)
         finally:
             self._watch_stubs(self._find_stubs())
+        return time.monotonic() - started
 
     def _watch_stubs(self, found: list[stubs.Stub]) -> None:
         self._stubs = found
@@ -490,10 +488,9 @@ class EmbeddedServer:
                     flush=True,
                 )
                 self._healed_at[model] = now
-            started = time.monotonic()
-            self._load_again(models)
+            seconds = self._load_again(models)
             print(
-                f"ftprefix serve: {', '.join(models)} loaded again in {time.monotonic() - started:.1f} s",
+                f"ftprefix serve: {', '.join(models)} loaded again in {seconds:.1f} s",
                 file=sys.stderr,
                 flush=True,
             )
