@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from ftprefix.text import load_tokenizer
 
     check_port(args.port, "--port")
-    cors_origins(args.cors_origin)  # one line now, before anything starts
+    args.cors_origin = cors_origins(args.cors_origin)  # one line now, before anything starts
     if not 0 <= args.stop_timeout < float("inf"):
         raise UserError(f"--stop-timeout must be 0 or more seconds, got {args.stop_timeout:g}")
     if not 1 <= args.workers <= MAX_WORKERS:
@@ -135,7 +135,7 @@ def _serve(args: argparse.Namespace, tokenizer: Tokenizer, http_url: str | None,
         chat_template=args.chat_template,
         metrics=not args.no_metrics,
         access_log=args.access_log,
-        cors_origins=cors_origins(args.cors_origin),
+        cors_origins=args.cors_origin,
         stop_timeout=args.stop_timeout,
         workers=args.workers,
         **gateway_limits(args),

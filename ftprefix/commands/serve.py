@@ -134,7 +134,7 @@ def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokeni
         chat_template=args.chat_template,
         metrics=not args.no_metrics,
         access_log=args.access_log,
-        cors_origins=cors_origins(args.cors_origin),
+        cors_origins=args.cors_origin,
         # the gateway's requests get the stop timeout Triton's get: they are the same requests
         stop_timeout=server.exit_timeout_s if server.stop_timeout is None else server.stop_timeout,
         **gateway_limits(args),
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     if args.openai_port is not None:
         require("openai")
         check_port(args.openai_port, "--openai-port")
-        cors_origins(args.cors_origin)  # one line now, before Triton starts
+        args.cors_origin = cors_origins(args.cors_origin)  # one line now, before Triton starts
         if args.tokenizer is None:
             raise UserError("--openai-port needs --tokenizer HF_DIR: the OpenAI API takes and returns text")
     if (note := open_files_note("ftprefix serve")) is not None:  # before Triton starts
