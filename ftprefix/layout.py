@@ -21,7 +21,7 @@ import enum
 import io
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -230,7 +230,11 @@ def write_config(directory: str | os.PathLike[str], cfg: ModelConfig) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Replace `path` with `data` all at once: a temporary file beside it, renamed into place.
+    The file gets the mode any new file gets (0o666 less the umask), not a private temporary
+    file's 0o600: a converted model is read by Triton in a container that may run as another user
+    (OpenShift gives each pod an arbitrary one), which a private config.ini stops."""
+    fd, tmp = _new_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -246,6 +250,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _new_file_beside(path: Path) -> tuple[int, str]:
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:  # os.open applies the umask to 0o666, as open() does for any new file
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +254,31 @@ def test_force_replaces_only_the_earlier_conversion_for_that_tp(toy_models, tmp_
     assert "weight_data_type = fp16" in (out / "1-gpu/config.ini").read_text()
     assert tree_digest(out / "2-gpu") == keep
     assert sorted(p.name for p in out.iterdir()) == ["1-gpu", "2-gpu"]  # no staging, old copy or lock left
+
+
+def test_every_file_written_is_as_readable_as_an_ordinary_file(toy_models, rinna_file, tmp_path):
+    """The converted model is read by Triton, in a container that may run as another user: every
+    file and directory gets the mode an ordinary one gets under the umask (config.ini, written
+    from a private temporary file, was 0o600), after convert and after `tasks add` alike."""
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "plain").write_bytes(b"")
+        (tmp_path / "plain-dir").mkdir()
+        file_mode = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+        dir_mode = stat.S_IMODE((tmp_path / "plain-dir").stat().st_mode)
+        out = tmp_path / "out"
+        _quiet_convert(toy_models["parallel"], out, 2, "fp16")
+        assert main(["tasks", "add", str(out), "--prefix", f"smile={rinna_file}"]) == 0
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    assert "2-gpu/config.ini" in modes and "2-gpu/model.prefix_prompt.smile.weight.0.bin" in modes
+    wrong = {
+        name: oct(mode)
+        for name, mode in modes.items()
+        if mode != (dir_mode if (out / name).is_dir() else file_mode)
+    }
+    assert wrong == {}
 
 
 def test_force_never_deletes_what_ftprefix_did_not_write(toy_models, tmp_path, capsys):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import configparser
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -47,6 +49,26 @@ def test_config_ini_has_the_keys_ft_reads(tmp_path):
     assert ini["task_1"]["task_name"] == "smile" and ini["task_1"]["prompt_length"] == "3"
     assert layout.read_config(tmp_path) == _cfg()
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp file behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_config_ini_gets_the_mode_any_new_file_gets(tmp_path, umask):
+    """Triton may read a converted model as another user than the one who converted it (a
+    container, OpenShift's arbitrary user ids): config.ini is as readable as an ordinary file, as
+    the weights beside it are. Written from a private temporary file, it was 0o600 whatever the
+    umask, and FT could not read it."""
+    old = os.umask(umask)
+    try:
+        (tmp_path / "plain").write_bytes(b"")  # the reference: the mode open() gives a new file
+        plain = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+        layout.write_config(tmp_path, _cfg())
+        assert stat.S_IMODE((tmp_path / "config.ini").stat().st_mode) == plain
+        (tmp_path / "config.ini").chmod(0o600)  # as an earlier version left it: a rewrite mends it
+        layout.write_config(tmp_path, _cfg(tasks=()))
+        assert stat.S_IMODE((tmp_path / "config.ini").stat().st_mode) == plain
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.ini", "plain"]
 
 
 def test_config_without_tasks_has_no_prompt_learning_keys(tmp_path):
