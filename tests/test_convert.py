@@ -260,7 +260,7 @@ def test_every_file_written_is_as_readable_as_an_ordinary_file(toy_models, rinna
     """The converted model is read by Triton, in a container that may run as another user: every
     file and directory gets the mode an ordinary one gets under the umask (config.ini, written
     from a private temporary file, was 0o600), after convert and after `tasks add` alike."""
-    old = os.umask(0o022)
+    old = os.umask(0o027)
     try:
         (tmp_path / "plain").write_bytes(b"")
         (tmp_path / "plain-dir").mkdir()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -115,14 +116,25 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _new_directory(parent: Path, prefix: str) -> Path:
+    """An empty directory of a name no other has, with the mode any new directory gets (0o777 less
+    the umask), which it keeps as the conversion: mkdtemp's would be private (0o700)."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def staged_ft_dir(out: Path, tp: int) -> Iterator[Path]:
     """Yield an empty staging directory that becomes `<out>/<tp>-gpu` on success (an existing one is
     removed only after the new one is in place); on failure it is deleted."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{tp}-gpu.tmp-", dir=out))
+    staging = _new_directory(out, f".{tp}-gpu.tmp-")
     try:
         yield staging
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
         target = layout.ft_dir(out, tp)
         old = None
         if target.exists():
