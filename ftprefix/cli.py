@@ -85,7 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # what the machine's storage refuses: the user's to fix, in one line (staged writes leave nothing)
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_REFUSED = {errno.EROFS, errno.EACCES}
 
 
 def storage_error(exc: OSError) -> str | None:
@@ -94,8 +93,13 @@ def storage_error(exc: OSError) -> str | None:
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno in _FULL:
         return f"{exc.strerror}{where}: free some space, or write somewhere else, and run it again"
-    if exc.errno in _REFUSED:
+    if exc.errno == errno.EROFS:
         return f"{exc.strerror}{where}: choose a directory you may write to"
+    if exc.errno == errno.EACCES:  # a read as well as a write: this user may not do one of them
+        return (
+            f"{exc.strerror}{where}: run as a user who may read and write it, or give this one the "
+            "permissions (a converted model must be readable by whoever serves it)"
+        )
     return None
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import resource
 import shutil
 import signal
@@ -349,6 +351,41 @@ def test_a_disk_that_refuses_the_writes_is_one_line_exit_1_nothing_left(work):
     assert line.startswith("ftprefix convert: error: File too large (") and "Traceback" not in done.stderr
     assert line.endswith("free some space, or write somewhere else, and run it again")
     assert not (work / "out").exists() or list((work / "out").iterdir()) == []
+
+
+def _without_permission_override() -> None:
+    """In the child: file permissions hold even for root, who reads anything otherwise. The
+    capabilities that let it, CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2), leave the bounding
+    set (prctl PR_CAPBSET_DROP), so that the exec that follows, which gives root every capability
+    of that set, gives it neither; a user other than root has neither anyway."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_a_model_this_user_may_not_read_is_one_line_exit_1(work):
+    """A converted model another user wrote without read permission for this one (config.ini
+    written private to its owner, as an earlier version did): one line naming the file and what
+    to do about it, not a traceback and not advice about writing."""
+    assert main(_convert_argv(work)) == 0
+    config = work / "out/2-gpu/config.ini"
+    config.chmod(0)
+    done = subprocess.run(
+        [sys.executable, "-m", "ftprefix.cli", "tasks", "list", str(work / "out")],
+        capture_output=True,
+        text=True,
+        preexec_fn=_without_permission_override,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"ftprefix tasks: error: Permission denied ({config}): run as a user who may read and write it, "
+        "or give this one the permissions (a converted model must be readable by whoever serves it)"
+    ]
 
 
 def test_model_differences_ft_ignores_are_warned_not_refused(work, capsys):
