@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -229,7 +230,7 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(converted, capsys,
 
 
 def _start_with_api(
-    converted: Path, *extra: str, graceful: bool = False
+    converted: Path, *extra: str, graceful: bool = False, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, int, str]:
     """`ftprefix serve` with the OpenAI API beside Triton: the process, the API's port, and what it
     printed up to "ready"."""
@@ -237,8 +238,8 @@ def _start_with_api(
 
     port = free_port()
     hf = str(converted.parent.parent / "hf")
-    proc, _, printed = _start(
-        converted, "--tokenizer", hf, "--openai-port", str(port), *extra, graceful=graceful
+    proc, _, printed = start_serve_cli(
+        converted, "--tokenizer", hf, "--openai-port", str(port), *extra, env=env, graceful=graceful
     )
     return proc, port, printed
 
@@ -287,6 +288,40 @@ def test_a_generation_longer_than_request_timeout_is_a_504(converted):
     finally:
         proc.send_signal(signal.SIGINT)  # a clean stop, which removes its scratch directory
         assert proc.wait(timeout=60) == 0
+
+
+def test_a_proxy_in_the_environment_is_not_used_for_this_machine(converted):
+    """Corporate machines set http_proxy / https_proxy; a proxy cannot reach this machine's
+    loopback. serve's readiness probe (urllib), the client's and the gateway's gRPC (which honours
+    those variables for every host that no_proxy does not list) must go straight to a server on
+    127.0.0.1, as Go's net/http does: with them set, serve once waited its whole start timeout for
+    a Triton that was ready, and the demo's client failed to connect."""
+    import httpx
+
+    proxy = socket.create_server(("127.0.0.1", 0))  # a proxy that would only take connections
+    address = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+    variables = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "grpc_proxy", "all_proxy")
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "no_grpc_proxy")}
+    env.update({name: address for name in variables})
+    proc, port, printed = _start_with_api(converted, env=env)
+    try:
+        grpc_url = re.search(r"listening on grpc (\S+)", printed)[1]
+        ask = [sys.executable, "-m", "ftprefix.cli", "generate", "--url", grpc_url, "--token-ids"]
+        ask += ["--task", "smile", "--max-new-tokens", "3", "4,5,6"]
+        direct = subprocess.run(ask, capture_output=True, text=True, timeout=120, check=False)
+        proxied = subprocess.run(ask, capture_output=True, text=True, timeout=120, env=env, check=False)
+        assert direct.returncode == 0 and direct.stdout, direct.stderr
+        assert (proxied.returncode, proxied.stdout) == (0, direct.stdout), proxied.stderr
+        request = {"model": "smile", "prompt": "hi", "max_tokens": 2}  # the gateway's way to Triton
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=request, timeout=60)
+        assert answer.status_code == 200, answer.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    proxy.setblocking(False)
+    with pytest.raises(BlockingIOError):  # nobody ever connected to the proxy
+        proxy.accept()
+    proxy.close()
 
 
 def test_serve_takes_the_settings_of_a_deployment(converted, tmp_path, capsys):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -81,9 +82,40 @@ def channel_options(url: str) -> list[tuple[str, int | str]]:
     requests then go round robin over every address (gRPC's default, pick_first, sends them all
     over one connection, to one server). A plain host:port keeps pick_first: the first address of
     the host that answers, as every gRPC client does."""
+    options = list(CHANNEL_OPTIONS)
     if url.startswith(_RESOLVER_SCHEMES):
-        return [*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
-    return CHANNEL_OPTIONS
+        options.append(("grpc.lb_policy_name", "round_robin"))
+    if is_loopback(url):
+        # gRPC sends every call through the proxy that http_proxy / https_proxy name unless
+        # no_proxy lists the host, loopback included; the proxy, another machine or no server at
+        # all, cannot reach this one's loopback. Go's net/http never proxies loopback (its
+        # httpproxy package): the same rule here, and a remote server still goes where the
+        # environment says
+        options.append(("grpc.enable_http_proxy", 0))
+    return options
+
+
+def is_loopback(url: str) -> bool:
+    """Whether every server a gRPC target names is on this machine's loopback (localhost,
+    127.0.0.0/8, ::1), whatever the form: host:port, [v6]:port, dns:///host:port, ipv4:a:p,b:p."""
+    if url.startswith(("ipv4:", "ipv6:")):
+        return all(_loopback_host(address) for address in url.partition(":")[2].split(","))
+    return _loopback_host(url.rpartition("/")[2] if url.startswith("dns:") else url)
+
+
+def _loopback_host(address: str) -> bool:
+    if address.startswith("["):  # [v6] or [v6]:port
+        host = address[1:].partition("]")[0]
+    elif address.count(":") > 1:  # a bare v6 address (an ipv6: target's addresses may lack brackets)
+        host = address
+    else:
+        host = address.partition(":")[0]
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _DATATYPES: dict[np.dtype, str] = {}  # numpy dtype -> Triton's name, as np_to_triton_dtype says

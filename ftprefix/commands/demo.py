@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -130,6 +131,7 @@ def answers_table(result: DemoResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ftprefix.errors import UserError
+    from ftprefix.serving.server import ServerError
 
     if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
         raise UserError(f"--workdir {args.workdir} is not empty; pass a new or empty directory")
@@ -139,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
         result = run_demo(
             workdir, tp=args.tp, dtype=args.dtype, steps=args.steps, tokenizer_kind=args.tokenizer
         )
+    except ServerError as exc:  # Triton's reason and its log's tail, as `serve` prints them
+        print(f"ftprefix demo: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -43,6 +43,10 @@ _PR_SET_PDEATHSIG = 1
 # and how long it waits before loading the same model again for that
 HEAL_INTERVAL_S = 0.5
 HEAL_AGAIN_S = 5.0
+# Triton's HTTP endpoint, asked directly: the server is this process's child on a loopback address,
+# which a proxy named in the environment (HTTP_PROXY without a NO_PROXY for it, as corporate
+# machines set them) cannot reach; urlopen would send the probes there and never see Triton ready
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -279,7 +283,7 @@ class EmbeddedServer:
                     + f"\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
+                with _DIRECT.open(url, timeout=2) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -393,7 +397,7 @@ class EmbeddedServer:
             f"http://{self.http_url}/v2/repository/models/{name}/load", data=b"{}", method="POST"
         )
         try:
-            with urllib.request.urlopen(req, timeout=300):
+            with _DIRECT.open(req, timeout=300):
                 pass
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", errors="replace")
