@@ -5,6 +5,7 @@ probabilities, and OpenAI's error body for everything."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -123,19 +124,35 @@ def test_a_scoped_key_sees_and_uses_only_its_tasks(gateway) -> None:
         b.chat.completions.create(model="smile", messages=MESSAGES, max_tokens=2)
 
 
-def test_the_keys_file_is_read_again_while_serving(gateway) -> None:
-    keys = json.loads(gateway["keys_file"].read_text())
+def test_the_keys_file_is_read_again_while_serving(gateway, caplog) -> None:
+    path = gateway["keys_file"]
+    keys = json.loads(path.read_text())
+    caplog.set_level(logging.WARNING, logger="ftprefix.gateway")
     try:
-        _write_keys(gateway["keys_file"], {**keys, "tenant-c": ["story"], "tenant-a": ["smile", "shout"]})
+        _write_keys(path, {**keys, "tenant-c": ["story"], "tenant-a": ["smile", "shout"]})
         assert [m.id for m in _api(gateway, "tenant-c").models.list()] == ["story"]
         assert [m.id for m in _api(gateway, "tenant-a").models.list()] == ["smile", "shout"]
-        gateway["keys_file"].write_text("{ not json", encoding="utf-8")  # a broken edit keeps the keys
+        path.write_text("{ not json", encoding="utf-8")  # a broken edit keeps the keys, and says so
         assert [m.id for m in _api(gateway, "tenant-c").models.list()] == ["story"]
-        _write_keys(gateway["keys_file"], {k: v for k, v in keys.items() if k != "tenant-a"})
+        assert [r.getMessage() for r in caplog.records] == [
+            f"keeping the previous API keys: cannot read the API keys file {path}: Expecting property "
+            "name enclosed in double quotes: line 1 column 3 (char 2)"
+        ]
+        caplog.clear()
+        path.unlink()  # a file that is gone: its keys are refused until it is back, and that is said
+        with pytest.raises(openai.AuthenticationError):
+            _api(gateway, "tenant-c").models.list()
+        with pytest.raises(openai.AuthenticationError):
+            _api(gateway, "tenant-a").models.list()
+        assert [r.getMessage() for r in caplog.records] == [
+            f"the API keys file {path} is gone: none of its keys is accepted until it is back"
+        ]
+        _write_keys(path, {k: v for k, v in keys.items() if k != "tenant-a"})
+        assert sorted(m.id for m in _api(gateway, "tenant-b").models.list()) == sorted(keys["tenant-b"])
         with pytest.raises(openai.AuthenticationError):
             _api(gateway, "tenant-a").models.list()
     finally:
-        _write_keys(gateway["keys_file"], keys)
+        _write_keys(path, keys)
     assert [m.id for m in _api(gateway, "tenant-a").models.list()] == ["smile"]
 
 

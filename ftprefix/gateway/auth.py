@@ -184,8 +184,15 @@ class KeyRing:
             if state == self._file_state:
                 return
             self._file_state = state
+            if state is None:  # deleted, or moved away mid-edit: refused, not kept, and said
+                log.warning(
+                    "the API keys file %s is gone: none of its keys is accepted until it is back",
+                    self.keys_file,
+                )
+                self._from_file = {}
+                return
             try:
-                self._from_file = parse_keys_file(self.keys_file) if state is not None else {}
+                self._from_file = parse_keys_file(self.keys_file)
             except UserError as exc:
                 log.warning("keeping the previous API keys: %s", exc)
 
