@@ -15,37 +15,15 @@ from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
-from serving_support import ft_inputs, make_converted, start_serve_cli
+from serving_support import descendants, ft_inputs, make_converted, start_serve_cli, wait_gone
 
-from ftprefix import protocol
+from ftprefix import layout, protocol
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
     _model, ft_dir, _ = make_converted(tmp_path_factory.mktemp("cli"), {"smile": 2}, seed=3)
     return ft_dir
-
-
-def _descendants(pid: int) -> set[int]:
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            continue
-        for k in map(int, kids):
-            found.add(k)
-            todo.append(k)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _start(
@@ -57,40 +35,41 @@ def _start(
     return start_serve_cli(ft_dir, *extra, env=env, graceful=graceful)
 
 
-def _wait_gone(pids: set[int], seconds: float = 30) -> set[int]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        left = {p for p in pids if _alive(p)}
-        if not left:
-            return left
-        time.sleep(0.1)  # bounded poll; the return value is the check
-    return {p for p in pids if _alive(p)}
-
-
 def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
     proc, grpc_url, _ = _start(converted, graceful=True)
     try:
-        children = _descendants(proc.pid)
+        children = descendants(proc.pid)
         assert children, "tritonserver runs as a child process"
         with grpcclient.InferenceServerClient(grpc_url) as client:
             res = client.infer(protocol.FT_MODEL, ft_inputs([[4, 5, 6]], 2))
             assert res.as_numpy(protocol.SEQUENCE_LENGTH).tolist() == [[5]]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
-        assert _wait_gone(children, seconds=5) == set()
+        assert wait_gone(children, seconds=5) == set()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
-def test_server_dies_with_a_killed_serve_process(converted, tmp_path):
+def test_a_killed_serve_leaves_no_process_or_file_behind(converted, tmp_path):
+    """serve killed (SIGKILL, the OOM killer) cannot stop Triton or clean up after it: Triton gets
+    SIGTERM from the kernel and exits, and what is left of it ends too (reaper.py; test_reaper.py
+    has the stubs that would not), its scratch directory and shared memory removed."""
+    from ftprefix.serving import tritonserver
+
     proc, _, _ = _start(converted, tmp=tmp_path)
-    children = _descendants(proc.pid)
-    assert children
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert _wait_gone(children) == set()
+    everything = descendants(proc.pid)
+    try:
+        regions = list(tritonserver.SHM_DIR.glob(f"{tritonserver.SHM_PREFIX}*_{proc.pid}_*"))
+        assert regions and list(tmp_path.iterdir())
+        proc.kill()
+        proc.wait()
+        assert wait_gone(everything) == set()
+        assert list(tmp_path.iterdir()) == [] and not any(r.exists() for r in regions)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_a_killed_tritonserver_ends_serve_with_exit_1_saying_so(converted, tmp_path):
@@ -100,7 +79,7 @@ def test_a_killed_tritonserver_ends_serve_with_exit_1_saying_so(converted, tmp_p
     try:
         (triton,) = [
             p
-            for p in _descendants(proc.pid)
+            for p in descendants(proc.pid)
             if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/tritonserver")
         ]
         os.kill(triton, signal.SIGKILL)
@@ -129,9 +108,9 @@ def test_serve_refuses_a_bad_setting_before_starting_anything(
     from ftprefix.cli import main
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    before = _descendants(os.getpid())
+    before = descendants(os.getpid())
     assert main(["serve", str(converted), "--port-grpc", "0", "--port-http", "0", flag, value]) == 2
-    assert _descendants(os.getpid()) == before
+    assert descendants(os.getpid()) == before
     assert list(tmp_path.iterdir()) == []
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
@@ -158,13 +137,58 @@ def test_serve_refuses_one_port_for_two_listeners_before_starting_anything(
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     port, hf = str(free_port()), str(converted.parent.parent / "hf")
-    before = _descendants(os.getpid())
+    before = descendants(os.getpid())
     argv = ["serve", str(converted), "--port-grpc", "0", "--port-http", "0"]
     assert main(argv + [flag.format(p=port, hf=hf) for flag in flags]) == 2
-    assert _descendants(os.getpid()) == before
+    assert descendants(os.getpid()) == before
     assert list(tmp_path.iterdir()) == []
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message.format(p=port) in err
+
+
+def test_another_models_tokenizer_is_refused_before_starting_anything(
+    converted, capsys, monkeypatch, tmp_path
+):
+    """A tokenizer giving ids the model has no embedding for belongs to another model: refused in
+    one line by serve (text models, or the gateway's alone on a streaming model) and triton-repo,
+    before anything starts or is written. Served, it got a 400 for every prompt with such a token
+    and answered prompts that avoid them from the wrong ids."""
+    import shutil
+
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from ftprefix.cli import main
+
+    vocab = layout.read_config(converted).vocab_size
+    hf = converted.parent.parent / "hf"
+    other = tmp_path / "other-tokenizer"  # the model's own tokenizer and 4 more tokens than it has ids
+    shutil.copytree(hf, other, ignore=lambda _d, names: [n for n in names if not n.startswith("tokenizer")])
+    tokenizer = HFTokenizer.from_file(str(other / "tokenizer.json"))
+    assert tokenizer.get_vocab_size(with_added_tokens=True) <= vocab
+    tokenizer.add_tokens(
+        [f"<extra_{i}>" for i in range(vocab + 4 - tokenizer.get_vocab_size(with_added_tokens=True))]
+    )
+    tokenizer.save(str(other / "tokenizer.json"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    before = descendants(os.getpid())
+    serve = ["serve", str(converted), "--port-grpc", "0", "--port-http", "0", "--tokenizer", str(other)]
+    for argv in (
+        serve,
+        [*serve, "--streaming", "--openai-port", "0"],
+        ["triton-repo", str(converted), "--tokenizer", str(other), "--out", str(tmp_path / "deploy")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"ftprefix {argv[0]}: error: the tokenizer {other} gives token ids up to {vocab + 3}, and the "
+            f"model {converted.resolve()} has embeddings for ids 0 to {vocab - 1} only (config.ini "
+            f"vocab_size {vocab}): it is another model's tokenizer; give the one this model was "
+            "trained with\n"
+        )
+    assert descendants(os.getpid()) == before
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "deploy").exists()
 
 
 def test_a_host_name_is_served_on_its_ipv4_address(converted) -> None:
@@ -218,9 +242,9 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(converted, capsys,
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        before = _descendants(os.getpid())
+        before = descendants(os.getpid())
         assert main(["serve", str(converted), "--port-grpc", str(port), "--port-http", "0"]) == 2
-        assert _descendants(os.getpid()) == before  # no tritonserver was started
+        assert descendants(os.getpid()) == before  # no tritonserver was started
     assert list(tmp_path.iterdir()) == []  # and no scratch directory left behind
     err = capsys.readouterr().err.strip()
     assert err == (
@@ -351,7 +375,7 @@ def test_serve_takes_the_settings_of_a_deployment(converted, tmp_path, capsys):
 def _stubs(pid: int, model: str) -> list[int]:
     """The python backend's stub processes (one per model instance) of `model` under `pid`."""
     found = []
-    for p in _descendants(pid):
+    for p in descendants(pid):
         try:
             argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
         except OSError:
@@ -454,10 +478,10 @@ def test_a_new_server_removes_what_killed_servers_left_and_nothing_else(converte
             assert not orphan.exists()
             assert running.exists() and foreign.exists() and elsewhere.exists()
             assert _regions(server._shm_prefix)
-            processes = {server.pid, *_descendants(server.pid)}  # tritonserver and its stubs
+            processes = {server.pid, *descendants(server.pid)}  # tritonserver and its stubs
         # stop_timeout=0 kills at once: none of the server's processes or regions stay
         assert _regions(server._shm_prefix) == []
-        assert _wait_gone(processes, seconds=5) == set()
+        assert wait_gone(processes, seconds=5) == set()
     finally:
         for path in (orphan, running, foreign, elsewhere):
             path.unlink(missing_ok=True)

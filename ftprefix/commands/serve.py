@@ -212,8 +212,10 @@ def _apply_deployment(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ftprefix import layout
     from ftprefix.errors import UserError
     from ftprefix.extras import require
+    from ftprefix.serving.repository import check_tokenizer_fits
     from ftprefix.serving.server import triton_host
     from ftprefix.text import load_tokenizer
 
@@ -229,6 +231,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--newline-token is for text: give --tokenizer HF_DIR too")
     # one line now for a tokenizer ftprefix cannot read exactly, before Triton starts
     tokenizer = load_tokenizer(args.tokenizer, newline_token=args.newline_token) if args.tokenizer else None
+    if tokenizer is not None:  # the gateway's too, where Triton has no text models (streaming)
+        ft_dir = layout.find_ft_dir(args.dir)
+        check_tokenizer_fits(tokenizer, layout.read_config(ft_dir), ft_dir)
     if args.openai_port is not None:
         require("openai")
         check_port(args.openai_port, "--openai-port")

@@ -175,9 +175,11 @@ def _assemble(
 ) -> tuple[dict[str, bytes], dict[str, str], Settings, repository.RepositoryInfo]:
     """Every file of the deployment but .env and the manifest, the .env values, the settings."""
     ft_dir = layout.find_ft_dir(converted).resolve()
-    tp = layout.read_config(ft_dir).tensor_para_size
-    if tokenizer_dir is not None:
-        load_tokenizer(tokenizer_dir, newline_token=newline_token)  # one line now if unreadable
+    cfg = layout.read_config(ft_dir)
+    tp = cfg.tensor_para_size
+    if tokenizer_dir is not None:  # one line now if unreadable, or another model's
+        tokenizer = load_tokenizer(tokenizer_dir, newline_token=newline_token)
+        repository.check_tokenizer_fits(tokenizer, cfg, ft_dir)
     # a streaming model has no text ensemble (repository.write_repository says why): then the
     # tokenizer is for the gateway alone
     info = repository.write_repository(

@@ -53,6 +53,20 @@ def ft_parameters(cfg: layout.ModelConfig, checkpoint_path: str) -> dict[str, st
     }
 
 
+def check_tokenizer_fits(tokenizer: Tokenizer, cfg: layout.ModelConfig, ft_dir: Path) -> None:
+    """A tokenizer that gives ids the model has no embedding for is another model's: refused in one
+    line before anything starts, not found out request by request (a 400 for every prompt with
+    such a token, and text that happens to avoid them answered from the wrong token ids). A model
+    may have more rows than its tokenizer has ids (Pythia pads 50277 to 50304), never fewer."""
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise UserError(
+            f"the tokenizer {tokenizer.path.parent} gives token ids up to {tokenizer.vocab_size - 1}, "
+            f"and the model {ft_dir} has embeddings for ids 0 to {cfg.vocab_size - 1} only (config.ini "
+            f"vocab_size {cfg.vocab_size}): it is another "
+            "model's tokenizer; give the one this model was trained with"
+        )
+
+
 def _template(name: str) -> bytes:
     return resources.files("ftprefix.serving.templates").joinpath(name).read_bytes()
 
@@ -105,6 +119,8 @@ def write_repository(
         raise UserError("--newline-token is for the text models: give --tokenizer HF_DIR too")
     # one line now for a tokenizer the python models could not read exactly, not a failed model load
     tokenizer = load_tokenizer(tok, newline_token=newline_token) if tok is not None else None
+    if tokenizer is not None:
+        check_tokenizer_fits(tokenizer, cfg, ft_dir)
     repo = Path(out)
     if repo.exists() and not repo.is_dir():
         raise UserError(f"{repo} exists and is not a directory; choose another --out")

@@ -187,6 +187,7 @@ class EmbeddedServer:
         self.models: tuple[str, ...] = ()
         self._shm_prefix: str | None = None  # this server's shared-memory regions (tritonserver.py)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None  # see reaper.py
         self._config_digest = ""
         self._tasks: list[str] = []  # the task names served, as config.ini had them when last loaded
         self._lock = threading.Lock()
@@ -261,6 +262,24 @@ class EmbeddedServer:
                 start_new_session=True,  # own process group: stop() signals the stubs too
                 preexec_fn=_die_with_parent,
             )
+            # what stops Triton's stubs and removes its files if this process dies without stop()
+            self._reaper = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ftprefix.serving.reaper",
+                    str(self._proc.pid),
+                    str(os.getpid()),
+                    # as stop() waits for Triton
+                    str(self.exit_timeout_s + 5 if self.stop_timeout is None else self.stop_timeout),
+                    self._shm_prefix,
+                    *([str(self.workdir)] if self._own_workdir else []),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
         finally:
             log.close()
         atexit.register(self.stop)
@@ -323,6 +342,13 @@ class EmbeddedServer:
                 os.killpg(proc.pid, signal.SIGKILL)
             if self._shm_prefix:  # what a killed server or stub left
                 tritonserver.remove_regions(self._shm_prefix)
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:  # it ends as soon as it sees Triton's end
+            try:
+                reaper.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                reaper.kill()
+                reaper.wait()
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
         if self._own_workdir and self.workdir.exists():
