@@ -55,7 +55,7 @@ def test_the_dockerfile_installs_exactly_the_pinned_file_and_ftprefix_without_de
 def deployed(tmp_path_factory) -> Path:
     """The deployment `ftprefix triton-repo` writes for the GPU, with the rinna-style tokenizer."""
     root = tmp_path_factory.mktemp("gpu-text")
-    conversion = example_conversion(root / "converted", tp=1, end_id=3)
+    conversion = example_conversion(root / "converted", tp=1, end_id=3, vocab_size=1200)  # the tokenizer's
     deployment.write_deployment(conversion, root / "deploy", target="gpu", tokenizer_dir=RINNA)
     return root / "deploy"
 

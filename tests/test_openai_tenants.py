@@ -156,6 +156,34 @@ def test_the_keys_file_is_read_again_while_serving(gateway, caplog) -> None:
     assert [m.id for m in _api(gateway, "tenant-a").models.list()] == ["smile"]
 
 
+def test_another_models_tokenizer_is_said_in_the_log_once(triton, model, tmp_path: Path, caplog) -> None:
+    """`ftprefix openai` learns the model's vocabulary from Triton only once it answers, so a
+    tokenizer giving ids the model has no embedding for (serve and triton-repo refuse it at start)
+    is said in the log at the first request, once, naming both."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    other = tmp_path / "other-tokenizer"  # the model's own tokenizer and 4 more tokens than it has ids
+    copy_tokenizer_files(model["hf"], other)
+    tokenizer = HFTokenizer.from_file(str(other / "tokenizer.json"))
+    vocab = int(json.loads((model["hf"] / "config.json").read_text())["vocab_size"])
+    tokenizer.add_tokens([f"<extra_{i}>" for i in range(vocab + 4 - tokenizer.get_vocab_size(True))])
+    tokenizer.save(str(other / "tokenizer.json"))
+    caplog.set_level(logging.ERROR, logger="ftprefix.gateway")
+    server, url = _gateway(triton.grpc_url, other)
+    try:
+        api = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+        for _ in range(2):
+            assert api.completions.create(model=BASE, prompt="the cat", max_tokens=2).choices
+        assert [r.getMessage() for r in caplog.records] == [
+            f"the tokenizer {other} gives token ids up to {vocab + 3}, and the model at {triton.grpc_url} "
+            f"has embeddings for ids 0 to {vocab - 1} only: it is another model's tokenizer (prompts with "
+            "those ids are refused, the others answered from ids the model was not trained with); start "
+            "the gateway with the model's own --tokenizer"
+        ]
+    finally:
+        server.should_exit = True
+
+
 def test_a_bad_keys_file_stops_the_command_in_one_line(model, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "keys.json"
     bad.write_text('{"k": "everything-but-a-list"}', encoding="utf-8")

@@ -25,9 +25,15 @@ EXAMPLE_TASKS = TaskTable([("smileface", 10), ("summary", 16)])
 
 
 def example_conversion(
-    root: Path, tp: int = 2, dtype: str = "fp16", tasks: TaskTable = EXAMPLE_TASKS, end_id: int = 0
+    root: Path,
+    tp: int = 2,
+    dtype: str = "fp16",
+    tasks: TaskTable = EXAMPLE_TASKS,
+    end_id: int = 0,
+    vocab_size: int = 512,
 ) -> Path:
-    """A converted directory as far as the repository generator reads it: config.ini alone."""
+    """A converted directory as far as the repository generator reads it: config.ini alone
+    (`vocab_size`: at least the ids of the tokenizer served with it)."""
     cfg = layout.ModelConfig(
         model_name="example",
         head_num=8,
@@ -35,7 +41,7 @@ def example_conversion(
         inter_size=512,
         num_layer=2,
         rotary_embedding=4,
-        vocab_size=512,
+        vocab_size=vocab_size,
         start_id=0,
         end_id=end_id,
         use_gptj_residual=True,

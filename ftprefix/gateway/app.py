@@ -278,11 +278,27 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
 
     # -- models ----------------------------------------------------------------------------------
 
+    vocab_checked: list[int | None] = [None]  # the model vocabulary the tokenizer was checked against
+
     async def model_info(request_ctx: _Context, refresh: bool = False):
         try:
-            return await client().model_info(refresh=refresh)
+            info = await client().model_info(refresh=refresh)
         except FtprefixClientError as exc:
             raise from_client_error(exc, request_ctx.request_id) from exc
+        if info.vocab_size is not None and info.vocab_size != vocab_checked[0]:
+            vocab_checked[0] = info.vocab_size
+            if tokenizer.vocab_size > info.vocab_size:  # serve and triton-repo refuse it at start
+                log.error(
+                    "the tokenizer %s gives token ids up to %d, and the model at %s has embeddings for "
+                    "ids 0 to %d only: it is another model's tokenizer (prompts with those ids are "
+                    "refused, the others answered from ids the model was not trained with); start the "
+                    "gateway with the model's own --tokenizer",
+                    tokenizer.path.parent,
+                    tokenizer.vocab_size - 1,
+                    settings.triton_url,
+                    info.vocab_size - 1,
+                )
+        return info
 
     async def visible_models(ctx: _Context, policy: KeyPolicy, refresh: bool = False) -> list[str]:
         info = await model_info(ctx, refresh)
