@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from ftprefix import __version__
 from ftprefix.errors import UserError
@@ -56,12 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ftprefix.client.errors import FtprefixClientError, InferenceError
     from ftprefix.serving.cpus import wait_passively
 
     wait_passively()  # before any command imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
+    with _terminated_as_interrupted():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ftprefix.client.errors import FtprefixClientError, InferenceError
+
     try:
         require(*getattr(args, "extras", ()))
         return int(args.func(args) or 0)
@@ -72,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the server failing a request is not the user's mistake (1); the rest is bad input (2)
         print(f"ftprefix {args.command}: error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, InferenceError) else 2
+    except Terminated:
+        print(f"ftprefix {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"ftprefix {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -81,6 +93,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # not the machine's storage: a bug, with its traceback
         print(f"ftprefix {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `kill`, a closing session's supervisor) raised where the command runs."""
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupted() -> Iterator[None]:
+    """SIGTERM ends a command as Ctrl-C does: its `finally` and `except BaseException` blocks run,
+    so a conversion's staging directory, the demo's scratch directory and a server it started are
+    removed, as they are on Ctrl-C (killed by SIGTERM's default action, they were left behind).
+    Only where SIGTERM would otherwise kill the process, and as it was again after the command (the
+    tests run commands in-process). serve installs its own, graceful, handler on top."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    if before is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminated(_signum: int, _frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 # what the machine's storage refuses: the user's to fix, in one line (staged writes leave nothing)

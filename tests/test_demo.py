@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -50,3 +54,28 @@ def test_demo_refuses_a_non_empty_workdir(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not empty" in err and len(err.strip().splitlines()) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_a_demo_stopped_with_sigterm_removes_its_scratch_directory(tmp_path):
+    """SIGTERM (`timeout`, `kill`) ends a command as Ctrl-C does: its clean-up runs. By SIGTERM's
+    default action the demo died where it stood and left its scratch directory (the models it
+    built) behind."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftprefix.cli", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # training has begun: the scratch directory exists
+        assert first.startswith("[1/5]") and [p.name[:14] for p in tmp_path.iterdir()] == ["ftprefix-demo-"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert proc.stderr is not None and proc.stderr.read() == "ftprefix demo: terminated\n"
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
