@@ -32,6 +32,7 @@ import sys
 import time
 
 from ftprefix.serving import tritonserver
+from ftprefix.serving.tritonserver import process_alive
 
 POLL_S = 0.5  # where pidfds are missing (Linux before 5.3): how often a process is looked at
 
@@ -52,7 +53,7 @@ def _wait_any(pids: dict[int, int | None], timeout: float | None) -> set[int]:
     (None: for ever) for one to."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        ended = {pid for pid, fd in pids.items() if fd == -1 or (fd is None and not _alive(pid))}
+        ended = {pid for pid, fd in pids.items() if fd == -1 or (fd is None and not process_alive(pid))}
         if ended:
             return ended
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -66,16 +67,6 @@ def _wait_any(pids: dict[int, int | None], timeout: float | None) -> set[int]:
         ended = {fds[fd] for fd, _ in ready}
         if ended or (deadline is not None and time.monotonic() >= deadline):
             return ended
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reap(triton: int, owner: int, grace: float, shm_prefix: str, workdir: str | None) -> None:

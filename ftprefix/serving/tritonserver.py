@@ -169,7 +169,8 @@ def remove_regions(prefix: str, shm_dir: Path = SHM_DIR) -> None:
             path.unlink()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (another user's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -187,7 +188,7 @@ def remove_orphaned_regions(shm_dir: Path = SHM_DIR) -> int:
     namespace = _pid_namespace()
     for path in shm_dir.glob(f"{SHM_PREFIX}{namespace}_*_*"):
         owner = path.name[len(SHM_PREFIX) + len(namespace) + 1 :].split("_", 1)[0]
-        if owner.isdigit() and not _alive(int(owner)):
+        if owner.isdigit() and not process_alive(int(owner)):
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed += 1
