@@ -328,6 +328,20 @@ def test_failure_midway_leaves_no_complete_looking_directory(tmp_path):
     assert list(out.iterdir()) == []
 
 
+def _cli_in_child(
+    argv: list[str], preexec_fn: Callable[[], None], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`ftprefix ARGV` in a child process set up by `preexec_fn` (its limits, its permissions)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ftprefix.cli", *argv],
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec_fn,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def _small_files_only() -> None:
     """In the child: files may not grow past 1 KiB, and writing past that fails (EFBIG) instead of
     killing the process (SIGXFSZ), as a full disk fails a write (ENOSPC)."""
@@ -338,14 +352,7 @@ def _small_files_only() -> None:
 def test_a_disk_that_refuses_the_writes_is_one_line_exit_1_nothing_left(work):
     """What the machine's storage refuses (full, over quota, a file too large) is the user's to fix:
     one line naming the file and what to do, no traceback, and no half-written conversion."""
-    done = subprocess.run(
-        [sys.executable, "-m", "ftprefix.cli", *_convert_argv(work, str(work / "good.pt"))],
-        capture_output=True,
-        text=True,
-        preexec_fn=_small_files_only,
-        timeout=300,
-        check=False,
-    )
+    done = _cli_in_child(_convert_argv(work, str(work / "good.pt")), _small_files_only, timeout=300)
     assert done.returncode == 1, done.stderr
     (line,) = [line for line in done.stderr.splitlines() if "error" in line]
     assert line.startswith("ftprefix convert: error: File too large (") and "Traceback" not in done.stderr
@@ -373,14 +380,7 @@ def test_a_model_this_user_may_not_read_is_one_line_exit_1(work):
     assert main(_convert_argv(work)) == 0
     config = work / "out/2-gpu/config.ini"
     config.chmod(0)
-    done = subprocess.run(
-        [sys.executable, "-m", "ftprefix.cli", "tasks", "list", str(work / "out")],
-        capture_output=True,
-        text=True,
-        preexec_fn=_without_permission_override,
-        timeout=120,
-        check=False,
-    )
+    done = _cli_in_child(["tasks", "list", str(work / "out")], _without_permission_override, timeout=120)
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [
         f"ftprefix tasks: error: Permission denied ({config}): run as a user who may read and write it, "
