@@ -186,3 +186,19 @@ def wait_gone(pids: set[int], seconds: float = 30) -> set[int]:
             return left
         time.sleep(0.1)  # bounded poll; the return value is the check
     return {p for p in pids if alive(p)}
+
+
+def another_models_tokenizer(hf: Path, out: Path, vocab: int) -> Path:
+    """`hf`'s tokenizer (tokenizer.json) grown to give ids up to vocab + 3, four more than a model
+    of `vocab` ids has embeddings for: what another model's tokenizer looks like to it. In `out`."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from ftprefix.text import copy_tokenizer_files
+
+    copy_tokenizer_files(hf, out)
+    tokenizer = HFTokenizer.from_file(str(out / "tokenizer.json"))
+    ids = tokenizer.get_vocab_size(with_added_tokens=True)
+    assert ids <= vocab
+    tokenizer.add_tokens([f"<extra_{i}>" for i in range(vocab + 4 - ids)])
+    tokenizer.save(str(out / "tokenizer.json"))
+    return out

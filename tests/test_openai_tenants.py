@@ -16,7 +16,7 @@ import openai
 import pytest
 import tritonclient.grpc as grpcclient
 from gateway_support import gateway_log, metric_delta, metric_samples
-from serving_support import convert_toy, tensors
+from serving_support import another_models_tokenizer, convert_toy, tensors
 from transformers import AutoTokenizer
 
 from ftprefix import assets, cli, protocol
@@ -160,14 +160,8 @@ def test_another_models_tokenizer_is_said_in_the_log_once(triton, model, tmp_pat
     """`ftprefix openai` learns the model's vocabulary from Triton only once it answers, so a
     tokenizer giving ids the model has no embedding for (serve and triton-repo refuse it at start)
     is said in the log at the first request, once, naming both."""
-    from tokenizers import Tokenizer as HFTokenizer
-
-    other = tmp_path / "other-tokenizer"  # the model's own tokenizer and 4 more tokens than it has ids
-    copy_tokenizer_files(model["hf"], other)
-    tokenizer = HFTokenizer.from_file(str(other / "tokenizer.json"))
     vocab = int(json.loads((model["hf"] / "config.json").read_text())["vocab_size"])
-    tokenizer.add_tokens([f"<extra_{i}>" for i in range(vocab + 4 - tokenizer.get_vocab_size(True))])
-    tokenizer.save(str(other / "tokenizer.json"))
+    other = another_models_tokenizer(model["hf"], tmp_path / "other-tokenizer", vocab)
     caplog.set_level(logging.ERROR, logger="ftprefix.gateway")
     server, url = _gateway(triton.grpc_url, other)
     try:

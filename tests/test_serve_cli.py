@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
-from serving_support import descendants, ft_inputs, make_converted, start_serve_cli, wait_gone
+from serving_support import (
+    another_models_tokenizer,
+    descendants,
+    ft_inputs,
+    make_converted,
+    start_serve_cli,
+    wait_gone,
+)
 
 from ftprefix import layout, protocol
 
@@ -153,22 +160,10 @@ def test_another_models_tokenizer_is_refused_before_starting_anything(
     one line by serve (text models, or the gateway's alone on a streaming model) and triton-repo,
     before anything starts or is written. Served, it got a 400 for every prompt with such a token
     and answered prompts that avoid them from the wrong ids."""
-    import shutil
-
-    from tokenizers import Tokenizer as HFTokenizer
-
     from ftprefix.cli import main
 
     vocab = layout.read_config(converted).vocab_size
-    hf = converted.parent.parent / "hf"
-    other = tmp_path / "other-tokenizer"  # the model's own tokenizer and 4 more tokens than it has ids
-    shutil.copytree(hf, other, ignore=lambda _d, names: [n for n in names if not n.startswith("tokenizer")])
-    tokenizer = HFTokenizer.from_file(str(other / "tokenizer.json"))
-    assert tokenizer.get_vocab_size(with_added_tokens=True) <= vocab
-    tokenizer.add_tokens(
-        [f"<extra_{i}>" for i in range(vocab + 4 - tokenizer.get_vocab_size(with_added_tokens=True))]
-    )
-    tokenizer.save(str(other / "tokenizer.json"))
+    other = another_models_tokenizer(converted.parent.parent / "hf", tmp_path / "other-tokenizer", vocab)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
