@@ -270,8 +270,7 @@ class EmbeddedServer:
                     "ftprefix.serving.reaper",
                     str(self._proc.pid),
                     str(os.getpid()),
-                    # as stop() waits for Triton
-                    str(self.exit_timeout_s + 5 if self.stop_timeout is None else self.stop_timeout),
+                    str(self._exit_wait_s(self.stop_timeout)),  # as stop() waits for Triton
                     self._shm_prefix,
                     *([str(self.workdir)] if self._own_workdir else []),
                 ],
@@ -317,6 +316,10 @@ class EmbeddedServer:
         another, about 1.5 s each (tritonserver.py)."""
         return 10 + 2 * (self.layout.instances + len(self.models))
 
+    def _exit_wait_s(self, timeout: float | None) -> float:
+        """How long Triton is given to exit once told to: `timeout`, or its own exit timeout."""
+        return self.exit_timeout_s + 5 if timeout is None else timeout
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop the server: Triton unloads its models within `timeout` seconds (by default the
         server's stop_timeout) or is killed; its shared memory is removed either way."""
@@ -332,7 +335,7 @@ class EmbeddedServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM if timeout != 0 else signal.SIGKILL)
             try:
-                proc.wait(timeout=self.exit_timeout_s + 5 if timeout is None else timeout)
+                proc.wait(timeout=self._exit_wait_s(timeout))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
