@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -165,6 +166,23 @@ def test_text_through_the_server_ensemble(server: EmbeddedServer, reference) -> 
     with Client(server.grpc_url) as c:  # no tokenizer: the ensemble tokenises on the server
         completion = c.generate(PROMPTS[3], task="taskB", max_new_tokens=NEW_TOKENS)
     assert completion.text == text
+
+
+def test_a_model_and_tokenizer_under_names_that_are_not_ascii_are_served(model: dict, reference, tmp_path):
+    """Triton's python backend runs Python with an ASCII file system encoding whatever the locale,
+    and hands it the model's path as UTF-8 text: a model under /home/田中/ was not found there.
+    Served from such a place, the model answers as Hugging Face does, through the ensemble too."""
+    home = tmp_path / "田中 é"
+    shutil.copytree(model["ft"], home / "ft")
+    shutil.copytree(model["hf"], home / "hf")
+    server = EmbeddedServer(home / "ft", tokenizer_dir=home / "hf", stop_timeout=0)
+    with server, Client(server.grpc_url) as c:
+        for prompt, task in ((PROMPTS[0], None), (PROMPTS[3], "taskB")):
+            ids, text, _ = reference(prompt, task)
+            completion = c.generate(prompt, task=task, max_new_tokens=NEW_TOKENS)
+            prompt_ids = reference.tokenizer.encode(prompt, add_special_tokens=False)
+            assert c.generate(prompt_ids, task=task, max_new_tokens=NEW_TOKENS).token_ids == ids
+            assert completion.text == text
 
 
 def test_stop_string_ends_generation(client: Client, reference) -> None:

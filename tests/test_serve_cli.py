@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -214,6 +215,28 @@ def test_a_failed_start_says_triton_s_reason_first(converted) -> None:
     assert first == (
         "tritonserver exited with code 1 while starting: failed to start GRPC service: "
         f"Unavailable - Socket '127.0.0.1:{server.grpc_port}' already in use"
+    )
+
+
+def test_a_model_that_fails_to_load_under_a_name_that_is_not_ascii_says_why(converted, tmp_path) -> None:
+    """Inside Triton's python backend such a name cannot be encoded as UTF-8, and a message that
+    held it took the stub down: Triton said only "Stub process ... is not healthy"."""
+    from ftprefix.serving.server import EmbeddedServer, ServerError
+
+    home = tmp_path / "田中"
+    shutil.copytree(converted, home / converted.name)
+    damaged = home / converted.name / "model.prefix_prompt.smile.weight.0.bin"
+    size = damaged.stat().st_size
+    os.truncate(damaged, 10)
+    with pytest.raises(ServerError) as failed:
+        EmbeddedServer(home, watch_interval=None, stop_timeout=0).start()
+    assert (
+        str(failed.value)
+        .splitlines()[0]
+        .startswith(
+            "tritonserver exited with code 1 while starting: failed to load 'fastertransformer' version 1: "
+            f"Internal: UserError: {damaged} has 10 bytes, expected {size}"
+        )
     )
 
 
@@ -431,6 +454,28 @@ def test_serve_refuses_an_impossible_layout_before_starting_anything(converted, 
         assert main(["serve", str(converted), flag, value]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{flag} must be {says}, got {value}" in err
+
+
+def test_a_temporary_directory_that_is_not_ascii_is_refused_before_starting_anything(
+    converted, capsys, monkeypatch, tmp_path
+):
+    """The model repository goes under TMPDIR, and Triton's python backend cannot import a model
+    from a path that is not ASCII: without this check, Triton fails after seconds with a page of
+    UnicodeEncodeError from importlib."""
+    from ftprefix.cli import main
+
+    tmp = tmp_path / "作業"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    before = descendants(os.getpid())
+    assert main(["serve", str(converted), "--port-grpc", "0", "--port-http", "0"]) == 2
+    assert descendants(os.getpid()) == before and list(tmp.iterdir()) == []
+    err = capsys.readouterr().err
+    assert err == (
+        f"ftprefix serve: error: the server's model repository would be under {tmp}, and Triton's "
+        "python backend cannot load models from a path that is not ASCII: set TMPDIR to a "
+        "directory whose path is ASCII\n"
+    )
 
 
 def _regions(prefix: str) -> list[str]:

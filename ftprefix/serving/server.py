@@ -118,6 +118,19 @@ def bind_port(host: str, port: int, option: str, *, reuse_address: bool = True) 
     return sock
 
 
+def _check_repository_place(workdir: Path | None) -> None:
+    """Refuse a Triton model repository under a path that is not ASCII: the python backend's stub
+    runs Python with an ASCII file system encoding (stub_args.py) and fails to import a model from
+    there before any of ftprefix's code runs. Converted models and tokenizers may live anywhere."""
+    place = workdir if workdir is not None else Path(tempfile.gettempdir())
+    if not str(place.absolute()).isascii():
+        where = "pass a working directory" if workdir is not None else "set TMPDIR to a directory"
+        raise UserError(
+            f"the server's model repository would be under {place}, and Triton's python backend "
+            f"cannot load models from a path that is not ASCII: {where} whose path is ASCII"
+        )
+
+
 _GLOG_ERROR = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [^\]]+\]\s*(.+)$")
 
 
@@ -181,6 +194,7 @@ class EmbeddedServer:
         self.stop_timeout = stop_timeout
         self.watch_interval = watch_interval
         self._own_workdir = workdir is None
+        _check_repository_place(Path(workdir) if workdir is not None else None)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ftprefix-serve-"))
         self.repository = self.workdir / "model_repository"
         self.log_path = Path(log_to) if log_to is not None else self.workdir / "tritonserver.log"

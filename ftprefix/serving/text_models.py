@@ -7,11 +7,10 @@ ftprefix's core package is installed: the standard library and ftprefix.text onl
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from ftprefix import protocol
+from ftprefix.serving import stub_args
 from ftprefix.text import Tokenizer, load_tokenizer
 
 TOKENIZER_PATH_PARAMETER = "tokenizer_path"  # relative to the model's version directory
@@ -22,11 +21,11 @@ TOKENIZER_SUBDIR = "tokenizer"
 def tokenizer_and_end_id(args: dict[str, Any]) -> tuple[Tokenizer, int]:
     """From a python model's `initialize(args)`: its tokenizer, and the end token FT fills rows with
     (the `end_id` parameter, config.ini's; else the tokenizer's eos)."""
-    config = json.loads(args["model_config"])
-    params = {k: str(v.get("string_value", "")) for k, v in config.get("parameters", {}).items()}
-    path = Path(params.get(TOKENIZER_PATH_PARAMETER) or TOKENIZER_SUBDIR)
+    params = stub_args.parameters(args)
+    path = stub_args.stub_path(params.get(TOKENIZER_PATH_PARAMETER) or TOKENIZER_SUBDIR)
     if not path.is_absolute():
-        path = Path(args["model_repository"]) / args["model_version"] / path
-    tokenizer = load_tokenizer(path, newline_token=params.get(NEWLINE_TOKEN_PARAMETER) or None)
+        path = stub_args.stub_path(args["model_repository"]) / args["model_version"] / path
+    with stub_args.errors_shown():
+        tokenizer = load_tokenizer(path, newline_token=params.get(NEWLINE_TOKEN_PARAMETER) or None)
     end_id = params.get(protocol.END_ID_PARAMETER)
     return tokenizer, int(end_id) if end_id else int(tokenizer.eos_id or 0)

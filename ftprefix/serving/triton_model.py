@@ -24,6 +24,7 @@ import triton_python_backend_utils as pb_utils
 from ftprefix import protocol
 from ftprefix.engine import Engine
 from ftprefix.errors import UserError
+from ftprefix.serving import stub_args
 from ftprefix.serving.ft_batch import FtBatch, FtRequest, decode_request
 from ftprefix.serving.repository import ENGINE_THREADS_PARAMETER
 
@@ -31,11 +32,12 @@ from ftprefix.serving.repository import ENGINE_THREADS_PARAMETER
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        params = stub_args.parameters(args)
         threads = int(params.get(ENGINE_THREADS_PARAMETER, "1"))
         with contextlib.suppress(RuntimeError):  # set already in this process (a model reload)
             torch.set_num_interop_threads(1)  # one batch at a time per instance: no inter-op pool
-        self.engine = Engine.load(params["model_checkpoint_path"], threads=threads)
+        with stub_args.errors_shown():
+            self.engine = Engine.load(stub_args.stub_path(params["model_checkpoint_path"]), threads=threads)
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
 
     # -- decoding / validation -----------------------------------------------------------------
