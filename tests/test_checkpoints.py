@@ -185,7 +185,8 @@ def test_many_checkpoints_from_a_list_file_or_a_directory(tmp_path):
     ]
     listing = tmp_path / "lists" / "tasks.txt"
     listing.parent.mkdir()
-    listing.write_text("# tenants\nx=../ckpts/a.pt\n\n  /abs/y.npy  \nz = ../ckpts/b.npy\n")
+    # as Windows' Notepad saves it: a byte order mark first, CRLF line ends
+    listing.write_bytes(b"\xef\xbb\xbfx=../ckpts/a.pt\r\n# tenants\r\n\r\n /abs/y.npy \r\nz = ../ckpts/b.npy")
     from_file = prefix_sources([f"@{listing}", "w=w.pt"])
     assert [(s.name, str(s.path)) for s in from_file] == [
         ("x", str(tmp_path / "lists" / "../ckpts/a.pt")),

@@ -81,8 +81,11 @@ def _post(url: str, key: str, **body) -> httpx.Response:
 # -- the keys file ------------------------------------------------------------------------------
 
 
-def test_the_keys_file_takes_limits_and_the_old_forms(model) -> None:
+def test_the_keys_file_takes_limits_and_the_old_forms(model, tmp_path: Path) -> None:
     policies = {p.tenant: p for p in parse_keys_file(model["keys"]).values()}
+    saved_on_windows = tmp_path / "keys.json"  # a byte order mark first, as PowerShell's Out-File writes
+    saved_on_windows.write_bytes(b"\xef\xbb\xbf" + model["keys"].read_bytes().replace(b"\n", b"\r\n"))
+    assert parse_keys_file(saved_on_windows) == parse_keys_file(model["keys"])
     assert policies["acme"].requests_per_minute == 3 and policies["acme"].scope.models is None
     assert policies["tok"].tokens_per_minute == 60 and policies["tok"].allows("smile")
     assert not policies["tok"].allows("shout")

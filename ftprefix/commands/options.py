@@ -100,9 +100,9 @@ def _source(item: str, where: str, base: Path | None = None) -> PrefixSource:
 
 def _list_file(path: Path) -> list[PrefixSource]:
     """`@FILE`: one PATH or NAME=PATH per line (relative paths from the file's directory; blank lines
-    and # comments skipped)."""
+    and # comments skipped; a byte order mark, as Windows editors write one, is not part of the first)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read the checkpoint list --prefix @{path}: {exc}") from None
     sources = []

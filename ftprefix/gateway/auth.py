@@ -109,7 +109,8 @@ def _policy(value: object, where: str, number: int, ident: str) -> KeyPolicy:
 def parse_keys_file(path: Path) -> dict[bytes, KeyPolicy]:
     """The keys file -> policies by key digest, or UserError naming what is wrong (never the key)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte order mark (Windows editors, PowerShell's Out-File) is no JSON error
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read the API keys file {path}: {exc}") from None
     if not isinstance(data, Mapping):
