@@ -8,7 +8,9 @@ to the served model, runs last.
 from __future__ import annotations
 
 import os
+import queue
 import re
+import shutil
 import signal
 import threading
 import time
@@ -295,3 +297,47 @@ def test_hot_reload_adds_task_without_restart(converted, server, client, capsys)
     hf.prefixes["fresh"] = prefix
     res = client.infer(protocol.FT_MODEL, ft_inputs([PROMPTS[2]], OUT_LEN, [2]))
     check(res, [PROMPTS[2]], [hf.greedy(PROMPTS[2], "fresh", OUT_LEN, END_ID)[0]])
+
+
+def test_a_model_directory_moved_away_is_said_once_served_then_said_back(converted, tmp_path, capsys):
+    """The watcher looks at config.ini every watch interval, and said "reload failed" at each look:
+    a model directory moved away for a minute wrote 120 lines. Now the failure is said once and
+    tried again ever more rarely, the models loaded go on answering, and the return is said."""
+    _root, ft_dir, hf = converted
+    home, away = tmp_path / "model", tmp_path / "elsewhere"
+    shutil.copytree(ft_dir.parent, home)
+    server = EmbeddedServer(home, watch_interval=0.05, stop_timeout=0)
+    reloads: queue.Queue[None] = queue.Queue()
+    looks: queue.Queue[None] = queue.Queue()
+    reload, follow = server.reload, server._follow_config
+
+    def counted_reload() -> str | None:
+        try:
+            return reload()
+        finally:
+            reloads.put(None)
+
+    def counted_follow() -> None:
+        follow()
+        looks.put(None)
+
+    server.reload, server._follow_config = counted_reload, counted_follow  # type: ignore[method-assign]
+    expected = hf.greedy(PROMPTS[1], "story", OUT_LEN, END_ID)[0]
+    with server, grpcclient.InferenceServerClient(server.grpc_url) as client:
+        capsys.readouterr()
+        home.rename(away)
+        for _ in range(4):  # the failure, then three tries, 0.05, 0.1 and 0.2 s apart
+            reloads.get(timeout=30)
+        answer = client.infer(protocol.FT_MODEL, ft_inputs([PROMPTS[1]], OUT_LEN, [1]))
+        check(answer, [PROMPTS[1]], [expected])
+        said = capsys.readouterr()
+        assert said.out == "" and said.err.count("\n") == 1
+        assert said.err.startswith(
+            f"ftprefix serve: reload failed, still serving what was loaded: {home / ft_dir.name} is not"
+        )
+        away.rename(home)
+        back = f"ftprefix serve: {home / ft_dir.name} is back as it was loaded; nothing to reload\n"
+        while back not in said.out:
+            looks.get(timeout=30)
+            said = capsys.readouterr()
+        assert said.out == back and said.err == ""

@@ -42,6 +42,7 @@ _PR_SET_PDEATHSIG = 1
 # how often the watcher looks for engine processes that died when it does not watch config.ini,
 # and how long it waits before loading the same model again for that
 HEAL_INTERVAL_S = 0.5
+RELOAD_RETRY_MAX_S = 60.0  # a reload that keeps failing is tried at least this often
 HEAL_AGAIN_S = 5.0
 # Triton's HTTP endpoint, asked directly: the server is this process's child on a loopback address,
 # which a proxy named in the environment (HTTP_PROXY without a NO_PROXY for it, as corporate
@@ -203,6 +204,11 @@ class EmbeddedServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._reaper: subprocess.Popen[bytes] | None = None  # see reaper.py
         self._config_digest = ""
+        # the watcher's last failed reload: its message, config.ini's digest then, when to try again
+        self._failure: str | None = None
+        self._failed_digest: str | None = None
+        self._retry_at = 0.0
+        self._retry_gap = 0.0
         self._tasks: list[str] = []  # the task names served, as config.ini had them when last loaded
         self._lock = threading.Lock()
         self._stop_watch = threading.Event()
@@ -468,17 +474,39 @@ class EmbeddedServer:
     def _watch(self) -> None:
         while not self._stop_watch.wait(self.watch_interval or HEAL_INTERVAL_S):
             if self.watch_interval:
-                try:
-                    if (done := self.reload()) is not None:
-                        print(f"ftprefix serve: {done}", flush=True)
-                except (UserError, ServerError, OSError) as exc:
-                    # a half-written conversion or a failed load: report and keep the old models
-                    print(f"ftprefix serve: reload failed: {exc}", file=sys.stderr)
+                self._follow_config()
             try:
                 self.heal()
             except (ServerError, OSError) as exc:
                 if not self._stop_watch.is_set():  # a server stopping under the load
                     print(f"ftprefix serve: loading a model again failed: {exc}", file=sys.stderr)
+
+    def _follow_config(self) -> None:
+        """One look at config.ini for the watcher. A reload that fails (the model directory moved
+        away, a load Triton refuses) keeps the old models and is said once: while config.ini stays
+        as it was at the failure, it is tried again ever more rarely (a failed load costs new
+        engine processes each time), and said again only if it fails otherwise. A change tries it
+        at once."""
+        digest = self._digest()
+        if digest == self._failed_digest and time.monotonic() < self._retry_at:
+            return
+        try:
+            done = self.reload()
+        except (UserError, ServerError, OSError) as exc:
+            failure = str(exc).partition("\n")[0]  # a failed load's message goes on with Triton's log
+            if failure != self._failure:
+                print(f"ftprefix serve: reload failed, still serving what was loaded: {exc}", file=sys.stderr)
+            first_gap = self.watch_interval or HEAL_INTERVAL_S
+            again = digest == self._failed_digest
+            self._retry_gap = min(2 * self._retry_gap, RELOAD_RETRY_MAX_S) if again else first_gap
+            self._failure, self._failed_digest = failure, digest
+            self._retry_at = time.monotonic() + self._retry_gap
+            return
+        if done is not None:
+            print(f"ftprefix serve: {done}", flush=True)
+        elif self._failure is not None:
+            print(f"ftprefix serve: {self.ft_dir} is back as it was loaded; nothing to reload", flush=True)
+        self._failure = self._failed_digest = None
 
     # -- engine processes that died ------------------------------------------------------------
 
