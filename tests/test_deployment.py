@@ -377,6 +377,25 @@ def test_a_conversion_inside_the_deployment_moves_with_it(tmp_path: Path, schema
     assert (moved / source / "1-gpu" / "config.ini").is_file()
 
 
+def test_the_printed_commands_work_pasted_into_a_shell_whatever_the_directory_is_named(
+    tmp_path: Path, capsys, schema
+) -> None:
+    """The summary ends with the commands to run; for a directory named "GPU deploy (test's)" they
+    went `cd GPU deploy (test's) && ...`, which no shell takes."""
+    converted = example_conversion(tmp_path / "c", tp=1)
+    out = tmp_path / "GPU deploy (test's)"
+    capsys.readouterr()
+    assert main(["triton-repo", str(converted), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    commands = [line.split(": ", 1)[1] for line in printed.splitlines() if "docker compose" in line]
+    assert len(commands) == 2  # the GPU server, and on CPU instead
+    for command in commands:
+        cd = command.split(" && docker compose")[0]
+        shell = subprocess.run(["bash", "-c", f"{cd} && pwd"], capture_output=True, text=True, cwd=tmp_path)
+        assert (shell.returncode, shell.stdout, shell.stderr) == (0, f"{out}\n", "")
+    assert compose(out, schema)["services"]["triton"]  # and compose takes the directory as named
+
+
 def _refused(argv: list[str], capsys, needle: str, code: int = 2) -> None:
     assert main(argv) == code
     err = capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from ftprefix.commands.options import add_newline_token_option, add_queue_delay_option
@@ -111,14 +112,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"  tokenizer: {deployment.TOKENIZER_DIR}/ (the OpenAI API's)", end="")
         print(f"; text models tokenize with {info.tokenizer.description}" if info.tokenizer else "")
     gpus = settings.instances * settings.tensor_para_size
+    cd = f"cd {shlex.quote(str(out))}"  # a command to paste into a shell, whatever the name holds
     if settings.target == "gpu":
         print(
-            f"  GPU server: cd {out} && docker compose up   ({gpus} GPU(s): {settings.instances} "
+            f"  GPU server: {cd} && docker compose up   ({gpus} GPU(s): {settings.instances} "
             f"instance(s) x tp {settings.tensor_para_size}; the first run builds the image)"
         )
-        print(f"  on CPU instead: cd {out} && docker compose -f compose.cpu.yaml up")
+        print(f"  on CPU instead: {cd} && docker compose -f compose.cpu.yaml up")
     else:
-        print(f"  CPU server: cd {out} && docker compose up")
+        print(f"  CPU server: {cd} && docker compose up")
     if settings.tokenizer:
         print("  with the OpenAI API on port 8080: add --profile openai")
     else:
