@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+import trustme
 from hf_reference import HFReference
 from transformers import AutoTokenizer
 from tritonclient.utils import InferenceServerException
@@ -227,6 +232,58 @@ def test_timeout_is_reported(server: EmbeddedServer, model: dict) -> None:
         c.tasks()
         with pytest.raises(RequestTimeoutError, match=r"did not answer within 0\.001 s"):
             c.generate(PROMPTS[0], task="taskA", max_new_tokens=200)
+
+
+_TLS_CLIENTS = """
+import asyncio, json, sys
+from ftprefix.client import AsyncClient, Client
+url, hf, prompt = sys.argv[1:4]
+with Client(url, tokenizer=hf, connect_retries=0) as c:
+    plain = c.generate(prompt, task="taskB", max_new_tokens=8).token_ids
+async def main():
+    async with AsyncClient(url, tokenizer=hf, connect_retries=0) as c:
+        return (await c.generate(prompt, task="taskB", max_new_tokens=8)).token_ids
+print(json.dumps([plain, asyncio.run(main())]))
+"""
+
+
+def test_a_grpcs_url_speaks_tls_and_checks_the_server_certificate(
+    model: dict, reference, tmp_path, monkeypatch
+) -> None:
+    """`grpcs://` was taken and its TLS dropped: the client spoke plain gRPC to a TLS endpoint (an
+    ingress, a Triton started with --grpc-use-ssl) and got only "unavailable". A real Triton with
+    TLS on its gRPC port here, its certificate from a private CA that the clients trust through
+    gRPC's own GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, and without which they refuse the server."""
+    from ftprefix.serving import tritonserver
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    key, chain, roots = tmp_path / "server.key", tmp_path / "server.crt", tmp_path / "ca.pem"
+    issued.private_key_pem.write_to_path(str(key))
+    issued.cert_chain_pems[0].write_to_path(str(chain))
+    ca.cert_pem.write_to_path(str(roots))
+    command = tritonserver.command
+
+    def with_tls(*args: Any, **kwargs: Any) -> list[str]:
+        tls = ["--grpc-use-ssl=true", f"--grpc-server-cert={chain}", f"--grpc-server-key={key}"]
+        return [*command(*args, **kwargs), *tls]
+
+    monkeypatch.setattr(tritonserver, "command", with_tls)
+    expected, _, _ = reference(PROMPTS[0], "taskB")
+    with EmbeddedServer(model["ft"], stop_timeout=0) as srv:
+        url = f"grpcs://localhost:{srv.grpc_port}"
+
+        def clients(roots_file: Path | None) -> subprocess.CompletedProcess[str]:
+            env = {k: v for k, v in os.environ.items() if k != "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"}
+            env |= {"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(roots_file)} if roots_file else {}
+            argv = [sys.executable, "-c", _TLS_CLIENTS, url, str(model["hf"]), PROMPTS[0]]
+            return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+        trusted = clients(roots)
+        assert trusted.returncode == 0, trusted.stderr
+        assert json.loads(trusted.stdout) == [expected, expected]
+        untrusted = clients(None)
+        assert untrusted.returncode == 1 and "ServerUnavailableError" in untrusted.stderr
 
 
 def test_unreachable_server_names_url_and_how_to_start_one(server: EmbeddedServer) -> None:

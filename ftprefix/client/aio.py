@@ -171,7 +171,11 @@ class AsyncClient(ClientBase):
 
     def _open_channel(self) -> None:
         retired = self._channel
-        self._channel = grpc.aio.insecure_channel(self.url, options=channel_options(self.url))
+        options = channel_options(self.url)
+        if self.tls:
+            self._channel = grpc.aio.secure_channel(self.url, grpc.ssl_channel_credentials(), options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.url, options=options)
         self._grpc_stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._channel_opened()
         if retired is not None:  # its calls may run as long as the timeout lets them

@@ -120,7 +120,8 @@ class FlowRunner:
 
 
 def normalize_url(url: str) -> str:
-    """`host:port` as gRPC wants it; a `grpc://` scheme is accepted and dropped."""
+    """`host:port` as gRPC wants it; a `grpc://` or `grpcs://` scheme is accepted and dropped (the
+    latter's TLS: `uses_tls`)."""
     url = url.strip()
     for scheme in ("grpc://", "grpcs://"):
         if url.startswith(scheme):
@@ -133,6 +134,14 @@ def normalize_url(url: str) -> str:
     if not url or ":" not in url:
         raise FtprefixClientError(f"server URL {url!r} needs a port: pass host:port, e.g. localhost:8001")
     return url.rstrip("/")
+
+
+def uses_tls(url: str) -> bool:
+    """`grpcs://host:port`: a TLS channel, the server's certificate checked against the system's
+    roots, or those of the file GRPC_DEFAULT_SSL_ROOTS_FILE_PATH names (gRPC's own setting), e.g.
+    a cluster's private CA. A TLS endpoint reached without it (and a plain one with it) fails as
+    unreachable: gRPC cannot tell which side is wrong."""
+    return url.strip().startswith("grpcs://")
 
 
 def looks_up_a_name(url: str) -> bool:
@@ -178,6 +187,7 @@ class ClientBase:
         which the next call opens a new channel, which looks the name up again (None: never);
         calls on the old channel finish there, and the connections it had carry over."""
         self.url = normalize_url(url)
+        self.tls = uses_tls(url)
         if resolve_every is not None and not resolve_every >= 0:
             raise ValueError(f"resolve_every must be 0 or more seconds, or None; got {resolve_every}")
         self.resolve_every = resolve_every if looks_up_a_name(self.url) else None

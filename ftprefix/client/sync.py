@@ -51,11 +51,11 @@ class ResponseStream:
     """One request to a decoupled model on a private gRPC stream (tritonclient allows one stream per
     client object): `next()` gives each response's outputs until the last, then None."""
 
-    def __init__(self, url: str, timeout: float | None, op: OpenStream) -> None:
+    def __init__(self, url: str, tls: bool, timeout: float | None, op: OpenStream) -> None:
         self.url, self.timeout, self.model, self.names = url, timeout, op.model, op.outputs
         self.responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
         self.done = False
-        self.grpc = grpcclient.InferenceServerClient(url, channel_args=channel_options(url))
+        self.grpc = grpcclient.InferenceServerClient(url, ssl=tls, channel_args=channel_options(url))
         try:
             self.grpc.start_stream(
                 callback=lambda result, error: self.responses.put((result, error)), stream_timeout=timeout
@@ -111,7 +111,9 @@ class Client(ClientBase):
             # the old channel is not closed here: a call another thread has in flight on it
             # finishes there, and it closes when the last of them lets go of it (tritonclient's
             # __del__); the connections it shares with the new one carry over
-            self._channel = grpcclient.InferenceServerClient(self.url, channel_args=channel_options(self.url))
+            self._channel = grpcclient.InferenceServerClient(
+                self.url, ssl=self.tls, channel_args=channel_options(self.url)
+            )
             self._channel_opened()
         return self._channel
 
@@ -199,7 +201,7 @@ class Client(ClientBase):
         if isinstance(op, Gather):
             return [self._run(flow) for flow in op.flows]
         if isinstance(op, OpenStream):
-            stream = ResponseStream(self.url, self.timeout, op)
+            stream = ResponseStream(self.url, self.tls, self.timeout, op)
             streams.append(stream)
             return stream
         if isinstance(op, NextResponse):

@@ -20,7 +20,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt text (several make one batch)")
     p.add_argument(
-        "--url", default="localhost:8001", help="gRPC address of the server (default: %(default)s)"
+        "--url",
+        default="localhost:8001",
+        help="gRPC address of the server (default: %(default)s; grpcs://HOST:PORT for TLS)",
     )
     p.add_argument(
         "--task",

@@ -35,7 +35,11 @@ def register(subparsers: Any) -> None:
             "`ftprefix serve`; requests go to Triton concurrently, so its dynamic batcher merges them."
         ),
     )
-    p.add_argument("--url", default="localhost:8001", help="gRPC address of Triton (default: %(default)s)")
+    p.add_argument(
+        "--url",
+        default="localhost:8001",
+        help="gRPC address of Triton (default: %(default)s; grpcs://HOST:PORT for TLS)",
+    )
     p.add_argument(
         "--http-url",
         metavar="HOST:PORT",
