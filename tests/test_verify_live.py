@@ -57,7 +57,8 @@ def _verify(url: str, model: dict, *extra: str) -> int:
 def test_a_correct_server_agrees(model, streaming, capsys) -> None:
     with EmbeddedServer(model["ft"], streaming=streaming, watch_interval=None, stop_timeout=0) as server:
         capsys.readouterr()
-        assert _verify(server.grpc_url, model) == 0
+        # a URL with its scheme, as users paste them: the streamed requests went out with it
+        assert _verify(f"grpc://{server.grpc_url}", model) == 0
     out = capsys.readouterr().out
     for name in ("(base model)", *TASKS):
         row = next(line for line in out.splitlines() if line.startswith(name))

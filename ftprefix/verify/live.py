@@ -117,9 +117,12 @@ def _compare(
         check.note = check.note or f"row {row} goes on past Hugging Face's end_id"
 
 
-def _stream_one(url: str, model: str, request: Request, names: list[str], timeout: float) -> list[dict]:
-    """Every response of one request to a decoupled model, in order (the last is the final one)."""
-    stream = ResponseStream(url, timeout, OpenStream(model, request, names))
+def _stream_one(
+    target: tuple[str, bool], model: str, request: Request, names: list[str], timeout: float
+) -> list[dict]:
+    """Every response of one request to a decoupled model, in order (the last is the final one).
+    `target`: the gRPC address and whether it speaks TLS, as a `Client` reads them from a URL."""
+    stream = ResponseStream(*target, timeout, OpenStream(model, request, names))
     try:
         responses = []
         while (outputs := stream.next()) is not None:
@@ -130,13 +133,13 @@ def _stream_one(url: str, model: str, request: Request, names: list[str], timeou
 
 
 def _streamed_answers(
-    url: str, info: ModelInfo, plan: Plan, timeout: float
+    target: tuple[str, bool], info: ModelInfo, plan: Plan, timeout: float
 ) -> tuple[list[list[int]], list[str]]:
     """Each row's final tokens, and what is wrong with the streamed responses (per row, "" if nothing)."""
     finals: dict[int, list[int]] = {}
     problems = [""] * len(plan.rows)
     for request in plan.requests():
-        responses = _stream_one(url, info.name, request, plan.outputs(), timeout)
+        responses = _stream_one(target, info.name, request, plan.outputs(), timeout)
         specs = [plan.row_spec(i) for i in request.rows]
         last = responses[-1]
         answers = wire.read_rows(last[protocol.OUTPUT_IDS], last[protocol.SEQUENCE_LENGTH], specs, final=True)
@@ -170,6 +173,7 @@ def verify_server(
     hf_dir = Path(hf_dir)
     with Client(url, timeout=timeout, connect_retries=1) as client:
         info = client.model_info()
+        target = client.url, client.tls  # a URL's scheme dropped, its TLS kept
     dtype = info.data_type if info.data_type in layout.WEIGHT_DTYPES else "fp32"
     for source in sources:
         if info.tasks.find(source.name) is None:
@@ -205,7 +209,7 @@ def verify_server(
     if info.decoupled:
         params = GenerationParams(max_new_tokens=NEW_TOKENS, end_id=end_id)
         plan = Plan.build(prompts, tasks, params, info, None)
-        answers, problems = _streamed_answers(url, info, plan, timeout)
+        answers, problems = _streamed_answers(target, info, plan, timeout)
     else:
         with Client(url, timeout=timeout) as client:
             completions = client.generate_batch(
