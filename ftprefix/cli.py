@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -65,7 +66,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     with _terminated_as_interrupted():
-        return _run(args)
+        try:
+            code = _run(args)
+            sys.stdout.flush()  # what is still buffered meets a reader gone here, not at exit
+            return code
+        except BrokenPipeError:
+            return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """What stdout fed has stopped reading (`ftprefix tasks list | head -1`): end at once without a
+    word and with the status a command killed by SIGPIPE has, as `cat` does. Left to Python, it
+    printed a traceback, and another one at exit, flushing stdout into the closed pipe again."""
+    with contextlib.suppress(OSError, ValueError):  # no descriptor behind stdout (a test's capture)
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, sys.stdout.fileno())
+        os.close(quiet)
+    return 128 + signal.SIGPIPE
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -350,3 +350,22 @@ def test_convert_force_keeps_the_ids_of_tasks_that_remain(hf_dir: Path, tmp_path
         "_retired.3",
         "a",
     ]
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(converted: Path) -> None:
+    """`ftprefix tasks list DIR | head -1`: what printed the list met a closed pipe, and Python
+    printed a BrokenPipeError traceback, exit 120. Now it ends as `cat` does: no word, the status of
+    a command SIGPIPE stopped."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ftprefix", "tasks", "list", str(converted)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (128 + signal.SIGPIPE, "")
