@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from gateway_support import metric_delta, metric_samples
 from prometheus_client.parser import text_string_to_metric_families
-from serving_support import convert_toy
+from serving_support import convert_toy, descendants
 
 from ftprefix import cli
 from ftprefix.errors import UserError
@@ -193,23 +195,45 @@ def test_a_keys_max_tokens_caps_every_request(gateway) -> None:
     assert default.status_code == 200 and default.json()["usage"]["completion_tokens"] == 5  # not 16
 
 
-def test_max_concurrent_holds_under_100_concurrent_requests(gateway) -> None:
+def _places(samples: dict) -> float:
+    """Requests the gateway holds now: at Triton, and waiting for a place there."""
+    return sum(
+        samples.get((name, ()), 0.0) for name in ("ftprefix_in_flight_requests", "ftprefix_waiting_requests")
+    )
+
+
+def test_max_concurrent_holds_under_100_concurrent_requests(triton, gateway) -> None:
+    """Four requests of a key with max_concurrent 4 are in flight, then 96 more come at once:
+    every one of them is a 429, and counted. The test sent all 100 together and counted on the
+    first four still generating when the last arrived, which a slow machine broke (a fifth let in
+    after one of them ended). Now Triton's engine processes are stopped (SIGSTOP) while the 96 come,
+    so the four cannot end, and go on once they are answered."""
+    url, headers = gateway + "/v1/completions", {"Authorization": "Bearer k-conc"}
+    body = {"model": BASE, "prompt": PROMPT, "max_tokens": 300, "temperature": 0, "ignore_eos": True}
+    engines = descendants(triton.pid)
+    assert engines  # the python backend's stubs
     before = metric_samples(gateway)
 
-    async def flood() -> list[int]:
+    async def flood() -> tuple[list[int], list[int]]:
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=100)) as client:
-            body = {"model": BASE, "prompt": PROMPT, "max_tokens": 300, "temperature": 0, "ignore_eos": True}
-            calls = [
-                client.post(
-                    gateway + "/v1/completions", json=body, headers={"Authorization": "Bearer k-conc"}
-                )
-                for _ in range(100)
-            ]
-            return [r.status_code for r in await asyncio.gather(*calls)]
+            for pid in engines:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                holders = [
+                    asyncio.ensure_future(client.post(url, json=body, headers=headers)) for _ in range(4)
+                ]
+                deadline = time.monotonic() + 60
+                while _places(metric_samples(gateway)) < 4 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)  # bounded wait for the four to be taken in
+                calls = [client.post(url, json={**body, "max_tokens": 2}, headers=headers) for _ in range(96)]
+                refused = [r.status_code for r in await asyncio.gather(*calls)]
+            finally:
+                for pid in engines:
+                    os.kill(pid, signal.SIGCONT)
+            return refused, [r.status_code for r in await asyncio.gather(*holders)]
 
-    statuses = asyncio.run(flood())
-    # all 100 arrive while the first four generate 300 tokens: exactly four are let in
-    assert statuses.count(200) == 4 and statuses.count(429) == 96
+    refused, held = asyncio.run(flood())
+    assert (held, refused) == ([200] * 4, [429] * 96)
     after = metric_samples(gateway)
     assert (
         metric_delta(before, after, "ftprefix_tenant_rate_limited_total", tenant="conc", reason="concurrency")
