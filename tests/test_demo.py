@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -79,3 +80,15 @@ def test_a_demo_stopped_with_sigterm_removes_its_scratch_directory(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_temporary_directory_that_is_not_ascii_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """serve refuses it (Triton's python backend cannot load a model from there); the demo met the
+    refusal only at its fourth step, after training."""
+    tmp = tmp_path / "一時"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ftprefix demo: error: the server's model repository would be under {tmp}")
+    assert err.count("\n") == 1 and list(tmp.iterdir()) == []

@@ -131,10 +131,11 @@ def answers_table(result: DemoResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ftprefix.errors import UserError
-    from ftprefix.serving.server import ServerError
+    from ftprefix.serving.server import ServerError, check_repository_place
 
     if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
         raise UserError(f"--workdir {args.workdir} is not empty; pass a new or empty directory")
+    check_repository_place()  # the server of step 4, before a minute of training
     start = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ftprefix-demo-"))
     try:

@@ -119,10 +119,11 @@ def bind_port(host: str, port: int, option: str, *, reuse_address: bool = True) 
     return sock
 
 
-def _check_repository_place(workdir: Path | None) -> None:
-    """Refuse a Triton model repository under a path that is not ASCII: the python backend's stub
-    runs Python with an ASCII file system encoding (stub_args.py) and fails to import a model from
-    there before any of ftprefix's code runs. Converted models and tokenizers may live anywhere."""
+def check_repository_place(workdir: Path | None = None) -> None:
+    """Refuse a Triton model repository under a path that is not ASCII (`workdir`, or else the
+    temporary directory): the python backend's stub runs Python with an ASCII file system encoding
+    (stub_args.py) and fails to import a model from there before any of ftprefix's code runs.
+    Converted models and tokenizers may live anywhere."""
     place = workdir if workdir is not None else Path(tempfile.gettempdir())
     if not str(place.absolute()).isascii():
         where = "pass a working directory" if workdir is not None else "set TMPDIR to a directory"
@@ -195,7 +196,7 @@ class EmbeddedServer:
         self.stop_timeout = stop_timeout
         self.watch_interval = watch_interval
         self._own_workdir = workdir is None
-        _check_repository_place(Path(workdir) if workdir is not None else None)
+        check_repository_place(Path(workdir) if workdir is not None else None)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ftprefix-serve-"))
         self.repository = self.workdir / "model_repository"
         self.log_path = Path(log_to) if log_to is not None else self.workdir / "tritonserver.log"
