@@ -487,13 +487,15 @@ class EmbeddedServer:
         away, a load Triton refuses) keeps the old models and is said once: while config.ini stays
         as it was at the failure, it is tried again ever more rarely (a failed load costs new
         engine processes each time), and said again only if it fails otherwise. A change tries it
-        at once."""
-        digest = self._digest()
-        if digest == self._failed_digest and time.monotonic() < self._retry_at:
+        at once. config.ini is read once a look, by reload(), and again only while a failure
+        waits for its next try."""
+        waiting = self._failed_digest is not None and time.monotonic() < self._retry_at
+        if waiting and self._digest() == self._failed_digest:
             return
         try:
             done = self.reload()
         except (UserError, ServerError, OSError) as exc:
+            digest = self._digest()  # config.ini as the failure found it
             failure = str(exc).partition("\n")[0]  # a failed load's message goes on with Triton's log
             if failure != self._failure:
                 print(f"ftprefix serve: reload failed, still serving what was loaded: {exc}", file=sys.stderr)
