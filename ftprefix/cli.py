@@ -6,13 +6,13 @@ import argparse
 import contextlib
 import errno
 import importlib
-import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 
 from ftprefix import __version__
+from ftprefix.console import silence
 from ftprefix.errors import UserError
 from ftprefix.extras import require
 
@@ -78,10 +78,7 @@ def _reader_gone() -> int:
     """What stdout fed has stopped reading (`ftprefix tasks list | head -1`): end at once without a
     word and with the status a command killed by SIGPIPE has, as `cat` does. Left to Python, it
     printed a traceback, and another one at exit, flushing stdout into the closed pipe again."""
-    with contextlib.suppress(OSError, ValueError):  # no descriptor behind stdout (a test's capture)
-        quiet = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(quiet, sys.stdout.fileno())
-        os.close(quiet)
+    silence(sys.stdout)
     return 128 + signal.SIGPIPE
 
 

@@ -17,15 +17,21 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 from serving_support import (
+    HIDDEN,
+    LAYERS,
+    add_task,
     another_models_tokenizer,
     descendants,
     ft_inputs,
     make_converted,
     start_serve_cli,
+    stop_serve_cli,
     wait_gone,
 )
 
 from ftprefix import layout, protocol
+from ftprefix.demo.toy import random_prefix
+from ftprefix.task_table import TaskTable
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +64,37 @@ def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _served_tasks(client: grpcclient.InferenceServerClient) -> list[str]:
+    config = client.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
+    return TaskTable.from_json(config["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"]).names
+
+
+def test_a_reader_of_its_output_that_went_away_stops_no_reload(converted, tmp_path):
+    """`ftprefix serve DIR | tee serve.log`, and tee ends: what serve says after that meets a closed
+    pipe. The watcher said its first reload there and died of it, and serve went on without one:
+    no task added later was served, no engine process that died was started again."""
+    home = tmp_path / "model"
+    shutil.copytree(converted.parent, home)
+    ft_dir = home / converted.name
+    proc, grpc_url, _ = _start(ft_dir)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        proc.stderr.close()
+        with grpcclient.InferenceServerClient(grpc_url) as client:
+            for seed, name in enumerate(("first", "second")):
+                add_task(ft_dir, name, random_prefix(3, LAYERS, HIDDEN, seed=40 + seed).numpy())
+                deadline = time.monotonic() + 60
+                while name not in _served_tasks(client):
+                    assert time.monotonic() < deadline, f"{name} was never served"
+                    assert proc.poll() is None
+                    time.sleep(0.1)  # bounded poll for the watcher; the assertion above is the check
+            assert _served_tasks(client) == ["smile", "first", "second"]
+        assert proc.poll() is None
+    finally:
+        stop_serve_cli(proc)
 
 
 def test_a_killed_serve_leaves_no_process_or_file_behind(converted, tmp_path):

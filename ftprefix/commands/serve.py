@@ -20,6 +20,7 @@ from ftprefix.commands.options import (
     gateway_limits,
     stop_as_on_ctrl_c,
 )
+from ftprefix.console import say
 
 if TYPE_CHECKING:
     import socket
@@ -287,31 +288,30 @@ def _serve(
         except ServerError as exc:
             print(f"ftprefix serve: error: {exc}", file=sys.stderr)
             return 1
-        print(f"ftprefix serve: models {', '.join(server.models)} from {server.ft_dir}", flush=True)
-        print(f"ftprefix serve: listening on grpc {server.grpc_url} and http {server.http_url}", flush=True)
+        # from here on a reader of these lines that goes away stops nothing (console.say)
+        say(f"ftprefix serve: models {', '.join(server.models)} from {server.ft_dir}")
+        say(f"ftprefix serve: listening on grpc {server.grpc_url} and http {server.http_url}")
         layout = server.layout
-        print(
+        say(
             f"ftprefix serve: {layout.instances} engine instance(s) x {layout.threads} thread(s); "
-            f"cores: {server.cores.count} ({server.cores.seen})"
-            + (f"; {layout.note}" if layout.note else ""),
-            flush=True,
+            f"cores: {server.cores.count} ({server.cores.seen})" + (f"; {layout.note}" if layout.note else "")
         )
         if tokenizer is not None:
             newline = f"; newline token {args.newline_token!r}" if args.newline_token else ""
-            print(f"ftprefix serve: tokenizer {tokenizer.description}{newline}", flush=True)
+            say(f"ftprefix serve: tokenizer {tokenizer.description}{newline}")
         if gateway is not None:
             assert openai_socket is not None
             gateway_thread = start_in_thread(gateway, openai_socket)
             port = int(openai_socket.getsockname()[1])
-            print(f"ftprefix serve: OpenAI-compatible API on http://{args.host}:{port}/v1", flush=True)
-            print(f"ftprefix serve: {gateway.config.app.state.keys.describe()}", flush=True)
-            print(f"ftprefix serve: {gateway.config.app.state.describe_limits()}", flush=True)
-        print("ftprefix serve: ready; Ctrl-C to stop", flush=True)
+            say(f"ftprefix serve: OpenAI-compatible API on http://{args.host}:{port}/v1")
+            say(f"ftprefix serve: {gateway.config.app.state.keys.describe()}")
+            say(f"ftprefix serve: {gateway.config.app.state.describe_limits()}")
+        say("ftprefix serve: ready; Ctrl-C to stop")
         code = server.wait()
-        print(f"ftprefix serve: {_ended(code, server.log_tail())}", file=sys.stderr)
+        say(f"ftprefix serve: {_ended(code, server.log_tail())}", error=True)
         return 1
     except KeyboardInterrupt:
-        print("ftprefix serve: stopping", file=sys.stderr, flush=True)
+        say("ftprefix serve: stopping", error=True)
         return 0
     finally:
         try:

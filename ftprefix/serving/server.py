@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ftprefix import layout, locking, protocol
+from ftprefix.console import say
 from ftprefix.errors import UserError
 from ftprefix.serving import cpus, repository, stubs, tritonserver
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
@@ -480,7 +481,7 @@ class EmbeddedServer:
                 self.heal()
             except (ServerError, OSError) as exc:
                 if not self._stop_watch.is_set():  # a server stopping under the load
-                    print(f"ftprefix serve: loading a model again failed: {exc}", file=sys.stderr)
+                    say(f"ftprefix serve: loading a model again failed: {exc}", error=True)
 
     def _follow_config(self) -> None:
         """One look at config.ini for the watcher. A reload that fails (the model directory moved
@@ -498,7 +499,7 @@ class EmbeddedServer:
             digest = self._digest()  # config.ini as the failure found it
             failure = str(exc).partition("\n")[0]  # a failed load's message goes on with Triton's log
             if failure != self._failure:
-                print(f"ftprefix serve: reload failed, still serving what was loaded: {exc}", file=sys.stderr)
+                say(f"ftprefix serve: reload failed, still serving what was loaded: {exc}", error=True)
             first_gap = self.watch_interval or HEAL_INTERVAL_S
             again = digest == self._failed_digest
             self._retry_gap = min(2 * self._retry_gap, RELOAD_RETRY_MAX_S) if again else first_gap
@@ -506,9 +507,9 @@ class EmbeddedServer:
             self._retry_at = time.monotonic() + self._retry_gap
             return
         if done is not None:
-            print(f"ftprefix serve: {done}", flush=True)
+            say(f"ftprefix serve: {done}")
         elif self._failure is not None:
-            print(f"ftprefix serve: {self.ft_dir} is back as it was loaded; nothing to reload", flush=True)
+            say(f"ftprefix serve: {self.ft_dir} is back as it was loaded; nothing to reload")
         self._failure = self._failed_digest = None
 
     # -- engine processes that died ------------------------------------------------------------
@@ -559,19 +560,14 @@ class EmbeddedServer:
                 return []
             for model in models:
                 lost = ", ".join(i for i in dead if self._instances[i] == model)
-                print(
+                say(
                     f"ftprefix serve: the process of {lost} ended (killed for memory?), and Triton "
                     f"sends that instance its share of the requests still: loading {model!r} again",
-                    file=sys.stderr,
-                    flush=True,
+                    error=True,
                 )
                 self._healed_at[model] = now
             seconds = self._load_again(models)
-            print(
-                f"ftprefix serve: {', '.join(models)} loaded again in {seconds:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"ftprefix serve: {', '.join(models)} loaded again in {seconds:.1f} s", error=True)
             return models
 
 
