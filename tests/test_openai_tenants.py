@@ -156,23 +156,42 @@ def test_the_keys_file_is_read_again_while_serving(gateway, caplog) -> None:
     assert [m.id for m in _api(gateway, "tenant-a").models.list()] == ["smile"]
 
 
-def test_another_models_tokenizer_is_said_in_the_log_once(triton, model, tmp_path: Path, caplog) -> None:
+def test_another_models_tokenizer_answers_nothing_and_is_never_ready(
+    triton, model, tmp_path: Path, caplog
+) -> None:
     """`ftprefix openai` learns the model's vocabulary from Triton only once it answers, so a
     tokenizer giving ids the model has no embedding for (serve and triton-repo refuse it at start)
-    is said in the log at the first request, once, naming both."""
+    cannot be refused at start. It answered before, from token ids the model was not trained
+    with. Now every request and /health are a 503 naming nothing internal, so a rollout with the
+    wrong tokenizer never gets ready, and the log says why once, naming both."""
     vocab = int(json.loads((model["hf"] / "config.json").read_text())["vocab_size"])
     other = another_models_tokenizer(model["hf"], tmp_path / "other-tokenizer", vocab)
-    caplog.set_level(logging.ERROR, logger="ftprefix.gateway")
+    caplog.set_level(logging.INFO, logger="ftprefix.gateway")
     server, url = _gateway(triton.grpc_url, other)
     try:
         api = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
-        for _ in range(2):
-            assert api.completions.create(model=BASE, prompt="the cat", max_tokens=2).choices
-        assert [r.getMessage() for r in caplog.records] == [
+        for ask in (
+            lambda: api.completions.create(model=BASE, prompt="the cat", max_tokens=2),
+            lambda: api.completions.create(model="smile", prompt=[[1, 2]], max_tokens=2),
+            lambda: api.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "hi"}]),
+            lambda: api.completions.create(model=BASE, prompt="the cat", max_tokens=2, stream=True),
+        ):
+            with pytest.raises(openai.InternalServerError) as refused:
+                ask()
+            answer = refused.value.response
+            assert answer.status_code == 503 and answer.headers["retry-after"].isdigit()
+            error = answer.json()["error"]
+            assert error["code"] == "model_server_unavailable"
+            assert error["message"] == (
+                f"this gateway cannot serve the model now (request id {answer.headers['x-request-id']}); "
+                "try again later"
+            )
+        health = httpx.get(url.removesuffix("/v1") + "/health")
+        assert health.status_code == 503 and health.json()["error"]["code"] == "model_server_unavailable"
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("ftprefix.gateway")] == [
             f"the tokenizer {other} gives token ids up to {vocab + 3}, and the model at {triton.grpc_url} "
-            f"has embeddings for ids 0 to {vocab - 1} only: it is another model's tokenizer (prompts with "
-            "those ids are refused, the others answered from ids the model was not trained with); start "
-            "the gateway with the model's own --tokenizer"
+            f"has embeddings for ids 0 to {vocab - 1} only: it is another model's tokenizer, and every "
+            "request is a 503 until the gateway runs with the model's own --tokenizer"
         ]
     finally:
         server.should_exit = True

@@ -46,6 +46,7 @@ from ftprefix.gateway.errors import (
     ApiError,
     ReadinessLog,
     bad_param,
+    cannot_serve,
     from_client_error,
     internal_error,
     request_id,
@@ -278,26 +279,41 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
 
     # -- models ----------------------------------------------------------------------------------
 
-    vocab_checked: list[int | None] = [None]  # the model vocabulary the tokenizer was checked against
+    # the model vocabulary the tokenizer was last checked against, and whether it fitted
+    vocab_checked: list[int | None] = [None]
+    tokenizer_fits = [True]
+
+    def check_tokenizer(info, request_id: str) -> None:
+        """Another model's tokenizer (ids past the model's embeddings; serve and triton-repo refuse
+        it at start) answers nothing: prompts with those ids would be refused and the others
+        answered from ids the model was not trained with. Every request and /health are a 503
+        while it lasts, so that a rollout with the wrong tokenizer never gets ready and the
+        replicas before it go on serving; the log says why, once per vocabulary Triton reports."""
+        if info.vocab_size is not None and info.vocab_size != vocab_checked[0]:
+            vocab_checked[0] = info.vocab_size
+            fits = tokenizer.vocab_size <= info.vocab_size
+            if not fits:
+                log.error(
+                    "the tokenizer %s gives token ids up to %d, and the model at %s has embeddings for "
+                    "ids 0 to %d only: it is another model's tokenizer, and every request is a 503 "
+                    "until the gateway runs with the model's own --tokenizer",
+                    tokenizer.path.parent,
+                    tokenizer.vocab_size - 1,
+                    settings.triton_url,
+                    info.vocab_size - 1,
+                )
+            elif not tokenizer_fits[0]:
+                log.info("the tokenizer fits the model at %s now", settings.triton_url)
+            tokenizer_fits[0] = fits
+        if not tokenizer_fits[0]:
+            raise cannot_serve(request_id)
 
     async def model_info(request_ctx: _Context, refresh: bool = False):
         try:
             info = await client().model_info(refresh=refresh)
         except FtprefixClientError as exc:
             raise from_client_error(exc, request_ctx.request_id) from exc
-        if info.vocab_size is not None and info.vocab_size != vocab_checked[0]:
-            vocab_checked[0] = info.vocab_size
-            if tokenizer.vocab_size > info.vocab_size:  # serve and triton-repo refuse it at start
-                log.error(
-                    "the tokenizer %s gives token ids up to %d, and the model at %s has embeddings for "
-                    "ids 0 to %d only: it is another model's tokenizer (prompts with those ids are "
-                    "refused, the others answered from ids the model was not trained with); start the "
-                    "gateway with the model's own --tokenizer",
-                    tokenizer.path.parent,
-                    tokenizer.vocab_size - 1,
-                    settings.triton_url,
-                    info.vocab_size - 1,
-                )
+        check_tokenizer(info, request_ctx.request_id)
         return info
 
     async def visible_models(ctx: _Context, policy: KeyPolicy, refresh: bool = False) -> list[str]:
@@ -330,13 +346,18 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
     @app.get("/health", responses=openapi.HEALTH_RESPONSES)
     async def health(request: Request) -> JSONResponse:
         """200 once Triton answers with the model ready (for readiness probes), 503 otherwise."""
+        rid = _context(request).request_id
         try:
-            await client().model_info(refresh=True)
+            info = await client().model_info(refresh=True)
         except FtprefixClientError as exc:
             readiness.failed(exc)
-            error = from_client_error(exc, _context(request).request_id, logged=False)
+            error = from_client_error(exc, rid, logged=False)
             return JSONResponse(error.body(), status_code=503, headers={"retry-after": str(RETRY_AFTER_S)})
         readiness.ready()
+        try:
+            check_tokenizer(info, rid)
+        except ApiError as error:
+            return JSONResponse(error.body(), status_code=error.status, headers=dict(error.headers))
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", response_class=Response, responses=openapi.METRICS_RESPONSES)
@@ -426,6 +447,8 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         assert policy is not None
         body = parse_request(await read_body(request), kind)
         task = await task_of(ctx, body.model, policy)
+        if vocab_checked[0] is None or not tokenizer_fits[0]:  # free once the tokenizer is known to fit
+            await model_info(ctx)
         ctx.model = body.model
         default_max = min(DEFAULT_MAX_TOKENS, policy.max_tokens or DEFAULT_MAX_TOKENS)
         options = body.generate_options(default_max)

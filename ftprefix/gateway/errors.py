@@ -90,6 +90,12 @@ def _unavailable(message: str) -> ApiError:
     )
 
 
+def cannot_serve(request: str) -> ApiError:
+    """What every request gets while the gateway's tokenizer is another model's: the log says
+    which; the caller learns only that this gateway cannot answer, and may try another."""
+    return _unavailable(f"this gateway cannot serve the model now (request id {request}); try again later")
+
+
 def shutting_down() -> ApiError:
     """What a request still running when the gateway's stop timeout ran out gets: retry elsewhere."""
     return ApiError(
