@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -25,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from ftprefix import protocol
 from ftprefix.demo.toy import random_prefix
-from ftprefix.serving.server import EmbeddedServer
+from ftprefix.serving.server import EmbeddedServer, free_port
 from ftprefix.task_table import TaskTable
 
 TASKS = {"smile": 3, "story": 5}
@@ -266,6 +267,41 @@ def test_an_engine_process_that_dies_is_started_again(converted, capsys):
                 failed, answered = failed + 1, 0
         said = capsys.readouterr().err
         assert "ended (killed for memory?)" in said and "loading 'fastertransformer' again" in said
+
+
+def test_a_stop_answers_the_request_in_flight_then_waits_for_no_unload(converted):
+    """Stopped gracefully (Ctrl-C, SIGTERM), Triton answers the requests in flight, then unloads
+    its models, and the python backend's unload of an instance sleeps a second first (server.py,
+    DRAINED): 8.5 s to stop four instances. The request in flight is still answered in full, as
+    Hugging Face answers it, and the stop now ends less than that second per instance after it."""
+    _root, ft_dir, hf = converted
+    instances, metrics = 5, free_port()
+    answered: queue.Queue[tuple[float, object, object]] = queue.Queue()
+    # Triton holds a lone request for its batching window: it is in flight when the stop begins
+    server = EmbeddedServer(
+        ft_dir.parent,
+        watch_interval=None,
+        instances=instances,
+        threads=1,
+        metrics_port=metrics,
+        max_queue_delay_us=1_000_000,
+    )
+    with server, grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.async_infer(
+            protocol.FT_MODEL,
+            ft_inputs([PROMPTS[1]], OUT_LEN, [1]),
+            callback=lambda result, error: answered.put((time.monotonic(), result, error)),
+        )
+        pending = f'nv_inference_pending_request_count{{model="{protocol.FT_MODEL}",version="1"}} 1'
+        deadline = time.monotonic() + 30
+        while pending not in httpx.get(f"http://127.0.0.1:{metrics}/metrics").text:
+            assert time.monotonic() < deadline  # bounded poll: the request is at Triton
+        server.stop()
+        stopped = time.monotonic()
+        at, result, error = answered.get(timeout=30)
+    assert error is None
+    check(result, [PROMPTS[1]], [hf.greedy(PROMPTS[1], "story", OUT_LEN, END_ID)[0]])
+    assert stopped - at < instances * 1.0
 
 
 def test_hot_reload_adds_task_without_restart(converted, server, client, capsys):

@@ -105,9 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help=(
             "on Ctrl-C / SIGTERM, how long requests in flight may finish (the OpenAI API's first, then "
-            "Triton's) and Triton may unload before it "
-            "is killed (default: Triton's exit timeout, about 10 s + 2 s per model and instance; "
-            "0 = at once)"
+            "Triton's) before Triton is killed (default: Triton's exit timeout, about 10 s + 2 s per "
+            "model and instance; 0 = at once)"
         ),
     )
     add_gateway_options(p)

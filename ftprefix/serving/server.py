@@ -45,6 +45,16 @@ _PR_SET_PDEATHSIG = 1
 HEAL_INTERVAL_S = 0.5
 RELOAD_RETRY_MAX_S = 60.0  # a reload that keeps failing is tried at least this often
 HEAL_AGAIN_S = 5.0
+# What a stopping Triton logs once no inference request is in flight (triton-inference-server/core
+# src/server.cc, InferenceServer::Stop). All it does after that is unload the models, and the
+# python backend's unload of an instance sleeps a second to look at the stub's health first
+# (python_backend src/stub_launcher.cc, StubLauncher::UpdateHealth), then ends the stub: 2.5 s to
+# stop one instance, 8.5 s four, instance after instance, for processes that hold nothing to
+# save. `stop` kills Triton there instead, FLUSH_S after the line: the last answers are handed to
+# Triton's HTTP and gRPC threads before their requests count as done, and are on their way.
+DRAINED = b"All models are stopped, unloading models"
+FLUSH_S = 0.25
+DRAIN_POLL_S = 0.05
 # Triton's HTTP endpoint, asked directly: the server is this process's child on a loopback address,
 # which a proxy named in the environment (HTTP_PROXY without a NO_PROXY for it, as corporate
 # machines set them) cannot reach; urlopen would send the probes there and never see Triton ready
@@ -164,9 +174,9 @@ class EmbeddedServer:
     ) -> None:
         """`instances` x `threads`: engine processes and the threads of each (cpus.py); by default
         one single-threaded instance per core this process may use, as many as memory holds.
-        `stop_timeout`: seconds `stop()` lets Triton finish requests in flight and unload its
-        models before killing it; None waits as long as Triton's own exit timeout, 0 kills at once
-        (a throwaway server, such as a test's: nothing it holds needs a clean unload)."""
+        `stop_timeout`: seconds `stop()` lets Triton finish requests in flight before killing it;
+        None waits as long as Triton's own exit timeout, 0 kills at once (a throwaway server, such
+        as a test's)."""
         self.ft_dir = layout.find_ft_dir(converted_dir).resolve()
         self.cores = cpus.usable_cores()
         self.layout = cpus.choose_layout(
@@ -343,8 +353,9 @@ class EmbeddedServer:
         return self.exit_timeout_s + 5 if timeout is None else timeout
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop the server: Triton unloads its models within `timeout` seconds (by default the
-        server's stop_timeout) or is killed; its shared memory is removed either way."""
+        """Stop the server: Triton finishes the requests in flight within `timeout` seconds (by
+        default the server's stop_timeout) and is killed then, or once they are done; its shared
+        memory is removed either way."""
         timeout = self.stop_timeout if timeout is None else timeout
         self._stop_watch.set()
         if self._watcher is not None and self._watcher is not threading.current_thread():
@@ -352,16 +363,16 @@ class EmbeddedServer:
         self._watcher = None
         proc, self._proc = self._proc, None
         if proc is not None:
-            # the server alone: it unloads the models and ends their stubs itself, a second faster
-            # than when every stub gets the signal too; leftovers are killed below
+            offset = self._log_size()
+            # the server alone: it finishes the requests in flight itself; it and its stubs are
+            # killed once it has (DRAINED), or once it has had its time
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM if timeout != 0 else signal.SIGKILL)
-            try:
-                proc.wait(timeout=self._exit_wait_s(timeout))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            if timeout != 0 and self._drained(proc, offset, self._exit_wait_s(timeout)):
+                time.sleep(FLUSH_S)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             # stubs left in the group after the server exited
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -378,6 +389,42 @@ class EmbeddedServer:
             atexit.unregister(self.stop)
         if self._own_workdir and self.workdir.exists():
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _drained(self, proc: subprocess.Popen[bytes], offset: int, timeout: float) -> bool:
+        """Whether Triton, told to stop, said within `timeout` seconds that no request is in
+        flight any more (its log past `offset`); False where it exited or its time ran out first."""
+        deadline = time.monotonic() + timeout
+        tail = b""
+        try:
+            log = open(self.log_path, "rb")  # noqa: SIM115 (closed below)
+        except OSError:
+            log = None
+        try:
+            if log is not None:
+                log.seek(offset)
+            while True:
+                if log is not None:
+                    seen = tail + log.read()
+                    if DRAINED in seen:
+                        return True
+                    tail = seen[-len(DRAINED) :]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                try:
+                    proc.wait(timeout=min(DRAIN_POLL_S, left))
+                    return False
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            if log is not None:
+                log.close()
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

@@ -16,7 +16,8 @@ pytriton/triton.py `_prepare_triton_inference_server` and pytriton/server/triton
   (backend option shm-region-prefix-name), so the regions of a server whose starter is gone can be
   told from anyone else's and removed (`remove_orphaned_regions`); the namespace keeps containers
   that share /dev/shm (`--ipc=host`) from judging each other's pids.
-- unloading takes about 1.5 s per python-backend model instance, one after another (seen with 2.51).
+- unloading takes about 2 s per python-backend model instance, one after another (seen with 2.51),
+  which a stopping EmbeddedServer skips (server.py, DRAINED).
 """
 
 from __future__ import annotations
