@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -51,10 +52,18 @@ def results(directory: Path, hf: Path, prefix_args: list[str]) -> dict[str, bool
 def test_verify_passes_on_a_correct_conversion(converted, capsys) -> None:
     ft, hf, prefix_args = converted
     assert cli.main(["verify", str(ft), "--model", str(hf), "--prefix", prefix_args[0]]) == 0
-    out = capsys.readouterr().out
+    said = capsys.readouterr()
+    out = said.out
     for name in ("(base model)", "smile", "story"):
         assert name in out
     assert "MISMATCH" not in out
+    # on stderr, as it goes: a model of billions of parameters takes minutes on CPU
+    assert [re.sub(r"\d+\.\d s", "T s", line) for line in said.err.splitlines()] == [
+        "ftprefix verify: read both models in T s; 3 checks",
+        "ftprefix verify: (base model): checked (1 of 3, T s)",
+        "ftprefix verify: smile: checked (2 of 3, T s)",
+        "ftprefix verify: story: checked (3 of 3, T s)",
+    ]
 
 
 def test_tasks_without_their_checkpoint_are_listed_not_checked(converted) -> None:
@@ -170,8 +179,10 @@ def test_fp16_activation_check_passes_an_ordinary_model(tmp_path: Path, capsys) 
     ft, hf = _fp16_conversion(tmp_path, 1.0)
     capsys.readouterr()
     assert cli.main(["verify", str(ft), "--model", str(hf)]) == 0
-    out = capsys.readouterr().out
+    said = capsys.readouterr()
+    out = said.out
     assert "fp16 activations: layer" in out and "OVERFLOW" not in out and "inf/nan" not in out
+    assert said.err.splitlines()[-1].startswith("ftprefix verify: fp16 activations: checked (2 of 2, ")
 
 
 def test_fp16_activation_check_flags_a_model_that_overflows(tmp_path: Path, capsys) -> None:

@@ -3,6 +3,7 @@ whose converted files were deliberately broken (the expected answers come from H
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ftprefix.demo import toy
 from ftprefix.serving.server import EmbeddedServer, free_port
 
 TASKS = {"smile": 4, "story": 6}
+CHECKED = ("(base model)", *TASKS)
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +61,19 @@ def test_a_correct_server_agrees(model, streaming, capsys) -> None:
         capsys.readouterr()
         # a URL with its scheme, as users paste them: the streamed requests went out with it
         assert _verify(f"grpc://{server.grpc_url}", model) == 0
-    out = capsys.readouterr().out
+    said = capsys.readouterr()
+    out = said.out
     for name in ("(base model)", *TASKS):
         row = next(line for line in out.splitlines() if line.startswith(name))
         assert row.split()[-1] == "ok" and " 24 " in row  # 3 prompts x 8 tokens compared
     assert out.splitlines()[-1].startswith("ok: 3 of 3 checked")
+    # on stderr, as it goes: a model of billions of parameters takes minutes on CPU
+    progress = [re.sub(r"\d+\.\d s", "T s", line) for line in said.err.splitlines()]
+    assert progress == [
+        "ftprefix verify: read the Hugging Face model in T s",
+        "ftprefix verify: the server answered 9 rows in T s; 3 checks",
+        *(f"ftprefix verify: {name}: checked ({i} of 3, T s)" for i, name in enumerate(CHECKED, 1)),
+    ]
 
 
 def test_a_server_with_swapped_keys_and_values_is_caught(model, tmp_path: Path, capsys) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             tie_gap=args.tie_gap,
             timeout=args.timeout,
             trust_pickle=args.trust_pickle,
+            say=_progress,
         )
         print(live_table(live.rows))
         return _summary([r.task for r in live.rows if not r.ok], sum(r.checked for r in live.rows), live.rows)
@@ -90,7 +92,13 @@ def run(args: argparse.Namespace) -> int:
     from ftprefix.verify import verify_files
 
     report = verify_files(
-        args.directory, args.model, sources, atol=args.atol, gelu=args.gelu, trust_pickle=args.trust_pickle
+        args.directory,
+        args.model,
+        sources,
+        atol=args.atol,
+        gelu=args.gelu,
+        trust_pickle=args.trust_pickle,
+        say=_progress,
     )
     print(files_table(report.rows))
     failed = [r.task for r in report.rows if not r.ok]
@@ -104,6 +112,11 @@ def run(args: argparse.Namespace) -> int:
             )
             failed.append("fp16 activations")
     return _summary(failed, sum(r.max_abs_diff is not None for r in report.rows), report.rows)
+
+
+def _progress(line: str) -> None:
+    """On stderr, so that stdout holds the table alone."""
+    print(f"ftprefix verify: {line}", file=sys.stderr, flush=True)
 
 
 def _summary(failed: list[str], checked: int, rows: list[Any]) -> int:

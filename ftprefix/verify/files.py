@@ -18,6 +18,7 @@ from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.converter.hf_config import GELU_FORMULA
 from ftprefix.errors import UserError
 from ftprefix.task_table import unknown_name_hint
+from ftprefix.verify.progress import Progress, Say
 from ftprefix.verify.reference import (
     BASE,
     TaskReference,
@@ -90,11 +91,13 @@ def verify_files(
     atol: float | None = None,
     gelu: Literal["auto", "tanh", "erf"] = "auto",
     trust_pickle: bool = False,
+    say: Say | None = None,
 ) -> FilesReport:
     """One row for the base model and one per task of the converted directory; for an fp16
-    conversion also the fp16-activation check."""
+    conversion also the fp16-activation check. `say` gets a line per stage and per check done."""
     from ftprefix.engine.engine import Engine
 
+    progress = Progress(say)
     ft_dir = layout.find_ft_dir(directory)
     cfg = layout.read_config(ft_dir)
     unknown_tasks(cfg, sources)
@@ -110,14 +113,22 @@ def verify_files(
     tolerance = DEFAULT_ATOL[cfg.weight_data_type] if atol is None else atol
     refs = task_references(cfg, sources, trust_pickle)
     engine = Engine.load(ft_dir, gelu=gelu)
+    fp16 = cfg.weight_data_type == "fp16"
+    progress.total = 1 + sum(task.name in refs for task in cfg.tasks.live) + fp16
+    progress.stage("read both models", f"{progress.total} checks")
     rows = [_check(engine, hf, cfg, BASE_NAME, None, BASE, tolerance)]
+    progress.checked(BASE_NAME)
     for task in cfg.tasks.live:
         if task.name not in refs:
             note = f"not checked: pass --prefix {task.name}=PATH"
             rows.append(FileCheck(task.name, task.prompt_length, None, None, note))
             continue
         rows.append(_check(engine, hf, cfg, task.name, task.id, refs[task.name], tolerance))
-    return FilesReport(rows, check_fp16(engine) if cfg.weight_data_type == "fp16" else None)
+        progress.checked(task.name)
+    activations = check_fp16(engine) if fp16 else None
+    if fp16:
+        progress.checked("fp16 activations")
+    return FilesReport(rows, activations)
 
 
 def check_fp16(engine: Any) -> Fp16Check:

@@ -33,6 +33,7 @@ from ftprefix.converter.hf_config import read_hf_config
 from ftprefix.errors import UserError
 from ftprefix.task_table import unknown_name_hint
 from ftprefix.verify.files import BASE_NAME
+from ftprefix.verify.progress import Progress, Say
 from ftprefix.verify.reference import BASE, TaskReference, hf_greedy, hf_logits, load_hf, task_references
 
 PROMPT_LENGTHS = (3, 6, 10)
@@ -168,8 +169,11 @@ def verify_server(
     tie_gap: float | None = None,
     timeout: float = 120.0,
     trust_pickle: bool = False,
+    say: Say | None = None,
 ) -> LiveReport:
-    """One row for the base model and one per task the server serves."""
+    """One row for the base model and one per task the server serves. `say` gets a line per stage
+    and per check done."""
+    progress = Progress(say)
     hf_dir = Path(hf_dir)
     with Client(url, timeout=timeout, connect_retries=1) as client:
         info = client.model_info()
@@ -191,6 +195,7 @@ def verify_server(
             )
     end_id = info.end_id if info.end_id is not None else cfg.end_id
     hf = load_hf(hf_dir, dtype)
+    progress.stage("read the Hugging Face model")
 
     checks = [LiveCheck(BASE_NAME, 0)]
     rows: list[tuple[int, list[int], str | None]] = [(0, p, None) for p in _prompts(cfg.vocab_size, 0)]
@@ -217,13 +222,18 @@ def verify_server(
             )
         answers = [c.token_ids for c in completions]
 
+    progress.total = 1 + len(refs)
+    progress.stage(f"the server answered {len(rows)} rows", f"{progress.total} checks")
     gap = DEFAULT_TIE_GAP[dtype] if tie_gap is None else tie_gap
     row_of_task: dict[int, int] = {}
-    for (check_index, ids, name), got, problem in zip(rows, answers, problems, strict=True):
+    answered = zip(rows, answers, problems, strict=True)
+    for index, ((check_index, ids, name), got, problem) in enumerate(answered):
         check = checks[check_index]
         row = row_of_task[check_index] = row_of_task.get(check_index, -1) + 1
         ref = BASE if name is None else refs[name]
         _compare(check, row, hf, ids, ref, cfg, hf_greedy(hf, ids, ref, cfg, NEW_TOKENS, end_id), got, gap)
         if problem:
             check.note = check.note or problem
+        if index + 1 == len(rows) or rows[index + 1][0] != check_index:  # the check's last row
+            progress.checked(check.task)
     return LiveReport(url, info.decoupled, checks)
