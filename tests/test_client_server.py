@@ -314,6 +314,31 @@ def test_cli_unknown_task_is_one_line_exit_2(server: EmbeddedServer, capsys) -> 
     assert err.count("\n") == 1 and err.startswith("ftprefix generate: error: unknown task 'nope'")
 
 
+def test_cli_generate_says_its_own_options(server: EmbeddedServer, model: dict, capsys) -> None:
+    """The client's checks speak of its parameters (`max_new_tokens`, `generate()`); what the
+    command prints names the command's options."""
+    url = ["generate", "--url", server.grpc_url]
+    tokenizer = ["--tokenizer", str(model["hf"])]
+    for argv, said in (
+        (
+            [*tokenizer, "--max-new-tokens", "0", "hi"],
+            "--max-new-tokens must be within [1, 2**31), got 0",
+        ),
+        (
+            ["--stream", "hi"],
+            "--stream needs --tokenizer HF_DIR (or --token-ids): a stream comes from the "
+            "fastertransformer model, which takes and gives token ids",
+        ),
+        (
+            [*tokenizer, "--stream", "hi"],
+            f"--stream: the server at {server.grpc_url} answers once per request; leave out --stream, "
+            "or serve the model with `ftprefix serve --streaming` (`triton-repo --streaming` on GPUs)",
+        ),
+    ):
+        assert cli.main([*url, *argv]) == 2
+        assert capsys.readouterr().err == f"ftprefix generate: error: {said}\n"
+
+
 # -- streaming server -------------------------------------------------------------------------
 
 

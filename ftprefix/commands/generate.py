@@ -78,24 +78,48 @@ def _tasks(names: list[str], count: int) -> str | list[str | None] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ftprefix.client import InvalidRequestError
+
+    try:
+        return _generate(args)
+    except InvalidRequestError as exc:
+        raise UserError(_as_options(str(exc))) from None
+
+
+def _as_options(message: str) -> str:
+    """The client's words for a setting (`max_new_tokens must be ...`) as this command's option."""
+    for name in SAMPLING:
+        if message.startswith(f"{name} "):
+            return f"--{name.replace('_', '-')}{message[len(name) :]}"
+    return message
+
+
+SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+
+
+def _generate(args: argparse.Namespace) -> int:
     from ftprefix.client import Client
 
     prompts: list[Any] = [_token_ids(p) for p in args.prompts] if args.token_ids else list(args.prompts)
     tasks = _tasks(args.task, len(prompts))
-    sampling = {
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "repetition_penalty": args.repetition_penalty,
-        "seed": args.seed,
-    }
+    sampling = {name: getattr(args, name) for name in SAMPLING}
+    if args.stream:
+        if len(prompts) != 1:
+            raise UserError("--stream takes exactly one prompt")
+        if args.tokenizer is None and not args.token_ids:
+            raise UserError(
+                "--stream needs --tokenizer HF_DIR (or --token-ids): a stream comes from the "
+                "fastertransformer model, which takes and gives token ids"
+            )
     with Client(
         args.url, tokenizer=args.tokenizer, newline_token=args.newline_token, timeout=args.timeout
     ) as client:
         if args.stream:
-            if len(prompts) != 1:
-                raise UserError("--stream takes exactly one prompt")
+            if not client.model_info().decoupled:
+                raise UserError(
+                    f"--stream: the server at {args.url} answers once per request; leave out --stream, "
+                    "or serve the model with `ftprefix serve --streaming` (`triton-repo --streaming` on GPUs)"
+                )
             task = tasks if tasks is None or isinstance(tasks, str) else tasks[0]
             for chunk in client.stream(prompts[0], task=task, stop=args.stop or None, **sampling):
                 if args.json:
