@@ -25,6 +25,7 @@ from serving_support import HIDDEN, LAYERS, add_task, ft_inputs, make_converted
 from tritonclient.utils import InferenceServerException
 
 from ftprefix import protocol
+from ftprefix.client import Client
 from ftprefix.demo.toy import random_prefix
 from ftprefix.serving.server import EmbeddedServer, free_port
 from ftprefix.task_table import TaskTable
@@ -302,6 +303,27 @@ def test_a_stop_answers_the_request_in_flight_then_waits_for_no_unload(converted
     assert error is None
     check(result, [PROMPTS[1]], [hf.greedy(PROMPTS[1], "story", OUT_LEN, END_ID)[0]])
     assert stopped - at < instances * 1.0
+
+
+def test_a_stop_lets_a_stream_in_flight_end(converted):
+    """A stream's request counts as done at Triton from its start (the python backend, decoupled),
+    so the line a stopping Triton writes once nothing is in flight comes at once: a stop that ended
+    Triton there cut every stream in flight. The stream goes on to its last token, as Hugging Face
+    generates it."""
+    _root, ft_dir, hf = converted
+    prompt, tokens = PROMPTS[2], 480  # within the toy model's 512 positions; about a second here
+    expected, reason = hf.greedy(prompt, "story", tokens, END_ID)
+    assert reason == "length"  # the stream outlasts the start of the stop
+    server = EmbeddedServer(ft_dir.parent, streaming=True, watch_interval=None)
+    stopping = threading.Thread(target=server.stop)
+    got: list[int] = []
+    with server, Client(server.grpc_url) as client:
+        for chunk in client.stream(prompt, task="story", max_new_tokens=tokens, end_id=END_ID):
+            got += chunk.token_ids
+            if not stopping.is_alive() and len(got) == len(chunk.token_ids):  # after the first chunk
+                stopping.start()
+        stopping.join()
+    assert got == expected
 
 
 def test_hot_reload_adds_task_without_restart(converted, server, client, capsys):

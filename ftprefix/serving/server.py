@@ -51,7 +51,9 @@ HEAL_AGAIN_S = 5.0
 # (python_backend src/stub_launcher.cc, StubLauncher::UpdateHealth), then ends the stub: 2.5 s to
 # stop one instance, 8.5 s four, instance after instance, for processes that hold nothing to
 # save. `stop` kills Triton there instead, FLUSH_S after the line: the last answers are handed to
-# Triton's HTTP and gRPC threads before their requests count as done, and are on their way.
+# Triton's HTTP and gRPC threads before their requests count as done, and are on their way. Not
+# where the model streams: a stream's request counts as done from its start, and only the unload
+# waits for its last token.
 DRAINED = b"All models are stopped, unloading models"
 FLUSH_S = 0.25
 DRAIN_POLL_S = 0.05
@@ -368,7 +370,12 @@ class EmbeddedServer:
             # killed once it has (DRAINED), or once it has had its time
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM if timeout != 0 else signal.SIGKILL)
-            if timeout != 0 and self._drained(proc, offset, self._exit_wait_s(timeout)):
+            if timeout != 0 and self.streaming:
+                # a stream's request counts as done at Triton from its start (python backend,
+                # decoupled), so DRAINED comes at once: Triton's own unload waits for the streams
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=self._exit_wait_s(timeout))
+            elif timeout != 0 and self._drained(proc, offset, self._exit_wait_s(timeout)):
                 time.sleep(FLUSH_S)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
