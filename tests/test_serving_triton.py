@@ -314,7 +314,8 @@ def test_a_stop_lets_a_stream_in_flight_end(converted):
     prompt, tokens = PROMPTS[2], 480  # within the toy model's 512 positions; about a second here
     expected, reason = hf.greedy(prompt, "story", tokens, END_ID)
     assert reason == "length"  # the stream outlasts the start of the stop
-    server = EmbeddedServer(ft_dir.parent, streaming=True, watch_interval=None)
+    # one instance: the stop waits for Triton's unload, a second and more per instance
+    server = EmbeddedServer(ft_dir.parent, streaming=True, watch_interval=None, instances=1, threads=1)
     stopping = threading.Thread(target=server.stop)
     got: list[int] = []
     with server, Client(server.grpc_url) as client:

@@ -377,12 +377,10 @@ class EmbeddedServer:
                     proc.wait(timeout=self._exit_wait_s(timeout))
             elif timeout != 0 and self._drained(proc, offset, self._exit_wait_s(timeout)):
                 time.sleep(FLUSH_S)
+            # Triton still unloading, or the stubs it left
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            # stubs left in the group after the server exited
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
             if self._shm_prefix:  # what a killed server or stub left
                 tritonserver.remove_regions(self._shm_prefix)
         reaper, self._reaper = self._reaper, None
