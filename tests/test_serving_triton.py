@@ -276,7 +276,7 @@ def test_a_stop_answers_the_request_in_flight_then_waits_for_no_unload(converted
     DRAINED): 8.5 s to stop four instances. The request in flight is still answered in full, as
     Hugging Face answers it, and the stop now ends less than that second per instance after it."""
     _root, ft_dir, hf = converted
-    instances, metrics = 5, free_port()
+    instances, metrics = 3, free_port()
     answered: queue.Queue[tuple[float, object, object]] = queue.Queue()
     # Triton holds a lone request for its batching window: it is in flight when the stop begins
     server = EmbeddedServer(
@@ -285,7 +285,7 @@ def test_a_stop_answers_the_request_in_flight_then_waits_for_no_unload(converted
         instances=instances,
         threads=1,
         metrics_port=metrics,
-        max_queue_delay_us=1_000_000,
+        max_queue_delay_us=500_000,
     )
     with server, grpcclient.InferenceServerClient(server.grpc_url) as client:
         client.async_infer(
