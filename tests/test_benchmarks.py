@@ -145,11 +145,10 @@ def test_wakeups_benchmark_measures_the_echo_server_and_idle_uvicorn():
 def test_stream_floor_benchmark_compares_the_gateway_with_two_relays():
     # a figure per token is the difference of two CPU measurements: 4 streams of 4 extra tokens
     # left it to noise (a relay's came out at or below 0 now and then), 8 of 32 do not
-    out = _run(
-        "stream_floor.py", *("--streams", "1", "2", "--requests", "8", "--tokens", "2", "34", "--rounds", "1")
-    )
+    # (one load: a row per load is measured alike, and each costs seconds)
+    out = _run("stream_floor.py", "--streams", "1", "--requests", "8", "--tokens", "2", "34", "--rounds", "1")
     rows = [line for line in out.splitlines() if re.match(r"\| \d+ \| ", line)]
-    assert [int(_number(r, 0)) for r in rows] == [1, 2]
+    assert [int(_number(r, 0)) for r in rows] == [1]
     # the gateway, the text relay and the bare relay: each one's CPU per token
     assert all(_number(r, 1) > 0 and _number(r, 2) > 0 and _number(r, 3) > 0 for r in rows)
 
