@@ -11,6 +11,9 @@ from typing import Any
 from ftprefix.commands.options import add_newline_token_option
 from ftprefix.errors import UserError
 
+# the options that are the client's sampling parameters, under the same names
+SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -92,9 +95,6 @@ def _as_options(message: str) -> str:
         if message.startswith(f"{name} "):
             return f"--{name.replace('_', '-')}{message[len(name) :]}"
     return message
-
-
-SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -279,9 +279,10 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
 
     # -- models ----------------------------------------------------------------------------------
 
-    # the model vocabulary the tokenizer was last checked against, and whether it fitted
-    vocab_checked: list[int | None] = [None]
-    tokenizer_fits = [True]
+    vocab_checked: list[int | None] = [None]  # the model vocabulary the tokenizer was checked against
+
+    def tokenizer_fits() -> bool:
+        return vocab_checked[0] is None or tokenizer.vocab_size <= vocab_checked[0]
 
     def check_tokenizer(info, request_id: str) -> None:
         """Another model's tokenizer (ids past the model's embeddings; serve and triton-repo refuse
@@ -290,9 +291,8 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         while it lasts, so that a rollout with the wrong tokenizer never gets ready and the
         replicas before it go on serving; the log says why, once per vocabulary Triton reports."""
         if info.vocab_size is not None and info.vocab_size != vocab_checked[0]:
-            vocab_checked[0] = info.vocab_size
-            fits = tokenizer.vocab_size <= info.vocab_size
-            if not fits:
+            fitted, vocab_checked[0] = tokenizer_fits(), info.vocab_size
+            if not tokenizer_fits():
                 log.error(
                     "the tokenizer %s gives token ids up to %d, and the model at %s has embeddings for "
                     "ids 0 to %d only: it is another model's tokenizer, and every request is a 503 "
@@ -302,10 +302,9 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
                     settings.triton_url,
                     info.vocab_size - 1,
                 )
-            elif not tokenizer_fits[0]:
+            elif not fitted:
                 log.info("the tokenizer fits the model at %s now", settings.triton_url)
-            tokenizer_fits[0] = fits
-        if not tokenizer_fits[0]:
+        if not tokenizer_fits():
             raise cannot_serve(request_id)
 
     async def model_info(request_ctx: _Context, refresh: bool = False):
@@ -354,10 +353,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             error = from_client_error(exc, rid, logged=False)
             return JSONResponse(error.body(), status_code=503, headers={"retry-after": str(RETRY_AFTER_S)})
         readiness.ready()
-        try:
-            check_tokenizer(info, rid)
-        except ApiError as error:
-            return JSONResponse(error.body(), status_code=error.status, headers=dict(error.headers))
+        check_tokenizer(info, rid)  # another model's tokenizer: a 503, answered by on_api_error
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", response_class=Response, responses=openapi.METRICS_RESPONSES)
@@ -447,7 +443,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         assert policy is not None
         body = parse_request(await read_body(request), kind)
         task = await task_of(ctx, body.model, policy)
-        if vocab_checked[0] is None or not tokenizer_fits[0]:  # free once the tokenizer is known to fit
+        if vocab_checked[0] is None or not tokenizer_fits():  # free once the tokenizer is known to fit
             await model_info(ctx)
         ctx.model = body.model
         default_max = min(DEFAULT_MAX_TOKENS, policy.max_tokens or DEFAULT_MAX_TOKENS)

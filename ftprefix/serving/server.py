@@ -405,20 +405,20 @@ class EmbeddedServer:
         """Whether Triton, told to stop, said within `timeout` seconds that no request is in
         flight any more (its log past `offset`); False where it exited or its time ran out first."""
         deadline = time.monotonic() + timeout
-        tail = b""
         try:
-            log = open(self.log_path, "rb")  # noqa: SIM115 (closed below)
-        except OSError:
-            log = None
-        try:
-            if log is not None:
-                log.seek(offset)
+            log = open(self.log_path, "rb")  # noqa: SIM115 (closed by the with below)
+        except OSError:  # no log to read: Triton's own exit, as for a streaming model
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=timeout)
+            return False
+        with log:
+            log.seek(offset)
+            tail = b""
             while True:
-                if log is not None:
-                    seen = tail + log.read()
-                    if DRAINED in seen:
-                        return True
-                    tail = seen[-len(DRAINED) :]
+                seen = tail + log.read()
+                if DRAINED in seen:
+                    return True
+                tail = seen[-len(DRAINED) :]
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -427,9 +427,6 @@ class EmbeddedServer:
                     return False
                 except subprocess.TimeoutExpired:
                     pass
-        finally:
-            if log is not None:
-                log.close()
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()
