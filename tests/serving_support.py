@@ -17,6 +17,7 @@ from tritonclient.utils import np_to_triton_dtype
 from ftprefix import layout, protocol
 from ftprefix.cli import main
 from ftprefix.demo.toy import build_model, random_prefix
+from ftprefix.task_table import TaskTable
 
 HIDDEN, HEADS, LAYERS = 32, 4, 2
 
@@ -141,6 +142,12 @@ def start_serve_cli(ft_dir: Path, *extra: str, env: dict[str, str] | None = None
     match = re.search(r"listening on grpc (\S+) and http (\S+)", text)
     assert match, text + (proc.stderr.read() if proc.poll() is not None else "")
     return proc, match.group(1), text
+
+
+def served_tasks(client: grpcclient.InferenceServerClient) -> list[str]:
+    """The task names of the table the server publishes in the fastertransformer model's config."""
+    config = client.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
+    return TaskTable.from_json(config["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"]).names
 
 
 def stop_serve_cli(proc: subprocess.Popen) -> None:

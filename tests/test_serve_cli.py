@@ -24,6 +24,7 @@ from serving_support import (
     descendants,
     ft_inputs,
     make_converted,
+    served_tasks,
     start_serve_cli,
     stop_serve_cli,
     wait_gone,
@@ -31,7 +32,6 @@ from serving_support import (
 
 from ftprefix import layout, protocol
 from ftprefix.demo.toy import random_prefix
-from ftprefix.task_table import TaskTable
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +66,6 @@ def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
             proc.wait()
 
 
-def _served_tasks(client: grpcclient.InferenceServerClient) -> list[str]:
-    config = client.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
-    return TaskTable.from_json(config["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"]).names
-
-
 def test_a_reader_of_its_output_that_went_away_stops_no_reload(converted, tmp_path):
     """`ftprefix serve DIR | tee serve.log`, and tee ends: what serve says after that meets a closed
     pipe. The watcher said its first reload there and died of it, and serve went on without one:
@@ -87,11 +82,11 @@ def test_a_reader_of_its_output_that_went_away_stops_no_reload(converted, tmp_pa
             for seed, name in enumerate(("first", "second")):
                 add_task(ft_dir, name, random_prefix(3, LAYERS, HIDDEN, seed=40 + seed).numpy())
                 deadline = time.monotonic() + 60
-                while name not in _served_tasks(client):
+                while name not in served_tasks(client):
                     assert time.monotonic() < deadline, f"{name} was never served"
                     assert proc.poll() is None
                     time.sleep(0.1)  # bounded poll for the watcher; the assertion above is the check
-            assert _served_tasks(client) == ["smile", "first", "second"]
+            assert served_tasks(client) == ["smile", "first", "second"]
         assert proc.poll() is None
     finally:
         stop_serve_cli(proc)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from hf_reference import HFReference
-from serving_support import HIDDEN, LAYERS, add_task, ft_inputs, make_converted
+from serving_support import HIDDEN, LAYERS, add_task, ft_inputs, make_converted, served_tasks
 from tritonclient.utils import InferenceServerException
 
 from ftprefix import protocol
@@ -337,8 +337,7 @@ def test_hot_reload_adds_task_without_restart(converted, server, client, capsys)
     names: list[str] = []
     said = ""
     while time.monotonic() < deadline:
-        cfg = client.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
-        names = TaskTable.from_json(cfg["parameters"][protocol.TASK_TABLE_PARAMETER]["string_value"]).names
+        names = served_tasks(client)
         said += capsys.readouterr().out
         if "fresh" in names and client.is_model_ready(protocol.FT_MODEL) and "loaded again" in said:
             break
