@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -19,13 +17,15 @@ import pytest
 import tritonclient.grpc as grpcclient
 from gateway_support import metric_delta, metric_samples
 from prometheus_client.parser import text_string_to_metric_families
-from serving_support import convert_toy, descendants
+from serving_support import convert_toy
 
 from ftprefix import cli
 from ftprefix.errors import UserError
 from ftprefix.gateway.app import GatewaySettings
 from ftprefix.gateway.auth import parse_keys_file
 from ftprefix.gateway.run import make_server, start_in_thread
+from ftprefix.serving.batching import MAX_QUEUE_DELAY_LIMIT_US
+from ftprefix.serving.interface import MAX_BATCH_SIZE
 from ftprefix.serving.server import EmbeddedServer, free_port
 
 TASKS = {"smile": 3, "shout": 5}
@@ -202,43 +202,48 @@ def _places(samples: dict) -> float:
     )
 
 
-def test_max_concurrent_holds_under_100_concurrent_requests(triton, gateway) -> None:
+def test_max_concurrent_holds_under_100_concurrent_requests(model) -> None:
     """Four requests of a key with max_concurrent 4 are in flight, then 96 more come at once:
-    every one of them is a 429, and counted. The test sent all 100 together and counted on the
-    first four still generating when the last arrived, which a slow machine broke (a fifth let in
-    after one of them ended). Now Triton's engine processes are stopped (SIGSTOP) while the 96 come,
-    so the four cannot end, and go on once they are answered."""
-    url, headers = gateway + "/v1/completions", {"Authorization": "Bearer k-conc"}
-    body = {"model": BASE, "prompt": PROMPT, "max_tokens": 300, "temperature": 0, "ignore_eos": True}
-    engines = descendants(triton.pid)
-    assert engines  # the python backend's stubs
-    before = metric_samples(gateway)
+    every one of them is a 429, and counted. The four must still be in flight when the last of the
+    96 arrives, however slow the machine: they wait in Triton's batching window, a minute on this
+    server, until the 96 are answered; then one request of 1,020 prompts fills their batch to the
+    model's max_batch_size of 1,024, which Triton runs at once. (Stopping Triton's python stubs
+    instead broke on a slow machine: Triton takes a stub that missed its heartbeat for a second for
+    a dead one and fails its requests; triton-inference-server/python_backend,
+    src/stub_launcher.cc, ReceiveMessageFromStub.)"""
+    body = {"model": BASE, "prompt": PROMPT, "max_tokens": 2, "temperature": 0}
+    fill = {**body, "prompt": [PROMPT] * (MAX_BATCH_SIZE - 4), "max_tokens": 1}
 
-    async def flood() -> tuple[list[int], list[int]]:
+    async def flood(gateway: str) -> tuple[list[int], list[int], int]:
+        url = gateway + "/v1/completions"
+        key, other = {"Authorization": "Bearer k-conc"}, {"Authorization": "Bearer k-calm"}
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=100)) as client:
-            for pid in engines:
-                os.kill(pid, signal.SIGSTOP)
-            try:
-                holders = [
-                    asyncio.ensure_future(client.post(url, json=body, headers=headers)) for _ in range(4)
-                ]
-                deadline = time.monotonic() + 60
-                while _places(metric_samples(gateway)) < 4 and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)  # bounded wait for the four to be taken in
-                calls = [client.post(url, json={**body, "max_tokens": 2}, headers=headers) for _ in range(96)]
-                refused = [r.status_code for r in await asyncio.gather(*calls)]
-            finally:
-                for pid in engines:
-                    os.kill(pid, signal.SIGCONT)
-            return refused, [r.status_code for r in await asyncio.gather(*holders)]
+            holders = [asyncio.ensure_future(client.post(url, json=body, headers=key)) for _ in range(4)]
+            deadline = time.monotonic() + 60
+            while _places(metric_samples(gateway)) < 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # bounded wait for the four to be taken in
+            refused = [
+                r.status_code
+                for r in await asyncio.gather(*(client.post(url, json=body, headers=key) for _ in range(96)))
+            ]
+            filled = await client.post(url, json=fill, headers=other)
+            return refused, [r.status_code for r in await asyncio.gather(*holders)], filled.status_code
 
-    refused, held = asyncio.run(flood())
-    assert (held, refused) == ([200] * 4, [429] * 96)
-    after = metric_samples(gateway)
-    assert (
-        metric_delta(before, after, "ftprefix_tenant_rate_limited_total", tenant="conc", reason="concurrency")
-        == 96
-    )
+    window = MAX_QUEUE_DELAY_LIMIT_US
+    with EmbeddedServer(
+        model["ft"], watch_interval=None, instances=1, max_queue_delay_us=window, stop_timeout=0
+    ) as held:
+        server, gateway = _gateway(held.grpc_url, model["hf"], model["keys"])
+        try:
+            refused, answered, filled = asyncio.run(flood(gateway))
+            assert (answered, filled, refused) == ([200] * 4, 200, [429] * 96)
+            after = metric_samples(gateway)  # a new gateway's: its counters start at 0
+            rate_limited = metric_delta(
+                {}, after, "ftprefix_tenant_rate_limited_total", tenant="conc", reason="concurrency"
+            )
+        finally:
+            server.should_exit = True
+    assert rate_limited == 96
 
 
 def test_the_openai_client_backs_off_and_retries_on_its_own(gateway) -> None:
