@@ -1,6 +1,56 @@
 """The test process runs ftprefix's commands in-process, after other tests have imported torch: it
-takes the OpenMP wait policy the `ftprefix` command sets for itself (cli.main) from the start."""
+takes the OpenMP wait policy the `ftprefix` command sets for itself (cli.main) from the start.
+
+Tests marked `background` have their commands run beside the rest of the suite (background.py)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from background import BackgroundRuns, Finished
 
 from ftprefix.serving.cpus import wait_passively
 
 wait_passively()
+RUNS = pytest.StashKey[BackgroundRuns]()
+SCRATCH = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "background(*argv, cwd=None, env=None): the command the test checks, run beside the suite "
+        "from its start (tests/background.py); the test runs last and reads it from `background_run`",
+    )
+
+
+def _marked(item: pytest.Item) -> bool:
+    return item.get_closest_marker("background") is not None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_marked)  # stable: the marked ones last, each part in its order
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    marked = [item for item in session.items if _marked(item)]
+    if marked and not session.config.option.collectonly:
+        scratch = Path(tempfile.mkdtemp(prefix="ftprefix-test-background-"))
+        session.config.stash[SCRATCH] = scratch
+        session.config.stash[RUNS] = BackgroundRuns(marked, scratch)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    runs = session.config.stash.get(RUNS, None)
+    if runs is not None:
+        runs.stop()
+        shutil.rmtree(session.config.stash[SCRATCH])
+
+
+@pytest.fixture
+def background_run(request: pytest.FixtureRequest) -> Finished:
+    """The marked test's command, once it has finished."""
+    return request.config.stash[RUNS].result(request.node.nodeid)

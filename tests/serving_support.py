@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from background import runner_pids
 from tritonclient.utils import np_to_triton_dtype
 
 from ftprefix import layout, protocol
@@ -161,8 +162,9 @@ def stop_serve_cli(proc: subprocess.Popen) -> None:
 
 
 def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, as /proc lists them."""
-    found, todo = set(), [pid]
+    """Every process below `pid`, as /proc lists them, but the background runner's (background.py),
+    which runs beside the tests and belongs to none."""
+    found, todo, skipped = set(), [pid], runner_pids()
     while todo:
         p = todo.pop()
         try:
@@ -170,6 +172,8 @@ def descendants(pid: int) -> set[int]:
         except OSError:
             continue
         for k in map(int, kids):
+            if k in skipped:
+                continue
             found.add(k)
             todo.append(k)
     return found

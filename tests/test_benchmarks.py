@@ -2,10 +2,9 @@
 
 Figures are not asserted: wall-clock numbers belong in the README, not in pass/fail. Most of these
 runs assert nothing that another process beside them could change, and spend much of their time
-starting processes and servers: they run two at a time (`TWO_AT_A_TIME`), started together when
-the first of them is reached, which takes a minute off the suite. Those whose figures are
-differences of CPU measurements or counts within a time (the gateway's per-token costs, the
-stream floor, wake-ups) run alone, first.
+starting processes and servers: they are marked `background` and run beside the rest of the suite
+from its start (background.py). Those whose figures are differences of CPU measurements or counts
+within a time (the gateway's per-token costs, the stream floor, wake-ups) run in the test itself.
 """
 
 from __future__ import annotations
@@ -13,11 +12,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from background import SCRATCH, Finished
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -26,7 +24,7 @@ def _command(script: str, *args: str) -> list[str]:
     return [sys.executable, str(BENCHMARKS / script), *args]
 
 
-def _output(proc: subprocess.CompletedProcess[str]) -> str:
+def _output(proc: subprocess.CompletedProcess[str] | Finished) -> str:
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -38,68 +36,6 @@ def _run(script: str, *args: str) -> str:
 def _number(row: str, column: int) -> float:
     cell = row.strip().strip("|").split("|")[column]
     return float(re.search(r"[-+]?\d+(\.\d+)?", cell).group())  # type: ignore[union-attr]
-
-
-CONVERT_WORKDIR = "{convert_workdir}"  # the convert benchmark's scratch space, a temporary directory
-# test (with its parameter id) -> the benchmark command it checks; the longest first, so that the
-# last to finish is a short one
-TWO_AT_A_TIME: dict[str, tuple[str, ...]] = {
-    # the two settings the table compares first; the pool with torch's default policy is a third
-    # row of the same kind
-    "test_torch_waits_benchmark_compares_one_thread_with_the_pool_alone_and_beside_a_busy_process": (
-        *("torch_waits.py", "--steps", "1", "--rounds", "1", "--cap", "200"),
-        *("--settings", "one-thread", "passive"),
-    ),
-    "test_fuzz_benchmark_sends_every_kind_of_input_and_reports_no_server_error": (
-        *("fuzz_openai.py", "--max-examples", "2", "--phases", "fuzzing"),
-    ),
-    "test_cpu_server_benchmark_compares_layouts_alone_and_beside_a_busy_process": (
-        *("cpu_server.py", "--requests", "6", "--rounds", "1", "--in-flight", "2", "--max-seconds", "20"),
-        *("--hidden", "64", "--layers", "1"),
-    ),
-    "test_client_benchmark_reports_overhead_and_throughput": (
-        *("client.py", "--requests", "8", "--overhead-calls", "3", "--new-tokens", "2"),
-        *("--stream-tokens", "4"),
-    ),
-    "test_noisy_neighbour_benchmark_compares_admission_policies": (
-        *("noisy_neighbour.py", "--flood", "6", "--samples", "2", "--short", "2", "--long", "4"),
-        *("--hidden", "64", "--layers", "1", "--settle", "0.3"),
-    ),
-    "test_engine_benchmark_reports_batched_and_sequential_rates": (
-        *("engine.py", "--hidden", "64", "--heads", "4", "--layers", "1", "--vocab", "256"),
-        *("--tasks", "4", "--new-tokens", "4", "--threads", "1"),
-    ),
-    **{
-        f"test_streamed_text_benchmark_compares_with_decoding_whole_every_token[{name}]": (
-            *("streamed_text.py", "--prompts", "20", "400", "--generated", "80", "--rounds", "1"),
-            *flags,
-        )
-        for name, flags in (("sentencepiece", ()), ("byte-level", ("--byte-level",)))
-    },
-    "test_convert_benchmark_compares_with_cp": (
-        *("convert.py", "--layers", "2", "--hidden", "64", "--vocab", "512", "--repeat", "1"),
-        *("--workdir", CONVERT_WORKDIR),
-    ),
-}
-
-
-@pytest.fixture(scope="module")
-def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """The selected runs of TWO_AT_A_TIME, started two at a time: test name -> its finished run."""
-    workdir = str(tmp_path_factory.mktemp("convert-benchmark"))
-    chosen = {item.name for item in request.session.items}
-    selected = [name for name in TWO_AT_A_TIME if name in chosen]  # in TWO_AT_A_TIME's order
-    pool = ThreadPoolExecutor(max_workers=2)
-    started: dict[str, Future[subprocess.CompletedProcess[str]]] = {}
-    for name in selected:
-        argv = _command(*(workdir if a == CONVERT_WORKDIR else a for a in TWO_AT_A_TIME[name]))
-        started[name] = pool.submit(subprocess.run, argv, capture_output=True, text=True, timeout=300)
-    yield {"workdir": Path(workdir), "started": started}
-    pool.shutdown(cancel_futures=True)
-
-
-def _ran(runs: dict, request: pytest.FixtureRequest) -> str:
-    return _output(runs["started"][request.node.name].result())
 
 
 def test_openai_gateway_benchmark_compares_with_the_client():
@@ -153,24 +89,38 @@ def test_stream_floor_benchmark_compares_the_gateway_with_two_relays():
     assert all(_number(r, 1) > 0 and _number(r, 2) > 0 and _number(r, 3) > 0 for r in rows)
 
 
-def test_convert_benchmark_compares_with_cp(runs, request):
-    out = _ran(runs, request)
+@pytest.mark.background(
+    *_command("convert.py", "--layers", "2", "--hidden", "64", "--vocab", "512", "--repeat", "1"),
+    *("--workdir", SCRATCH),
+)
+def test_convert_benchmark_compares_with_cp(background_run: Finished):
+    out = _output(background_run)
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert {"seconds", "peak RSS", "bytes read+written"} <= rows.keys()
     # both sides read the same source; convert writes about as many bytes as it reads
     assert _number(rows["bytes read+written"], 3) == pytest.approx(1.0, abs=0.2)
-    assert list(runs["workdir"].iterdir()) == []  # scratch space removed
+    assert (
+        background_run.scratch is not None and list(background_run.scratch.iterdir()) == []
+    )  # scratch space removed
 
 
-def test_engine_benchmark_reports_batched_and_sequential_rates(runs, request):
-    out = _ran(runs, request)
+@pytest.mark.background(
+    *_command("engine.py", "--hidden", "64", "--heads", "4", "--layers", "1", "--vocab", "256"),
+    *("--tasks", "4", "--new-tokens", "4", "--threads", "1"),
+)
+def test_engine_benchmark_reports_batched_and_sequential_rates(background_run: Finished):
+    out = _output(background_run)
     for label in ("engine, batch 1", "engine, batch 4 (4 different tasks)", "HF generate + prefix, 4 tasks"):
         assert label in out
     assert re.search(r"mixed-task batch vs per-task sequential HF: \d+(\.\d+)?x", out)
 
 
-def test_client_benchmark_reports_overhead_and_throughput(runs, request):
-    out = _ran(runs, request)
+@pytest.mark.background(
+    *_command("client.py", "--requests", "8", "--overhead-calls", "3", "--new-tokens", "2"),
+    *("--stream-tokens", "4"),
+)
+def test_client_benchmark_reports_overhead_and_throughput(background_run: Finished):
+    out = _output(background_run)
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert any("overhead of Client.generate" in r for r in rows)
     in_flight = [r for r in rows if re.match(r"\| (1|8|32) \| (gRPC|HTTP) \|", r)]
@@ -183,8 +133,12 @@ def test_client_benchmark_reports_overhead_and_throughput(runs, request):
     assert all(_number(r, 1) > 0 and _number(r, 2) > 0 for r in bare)
 
 
-def test_noisy_neighbour_benchmark_compares_admission_policies(runs, request):
-    out = _ran(runs, request)
+@pytest.mark.background(
+    *_command("noisy_neighbour.py", "--flood", "6", "--samples", "2", "--short", "2", "--long", "4"),
+    *("--hidden", "64", "--layers", "1", "--settle", "0.3"),
+)
+def test_noisy_neighbour_benchmark_compares_admission_policies(background_run: Finished):
+    out = _output(background_run)
     rows = {
         line.split("|")[1].strip(): line
         for line in out.splitlines()
@@ -194,16 +148,21 @@ def test_noisy_neighbour_benchmark_compares_admission_policies(runs, request):
     assert all(_number(row, 1) > 0 and _number(row, 2) > 0 for row in rows.values())
 
 
-def test_fuzz_benchmark_sends_every_kind_of_input_and_reports_no_server_error(runs, request):
-    out = _ran(runs, request)
+@pytest.mark.background(*_command("fuzz_openai.py", "--max-examples", "2", "--phases", "fuzzing"))
+def test_fuzz_benchmark_sends_every_kind_of_input_and_reports_no_server_error(background_run: Finished):
+    out = _output(background_run)
     kinds = {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")}
     assert {"lone surrogate", "NUL", "1 MB string", "nested 100000 deep"} <= kinds
     assert "schemathesis, up to 2 examples per operation: exit 0" in out
     assert "5xx answers to the handmade inputs: 0" in out
 
 
-def test_cpu_server_benchmark_compares_layouts_alone_and_beside_a_busy_process(runs, request):
-    out = _ran(runs, request)
+@pytest.mark.background(
+    *_command("cpu_server.py", "--requests", "6", "--rounds", "1", "--in-flight", "2", "--max-seconds", "20"),
+    *("--hidden", "64", "--layers", "1"),
+)
+def test_cpu_server_benchmark_compares_layouts_alone_and_beside_a_busy_process(background_run: Finished):
+    out = _output(background_run)
     rows = [line for line in out.splitlines() if line.startswith("| now")]
     names = {row.split("|")[1].strip() for row in rows}
     assert "now: default (an instance per core, 1 thread each)" in names
@@ -212,18 +171,38 @@ def test_cpu_server_benchmark_compares_layouts_alone_and_beside_a_busy_process(r
     assert "2 in flight, default: busy / alone" in out
 
 
-@pytest.mark.parametrize("tokenizer", ["sentencepiece", "byte-level"])
-def test_streamed_text_benchmark_compares_with_decoding_whole_every_token(runs, request, tokenizer: str):
-    out = _ran(runs, request)  # the run TWO_AT_A_TIME names for this tokenizer
+@pytest.mark.parametrize(
+    "tokenizer",
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.background(
+                *_command("streamed_text.py", "--prompts", "20", "400", "--generated", "80", "--rounds", "1"),
+                *flags,
+            ),
+        )
+        for name, flags in (("sentencepiece", ()), ("byte-level", ("--byte-level",)))
+    ],
+)
+def test_streamed_text_benchmark_compares_with_decoding_whole_every_token(
+    background_run: Finished, tokenizer: str
+):
+    out = _output(background_run)
     rows = {_number(line, 0): line for line in out.splitlines() if re.match(r"\| \d", line)}
     assert set(rows) == {20, 400}
     assert all(_number(row, 1) > 0 and _number(row, 2) > 0 for row in rows.values())
 
 
+@pytest.mark.background(
+    *_command("torch_waits.py", "--steps", "1", "--rounds", "1", "--cap", "200"),
+    # the two settings the table compares first; the pool with torch's default policy is a third
+    # row of the same kind
+    *("--settings", "one-thread", "passive"),
+)
 def test_torch_waits_benchmark_compares_one_thread_with_the_pool_alone_and_beside_a_busy_process(
-    runs, request
+    background_run: Finished,
 ):
-    out = _ran(runs, request)
+    out = _output(background_run)
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     del rows["setting"]
     assert rows.keys() == {
