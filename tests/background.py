@@ -7,7 +7,7 @@ its command run by one process (background_runner.py) from the moment the sessio
 collected, one command after another at a lower CPU priority, so that they take the time the
 suite's own tests leave idle rather than hold those up; the marked tests run last and read the
 command's output through the `background_run` fixture (conftest.py). Run two at a time in the
-middle of the suite, these commands held it up for a minute and a half.
+middle of the suite, these commands held it up for about two minutes.
 
 The runner's processes are the suite's children but belong to no test: `runner_pids` is what
 `serving_support.descendants` leaves out when a test looks for processes that it started.
