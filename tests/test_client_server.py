@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -36,6 +37,8 @@ from ftprefix.client import (
     StreamingNotSupportedError,
     UnknownTaskError,
 )
+from ftprefix.client import aio as client_aio
+from ftprefix.client import sync as client_sync
 from ftprefix.demo import toy
 from ftprefix.serving.server import EmbeddedServer
 
@@ -232,6 +235,45 @@ def test_timeout_is_reported(server: EmbeddedServer, model: dict) -> None:
         c.tasks()
         with pytest.raises(RequestTimeoutError, match=r"did not answer within 0\.001 s"):
             c.generate(PROMPTS[0], task="taskA", max_new_tokens=200)
+
+
+def test_a_check_left_unanswered_says_what_it_asked_and_for_how_long(
+    server: EmbeddedServer, monkeypatch
+) -> None:
+    """Triton stopped (SIGSTOP) after the clients connected: their own checks go unanswered. Those
+    were said as a request's timeout ("did not answer within 60 s; pass a larger timeout or ask for
+    fewer new tokens"), naming a time that had not passed (a check's limit is its own) and remedies
+    that do not help a server that answers nothing."""
+    for module in (client_sync, client_aio):
+        monkeypatch.setattr(module, "PROBE_TIMEOUT_S", 0.5)
+    said = (
+        f"the server at {server.grpc_url} did not answer {{}} within 0.5 s, which a working server "
+        "answers at once: it is stopped, hung or overloaded"
+    )
+
+    async def ask_async(c: AsyncClient) -> None:
+        await c.model_info(refresh=True)
+
+    with Client(server.grpc_url, task_table_ttl=None) as sync_client:
+        async_client = AsyncClient(server.grpc_url, task_table_ttl=None)
+        loop = asyncio.new_event_loop()
+        try:
+            sync_client.tasks()  # both connected
+            loop.run_until_complete(async_client.tasks())
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(RequestTimeoutError) as sync_error:
+                    sync_client.model_info(refresh=True)
+                with pytest.raises(RequestTimeoutError) as async_error:
+                    loop.run_until_complete(ask_async(async_client))
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            loop.run_until_complete(async_client.close())
+        finally:
+            loop.close()
+    asked = f"whether {protocol.FT_MODEL!r} is ready"
+    assert (str(sync_error.value), str(async_error.value)) == (said.format(asked), said.format(asked))
+    assert sync_error.value.status == async_error.value.status == "StatusCode.DEADLINE_EXCEEDED"
 
 
 _TLS_CLIENTS = """

@@ -303,7 +303,9 @@ class AsyncClient(ClientBase):
             request = infer_request(op.model, op.request.arrays, op.outputs, op.request.parameters)
             return response_arrays(await stub.ModelInfer(request, timeout=self.timeout), op.outputs)
         except grpc.RpcError as exc:
-            raise translate(from_rpc_error(exc), self.url, op.model, self.timeout) from exc
+            if isinstance(op, Infer):
+                raise translate(from_rpc_error(exc), self.url, op.model, self.timeout) from exc
+            raise translate(from_rpc_error(exc), self.url, op.model, PROBE_TIMEOUT_S, asked=op.asked) from exc
 
     async def _streams_over_http(self, http: HttpInferPool) -> bool:
         """Whether the server at `http_url` streams (generate_stream), asked once: many coroutines
@@ -316,7 +318,10 @@ class AsyncClient(ClientBase):
         except InferenceServerException as exc:
             if self._http_streams is probe:
                 self._http_streams = None  # ask again next time
-            raise translate(exc, http.url, "the server", PROBE_TIMEOUT_S, option="--http-url") from exc
+            asked = "for its version (whether it streams over HTTP)"
+            raise translate(
+                exc, http.url, "the server", PROBE_TIMEOUT_S, option="--http-url", asked=asked
+            ) from exc
         return streams_over_http(version)
 
     async def _infer(self, op: Infer) -> dict[str, np.ndarray]:

@@ -51,10 +51,18 @@ MAX_RESENDS = 5
 class IsReady:
     model: str  # -> bool
 
+    @property
+    def asked(self) -> str:  # what a check that went unanswered asked (RequestTimeoutError)
+        return f"whether {self.model!r} is ready"
+
 
 @dataclass(frozen=True)
 class GetConfig:
     model: str  # -> the model config as JSON (dict)
+
+    @property
+    def asked(self) -> str:
+        return f"for the configuration of {self.model!r}"
 
 
 @dataclass(frozen=True)

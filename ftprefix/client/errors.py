@@ -74,17 +74,29 @@ class ModelNotReadyError(FtprefixClientError):
 
 
 class RequestTimeoutError(FtprefixClientError, TimeoutError):
-    """The server did not answer within the allowed time; the request may still have run."""
+    """The server did not answer within the allowed time; the request may still have run.
 
-    def __init__(self, url: str, seconds: float | None, *, status: str | None = None) -> None:
+    `asked`: where what went unanswered was one of the client's own checks (whether the model is
+    ready, its configuration), what it asked: a working server answers those at once, so a larger
+    timeout or fewer tokens would not help."""
+
+    def __init__(
+        self, url: str, seconds: float | None, *, status: str | None = None, asked: str | None = None
+    ) -> None:
         self.url = url
         self.seconds = seconds
         limit = f"within {seconds:g} s" if seconds is not None else "in time"
-        super().__init__(
-            f"the server at {url} did not answer {limit}; pass a larger timeout "
-            "(Client(timeout=...), --timeout) or ask for fewer new tokens",
-            status=status,
-        )
+        if asked is None:
+            message = (
+                f"the server at {url} did not answer {limit}; pass a larger timeout "
+                "(Client(timeout=...), --timeout) or ask for fewer new tokens"
+            )
+        else:
+            message = (
+                f"the server at {url} did not answer {asked} {limit}, which a working server "
+                "answers at once: it is stopped, hung or overloaded"
+            )
+        super().__init__(message, status=status)
 
 
 class InferenceError(FtprefixClientError):

@@ -21,16 +21,24 @@ _MODEL_MISSING_HINTS = ("unknown model", "is not ready", "not found", "no versio
 
 
 def translate(
-    exc: InferenceServerException, url: str, model: str, timeout: float | None, *, option: str = "--url"
+    exc: InferenceServerException,
+    url: str,
+    model: str,
+    timeout: float | None,
+    *,
+    option: str = "--url",
+    asked: str | None = None,
 ) -> FtprefixClientError:
     """The client error for `exc`, carrying its status; raise it `from exc` to keep the cause.
-    `option`: the command-line option that sets `url` (named when no server answers there)."""
+    `option`: the command-line option that sets `url` (named when no server answers there).
+    `asked`: what the call asked where it was one of the client's own checks, not a request
+    (RequestTimeoutError); `timeout` is then the check's."""
     status = str(exc.status() or "") or None
     code = (status or "").removeprefix("StatusCode.")
     message = exc.message() or str(exc)
     model_missing = any(h in message.lower() for h in _MODEL_MISSING_HINTS)
     if code == "DEADLINE_EXCEEDED" or "deadline exceeded" in message.lower():
-        return RequestTimeoutError(url, timeout, status=status)
+        return RequestTimeoutError(url, timeout, status=status, asked=asked)
     if code == "NOT_FOUND" or (code == "UNAVAILABLE" and model_missing):
         return ModelNotReadyError(url, model, message, status=status)
     if code == "UNAVAILABLE":

@@ -226,4 +226,6 @@ class Client(ClientBase):
             )
             return output_arrays(result, op.outputs)
         except InferenceServerException as exc:
-            raise translate(exc, self.url, model, self.timeout) from exc
+            if isinstance(op, Infer):
+                raise translate(exc, self.url, model, self.timeout) from exc
+            raise translate(exc, self.url, model, PROBE_TIMEOUT_S, asked=op.asked) from exc
