@@ -107,14 +107,16 @@ def test_when_the_owner_dies_everything_of_triton_ends_and_its_files_go(tmp_path
         _end(owner, pids, region)
 
 
-def test_while_the_owner_lives_it_kills_nothing_and_ends_with_triton(tmp_path):
-    """A Triton that ends while its owner lives is the owner's to clean up after (EmbeddedServer.stop
-    kills its group): the reaper leaves, the stub and the files as they are."""
+def test_a_triton_that_ends_before_its_owner_takes_the_stubs_left_and_leaves_the_files(tmp_path):
+    """A Triton that ends while its owner lives: the stubs left in its group serve nothing, and the
+    owner's stop, which kills them too, may never come to them (an owner killed while it stops,
+    after its Triton ended: the stubs of a model still loading stayed for good). The files are the
+    owner's to remove (EmbeddedServer.stop)."""
     owner, pids, workdir, region = _start(tmp_path, deaf=False, grace=0.5)
     try:
         os.kill(pids["triton"], signal.SIGTERM)
-        assert wait_gone({pids["triton"], pids["reaper"]}) == set()
-        assert alive(pids["stub"]) and alive(owner.pid)
+        assert wait_gone({pids["triton"], pids["reaper"], pids["stub"]}) == set()
+        assert alive(owner.pid)
         assert workdir.exists() and region.exists()
     finally:
         _end(owner, pids, region)

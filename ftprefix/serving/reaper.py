@@ -15,8 +15,8 @@ This process is that someone: started beside Triton, in a session of its own (a 
 is not for it), it waits for the process that started Triton to end, gives Triton its exit timeout,
 kills Triton's process group, then removes the server's shared memory and scratch directory. While
 that process lives it does nothing: it is blocked on two pidfds, and it exits as soon as Triton
-does, which `stop` waits for (the stubs left are then `stop`'s to kill). Linux only, as the
-embedded server is.
+does, which `stop` waits for, killing what is left of Triton's group then too (the files are then
+`stop`'s to remove). Linux only, as the embedded server is.
 
     python -m ftprefix.serving.reaper TRITON_PID OWNER_PID GRACE_S SHM_PREFIX [WORKDIR]
 """
@@ -74,12 +74,16 @@ def reap(triton: int, owner: int, grace: float, shm_prefix: str, workdir: str | 
     if os.getppid() != owner:  # the owner died before this process could watch it
         pids[owner] = -1
     ended = _wait_any(pids, None)
-    if owner not in ended:
-        return  # Triton ended first: its owner stops what is left of it (EmbeddedServer.stop)
-    if triton not in ended:  # its exit on the signal its owner's death sent it, or it is killed
+    if owner in ended and triton not in ended:  # its exit on the signal its owner's death sent it
         _wait_any({triton: pids[triton]}, grace)
+    # The stubs left in Triton's group, at once also where Triton ended while its owner lives:
+    # they serve nothing any more, and the owner's stop, which killed them too, may never come to
+    # them (an owner killed while it stops, once its Triton has ended: the stubs of a model still
+    # loading then stayed for good)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(triton, signal.SIGKILL)
+    if owner not in ended:
+        return  # the files are the owner's, which may yet start another Triton beside them
     tritonserver.remove_regions(shm_prefix)
     if workdir is not None:
         shutil.rmtree(workdir, ignore_errors=True)
