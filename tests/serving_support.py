@@ -161,6 +161,19 @@ def stop_serve_cli(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def statistics_counting(url: str, inferences: int) -> dict:
+    """Triton's statistics of the `fastertransformer` model once they count `inferences` requests
+    (or after 10 s): Triton counts a request after its answer is on its way, so statistics read as
+    soon as the last answer came may not count it yet."""
+    deadline = time.monotonic() + 10
+    with grpcclient.InferenceServerClient(url) as c:
+        while True:
+            stats = c.get_inference_statistics(protocol.FT_MODEL, as_json=True)["model_stats"][0]
+            if int(stats.get("inference_count", 0)) >= inferences or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.05)  # bounded poll; the caller asserts on what it returns
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below `pid`, as /proc lists them, but the background runner's (background.py),
     which runs beside the tests and belongs to none."""

@@ -21,7 +21,15 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from hf_reference import HFReference
-from serving_support import HIDDEN, LAYERS, add_task, ft_inputs, make_converted, served_tasks
+from serving_support import (
+    HIDDEN,
+    LAYERS,
+    add_task,
+    ft_inputs,
+    make_converted,
+    served_tasks,
+    statistics_counting,
+)
 from tritonclient.utils import InferenceServerException
 
 from ftprefix import protocol
@@ -148,8 +156,7 @@ def test_concurrent_prompts_of_different_lengths_are_merged_and_answered_as_alon
         t.start()
     for t in threads:
         t.join()
-    with grpcclient.InferenceServerClient(server.grpc_url) as c:
-        after = c.get_inference_statistics(protocol.FT_MODEL, as_json=True)["model_stats"][0]
+    after = statistics_counting(server.grpc_url, int(before.get("inference_count", 0)) + len(jobs))
     requests = int(after["inference_count"]) - int(before.get("inference_count", 0))
     executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
     assert requests == len(jobs) and executions < requests  # Triton merged prompts of different lengths
@@ -174,7 +181,7 @@ def test_the_batching_window_reaches_triton_and_holds_a_lone_request(converted):
         served = c.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
         assert int(served["dynamic_batching"]["max_queue_delay_microseconds"]) == window_us
         c.infer(protocol.FT_MODEL, ft_inputs([PROMPTS[0]], 2, [0]))
-        stats = c.get_inference_statistics(protocol.FT_MODEL, as_json=True)["model_stats"][0]
+        stats = statistics_counting(srv.grpc_url, 1)
         assert int(stats["execution_count"]) == 1
         assert int(stats["inference_stats"]["queue"]["ns"]) >= window_us * 1000
 
