@@ -303,9 +303,7 @@ class AsyncClient(ClientBase):
             request = infer_request(op.model, op.request.arrays, op.outputs, op.request.parameters)
             return response_arrays(await stub.ModelInfer(request, timeout=self.timeout), op.outputs)
         except grpc.RpcError as exc:
-            if isinstance(op, Infer):
-                raise translate(from_rpc_error(exc), self.url, op.model, self.timeout) from exc
-            raise translate(from_rpc_error(exc), self.url, op.model, PROBE_TIMEOUT_S, asked=op.asked) from exc
+            raise self._failed(from_rpc_error(exc), op) from exc
 
     async def _streams_over_http(self, http: HttpInferPool) -> bool:
         """Whether the server at `http_url` streams (generate_stream), asked once: many coroutines

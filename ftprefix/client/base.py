@@ -16,6 +16,8 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from tritonclient.utils import InferenceServerException
+
 from ftprefix import protocol
 from ftprefix.client.errors import (
     FtprefixClientError,
@@ -24,6 +26,7 @@ from ftprefix.client.errors import (
     StreamingNotSupportedError,
     TaskTableChangedError,
 )
+from ftprefix.client.failures import translate
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import ChunkMaker, Collector, Plan, Request, Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt
@@ -211,6 +214,13 @@ class ClientBase:
         self._ensemble_checked = False
         # probes in flight, shared by concurrent calls of the async client
         self._probes: dict[IsReady | GetConfig, Any] = {}
+
+    def _failed(self, exc: InferenceServerException, op: IsReady | GetConfig | Infer) -> FtprefixClientError:
+        """The error for a call of `op` that failed: a request's within this client's timeout, a
+        check's (is the model ready, its configuration) within its own PROBE_TIMEOUT_S."""
+        if isinstance(op, Infer):
+            return translate(exc, self.url, op.model, self.timeout)
+        return translate(exc, self.url, op.model, PROBE_TIMEOUT_S, asked=op.asked)
 
     def _channel_due(self) -> bool:
         """Whether the next call opens a new channel: a new lookup of the target's name."""

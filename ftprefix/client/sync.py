@@ -226,6 +226,4 @@ class Client(ClientBase):
             )
             return output_arrays(result, op.outputs)
         except InferenceServerException as exc:
-            if isinstance(op, Infer):
-                raise translate(exc, self.url, model, self.timeout) from exc
-            raise translate(exc, self.url, model, PROBE_TIMEOUT_S, asked=op.asked) from exc
+            raise self._failed(exc, op) from exc
