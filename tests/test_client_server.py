@@ -38,8 +38,7 @@ from ftprefix.client import (
     StreamingNotSupportedError,
     UnknownTaskError,
 )
-from ftprefix.client import aio as client_aio
-from ftprefix.client import sync as client_sync
+from ftprefix.client.base import ClientBase
 from ftprefix.demo import toy
 from ftprefix.serving.server import EmbeddedServer
 
@@ -257,8 +256,7 @@ def test_a_check_left_unanswered_says_what_it_asked_and_for_how_long(
     were said as a request's timeout ("did not answer within 60 s; pass a larger timeout or ask for
     fewer new tokens"), naming a time that had not passed (a check's limit is its own) and remedies
     that do not help a server that answers nothing."""
-    for module in (client_sync, client_aio):
-        monkeypatch.setattr(module, "PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(ClientBase, "probe_timeout", 0.5)
     said = (
         f"the server at {server.grpc_url} did not answer {{}} within 0.5 s, which a working server "
         "answers at once: it is stopped, hung or overloaded"

@@ -21,7 +21,6 @@ from tritonclient.utils import InferenceServerException
 from ftprefix.client.base import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
-    PROBE_TIMEOUT_S,
     RESOLVE_EVERY_S,
     TASK_TABLE_TTL_S,
     ClientBase,
@@ -295,10 +294,10 @@ class AsyncClient(ClientBase):
         try:
             if isinstance(op, IsReady):
                 ready = service_pb2.ModelReadyRequest(name=op.model)
-                return (await stub.ModelReady(ready, timeout=PROBE_TIMEOUT_S)).ready
+                return (await stub.ModelReady(ready, timeout=self.probe_timeout)).ready
             if isinstance(op, GetConfig):
                 config = service_pb2.ModelConfigRequest(name=op.model)
-                response = await stub.ModelConfig(config, timeout=PROBE_TIMEOUT_S)
+                response = await stub.ModelConfig(config, timeout=self.probe_timeout)
                 return json.loads(MessageToJson(response, preserving_proto_field_name=True))
             request = infer_request(op.model, op.request.arrays, op.outputs, op.request.parameters)
             return response_arrays(await stub.ModelInfer(request, timeout=self.timeout), op.outputs)
@@ -309,7 +308,7 @@ class AsyncClient(ClientBase):
         """Whether the server at `http_url` streams (generate_stream), asked once: many coroutines
         starting at once share the question."""
         if self._http_streams is None:
-            self._http_streams = asyncio.ensure_future(http.server_version(PROBE_TIMEOUT_S))
+            self._http_streams = asyncio.ensure_future(http.server_version(self.probe_timeout))
         probe = self._http_streams
         try:
             version = await asyncio.shield(probe)
@@ -318,7 +317,7 @@ class AsyncClient(ClientBase):
                 self._http_streams = None  # ask again next time
             asked = "for its version (whether it streams over HTTP)"
             raise translate(
-                exc, http.url, "the server", PROBE_TIMEOUT_S, option="--http-url", asked=asked
+                exc, http.url, "the server", self.probe_timeout, option="--http-url", asked=asked
             ) from exc
         return streams_over_http(version)
 

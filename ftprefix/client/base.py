@@ -176,6 +176,8 @@ def normalize_http_url(url: str) -> str:
 class ClientBase:
     """Settings, caches and flows common to `Client` and `AsyncClient`."""
 
+    probe_timeout = PROBE_TIMEOUT_S  # the limit of the client's own checks, and what their errors say
+
     def __init__(
         self,
         url: str = DEFAULT_URL,
@@ -217,10 +219,10 @@ class ClientBase:
 
     def _failed(self, exc: InferenceServerException, op: IsReady | GetConfig | Infer) -> FtprefixClientError:
         """The error for a call of `op` that failed: a request's within this client's timeout, a
-        check's (is the model ready, its configuration) within its own PROBE_TIMEOUT_S."""
+        check's (is the model ready, its configuration) within its own probe_timeout."""
         if isinstance(op, Infer):
             return translate(exc, self.url, op.model, self.timeout)
-        return translate(exc, self.url, op.model, PROBE_TIMEOUT_S, asked=op.asked)
+        return translate(exc, self.url, op.model, self.probe_timeout, asked=op.asked)
 
     def _channel_due(self) -> bool:
         """Whether the next call opens a new channel: a new lookup of the target's name."""

@@ -13,7 +13,6 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from ftprefix.client.base import (
-    PROBE_TIMEOUT_S,
     ClientBase,
     CloseStream,
     Emit,
@@ -213,9 +212,9 @@ class Client(ClientBase):
         model = op.model
         try:
             if isinstance(op, IsReady):
-                return self._grpc.is_model_ready(model, client_timeout=PROBE_TIMEOUT_S)
+                return self._grpc.is_model_ready(model, client_timeout=self.probe_timeout)
             if isinstance(op, GetConfig):
-                return self._grpc.get_model_config(model, as_json=True, client_timeout=PROBE_TIMEOUT_S)
+                return self._grpc.get_model_config(model, as_json=True, client_timeout=self.probe_timeout)
             assert isinstance(op, Infer)
             result = self._grpc.infer(
                 model,
