@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -50,7 +52,8 @@ class Finished:
 class BackgroundRuns:
     """The marked items' commands, running in one runner process; `result` waits for one."""
 
-    def __init__(self, items: list[pytest.Item], scratch_root: Path) -> None:
+    def __init__(self, items: list[pytest.Item]) -> None:
+        self._scratch_root = Path(tempfile.mkdtemp(prefix="ftprefix-test-background-"))
         self._scratch: dict[str, Path] = {}
         jobs = []
         for item in items:
@@ -58,7 +61,7 @@ class BackgroundRuns:
             assert mark is not None
             argv = [str(a) for a in mark.args]
             if SCRATCH in argv:
-                self._scratch[item.nodeid] = scratch_root / f"{len(self._scratch)}"
+                self._scratch[item.nodeid] = self._scratch_root / f"{len(self._scratch)}"
                 self._scratch[item.nodeid].mkdir()
                 argv = [str(self._scratch[item.nodeid]) if a == SCRATCH else a for a in argv]
             cwd = mark.kwargs.get("cwd")
@@ -66,7 +69,7 @@ class BackgroundRuns:
                 {"id": item.nodeid, "argv": argv, "cwd": cwd and str(cwd), "env": mark.kwargs.get("env", {})}
             )
         self._results: dict[str, Future[dict]] = {job["id"]: Future() for job in jobs}
-        # its own session: stop() ends the runner and every command it started with one signal
+        # its own session, not the terminal's: a Ctrl-C reaches pytest, whose stop() ends it
         self._proc = subprocess.Popen(
             [sys.executable, str(RUNNER), str(os.getpid())],
             stdin=subprocess.PIPE,
@@ -101,7 +104,8 @@ class BackgroundRuns:
         return Finished(done["returncode"], done["stdout"], done["stderr"], self._scratch.get(nodeid))
 
     def stop(self) -> None:
-        """Ends whatever still runs (a session stopped early by -x or Ctrl-C)."""
+        """Ends whatever still runs (a session stopped early by -x or Ctrl-C) and removes the
+        commands' scratch directories."""
         if self._proc.poll() is None:
             self._proc.terminate()  # it ends its commands (background_runner.py)
             try:
@@ -112,3 +116,4 @@ class BackgroundRuns:
         self._proc.wait()
         self._reader.join()
         _runner_pids.discard(self._proc.pid)
+        shutil.rmtree(self._scratch_root)

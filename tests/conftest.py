@@ -5,10 +5,6 @@ Tests marked `background` have their commands run beside the rest of the suite (
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
 from background import BackgroundRuns, Finished
 
@@ -16,7 +12,6 @@ from ftprefix.serving.cpus import wait_passively
 
 wait_passively()
 RUNS = pytest.StashKey[BackgroundRuns]()
-SCRATCH = pytest.StashKey[Path]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,16 +33,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     marked = [item for item in session.items if _marked(item)]
     if marked and not session.config.option.collectonly:
-        scratch = Path(tempfile.mkdtemp(prefix="ftprefix-test-background-"))
-        session.config.stash[SCRATCH] = scratch
-        session.config.stash[RUNS] = BackgroundRuns(marked, scratch)
+        session.config.stash[RUNS] = BackgroundRuns(marked)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     runs = session.config.stash.get(RUNS, None)
     if runs is not None:
         runs.stop()
-        shutil.rmtree(session.config.stash[SCRATCH])
 
 
 @pytest.fixture
