@@ -398,8 +398,11 @@ def test_a_proxy_in_the_environment_is_not_used_for_this_machine(converted):
     proxy.close()
 
 
-def test_serve_takes_the_settings_of_a_deployment(converted, tmp_path, capsys):
-    """What a deployment's compose.cpu.yaml runs: `ftprefix serve CONVERTED --deployment DIR`."""
+@pytest.mark.parametrize("form", ["model-and-deployment", "deployment-alone"])
+def test_serve_takes_the_settings_of_a_deployment(form, converted, tmp_path, capsys):
+    """What a deployment's compose.cpu.yaml runs, `ftprefix serve CONVERTED --deployment DIR`, and
+    the same without Docker, `ftprefix serve DIR`: the conversion its .env names (here relative to
+    DIR, as compose reads it, not to the working directory)."""
     from ftprefix.cli import main
 
     deploy = tmp_path / "deploy"
@@ -410,7 +413,19 @@ def test_serve_takes_the_settings_of_a_deployment(converted, tmp_path, capsys):
     assert main(["serve", str(converted.parent), "--deployment", str(deploy), "--streaming"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--streaming comes from --deployment" in err
-    proc, grpc_url, text = _start(converted.parent, "--deployment", str(deploy))
+    if form == "model-and-deployment":
+        proc, grpc_url, text = _start(converted.parent, "--deployment", str(deploy))
+    else:
+        env = deploy / ".env"
+        user_env = env.read_text()
+        env.write_text(user_env + "FTPREFIX_MODEL_DIR=./nowhere\n")
+        assert main(["serve", str(deploy)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "FTPREFIX_MODEL_DIR=./nowhere" in err and "not a directory" in err
+        relative = os.path.relpath(converted.parent, deploy)
+        assert not Path(relative).is_dir()  # from the tests' working directory it names nothing
+        env.write_text(user_env + f"FTPREFIX_MODEL_DIR={relative}\n")
+        proc, grpc_url, text = _start(deploy)
     try:
         assert "models fastertransformer from" in text  # streaming: no text ensemble on Triton
         with grpcclient.InferenceServerClient(grpc_url) as client:

@@ -40,7 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "add` while it runs are picked up without a restart. Ctrl-C stops it."
         ),
     )
-    p.add_argument("dir", type=Path, metavar="DIR", help="converted model (<tp>-gpu directory or its parent)")
+    p.add_argument(
+        "dir",
+        type=Path,
+        metavar="DIR",
+        help=(
+            "converted model (<tp>-gpu directory or its parent), or a deployment directory "
+            "`ftprefix triton-repo --out` wrote: its conversion (.env) served with its settings"
+        ),
+    )
     p.add_argument("--port-grpc", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
     p.add_argument("--port-http", type=int, default=8000, help="HTTP port (default 8000; 0 = any free port)")
     p.add_argument(
@@ -215,10 +223,15 @@ def run(args: argparse.Namespace) -> int:
     from ftprefix import layout
     from ftprefix.errors import UserError
     from ftprefix.extras import require
+    from ftprefix.serving import deployment
     from ftprefix.serving.repository import check_tokenizer_fits
     from ftprefix.serving.server import triton_host
     from ftprefix.text import load_tokenizer
 
+    if args.deployment is None and (args.dir / deployment.MANIFEST).is_file():
+        # `ftprefix serve DEPLOYMENT`: what its compose.cpu.yaml runs, without Docker
+        args.deployment = args.dir
+        args.dir = deployment.model_dir(args.dir)
     if args.deployment is not None:
         _apply_deployment(args)
     args.host = triton_host(args.host)

@@ -4,7 +4,8 @@
 
     compose.yaml              the server: Triton + FT backend on GPUs (or, with target cpu, the
                               CPU twin); profile `openai` adds the gateway
-    compose.cpu.yaml          a GPU deployment on CPU instead (`ftprefix serve --deployment`)
+    compose.cpu.yaml          a GPU deployment on CPU instead (`ftprefix serve --deployment`;
+                              without Docker, `ftprefix serve DIR`)
     .env                      every setting compose reads; the user's edits survive a rewrite
     model_repository/         the Triton model repository (repository.write_repository)
     tokenizer/                the tokenizer files, for the gateway (with a tokenizer)
@@ -133,6 +134,26 @@ def read_settings(directory: str | os.PathLike[str]) -> Settings:
         return Settings(**manifest["settings"])
     except (KeyError, TypeError):
         raise UserError(f"{path / MANIFEST} has no settings this ftprefix reads; write it again") from None
+
+
+def model_dir(directory: str | os.PathLike[str]) -> Path:
+    """The conversion a deployment directory serves: its `.env`'s FTPREFIX_MODEL_DIR, read as
+    compose reads it (a relative path from the directory), for `ftprefix serve DIR`."""
+    path = Path(directory)
+    env_path = path / ENV_FILE
+    try:
+        value = dotenv.parse(env_path.read_text(encoding="utf-8")).get("FTPREFIX_MODEL_DIR", "")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{env_path} cannot be read ({exc}); write the deployment again") from None
+    if not value:
+        raise UserError(f"{env_path} names no FTPREFIX_MODEL_DIR: set it to the converted model directory")
+    conversion = path / value  # an absolute value stays as it is
+    if not conversion.is_dir():
+        raise UserError(
+            f"{path} serves FTPREFIX_MODEL_DIR={value} ({env_path}), which is not a directory: "
+            "set it to where the converted model is now"
+        )
+    return conversion
 
 
 def _check_out(out: Path, manifest: dict | None, force: bool) -> None:
