@@ -343,6 +343,7 @@ def test_after_tasks_add_writing_again_updates_in_place_and_keeps_env_edits(
     assert '"beta"' in table.parameters["prompt_learning_tasks"].string_value
     spec = compose(deploy, schema, profiles=("openai",))
     assert spec["services"]["openai"]["ports"] == ["0.0.0.0:9090:8080"]
+    assert "with the OpenAI API on port 9090: add --profile openai" in out  # the port compose publishes
     # nothing to do the third time
     assert main([*argv, "--instances", "2"]) == 0
     assert "0 file(s) changed" in capsys.readouterr().out

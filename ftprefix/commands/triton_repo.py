@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"  CPU server: {cd} && docker compose up")
     if settings.tokenizer:
-        print("  with the OpenAI API on port 8080: add --profile openai")
+        print(f"  with the OpenAI API on port {report.openai_port}: add --profile openai")
     else:
         print("  the OpenAI API (--profile openai) needs a tokenizer: run again with --tokenizer HF_DIR")
     reload = [name for name in report.written if name.endswith("config.pbtxt")]

@@ -89,6 +89,12 @@ class Report:
     unchanged: int = 0
     env_changed: list[tuple[str, str, str]] = field(default_factory=list)  # key, old, new
     env_kept: list[tuple[str, str, str]] = field(default_factory=list)  # key, yours, ftprefix's
+    env: dict[str, str] = field(default_factory=dict)  # .env as written: what compose will read
+
+    @property
+    def openai_port(self) -> str:
+        """The host port of the gateway's service, as the compose files interpolate it."""
+        return self.env.get("FTPREFIX_OPENAI_PORT") or "8080"
 
 
 def _digest(data: bytes) -> str:
@@ -345,7 +351,9 @@ def _create(
     for name, data in files.items():
         if not (stage / name).is_file() or (stage / name).read_bytes() != data:
             _write_file(stage / name, data)
-    _write_file(stage / ENV_FILE, dotenv.update(_ENV_HEADER, env).encode("utf-8"))
+    env_text = dotenv.update(_ENV_HEADER, env)
+    _write_file(stage / ENV_FILE, env_text.encode("utf-8"))
+    report.env = dotenv.parse(env_text)
     _write_file(stage / MANIFEST, _manifest_bytes(digests, env, settings, {}))
     for path in [stage, *stage.rglob("*")]:
         _readable(path)
@@ -413,6 +421,7 @@ def _update(
     _write_file(out / MANIFEST, _manifest_bytes(digests, env, settings, {}))
     report.written = changed
     report.removed = stale
+    report.env = dotenv.parse(env_bytes.decode("utf-8"))
     return report
 
 
