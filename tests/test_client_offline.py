@@ -176,6 +176,35 @@ def test_plan_splits_base_rows_from_task_rows_and_by_batch_limit() -> None:
     assert groups[2][1].tolist() == [[0]]
 
 
+def test_a_seed_per_prompt_goes_with_its_row_into_whichever_request_carries_it() -> None:
+    prompts = [[1], [2], [3], [4], [5]]
+    tasks = ["taskA", None, "taskB", "taskA", None]
+    params = GenerationParams.from_options({"seed": np.array([10, 11, 12, 13, 2**64 - 1], dtype=np.uint64)})
+    requests = Plan.build(prompts, tasks, params, INFO, None).requests()
+    assert [r.rows for r in requests] == [[1, 4], [0, 2], [3]]
+    seeds = [r.arrays[protocol.RANDOM_SEED] for r in requests]
+    assert [s.tolist() for s in seeds] == [[[11], [2**64 - 1]], [[10], [12]], [[13]]]
+    assert all(s.dtype == np.uint64 for s in seeds)
+    one = Plan.build(prompts, tasks, GenerationParams(seed=7), INFO, None).requests()
+    assert [r.arrays[protocol.RANDOM_SEED].tolist() for r in one] == [[[7], [7]], [[7], [7]], [[7]]]
+
+
+@pytest.mark.parametrize(
+    ("seed", "message"),
+    [
+        ([1, 2], "got 3 prompts but 2 seeds; give one seed per prompt"),
+        ([1, -1, 2], r"seed must be within \[0, 2\*\*64\), got -1"),
+        (2**64, r"seed must be within \[0, 2\*\*64\), got 18446744073709551616"),
+        (1.5, "seed must be an integer, or a sequence of one per prompt, got 1.5"),
+        ([1, 2.0, 3], "seed must be an integer, or a sequence of one per prompt"),
+    ],
+)
+def test_bad_seeds_are_refused_before_anything_is_sent(seed, message) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        params = GenerationParams.from_options({"seed": seed})
+        Plan.build([[1], [2], [3]], None, params, INFO, None)
+
+
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory):
     directory = tmp_path_factory.mktemp("tok")

@@ -172,6 +172,28 @@ def test_mixed_task_batch(client: Client, reference) -> None:
         assert (completion.task, completion.token_ids, completion.text) == (task, ids, text)
 
 
+@pytest.mark.parametrize("through", ["fastertransformer", "ensemble"])
+def test_a_seed_per_prompt_samples_each_row_as_a_lone_request_with_that_seed(
+    client: Client, server: EmbeddedServer, through: str
+) -> None:
+    """Rows of one call that share a seed share FT's random numbers; a seed per prompt gives each
+    row its own, in order, across the requests the rows are split into (base rows and task rows),
+    through the fastertransformer model and through the text ensemble alike."""
+    tasks = ["taskA", None, "taskA", None]
+    sampling = {"max_new_tokens": NEW_TOKENS, "temperature": 2.0, "top_k": 50}
+    with contextlib.ExitStack() as stack:
+        c = client if through == "fastertransformer" else stack.enter_context(Client(server.grpc_url))
+        seeds = [3, 4, 5, 6]
+        batch = c.generate_batch([PROMPTS[1]] * 4, tasks=tasks, seed=seeds, **sampling)
+        alone = [
+            c.generate(PROMPTS[1], task=t, seed=n, **sampling) for t, n in zip(tasks, seeds, strict=True)
+        ]
+        shared = c.generate_batch([PROMPTS[1]] * 2, tasks="taskA", seed=3, **sampling)
+    assert [b.text for b in batch] == [a.text for a in alone]
+    assert batch[0].text != batch[2].text and batch[1].text != batch[3].text  # the seeds matter
+    assert [s.text for s in shared] == [batch[0].text] * 2
+
+
 def test_token_ids_in_without_tokenizer(server: EmbeddedServer, reference) -> None:
     ids, _, _ = reference(PROMPTS[2], "taskC")
     prompt_ids = reference.tokenizer.encode(PROMPTS[2], add_special_tokens=False)

@@ -494,6 +494,28 @@ def test_top_k_and_repetition_penalty_reach_the_model_as_sent(gateway, triton, m
     assert answer["choices"][0]["text"] == _text(model, generated)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_equal_prompts_of_one_request_sample_each_on_its_own_unless_seeded(gateway, stream) -> None:
+    """OpenAI samples every prompt of a list on its own. FT gives rows that share a random_seed
+    the same random numbers, so without a seed of the caller's each prompt gets its own; with one,
+    every row samples as a lone request with that seed does (vLLM's reading of a seed)."""
+    request = {"model": "shout", "max_tokens": 8, "temperature": 2, "ignore_eos": True, "stream": stream}
+
+    def texts(body: dict) -> list[str]:
+        if not stream:
+            return [c["text"] for c in _post(gateway, body).json()["choices"]]
+        out = [""] * len(body["prompt"])
+        for chunk in _chunks(gateway, body):
+            for choice in chunk["choices"]:
+                out[choice["index"]] += choice["text"]
+        return out
+
+    unseeded = texts({**request, "prompt": [PROMPT] * 4})
+    assert len(set(unseeded)) == 4, unseeded  # a random model at temperature 2: any two equal is chance
+    seeded = texts({**request, "prompt": [PROMPT] * 3, "seed": 5})
+    assert seeded == texts({**request, "prompt": [PROMPT], "seed": 5}) * 3
+
+
 def test_an_integer_written_as_a_float_is_that_integer(gateway, model) -> None:
     """/openapi.json says these fields are JSON Schema integers, which are any number without a
     fraction (3.0 is 3): an independent validator takes such a body, so the gateway must answer

@@ -47,6 +47,15 @@ def _task_list(tasks: Tasks, batch: int) -> list[str | None]:
     return names
 
 
+def _seed_list(seed: int | Sequence[int], batch: int) -> list[int | None]:
+    """Each row's own seed where the call gave one per prompt; None where all share `seed`."""
+    if isinstance(seed, int):
+        return [None] * batch
+    if len(seed) != batch:
+        raise InvalidRequestError(f"got {batch} prompts but {len(seed)} seeds; give one seed per prompt")
+    return list(seed)
+
+
 def _as_ids(prompt: Prompt | Sequence[int]) -> list[int] | None:
     if isinstance(prompt, str):
         return None
@@ -89,6 +98,7 @@ class Plan:
             raise InvalidRequestError("no prompts given")
         names = _task_list(tasks, len(prompts))
         task_ids = [info.task_id(name) for name in names]  # UnknownTaskError before any request
+        seeds = _seed_list(params.seed, len(prompts))
         if params.min_new_tokens and protocol.MIN_LENGTH not in info.inputs:
             raise InvalidRequestError(MIN_LENGTH_MISSING)
         token_prompts = [_as_ids(p) for p in prompts]
@@ -104,7 +114,7 @@ class Plan:
             texts = [str(p) for p in prompts]
             if any(not t for t in texts):
                 raise InvalidRequestError("empty prompt; FT needs at least one input token")
-            rows = [wire.Row([], task_id=t) for t in task_ids]
+            rows = [wire.Row([], task_id=t, seed=seed) for t, seed in zip(task_ids, seeds, strict=True)]
             # the ensemble serves the fastertransformer model's tasks
             target = ModelInfo(
                 ensemble.name,
@@ -148,7 +158,7 @@ class Plan:
                 "tokenizer): pass end_id=... or tokenizer=HF_MODEL_DIR"
             )
         rows = []
-        for prompt, token_ids, task_id in zip(prompts, token_prompts, task_ids, strict=True):
+        for prompt, token_ids, task_id, seed in zip(prompts, token_prompts, task_ids, seeds, strict=True):
             if token_ids is not None:
                 input_ids = token_ids
             else:
@@ -156,7 +166,7 @@ class Plan:
                 input_ids = tokenizer.encode(str(prompt))
             if not input_ids:
                 raise InvalidRequestError("empty prompt; FT needs at least one input token")
-            rows.append(wire.Row(input_ids, task_id, stop_ids, bad_ids))
+            rows.append(wire.Row(input_ids, task_id, stop_ids, bad_ids, seed))
         return cls(info, tokenizer, params, names, rows, _strings(params.stop), end_id=end_id)
 
     def requests(self) -> list[Request]:
@@ -182,7 +192,7 @@ class Plan:
         if self.text_prompts is not None:
             return wire.ensemble_inputs(
                 [self.text_prompts[i] for i in group],
-                [self.rows[i].task_id for i in group],
+                [self.rows[i] for i in group],
                 self.stop_strings,
                 _strings(self.params.bad_words),
                 self.params,

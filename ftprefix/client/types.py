@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypedDict
@@ -23,7 +24,7 @@ class GenerateOptions(TypedDict, total=False):
     top_k: int
     top_p: float
     repetition_penalty: float
-    seed: int
+    seed: int | Sequence[int]
     stop: Words | None
     bad_words: Words | None
     end_id: int | None
@@ -42,6 +43,8 @@ class GenerationParams:
     generated before this many new tokens (FT's `min_length`). `return_log_probs`: ask FT for
     `output_log_probs`, the chosen tokens' log probabilities (`Completion.log_probs`; FT's top-k
     decoding, greedy included, normalises them within the k candidates, so greedy ones are 0).
+    `seed`: FT's `random_seed` when sampling, one for every prompt of the call (two equal prompts
+    then sample alike) or a sequence of one per prompt.
     """
 
     max_new_tokens: int = 32
@@ -49,12 +52,17 @@ class GenerationParams:
     top_k: int = 0
     top_p: float = 0.0
     repetition_penalty: float = 1.0
-    seed: int = 0
+    seed: int | Sequence[int] = 0
     stop: Words | None = None
     bad_words: Words | None = None
     end_id: int | None = None
     return_log_probs: bool = False
     min_new_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        # one seed for every row, or one per prompt: ints (numpy's too), a sequence as a tuple
+        if not isinstance(self.seed, int):
+            object.__setattr__(self, "seed", _seeds(self.seed))
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> GenerationParams:
@@ -86,8 +94,9 @@ class GenerationParams:
             raise InvalidRequestError(
                 f"repetition_penalty must be > 0 and a float32, got {self.repetition_penalty}"
             )
-        if not 0 <= self.seed < 2**64:
-            raise InvalidRequestError(f"seed must be within [0, 2**64), got {self.seed}")
+        for seed in (self.seed,) if isinstance(self.seed, int) else self.seed:
+            if not 0 <= seed < 2**64:
+                raise InvalidRequestError(f"seed must be within [0, 2**64), got {seed}")
         if not 0 <= self.min_new_tokens < 2**31:
             raise InvalidRequestError(f"min_new_tokens must be 0 or more, got {self.min_new_tokens}")
         if self.end_id is not None and not 0 <= self.end_id < 2**32:
@@ -95,6 +104,19 @@ class GenerationParams:
 
 
 _OPTION_NAMES = frozenset(f.name for f in fields(GenerationParams))
+
+
+def _seeds(value: Any) -> int | tuple[int, ...]:
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    try:
+        return tuple(operator.index(seed) for seed in value)
+    except TypeError:
+        raise InvalidRequestError(
+            f"seed must be an integer, or a sequence of one per prompt, got {value!r}"
+        ) from None
 
 
 def _positive_float32(value: Any, finite: bool) -> bool:

@@ -45,6 +45,7 @@ class Row:
     task_id: int | None = None
     stop_words: list[list[int]] = field(default_factory=list)
     bad_words: list[list[int]] = field(default_factory=list)
+    seed: int | None = None  # its own random_seed, where the call gave one per prompt
 
 
 def infer_inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
@@ -178,20 +179,31 @@ def output_arrays(result: grpcclient.InferResult, names: Sequence[str]) -> dict[
     return response_arrays(result.get_response(), names)
 
 
-def sampling_inputs(batch: int, params: GenerationParams, end_id: int | None) -> dict[str, np.ndarray]:
-    """The optional per-row inputs for `params` (callers drop those the model does not declare)."""
+def sampling_inputs(
+    batch: int, params: GenerationParams, end_id: int | None, rows: Sequence[Row] = ()
+) -> dict[str, np.ndarray]:
+    """The optional per-row inputs for `params` (callers drop those the model does not declare);
+    `rows` with seeds of their own: random_seed row by row (FT takes one per row, as it does for
+    the rows of requests Triton batched together: BaseSamplingLayer.cc in NVIDIA/FasterTransformer)."""
+    seed = params.seed if isinstance(params.seed, int) else None
     values: dict[str, float | int | None] = {
         protocol.RUNTIME_TOP_K: min(params.top_k, protocol.TOP_K_MAX),
         protocol.RUNTIME_TOP_P: params.top_p,
         protocol.TEMPERATURE: params.temperature,
         protocol.REPETITION_PENALTY: params.repetition_penalty,
-        protocol.RANDOM_SEED: params.seed,
+        protocol.RANDOM_SEED: seed,
         protocol.END_ID: end_id,
         protocol.IS_RETURN_LOG_PROBS: True if params.return_log_probs else None,
         # always sent, 0 when unused: requests Triton batches together carry the same inputs
         protocol.MIN_LENGTH: params.min_new_tokens,
     }
-    return {name: _COLUMN[name]([value] * batch) for name, value in values.items() if value is not None}
+    arrays = {name: _COLUMN[name]([value] * batch) for name, value in values.items() if value is not None}
+    if seed is None:
+        seeds = [row.seed for row in rows]
+        if len(seeds) != batch or None in seeds:
+            raise ValueError("seeds per prompt need every row's seed")
+        arrays[protocol.RANDOM_SEED] = _COLUMN[protocol.RANDOM_SEED](seeds)
+    return arrays
 
 
 def task_ids_input(task_ids: Sequence[int | None]) -> dict[str, np.ndarray]:
@@ -231,7 +243,7 @@ def ft_inputs(
         protocol.REQUEST_OUTPUT_LEN: _COLUMN[protocol.REQUEST_OUTPUT_LEN](
             [params.max_new_tokens] * len(rows)
         ),
-        **sampling_inputs(len(rows), params, end_id),
+        **sampling_inputs(len(rows), params, end_id, rows),
         **task_ids_input([row.task_id for row in rows]),
     }
     if any(row.stop_words for row in rows):
@@ -250,21 +262,22 @@ def csv_words(words: Sequence[str]) -> bytes:
 
 def ensemble_inputs(
     prompts: Sequence[str],
-    task_ids: Sequence[int | None],
+    rows: Sequence[Row],
     stops: Sequence[str],
     bad_words: Sequence[str],
     params: GenerationParams,
     declared: frozenset[str],
 ) -> dict[str, np.ndarray]:
-    """Every input tensor of one request to the text-in/text-out `ensemble` model."""
+    """Every input tensor of one request to the text-in/text-out `ensemble` model (`rows`: each
+    prompt's task id and seed; their ids are the ensemble's to find)."""
     batch = len(prompts)
     arrays = {
         protocol.TEXT_INPUT: np.array([[p.encode("utf-8")] for p in prompts], dtype=object),
         protocol.TEXT_OUTPUT_LEN: _COLUMN[protocol.REQUEST_OUTPUT_LEN]([params.max_new_tokens] * batch),
         protocol.TEXT_BAD_WORDS: np.array([[csv_words(bad_words)]] * batch, dtype=object),
         protocol.TEXT_STOP_WORDS: np.array([[csv_words(stops)]] * batch, dtype=object),
-        **sampling_inputs(batch, params, params.end_id),
-        **task_ids_input(task_ids),
+        **sampling_inputs(batch, params, params.end_id, rows),
+        **task_ids_input([row.task_id for row in rows]),
     }
     return _declared(arrays, declared)
 

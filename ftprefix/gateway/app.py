@@ -673,9 +673,12 @@ async def _merged(
     """Several prompts streamed at once, their chunks in the order they arrive."""
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
+    seeds = options.get("seed")  # one per prompt (schemas.py), or one for all
+
     async def pump(index: int, prompt: list[int]) -> None:
+        own = {**options, "seed": seeds[index]} if isinstance(seeds, list) else options
         try:
-            async for piece in client.stream(prompt, task=task, **options):
+            async for piece in client.stream(prompt, task=task, **own):
                 await queue.put((index, piece))
         except BaseException as exc:  # handed to the consumer, which re-raises it
             await queue.put((index, exc))

@@ -142,7 +142,7 @@ class _Sampling(_Strict):
             if value not in neutral:
                 raise bad_param(param, f"{param}={value!r} is not supported by this server")
 
-    def _options(self, max_tokens: int, log_probs: bool) -> dict[str, Any]:
+    def _options(self, max_tokens: int, log_probs: bool, rows: int = 1) -> dict[str, Any]:
         """The client's options (`ftprefix.client.GenerateOptions`) for this request."""
         if self.stream_options is not None and not self.stream:
             # as OpenAI and vLLM (`validate_stream_options` in vllm/entrypoints/openai/protocol.py)
@@ -171,7 +171,11 @@ class _Sampling(_Strict):
         top_k = 0 if self.top_k in (None, -1) else self.top_k
         if temperature > 0:
             # FT samples (top-p, top-k or both) at this temperature; OpenAI samples unless told 0
-            seed = self.seed if self.seed is not None else secrets.randbits(63)
+            # without a seed each prompt samples on its own, as OpenAI's do: FT gives rows of one
+            # seed the same random numbers, so two equal prompts would get the same completion
+            seed: int | list[int] = self.seed if self.seed is not None else secrets.randbits(63)
+            if self.seed is None and rows > 1:
+                seed = [secrets.randbits(63) for _ in range(rows)]
             # FT: top_k alone (top_p 1) is top-k; top_p alone is nucleus sampling; both, top-k then top-p
             top_p = 1.0 if self.top_p is None else self.top_p
             options.update(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
@@ -215,7 +219,7 @@ class CompletionRequest(_Sampling):
         if self.logprobs:
             raise bad_param("logprobs", NO_ALTERNATIVES.format(ask="logprobs=0"))
         max_tokens = default_max_tokens if self.max_tokens is None else self.max_tokens
-        return self._options(max_tokens, self.logprobs == 0)
+        return self._options(max_tokens, self.logprobs == 0, len(self.prompts()))
 
 
 class TextPart(_Strict):
