@@ -204,8 +204,12 @@ BAD_COMPLETIONS = [
     (b'{"prompt": "ok"}', _error("model: this field is required", "model", "missing_required_parameter")),
     (b"[" * 5000 + b"]" * 5000, _error("the body is not valid JSON", None, "invalid_json")),
     (
-        b'{"model": "shout", "prompt": "ok", "n": 2}',
-        _error("n=2 is not supported by this server", "n", "invalid_value"),
+        b'{"model": "shout", "prompt": "ok", "n": 129}',
+        _error("n: Input should be less than or equal to 128", "n", "invalid_value"),
+    ),
+    (
+        b'{"model": "shout", "prompt": "ok", "n": 2, "best_of": 1}',
+        _error("best_of (1) must be at least n (2)", "best_of", "invalid_value"),
     ),
     (
         b'{"model": "shout", "prompt": "ok", "max_tokens": 4, "min_tokens": 5}',
@@ -514,6 +518,50 @@ def test_equal_prompts_of_one_request_sample_each_on_its_own_unless_seeded(gatew
     assert len(set(unseeded)) == 4, unseeded  # a random model at temperature 2: any two equal is chance
     seeded = texts({**request, "prompt": [PROMPT] * 3, "seed": 5})
     assert seeded == texts({**request, "prompt": [PROMPT], "seed": 5}) * 3
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_n_gives_each_prompt_n_choices_in_openais_order(gateway, model, stream) -> None:
+    """Choice j of prompt i is choices[i * n + j], as OpenAI numbers them; greedy choices are
+    Hugging Face's greedy answer; sampled ones each sample on their own, the first of each prompt
+    as the prompt alone with the caller's seed; the prompt's tokens are counted once in usage."""
+    other = "Hello there"
+    request = {"model": BASE, "prompt": [PROMPT, other], "n": 3, "max_tokens": 5, "ignore_eos": True}
+    request.update(stream=stream, **({"stream_options": {"include_usage": True}} if stream else {}))
+
+    def choices(body: dict) -> tuple[list[str], dict]:
+        if not stream:
+            answer = _post(gateway, body).json()
+            assert [c["index"] for c in answer["choices"]] == list(range(len(answer["choices"])))
+            return [c["text"] for c in answer["choices"]], answer["usage"]
+        *chunks, last = _chunks(gateway, body)
+        texts = [""] * (len(body["prompt"]) * body.get("n", 1))
+        for chunk in chunks:
+            for choice in chunk["choices"]:
+                texts[choice["index"]] += choice["text"]
+        return texts, last["usage"]
+
+    tokenizer, want = model["tokenizer"], []
+    for text in (PROMPT, other):  # Hugging Face's greedy answer, with the end token held off (ignore_eos)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        generated, _ = model["reference"].greedy(ids, None, 5, end_id=model["end_id"], min_new_tokens=5)
+        want.append(tokenizer.decode(ids + generated)[len(tokenizer.decode(ids)) :])
+    prompt_tokens = sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in (PROMPT, other))
+    greedy, use = choices({**request, "temperature": 0})
+    assert greedy == [want[0]] * 3 + [want[1]] * 3
+    assert use == usage(prompt_tokens, 6 * 5)
+    sampled, _ = choices({**request, "temperature": 2, "seed": 9})
+    assert len(set(sampled)) == 6, sampled  # a random model at temperature 2: any two equal is chance
+    alone, _ = choices({**request, "prompt": [PROMPT, other], "n": 1, "temperature": 2, "seed": 9})
+    assert [sampled[0], sampled[3]] == alone
+
+
+def test_chat_n_gives_n_choices(gateway) -> None:
+    body = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "n": 2, "max_tokens": 4}
+    answer = _post(gateway, {**body, "temperature": 2}, "/v1/chat/completions").json()
+    assert [c["index"] for c in answer["choices"]] == [0, 1]
+    contents = [c["message"]["content"] for c in answer["choices"]]
+    assert contents[0] != contents[1], contents
 
 
 def test_an_integer_written_as_a_float_is_that_integer(gateway, model) -> None:

@@ -147,7 +147,7 @@ def test_errors_have_openais_status_and_body(stack, model) -> None:
         client.completions.create(model="nope", prompt="hi", max_tokens=2)
     assert missing.value.body["code"] == "model_not_found" and missing.value.body["param"] == "model"
     for params, param in (
-        ({"n": 2}, "n"),
+        ({"n": 129}, "n"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"temperature": 3.0}, "temperature"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),

@@ -462,7 +462,9 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         sent_ids = [p for p in prompts if not isinstance(p, str)]
         if sent_ids or body.stop_token_ids:
             await in_vocabulary(ctx, sent_ids, body.stop_token_ids or [])
-        prompt_tokens = sum(len(row) for row in ids)
+        prompt_tokens = sum(len(row) for row in ids)  # once per prompt, however many choices, as OpenAI
+        if body.choices > 1:  # a row per choice: choice j of prompt i is choices[i * n + j]
+            ids = [row for row in ids for _ in range(body.choices)]
         grant = limits.admit(policy, prompt_tokens + max_new * len(ids))
         try:
             await place_limit(ctx)
@@ -489,7 +491,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         metrics.waited(policy.tenant, waited)
         if body.stream:
             usage_in = UsageIn(body.include_usage, body.continuous_usage)
-            return stream_answer(ctx, policy, answer, ids, task, options, usage_in, grant)
+            return stream_answer(ctx, policy, answer, ids, prompt_tokens, task, options, usage_in, grant)
 
         def ended(done: list[Completion] | None) -> None:  # Triton's generation, not the request
             admission.leave(len(ids))
@@ -510,14 +512,13 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         policy: KeyPolicy,
         answer: AnswerFormat,
         ids: list[list[int]],
+        prompt: int,
         task: str | None,
         options: dict[str, Any],
         usage_in: UsageIn,
         grant: Grant,
     ) -> EventStream:
-        used = [0] * len(ids)  # each prompt's generated tokens so far
-
-        prompt = sum(map(len, ids))
+        used = [0] * len(ids)  # each row's (a prompt's choice) generated tokens so far
 
         def close(completed: bool) -> None:
             admission.leave(len(ids))
@@ -535,7 +536,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             return internal_error(exc, ctx.request_id)
 
         stream = EventStream(
-            _events(client(), answer, ids, task, options, usage_in, used),
+            _events(client(), answer, ids, prompt, task, options, usage_in, used),
             failure=failure,
             on_close=close,
             headers=grant.headers,
@@ -628,6 +629,7 @@ async def _events(
     client: AsyncClient,
     answer: AnswerFormat,
     ids: list[list[int]],
+    prompt_tokens: int,
     task: str | None,
     options: dict[str, Any],
     usage_in: UsageIn,
@@ -663,7 +665,7 @@ async def _events(
             if piece.text or reason:
                 yield answer.chunk(index, piece.text or "", reason, so_far(index))
     if usage_in.end:
-        yield answer.usage_chunk(usage(sum(len(row) for row in ids), sum(used)))
+        yield answer.usage_chunk(usage(prompt_tokens, sum(used)))
     yield DONE
 
 

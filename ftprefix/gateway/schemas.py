@@ -32,6 +32,7 @@ MAX_STOP = 4  # as OpenAI
 # float32, where smaller ones vanish or overflow
 GREEDY_BELOW = 1e-5
 MAX_SEED = 2**63
+MAX_N = 128  # choices per prompt, as OpenAI caps n
 
 
 def _integral(value: Any) -> Any:
@@ -87,7 +88,7 @@ class _Sampling(_Strict):
     model: NonEmptyText
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    n: Annotated[int, Field(ge=1), only(1), INTEGRAL] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N), INTEGRAL] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: (
@@ -116,6 +117,11 @@ class _Sampling(_Strict):
     prompt_logprobs: None = None
 
     @property
+    def choices(self) -> int:
+        """Choices per prompt (`n`): each a row of its own at Triton."""
+        return self.n or 1
+
+    @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
@@ -127,7 +133,6 @@ class _Sampling(_Strict):
 
     def _refuse(self, unsupported: Sequence[tuple[str, Any, tuple[Any, ...]]]) -> None:
         for param, value, neutral in (
-            ("n", self.n, (None, 1)),
             ("presence_penalty", self.presence_penalty, (None, 0)),
             ("frequency_penalty", self.frequency_penalty, (None, 0)),
             ("logit_bias", self.logit_bias, (None, {})),
@@ -142,7 +147,7 @@ class _Sampling(_Strict):
             if value not in neutral:
                 raise bad_param(param, f"{param}={value!r} is not supported by this server")
 
-    def _options(self, max_tokens: int, log_probs: bool, rows: int = 1) -> dict[str, Any]:
+    def _options(self, max_tokens: int, log_probs: bool, prompts: int = 1) -> dict[str, Any]:
         """The client's options (`ftprefix.client.GenerateOptions`) for this request."""
         if self.stream_options is not None and not self.stream:
             # as OpenAI and vLLM (`validate_stream_options` in vllm/entrypoints/openai/protocol.py)
@@ -171,11 +176,16 @@ class _Sampling(_Strict):
         top_k = 0 if self.top_k in (None, -1) else self.top_k
         if temperature > 0:
             # FT samples (top-p, top-k or both) at this temperature; OpenAI samples unless told 0
-            # without a seed each prompt samples on its own, as OpenAI's do: FT gives rows of one
-            # seed the same random numbers, so two equal prompts would get the same completion
+            # every row (a prompt's choice) samples on its own, as OpenAI's do: FT gives rows of one
+            # seed the same random numbers, so equal prompts, or a prompt's n choices, would agree.
+            # A seed of the caller's is the first choice's of every prompt, as if it came alone
+            # (vLLM's reading), the next choices' the seeds after it.
+            n, rows = self.choices, prompts * self.choices
             seed: int | list[int] = self.seed if self.seed is not None else secrets.randbits(63)
             if self.seed is None and rows > 1:
                 seed = [secrets.randbits(63) for _ in range(rows)]
+            elif self.seed is not None and n > 1:
+                seed = [(self.seed + j) % MAX_SEED for _ in range(prompts) for j in range(n)]
             # FT: top_k alone (top_p 1) is top-k; top_p alone is nucleus sampling; both, top-k then top-p
             top_p = 1.0 if self.top_p is None else self.top_p
             options.update(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
@@ -209,6 +219,8 @@ class CompletionRequest(_Sampling):
 
     def generate_options(self, default_max_tokens: int) -> dict[str, Any]:
         """The client options for this request, or ApiError(400) naming what cannot be served."""
+        if self.best_of is not None and self.best_of < self.choices:
+            raise bad_param("best_of", f"best_of ({self.best_of}) must be at least n ({self.choices})")
         self._refuse(
             [
                 ("best_of", self.best_of, (None, 1)),
