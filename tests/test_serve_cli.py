@@ -402,8 +402,12 @@ def test_a_proxy_in_the_environment_is_not_used_for_this_machine(converted):
 def test_serve_takes_the_settings_of_a_deployment(form, converted, tmp_path, capsys):
     """What a deployment's compose.cpu.yaml runs, `ftprefix serve CONVERTED --deployment DIR`, and
     the same without Docker, `ftprefix serve DIR`: the conversion its .env names (here relative to
-    DIR, as compose reads it, not to the working directory)."""
+    DIR, as compose reads it, not to the working directory), and with the OpenAI API, the key and
+    the base model's name its .env gives the compose files' gateway."""
+    import httpx
+
     from ftprefix.cli import main
+    from ftprefix.serving.server import free_port
 
     deploy = tmp_path / "deploy"
     hf = converted.parent.parent / "hf"
@@ -424,14 +428,23 @@ def test_serve_takes_the_settings_of_a_deployment(form, converted, tmp_path, cap
         assert err.count("\n") == 1 and "FTPREFIX_MODEL_DIR=./nowhere" in err and "not a directory" in err
         relative = os.path.relpath(converted.parent, deploy)
         assert not Path(relative).is_dir()  # from the tests' working directory it names nothing
-        env.write_text(user_env + f"FTPREFIX_MODEL_DIR={relative}\n")
-        proc, grpc_url, text = _start(deploy)
+        env.write_text(
+            user_env + f"FTPREFIX_MODEL_DIR={relative}\nFTPREFIX_API_KEY=s3cret\nFTPREFIX_BASE_MODEL=house\n"
+        )
+        port = free_port()
+        environ = {k: v for k, v in os.environ.items() if k != "FTPREFIX_API_KEY"}
+        proc, grpc_url, text = start_serve_cli(deploy, "--openai-port", str(port), env=environ)
     try:
         assert "models fastertransformer from" in text  # streaming: no text ensemble on Triton
         with grpcclient.InferenceServerClient(grpc_url) as client:
             config = client.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
         assert config["model_transaction_policy"]["decoupled"] is True
         assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 20000
+        if form == "deployment-alone":
+            models = f"http://127.0.0.1:{port}/v1/models"
+            assert httpx.get(models).status_code == 401
+            listed = httpx.get(models, headers={"Authorization": "Bearer s3cret"}).json()["data"]
+            assert "house" in [m["id"] for m in listed]
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0

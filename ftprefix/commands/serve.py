@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -125,19 +126,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokenizer) -> GatewayServer:
     """The gateway beside the Triton server, in this process; its base model is named like the
     conversion (config.ini's model_name). Built before Triton starts: a bad keys file or chat
-    template stops `serve` in one line before anything runs."""
+    template stops `serve` in one line before anything runs. Serving a deployment, the key and
+    the base model's name are its .env's where it sets them, as its compose files' gateway takes
+    them (FTPREFIX_API_KEY from the environment first, as compose's interpolation does)."""
     from ftprefix import layout
     from ftprefix.gateway.app import GatewaySettings
+    from ftprefix.gateway.auth import ENV_KEY
     from ftprefix.gateway.run import log_to_stderr, make_server
 
     log_to_stderr("ftprefix serve")
+    env = args.deployment_env
+    keys = gateway_keys(args.api_key)
+    if not os.environ.get(ENV_KEY) and env.get(ENV_KEY):
+        keys = (*keys, env[ENV_KEY])
     settings = GatewaySettings(
         triton_url=server.grpc_url,
         triton_http_url=server.http_url,
         tokenizer_dir=args.tokenizer,
-        base_model=layout.read_config(server.ft_dir).model_name,
+        base_model=env.get("FTPREFIX_BASE_MODEL") or layout.read_config(server.ft_dir).model_name,
         newline_token=args.newline_token,
-        api_keys=gateway_keys(args.api_key),
+        api_keys=keys,
         api_keys_file=args.api_keys,
         chat_template=args.chat_template,
         metrics=not args.no_metrics,
@@ -210,6 +218,7 @@ def _apply_deployment(args: argparse.Namespace) -> None:
             f"{given[0]} comes from --deployment {args.deployment}: leave it out, or edit the deployment"
         )
     settings = deployment.read_settings(args.deployment)
+    args.deployment_env = deployment.env_values(args.deployment)
     args.tokenizer = args.deployment / deployment.TOKENIZER_DIR if settings.tokenizer else None
     args.newline_token = settings.newline_token
     args.streaming = settings.streaming
@@ -228,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
     from ftprefix.serving.server import triton_host
     from ftprefix.text import load_tokenizer
 
+    args.deployment_env = {}
     if args.deployment is None and (args.dir / deployment.MANIFEST).is_file():
         # `ftprefix serve DEPLOYMENT`: what its compose.cpu.yaml runs, without Docker
         args.deployment = args.dir

@@ -142,15 +142,21 @@ def read_settings(directory: str | os.PathLike[str]) -> Settings:
         raise UserError(f"{path / MANIFEST} has no settings this ftprefix reads; write it again") from None
 
 
+def env_values(directory: str | os.PathLike[str]) -> dict[str, str]:
+    """The values of a deployment's `.env`, as compose reads them."""
+    env_path = Path(directory) / ENV_FILE
+    try:
+        return dotenv.parse(env_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{env_path} cannot be read ({exc}); write the deployment again") from None
+
+
 def model_dir(directory: str | os.PathLike[str]) -> Path:
     """The conversion a deployment directory serves: its `.env`'s FTPREFIX_MODEL_DIR, read as
     compose reads it (a relative path from the directory), for `ftprefix serve DIR`."""
     path = Path(directory)
     env_path = path / ENV_FILE
-    try:
-        value = dotenv.parse(env_path.read_text(encoding="utf-8")).get("FTPREFIX_MODEL_DIR", "")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{env_path} cannot be read ({exc}); write the deployment again") from None
+    value = env_values(path).get("FTPREFIX_MODEL_DIR", "")
     if not value:
         raise UserError(f"{env_path} names no FTPREFIX_MODEL_DIR: set it to the converted model directory")
     conversion = path / value  # an absolute value stays as it is
