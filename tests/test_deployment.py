@@ -412,8 +412,14 @@ def test_bad_output_directories_are_refused_and_left_as_they_were(tmp_path: Path
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("mine")
-    _refused(["triton-repo", conversion, "--out", str(theirs)], capsys, "holds files ftprefix did not write")
+    argv = ["triton-repo", conversion, "--out"]
+    _refused([*argv, str(theirs)], capsys, "holds files that are not a deployment's")
     assert _snapshot(theirs) == {"notes.txt": b"mine"}
+    converted = Path(conversion).parent
+    before = _snapshot(converted)
+    for into in (converted, Path(conversion)):  # the conversion's directory, or its <tp>-gpu
+        _refused([*argv, str(into)], capsys, "is a converted model; write its deployment to a directory")
+    assert _snapshot(converted) == before
     (tmp_path / "file").write_text("x")
     _refused(["triton-repo", conversion, "--out", str(tmp_path / "file")], capsys, "is not a directory")
     _refused(

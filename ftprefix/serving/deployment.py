@@ -175,13 +175,18 @@ def _check_out(out: Path, manifest: dict | None, force: bool) -> None:
     if manifest is None:
         others = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
         if others:
+            if (out / layout.CONFIG_FILE).is_file() or any(out.glob(f"*-gpu/{layout.CONFIG_FILE}")):
+                raise UserError(
+                    f"--out {out} is a converted model; write its deployment to a directory of its "
+                    "own (a new or empty one), e.g. --out deploy"
+                )
             older = (
                 " (an older ftprefix wrote plain model repositories: move it away)"
                 if (out / "compose.env").exists()
                 else ""
             )
             raise UserError(
-                f"--out {out} holds files ftprefix did not write ({', '.join(others[:3])}"
+                f"--out {out} holds files that are not a deployment's ({', '.join(others[:3])}"
                 f"{', ...' if len(others) > 3 else ''}){older}; choose a new or empty directory"
             )
         return
