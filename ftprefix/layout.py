@@ -56,6 +56,9 @@ REMOVED_KEY = "removed"
 
 # Files ftprefix owns in a conversion's output directory, besides the `<tp>-gpu` directories:
 LOCK_FILE = ".ftprefix.lock"  # see ftprefix.locking
+# what `ftprefix triton-repo` writes into a deployment directory (serving/deployment.py), named
+# here so that commands given one where a conversion belongs can say what it is
+DEPLOYMENT_MANIFEST = "ftprefix-deployment.json"
 # `.<tp>-gpu.tmp-XXXX` (a conversion being written) and `.<tp>-gpu.old-XXXX` (the one it replaces)
 STAGING_RE = re.compile(r"^\.(\d+)-gpu\.(tmp|old)-[A-Za-z0-9_]+$")
 FT_DIR_RE = re.compile(r"^(\d+)-gpu$")
@@ -77,6 +80,11 @@ def find_ft_dir(path: str | os.PathLike[str]) -> Path:
     candidates = sorted(d for d in p.glob("*-gpu") if (d / CONFIG_FILE).is_file()) if p.is_dir() else []
     if len(candidates) == 1:
         return candidates[0]
+    if not candidates and (p / DEPLOYMENT_MANIFEST).is_file():
+        raise UserError(
+            f"{p} is a deployment directory (ftprefix triton-repo wrote it), not a converted model: give "
+            f"the conversion it serves (FTPREFIX_MODEL_DIR in {p / '.env'})"
+        )
     if not candidates:
         raise UserError(f"{p} is not a converted model: no {CONFIG_FILE} in it or in a <tp>-gpu subdirectory")
     names = ", ".join(c.name for c in candidates)

@@ -403,6 +403,20 @@ def _refused(argv: list[str], capsys, needle: str, code: int = 2) -> None:
     assert err.count("\n") == 1 and err.startswith("ftprefix triton-repo: error:") and needle in err, err
 
 
+def test_a_deployment_given_where_a_conversion_belongs_is_named_as_one(tmp_path: Path, capsys) -> None:
+    conversion = str(example_conversion(tmp_path / "converted", tp=1))
+    deploy = tmp_path / "deploy"
+    assert main(["triton-repo", conversion, "--out", str(deploy)]) == 0
+    capsys.readouterr()
+    again = ["triton-repo", str(deploy), "--out", str(tmp_path / "again")]
+    for argv in (again, ["tasks", "list", str(deploy)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{deploy} is a deployment directory" in err
+        assert f"FTPREFIX_MODEL_DIR in {deploy / '.env'}" in err
+    assert not (tmp_path / "again").exists()
+
+
 def _snapshot(directory: Path) -> dict[str, bytes]:
     return {p.relative_to(directory).as_posix(): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
 

@@ -41,7 +41,7 @@ from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US
 from ftprefix.serving.wheel import build_wheel
 from ftprefix.text import copy_tokenizer_files, load_tokenizer
 
-MANIFEST = "ftprefix-deployment.json"
+MANIFEST = layout.DEPLOYMENT_MANIFEST
 ENV_FILE = ".env"
 REPOSITORY_DIR = "model_repository"
 TOKENIZER_DIR = "tokenizer"
