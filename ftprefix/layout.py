@@ -56,15 +56,15 @@ REMOVED_KEY = "removed"
 
 # Files ftprefix owns in a conversion's output directory, besides the `<tp>-gpu` directories:
 LOCK_FILE = ".ftprefix.lock"  # see ftprefix.locking
-# what `ftprefix triton-repo` writes into a deployment directory (serving/deployment.py), named
-# here so that commands given one where a conversion belongs can say what it is
-DEPLOYMENT_MANIFEST = "ftprefix-deployment.json"
 # `.<tp>-gpu.tmp-XXXX` (a conversion being written) and `.<tp>-gpu.old-XXXX` (the one it replaces)
 STAGING_RE = re.compile(r"^\.(\d+)-gpu\.(tmp|old)-[A-Za-z0-9_]+$")
 FT_DIR_RE = re.compile(r"^(\d+)-gpu$")
 # Files ftprefix writes inside `<tp>-gpu`: config.ini (and its temporary files), raw arrays
 FT_FILE_RE = re.compile(r"^(config\.ini|\.config\.ini\.[A-Za-z0-9_]+\.tmp|model\..+\.bin)$")
 PREFIX_FILE_RE = re.compile(r"^model\.prefix_prompt\.(.+)\.weight\.(\d+)\.bin$")
+# what `ftprefix triton-repo` writes into a deployment directory (serving/deployment.py), named
+# here so that commands given one where a conversion belongs can say what it is
+DEPLOYMENT_MANIFEST = "ftprefix-deployment.json"
 
 
 def ft_dir(out: str | os.PathLike[str], tp: int) -> Path:
