@@ -83,7 +83,8 @@ def _reader_gone() -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ftprefix.client.errors import FtprefixClientError, InferenceError
+    from ftprefix.client.errors import FtprefixClientError, InferenceError, ServerUnavailableError
+    from ftprefix.client.wrong_port import http_port_message
 
     try:
         require(*getattr(args, "extras", ()))
@@ -93,7 +94,10 @@ def _run(args: argparse.Namespace) -> int:
         return exc.exit_code
     except FtprefixClientError as exc:
         # the server failing a request is not the user's mistake (1); the rest is bad input (2)
-        print(f"ftprefix {args.command}: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if isinstance(exc, ServerUnavailableError):
+            message = http_port_message(exc.url, exc.option) or message
+        print(f"ftprefix {args.command}: error: {message}", file=sys.stderr)
         return 1 if isinstance(exc, InferenceError) else 2
     except Terminated:
         print(f"ftprefix {args.command}: terminated", file=sys.stderr)

@@ -374,6 +374,27 @@ def test_unreachable_server_names_url_and_how_to_start_one(server: EmbeddedServe
     )
 
 
+def test_a_command_pointed_at_an_http_port_says_so_and_which_port_to_give(
+    server: EmbeddedServer, capsys
+) -> None:
+    """Triton's HTTP port where its gRPC port belongs, the usual mistake: gRPC's own error names
+    neither (Triton's HTTP server closes the connection), so the command looks what answers there."""
+    from ftprefix.cli import main
+    from ftprefix.serving.server import free_port
+
+    http = server.http_url.removeprefix("http://")
+    assert main(["tasks", "list", "--url", http]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"ftprefix tasks: error: {http} answers HTTP/1.1, not gRPC: it is an HTTP port (Triton's HTTP "
+        "endpoint, 8000 by default, or the OpenAI API); pass Triton's gRPC port (8001 by default) as --url\n"
+    )
+    closed = f"127.0.0.1:{free_port()}"  # nothing there: the usual message
+    assert main(["tasks", "list", "--url", closed]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no Triton server reachable at {closed}" in err
+
+
 def test_cli_generate(server: EmbeddedServer, model: dict, reference, capsys) -> None:
     _, text, _ = reference(PROMPTS[1], "taskD")
     argv = ["generate", "--url", server.grpc_url, "--task", "taskD", "--tokenizer", str(model["hf"])]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import re
 import socket
 import threading
@@ -229,6 +230,34 @@ def test_a_gateway_started_before_triton_tries_it_every_second_and_logs_the_chan
     assert len(attempts) >= 6 and max(gaps) < 2.5, [round(gap, 2) for gap in gaps]
     assert len(probes_down) == 1 and "not ready" in probes_down[0] and str(triton_port) in probes_down[0]
     assert probes == [*probes_down, "health: the model server is ready again"]
+
+
+def test_a_gateway_given_tritons_http_port_as_url_says_so_in_its_log(stack, model, caplog) -> None:
+    """--url takes Triton's gRPC port; given its HTTP port, the gateway is never ready, and its log
+    says why once, not only that no server is reachable there."""
+    http = stack["triton"].http_url.removeprefix("http://")
+    said_it = threading.Event()  # the look at the port runs on a thread of its own, beside the probes
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "answers HTTP/1.1" in record.getMessage():
+                said_it.set()
+
+    watch = Watch()
+    logging.getLogger("ftprefix.gateway").addHandler(watch)
+    gateway, base_url = _gateway(http, model["hf"])
+    try:
+        with gateway_log(caplog):
+            assert httpx.get(base_url.removesuffix("/v1") + "/health").status_code == 503
+            assert said_it.wait(timeout=10), [r.getMessage() for r in caplog.records]
+    finally:
+        gateway.should_exit = True
+        logging.getLogger("ftprefix.gateway").removeHandler(watch)
+    said = [r.getMessage() for r in caplog.records if "answers HTTP/1.1" in r.getMessage()]
+    assert said == [
+        f"health: {http} answers HTTP/1.1, not gRPC: it is an HTTP port (Triton's HTTP endpoint, 8000 by "
+        "default, or the OpenAI API); pass Triton's gRPC port (8001 by default) as --url"
+    ]
 
 
 def test_health_is_ok_with_triton_up(stack) -> None:

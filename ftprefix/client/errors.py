@@ -52,6 +52,7 @@ class ServerUnavailableError(FtprefixClientError, ConnectionError):
         self, url: str, detail: str = "", *, status: str | None = None, option: str = "--url"
     ) -> None:
         self.url = url
+        self.option = option
         why = f" ({detail})" if detail else ""
         super().__init__(
             f"no Triton server reachable at {url}{why}; {START_HINT}, or pass the right {option}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import threading
 import uuid
 from typing import Any
 
@@ -23,6 +24,7 @@ from ftprefix.client import (
     ServerUnavailableError,
     UnknownTaskError,
 )
+from ftprefix.client.wrong_port import http_port_message
 
 log = logging.getLogger("ftprefix.gateway")
 REQUEST_ID_HEADER = "x-request-id"
@@ -143,6 +145,12 @@ def internal_error(exc: BaseException, request: str) -> ApiError:
     return ApiError(500, f"internal error (request id {request})", code="internal_error")
 
 
+def _say_if_http_port(exc: ServerUnavailableError) -> None:
+    message = http_port_message(exc.url, exc.option)
+    if message is not None:
+        log.warning("health: %s", message)
+
+
 class ReadinessLog:
     """What the health probes found, logged when it changes: a readiness probe comes every few
     seconds, and a Triton away for an hour would otherwise write the same line a thousand times."""
@@ -157,6 +165,8 @@ class ReadinessLog:
         if kind != self._failure:
             log.warning("health: the model server is not ready: %s", _detail(exc))
             self._failure = kind
+            if isinstance(exc, ServerUnavailableError):  # an HTTP port given as --url? (off the loop)
+                threading.Thread(target=_say_if_http_port, args=(exc,), daemon=True).start()
 
     def ready(self) -> None:
         if self._failure is not None:
