@@ -385,6 +385,24 @@ def _successes(url: str) -> int:
     return sum(int(s["inference_stats"]["success"].get("count", 0)) for s in stats["model_stats"])
 
 
+def _rows(url: str) -> int:
+    """Prompt rows the `fastertransformer` model finished, as Triton itself counts them."""
+    with grpcclient.InferenceServerClient(url) as raw:
+        stats = raw.get_inference_statistics("fastertransformer", as_json=True)
+    return sum(int(s.get("inference_count", 0)) for s in stats["model_stats"])
+
+
+CALM_ROWS = [PROMPT] * 3
+
+
+def _counted_before_calm(url: str, rows_before: int) -> bool:
+    """Read as the calm request's answer comes: whether Triton had counted the first request's one
+    row by then. Triton counts a request after its answer is sent, so the calm request's own three
+    rows may not be counted yet: the first request's row is, if the rows counted since are 1 or 4
+    (the calm request beside a first request still running: 0 or 3)."""
+    return (_rows(url) - rows_before) in (1, 4)
+
+
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_a_stream_whose_client_left_keeps_its_place_until_triton_finished_it(model, transport) -> None:
     """Neither FT nor the CPU twin can stop a generation it started: the place of a stream whose
@@ -399,16 +417,16 @@ def test_a_stream_whose_client_left_keeps_its_place_until_triton_finished_it(mod
             triton.grpc_url, model["hf"], model["keys"], max_in_flight=1, triton_http_url=http_url
         )
         try:
-            before = _successes(triton.grpc_url)
+            before = _rows(triton.grpc_url)
             body = {"model": BASE, "prompt": PROMPT, "max_tokens": 600, "ignore_eos": True, "stream": True}
             headers = {"Authorization": "Bearer k-flood"}
             with httpx.stream("POST", url + "/v1/completions", json=body, headers=headers, timeout=60) as s:
                 next(s.iter_lines())  # the first event: Triton is generating; then the client leaves
-            answer = _post(url, "k-calm")
+            answer = _post(url, "k-calm", prompt=CALM_ROWS)
             assert answer.status_code == 200
-            # both finished: the calm request was sent only once the abandoned one was done (with two
-            # engine instances it would otherwise have run beside it, and finished first)
-            assert _successes(triton.grpc_url) - before == 2
+            # the calm request was sent only once the abandoned one was done (with two engine
+            # instances it would otherwise have run beside it, and finished first)
+            assert _counted_before_calm(triton.grpc_url, before)
         finally:
             server.should_exit = True
 
@@ -438,7 +456,7 @@ def test_a_request_past_its_timeout_is_a_504_at_once_and_keeps_its_place_until_t
             timeout=0.5,
         )
         try:
-            before = _successes(triton.grpc_url)
+            before, rows_before = _successes(triton.grpc_url), _rows(triton.grpc_url)
             body = {"model": BASE, "prompt": PROMPT, "max_tokens": 1500, "ignore_eos": True, "stream": stream}
             headers = {"Authorization": "Bearer k-flood"}
             answer = httpx.post(url + "/v1/completions", json=body, headers=headers, timeout=60)
@@ -450,9 +468,9 @@ def test_a_request_past_its_timeout_is_a_504_at_once_and_keeps_its_place_until_t
             else:
                 assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
             assert _successes(triton.grpc_url) == before  # Triton is still generating it
-            calm = _post(url, "k-calm")
+            calm = _post(url, "k-calm", prompt=CALM_ROWS)
             assert calm.status_code == 200
-            assert _successes(triton.grpc_url) - before == 2
+            assert _counted_before_calm(triton.grpc_url, rows_before)
         finally:
             server.should_exit = True
 
