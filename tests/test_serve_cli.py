@@ -414,9 +414,10 @@ def test_serve_takes_the_settings_of_a_deployment(form, converted, tmp_path, cap
     argv = ["triton-repo", str(converted.parent), "--out", str(deploy), "--tokenizer", str(hf)]
     assert main([*argv, "--streaming", "--max-queue-delay-us", "20000"]) == 0
     capsys.readouterr()
-    assert main(["serve", str(converted.parent), "--deployment", str(deploy), "--streaming"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--streaming comes from --deployment" in err
+    for given in ([str(converted.parent), "--deployment", str(deploy)], [str(deploy)]):
+        assert main(["serve", *given, "--streaming"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--streaming comes from the deployment {deploy}" in err
     if form == "model-and-deployment":
         proc, grpc_url, text = _start(converted.parent, "--deployment", str(deploy))
     else:

@@ -215,7 +215,8 @@ def _apply_deployment(args: argparse.Namespace) -> None:
     ]
     if given:
         raise UserError(
-            f"{given[0]} comes from --deployment {args.deployment}: leave it out, or edit the deployment"
+            f"{given[0]} comes from the deployment {args.deployment}: leave it out, or write the "
+            "deployment again with it (ftprefix triton-repo)"
         )
     settings = deployment.read_settings(args.deployment)
     args.deployment_env = deployment.env_values(args.deployment)
