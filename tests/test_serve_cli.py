@@ -451,6 +451,20 @@ def test_serve_takes_the_settings_of_a_deployment(form, converted, tmp_path, cap
         assert proc.wait(timeout=60) == 0
 
 
+def test_the_openai_api_of_a_deployment_without_a_tokenizer_says_how_to_get_one(converted, tmp_path, capsys):
+    from ftprefix.cli import main
+
+    deploy = tmp_path / "deploy"
+    assert main(["triton-repo", str(converted.parent), "--out", str(deploy)]) == 0  # no --tokenizer
+    capsys.readouterr()
+    assert main(["serve", str(deploy), "--openai-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"ftprefix serve: error: --openai-port needs a tokenizer, and the deployment {deploy} has none: "
+        "write it again with --tokenizer HF_DIR (ftprefix triton-repo)\n"
+    )
+
+
 def _stubs(pid: int, model: str) -> list[int]:
     """The python backend's stub processes (one per model instance) of `model` under `pid`."""
     found = []

@@ -262,6 +262,11 @@ def run(args: argparse.Namespace) -> int:
         require("openai")
         check_port(args.openai_port, "--openai-port")
         args.cors_origin = cors_origins(args.cors_origin)  # one line now, before Triton starts
+        if args.tokenizer is None and args.deployment is not None:
+            raise UserError(
+                f"--openai-port needs a tokenizer, and the deployment {args.deployment} has none: write it "
+                "again with --tokenizer HF_DIR (ftprefix triton-repo)"
+            )
         if args.tokenizer is None:
             raise UserError("--openai-port needs --tokenizer HF_DIR: the OpenAI API takes and returns text")
     if (note := open_files_note("ftprefix serve")) is not None:  # before Triton starts
