@@ -170,6 +170,9 @@ def test_tokens_per_minute_counts_prompt_and_max_tokens_and_gives_back_what_was_
     too_big = _post(gateway, "k-tokens", model="smile", max_tokens=61)
     assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "max_tokens"
     assert "tokens_per_minute, 60" in too_big.json()["error"]["message"]
+    choices = _post(gateway, "k-tokens", model="smile", max_tokens=20, n=3)  # max_tokens for each choice
+    assert choices.status_code == 400
+    assert "fewer max_tokens or choices (n)" in choices.json()["error"]["message"]
 
 
 def test_a_keys_max_tokens_caps_every_request(gateway) -> None:

@@ -144,8 +144,9 @@ class Limits:
             if amount > bucket.limit:
                 raise ApiError(
                     400,
-                    f"this request needs {amount} tokens (prompt + max_tokens), more than this key's "
-                    f"tokens_per_minute, {bucket.limit}: ask for fewer max_tokens or send a shorter prompt",
+                    f"this request needs {amount} tokens (its prompts, and max_tokens for each prompt and "
+                    f"choice), more than this key's tokens_per_minute, {bucket.limit}: ask for fewer "
+                    "max_tokens or choices (n), or send shorter prompts",
                     param="max_tokens",
                     code="tokens_over_limit",
                 )
