@@ -295,6 +295,10 @@ def test_a_check_left_unanswered_says_what_it_asked_and_for_how_long(
             loop.run_until_complete(async_client.tasks())
             os.kill(server.pid, signal.SIGSTOP)
             try:
+                # stopped once every thread is: the kill only asks (a thread on a virtual CPU the
+                # host has not run yet answered a check after it); its parent, this process, is told
+                _, status = os.waitpid(server.pid, os.WUNTRACED)
+                assert os.WIFSTOPPED(status)
                 with pytest.raises(RequestTimeoutError) as sync_error:
                     sync_client.model_info(refresh=True)
                 with pytest.raises(RequestTimeoutError) as async_error:
