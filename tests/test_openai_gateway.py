@@ -232,6 +232,7 @@ def test_a_gateway_started_before_triton_tries_it_every_second_and_logs_the_chan
     assert probes == [*probes_down, "health: the model server is ready again"]
 
 
+@pytest.mark.parametrize("stack", [False], ids=["plain"], indirect=True)  # Triton's HTTP port, once
 def test_a_gateway_given_tritons_http_port_as_url_says_so_in_its_log(stack, model, caplog) -> None:
     """--url takes Triton's gRPC port; given its HTTP port, the gateway is never ready, and its log
     says why once, not only that no server is reachable there."""
