@@ -49,17 +49,41 @@ def _start(
     return start_serve_cli(ft_dir, *extra, env=env, graceful=graceful)
 
 
+def _python_envs() -> set[str]:
+    """The python backend's directories in /tmp (it makes one as it starts: python_backend
+    `src/pb_env.cc`, and removes it only when Triton exits by itself)."""
+    return {p.name for p in Path("/tmp").glob("python_env_*")}
+
+
+def _start_seeing_python_env(ft_dir: Path, *extra: str, **kwargs) -> tuple[subprocess.Popen, str, str, Path]:
+    """`_start`, and the directory its Triton made in /tmp: the one that appeared while it started.
+    Where another Triton started at the same time (the background runs' servers), which one is
+    this Triton's is unknown: started again, a few times."""
+    for _ in range(5):
+        before = _python_envs()
+        proc, grpc_url, text = _start(ft_dir, *extra, **kwargs)
+        made = _python_envs() - before
+        if len(made) == 1:
+            return proc, grpc_url, text, Path("/tmp") / made.pop()
+        stop_serve_cli(proc)
+    pytest.fail("another Triton started beside every start: which directory is this one's is unknown")
+
+
 def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
-    proc, grpc_url, _ = _start(converted, graceful=True)
+    proc, grpc_url, _, python_env = _start_seeing_python_env(converted, graceful=True)
     try:
         children = descendants(proc.pid)
         assert children, "tritonserver runs as a child process"
         with grpcclient.InferenceServerClient(grpc_url) as client:
             res = client.infer(protocol.FT_MODEL, ft_inputs([[4, 5, 6]], 2))
             assert res.as_numpy(protocol.SEQUENCE_LENGTH).tolist() == [[5]]
+        assert python_env.is_dir()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         assert wait_gone(children, seconds=5) == set()
+        # Triton is killed once its requests are done: the directory it would remove at its own
+        # exit is removed for it
+        assert not python_env.exists()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -98,15 +122,16 @@ def test_a_killed_serve_leaves_no_process_or_file_behind(converted, tmp_path):
     has the stubs that would not), its scratch directory and shared memory removed."""
     from ftprefix.serving import tritonserver
 
-    proc, _, _ = _start(converted, tmp=tmp_path)
+    proc, _, _, python_env = _start_seeing_python_env(converted, tmp=tmp_path)
     everything = descendants(proc.pid)
     try:
         regions = list(tritonserver.SHM_DIR.glob(f"{tritonserver.SHM_PREFIX}*_{proc.pid}_*"))
-        assert regions and list(tmp_path.iterdir())
+        assert regions and list(tmp_path.iterdir()) and python_env.is_dir()
         proc.kill()
         proc.wait()
         assert wait_gone(everything) == set()
         assert list(tmp_path.iterdir()) == [] and not any(r.exists() for r in regions)
+        assert not python_env.exists()  # the python backend's, in /tmp whatever TMPDIR says
     finally:
         proc.kill()
         proc.wait()

@@ -13,7 +13,8 @@ after that SIGTERM, its main thread waiting forever.
 
 This process is that someone: started beside Triton, in a session of its own (a terminal's Ctrl-C
 is not for it), it waits for the process that started Triton to end, gives Triton its exit timeout,
-kills Triton's process group, then removes the server's shared memory and scratch directory. While
+kills Triton's process group, then removes the server's shared memory and scratch directory (and
+the python backend's directory in /tmp, where the starter noted which it is: tritonserver.py). While
 that process lives it does nothing: it is blocked on two pidfds, and it exits as soon as Triton
 does, which `stop` waits for, killing what is left of Triton's group then too (the files are then
 `stop`'s to remove). Linux only, as the embedded server is.
@@ -30,6 +31,7 @@ import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 
 from ftprefix.serving import tritonserver
 from ftprefix.serving.tritonserver import process_alive
@@ -86,6 +88,10 @@ def reap(triton: int, owner: int, grace: float, shm_prefix: str, workdir: str | 
         return  # the files are the owner's, which may yet start another Triton beside them
     tritonserver.remove_regions(shm_prefix)
     if workdir is not None:
+        with contextlib.suppress(OSError):  # the python backend's directory, where the owner noted it
+            note = os.path.join(workdir, tritonserver.PYTHON_ENV_NOTE)
+            with open(note, encoding="utf-8") as f:
+                tritonserver.remove_python_env(Path(f.read()))
         shutil.rmtree(workdir, ignore_errors=True)
 
 

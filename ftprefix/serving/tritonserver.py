@@ -170,6 +170,40 @@ def remove_regions(prefix: str, shm_dir: Path = SHM_DIR) -> None:
             path.unlink()
 
 
+# The python backend makes a directory for the execution environments it may unpack when it starts,
+# mkdtemp("/tmp/python_env_XXXXXX") whatever TMPDIR says, and removes it when Triton unloads the
+# backend at its exit (triton-inference-server/python_backend `src/pb_env.cc`, EnvironmentManager).
+# A Triton killed, as stop() kills one once its requests are done, leaves it: an empty directory
+# in /tmp per server started. Which one a server's Triton made is known only by elimination: the
+# one directory of this name that appeared while it started.
+PYTHON_ENV_DIR = Path("/tmp")
+PYTHON_ENV_PREFIX = "python_env_"
+PYTHON_ENV_NOTE = "python-backend-env"  # in the server's scratch directory: the reaper's to remove
+
+
+def python_env_dirs(parent: Path = PYTHON_ENV_DIR) -> set[str]:
+    """The names of the python backend's environment directories in `parent` now."""
+    try:
+        with os.scandir(parent) as entries:
+            return {e.name for e in entries if e.name.startswith(PYTHON_ENV_PREFIX)}
+    except OSError:
+        return set()
+
+
+def new_python_env(before: set[str], parent: Path = PYTHON_ENV_DIR) -> Path | None:
+    """The directory a Triton started since `before` was taken made, where exactly one appeared
+    (two Tritons starting at once: neither is known, and neither is removed)."""
+    new = python_env_dirs(parent) - before
+    return parent / new.pop() if len(new) == 1 else None
+
+
+def remove_python_env(path: Path) -> None:
+    """Remove the directory, only while it is empty (as the python backend leaves it unless it
+    unpacked an environment, which ftprefix's models never ask it to)."""
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 def process_alive(pid: int) -> bool:
     """Whether process `pid` exists (another user's included)."""
     try:
