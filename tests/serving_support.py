@@ -161,6 +161,23 @@ def stop_serve_cli(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def _ft_model_stats(url: str) -> list[dict]:
+    with grpcclient.InferenceServerClient(url) as raw:
+        return raw.get_inference_statistics(protocol.FT_MODEL, as_json=True).get("model_stats", [])
+
+
+def rows_counted(url: str) -> int:
+    """Prompt rows the `fastertransformer` model finished, as Triton itself counts them (its
+    inference_count: a request of three rows counts three)."""
+    return sum(int(s.get("inference_count", 0)) for s in _ft_model_stats(url))
+
+
+def requests_counted(url: str) -> int:
+    """Requests the `fastertransformer` model answered, as Triton itself counts them (its
+    successes: a request refused with an error response counts too)."""
+    return sum(int(s["inference_stats"].get("success", {}).get("count", 0)) for s in _ft_model_stats(url))
+
+
 def statistics_counting(url: str, inferences: int) -> dict:
     """Triton's statistics of the `fastertransformer` model once they count `inferences` requests
     (or after 10 s): Triton counts a request after its answer is on its way, so statistics read as

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 import torch
-import tritonclient.grpc as grpcclient
 import trustme
 from hf_reference import HFReference
+from serving_support import rows_counted
 from transformers import AutoTokenizer
 from tritonclient.utils import InferenceServerException
 
@@ -97,19 +97,13 @@ def client(server: EmbeddedServer, model: dict):
         yield c
 
 
-def _inference_count(url: str) -> int:
-    with grpcclient.InferenceServerClient(url) as raw:
-        stats = raw.get_inference_statistics(protocol.FT_MODEL, as_json=True)
-    return sum(int(s.get("inference_count", 0)) for s in stats.get("model_stats", []))
-
-
 def _counted(replicas: list[str], before: list[int], answered: int) -> list[int]:
     """Each replica's inferences since `before`, once they add up to the `answered` requests:
     Triton counts a request after its answer is on its way, so the last one answered may not be
     counted yet when its answer is read (then [43, 0] read for 44)."""
     deadline = time.monotonic() + 10
     while True:
-        counts = [_inference_count(url) - b for url, b in zip(replicas, before, strict=True)]
+        counts = [rows_counted(url) - b for url, b in zip(replicas, before, strict=True)]
         if sum(counts) >= answered or time.monotonic() > deadline:
             return counts
         time.sleep(0.05)  # bounded poll; the counts are asserted by the caller
@@ -125,7 +119,7 @@ def test_a_target_naming_several_replicas_spreads_requests_over_all_of_them(
         replicas = (server.grpc_url, second.grpc_url)
         target = f"ipv4:{','.join(replicas)}"
         jobs = [(PROMPTS[i % len(PROMPTS)], [None, *TASKS][i % (len(TASKS) + 1)]) for i in range(8)]
-        before = [_inference_count(url) for url in replicas]
+        before = [rows_counted(url) for url in replicas]
         with Client(target, tokenizer=model["hf"]) as c:
             answers = [c.generate(p, task=t, max_new_tokens=NEW_TOKENS) for p, t in jobs]
 
@@ -250,11 +244,11 @@ def test_stop_string_ends_generation(client: Client, reference) -> None:
 
 def test_unknown_task_fails_before_any_request(client: Client, server: EmbeddedServer) -> None:
     client.tasks()  # table cached; the check below must not send an inference request
-    before = _inference_count(server.grpc_url)
+    before = rows_counted(server.grpc_url)
     with pytest.raises(UnknownTaskError, match="'taskA', 'taskB', 'taskC', 'taskD'") as info:
         client.generate_batch(PROMPTS[:2], tasks=["taskA", "nope"])
     assert info.value.task == "nope"
-    assert _inference_count(server.grpc_url) == before
+    assert rows_counted(server.grpc_url) == before
     client.generate(PROMPTS[0], task="taskA", max_new_tokens=1)
     assert _counted([server.grpc_url], [before], 1) == [1]  # the counter does count requests
 
@@ -726,7 +720,7 @@ def test_replicas_added_behind_a_dns_name_get_requests_once_the_client_looks_it_
     dns, replicas = pods
     dns.addresses = ["127.0.0.1"]  # one replica behind the name
     _, port = replicas[0].rsplit(":", 1)
-    before = [_inference_count(url) for url in replicas]
+    before = [rows_counted(url) for url in replicas]
     questions = dns.questions
     with _asking(kind, dns.target(int(port)), model, resolve_every) as ask:
         answers = [ask() for _ in range(4)]
@@ -736,7 +730,7 @@ def test_replicas_added_behind_a_dns_name_get_requests_once_the_client_looks_it_
         # robin picks only replicas already connected: ask until it has served some
         for _ in range(40):
             answers.append(ask())
-            if resolve_every is not None and _inference_count(replicas[1]) > before[1] + 2:
+            if resolve_every is not None and rows_counted(replicas[1]) > before[1] + 2:
                 break
         after = _counted(replicas, before, len(answers))
     assert all((a.token_ids, a.text) == reference(PROMPTS[0], None)[:2] for a in answers)

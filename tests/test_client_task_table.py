@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from hf_reference import HFReference
-from serving_support import ft_arrays, ft_inputs
+from serving_support import ft_arrays, ft_inputs, requests_counted
 from tritonclient.utils import InferenceServerException
 
 from ftprefix import cli, protocol
@@ -168,13 +168,6 @@ async def _responses(stream: HttpStream) -> AsyncIterator[dict[str, np.ndarray]]
         yield outputs
 
 
-def _requests_seen(url: str) -> int:
-    """Requests the model answered, refusals included (Triton counts an error response as a success)."""
-    with grpcclient.InferenceServerClient(url) as raw:
-        stats = raw.get_inference_statistics(protocol.FT_MODEL, as_json=True)["model_stats"]
-    return sum(int(s["inference_stats"].get("success", {}).get("count", 0)) for s in stats)
-
-
 def test_the_client_waits_for_a_server_that_publishes_its_new_table_late(tmp_path: Path) -> None:
     out, prefixes = _convert(tmp_path)
     want = HFReference(tmp_path / "hf", prefixes).greedy(PROMPT, "taskC", 6, end_id=0)[0]
@@ -191,11 +184,11 @@ def test_the_client_waits_for_a_server_that_publishes_its_new_table_late(tmp_pat
         assert cli.main([*compact, "--force"]) == 0  # the one id move: taskC 2 -> 1
         # the model reloads with the new ids, but the table it publishes is still the old one
         server.load_model(protocol.FT_MODEL)
-        before = _requests_seen(server.grpc_url)
+        before = requests_counted(server.grpc_url)
 
         def publish_after_the_refusal() -> None:
             deadline = time.monotonic() + 60
-            while _requests_seen(server.grpc_url) == before and time.monotonic() < deadline:
+            while requests_counted(server.grpc_url) == before and time.monotonic() < deadline:
                 time.sleep(0.05)  # poll the server's statistics for the refused request
             server.reload()  # now publish the new table
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import tritonclient.grpc as grpcclient
 from gateway_support import metric_delta, metric_samples
 from prometheus_client.parser import text_string_to_metric_families
-from serving_support import convert_toy
+from serving_support import convert_toy, requests_counted, rows_counted
 
 from ftprefix import cli
 from ftprefix.errors import UserError
@@ -381,20 +380,6 @@ def test_a_batch_in_one_request_takes_a_place_per_prompt(triton, model) -> None:
     assert finished == ["k-flood", "k-calm"]
 
 
-def _successes(url: str) -> int:
-    """Requests the `fastertransformer` model finished, as Triton itself counts them."""
-    with grpcclient.InferenceServerClient(url) as raw:
-        stats = raw.get_inference_statistics("fastertransformer", as_json=True)
-    return sum(int(s["inference_stats"]["success"].get("count", 0)) for s in stats["model_stats"])
-
-
-def _rows(url: str) -> int:
-    """Prompt rows the `fastertransformer` model finished, as Triton itself counts them."""
-    with grpcclient.InferenceServerClient(url) as raw:
-        stats = raw.get_inference_statistics("fastertransformer", as_json=True)
-    return sum(int(s.get("inference_count", 0)) for s in stats["model_stats"])
-
-
 CALM_ROWS = [PROMPT] * 3
 
 
@@ -403,7 +388,7 @@ def _counted_before_calm(url: str, rows_before: int) -> bool:
     row by then. Triton counts a request after its answer is sent, so the calm request's own three
     rows may not be counted yet: the first request's row is, if the rows counted since are 1 or 4
     (the calm request beside a first request still running: 0 or 3)."""
-    return (_rows(url) - rows_before) in (1, 4)
+    return (rows_counted(url) - rows_before) in (1, 4)
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
@@ -420,7 +405,7 @@ def test_a_stream_whose_client_left_keeps_its_place_until_triton_finished_it(mod
             triton.grpc_url, model["hf"], model["keys"], max_in_flight=1, triton_http_url=http_url
         )
         try:
-            before = _rows(triton.grpc_url)
+            before = rows_counted(triton.grpc_url)
             body = {"model": BASE, "prompt": PROMPT, "max_tokens": 600, "ignore_eos": True, "stream": True}
             headers = {"Authorization": "Bearer k-flood"}
             with httpx.stream("POST", url + "/v1/completions", json=body, headers=headers, timeout=60) as s:
@@ -459,7 +444,7 @@ def test_a_request_past_its_timeout_is_a_504_at_once_and_keeps_its_place_until_t
             timeout=0.5,
         )
         try:
-            before, rows_before = _successes(triton.grpc_url), _rows(triton.grpc_url)
+            before, rows_before = requests_counted(triton.grpc_url), rows_counted(triton.grpc_url)
             body = {"model": BASE, "prompt": PROMPT, "max_tokens": 1500, "ignore_eos": True, "stream": stream}
             headers = {"Authorization": "Bearer k-flood"}
             answer = httpx.post(url + "/v1/completions", json=body, headers=headers, timeout=60)
@@ -470,7 +455,7 @@ def test_a_request_past_its_timeout_is_a_504_at_once_and_keeps_its_place_until_t
                 assert len(events) > 3  # it streamed text before its time was up
             else:
                 assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
-            assert _successes(triton.grpc_url) == before  # Triton is still generating it
+            assert requests_counted(triton.grpc_url) == before  # Triton is still generating it
             calm = _post(url, "k-calm", prompt=CALM_ROWS)
             assert calm.status_code == 200
             assert _counted_before_calm(triton.grpc_url, rows_before)
