@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -295,13 +295,14 @@ def cors_origins(values: Sequence[str]) -> tuple[str, ...]:
 _ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(:\d{1,5})?")
 
 
-def gateway_keys(values: Sequence[str]) -> tuple[str, ...]:
-    """`--api-key` values and FTPREFIX_API_KEY."""
+def gateway_keys(values: Sequence[str], dotenv: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """`--api-key` values and FTPREFIX_API_KEY: the environment's, else a deployment's `.env`'s
+    (`dotenv`), as compose's interpolation takes it."""
     import os
 
     from ftprefix.gateway.auth import ENV_KEY
 
-    env = os.environ.get(ENV_KEY)
+    env = os.environ.get(ENV_KEY) or (dotenv or {}).get(ENV_KEY)
     return (*values, *([env] if env else []))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -131,21 +130,17 @@ def _gateway(args: argparse.Namespace, server: EmbeddedServer, tokenizer: Tokeni
     them (FTPREFIX_API_KEY from the environment first, as compose's interpolation does)."""
     from ftprefix import layout
     from ftprefix.gateway.app import GatewaySettings
-    from ftprefix.gateway.auth import ENV_KEY
     from ftprefix.gateway.run import log_to_stderr, make_server
 
     log_to_stderr("ftprefix serve")
     env = args.deployment_env
-    keys = gateway_keys(args.api_key)
-    if not os.environ.get(ENV_KEY) and env.get(ENV_KEY):
-        keys = (*keys, env[ENV_KEY])
     settings = GatewaySettings(
         triton_url=server.grpc_url,
         triton_http_url=server.http_url,
         tokenizer_dir=args.tokenizer,
         base_model=env.get("FTPREFIX_BASE_MODEL") or layout.read_config(server.ft_dir).model_name,
         newline_token=args.newline_token,
-        api_keys=keys,
+        api_keys=gateway_keys(args.api_key, env),
         api_keys_file=args.api_keys,
         chat_template=args.chat_template,
         metrics=not args.no_metrics,
@@ -220,6 +215,8 @@ def _apply_deployment(args: argparse.Namespace) -> None:
         )
     settings = deployment.read_settings(args.deployment)
     args.deployment_env = deployment.env_values(args.deployment)
+    if args.dir is None:  # `ftprefix serve DEPLOYMENT`: the conversion its .env names
+        args.dir = deployment.model_dir(args.deployment, args.deployment_env)
     args.tokenizer = args.deployment / deployment.TOKENIZER_DIR if settings.tokenizer else None
     args.newline_token = settings.newline_token
     args.streaming = settings.streaming
@@ -241,8 +238,7 @@ def run(args: argparse.Namespace) -> int:
     args.deployment_env = {}
     if args.deployment is None and (args.dir / deployment.MANIFEST).is_file():
         # `ftprefix serve DEPLOYMENT`: what its compose.cpu.yaml runs, without Docker
-        args.deployment = args.dir
-        args.dir = deployment.model_dir(args.dir)
+        args.deployment, args.dir = args.dir, None
     if args.deployment is not None:
         _apply_deployment(args)
     args.host = triton_host(args.host)

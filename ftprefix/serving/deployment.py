@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -151,12 +152,12 @@ def env_values(directory: str | os.PathLike[str]) -> dict[str, str]:
         raise UserError(f"{env_path} cannot be read ({exc}); write the deployment again") from None
 
 
-def model_dir(directory: str | os.PathLike[str]) -> Path:
-    """The conversion a deployment directory serves: its `.env`'s FTPREFIX_MODEL_DIR, read as
-    compose reads it (a relative path from the directory), for `ftprefix serve DIR`."""
+def model_dir(directory: str | os.PathLike[str], env: Mapping[str, str]) -> Path:
+    """The conversion a deployment directory serves: FTPREFIX_MODEL_DIR of its `.env` (`env`,
+    its values), read as compose reads it (a relative path from the directory)."""
     path = Path(directory)
     env_path = path / ENV_FILE
-    value = env_values(path).get("FTPREFIX_MODEL_DIR", "")
+    value = env.get("FTPREFIX_MODEL_DIR", "")
     if not value:
         raise UserError(f"{env_path} names no FTPREFIX_MODEL_DIR: set it to the converted model directory")
     conversion = path / value  # an absolute value stays as it is
