@@ -181,10 +181,12 @@ class _Sampling(_Strict):
             # A seed of the caller's is the first choice's of every prompt, as if it came alone
             # (vLLM's reading), the next choices' the seeds after it.
             n, rows = self.choices, prompts * self.choices
-            seed: int | list[int] = self.seed if self.seed is not None else secrets.randbits(63)
-            if self.seed is None and rows > 1:
-                seed = [secrets.randbits(63) for _ in range(rows)]
-            elif self.seed is not None and n > 1:
+            seed: int | list[int]
+            if self.seed is None:
+                seed = secrets.randbits(63) if rows == 1 else [secrets.randbits(63) for _ in range(rows)]
+            elif n == 1:
+                seed = self.seed
+            else:
                 seed = [(self.seed + j) % MAX_SEED for _ in range(prompts) for j in range(n)]
             # FT: top_k alone (top_p 1) is top-k; top_p alone is nucleus sampling; both, top-k then top-p
             top_p = 1.0 if self.top_p is None else self.top_p

@@ -216,7 +216,6 @@ class EmbeddedServer:
         self.models: tuple[str, ...] = ()
         self._shm_prefix: str | None = None  # this server's shared-memory regions (tritonserver.py)
         # the python backend's directory in /tmp, which a killed Triton leaves (tritonserver.py)
-        self._python_envs_before: set[str] | None = None
         self._python_env: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._reaper: subprocess.Popen[bytes] | None = None  # see reaper.py
@@ -288,7 +287,7 @@ class EmbeddedServer:
             shm_prefix=self._shm_prefix,
             exit_timeout_s=self.exit_timeout_s,
         )
-        self._python_envs_before = tritonserver.python_env_dirs()
+        python_envs_before = tritonserver.python_env_dirs()
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed below)
         try:
             self._proc = subprocess.Popen(
@@ -325,14 +324,13 @@ class EmbeddedServer:
         except BaseException:
             self.stop()
             raise
-        self._note_python_env()
+        self._note_python_env(python_envs_before)
 
-    def _note_python_env(self) -> None:
-        """Find the python backend's directory Triton made while it started, for stop() (or the
-        reaper, told through the scratch directory) to remove once Triton is gone."""
-        if self._python_envs_before is None:
-            return
-        self._python_env = tritonserver.new_python_env(self._python_envs_before)
+    def _note_python_env(self, before: set[str]) -> None:
+        """Find the python backend's directory Triton made while it started (`before`: those there
+        before), for stop() (or the reaper, told through the scratch directory) to remove once
+        Triton is gone."""
+        self._python_env = tritonserver.new_python_env(before)
         if self._python_env is not None and self._own_workdir:
             with contextlib.suppress(OSError):
                 (self.workdir / tritonserver.PYTHON_ENV_NOTE).write_text(str(self._python_env))
@@ -400,7 +398,7 @@ class EmbeddedServer:
                 tritonserver.remove_regions(self._shm_prefix)
             if self._python_env is not None:  # known once Triton was ready (a failed start: not guessed)
                 tritonserver.remove_python_env(self._python_env)
-            self._python_envs_before = self._python_env = None
+            self._python_env = None
         reaper, self._reaper = self._reaper, None
         if reaper is not None:  # it ends as soon as it sees Triton's end
             try:
