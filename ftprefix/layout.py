@@ -72,12 +72,19 @@ def ft_dir(out: str | os.PathLike[str], tp: int) -> Path:
     return Path(out) / f"{tp}-gpu"
 
 
+def ft_dirs(path: str | os.PathLike[str]) -> list[Path]:
+    """The conversions `path` is or holds: itself, where it is a `<tp>-gpu` directory (its
+    config.ini), else its `<tp>-gpu` subdirectories."""
+    p = Path(path)
+    if (p / CONFIG_FILE).is_file():
+        return [p]
+    return sorted(d for d in p.glob("*-gpu") if (d / CONFIG_FILE).is_file()) if p.is_dir() else []
+
+
 def find_ft_dir(path: str | os.PathLike[str]) -> Path:
     """Accept either the `<tp>-gpu` directory itself or its parent holding exactly one such directory."""
     p = Path(path)
-    if (p / CONFIG_FILE).is_file():
-        return p
-    candidates = sorted(d for d in p.glob("*-gpu") if (d / CONFIG_FILE).is_file()) if p.is_dir() else []
+    candidates = ft_dirs(p)
     if len(candidates) == 1:
         return candidates[0]
     if not candidates and (p / DEPLOYMENT_MANIFEST).is_file():

@@ -176,7 +176,7 @@ def _check_out(out: Path, manifest: dict | None, force: bool) -> None:
     if manifest is None:
         others = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
         if others:
-            if (out / layout.CONFIG_FILE).is_file() or any(out.glob(f"*-gpu/{layout.CONFIG_FILE}")):
+            if layout.ft_dirs(out):
                 raise UserError(
                     f"--out {out} is a converted model; write its deployment to a directory of its "
                     "own (a new or empty one), e.g. --out deploy"
