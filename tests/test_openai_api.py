@@ -498,26 +498,31 @@ def test_top_k_and_repetition_penalty_reach_the_model_as_sent(gateway, triton, m
     assert answer["choices"][0]["text"] == _text(model, generated)
 
 
+def _choice_texts(gateway: str, body: dict) -> tuple[list[str], dict | None]:
+    """Each choice's whole text, by its index, and the usage, of a list of prompts answered whole
+    or streamed (the usage: where the stream asked for it)."""
+    if not body.get("stream"):
+        answer = _post(gateway, body).json()
+        assert [c["index"] for c in answer["choices"]] == list(range(len(answer["choices"])))
+        return [c["text"] for c in answer["choices"]], answer["usage"]
+    texts, use = [""] * (len(body["prompt"]) * body.get("n", 1)), None
+    for chunk in _chunks(gateway, body):
+        for choice in chunk["choices"]:
+            texts[choice["index"]] += choice["text"]
+        use = chunk.get("usage") or use
+    return texts, use
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_equal_prompts_of_one_request_sample_each_on_its_own_unless_seeded(gateway, stream) -> None:
     """OpenAI samples every prompt of a list on its own. FT gives rows that share a random_seed
     the same random numbers, so without a seed of the caller's each prompt gets its own; with one,
     every row samples as a lone request with that seed does (vLLM's reading of a seed)."""
     request = {"model": "shout", "max_tokens": 8, "temperature": 2, "ignore_eos": True, "stream": stream}
-
-    def texts(body: dict) -> list[str]:
-        if not stream:
-            return [c["text"] for c in _post(gateway, body).json()["choices"]]
-        out = [""] * len(body["prompt"])
-        for chunk in _chunks(gateway, body):
-            for choice in chunk["choices"]:
-                out[choice["index"]] += choice["text"]
-        return out
-
-    unseeded = texts({**request, "prompt": [PROMPT] * 4})
+    unseeded, _ = _choice_texts(gateway, {**request, "prompt": [PROMPT] * 4})
     assert len(set(unseeded)) == 4, unseeded  # a random model at temperature 2: any two equal is chance
-    seeded = texts({**request, "prompt": [PROMPT] * 3, "seed": 5})
-    assert seeded == texts({**request, "prompt": [PROMPT], "seed": 5}) * 3
+    seeded, _ = _choice_texts(gateway, {**request, "prompt": [PROMPT] * 3, "seed": 5})
+    assert seeded == _choice_texts(gateway, {**request, "prompt": [PROMPT], "seed": 5})[0] * 3
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -529,30 +534,18 @@ def test_n_gives_each_prompt_n_choices_in_openais_order(gateway, model, stream) 
     request = {"model": BASE, "prompt": [PROMPT, other], "n": 3, "max_tokens": 5, "ignore_eos": True}
     request.update(stream=stream, **({"stream_options": {"include_usage": True}} if stream else {}))
 
-    def choices(body: dict) -> tuple[list[str], dict]:
-        if not stream:
-            answer = _post(gateway, body).json()
-            assert [c["index"] for c in answer["choices"]] == list(range(len(answer["choices"])))
-            return [c["text"] for c in answer["choices"]], answer["usage"]
-        *chunks, last = _chunks(gateway, body)
-        texts = [""] * (len(body["prompt"]) * body.get("n", 1))
-        for chunk in chunks:
-            for choice in chunk["choices"]:
-                texts[choice["index"]] += choice["text"]
-        return texts, last["usage"]
-
     tokenizer, want = model["tokenizer"], []
     for text in (PROMPT, other):  # Hugging Face's greedy answer, with the end token held off (ignore_eos)
         ids = tokenizer.encode(text, add_special_tokens=False)
         generated, _ = model["reference"].greedy(ids, None, 5, end_id=model["end_id"], min_new_tokens=5)
         want.append(tokenizer.decode(ids + generated)[len(tokenizer.decode(ids)) :])
     prompt_tokens = sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in (PROMPT, other))
-    greedy, use = choices({**request, "temperature": 0})
+    greedy, use = _choice_texts(gateway, {**request, "temperature": 0})
     assert greedy == [want[0]] * 3 + [want[1]] * 3
     assert use == usage(prompt_tokens, 6 * 5)
-    sampled, _ = choices({**request, "temperature": 2, "seed": 9})
+    sampled, _ = _choice_texts(gateway, {**request, "temperature": 2, "seed": 9})
     assert len(set(sampled)) == 6, sampled  # a random model at temperature 2: any two equal is chance
-    alone, _ = choices({**request, "prompt": [PROMPT, other], "n": 1, "temperature": 2, "seed": 9})
+    alone, _ = _choice_texts(gateway, {**request, "n": 1, "temperature": 2, "seed": 9})
     assert [sampled[0], sampled[3]] == alone
 
 
