@@ -349,6 +349,72 @@ def test_after_tasks_add_writing_again_updates_in_place_and_keeps_env_edits(
     assert "0 file(s) changed" in capsys.readouterr().out
 
 
+def test_written_again_with_no_options_it_keeps_the_settings_it_was_written_with(
+    tmp_path: Path, capsys, schema
+) -> None:
+    """After `tasks add`, `triton-repo CONVERTED --out DIR` alone used to rewrite DIR with the
+    defaults: its text models, tokenizer and OpenAI API removed, its GPUs back to one."""
+    _model, ft_dir, _ = make_converted(tmp_path, {"alpha": 3})
+    deploy, fresh = tmp_path / "deploy", tmp_path / "fresh"
+    base = ["triton-repo", str(ft_dir.parent), "--out"]
+    options = ["--tokenizer", str(tmp_path / "hf"), "--instances", "2", "--newline-token", "<NL>"]
+    options += ["--max-queue-delay-us", "7000"]
+    assert main([*base, str(deploy), *options]) == 0
+    add_task(ft_dir, "beta", random_prefix(4, LAYERS, HIDDEN, seed=99).numpy())
+    capsys.readouterr()
+
+    assert main([*base, str(deploy)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "as it was written: --instances 2, --max-queue-delay-us 7000, --tokenizer tokenizer/ (the "
+        "deployment's), --newline-token '<NL>' (options given again change them)"
+    ) in out
+    assert "removed" not in out and "model_repository/fastertransformer/config.pbtxt" in out
+    # the same directory as one written afresh with every option given again
+    assert main([*base, str(fresh), *options]) == 0
+    assert _snapshot(deploy) == _snapshot(fresh)
+    table = parse_pbtxt((deploy / "model_repository/fastertransformer/config.pbtxt").read_text())
+    assert '"beta"' in table.parameters["prompt_learning_tasks"].string_value
+    triton = compose(deploy, schema, profiles=("openai",))["services"]["triton"]
+    assert triton["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
+    capsys.readouterr()
+
+    # an option given again changes only itself; the newline token goes with the tokenizer
+    assert main([*base, str(deploy), "--no-tokenizer"]) == 0
+    out = capsys.readouterr().out
+    assert "as it was written: --instances 2, --max-queue-delay-us 7000 (" in out
+    assert sorted(p.name for p in (deploy / "model_repository").iterdir()) == ["fastertransformer"]
+    assert not (deploy / "tokenizer").exists()
+    assert dotenv_values(deploy / ".env")["FTPREFIX_NEWLINE_TOKEN"] == ""
+    assert main([*base, str(deploy), "--target", "cpu"]) == 0  # GPU instances mean nothing on CPU
+    out = capsys.readouterr().out
+    assert "as it was written: --max-queue-delay-us 7000 (" in out and "--instances" not in out
+    assert "a running CPU server reads new tasks by itself" in out and "GPU server" not in out
+    assert main([*base, str(deploy)]) == 0
+    assert "as it was written: --target cpu, --max-queue-delay-us 7000 (" in capsys.readouterr().out
+
+
+def test_a_tokenizer_changed_inside_the_deployment_is_kept_only_with_force(tmp_path: Path, capsys) -> None:
+    _model, ft_dir, _ = make_converted(tmp_path, {"alpha": 3})
+    deploy = tmp_path / "deploy"
+    argv = ["triton-repo", str(ft_dir.parent), "--out", str(deploy)]
+    assert main([*argv, "--tokenizer", str(tmp_path / "hf")]) == 0
+    config = deploy / "tokenizer" / "tokenizer_config.json"
+    mine = {**json.loads(config.read_text()), "chat_template": "{{ messages[0]['content'] }}"}
+    config.write_text(json.dumps(mine))
+    before = _snapshot(deploy)
+    capsys.readouterr()
+    _refused(argv, capsys, f"{config} was changed since ftprefix wrote it: give --tokenizer HF_DIR again")
+    assert _snapshot(deploy) == before
+    assert main([*argv, "--force"]) == 0
+    assert json.loads(config.read_text()) == mine
+    for text_model in ("preprocessing", "postprocessing"):
+        copy = deploy / "model_repository" / text_model / "1" / "tokenizer" / "tokenizer_config.json"
+        assert json.loads(copy.read_text()) == mine
+    (deploy / "tokenizer" / "tokenizer.json").unlink()
+    _refused(argv, capsys, "is incomplete: give --tokenizer HF_DIR again, or --no-tokenizer")
+
+
 def test_a_moved_deployment_serves_the_same_conversion(
     gpu_deployment: Path, tmp_path: Path, schema, capsys
 ) -> None:

@@ -135,32 +135,42 @@ def _checkpoints_in(directory: Path) -> list[PrefixSource]:
     return found
 
 
-def add_queue_delay_option(parser: argparse.ArgumentParser) -> None:
+def add_queue_delay_option(parser: argparse.ArgumentParser, *, updates: bool = False) -> None:
+    """--max-queue-delay-us; `updates`: not given is None (a deployment written again keeps its own)."""
     from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US
 
     parser.add_argument(
         "--max-queue-delay-us",
         type=int,
-        default=DEFAULT_MAX_QUEUE_DELAY_US,
+        default=None if updates else DEFAULT_MAX_QUEUE_DELAY_US,
         metavar="US",
         help=(
             "how long Triton's dynamic batcher holds a request for others to join its batch, in "
-            f"microseconds (default {DEFAULT_MAX_QUEUE_DELAY_US}); wider keeps batches full behind the "
-            "OpenAI gateway, at the cost of that much latency for a lone request"
+            f"microseconds (default {DEFAULT_MAX_QUEUE_DELAY_US}{UPDATES_NOTE if updates else ''}); "
+            "wider keeps batches full behind the OpenAI gateway, at the cost of that much latency for "
+            "a lone request"
         ),
     )
 
 
-def add_newline_token_option(parser: argparse.ArgumentParser) -> None:
+def add_newline_token_option(parser: argparse.ArgumentParser, *, updates: bool = False) -> None:
+    """--newline-token; `updates`: not given is None, given empty is "" (off, where a deployment
+    written again would keep its own)."""
     parser.add_argument(
         "--newline-token",
         metavar="TOKEN",
-        type=lambda value: value or None,  # empty = off, so deployments can pass an unset variable
+        # empty = off, so deployments can pass an unset variable
+        type=str if updates else (lambda value: value or None),
         help=(
             "write \\n in prompts, stop and bad words as TOKEN and turn TOKEN back into \\n in answers "
             "(rinna's instruction models: --newline-token '<NL>'); default: off"
+            + (f"{UPDATES_NOTE}; '' turns it off" if updates else "")
         ),
     )
+
+
+# the defaults of the options of `triton-repo`, where it writes a deployment again
+UPDATES_NOTE = ", or as the deployment was written when --out is one"
 
 
 def check_port(value: int, flag: str) -> None:

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from ftprefix.commands.options import add_newline_token_option, add_queue_delay_option
+from ftprefix.commands.options import UPDATES_NOTE, add_newline_token_option, add_queue_delay_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,9 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "task table in the parameter 'prompt_learning_tasks'; with --tokenizer also preprocessing, "
             "postprocessing and ensemble), compose.yaml (GPU; --profile openai adds the OpenAI API), "
             "compose.cpu.yaml (the same on CPU), .env (every setting), and image/, the build context of "
-            "the images with this very ftprefix as a wheel. After `ftprefix tasks add`, run this again "
-            "with the same arguments: it updates DIR in place, keeps your .env edits, says what changed; "
-            "then load the model again on the running server."
+            "the images with this very ftprefix as a wheel. After `ftprefix tasks add`, run this again: "
+            "it updates DIR in place with the settings DIR was written with (the options you give "
+            "change them), keeps your .env edits, says what changed; then load the model again on "
+            "the running server."
         ),
     )
     p.add_argument(
@@ -32,30 +33,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="deployment directory to write or update"
     )
-    p.add_argument("--tokenizer", type=Path, metavar="HF_DIR", help="Hugging Face tokenizer directory")
-    add_newline_token_option(p)
+    tokenizer = p.add_mutually_exclusive_group()
+    tokenizer.add_argument(
+        "--tokenizer",
+        type=Path,
+        metavar="HF_DIR",
+        help=f"Hugging Face tokenizer directory (default: none{UPDATES_NOTE})",
+    )
+    tokenizer.add_argument(
+        "--no-tokenizer",
+        action="store_true",
+        help="write the deployment without the tokenizer it was written with (no text models, no OpenAI API)",
+    )
+    add_newline_token_option(p, updates=True)
     p.add_argument(
         "--target",
         choices=("gpu", "cpu"),
-        default="gpu",
         help=(
-            "gpu: FasterTransformer backend (default); cpu: `docker compose up` serves on CPU (ftprefix "
-            "serve), and the model repository is the python-backend twin running ftprefix.engine"
+            "gpu: FasterTransformer backend; cpu: `docker compose up` serves on CPU (ftprefix "
+            "serve), and the model repository is the python-backend twin running ftprefix.engine "
+            f"(default gpu{UPDATES_NOTE})"
         ),
     )
     p.add_argument(
         "--instances",
         type=int,
-        default=1,
         metavar="N",
-        help="gpu: model instances, each on tensor_para_size GPUs; compose reserves N x tp GPUs (default 1)",
+        help=(
+            "gpu: model instances, each on tensor_para_size GPUs; compose reserves N x tp GPUs "
+            f"(default 1{UPDATES_NOTE})"
+        ),
     )
     p.add_argument(
         "--streaming",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help=(
             "decoupled fastertransformer model (token streaming; the image carries FT's streaming fix); "
-            "a tokenizer then serves the OpenAI API only (Triton has no text ensemble on such a model)"
+            "a tokenizer then serves the OpenAI API only (Triton has no text ensemble on such a model) "
+            f"(default: not streaming{UPDATES_NOTE})"
         ),
     )
     p.add_argument(
@@ -63,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="rewrite a deployment another ftprefix version wrote, or files you changed in it",
     )
-    add_queue_delay_option(p)
+    add_queue_delay_option(p, updates=True)
     p.set_defaults(func=run)
 
 
@@ -81,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         target=args.target,
         tokenizer_dir=args.tokenizer,
+        no_tokenizer=args.no_tokenizer,
         streaming=args.streaming,
         instances=args.instances,
         max_queue_delay_us=args.max_queue_delay_us,
@@ -101,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
             + (f", {len(report.removed)} removed ({_summary(report.removed)})" if report.removed else "")
             + f", {report.unchanged} unchanged"
         )
+        if report.kept:
+            print(f"  as it was written: {', '.join(report.kept)} (options given again change them)")
         for key, old, new in report.env_changed:
             print(f"  .env: {key} {'(hidden)' if key in deployment.SECRET_ENV else repr(old)} -> {new!r}")
         for key, yours, ours in report.env_kept:
@@ -126,11 +144,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("  the OpenAI API (--profile openai) needs a tokenizer: run again with --tokenizer HF_DIR")
     reload = [name for name in report.written if name.endswith("config.pbtxt")]
-    if not report.created and reload:
+    if not report.created and reload and settings.target == "gpu":
         models = sorted({name.split("/")[1] for name in reload})
         order = [m for m in info.models if m in models] or models
         loads = " && ".join(f"curl -sf -X POST localhost:8000/v2/repository/models/{m}/load" for m in order)
         print(f"  a running GPU server picks the change up once the models load again: {loads}")
+    elif not report.created and reload:
+        # ftprefix serve watches the conversion's config.ini, and reads the rest when it starts
+        restart = f"{cd} && docker compose restart"
+        print(f"  a running CPU server reads new tasks by itself; for the rest: {restart}")
     if settings.streaming and settings.target == "gpu":
         print(
             "ftprefix triton-repo: note: streaming needs the image built from image/ (upstream "

@@ -21,7 +21,10 @@ an existing one is updated only if ftprefix wrote it (its manifest), by this ftp
 and only the files ftprefix wrote, each replaced atomically, the manifest last (it lists the old
 and the new digest of every file while the update runs, so a killed update is not mistaken for
 the user's edits). A file the user changed is never overwritten without --force; `.env` is
-merged key by key: a value the user changed is kept.
+merged key by key: a value the user changed is kept. Writing again takes the deployment's own
+settings for what is not asked anew (`resolve`): after `ftprefix tasks add`, `triton-repo
+CONVERTED --out DIR` alone updates DIR as it was, its tokenizer read back from DIR/tokenizer,
+rather than rewriting it with the defaults (a GPU target, no tokenizer, one instance).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar, cast
 
 from ftprefix import __version__, assets, layout
 from ftprefix.errors import UserError
@@ -57,6 +61,7 @@ CONTAINER_MODEL_ROOT = "/ftprefix/model"  # where image/start-triton.sh links th
 GPU_IMAGE = f"ftprefix-fastertransformer:{__version__}"
 CPU_IMAGE = f"ftprefix:{__version__}"
 _EXECUTABLE = ("start-triton.sh",)
+_T = TypeVar("_T")
 SECRET_ENV = frozenset({"FTPREFIX_API_KEY"})  # never printed
 _ENV_HEADER = (
     "# Settings of this deployment, read by docker compose (compose.yaml, compose.cpu.yaml).\n"
@@ -77,6 +82,44 @@ class Settings:
     tokenizer: bool  # DIR/tokenizer holds the tokenizer
 
 
+DEFAULTS = Settings(
+    target=repository.GPU,
+    tensor_para_size=1,  # the conversion's, never a choice
+    instances=1,
+    streaming=False,
+    max_queue_delay_us=DEFAULT_MAX_QUEUE_DELAY_US,
+    newline_token=None,
+    tokenizer=False,
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a write asks for; None: as the deployment being updated was written (a new one: the
+    default)."""
+
+    target: str | None = None
+    tokenizer_dir: Path | None = None
+    no_tokenizer: bool = False  # drop the tokenizer an update would keep
+    streaming: bool | None = None
+    instances: int | None = None
+    max_queue_delay_us: int | None = None
+    newline_token: str | None = None  # "" for none
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A Request with every choice made, and the options taken from the deployment, for the report."""
+
+    target: str
+    tokenizer_dir: Path | None
+    streaming: bool
+    instances: int
+    max_queue_delay_us: int
+    newline_token: str | None
+    kept: list[str]
+
+
 @dataclass
 class Report:
     """What writing the deployment did, for the command to print."""
@@ -91,6 +134,7 @@ class Report:
     env_changed: list[tuple[str, str, str]] = field(default_factory=list)  # key, old, new
     env_kept: list[tuple[str, str, str]] = field(default_factory=list)  # key, yours, ftprefix's
     env: dict[str, str] = field(default_factory=dict)  # .env as written: what compose will read
+    kept: list[str] = field(default_factory=list)  # options taken from the deployment, as flags
 
     @property
     def openai_port(self) -> str:
@@ -309,21 +353,28 @@ def write_deployment(
     converted: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    target: str = repository.GPU,
+    target: str | None = None,
     tokenizer_dir: str | os.PathLike[str] | None = None,
-    streaming: bool = False,
-    instances: int = 1,
-    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    no_tokenizer: bool = False,
+    streaming: bool | None = None,
+    instances: int | None = None,
+    max_queue_delay_us: int | None = None,
     newline_token: str | None = None,
     force: bool = False,
 ) -> Report:
-    """Write or update the deployment directory `out` for `converted` (see the module's notes)."""
+    """Write or update the deployment directory `out` for `converted` (see the module's notes). A
+    setting left None is the deployment's own when it is updated, else the default (DEFAULTS);
+    `newline_token` "" is none."""
     out = Path(out)
-    if instances != 1 and target != repository.GPU:
-        raise UserError(
-            "--instances is for the GPU server (each instance on tensor_para_size GPUs); the CPU "
-            "server sizes itself to the cores it sees when it starts (ftprefix serve --instances N)"
-        )
+    request = Request(
+        target=target,
+        tokenizer_dir=Path(tokenizer_dir) if tokenizer_dir is not None else None,
+        no_tokenizer=no_tokenizer,
+        streaming=streaming,
+        instances=instances,
+        max_queue_delay_us=max_queue_delay_us,
+        newline_token=newline_token,
+    )
     manifest = read_manifest(out) if out.is_dir() else None
     _check_out(out, manifest, force)
     anchor = out.parent
@@ -331,24 +382,124 @@ def write_deployment(
         anchor = anchor.parent
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.ftprefix-", dir=anchor))
     try:
+        choice = resolve(request, out, manifest, stage / "kept-tokenizer", force)
+        (stage / "deployment").mkdir()
         files, env, settings, info = _assemble(
             Path(converted),
-            stage,
+            stage / "deployment",
             out,
-            target=target,
-            tokenizer_dir=Path(tokenizer_dir) if tokenizer_dir is not None else None,
-            streaming=streaming,
-            instances=instances,
-            max_queue_delay_us=max_queue_delay_us,
-            newline_token=newline_token,
+            target=choice.target,
+            tokenizer_dir=choice.tokenizer_dir,
+            streaming=choice.streaming,
+            instances=choice.instances,
+            max_queue_delay_us=choice.max_queue_delay_us,
+            newline_token=choice.newline_token,
         )
-        report = Report(out, created=manifest is None, settings=settings, info=info)
+        report = Report(out, created=manifest is None, settings=settings, info=info, kept=choice.kept)
         digests = {name: _digest(data) for name, data in files.items()}
         if manifest is None:
-            return _create(out, stage, files, digests, env, settings, report)
+            return _create(out, stage / "deployment", files, digests, env, settings, report)
         return _update(out, files, digests, env, settings, manifest, force, report)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _previous(manifest: dict | None) -> dict[str, object]:
+    """The settings of the deployment being updated, each only where it has the type this version
+    writes (a manifest of another version, rewritten with --force, may differ)."""
+    settings = (manifest or {}).get("settings")
+    if not isinstance(settings, dict):
+        return {}
+    kinds: dict[str, tuple[type, ...]] = {
+        "target": (str,),
+        "instances": (int,),
+        "streaming": (bool,),
+        "max_queue_delay_us": (int,),
+        "newline_token": (str, type(None)),
+        "tokenizer": (bool,),
+    }
+    return {
+        name: value
+        for name, value in settings.items()
+        if name in kinds
+        and isinstance(value, kinds[name])
+        and not (kinds[name] == (int,) and isinstance(value, bool))
+    }
+
+
+def resolve(request: Request, out: Path, manifest: dict | None, scratch: Path, force: bool) -> Resolved:
+    """Every choice of `request` made: what it asks, else what the deployment `out` (its
+    `manifest`) was written with, else the default. A kept tokenizer is copied from `out` into
+    `scratch` (the files ftprefix wrote there, nothing the user added beside them)."""
+    if request.tokenizer_dir is not None and request.no_tokenizer:
+        raise UserError("--tokenizer and --no-tokenizer contradict each other: give one of them")
+    before = _previous(manifest)
+    kept: list[str] = []
+
+    def choose(name: str, asked: _T | None, flag: str) -> _T:
+        if asked is not None:
+            return asked
+        default = getattr(DEFAULTS, name)
+        value = before.get(name, default)
+        if value != default:
+            kept.append(flag.format(value=value))
+        return cast(_T, value)
+
+    target = choose("target", request.target, "--target {value}")
+    if target not in (repository.GPU, repository.CPU):
+        raise UserError(f"unknown target {target!r}: use {repository.GPU!r} or {repository.CPU!r}")
+    if request.instances is not None and request.instances != 1 and target != repository.GPU:
+        raise UserError(
+            "--instances is for the GPU server (each instance on tensor_para_size GPUs); the CPU "
+            "server sizes itself to the cores it sees when it starts (ftprefix serve --instances N)"
+        )
+    if request.instances is None and (target != repository.GPU or before.get("target") != repository.GPU):
+        instances = DEFAULTS.instances  # instances of a GPU deployment mean nothing to a CPU one
+    else:
+        instances = choose("instances", request.instances, "--instances {value}")
+    streaming = choose("streaming", request.streaming, "--streaming")
+    delay = choose("max_queue_delay_us", request.max_queue_delay_us, "--max-queue-delay-us {value}")
+    tokenizer_dir = request.tokenizer_dir
+    if tokenizer_dir is None and not request.no_tokenizer and before.get("tokenizer") and manifest:
+        tokenizer_dir = _kept_tokenizer(out, manifest, scratch, force)
+        kept.append(f"--tokenizer {TOKENIZER_DIR}/ (the deployment's)")
+    if request.newline_token is not None:
+        newline = request.newline_token or None
+    elif tokenizer_dir is None:  # the newline token is the tokenizer's: it goes with it
+        newline = None
+    else:
+        newline = choose("newline_token", request.newline_token, "--newline-token {value!r}")
+    return Resolved(
+        target=target,
+        tokenizer_dir=tokenizer_dir,
+        streaming=streaming,
+        instances=instances,
+        max_queue_delay_us=delay,
+        newline_token=newline,
+        kept=kept,
+    )
+
+
+def _kept_tokenizer(out: Path, manifest: dict, scratch: Path, force: bool) -> Path:
+    """The tokenizer files ftprefix wrote into out/tokenizer, copied to `scratch`."""
+    written: dict[str, str] = manifest["files"]
+    pending: dict[str, str] = manifest.get("pending") or {}
+    names = [name for name in written if name.startswith(f"{TOKENIZER_DIR}/")]
+    again = "give --tokenizer HF_DIR again, or --no-tokenizer to write it without one"
+    if not names or not all((out / name).is_file() for name in names):
+        raise UserError(
+            f"{out} was written with a tokenizer and {out / TOKENIZER_DIR} is incomplete: {again}"
+        )
+    scratch.mkdir(parents=True)
+    for name in names:
+        data = (out / name).read_bytes()
+        if _digest(data) not in (written[name], pending.get(name)) and not force:
+            raise UserError(
+                f"{out / name} was changed since ftprefix wrote it: {again} (or pass --force to write "
+                "the deployment with the tokenizer as it is now)"
+            )
+        (scratch / name.removeprefix(f"{TOKENIZER_DIR}/")).write_bytes(data)
+    return scratch
 
 
 def _create(
