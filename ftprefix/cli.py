@@ -56,7 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.register(sub)
+    _name_each_command_parser(parser)
     return parser
+
+
+def _name_each_command_parser(parser: argparse.ArgumentParser) -> None:
+    """Let every (sub)command's parser find itself in the parsed arguments, so that an argument no
+    command takes is refused with that command's usage rather than the top level's."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.set_defaults(command_parser=command)
+                _name_each_command_parser(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     wait_passively()  # before any command imports torch
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse's own words, from the parser of the command they were given to
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     with _terminated_as_interrupted():
         try:
             code = _run(args)

@@ -150,6 +150,34 @@ def test_bad_task_changes_are_refused_and_change_nothing(converted, tmp_path, ca
     assert tree_digest(converted) == before
 
 
+@pytest.mark.parametrize(
+    ("argv", "command", "unknown"),
+    [
+        (["tasks", "add", "{out}", "{ckpt}"], "tasks add", "{ckpt}"),  # a checkpoint without --prefix
+        (["tasks", "list", "{out}", "--tp", "2"], "tasks list", "--tp 2"),
+        (["convert", "--model", "{out}", "--out", "{out}", "--bogus"], "convert", "--bogus"),
+    ],
+)
+def test_an_argument_no_command_takes_is_refused_with_that_command_s_usage(
+    converted: Path, tmp_path: Path, capsys, argv: list[str], command: str, unknown: str
+) -> None:
+    """The top level's usage (`ftprefix [-h] [--version] COMMAND ...`) said nothing of what the
+    command takes."""
+    before = tree_digest(converted)
+    capsys.readouterr()
+    paths = {"out": converted, "ckpt": tmp_path / "ckpt.pt"}
+    with pytest.raises(SystemExit) as exited:
+        main([a.format(**paths) for a in argv])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: ftprefix {command} [-h]")
+    assert (
+        err.splitlines()[-1]
+        == f"ftprefix {command}: error: unrecognized arguments: {unknown.format(**paths)}"
+    )
+    assert tree_digest(converted) == before
+
+
 # -- concurrent and interrupted commands ----------------------------------------------------
 
 
