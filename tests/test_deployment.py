@@ -366,7 +366,7 @@ def test_written_again_with_no_options_it_keeps_the_settings_it_was_written_with
     assert main([*base, str(deploy)]) == 0
     out = capsys.readouterr().out
     assert (
-        "as it was written: --instances 2, --max-queue-delay-us 7000, --tokenizer tokenizer/ (the "
+        "settings as before: --instances 2, --max-queue-delay-us 7000, --tokenizer tokenizer/ (the "
         "deployment's), --newline-token '<NL>' (options given again change them)"
     ) in out
     assert "removed" not in out and "model_repository/fastertransformer/config.pbtxt" in out
@@ -382,16 +382,16 @@ def test_written_again_with_no_options_it_keeps_the_settings_it_was_written_with
     # an option given again changes only itself; the newline token goes with the tokenizer
     assert main([*base, str(deploy), "--no-tokenizer"]) == 0
     out = capsys.readouterr().out
-    assert "as it was written: --instances 2, --max-queue-delay-us 7000 (" in out
+    assert "settings as before: --instances 2, --max-queue-delay-us 7000 (" in out
     assert sorted(p.name for p in (deploy / "model_repository").iterdir()) == ["fastertransformer"]
     assert not (deploy / "tokenizer").exists()
     assert dotenv_values(deploy / ".env")["FTPREFIX_NEWLINE_TOKEN"] == ""
     assert main([*base, str(deploy), "--target", "cpu"]) == 0  # GPU instances mean nothing on CPU
     out = capsys.readouterr().out
-    assert "as it was written: --max-queue-delay-us 7000 (" in out and "--instances" not in out
+    assert "settings as before: --max-queue-delay-us 7000 (" in out and "--instances" not in out
     assert "a running CPU server reads new tasks by itself" in out and "GPU server" not in out
     assert main([*base, str(deploy)]) == 0
-    assert "as it was written: --target cpu, --max-queue-delay-us 7000 (" in capsys.readouterr().out
+    assert "settings as before: --target cpu, --max-queue-delay-us 7000 (" in capsys.readouterr().out
 
 
 def test_a_tokenizer_changed_inside_the_deployment_is_kept_only_with_force(tmp_path: Path, capsys) -> None:
@@ -590,4 +590,31 @@ def test_the_newline_token_reaches_the_text_models_and_the_gateway(
     assert (
         json.loads((tmp_path / "d" / "ftprefix-deployment.json").read_text())["settings"]["newline_token"]
         == "<NL>"
+    )
+
+
+def test_a_newline_token_edited_in_env_reaches_the_text_models_when_written_again(
+    tmp_path: Path, tokenizer: Path, schema, capsys
+) -> None:
+    """The gateway takes .env's FTPREFIX_NEWLINE_TOKEN, the text models the value written into
+    their config: an edit of .env kept on writing again left the two apart for good."""
+    conversion = str(example_conversion(tmp_path / "converted", tp=1))
+    deploy = tmp_path / "d"
+    argv = ["triton-repo", conversion, "--out", str(deploy)]
+    assert main([*argv, "--tokenizer", str(tokenizer)]) == 0
+    env_file = deploy / ".env"
+    env_file.write_text(
+        env_file.read_text().replace("FTPREFIX_NEWLINE_TOKEN=\n", "FTPREFIX_NEWLINE_TOKEN=<NL>\n")
+    )
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "--newline-token '<NL>' (your .env's)" in out and "kept your FTPREFIX_NEWLINE_TOKEN" not in out
+    for text_model in ("preprocessing", "postprocessing"):
+        config = parse_pbtxt((deploy / "model_repository" / text_model / "config.pbtxt").read_text())
+        assert config.parameters["newline_token"].string_value == "<NL>"
+    api = compose(deploy, schema, profiles=("openai",))["services"]["openai"]
+    assert "--newline-token=<NL>" in api["command"]
+    assert (
+        json.loads((deploy / "ftprefix-deployment.json").read_text())["settings"]["newline_token"] == "<NL>"
     )

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             + f", {report.unchanged} unchanged"
         )
         if report.kept:
-            print(f"  as it was written: {', '.join(report.kept)} (options given again change them)")
+            print(f"  settings as before: {', '.join(report.kept)} (options given again change them)")
         for key, old, new in report.env_changed:
             print(f"  .env: {key} {'(hidden)' if key in deployment.SECRET_ENV else repr(old)} -> {new!r}")
         for key, yours, ours in report.env_kept:

@@ -62,6 +62,7 @@ GPU_IMAGE = f"ftprefix-fastertransformer:{__version__}"
 CPU_IMAGE = f"ftprefix:{__version__}"
 _EXECUTABLE = ("start-triton.sh",)
 _T = TypeVar("_T")
+NEWLINE_ENV = "FTPREFIX_NEWLINE_TOKEN"
 SECRET_ENV = frozenset({"FTPREFIX_API_KEY"})  # never printed
 _ENV_HEADER = (
     "# Settings of this deployment, read by docker compose (compose.yaml, compose.cpu.yaml).\n"
@@ -291,7 +292,7 @@ def _assemble(
     env.update(
         FTPREFIX_IMAGE=CPU_IMAGE,
         FTPREFIX_BASE_MODEL=info.config.model_name,  # the OpenAI API's name for the base model
-        FTPREFIX_NEWLINE_TOKEN=newline_token or "",
+        **{NEWLINE_ENV: newline_token or ""},
         FTPREFIX_TRITON_ADDRESS="127.0.0.1",
         FTPREFIX_OPENAI_PORT="8080",
         FTPREFIX_API_KEY="",
@@ -463,10 +464,16 @@ def resolve(request: Request, out: Path, manifest: dict | None, scratch: Path, f
     if tokenizer_dir is None and not request.no_tokenizer and before.get("tokenizer") and manifest:
         tokenizer_dir = _kept_tokenizer(out, manifest, scratch, force)
         kept.append(f"--tokenizer {TOKENIZER_DIR}/ (the deployment's)")
+    edited = _edited_env(out, manifest).get(NEWLINE_ENV)
     if request.newline_token is not None:
         newline = request.newline_token or None
     elif tokenizer_dir is None:  # the newline token is the tokenizer's: it goes with it
         newline = None
+    elif edited is not None:
+        # the gateway reads .env's value, the text models the one baked into their config: a
+        # value edited in .env would split them, until written again, when it becomes the setting
+        newline = edited or None
+        kept.append(f"--newline-token {edited!r} (your .env's)")
     else:
         newline = choose("newline_token", request.newline_token, "--newline-token {value!r}")
     return Resolved(
@@ -478,6 +485,19 @@ def resolve(request: Request, out: Path, manifest: dict | None, scratch: Path, f
         newline_token=newline,
         kept=kept,
     )
+
+
+def _edited_env(out: Path, manifest: dict | None) -> dict[str, str]:
+    """The values of out/.env the user changed since ftprefix wrote them (its manifest's)."""
+    written = (manifest or {}).get("env")
+    path = out / ENV_FILE
+    if not isinstance(written, dict) or not path.is_file():
+        return {}
+    try:
+        now = dotenv.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); fix or remove it, then write again") from None
+    return {key: value for key, value in now.items() if key in written and value != written[key]}
 
 
 def _kept_tokenizer(out: Path, manifest: dict, scratch: Path, force: bool) -> Path:
