@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ftprefix import layout
+from ftprefix import layout, model_dirs
 from ftprefix.commands.options import add_prefix_option, add_trust_pickle_option, add_wait_option
 
 
@@ -21,9 +21,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model",
         required=True,
-        type=Path,
+        type=model_dirs.hf_dir,
         metavar="HF_DIR",
-        help="local Hugging Face GPT-NeoX directory (config.json + safetensors or pytorch_model*.bin)",
+        help=(
+            "Hugging Face GPT-NeoX directory (config.json + safetensors or pytorch_model*.bin), or "
+            "ORG/NAME of one in the Hugging Face cache (`hf download ORG/NAME`)"
+        ),
     )
     add_prefix_option(p)
     p.add_argument("--tp", type=int, default=1, choices=layout.SUPPORTED_TP, help="tensor-parallel size")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
+from ftprefix import model_dirs
 from ftprefix.commands.options import add_newline_token_option
 from ftprefix.errors import UserError
 
@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--tokenizer",
-        type=Path,
+        type=model_dirs.hf_dir,
         metavar="HF_DIR",
         help="tokenise here with the model's tokenizer (default: send text to the server's ensemble)",
     )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftprefix import model_dirs
 from ftprefix.commands.open_files import open_files_note
 from ftprefix.commands.options import (
     add_gateway_options,
@@ -49,7 +49,11 @@ def register(subparsers: Any) -> None:
         "only)",
     )
     p.add_argument(
-        "--tokenizer", type=Path, required=True, metavar="HF_DIR", help="the model's tokenizer directory"
+        "--tokenizer",
+        type=model_dirs.hf_dir,
+        required=True,
+        metavar="HF_DIR",
+        help="the model's tokenizer directory (or ORG/NAME of a model in the Hugging Face cache)",
     )
     p.add_argument(
         "--base-model",
@@ -132,7 +136,7 @@ def _serve(args: argparse.Namespace, tokenizer: Tokenizer, http_url: str | None,
         triton_url=args.url,
         triton_http_url=http_url,
         tokenizer_dir=args.tokenizer,
-        base_model=args.base_model or args.tokenizer.resolve().name,
+        base_model=args.base_model or model_dirs.model_name(args.tokenizer),
         newline_token=args.newline_token,
         api_keys=gateway_keys(args.api_key),
         api_keys_file=args.api_keys,

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ftprefix import model_dirs
 from ftprefix.commands.open_files import open_files_note
 from ftprefix.commands.options import (
     add_gateway_options,
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--tokenizer",
-        type=Path,
+        type=model_dirs.hf_dir,
         metavar="HF_DIR",
         help="Hugging Face tokenizer directory: adds preprocessing, postprocessing, ensemble (text)",
     )

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ftprefix import model_dirs
 from ftprefix.commands.options import (
     add_prefix_option,
     add_trust_pickle_option,
@@ -46,9 +47,9 @@ def register(subparsers: Any) -> None:
     add_prefix_option(add, required=True)
     add.add_argument(
         "--model",
-        type=Path,
+        type=model_dirs.hf_dir,
         metavar="HF_DIR",
-        help="the base Hugging Face model directory (needed to convert soft prompts)",
+        help="the base Hugging Face model directory, or ORG/NAME in the cache (to convert soft prompts)",
     )
     add_trust_pickle_option(add)
     add_wait_option(add)

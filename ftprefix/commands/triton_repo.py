@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 
+from ftprefix import model_dirs
 from ftprefix.commands.options import UPDATES_NOTE, add_newline_token_option, add_queue_delay_option
 
 
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tokenizer = p.add_mutually_exclusive_group()
     tokenizer.add_argument(
         "--tokenizer",
-        type=Path,
+        type=model_dirs.hf_dir,
         metavar="HF_DIR",
         help=f"Hugging Face tokenizer directory (default: none{UPDATES_NOTE})",
     )

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ftprefix import model_dirs
 from ftprefix.commands.options import add_prefix_option, add_trust_pickle_option
 from ftprefix.commands.tables import format_table
 
@@ -29,9 +30,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model",
         required=True,
-        type=Path,
+        type=model_dirs.hf_dir,
         metavar="HF_DIR",
-        help="the Hugging Face model that was converted",
+        help="the Hugging Face model that was converted (a directory, or ORG/NAME in the cache)",
     )
     add_prefix_option(
         p,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftprefix import layout, locking
+from ftprefix import layout, locking, model_dirs
 from ftprefix.converter.base_weights import plan_base, write_base
 from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.converter.hf_model import open_hf_model
@@ -87,7 +87,7 @@ def convert(
     check_output(out, tp, force=force, inputs=inputs)
     with open_hf_model(hf_dir, trust_pickle=trust_pickle) as hf:
         hf.config.check_tp(tp)
-        cfg = hf.config.to_ft(tp=tp, dtype=dtype, model_name=hf_dir.resolve().name or "gptneox")
+        cfg = hf.config.to_ft(tp=tp, dtype=dtype, model_name=model_dirs.model_name(hf_dir) or "gptneox")
         plan = plan_base(hf, cfg)
         loaded = load_prefixes(prefixes, cfg, hf_dir, trust_pickle=trust_pickle)
         warnings = hf.config.warnings()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ftprefix import layout
+from ftprefix import layout, model_dirs
 from ftprefix.errors import UserError
 
 # Hugging Face activation name -> the GELU formula it computes. FT computes the tanh form
@@ -107,7 +107,7 @@ class NeoXConfig:
 def read_hf_config(hf_dir: Path) -> NeoXConfig:
     path = hf_dir / "config.json"
     if not hf_dir.is_dir():
-        raise UserError(f"--model {hf_dir} is not a directory")
+        raise UserError(f"--model {hf_dir} is not a directory{model_dirs.download_hint(hf_dir)}")
     if not path.is_file():
         raise UserError(f"{hf_dir} is not a Hugging Face model directory: no config.json")
     try:

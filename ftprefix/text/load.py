@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ftprefix.model_dirs import cached_snapshot, download_hint, looks_like_hub_id
 from ftprefix.text.base import Tokenizer
 from ftprefix.text.files import CONFIG_FILE, JSON_FILE, TokenizerError, read_files
 from ftprefix.text.json_tokenizer import JsonTokenizer
@@ -43,9 +44,12 @@ def load_tokenizer(directory: str | os.PathLike[str], *, newline_token: str | No
     path = Path(directory)
     if path.is_file() and path.name == JSON_FILE:
         return JsonTokenizer(read_files(path.parent), path, newline_token)
+    if looks_like_hub_id(path):
+        path = cached_snapshot(str(path)) or path
     if not path.is_dir():
         raise TokenizerError(
             f"tokenizer directory {path} does not exist; pass the Hugging Face model directory"
+            + download_hint(path)
         )
     files = read_files(path)
     name = files.tokenizer_class

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ftprefix import layout, protocol
+from ftprefix import layout, model_dirs, protocol
 from ftprefix.client import Client, MalformedResponseError, wire
 from ftprefix.client.base import OpenStream
 from ftprefix.client.model_info import ModelInfo
@@ -183,7 +183,7 @@ def verify_server(
         if info.tasks.find(source.name) is None:
             hint = unknown_name_hint(source.name, info.tasks.names)
             raise UserError(f"the server at {url} serves no task {source.name!r}; {hint}")
-    cfg = read_hf_config(hf_dir).to_ft(tp=1, dtype=dtype, model_name=hf_dir.name)
+    cfg = read_hf_config(hf_dir).to_ft(tp=1, dtype=dtype, model_name=model_dirs.model_name(hf_dir))
     refs = task_references(cfg, sources, trust_pickle)
     for name, ref in refs.items():
         served = info.tasks.find(name)
