@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -491,8 +492,13 @@ def test_async_32_concurrent_requests_over_4_tasks(which: str, request, model, r
 
 
 def test_streaming_server_has_no_text_ensemble_and_says_how_to_send_text(model: dict, capsys) -> None:
-    # Triton cannot build the ensemble on a decoupled model: refused with one line, nothing started
-    assert cli.main(["serve", str(model["ft"]), "--streaming", "--tokenizer", str(model["hf"])]) == 2
+    # Triton cannot build the ensemble on a decoupled model: refused with one line, nothing started,
+    # before any port is looked at (with the default HTTP port taken, that was the line it said)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        argv = ["serve", str(model["ft"]), "--streaming", "--tokenizer", str(model["hf"])]
+        assert cli.main([*argv, "--port-http", str(taken.getsockname()[1])]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tokenize in the client" in err
 

@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     from ftprefix.errors import UserError
     from ftprefix.extras import require
     from ftprefix.serving import deployment
-    from ftprefix.serving.repository import check_tokenizer_fits
+    from ftprefix.serving.repository import check_text_ensemble, check_tokenizer_fits
     from ftprefix.serving.server import triton_host
     from ftprefix.text import load_tokenizer
 
@@ -248,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
     if args.port_metrics is not None:
         check_port(args.port_metrics, "--port-metrics")
     ensemble_tokenizer = args.tokenizer
+    if args.openai_port is None and args.deployment is None:  # else the tokenizer is the gateway's
+        check_text_ensemble(args.tokenizer is not None, args.streaming)  # before a port is taken
     if args.newline_token is not None and args.tokenizer is None:
         raise UserError("--newline-token is for text: give --tokenizer HF_DIR too")
     # one line now for a tokenizer ftprefix cannot read exactly, before Triton starts

@@ -82,6 +82,18 @@ def _write_python_model(repo: Path, name: str, template: str) -> None:
     _write(version_dir / SITE_MODULE, _template(SITE_MODULE))
 
 
+def check_text_ensemble(tokenizer: bool, streaming: bool) -> None:
+    """Refuse text models (a tokenizer) on a streaming model, where Triton has no ensemble."""
+    if tokenizer and streaming:
+        # A Triton ensemble cannot feed one step from a decoupled model and from another one, and
+        # postprocessing needs both FT's output and each row's input/output lengths to read it.
+        raise UserError(
+            "a tokenizer adds the text ensemble, which Triton cannot build on a streaming (decoupled) "
+            "model: tokenize in the client (Client(tokenizer=...), --tokenizer of ftprefix generate, or "
+            "--openai-port of ftprefix serve) and leave the tokenizer out here, or serve without streaming"
+        )
+
+
 def write_repository(
     converted: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -107,14 +119,7 @@ def write_repository(
     ft_dir = layout.find_ft_dir(converted).resolve()
     cfg = layout.read_config(ft_dir)
     tok = Path(tokenizer_dir) if tokenizer_dir is not None else None
-    if tok is not None and streaming:
-        # A Triton ensemble cannot feed one step from a decoupled model and from another one, and
-        # postprocessing needs both FT's output and each row's input/output lengths to read it.
-        raise UserError(
-            "a tokenizer adds the text ensemble, which Triton cannot build on a streaming (decoupled) "
-            "model: tokenize in the client (Client(tokenizer=...), --tokenizer of ftprefix generate, or "
-            "--openai-port of ftprefix serve) and leave the tokenizer out here, or serve without streaming"
-        )
+    check_text_ensemble(tok is not None, streaming)
     if newline_token is not None and tok is None:
         raise UserError("--newline-token is for the text models: give --tokenizer HF_DIR too")
     # one line now for a tokenizer the python models could not read exactly, not a failed model load
