@@ -119,6 +119,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ftprefix {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
+        message = path_error(exc)
+        if message is not None:
+            print(f"ftprefix {args.command}: error: {message}", file=sys.stderr)
+            return 2
         message = storage_error(exc)
         if message is None:
             raise  # not the machine's storage: a bug, with its traceback
@@ -157,6 +161,22 @@ def _terminated_as_interrupted() -> Iterator[None]:
 
 # what the machine's storage refuses: the user's to fix, in one line (staged writes leave nothing)
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+# paths no file can be at: the user's to give again, whichever option named them
+_IMPOSSIBLE_PATH = {
+    errno.ENOTDIR: "a part of it is a file, not a directory",
+    errno.ENAMETOOLONG: "a name in it is longer than the file system allows",
+    errno.ELOOP: "its symbolic links lead round in a loop",
+}
+
+
+def path_error(exc: OSError) -> str | None:
+    """The one line for an OSError that says a path given cannot be, or None for any other."""
+    if exc.errno not in _IMPOSSIBLE_PATH:
+        return None
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror}{where}: {_IMPOSSIBLE_PATH[exc.errno]}; give another path"
 
 
 def storage_error(exc: OSError) -> str | None:

@@ -244,6 +244,17 @@ def write_config(directory: str | os.PathLike[str], cfg: ModelConfig) -> Path:
     return path
 
 
+def check_creatable(path: Path, option: str) -> None:
+    """Refuse (UserError) a directory `path` that cannot be made because a file stands where one of
+    its parents should be, before anything is staged beside it."""
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if path.exists() or parent.is_dir():
+        return
+    raise UserError(f"{option} {path} cannot be created: {parent} is a file, not a directory")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace `path` with `data` all at once: a temporary file beside it, renamed into place.
     The file gets the mode any new file gets (0o666 less the umask), not a private temporary

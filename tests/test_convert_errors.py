@@ -360,6 +360,27 @@ def test_a_disk_that_refuses_the_writes_is_one_line_exit_1_nothing_left(work):
     assert not (work / "out").exists() or list((work / "out").iterdir()) == []
 
 
+def test_an_output_path_no_directory_can_be_at_is_one_line_exit_2(work, capsys):
+    """A file where a parent of --out should be, or a name longer than the file system takes:
+    the user's path to give again, in one line; they were tracebacks from mkdir."""
+    (work / "notes.txt").write_text("mine")
+    for out, says in (
+        (work / "notes.txt" / "out", f"--out {work / 'notes.txt' / 'out'} cannot be created: "),
+        (work / ("x" * 300) / "out", "File name too long ("),
+    ):
+        argv = _convert_argv(work)
+        argv[argv.index("--out") + 1] = str(out)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"ftprefix convert: error: {says}"), err
+        deploy = ["triton-repo", str(work / "model"), "--out", str(out)]
+        assert main(deploy) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"ftprefix triton-repo: error: {says}"), err
+    assert sorted(p.name for p in work.iterdir()) == ["good.pt", "model", "notes.txt"]
+    assert (work / "notes.txt").read_text() == "mine"
+
+
 def _without_permission_override() -> None:
     """In the child: file permissions hold even for root, who reads anything otherwise. The
     capabilities that let it, CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2), leave the bounding

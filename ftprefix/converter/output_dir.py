@@ -67,6 +67,7 @@ def check_output(out: Path, tp: int, *, force: bool, inputs: list[Path]) -> None
     `tp` without --force, and an output that would swallow an input."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
+    layout.check_creatable(out, "--out")
     resolved = out.resolve()
     for src in inputs:
         src_resolved = src.resolve()
