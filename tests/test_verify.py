@@ -145,6 +145,11 @@ def test_verify_rejects_an_unknown_task_in_one_line(converted, capsys) -> None:
     assert cli.main(["verify", str(ft), "--model", str(hf), "--prefix", f"nope={hf / 'config.json'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ftprefix verify: error: unknown task 'nope'") and "\n" not in err
+    # a checkpoint that is not there is named as such, not as a task named after the missing file
+    missing = hf / "missing.pt"
+    assert cli.main(["verify", str(ft), "--model", str(hf), "--prefix", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"ftprefix verify: error: task missing: checkpoint {missing} does not exist"
 
 
 def test_a_prefix_that_overflowed_is_reported_as_non_finite_logits(converted, tmp_path: Path, capsys) -> None:

@@ -58,6 +58,12 @@ class PrefixSource:
         path = Path(path)
         return cls(task_name_from_path(path) if name is None else name, path)
 
+    def check_exists(self) -> None:
+        """Refuse a checkpoint that is not there, before its task name is judged (named by its
+        path alone, a missing file's task is named after the file)."""
+        if not self.path.exists():
+            raise UserError(f"task {self.name}: checkpoint {self.path} does not exist")
+
 
 @dataclass
 class LoadedCheckpoint:
@@ -92,8 +98,7 @@ def load_checkpoint(
     it a plain tensor is taken as a prefix.
     """
     path = source.path
-    if not path.exists():
-        raise UserError(f"task {source.name}: checkpoint {path} does not exist")
+    source.check_exists()
     if path.is_dir():
         return _load_peft_dir(source, trust_pickle=trust_pickle)
     obj = _load_file(path, trust_pickle=trust_pickle)

@@ -77,7 +77,9 @@ def prompts(vocab_size: int, seed: int = 0) -> list[list[int]]:
 
 
 def unknown_tasks(cfg: layout.ModelConfig, sources: Sequence[PrefixSource]) -> None:
+    """Refuse a checkpoint that is not there, or whose task the conversion does not have."""
     for source in sources:
+        source.check_exists()
         if cfg.tasks.find(source.name) is None:
             hint = unknown_name_hint(source.name, cfg.tasks.names)
             raise UserError(f"unknown task {source.name!r} in the converted model; {hint}")

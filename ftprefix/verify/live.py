@@ -175,6 +175,8 @@ def verify_server(
     and per check done."""
     progress = Progress(say)
     hf_dir = Path(hf_dir)
+    for source in sources:  # before the server is asked anything
+        source.check_exists()
     with Client(url, timeout=timeout, connect_retries=1) as client:
         info = client.model_info()
         target = client.url, client.tls  # a URL's scheme dropped, its TLS kept
