@@ -57,6 +57,25 @@ def test_demo_refuses_a_non_empty_workdir(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        (["--tp", "8"], "argument --tp: invalid choice: 8 (choose from 1, 2, 4)"),  # the model's 4 heads
+        (["--steps", "0"], "--steps must be at least 1, got 0"),
+    ],
+)
+def test_options_the_demo_cannot_run_with_are_refused_before_it_trains(tmp_path, capsys, option, says):
+    """Both were refused, or trained nothing, only after the training they made useless."""
+    workdir = tmp_path / "demo"
+    try:
+        code = main(["demo", "--workdir", str(workdir), *option])
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code
+    assert code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(says)
+    assert not workdir.exists()
+
+
 def test_a_demo_stopped_with_sigterm_removes_its_scratch_directory(tmp_path):
     """SIGTERM (`timeout`, `kill`) ends a command as Ctrl-C does: its clean-up runs. By SIGTERM's
     default action the demo died where it stood and left its scratch directory (the models it

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftprefix.commands.tables import format_table
+from ftprefix.demo.training import DEMO_TP
 
 BASE_COLUMN = "(base model)"
 
@@ -32,7 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--workdir", type=Path, help="keep every artefact here (default: a temporary directory)")
-    p.add_argument("--tp", type=int, default=2, help="tensor-parallel size to convert for (default 2)")
+    p.add_argument(
+        "--tp",
+        type=int,
+        default=2,
+        choices=DEMO_TP,
+        help="tensor-parallel size to convert for (default 2; the demo's model has 4 attention heads)",
+    )
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16")
     p.add_argument("--steps", type=int, default=300, help="training steps for the base model and each prefix")
     p.add_argument(
@@ -133,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     from ftprefix.errors import UserError
     from ftprefix.serving.server import ServerError, check_repository_place
 
+    if args.steps < 1:  # before a minute of training, as every check here
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
         raise UserError(f"--workdir {args.workdir} is not empty; pass a new or empty directory")
     check_repository_place()  # the server of step 4, before a minute of training

@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftprefix import layout
+
+DEMO_HEADS = 4  # attention heads of the demo's model
+# the tensor-parallel sizes its heads split into (FT gives every GPU heads / tp of them)
+DEMO_TP = tuple(tp for tp in layout.SUPPORTED_TP if DEMO_HEADS % tp == 0)
+
 QUESTIONS_AND_ANSWERS: tuple[tuple[str, str], ...] = (
     ("Q: cat? A:", " the cat sat on the mat."),
     ("Q: dog? A:", " the dog sat on the log."),
@@ -89,7 +95,7 @@ def train_base(
         hf_dir,
         vocab_size=320,
         hidden_size=128,
-        num_heads=4,
+        num_heads=DEMO_HEADS,
         num_layers=2,
         scale=0.02,
         seed=seed,
