@@ -353,7 +353,8 @@ def test_written_again_with_no_options_it_keeps_the_settings_it_was_written_with
     tmp_path: Path, capsys, schema
 ) -> None:
     """After `tasks add`, `triton-repo CONVERTED --out DIR` alone used to rewrite DIR with the
-    defaults: its text models, tokenizer and OpenAI API removed, its GPUs back to one."""
+    defaults: its text models, tokenizer and OpenAI API removed, its GPUs back to one. And
+    `triton-repo --out DIR` takes the conversion DIR serves."""
     _model, ft_dir, _ = make_converted(tmp_path, {"alpha": 3})
     deploy, fresh = tmp_path / "deploy", tmp_path / "fresh"
     base = ["triton-repo", str(ft_dir.parent), "--out"]
@@ -363,7 +364,7 @@ def test_written_again_with_no_options_it_keeps_the_settings_it_was_written_with
     add_task(ft_dir, "beta", random_prefix(4, LAYERS, HIDDEN, seed=99).numpy())
     capsys.readouterr()
 
-    assert main([*base, str(deploy)]) == 0
+    assert main(["triton-repo", "--out", str(deploy)]) == 0
     out = capsys.readouterr().out
     assert (
         "settings as before: --instances 2, --max-queue-delay-us 7000, --tokenizer tokenizer/ (the "
@@ -392,6 +393,14 @@ def test_written_again_with_no_options_it_keeps_the_settings_it_was_written_with
     assert "a running CPU server reads new tasks by itself" in out and "GPU server" not in out
     assert main([*base, str(deploy)]) == 0
     assert "settings as before: --target cpu, --max-queue-delay-us 7000 (" in capsys.readouterr().out
+
+
+def test_without_a_conversion_only_a_deployment_written_before_is_updated(tmp_path: Path, capsys) -> None:
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    for out in (tmp_path / "new", tmp_path / "theirs"):
+        _refused(["triton-repo", "--out", str(out)], capsys, "give the converted model to deploy: ftprefix")
+    assert not (tmp_path / "new").exists() and _snapshot(tmp_path / "theirs") == {"notes.txt": b"mine"}
 
 
 def test_a_tokenizer_changed_inside_the_deployment_is_kept_only_with_force(tmp_path: Path, capsys) -> None:

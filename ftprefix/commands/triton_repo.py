@@ -22,14 +22,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "task table in the parameter 'prompt_learning_tasks'; with --tokenizer also preprocessing, "
             "postprocessing and ensemble), compose.yaml (GPU; --profile openai adds the OpenAI API), "
             "compose.cpu.yaml (the same on CPU), .env (every setting), and image/, the build context of "
-            "the images with this very ftprefix as a wheel. After `ftprefix tasks add`, run this again: "
-            "it updates DIR in place with the settings DIR was written with (the options you give "
-            "change them), keeps your .env edits, says what changed; then load the model again on "
-            "the running server."
+            "the images with this very ftprefix as a wheel. After `ftprefix tasks add`, run this again "
+            "(`ftprefix triton-repo --out DIR` is enough): it updates DIR in place with the settings "
+            "DIR was written with (the options you give change them), keeps your .env edits, says "
+            "what changed; then load the model again on the running server."
         ),
     )
     p.add_argument(
-        "dir", type=Path, metavar="CONVERTED", help="converted model (<tp>-gpu directory or its parent)"
+        "dir",
+        type=Path,
+        nargs="?",
+        metavar="CONVERTED",
+        help=(
+            "converted model (<tp>-gpu directory or its parent); left out, the one the deployment --out "
+            "serves (FTPREFIX_MODEL_DIR in its .env)"
+        ),
     )
     p.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="deployment directory to write or update"
@@ -90,10 +97,19 @@ def _summary(names: list[str], limit: int = 6) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ftprefix import protocol
+    from ftprefix.errors import UserError
     from ftprefix.serving import deployment
 
+    converted = args.dir
+    if converted is None:  # `triton-repo --out DIR` after `tasks add`: the conversion DIR serves
+        if not (args.out.is_dir() and deployment.read_manifest(args.out) is not None):
+            raise UserError(
+                f"give the converted model to deploy: ftprefix triton-repo CONVERTED --out {args.out} "
+                "(only a deployment already written there names its own)"
+            )
+        converted = deployment.model_dir(args.out, deployment.env_values(args.out))
     report = deployment.write_deployment(
-        args.dir,
+        converted,
         args.out,
         target=args.target,
         tokenizer_dir=args.tokenizer,
