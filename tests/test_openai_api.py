@@ -549,6 +549,52 @@ def test_n_gives_each_prompt_n_choices_in_openais_order(gateway, model, stream) 
     assert [sampled[0], sampled[3]] == alone
 
 
+def test_openai_s_chat_fields_that_ask_for_nothing_more_change_nothing(gateway) -> None:
+    """SDKs and frameworks send OpenAI's own chat fields (store, metadata, service_tier, ...) with
+    their defaults, and OpenAI takes them: they were 400s as unknown fields. Values asking for what
+    this server lacks stay 400s naming the field."""
+    client = openai.OpenAI(base_url=gateway + "/v1", api_key=KEY, max_retries=0)
+    plain = {
+        "model": BASE,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 6,
+        "temperature": 0,
+    }
+    want = client.chat.completions.create(**plain).choices[0].message.content
+    neutral = {
+        "store": False,
+        "metadata": {"team": "search"},
+        "service_tier": "default",
+        "modalities": ["text"],
+        "prompt_cache_key": "session-7",
+        "prompt_cache_retention": "in_memory",
+        "safety_identifier": "user-7",
+        "functions": [],
+        "function_call": "none",
+        "audio": None,
+        "prediction": None,
+        "reasoning_effort": None,
+        "verbosity": None,
+        "web_search_options": None,
+    }
+    assert client.chat.completions.create(**plain, **neutral).choices[0].message.content == want
+    stream = client.chat.completions.create(
+        **plain, **neutral, stream=True, stream_options={"include_usage": True, "include_obfuscation": False}
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == want
+    for asked in (
+        {"store": True},
+        {"service_tier": "flex"},
+        {"modalities": ["text", "audio"]},
+        {"functions": [{"name": "lookup", "parameters": {"type": "object"}}]},
+        {"reasoning_effort": "low"},
+        {"web_search_options": {}},
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(**plain, **asked)
+        assert refused.value.body["param"] == next(iter(asked)), refused.value.body
+
+
 def test_chat_n_gives_n_choices(gateway) -> None:
     body = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "n": 2, "max_tokens": 4}
     answer = _post(gateway, {**body, "temperature": 2}, "/v1/chat/completions").json()

@@ -65,10 +65,10 @@ NO_ALTERNATIVES = (
 )
 
 
-def only(value: Any) -> Any:
-    """A field served at one value only: the schema says so, while any other value of its type is
-    refused with a 400 that names the parameter (`_refuse`), friendlier than a schema error."""
-    return Field(json_schema_extra={"enum": [value]})
+def only(*values: Any) -> Any:
+    """A field served at these values only: the schema says so, while any other value of its type
+    is refused with a 400 that names the parameter (`_refuse`), friendlier than a schema error."""
+    return Field(json_schema_extra={"enum": list(values)})
 
 
 class _Strict(BaseModel):
@@ -80,6 +80,9 @@ class _Strict(BaseModel):
 class StreamOptions(_Strict):
     include_usage: bool | None = None
     continuous_usage_stats: bool | None = None
+    # OpenAI pads its chunks with random text against length side channels unless told false;
+    # chunks here carry no padding either way
+    include_obfuscation: bool | None = None
 
 
 class _Sampling(_Strict):
@@ -266,6 +269,26 @@ class ChatRequest(_Sampling):
     tool_choice: Annotated[str, only("none")] | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # OpenAI's chat fields that change no answer here (tags, cache hints, an end user's id), and
+    # those taken only at the value that asks for nothing this server lacks: SDKs and frameworks
+    # send them with their defaults, and OpenAI takes them
+    metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    safety_identifier: str | None = None
+    store: Annotated[bool, only(False)] | None = None
+    service_tier: (
+        Annotated[Literal["auto", "default", "flex", "scale", "priority", "fast"], only("auto", "default")]
+        | None
+    ) = None
+    modalities: Annotated[list[Literal["text", "audio"]], only(["text"])] | None = None
+    functions: Annotated[list[dict[str, Any]], Field(json_schema_extra={"maxItems": 0})] | None = None
+    function_call: Annotated[str, only("none")] | None = None
+    audio: None = None
+    prediction: None = None
+    reasoning_effort: None = None
+    verbosity: None = None
+    web_search_options: None = None
 
     def message_dicts(self) -> list[dict[str, Any]]:
         """The messages as chat templates read them: content a string (text parts joined)."""
@@ -284,6 +307,11 @@ class ChatRequest(_Sampling):
             [
                 ("tools", self.tools, (None, [])),
                 ("tool_choice", self.tool_choice, (None, "none")),
+                ("functions", self.functions, (None, [])),
+                ("function_call", self.function_call, (None, "none")),
+                ("store", self.store, (None, False)),
+                ("service_tier", self.service_tier, (None, "auto", "default")),
+                ("modalities", self.modalities, (None, ["text"])),
                 ("response_format", self.response_format and self.response_format.type, (None, "text")),
             ]
         )
