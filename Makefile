@@ -25,8 +25,13 @@ test: environments
 
 environments: $(STAMPS)/dev $(STAMPS)/triton-python-models $(STAMPS)/oldest
 
-# the development environment: ftprefix with every extra, editable, and the test tools
+# the development environment: ftprefix with every extra, editable, and the test tools; the Triton
+# server the demo and the tests start comes with nvidia-pytriton, for Linux only, so elsewhere this
+# says so in one line instead of a failed pip install
 $(STAMPS)/dev: pyproject.toml
+	@test "$$(uname -s)" = Linux || { echo "make demo and make test need Linux (nvidia-pytriton ships \
+	the Triton server they start for Linux alone), not $$(uname -s); here, pip install \
+	'ftprefix[convert,openai]' gives the converter, verify, the client and the gateway" >&2; exit 2; }
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(TORCH) -e '.[all,dev]'
 	mkdir -p $(STAMPS) && touch $@

@@ -61,7 +61,7 @@ def _installs(lines: list[str]) -> list[str]:
     """Which environments the commands install into."""
     found = []
     for line in lines:
-        if "pip install" in line:
+        if "/bin/pip install" in line:  # an environment's pip, not a message naming pip
             found.append(
                 "triton-python-models"
                 if "--target .venv/triton-python-models" in line
@@ -120,3 +120,24 @@ def test_a_changed_input_reinstalls_what_it_feeds(
     _stamp(checkout, base + 10)
     os.utime(checkout / changed, (base + 20, base + 20))
     assert _installs(_would_run(checkout, "test")) == reinstalled
+
+
+@pytest.mark.parametrize("target", ["demo", "test"])
+def test_a_machine_the_triton_server_does_not_run_on_is_told_so_before_any_install(
+    checkout: Path, tmp_path_factory: pytest.TempPathFactory, target: str
+) -> None:
+    """nvidia-pytriton ships the Triton server for Linux alone: elsewhere (macOS, say) the first
+    command failed deep in pip, after minutes of installing, with no word of why."""
+    bin_dir = tmp_path_factory.mktemp("bin")
+    (bin_dir / "uname").write_text('#!/bin/sh\ncase "$1" in -s) echo Darwin;; *) echo arm64;; esac\n')
+    (bin_dir / "uname").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(
+        ["make", "--no-print-directory", target], cwd=checkout, capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 2
+    said = done.stderr.splitlines()[0]
+    assert said.startswith("make demo and make test need Linux") and "not Darwin" in said
+    assert "pip install 'ftprefix[convert,openai]'" in said and done.stdout == ""
+    assert not (checkout / ".venv").exists()
