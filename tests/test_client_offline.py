@@ -165,6 +165,30 @@ def test_plan_rejects_unknown_task_and_bad_values() -> None:
         Plan.build([[1]], ["taskA", "taskB"], params, INFO, None)
 
 
+@pytest.mark.parametrize(
+    ("prompts", "message"),
+    [
+        # generate(["a", "b"]): a list of prompts where one belongs
+        ([["Q: cat?", "Q: dog?"]], r"got 'Q: cat\?' in a prompt \(several prompts go to generate_batch"),
+        ([["12", "13"]], "token ids are integers, got '12' in a prompt"),  # were sent as ids 12, 13
+        ("Q: cat?", "prompts is one string"),  # generate_batch("..."): each character was a prompt
+        ([1, 2, 3], r"got 1 \(a prompt's ids go in a list of their own"),
+        ([[1.0, 2]], "token ids are integers, got 1.0"),
+        ([[True, 2]], "token ids are integers, got True"),
+    ],
+)
+def test_a_prompt_that_is_neither_text_nor_token_ids_is_refused_saying_what_it_is(prompts, message) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        Plan.build(prompts, None, GenerationParams(), INFO, None)
+
+
+def test_numpy_integers_are_token_ids_and_a_word_s_ids_are_checked_as_a_prompt_s() -> None:
+    plan = Plan.build([np.array([5, 6], dtype=np.int64)], None, GenerationParams(), INFO, None)
+    assert plan.requests()[0].arrays[protocol.INPUT_IDS].tolist() == [[5, 6]]
+    with pytest.raises(InvalidRequestError, match=r"got 'x' in a stop or bad word$"):
+        Plan.build([[1, 2]], None, GenerationParams(stop=[[3, "x"]]), INFO, None)
+
+
 def test_plan_splits_base_rows_from_task_rows_and_by_batch_limit() -> None:
     prompts = [[1], [2], [3], [4], [5]]
     tasks = ["taskA", None, "taskB", "taskA", None]

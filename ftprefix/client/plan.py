@@ -6,7 +6,7 @@ Nothing here talks to the network: the clients send `Plan.requests()` and hand t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,10 +56,24 @@ def _seed_list(seed: int | Sequence[int], batch: int) -> list[int | None]:
     return list(seed)
 
 
-def _as_ids(prompt: Prompt | Sequence[int]) -> list[int] | None:
+def _as_ids(prompt: Prompt | Sequence[int], what: str = "a prompt") -> list[int] | None:
+    """A prompt's (or a stop word's: `what`) token ids, or None for text. Ids are integers
+    (Python's, numpy's): a string among them is a list of prompts given where one belongs, and
+    int("12") had read a number written as text as an id."""
     if isinstance(prompt, str):
         return None
-    ids = [int(t) for t in prompt]
+    if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, Iterable):
+        own_list = " (a prompt's ids go in a list of their own: [[1, 2]])" if isinstance(prompt, int) else ""
+        raise InvalidRequestError(f"{what} is text (str) or token ids (ints), got {prompt!r:.80}{own_list}")
+    ids = []
+    for token in prompt:
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+            several = " (several prompts go to generate_batch; generate and stream take one)"
+            raise InvalidRequestError(
+                f"token ids are integers, got {token!r:.80} in {what}"
+                + (several if isinstance(token, str) and what == "a prompt" else "")
+            )
+        ids.append(int(token))
     if any(t < 0 or t >= 2**32 for t in ids):
         raise InvalidRequestError("token ids must be non-negative 32-bit integers")
     return ids
@@ -93,6 +107,8 @@ class Plan:
         ensemble: ModelInfo | None = None,
     ) -> Plan:
         """Validate everything before a byte is sent. With `ensemble`, text goes to it as text."""
+        if isinstance(prompts, str):  # its characters would each be a prompt
+            raise InvalidRequestError("prompts is one string: give a list of prompts (one: generate)")
         prompts = list(prompts)
         if not prompts:
             raise InvalidRequestError("no prompts given")
@@ -135,7 +151,7 @@ class Plan:
             if isinstance(item, str):
                 assert tokenizer is not None  # checked above: text without a tokenizer was refused
                 return tokenizer.encode_word(item)
-            ids = _as_ids(item) or []
+            ids = _as_ids(item, "a stop or bad word") or []
             if ids and max(ids) >= 2**31:  # stop_words_list and bad_words_list are INT32
                 raise InvalidRequestError(
                     f"token id {max(ids)} in a stop or bad word does not fit FT's int32"
