@@ -65,16 +65,19 @@ def _as_ids(prompt: Prompt | Sequence[int], what: str = "a prompt") -> list[int]
     if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, Iterable):
         own_list = " (a prompt's ids go in a list of their own: [[1, 2]])" if isinstance(prompt, int) else ""
         raise InvalidRequestError(f"{what} is text (str) or token ids (ints), got {prompt!r:.80}{own_list}")
-    ids = []
-    for token in prompt:
-        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
-            several = " (several prompts go to generate_batch; generate and stream take one)"
-            raise InvalidRequestError(
-                f"token ids are integers, got {token!r:.80} in {what}"
-                + (several if isinstance(token, str) and what == "a prompt" else "")
-            )
-        ids.append(int(token))
-    if any(t < 0 or t >= 2**32 for t in ids):
+    # numpy's integer arrays whole; Python's ints at once (the gateway's lists): no call per id
+    integral = isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu"
+    ids = prompt.tolist() if integral else list(prompt)
+    if not set(map(type, ids)) <= {int}:
+        for i, token in enumerate(ids):
+            if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+                several = " (several prompts go to generate_batch; generate and stream take one)"
+                raise InvalidRequestError(
+                    f"token ids are integers, got {token!r:.80} in {what}"
+                    + (several if isinstance(token, str) and what == "a prompt" else "")
+                )
+            ids[i] = int(token)
+    if ids and (min(ids) < 0 or max(ids) >= 2**32):
         raise InvalidRequestError("token ids must be non-negative 32-bit integers")
     return ids
 
