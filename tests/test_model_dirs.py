@@ -16,8 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from convert_support import expected_base_files, hf_json, hf_state
+import torch
+from convert_support import expected_base_files, hf_json, hf_state, ignores_peft_internal_warnings
 
 from ftprefix.cli import main
 from ftprefix.demo.toy import build_model
@@ -88,3 +90,35 @@ def test_a_model_id_not_in_the_cache_is_one_line_naming_the_download(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "`hf download acme/absent`" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@ignores_peft_internal_warnings
+def test_a_peft_adapter_named_by_its_id_is_a_task_named_after_it(
+    cached: dict[str, Path], tmp_path: Path
+) -> None:
+    """PEFT adapters are published on the Hub as repositories of their own: `--prefix ORG/NAME`
+    reads one from the cache, as `--model` reads the base model, and names the task NAME."""
+    from convert_support import read_prefix_files
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    from ftprefix.hf_compat import load_gptneox
+
+    peft_model = get_peft_model(
+        load_gptneox(cached["hf"]), PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=3)
+    )
+    with torch.no_grad():
+        for parameter in peft_model.parameters():
+            if parameter.requires_grad:
+                parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(4)))
+        expected = peft_model.get_prompt_embedding_to_save("default").numpy()  # what PEFT feeds the model
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    _hub_cache(cached["cache"], "acme/shout-adapter", tmp_path / "adapter")
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = ("convert", "--model", REPO_ID, "--prefix", "acme/shout-adapter", "--dtype", "fp32", "--out", "ft")
+    run = _ftprefix(cached, work, *argv)
+    assert run.returncode == 0, run.stderr
+    got = read_prefix_files(work / "ft" / "1-gpu", "shout-adapter", hf_json(cached["hf"]), 1, "fp32", 3)
+    np.testing.assert_allclose(got.reshape(3, -1), expected, atol=1e-6)
+    missing = _ftprefix(cached, work, "tasks", "add", "ft", "--prefix", "acme/absent-adapter")
+    assert missing.returncode == 2 and "`hf download acme/absent-adapter`" in missing.stderr, missing.stderr

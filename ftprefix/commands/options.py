@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ftprefix import model_dirs
 from ftprefix.errors import UserError
 
 if TYPE_CHECKING:
@@ -16,8 +17,9 @@ if TYPE_CHECKING:
 
 PREFIX_HELP = (
     "comma-separated checkpoints, each PATH or NAME=PATH, or @FILE (one PATH or NAME=PATH per line); "
-    "repeatable. Task names default to the file name (rinna: up to '_prefix_encoder' or "
-    "'.task<N>.weight') or the adapter directory's name"
+    "repeatable; a PEFT adapter's PATH may be its Hugging Face id (ORG/NAME, from the local cache). "
+    "Task names default to the file name (rinna: up to '_prefix_encoder' or '.task<N>.weight') or "
+    "the adapter directory's name (NAME for an id)"
 )
 # what --prefix-dir takes from a directory: checkpoint files, and PEFT adapter directories
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".checkpoint", ".safetensors", ".npy", ".weight")
@@ -92,9 +94,14 @@ def _source(item: str, where: str, base: Path | None = None) -> PrefixSource:
     name, sep, path = item.partition("=")
     if sep and not path:
         raise UserError(f"{where} names no path; use name=path")
-    target = Path(path.strip() if sep else item)
+    given = path.strip() if sep else item
+    target = Path(given)
     if base is not None and not target.is_absolute():
         target = base / target
+    if not target.exists() and model_dirs.looks_like_hub_id(given):  # a PEFT adapter on the Hub
+        snapshot = model_dirs.cached_snapshot(given)
+        if snapshot is not None:  # named ORG/NAME's NAME, not by its snapshot's commit hash
+            return PrefixSource(name.strip() if sep else model_dirs.model_name(snapshot), snapshot)
     return PrefixSource.at(target, name.strip() if sep else None)
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ftprefix import model_dirs
 from ftprefix.converter.safetensors_file import SafetensorsFile
 from ftprefix.converter.torch_files import to_numpy, torch_load
 from ftprefix.errors import UserError
@@ -62,7 +63,8 @@ class PrefixSource:
         """Refuse a checkpoint that is not there, before its task name is judged (named by its
         path alone, a missing file's task is named after the file)."""
         if not self.path.exists():
-            raise UserError(f"task {self.name}: checkpoint {self.path} does not exist")
+            hint = model_dirs.download_hint(self.path)
+            raise UserError(f"task {self.name}: checkpoint {self.path} does not exist{hint}")
 
 
 @dataclass
