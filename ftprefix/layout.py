@@ -244,12 +244,17 @@ def write_config(directory: str | os.PathLike[str], cfg: ModelConfig) -> Path:
     return path
 
 
+def existing_ancestor(path: Path) -> Path:
+    """`path` where it exists, else its nearest parent that does."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_creatable(path: Path, option: str) -> None:
     """Refuse (UserError) a directory `path` that cannot be made because a file stands where one of
     its parents should be, before anything is staged beside it."""
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = existing_ancestor(path)
     if path.exists() or parent.is_dir():
         return
     raise UserError(f"{option} {path} cannot be created: {parent} is a file, not a directory")

@@ -97,19 +97,10 @@ def _summary(names: list[str], limit: int = 6) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ftprefix import protocol
-    from ftprefix.errors import UserError
     from ftprefix.serving import deployment
 
-    converted = args.dir
-    if converted is None:  # `triton-repo --out DIR` after `tasks add`: the conversion DIR serves
-        if not (args.out.is_dir() and deployment.read_manifest(args.out) is not None):
-            raise UserError(
-                f"give the converted model to deploy: ftprefix triton-repo CONVERTED --out {args.out} "
-                "(only a deployment already written there names its own)"
-            )
-        converted = deployment.model_dir(args.out, deployment.env_values(args.out))
     report = deployment.write_deployment(
-        converted,
+        args.dir,
         args.out,
         target=args.target,
         tokenizer_dir=args.tokenizer,

@@ -250,62 +250,56 @@ def _assemble(
     converted: Path,
     stage: Path,
     out: Path,
-    *,
-    target: str,
-    tokenizer_dir: Path | None,
-    streaming: bool,
-    instances: int,
-    max_queue_delay_us: int,
-    newline_token: str | None,
+    choice: Resolved,
 ) -> tuple[dict[str, bytes], dict[str, str], Settings, repository.RepositoryInfo]:
     """Every file of the deployment but .env and the manifest, the .env values, the settings."""
     ft_dir = layout.find_ft_dir(converted).resolve()
     cfg = layout.read_config(ft_dir)
     tp = cfg.tensor_para_size
-    if tokenizer_dir is not None:  # one line now if unreadable, or another model's
-        tokenizer = load_tokenizer(tokenizer_dir, newline_token=newline_token)
+    if choice.tokenizer_dir is not None:  # one line now if unreadable, or another model's
+        tokenizer = load_tokenizer(choice.tokenizer_dir, newline_token=choice.newline_token)
         repository.check_tokenizer_fits(tokenizer, cfg, ft_dir)
     # a streaming model has no text ensemble (repository.write_repository says why): then the
     # tokenizer is for the gateway alone
     info = repository.write_repository(
         ft_dir,
         stage / REPOSITORY_DIR,
-        target=target,
-        tokenizer_dir=None if streaming else tokenizer_dir,
-        streaming=streaming,
-        checkpoint_path=f"{CONTAINER_MODEL_ROOT}/{ft_dir.name}" if target == repository.GPU else None,
-        instances=instances,
-        max_queue_delay_us=max_queue_delay_us,
-        newline_token=None if streaming else newline_token,
+        target=choice.target,
+        tokenizer_dir=None if choice.streaming else choice.tokenizer_dir,
+        streaming=choice.streaming,
+        checkpoint_path=f"{CONTAINER_MODEL_ROOT}/{ft_dir.name}" if choice.target == repository.GPU else None,
+        instances=choice.instances,
+        max_queue_delay_us=choice.max_queue_delay_us,
+        newline_token=None if choice.streaming else choice.newline_token,
     )
     files = {f"{REPOSITORY_DIR}/{name}": data for name, data in _files_under(stage / REPOSITORY_DIR).items()}
-    if tokenizer_dir is not None:
-        copy_tokenizer_files(tokenizer_dir, stage / TOKENIZER_DIR)
+    if choice.tokenizer_dir is not None:
+        copy_tokenizer_files(choice.tokenizer_dir, stage / TOKENIZER_DIR)
         files.update({f"{TOKENIZER_DIR}/{n}": d for n, d in _files_under(stage / TOKENIZER_DIR).items()})
     files.update({f"{IMAGE_DIR}/{n}": d for n, d in assets.walk(IMAGE_DIR).items()})
     wheel_name, wheel = build_wheel()
     files[f"{IMAGE_DIR}/{wheel_name}"] = wheel
-    for name, source in COMPOSE_FILES[target].items():
+    for name, source in COMPOSE_FILES[choice.target].items():
         files[name] = assets.asset(source).read_bytes()
     env = {"FTPREFIX_MODEL_DIR": _model_dir_value(ft_dir, out)}
-    if target == repository.GPU:
-        env.update(FTPREFIX_GPUS=str(instances * tp), FTPREFIX_GPU_IMAGE=GPU_IMAGE)
+    if choice.target == repository.GPU:
+        env.update(FTPREFIX_GPUS=str(choice.instances * tp), FTPREFIX_GPU_IMAGE=GPU_IMAGE)
     env.update(
         FTPREFIX_IMAGE=CPU_IMAGE,
         FTPREFIX_BASE_MODEL=info.config.model_name,  # the OpenAI API's name for the base model
-        **{NEWLINE_ENV: newline_token or ""},
+        **{NEWLINE_ENV: choice.newline_token or ""},
         FTPREFIX_TRITON_ADDRESS="127.0.0.1",
         FTPREFIX_OPENAI_PORT="8080",
         FTPREFIX_API_KEY="",
     )
     settings = Settings(
-        target=target,
+        target=choice.target,
         tensor_para_size=tp,
-        instances=instances,
-        streaming=streaming,
-        max_queue_delay_us=max_queue_delay_us,
-        newline_token=newline_token,
-        tokenizer=tokenizer_dir is not None,
+        instances=choice.instances,
+        streaming=choice.streaming,
+        max_queue_delay_us=choice.max_queue_delay_us,
+        newline_token=choice.newline_token,
+        tokenizer=choice.tokenizer_dir is not None,
     )
     return files, env, settings, info
 
@@ -352,7 +346,7 @@ def _merge_env(out: Path, ours: dict[str, str], before: dict[str, str], report: 
 
 
 def write_deployment(
-    converted: str | os.PathLike[str],
+    converted: str | os.PathLike[str] | None,
     out: str | os.PathLike[str],
     *,
     target: str | None = None,
@@ -364,9 +358,9 @@ def write_deployment(
     newline_token: str | None = None,
     force: bool = False,
 ) -> Report:
-    """Write or update the deployment directory `out` for `converted` (see the module's notes). A
-    setting left None is the deployment's own when it is updated, else the default (DEFAULTS);
-    `newline_token` "" is none."""
+    """Write or update the deployment directory `out` for `converted` (see the module's notes;
+    None: the conversion the deployment already written there serves). A setting left None is the
+    deployment's own when it is updated, else the default (DEFAULTS); `newline_token` "" is none."""
     out = Path(out)
     request = Request(
         target=target,
@@ -378,25 +372,20 @@ def write_deployment(
         newline_token=newline_token,
     )
     manifest = read_manifest(out) if out.is_dir() else None
+    if converted is None:  # `triton-repo --out DIR` after `tasks add`
+        if manifest is None:
+            raise UserError(
+                f"give the converted model to deploy: ftprefix triton-repo CONVERTED --out {out} "
+                "(only a deployment already written there names its own)"
+            )
+        converted = model_dir(out, env_values(out))
     _check_out(out, manifest, force)
-    anchor = out.parent
-    while not anchor.exists():  # the stage sits on out's filesystem, so the final rename is atomic
-        anchor = anchor.parent
+    anchor = layout.existing_ancestor(out.parent)  # the stage on out's filesystem: an atomic rename
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.ftprefix-", dir=anchor))
     try:
         choice = resolve(request, out, manifest, stage / "kept-tokenizer", force)
         (stage / "deployment").mkdir()
-        files, env, settings, info = _assemble(
-            Path(converted),
-            stage / "deployment",
-            out,
-            target=choice.target,
-            tokenizer_dir=choice.tokenizer_dir,
-            streaming=choice.streaming,
-            instances=choice.instances,
-            max_queue_delay_us=choice.max_queue_delay_us,
-            newline_token=choice.newline_token,
-        )
+        files, env, settings, info = _assemble(Path(converted), stage / "deployment", out, choice)
         report = Report(out, created=manifest is None, settings=settings, info=info, kept=choice.kept)
         digests = {name: _digest(data) for name, data in files.items()}
         if manifest is None:
@@ -465,12 +454,11 @@ def resolve(request: Request, out: Path, manifest: dict | None, scratch: Path, f
     if tokenizer_dir is None and not request.no_tokenizer and before.get("tokenizer") and manifest:
         tokenizer_dir = _kept_tokenizer(out, manifest, scratch, force)
         kept.append(f"--tokenizer {TOKENIZER_DIR}/ (the deployment's)")
-    edited = _edited_env(out, manifest).get(NEWLINE_ENV)
     if request.newline_token is not None:
         newline = request.newline_token or None
     elif tokenizer_dir is None:  # the newline token is the tokenizer's: it goes with it
         newline = None
-    elif edited is not None:
+    elif (edited := _edited_env(out, manifest).get(NEWLINE_ENV)) is not None:
         # the gateway reads .env's value, the text models the one baked into their config: a
         # value edited in .env would split them, until written again, when it becomes the setting
         newline = edited or None
@@ -491,21 +479,14 @@ def resolve(request: Request, out: Path, manifest: dict | None, scratch: Path, f
 def _edited_env(out: Path, manifest: dict | None) -> dict[str, str]:
     """The values of out/.env the user changed since ftprefix wrote them (its manifest's)."""
     written = (manifest or {}).get("env")
-    path = out / ENV_FILE
-    if not isinstance(written, dict) or not path.is_file():
+    if not isinstance(written, dict) or not (out / ENV_FILE).is_file():
         return {}
-    try:
-        now = dotenv.parse(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} cannot be read ({exc}); fix or remove it, then write again") from None
-    return {key: value for key, value in now.items() if key in written and value != written[key]}
+    return {key: value for key, value in env_values(out).items() if key in written and value != written[key]}
 
 
 def _kept_tokenizer(out: Path, manifest: dict, scratch: Path, force: bool) -> Path:
     """The tokenizer files ftprefix wrote into out/tokenizer, copied to `scratch`."""
-    written: dict[str, str] = manifest["files"]
-    pending: dict[str, str] = manifest.get("pending") or {}
-    names = [name for name in written if name.startswith(f"{TOKENIZER_DIR}/")]
+    names = [name for name in manifest["files"] if name.startswith(f"{TOKENIZER_DIR}/")]
     again = "give --tokenizer HF_DIR again, or --no-tokenizer to write it without one"
     if not names or not all((out / name).is_file() for name in names):
         raise UserError(
@@ -514,7 +495,7 @@ def _kept_tokenizer(out: Path, manifest: dict, scratch: Path, force: bool) -> Pa
     scratch.mkdir(parents=True)
     for name in names:
         data = (out / name).read_bytes()
-        if _digest(data) not in (written[name], pending.get(name)) and not force:
+        if not _ours(manifest, name, data) and not force:
             raise UserError(
                 f"{out / name} was changed since ftprefix wrote it: {again} (or pass --force to write "
                 "the deployment with the tokenizer as it is now)"
@@ -549,6 +530,12 @@ def _create(
     return report
 
 
+def _ours(manifest: dict, name: str, data: bytes) -> bool:
+    """Whether `data` is what ftprefix wrote as file `name`: the manifest's digest, or the new one
+    of an update that was killed before it ended (its `pending`)."""
+    return _digest(data) in (manifest["files"].get(name), (manifest.get("pending") or {}).get(name))
+
+
 def _update(
     out: Path,
     files: dict[str, bytes],
@@ -561,11 +548,6 @@ def _update(
 ) -> Report:
     before: dict[str, str] = manifest["files"]
     pending: dict[str, str] = manifest.get("pending") or {}
-
-    def ours(name: str, data: bytes) -> bool:
-        digest = _digest(data)
-        return digest in (before.get(name), pending.get(name))
-
     changed = []
     for name, data in files.items():
         path = out / name
@@ -573,7 +555,7 @@ def _update(
         if current == data:
             report.unchanged += 1
             continue
-        if current is not None and not ours(name, current) and not force:
+        if current is not None and not _ours(manifest, name, current) and not force:
             hint = (
                 " (put your changes in compose.override.yaml, which docker compose also reads)"
                 if (name.startswith("compose."))
@@ -585,7 +567,7 @@ def _update(
         changed.append(name)
     stale = sorted(name for name in before if name not in files and (out / name).is_file())
     for name in stale:
-        if not ours(name, (out / name).read_bytes()) and not force:
+        if not _ours(manifest, name, (out / name).read_bytes()) and not force:
             raise UserError(
                 f"{out / name} was changed since ftprefix wrote it, and this deployment no longer has it; "
                 "move it away or pass --force"

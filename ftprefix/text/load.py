@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ftprefix.model_dirs import cached_snapshot, download_hint, looks_like_hub_id
+from ftprefix.model_dirs import download_hint, hf_dir
 from ftprefix.text.base import Tokenizer
 from ftprefix.text.files import CONFIG_FILE, JSON_FILE, TokenizerError, read_files
 from ftprefix.text.json_tokenizer import JsonTokenizer
@@ -44,8 +44,7 @@ def load_tokenizer(directory: str | os.PathLike[str], *, newline_token: str | No
     path = Path(directory)
     if path.is_file() and path.name == JSON_FILE:
         return JsonTokenizer(read_files(path.parent), path, newline_token)
-    if looks_like_hub_id(path):
-        path = cached_snapshot(str(path)) or path
+    path = hf_dir(str(path))  # a Hub id in the local cache: its snapshot
     if not path.is_dir():
         raise TokenizerError(
             f"tokenizer directory {path} does not exist; pass the Hugging Face model directory"
