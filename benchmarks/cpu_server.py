@@ -48,8 +48,8 @@ def start_serve(
     """`ftprefix serve` in its own process (from the checkout `src` if given); returns it and its
     gRPC address once it is ready."""
     grpc_port, http_port = free_ports(2)
-    argv = [sys.executable, "-m", "ftprefix.cli", "serve", str(ft_dir), "--port-grpc", str(grpc_port)]
-    argv += ["--port-http", str(http_port), "--no-watch", *flags]
+    argv = [sys.executable, "-m", "ftprefix.cli", "serve", str(ft_dir), "--grpc-port", str(grpc_port)]
+    argv += ["--http-port", str(http_port), "--no-watch", *flags]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **from_checkout(src, env)
     )

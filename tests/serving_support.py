@@ -109,7 +109,7 @@ def _ctrl_c_as_in_a_terminal() -> None:
 
 
 def start_serve_cli(ft_dir: Path, *extra: str, env: dict[str, str] | None = None, graceful: bool = False):
-    """`ftprefix serve DIR --port-grpc 0 --port-http 0 --stop-timeout 0 EXTRA` as a user runs it:
+    """`ftprefix serve DIR --grpc-port 0 --http-port 0 --stop-timeout 0 EXTRA` as a user runs it:
     (the process, its gRPC address, everything it printed up to "ready"). A test's server is
     thrown away, so it stops at once instead of unloading its models one by one (`graceful`: as
     a user's does, unloading them)."""
@@ -120,9 +120,9 @@ def start_serve_cli(ft_dir: Path, *extra: str, env: dict[str, str] | None = None
             "ftprefix.cli",
             "serve",
             str(ft_dir),
-            "--port-grpc",
+            "--grpc-port",
             "0",
-            "--port-http",
+            "--http-port",
             "0",
             *([] if graceful else ["--stop-timeout", "0"]),
             *extra,

@@ -498,7 +498,7 @@ def test_streaming_server_has_no_text_ensemble_and_says_how_to_send_text(model: 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         argv = ["serve", str(model["ft"]), "--streaming", "--tokenizer", str(model["hf"])]
-        assert cli.main([*argv, "--port-http", str(taken.getsockname()[1])]) == 2
+        assert cli.main([*argv, "--http-port", str(taken.getsockname()[1])]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tokenize in the client" in err
 

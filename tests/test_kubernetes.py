@@ -142,9 +142,9 @@ def test_the_cpu_server_serves_the_mounted_conversion_with_metrics() -> None:
     flags = dict(zip(command[3::2], command[4::2], strict=True))
     assert flags == {
         "--host": "0.0.0.0",
-        "--port-http": "8000",
-        "--port-grpc": "8001",
-        "--port-metrics": "8002",
+        "--http-port": "8000",
+        "--grpc-port": "8001",
+        "--metrics-port": "8002",
     }
 
 

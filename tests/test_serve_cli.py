@@ -174,7 +174,7 @@ def test_serve_refuses_a_bad_setting_before_starting_anything(
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     before = descendants(os.getpid())
-    assert main(["serve", str(converted), "--port-grpc", "0", "--port-http", "0", flag, value]) == 2
+    assert main(["serve", str(converted), "--grpc-port", "0", "--http-port", "0", flag, value]) == 2
     assert descendants(os.getpid()) == before
     assert list(tmp_path.iterdir()) == []
     err = capsys.readouterr().err
@@ -184,11 +184,11 @@ def test_serve_refuses_a_bad_setting_before_starting_anything(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--port-grpc", "{p}", "--port-http", "{p}"], "--port-grpc and --port-http are both {p}"),
-        (["--port-http", "{p}", "--port-metrics", "{p}"], "--port-http and --port-metrics are both {p}"),
+        (["--grpc-port", "{p}", "--http-port", "{p}"], "--grpc-port and --http-port are both {p}"),
+        (["--http-port", "{p}", "--metrics-port", "{p}"], "--http-port and --metrics-port are both {p}"),
         (
-            ["--port-grpc", "{p}", "--tokenizer", "{hf}", "--openai-port", "{p}"],
-            "--port-grpc and --openai-port are both {p}",
+            ["--grpc-port", "{p}", "--tokenizer", "{hf}", "--openai-port", "{p}"],
+            "--grpc-port and --openai-port are both {p}",
         ),
     ],
     ids=["grpc-http", "http-metrics", "grpc-openai"],
@@ -203,7 +203,7 @@ def test_serve_refuses_one_port_for_two_listeners_before_starting_anything(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     port, hf = str(free_port()), str(converted.parent.parent / "hf")
     before = descendants(os.getpid())
-    argv = ["serve", str(converted), "--port-grpc", "0", "--port-http", "0"]
+    argv = ["serve", str(converted), "--grpc-port", "0", "--http-port", "0"]
     assert main(argv + [flag.format(p=port, hf=hf) for flag in flags]) == 2
     assert descendants(os.getpid()) == before
     assert list(tmp_path.iterdir()) == []
@@ -226,7 +226,7 @@ def test_another_models_tokenizer_is_refused_before_starting_anything(
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     before = descendants(os.getpid())
-    serve = ["serve", str(converted), "--port-grpc", "0", "--port-http", "0", "--tokenizer", str(other)]
+    serve = ["serve", str(converted), "--grpc-port", "0", "--http-port", "0", "--tokenizer", str(other)]
     for argv in (
         serve,
         [*serve, "--streaming", "--openai-port", "0"],
@@ -308,7 +308,11 @@ def test_free_ports_are_distinct_and_clear_of_the_taken_ones() -> None:
         assert len(set(ports)) == 3 and first not in ports
 
 
-def test_serve_refuses_a_port_in_use_before_starting_anything(converted, capsys, monkeypatch, tmp_path):
+# Triton's spellings (tritonserver --grpc-port), and the ones earlier compose files and manifests carry
+@pytest.mark.parametrize("spelling", [("--grpc-port", "--http-port"), ("--port-grpc", "--port-http")])
+def test_serve_refuses_a_port_in_use_before_starting_anything(
+    converted, capsys, monkeypatch, tmp_path, spelling
+):
     from ftprefix.cli import main
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a server's scratch directory would go
@@ -318,13 +322,13 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(converted, capsys,
         taken.listen()
         port = taken.getsockname()[1]
         before = descendants(os.getpid())
-        assert main(["serve", str(converted), "--port-grpc", str(port), "--port-http", "0"]) == 2
+        assert main(["serve", str(converted), spelling[0], str(port), spelling[1], "0"]) == 2
         assert descendants(os.getpid()) == before  # no tritonserver was started
     assert list(tmp_path.iterdir()) == []  # and no scratch directory left behind
     err = capsys.readouterr().err.strip()
     assert err == (
         f"ftprefix serve: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
-        "pass another --port-grpc (0 = any free port)"
+        "pass another --grpc-port (0 = any free port)"
     )
 
 
@@ -350,7 +354,7 @@ def test_serve_with_openai_port_serves_the_openai_api_and_metrics_beside_triton(
 
     metrics = free_port()
     # graceful, as a user's: Triton unloads its models on SIGTERM
-    proc, port, printed = _start_with_api(converted, "--port-metrics", str(metrics), graceful=True)
+    proc, port, printed = _start_with_api(converted, "--metrics-port", str(metrics), graceful=True)
     try:
         scraped = httpx.get(f"http://127.0.0.1:{metrics}/metrics").text  # what Prometheus scrapes
         assert 'nv_inference_request_success{model="fastertransformer"' in scraped
@@ -568,7 +572,7 @@ def test_a_temporary_directory_that_is_not_ascii_is_refused_before_starting_anyt
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     before = descendants(os.getpid())
-    assert main(["serve", str(converted), "--port-grpc", "0", "--port-http", "0"]) == 2
+    assert main(["serve", str(converted), "--grpc-port", "0", "--http-port", "0"]) == 2
     assert descendants(os.getpid()) == before and list(tmp.iterdir()) == []
     err = capsys.readouterr().err
     assert err == (

@@ -50,12 +50,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "`ftprefix triton-repo --out` wrote: its conversion (.env) served with its settings"
         ),
     )
-    p.add_argument("--port-grpc", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
-    p.add_argument("--port-http", type=int, default=8000, help="HTTP port (default 8000; 0 = any free port)")
+    # Triton's own spellings (tritonserver --grpc-port ...); the --port-X ones stay as aliases
+    p.add_argument(
+        "--grpc-port",
+        "--port-grpc",
+        type=int,
+        default=8001,
+        metavar="PORT",
+        help="gRPC port (default 8001; 0 = any free port)",
+    )
+    p.add_argument(
+        "--http-port",
+        "--port-http",
+        type=int,
+        default=8000,
+        metavar="PORT",
+        help="HTTP port (default 8000; 0 = any free port)",
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="IPv4 address (or name of one) to listen on (default 127.0.0.1)"
     )
     p.add_argument(
+        "--metrics-port",
         "--port-metrics",
         type=int,
         metavar="PORT",
@@ -180,9 +196,9 @@ def _reserve_ports(args: argparse.Namespace) -> socket.socket | None:
 
     given: dict[int, str] = {}
     for flag, port in (
-        ("--port-grpc", args.port_grpc),
-        ("--port-http", args.port_http),
-        ("--port-metrics", args.port_metrics),
+        ("--grpc-port", args.grpc_port),
+        ("--http-port", args.http_port),
+        ("--metrics-port", args.metrics_port),
         ("--openai-port", args.openai_port),
     ):
         if port:
@@ -243,10 +259,10 @@ def run(args: argparse.Namespace) -> int:
     if args.deployment is not None:
         _apply_deployment(args)
     args.host = triton_host(args.host)
-    check_port(args.port_grpc, "--port-grpc")
-    check_port(args.port_http, "--port-http")
-    if args.port_metrics is not None:
-        check_port(args.port_metrics, "--port-metrics")
+    check_port(args.grpc_port, "--grpc-port")
+    check_port(args.http_port, "--http-port")
+    if args.metrics_port is not None:
+        check_port(args.metrics_port, "--metrics-port")
     ensemble_tokenizer = args.tokenizer
     if args.openai_port is None and args.deployment is None:  # else the tokenizer is the gateway's
         check_text_ensemble(args.tokenizer is not None, args.streaming)  # before a port is taken
@@ -293,12 +309,12 @@ def _serve(
     server = EmbeddedServer(
         args.dir,
         tokenizer_dir=ensemble_tokenizer,
-        grpc_port=args.port_grpc,
-        http_port=args.port_http,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
         streaming=args.streaming,
         host=args.host,
         watch_interval=None if args.no_watch else 0.5,
-        metrics_port=args.port_metrics,
+        metrics_port=args.metrics_port,
         max_queue_delay_us=args.max_queue_delay_us,
         newline_token=args.newline_token if ensemble_tokenizer is not None else None,
         instances=args.instances,

@@ -195,11 +195,11 @@ class EmbeddedServer:
         picked = iter(free_ports(missing, host, taken={grpc_port, http_port, metrics_port}))
         self.grpc_port = grpc_port or next(picked)
         self.http_port = http_port or next(picked)
-        check_port_free(host, self.grpc_port, "--port-grpc")  # before any temporary directory exists
-        check_port_free(host, self.http_port, "--port-http")
+        check_port_free(host, self.grpc_port, "--grpc-port")  # before any temporary directory exists
+        check_port_free(host, self.http_port, "--http-port")
         self.metrics_port = metrics_port
         if metrics_port:
-            check_port_free(host, metrics_port, "--port-metrics")
+            check_port_free(host, metrics_port, "--metrics-port")
         self.streaming = streaming
         check_max_queue_delay(max_queue_delay_us)  # before any temporary directory exists
         self.max_queue_delay_us = max_queue_delay_us
