@@ -283,6 +283,69 @@ def test_text_ends_at_a_stop_string_the_tokens_did_not_match() -> None:
     assert chunks[-1].finish_reason == "stop_words"
 
 
+def test_one_string_is_one_stop_word_as_openai_takes_it() -> None:
+    from sentencepiece_reference import RINNA
+
+    tokenizer = load_tokenizer(RINNA)
+    one, listed = (
+        Plan.build(["こんにちは"], None, GenerationParams(stop=stop, bad_words=stop), INFO, tokenizer)
+        for stop in ("界で", ["界で"])
+    )
+    assert len(listed.rows[0].stop_words) == len(listed.rows[0].bad_words) == 1
+    assert one.rows[0].stop_words == listed.rows[0].stop_words  # not 界 and で, each a word
+    assert one.rows[0].bad_words == listed.rows[0].bad_words
+    assert one.stop_strings == listed.stop_strings == ["界で"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        pytest.param(lambda c: c.generate([1.5, 2]), "token ids are integers, got 1.5", id="a-float-id"),
+        pytest.param(
+            lambda c: c.generate_batch("Q: cat?"), "prompts is one string", id="one-string-as-prompts"
+        ),
+        pytest.param(lambda c: c.generate_batch([]), "no prompts given", id="no-prompts"),
+        pytest.param(
+            lambda c: c.generate([1, 2], stop=[[3, "x"]]),
+            r"got 'x' in a stop or bad word$",
+            id="text-among-stop-ids",
+        ),
+        pytest.param(
+            lambda c: c.generate([1, 2], bad_words=[[2**31]]),
+            "does not fit FT's int32",
+            id="bad-word-id-past-int32",
+        ),
+        pytest.param(
+            lambda c: list(c.stream([[1, 2]])), r"got \[1, 2\] in a prompt", id="a-list-of-prompts-to-stream"
+        ),
+    ],
+)
+def test_a_malformed_call_is_refused_before_the_client_connects(call, message) -> None:
+    from ftprefix.client import Client
+    from ftprefix.serving.server import free_port
+
+    # nothing listens there: a call that connected first would fail with ServerUnavailableError
+    with (
+        Client(f"127.0.0.1:{free_port()}", connect_retries=0) as client,
+        pytest.raises(InvalidRequestError, match=message),
+    ):
+        call(client)
+
+
+def test_the_async_client_refuses_a_malformed_call_before_it_connects() -> None:
+    import asyncio
+
+    from ftprefix.client import AsyncClient
+    from ftprefix.serving.server import free_port
+
+    async def call() -> None:
+        async with AsyncClient(f"127.0.0.1:{free_port()}", connect_retries=0) as client:
+            await client.generate([True, 2])
+
+    with pytest.raises(InvalidRequestError, match="token ids are integers, got True"):
+        asyncio.run(call())
+
+
 # float32's edges: its smallest subnormal is 2**-149, half of it rounds to 0; its largest finite
 # value is (2 - 2**-23) * 2**127, and from (2 - 2**-24) * 2**127 on a value rounds to inf
 FLOAT32_EDGES = [

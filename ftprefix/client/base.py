@@ -28,7 +28,7 @@ from ftprefix.client.errors import (
 )
 from ftprefix.client.failures import translate
 from ftprefix.client.model_info import ModelInfo
-from ftprefix.client.plan import ChunkMaker, Collector, Plan, Request, Tasks
+from ftprefix.client.plan import ChunkMaker, Collector, Plan, Prompts, Request, Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt
 from ftprefix.text import Tokenizer, TokenizerError, load_tokenizer
 
@@ -307,14 +307,12 @@ class ClientBase:
 
     # -- planning ----------------------------------------------------------------------------
 
-    def _resolve(
-        self, prompts: Sequence[Prompt], tasks: Tasks, params: GenerationParams, refresh: bool
-    ) -> Flow[Plan]:
+    def _resolve(self, prompts: Prompts, tasks: Tasks, params: GenerationParams, refresh: bool) -> Flow[Plan]:
         info = yield from self._model_info_flow(refresh)
         names = [tasks] if tasks is None or isinstance(tasks, str) else list(tasks)
         if not refresh and not all(info.serves(n) for n in names):
             info = yield from self._model_info_flow(refresh=True)  # the server may serve new tasks now
-        needs_ensemble = self.tokenizer is None and any(isinstance(p, str) for p in prompts)
+        needs_ensemble = self.tokenizer is None and prompts.has_text
         ensemble = (yield from self._ensemble_flow()) if needs_ensemble else None
         return Plan.build(prompts, tasks, params, info, self.tokenizer, ensemble)
 
@@ -329,13 +327,14 @@ class ClientBase:
         resend, waiting with backoff until it publishes a table that differs from the refused one.
         Nothing ran for a refused request, so resending is safe. If a task is gone from the new
         table, the plan refuses it (UnknownTaskError)."""
+        checked = Prompts.of(prompts)  # a prompt of the wrong kind is refused before connecting
         refused: TaskTableChangedError | None = None
         stale = None
         resends = 0
         deadline = 0.0
         delay = self.retry_delay
         while True:
-            plan = yield from self._resolve(prompts, tasks, params, refresh=refused is not None)
+            plan = yield from self._resolve(checked, tasks, params, refresh=refused is not None)
             if refused is not None and plan.info.tasks == stale:
                 if time.monotonic() >= deadline:
                     raise refused  # the server never published its new table

@@ -6,7 +6,7 @@ Nothing here talks to the network: the clients send `Plan.requests()` and hand t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +16,7 @@ from ftprefix.client import wire
 from ftprefix.client.completion_text import TextReader, cut_at_stop
 from ftprefix.client.errors import FtprefixClientError, InvalidRequestError
 from ftprefix.client.model_info import ModelInfo
-from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk, Words
+from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk, Words, token_ids
 from ftprefix.text import Tokenizer
 
 Tasks = str | Sequence[str | None] | None
@@ -56,30 +56,27 @@ def _seed_list(seed: int | Sequence[int], batch: int) -> list[int | None]:
     return list(seed)
 
 
-def _as_ids(prompt: Prompt | Sequence[int], what: str = "a prompt") -> list[int] | None:
-    """A prompt's (or a stop word's: `what`) token ids, or None for text. Ids are integers
-    (Python's, numpy's): a string among them is a list of prompts given where one belongs, and
-    int("12") had read a number written as text as an id."""
-    if isinstance(prompt, str):
-        return None
-    if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, Iterable):
-        own_list = " (a prompt's ids go in a list of their own: [[1, 2]])" if isinstance(prompt, int) else ""
-        raise InvalidRequestError(f"{what} is text (str) or token ids (ints), got {prompt!r:.80}{own_list}")
-    # numpy's integer arrays whole; Python's ints at once (the gateway's lists): no call per id
-    integral = isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu"
-    ids = prompt.tolist() if integral else list(prompt)
-    if not set(map(type, ids)) <= {int}:
-        for i, token in enumerate(ids):
-            if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
-                several = " (several prompts go to generate_batch; generate and stream take one)"
-                raise InvalidRequestError(
-                    f"token ids are integers, got {token!r:.80} in {what}"
-                    + (several if isinstance(token, str) and what == "a prompt" else "")
-                )
-            ids[i] = int(token)
-    if ids and (min(ids) < 0 or max(ids) >= 2**32):
-        raise InvalidRequestError("token ids must be non-negative 32-bit integers")
-    return ids
+@dataclass(frozen=True)
+class Prompts:
+    """A call's prompts, checked before any connection: each one's token ids, or None for text."""
+
+    given: list[Prompt]
+    ids: list[list[int] | None]
+
+    @classmethod
+    def of(cls, prompts: Sequence[Prompt] | Prompts) -> Prompts:
+        if isinstance(prompts, Prompts):
+            return prompts
+        if isinstance(prompts, str):  # its characters would each be a prompt
+            raise InvalidRequestError("prompts is one string: give a list of prompts (one: generate)")
+        given = list(prompts)
+        if not given:
+            raise InvalidRequestError("no prompts given")
+        return cls(given, [token_ids(p) for p in given])
+
+    @property
+    def has_text(self) -> bool:
+        return any(ids is None for ids in self.ids)
 
 
 def _strings(words: Words | None) -> list[str]:
@@ -102,7 +99,7 @@ class Plan:
     @classmethod
     def build(
         cls,
-        prompts: Sequence[Prompt],
+        prompts: Sequence[Prompt] | Prompts,
         tasks: Tasks,
         params: GenerationParams,
         info: ModelInfo,
@@ -110,19 +107,15 @@ class Plan:
         ensemble: ModelInfo | None = None,
     ) -> Plan:
         """Validate everything before a byte is sent. With `ensemble`, text goes to it as text."""
-        if isinstance(prompts, str):  # its characters would each be a prompt
-            raise InvalidRequestError("prompts is one string: give a list of prompts (one: generate)")
-        prompts = list(prompts)
-        if not prompts:
-            raise InvalidRequestError("no prompts given")
+        checked = Prompts.of(prompts)
+        prompts, token_prompts = checked.given, checked.ids
         names = _task_list(tasks, len(prompts))
         task_ids = [info.task_id(name) for name in names]  # UnknownTaskError before any request
         seeds = _seed_list(params.seed, len(prompts))
         if params.min_new_tokens and protocol.MIN_LENGTH not in info.inputs:
             raise InvalidRequestError(MIN_LENGTH_MISSING)
-        token_prompts = [_as_ids(p) for p in prompts]
         words = [*(params.stop or []), *(params.bad_words or [])]
-        has_text = any(ids is None for ids in token_prompts) or any(isinstance(w, str) for w in words)
+        has_text = checked.has_text or any(isinstance(w, str) for w in words)
         if ensemble is not None and tokenizer is None and has_text:
             if any(ids is not None for ids in token_prompts) or not all(isinstance(w, str) for w in words):
                 raise InvalidRequestError(
@@ -150,16 +143,11 @@ class Plan:
                 "repository with the text `ensemble` (ftprefix serve --tokenizer HF_MODEL_DIR)"
             )
 
-        def word_ids(item: str | Sequence[int]) -> list[int]:
+        def word_ids(item: str | list[int]) -> list[int]:
             if isinstance(item, str):
                 assert tokenizer is not None  # checked above: text without a tokenizer was refused
                 return tokenizer.encode_word(item)
-            ids = _as_ids(item, "a stop or bad word") or []
-            if ids and max(ids) >= 2**31:  # stop_words_list and bad_words_list are INT32
-                raise InvalidRequestError(
-                    f"token id {max(ids)} in a stop or bad word does not fit FT's int32"
-                )
-            return ids
+            return item  # checked by GenerationParams
 
         stop_ids = [w for w in map(word_ids, params.stop or []) if w]
         bad_ids = [w for w in map(word_ids, params.bad_words or []) if w]
@@ -177,9 +165,9 @@ class Plan:
                 "tokenizer): pass end_id=... or tokenizer=HF_MODEL_DIR"
             )
         rows = []
-        for prompt, token_ids, task_id, seed in zip(prompts, token_prompts, task_ids, seeds, strict=True):
-            if token_ids is not None:
-                input_ids = token_ids
+        for prompt, given_ids, task_id, seed in zip(prompts, token_prompts, task_ids, seeds, strict=True):
+            if given_ids is not None:
+                input_ids = given_ids
             else:
                 assert tokenizer is not None  # checked above: text without a tokenizer was refused
                 input_ids = tokenizer.encode(str(prompt))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
@@ -13,7 +13,7 @@ from ftprefix.client.errors import InvalidRequestError
 from ftprefix.ft_rows import FinishReason
 
 Prompt = str | Sequence[int]
-Words = Sequence[str | Sequence[int]]  # stop / bad words: text, or token-id sequences
+Words = str | Sequence[str | Sequence[int]]  # stop / bad words: text, or token-id sequences; a str is one
 
 
 class GenerateOptions(TypedDict, total=False):
@@ -30,6 +30,47 @@ class GenerateOptions(TypedDict, total=False):
     end_id: int | None
     return_log_probs: bool
     min_new_tokens: int
+
+
+def token_ids(prompt: Prompt | Sequence[int], what: str = "a prompt") -> list[int] | None:
+    """A prompt's (or a stop word's: `what`) token ids, or None for text. Ids are integers
+    (Python's, numpy's): a string among them is a list of prompts given where one belongs, and
+    int("12") had read a number written as text as an id."""
+    if isinstance(prompt, str):
+        return None
+    if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, Iterable):
+        own_list = f" ({what}'s ids go in a list of their own: [[1, 2]])" if isinstance(prompt, int) else ""
+        raise InvalidRequestError(f"{what} is text (str) or token ids (ints), got {prompt!r:.80}{own_list}")
+    # numpy's integer arrays whole; Python's ints at once (the gateway's lists): no call per id
+    integral = isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu"
+    ids = prompt.tolist() if integral else list(prompt)
+    if not set(map(type, ids)) <= {int}:
+        for i, token in enumerate(ids):
+            if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+                several = " (several prompts go to generate_batch; generate and stream take one)"
+                raise InvalidRequestError(
+                    f"token ids are integers, got {token!r:.80} in {what}"
+                    + (several if isinstance(token, str) and what == "a prompt" else "")
+                )
+            ids[i] = int(token)
+    if ids and (min(ids) < 0 or max(ids) >= 2**32):
+        raise InvalidRequestError("token ids must be non-negative 32-bit integers")
+    return ids
+
+
+def _words(words: Words) -> tuple[str | list[int], ...]:
+    """Stop or bad words, each text or checked token ids; one string is one word, as OpenAI's
+    `stop` takes it (iterated, each of its characters would be one)."""
+    checked: list[str | list[int]] = []
+    for word in (words,) if isinstance(words, str) else words:
+        if isinstance(word, str):
+            checked.append(word)
+            continue
+        ids = token_ids(word, "a stop or bad word") or []
+        if ids and max(ids) >= 2**31:  # stop_words_list and bad_words_list are INT32
+            raise InvalidRequestError(f"token id {max(ids)} in a stop or bad word does not fit FT's int32")
+        checked.append(ids)
+    return tuple(checked)
 
 
 @dataclass(frozen=True)
@@ -63,6 +104,9 @@ class GenerationParams:
         # one seed for every row, or one per prompt: ints (numpy's too), a sequence as a tuple
         if not isinstance(self.seed, int):
             object.__setattr__(self, "seed", _seeds(self.seed))
+        for name in ("stop", "bad_words"):
+            if (words := getattr(self, name)) is not None:
+                object.__setattr__(self, name, _words(words))
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> GenerationParams:
