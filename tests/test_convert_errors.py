@@ -122,6 +122,11 @@ def _peft_dir(work: Path, **config: object) -> str:
     return str(d)
 
 
+def _text(work: Path, name: str, text: str) -> str:
+    (work / name).write_text(text)
+    return str(work / name)
+
+
 def _save(work: Path, name: str, obj: object) -> str:
     torch.save(obj, work / name)
     return str(work / name)
@@ -273,6 +278,21 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "missing checkpoint": (
         lambda w: _convert_argv(w, str(w / "nope.pt")),
         "task nope: checkpoint",
+    ),
+    # named after its file, a mistyped path's task would be taken for a duplicate of the right one
+    "missing checkpoint sharing a task's name": (
+        lambda w: _convert_argv(w, str(w / "good.pt"), str(w / "typo" / "good.pt")),
+        f"{Path('typo') / 'good.pt'} does not exist",
+    ),
+    # not reported as a pickle that --trust-pickle would open
+    "a JSON file given as a checkpoint": (
+        lambda w: _convert_argv(w, _text(w, "adapter_config.json", '{"peft_type": "PREFIX_TUNING"}')),
+        "adapter_config.json is not a torch file (torch.save writes a zip archive or a pickle; "
+        "this file starts with b'{\"pe'",
+    ),
+    "an empty checkpoint": (
+        lambda w: _convert_argv(w, _text(w, "empty.pt", "")),
+        "empty.pt is not a torch file (torch.save writes a zip archive or a pickle; this file is empty)",
     ),
     "pickle needing code": (
         lambda w: _convert_argv(

@@ -15,9 +15,11 @@ from ftprefix.task_table import Task
 
 
 def check_task_names(sources: Sequence[PrefixSource], existing: Sequence[str] = ()) -> None:
-    """Every name readable by FT and unique, also against tasks already in the model."""
+    """Every checkpoint there, and every name readable by FT and unique, also against tasks already
+    in the model: a mistyped path is named as missing, not as the task name taken from it."""
     seen = set(existing)
     for source in sources:
+        source.check_exists()
         layout.validate_task_name(source.name)
         if source.name in seen:
             where = "already in the model" if source.name in existing else "given twice"

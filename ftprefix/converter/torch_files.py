@@ -19,6 +19,7 @@ def torch_load(path: Path, *, trust_pickle: bool = False, mmap: bool = False) ->
     """
     import torch
 
+    _check_looks_like_torch(path)
     kwargs: dict[str, Any] = {"map_location": "cpu", "weights_only": not trust_pickle}
     try:
         try:
@@ -37,6 +38,23 @@ def torch_load(path: Path, *, trust_pickle: bool = False, mmap: bool = False) ->
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise UserError(f"{path} is not a readable torch file: {_first_line(exc)}") from None
+
+
+def _check_looks_like_torch(path: Path) -> None:
+    """torch.save writes a zip archive (torch >= 1.6) or a protocol-2 pickle (before); anything
+    else, such as a config.json given by mistake, would otherwise be reported as a pickle that needs
+    code execution, with --trust-pickle as the way out."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    if head.startswith(b"PK") or head.startswith(b"\x80"):
+        return
+    what = "is empty" if not head else f"starts with {head!r}"
+    raise UserError(
+        f"{path} is not a torch file (torch.save writes a zip archive or a pickle; this file {what})"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
