@@ -188,6 +188,7 @@ def test_fp16_activation_check_passes_an_ordinary_model(tmp_path: Path, capsys) 
     out = said.out
     assert "fp16 activations: layer" in out and "OVERFLOW" not in out and "inf/nan" not in out
     assert said.err.splitlines()[-1].startswith("ftprefix verify: fp16 activations: checked (2 of 2, ")
+    assert [line for line in out.splitlines() if line != line.rstrip()] == []  # no trailing blanks
 
 
 def test_fp16_activation_check_flags_a_model_that_overflows(tmp_path: Path, capsys) -> None:
