@@ -321,7 +321,6 @@ def test_a_stop_lets_a_stream_in_flight_end(converted):
     prompt, tokens = PROMPTS[2], 480  # within the toy model's 512 positions; about a second here
     expected, reason = hf.greedy(prompt, "story", tokens, END_ID)
     assert reason == "length"  # the stream outlasts the start of the stop
-    # one instance: the stop waits for Triton's unload, a second and more per instance
     server = EmbeddedServer(ft_dir.parent, streaming=True, watch_interval=None, instances=1, threads=1)
     stopping = threading.Thread(target=server.stop)
     got: list[int] = []
@@ -332,6 +331,25 @@ def test_a_stop_lets_a_stream_in_flight_end(converted):
                 stopping.start()
         stopping.join()
     assert got == expected
+
+
+def test_a_stop_with_no_stream_in_flight_ends_triton_without_waiting_for_its_unload(converted, tmp_path):
+    """Triton's own unload of a python model takes a second and more per instance (the python
+    backend's health check sleeps a second), which a stop once waited for on a streaming model even
+    with nothing in flight. The twin's streams lock tells the stop that nothing streams."""
+    _root, ft_dir, hf = converted
+    log = tmp_path / "triton.log"
+    server = EmbeddedServer(ft_dir.parent, streaming=True, watch_interval=None, log_to=log)
+    with server, Client(server.grpc_url) as client:
+        got = [
+            t
+            for c in client.stream(PROMPTS[1], task="smile", max_new_tokens=4, end_id=END_ID)
+            for t in c.token_ids
+        ]
+        assert got == hf.greedy(PROMPTS[1], "smile", 4, END_ID)[0]
+    said = log.read_text(errors="replace")
+    assert "have in-flight inferences" in said  # told to stop, Triton had said it was drained
+    assert "successfully unloaded" not in said  # and was ended before its unload was done
 
 
 def test_hot_reload_adds_task_without_restart(converted, server, client, capsys):

@@ -25,6 +25,10 @@ from ftprefix.text import Tokenizer, copy_tokenizer_files, load_tokenizer
 
 CPU, GPU = "cpu", "gpu"
 ENGINE_THREADS_PARAMETER = "engine_threads"  # the CPU twin's threads per instance
+# In its model directory, a file the CPU twin holds a shared lock on while it streams (execute on a
+# decoupled model): a stream's request counts as done at Triton from its start, so a stopping
+# server learns from this, not from Triton, that no stream is left (EmbeddedServer.stop)
+STREAMS_LOCK = "streams-in-flight.lock"
 VERSION = "1"
 SITE_MODULE = "ftprefix_site.py"
 

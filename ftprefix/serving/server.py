@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import os
 import re
@@ -29,7 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -151,6 +152,36 @@ _GLOG_ERROR = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [^\]]+\]\s*(.+)$")
 
 class ServerError(RuntimeError):
     """The server failed to start or to load a model; carries the tail of its log."""
+
+
+def _until(proc: subprocess.Popen[bytes], deadline: float, done: Callable[[], bool]) -> bool:
+    """Ask `done` until it says so (True), or until Triton exits or `deadline` passes (False)."""
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            proc.wait(timeout=min(DRAIN_POLL_S, left))
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+    return True
+
+
+def _exit_by(proc: subprocess.Popen[bytes], deadline: float) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _free(lock: int) -> bool:
+    """Whether no one holds `lock` now (taken and let go at once: a stream starting meanwhile
+    waits for it no longer than that)."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    return True
 
 
 class EmbeddedServer:
@@ -383,13 +414,16 @@ class EmbeddedServer:
             # killed once it has (DRAINED), or once it has had its time
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM if timeout != 0 else signal.SIGKILL)
-            if timeout != 0 and self.streaming:
+            if timeout != 0:
+                deadline = time.monotonic() + self._exit_wait_s(timeout)
                 # a stream's request counts as done at Triton from its start (python backend,
-                # decoupled), so DRAINED comes at once: Triton's own unload waits for the streams
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=self._exit_wait_s(timeout))
-            elif timeout != 0 and self._drained(proc, offset, self._exit_wait_s(timeout)):
-                time.sleep(FLUSH_S)
+                # decoupled), so DRAINED comes at once: the streams lock says when they are over
+                # (Triton's own unload would wait for them too, a second and more per instance)
+                if self._drained(proc, offset, deadline):
+                    if self.streaming:
+                        self._wait_for_streams(proc, deadline)
+                    else:
+                        time.sleep(FLUSH_S)
             # Triton still unloading, or the stubs it left
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -417,32 +451,43 @@ class EmbeddedServer:
         except OSError:
             return 0
 
-    def _drained(self, proc: subprocess.Popen[bytes], offset: int, timeout: float) -> bool:
-        """Whether Triton, told to stop, said within `timeout` seconds that no request is in
+    def _drained(self, proc: subprocess.Popen[bytes], offset: int, deadline: float) -> bool:
+        """Whether Triton, told to stop, said by `deadline` (time.monotonic) that no request is in
         flight any more (its log past `offset`); False where it exited or its time ran out first."""
-        deadline = time.monotonic() + timeout
         try:
             log = open(self.log_path, "rb")  # noqa: SIM115 (closed by the with below)
-        except OSError:  # no log to read: Triton's own exit, as for a streaming model
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=timeout)
+        except OSError:  # no log to read: Triton's own exit is waited for
+            _exit_by(proc, deadline)
             return False
         with log:
             log.seek(offset)
-            tail = b""
-            while True:
-                seen = tail + log.read()
-                if DRAINED in seen:
-                    return True
-                tail = seen[-len(DRAINED) :]
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                try:
-                    proc.wait(timeout=min(DRAIN_POLL_S, left))
-                    return False
-                except subprocess.TimeoutExpired:
-                    pass
+            seen = b""
+
+            def said() -> bool:
+                nonlocal seen
+                seen = seen[-len(DRAINED) :] + log.read()
+                return DRAINED in seen
+
+            return _until(proc, deadline, said)
+
+    def _wait_for_streams(self, proc: subprocess.Popen[bytes], deadline: float) -> None:
+        """Wait until no stream is left, Triton exited, or `deadline` passed. The twin's instances
+        hold the streams lock (shared) while they stream; it is taken for free when it is free at
+        two looks FLUSH_S apart: by the second, the answers of a stream that ended before the first
+        are with Triton's threads, and a stream Triton handed an instance just before the first
+        (released at Triton when handed over) holds the lock. No lock to ask: Triton's own exit."""
+        try:
+            lock = os.open(self.repository / protocol.FT_MODEL / repository.STREAMS_LOCK, os.O_RDWR)
+        except OSError:
+            _exit_by(proc, deadline)
+            return
+        try:
+            while _until(proc, deadline, lambda: _free(lock)):
+                time.sleep(FLUSH_S)
+                if _free(lock):
+                    return
+        finally:
+            os.close(lock)
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

@@ -14,8 +14,10 @@ carries the complete result and the COMPLETE_FINAL flag.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from ftprefix.engine import Engine
 from ftprefix.errors import UserError
 from ftprefix.serving import stub_args
 from ftprefix.serving.ft_batch import FtBatch, FtRequest, decode_request
-from ftprefix.serving.repository import ENGINE_THREADS_PARAMETER
+from ftprefix.serving.repository import ENGINE_THREADS_PARAMETER, STREAMS_LOCK
 
 
 class TritonPythonModel:
@@ -39,6 +41,11 @@ class TritonPythonModel:
         with stub_args.errors_shown():
             self.engine = Engine.load(stub_args.stub_path(params["model_checkpoint_path"]), threads=threads)
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        self._streams_lock: int | None = None
+        if self.decoupled:
+            with contextlib.suppress(OSError):  # unwritable: a stop waits for Triton's own exit
+                path = stub_args.stub_path(args["model_repository"]) / STREAMS_LOCK
+                self._streams_lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     # -- decoding / validation -----------------------------------------------------------------
 
@@ -102,11 +109,12 @@ class TritonPythonModel:
             except Exception as exc:
                 responses[i] = _error_response(exc)
         if self.decoupled:
-            for i, response in enumerate(responses):
-                if response is not None:
-                    requests[i].get_response_sender().send(response, flags=_FINAL)
-            if decoded:
-                self._stream([requests[i] for i, _ in decoded], [d for _, d in decoded])
+            with self._streaming():
+                for i, response in enumerate(responses):
+                    if response is not None:
+                        requests[i].get_response_sender().send(response, flags=_FINAL)
+                if decoded:
+                    self._stream([requests[i] for i, _ in decoded], [d for _, d in decoded])
             return None
         for group in self._groups([d for _, d in decoded]):
             indices = [decoded[j][0] for j in group]
@@ -121,6 +129,19 @@ class TritonPythonModel:
             for i, t in zip(indices, tensors, strict=True):
                 responses[i] = _response(t)
         return responses
+
+    @contextlib.contextmanager
+    def _streaming(self) -> Iterator[None]:
+        """Hold the streams lock (shared: every instance at once) until the last answer is sent.
+        One execute at a time per instance (process), so one lock per process serves."""
+        if self._streams_lock is None:
+            yield
+            return
+        fcntl.flock(self._streams_lock, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._streams_lock, fcntl.LOCK_UN)
 
     def _groups(self, decoded: Sequence[FtRequest]) -> list[list[int]]:
         """All requests as one batch, as FT runs them; each alone if that batch is too long for the
