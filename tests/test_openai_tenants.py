@@ -135,8 +135,9 @@ def test_the_keys_file_is_read_again_while_serving(gateway, caplog) -> None:
         path.write_text("{ not json", encoding="utf-8")  # a broken edit keeps the keys, and says so
         assert [m.id for m in _api(gateway, "tenant-c").models.list()] == ["story"]
         assert [r.getMessage() for r in caplog.records] == [
-            f"keeping the previous API keys: cannot read the API keys file {path}: Expecting property "
-            "name enclosed in double quotes: line 1 column 3 (char 2)"
+            f"keeping the previous API keys: {path} is not JSON (Expecting property name enclosed in "
+            'double quotes: line 1 column 3 (char 2)): the API keys file is a JSON object {"KEY": '
+            '["task", ...] or "*"}'
         ]
         caplog.clear()
         path.unlink()  # a file that is gone: its keys are refused until it is back, and that is said
@@ -197,13 +198,21 @@ def test_another_models_tokenizer_answers_nothing_and_is_never_ready(
         server.should_exit = True
 
 
-def test_a_bad_keys_file_stops_the_command_in_one_line(model, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        pytest.param('{"k": "everything-but-a-list"}', "key number 1", id="tasks-not-a-list"),
+        pytest.param("k: [smile]\n", "is not JSON (Expecting value: line 1 column 1 (char 0))", id="yaml"),
+    ],
+)
+def test_a_bad_keys_file_stops_the_command_in_one_line(model, tmp_path: Path, capsys, text, said) -> None:
     bad = tmp_path / "keys.json"
-    bad.write_text('{"k": "everything-but-a-list"}', encoding="utf-8")
+    bad.write_text(text, encoding="utf-8")
     argv = ["openai", "--tokenizer", str(model["hf"]), "--port", str(free_port()), "--api-keys", str(bad)]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and str(bad) in err and '"*"' in err and '"k"' not in err
+    assert err.count("\n") == 1 and str(bad) in err and '"*"' in err and '"k"' not in err and "k:" not in err
+    assert said in err
 
 
 # -- chat --------------------------------------------------------------------------------------

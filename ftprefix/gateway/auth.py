@@ -108,13 +108,16 @@ def _policy(value: object, where: str, number: int, ident: str) -> KeyPolicy:
 
 def parse_keys_file(path: Path) -> dict[bytes, KeyPolicy]:
     """The keys file -> policies by key digest, or UserError naming what is wrong (never the key)."""
+    form = 'the API keys file is a JSON object {"KEY": ["task", ...] or "*"}'
     try:
         # utf-8-sig: a byte order mark (Windows editors, PowerShell's Out-File) is no JSON error
         data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read the API keys file {path}: {exc}") from None
+    except json.JSONDecodeError as exc:  # its message names a place, never the text there
+        raise UserError(f"{path} is not JSON ({exc}): {form}") from None
     if not isinstance(data, Mapping):
-        raise UserError(f'{path}: the API keys file is a JSON object {{"KEY": ["task", ...] or "*"}}')
+        raise UserError(f"{path}: {form}")
     policies: dict[bytes, KeyPolicy] = {}
     for number, (key, value) in enumerate(data.items(), start=1):
         where = f"{path}: key number {number}"  # never the key itself
