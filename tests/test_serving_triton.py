@@ -352,6 +352,45 @@ def test_a_stop_with_no_stream_in_flight_ends_triton_without_waiting_for_its_unl
     assert "successfully unloaded" not in said  # and was ended before its unload was done
 
 
+def _python_envs() -> set[Path]:
+    """The python backend's directories (python_backend `src/pb_env.cc` makes one in /tmp as Triton
+    starts, and removes it only when Triton exits by itself, which a stop does not wait for)."""
+    return set(Path("/tmp").glob("python_env_*"))
+
+
+def test_servers_started_at_once_each_remove_the_directory_their_triton_made(converted):
+    """Which directory a Triton made is known only by elimination: two started at once each saw
+    two appear, knew neither, and left both. Started one at a time up to that point, each knows
+    its own. (Another Triton starting beside them, as the suite's background runs start theirs,
+    makes a third: then the test starts them again.)"""
+    _root, ft_dir, _hf = converted
+    for _ in range(5):
+        before = _python_envs()
+        servers = [
+            EmbeddedServer(ft_dir.parent, watch_interval=None, instances=1, stop_timeout=0) for _ in "ab"
+        ]
+        both_started = threading.Barrier(len(servers))
+
+        def start(server: EmbeddedServer, both_started: threading.Barrier) -> None:
+            both_started.wait()
+            server.start()
+
+        threads = [threading.Thread(target=start, args=(s, both_started)) for s in servers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(s.running for s in servers)
+        made = _python_envs() - before
+        for server in servers:
+            server.stop()
+        if len(made) == len(servers):
+            break
+    else:
+        pytest.fail("another Triton started beside every try: which directories are these is unknown")
+    assert not [path for path in made if path.exists()]
+
+
 def test_hot_reload_adds_task_without_restart(converted, server, client, capsys):
     _root, ft_dir, hf = converted
     pid = server.pid

@@ -318,6 +318,13 @@ class EmbeddedServer:
             shm_prefix=self._shm_prefix,
             exit_timeout_s=self.exit_timeout_s,
         )
+        start_lock = tritonserver.StartLock(self.start_timeout)
+        try:
+            self._launch(cmd, start_lock)
+        finally:
+            start_lock.release()
+
+    def _launch(self, cmd: list[str], start_lock: tritonserver.StartLock) -> None:
         python_envs_before = tritonserver.python_env_dirs()
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed below)
         try:
@@ -350,27 +357,34 @@ class EmbeddedServer:
         finally:
             log.close()
         atexit.register(self.stop)
+
+        def note_python_env() -> None:
+            """Find the python backend's directory this Triton made (the one that appeared since
+            it started) once it is there, for stop() (or the reaper, told through the scratch
+            directory) to remove once Triton is gone; then let the next server start."""
+            if self._python_env is None:
+                self._python_env = tritonserver.new_python_env(python_envs_before)
+                if self._python_env is not None and self._own_workdir:
+                    with contextlib.suppress(OSError):
+                        (self.workdir / tritonserver.PYTHON_ENV_NOTE).write_text(str(self._python_env))
+            if self._python_env is not None:
+                start_lock.release()
+
         try:
-            self._wait_ready()
+            # without the lock another server's directory may appear first: judged once ready
+            self._wait_ready(note_python_env if start_lock.held else None)
         except BaseException:
             self.stop()
             raise
-        self._note_python_env(python_envs_before)
+        note_python_env()
 
-    def _note_python_env(self, before: set[str]) -> None:
-        """Find the python backend's directory Triton made while it started (`before`: those there
-        before), for stop() (or the reaper, told through the scratch directory) to remove once
-        Triton is gone."""
-        self._python_env = tritonserver.new_python_env(before)
-        if self._python_env is not None and self._own_workdir:
-            with contextlib.suppress(OSError):
-                (self.workdir / tritonserver.PYTHON_ENV_NOTE).write_text(str(self._python_env))
-
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, on_poll: Callable[[], None] | None = None) -> None:
         deadline = time.monotonic() + self.start_timeout
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             assert self._proc is not None
+            if on_poll is not None:
+                on_poll()
             if self._proc.poll() is not None:
                 reason = self.last_error()
                 raise ServerError(

@@ -23,6 +23,7 @@ pytriton/triton.py `_prepare_triton_inference_server` and pytriton/server/triton
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import os
 import secrets
@@ -30,6 +31,7 @@ import shutil
 import site
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 from ftprefix.errors import UserError
@@ -175,10 +177,49 @@ def remove_regions(prefix: str, shm_dir: Path = SHM_DIR) -> None:
 # backend at its exit (triton-inference-server/python_backend `src/pb_env.cc`, EnvironmentManager).
 # A Triton killed, as stop() kills one once its requests are done, leaves it: an empty directory
 # in /tmp per server started. Which one a server's Triton made is known only by elimination: the
-# one directory of this name that appeared while it started.
+# one directory of this name that appeared while it started. So ftprefix's servers start one at a
+# time up to that point (StartLock): two started at once made two, and neither was known.
 PYTHON_ENV_DIR = Path("/tmp")
 PYTHON_ENV_PREFIX = "python_env_"
 PYTHON_ENV_NOTE = "python-backend-env"  # in the server's scratch directory: the reaper's to remove
+START_LOCK = PYTHON_ENV_DIR / "ftprefix-tritonserver-start.lock"
+START_LOCK_POLL_S = 0.02
+
+
+class StartLock:
+    """Held by an ftprefix server from just before its Triton starts until the python backend's
+    directory of that Triton appeared (or it was ready, or failed): across processes and users,
+    as an OS file lock, which the kernel lets go of when its holder dies. Where the lock file
+    cannot be opened (another user's, where /tmp refuses that), or is held past `wait` seconds,
+    the server starts without it, and its directory may stay unknown, as before."""
+
+    def __init__(self, wait: float, path: Path = START_LOCK) -> None:
+        self._fd: int | None = None
+        try:
+            # read-only: the first user's file is 0644, and flock needs no write access
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fd = fd
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return
+                time.sleep(START_LOCK_POLL_S)  # flock has no timeout of its own
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor lets go of the lock
+            self._fd = None
 
 
 def python_env_dirs(parent: Path = PYTHON_ENV_DIR) -> set[str]:
