@@ -428,9 +428,7 @@ def join_ranks(spec: TensorSpec, parts: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(list(parts), axis=_SPLIT_AXIS[spec.split])
 
 
-def read_array(path: str | os.PathLike[str], shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
-    """Read one raw FT file, checking its size matches `shape` exactly."""
-    path = Path(path)
+def _check_array_file(path: Path, shape: Sequence[int], dtype: np.dtype) -> None:
     expected = int(np.prod(shape)) * dtype.itemsize
     try:
         size = path.stat().st_size
@@ -438,7 +436,30 @@ def read_array(path: str | os.PathLike[str], shape: Sequence[int], dtype: np.dty
         raise UserError(f"missing weight file {path}") from None
     if size != expected:
         raise UserError(f"{path} has {size} bytes, expected {expected} for shape {tuple(shape)} {dtype.name}")
+
+
+def read_array(path: str | os.PathLike[str], shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """Read one raw FT file, checking its size matches `shape` exactly."""
+    path = Path(path)
+    _check_array_file(path, shape, dtype)
     return np.fromfile(path, dtype=dtype).reshape(shape)
+
+
+def check_weight_files(directory: str | os.PathLike[str], cfg: ModelConfig) -> None:
+    """Every file FT reads for `cfg` (base tensors, each live task's prefix) is there with its size,
+    or a UserError naming the first that is not. FT itself only warns about a file it cannot open
+    and runs on with whatever the buffer held (`loadWeightFromBin`, FasterTransformer
+    `src/fastertransformer/utils/memory_utils.cc`): a serving model with wrong answers."""
+    d, tp = Path(directory), cfg.tensor_para_size
+    try:
+        for spec in base_tensors(cfg):
+            for name in spec.file_names(tp):
+                _check_array_file(d / name, spec.rank_shape(tp), cfg.np_dtype)
+        for task in cfg.tasks.live:
+            for name in prefix_file_names(task.name, tp):
+                _check_array_file(d / name, prefix_rank_shape(cfg, task.prompt_length), cfg.np_dtype)
+    except UserError as exc:
+        raise UserError(f"{exc}: the conversion in {d} is incomplete or was changed; convert again") from None
 
 
 def write_array(path: str | os.PathLike[str], data: np.ndarray) -> None:

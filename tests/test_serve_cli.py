@@ -582,6 +582,29 @@ def test_a_temporary_directory_that_is_not_ascii_is_refused_before_starting_anyt
     )
 
 
+def test_a_conversion_missing_a_file_is_refused_in_one_line_before_starting_anything(
+    converted, capsys, monkeypatch, tmp_path
+):
+    """Triton had started and failed to load the model, with a page of its log and the python
+    model's stack, all for one missing file."""
+    from ftprefix.cli import main
+
+    copy = tmp_path / "model"
+    shutil.copytree(converted.parent, copy)
+    ft_dir = copy / converted.name
+    (ft_dir / "model.prefix_prompt.smile.weight.0.bin").unlink()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    before = descendants(os.getpid())
+    assert main(["serve", str(copy), "--grpc-port", "0", "--http-port", "0"]) == 2
+    assert descendants(os.getpid()) == before and list(scratch.iterdir()) == []
+    assert capsys.readouterr().err == (
+        f"ftprefix serve: error: missing weight file {ft_dir}/model.prefix_prompt.smile.weight.0.bin: "
+        f"the conversion in {ft_dir} is incomplete or was changed; convert again\n"
+    )
+
+
 def _regions(prefix: str) -> list[str]:
     return sorted(p.name for p in Path("/dev/shm").glob(f"{prefix}*"))
 

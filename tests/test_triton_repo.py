@@ -3,6 +3,7 @@ vs the CPU twin, and `triton_models/`."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,39 @@ def test_bad_input_is_one_line_error_and_nothing_written(tmp_path, capsys, token
     ft_dir = _config_only_conversion(tmp_path / "conv", tp=1, dtype="fp32")
     assert main(["triton-repo", str(ft_dir), "--out", str(out), "--tokenizer", str(tmp_path)]) == 2
     assert "holds no tokenizer" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda d: (d / "model.wte.bin").unlink(), "missing weight file {d}/model.wte.bin"),
+        (
+            lambda d: os.truncate(d / "model.layers.1.mlp.dense_4h_to_h.weight.0.bin", 100),
+            "{d}/model.layers.1.mlp.dense_4h_to_h.weight.0.bin has 100 bytes, "
+            "expected 65536 for shape (256, 128) float16",
+        ),
+        (
+            lambda d: (d / "model.prefix_prompt.summary.weight.1.bin").unlink(),
+            "missing weight file {d}/model.prefix_prompt.summary.weight.1.bin",
+        ),
+    ],
+    ids=["base-file-missing", "base-file-cut-short", "task-file-missing"],
+)
+def test_a_conversion_missing_a_file_is_refused_as_ft_would_serve_on_without_it(
+    tmp_path, capsys, damage, said
+):
+    """FT's loader only warns about a weight file it cannot open and serves on with whatever its
+    buffer held (`loadWeightFromBin`), so a deployment of such a conversion answered wrongly."""
+    ft_dir = _config_only_conversion(tmp_path / "conv", tp=2, dtype="fp16")
+    damage(ft_dir)
+    out = tmp_path / "out"
+    assert main(["triton-repo", str(ft_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ftprefix triton-repo: error: {said.format(d=ft_dir)}: "
+        f"the conversion in {ft_dir} is incomplete or was changed; convert again"
+    )
     assert not out.exists()
 
 

@@ -9,6 +9,7 @@ files. tests/test_triton_repo.py checks the directory matches.
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import tempfile
@@ -32,8 +33,9 @@ def example_conversion(
     end_id: int = 0,
     vocab_size: int = 512,
 ) -> Path:
-    """A converted directory as far as the repository generator reads it: config.ini alone
-    (`vocab_size`: at least the ids of the tokenizer served with it)."""
+    """A converted directory as far as the repository generator reads it: config.ini, and every
+    weight file of its size, all zeros (`vocab_size`: at least the ids of the tokenizer served
+    with it)."""
     cfg = layout.ModelConfig(
         model_name="example",
         head_num=8,
@@ -51,6 +53,13 @@ def example_conversion(
     )
     ft_dir = layout.ft_dir(root, tp)
     ft_dir.mkdir(parents=True)
+    files = [(name, spec.rank_shape(tp)) for spec in layout.base_tensors(cfg) for name in spec.file_names(tp)]
+    for task in cfg.tasks.live:
+        shape = layout.prefix_rank_shape(cfg, task.prompt_length)
+        files += [(name, shape) for name in layout.prefix_file_names(task.name, tp)]
+    for name, shape in files:
+        with open(ft_dir / name, "wb") as f:
+            f.truncate(math.prod(shape) * cfg.np_dtype.itemsize)  # sparse: no bytes written
     layout.write_config(ft_dir, cfg)
     return ft_dir
 

@@ -122,6 +122,7 @@ def write_repository(
     check_max_queue_delay(max_queue_delay_us)
     ft_dir = layout.find_ft_dir(converted).resolve()
     cfg = layout.read_config(ft_dir)
+    layout.check_weight_files(ft_dir, cfg)  # FT would serve on without a missing one
     tok = Path(tokenizer_dir) if tokenizer_dir is not None else None
     check_text_ensemble(tok is not None, streaming)
     if newline_token is not None and tok is None:
