@@ -275,11 +275,17 @@ def test_a_failed_start_says_triton_s_reason_first(converted) -> None:
     )
 
 
-def test_a_model_that_fails_to_load_under_a_name_that_is_not_ascii_says_why(converted, tmp_path) -> None:
+def test_a_model_that_fails_to_load_under_a_name_that_is_not_ascii_says_why(
+    converted, tmp_path, monkeypatch
+) -> None:
     """Inside Triton's python backend such a name cannot be encoded as UTF-8, and a message that
     held it took the stub down: Triton said only "Stub process ... is not healthy"."""
+    from ftprefix import layout
     from ftprefix.serving.server import EmbeddedServer, ServerError
 
+    # the damage below is refused before Triton starts (test_a_conversion_missing_a_file_...): here
+    # the load inside the stub is what fails, as a file damaged after that check makes it
+    monkeypatch.setattr(layout, "check_weight_files", lambda directory, cfg: None)
     home = tmp_path / "田中"
     shutil.copytree(converted, home / converted.name)
     damaged = home / converted.name / "model.prefix_prompt.smile.weight.0.bin"
