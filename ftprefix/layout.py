@@ -445,19 +445,26 @@ def read_array(path: str | os.PathLike[str], shape: Sequence[int], dtype: np.dty
     return np.fromfile(path, dtype=dtype).reshape(shape)
 
 
+def weight_files(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """Every file FT reads for `cfg` and its shape (in `cfg.np_dtype`): the base model's tensors,
+    then each live task's prefix."""
+    tp = cfg.tensor_para_size
+    files = [(name, spec.rank_shape(tp)) for spec in base_tensors(cfg) for name in spec.file_names(tp)]
+    for task in cfg.tasks.live:
+        shape = prefix_rank_shape(cfg, task.prompt_length)
+        files += [(name, shape) for name in prefix_file_names(task.name, tp)]
+    return files
+
+
 def check_weight_files(directory: str | os.PathLike[str], cfg: ModelConfig) -> None:
     """Every file FT reads for `cfg` (base tensors, each live task's prefix) is there with its size,
     or a UserError naming the first that is not. FT itself only warns about a file it cannot open
     and runs on with whatever the buffer held (`loadWeightFromBin`, FasterTransformer
     `src/fastertransformer/utils/memory_utils.cc`): a serving model with wrong answers."""
-    d, tp = Path(directory), cfg.tensor_para_size
+    d = Path(directory)
     try:
-        for spec in base_tensors(cfg):
-            for name in spec.file_names(tp):
-                _check_array_file(d / name, spec.rank_shape(tp), cfg.np_dtype)
-        for task in cfg.tasks.live:
-            for name in prefix_file_names(task.name, tp):
-                _check_array_file(d / name, prefix_rank_shape(cfg, task.prompt_length), cfg.np_dtype)
+        for name, shape in weight_files(cfg):
+            _check_array_file(d / name, shape, cfg.np_dtype)
     except UserError as exc:
         raise UserError(f"{exc}: the conversion in {d} is incomplete or was changed; convert again") from None
 

@@ -53,11 +53,7 @@ def example_conversion(
     )
     ft_dir = layout.ft_dir(root, tp)
     ft_dir.mkdir(parents=True)
-    files = [(name, spec.rank_shape(tp)) for spec in layout.base_tensors(cfg) for name in spec.file_names(tp)]
-    for task in cfg.tasks.live:
-        shape = layout.prefix_rank_shape(cfg, task.prompt_length)
-        files += [(name, shape) for name in layout.prefix_file_names(task.name, tp)]
-    for name, shape in files:
+    for name, shape in layout.weight_files(cfg):
         with open(ft_dir / name, "wb") as f:
             f.truncate(math.prod(shape) * cfg.np_dtype.itemsize)  # sparse: no bytes written
     layout.write_config(ft_dir, cfg)
