@@ -566,21 +566,27 @@ def test_serve_refuses_an_impossible_layout_before_starting_anything(converted, 
         assert err.count("\n") == 1 and f"{flag} must be {says}, got {value}" in err
 
 
+def _refused_before_starting(converted: Path, tmp: Path, monkeypatch, capsys) -> str:
+    """`ftprefix serve CONVERTED` with TMPDIR `tmp`: it exits 2 having started no process and left
+    nothing in `tmp`; what it said."""
+    from ftprefix.cli import main
+
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    before = descendants(os.getpid())
+    assert main(["serve", str(converted), "--grpc-port", "0", "--http-port", "0"]) == 2
+    assert descendants(os.getpid()) == before and list(tmp.iterdir()) == []
+    return capsys.readouterr().err
+
+
 def test_a_temporary_directory_that_is_not_ascii_is_refused_before_starting_anything(
     converted, capsys, monkeypatch, tmp_path
 ):
     """The model repository goes under TMPDIR, and Triton's python backend cannot import a model
     from a path that is not ASCII: without this check, Triton fails after seconds with a page of
     UnicodeEncodeError from importlib."""
-    from ftprefix.cli import main
-
     tmp = tmp_path / "作業"
-    tmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    before = descendants(os.getpid())
-    assert main(["serve", str(converted), "--grpc-port", "0", "--http-port", "0"]) == 2
-    assert descendants(os.getpid()) == before and list(tmp.iterdir()) == []
-    err = capsys.readouterr().err
+    err = _refused_before_starting(converted, tmp, monkeypatch, capsys)
     assert err == (
         f"ftprefix serve: error: the server's model repository would be under {tmp}, and Triton's "
         "python backend cannot load models from a path that is not ASCII: set TMPDIR to a "
@@ -593,19 +599,11 @@ def test_a_conversion_missing_a_file_is_refused_in_one_line_before_starting_anyt
 ):
     """Triton had started and failed to load the model, with a page of its log and the python
     model's stack, all for one missing file."""
-    from ftprefix.cli import main
-
     copy = tmp_path / "model"
     shutil.copytree(converted.parent, copy)
     ft_dir = copy / converted.name
     (ft_dir / "model.prefix_prompt.smile.weight.0.bin").unlink()
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    before = descendants(os.getpid())
-    assert main(["serve", str(copy), "--grpc-port", "0", "--http-port", "0"]) == 2
-    assert descendants(os.getpid()) == before and list(scratch.iterdir()) == []
-    assert capsys.readouterr().err == (
+    assert _refused_before_starting(copy, tmp_path / "scratch", monkeypatch, capsys) == (
         f"ftprefix serve: error: missing weight file {ft_dir}/model.prefix_prompt.smile.weight.0.bin: "
         f"the conversion in {ft_dir} is incomplete or was changed; convert again\n"
     )
