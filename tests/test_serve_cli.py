@@ -566,6 +566,36 @@ def test_serve_refuses_an_impossible_layout_before_starting_anything(converted, 
         assert err.count("\n") == 1 and f"{flag} must be {says}, got {value}" in err
 
 
+def test_an_openai_context_past_the_cpu_engines_rows_is_refused_before_starting_anything(
+    converted, capsys, monkeypatch, tmp_path
+):
+    """A request between the two limits passed the API and the engine refused it: its caller got a
+    400 that could not say why (the engine's reason is the operator's, in the log)."""
+    from ftprefix.cli import main
+    from ftprefix.commands.serve import _check_context
+    from ftprefix.engine import Engine, GenerationRequest
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = descendants(os.getpid())
+    hf = converted.parent.parent / "hf"
+    serve = ["serve", str(converted), "--grpc-port", "0", "--http-port", "0", "--tokenizer", str(hf)]
+    assert main([*serve, "--openai-port", "0", "--max-model-len", "100000"]) == 2
+    assert descendants(os.getpid()) == before and list(tmp_path.iterdir()) == []
+    err = capsys.readouterr().err
+    fits = int(err.rpartition("--max-model-len ")[2].split()[0])
+    assert err == (
+        "ftprefix serve: error: --max-model-len 100000 does not fit the CPU server, whose rows hold "
+        f"{fits + 2} tokens with the prefix, 2 for the longest task here: give --max-model-len {fits} "
+        "or less\n"
+    )
+    # the engine's own limit: a row of `fits` tokens with the task's prefix runs, one more does not
+    engine = Engine.load(converted)
+    engine.validate([GenerationRequest(input_ids=[1] * (fits - 1), request_output_len=1, task_id=0)])
+    with pytest.raises(ValueError, match="exceeds the limit"):
+        engine.validate([GenerationRequest(input_ids=[1] * fits, request_output_len=1, task_id=0)])
+    _check_context(fits, converted)  # the most that fits is taken
+
+
 def _refused_before_starting(converted: Path, tmp: Path, monkeypatch, capsys) -> str:
     """`ftprefix serve CONVERTED` with TMPDIR `tmp`: it exits 2 having started no process and left
     nothing in `tmp`; what it said."""

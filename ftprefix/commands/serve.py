@@ -243,6 +243,24 @@ def _apply_deployment(args: argparse.Namespace) -> None:
         args.dir = conversion  # the one the deployment serves, where the directory holds several
 
 
+def _check_context(max_model_len: int, ft_dir: Path) -> None:
+    """The OpenAI API's context must fit the CPU engine's rows with the longest prefix: a request
+    between the two limits would pass the API and be refused by the engine, which the API's caller
+    sees only as a refusal, without the reason (that is the operator's, in the log)."""
+    from ftprefix import layout
+    from ftprefix.engine.api import MAX_TOTAL_LEN
+    from ftprefix.errors import UserError
+
+    tasks = layout.read_config(ft_dir).tasks
+    longest = max((task.prompt_length for task in tasks if not task.retired), default=0)
+    if max_model_len + longest > MAX_TOTAL_LEN:
+        raise UserError(
+            f"--max-model-len {max_model_len} does not fit the CPU server, whose rows hold "
+            f"{MAX_TOTAL_LEN} tokens with the prefix, {longest} for the longest task here: give "
+            f"--max-model-len {MAX_TOTAL_LEN - longest} or less"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ftprefix import layout
     from ftprefix.errors import UserError
@@ -284,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.tokenizer is None:
             raise UserError("--openai-port needs --tokenizer HF_DIR: the OpenAI API takes and returns text")
+        _check_context(args.max_model_len, layout.find_ft_dir(args.dir))
     if (note := open_files_note("ftprefix serve")) is not None:  # before Triton starts
         print(note, file=sys.stderr, flush=True)
     openai_socket = _reserve_ports(args)

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# prefix + input + output tokens of one row. FT itself sizes its buffers per batch and has no such
+# limit below GPU memory; the CPU engine keeps one so that a row's KV cache and time stay bounded
+MAX_TOTAL_LEN = 4096
+
 
 @dataclass
 class GenerationRequest:

@@ -23,13 +23,11 @@ import numpy as np
 import torch
 
 from ftprefix import layout
-from ftprefix.engine.api import GenerationRequest, GenerationResult, Step
+from ftprefix.engine.api import MAX_TOTAL_LEN, GenerationRequest, GenerationResult, Step
 from ftprefix.engine.model import KVCache, Transformer
 from ftprefix.engine.sampling import Sampler
 from ftprefix.engine.weights import load_prefixes, load_weights
 from ftprefix.words import ends_with_stop_word
-
-DEFAULT_MAX_TOTAL_LEN = 4096  # prefix + input + output tokens per row
 
 
 @dataclass
@@ -51,7 +49,7 @@ class Engine:
         config: layout.ModelConfig,
         transformer: Transformer,
         prefixes: list[torch.Tensor],
-        max_total_len: int = DEFAULT_MAX_TOTAL_LEN,
+        max_total_len: int = MAX_TOTAL_LEN,
     ) -> None:
         self.directory = directory
         self.config = config
@@ -66,7 +64,7 @@ class Engine:
         *,
         gelu: Literal["tanh", "erf"] = "tanh",
         threads: int | None = None,
-        max_total_len: int = DEFAULT_MAX_TOTAL_LEN,
+        max_total_len: int = MAX_TOTAL_LEN,
     ) -> Engine:
         """Load `<out>/<tp>-gpu` (or its parent); any tp. `gelu="erf"` matches HF's exact GELU."""
         if threads is not None:
