@@ -250,10 +250,32 @@ BAD_CHATS = [
             "unknown_parameter",
         ),
     ),
+    # OpenAI's schema: only an assistant's turn may go without content; taken as empty, the
+    # prompt was the chat template's frame alone
+    (
+        b'{"model": "shout", "messages": [{"role": "user", "content": null}]}',
+        _error(
+            "messages.0.content: this field is required", "messages.0.content", "missing_required_parameter"
+        ),
+    ),
+    (
+        b'{"model": "shout", "messages": [{"role": "user", "content": "hi"}, {"role": "system"}]}',
+        _error(
+            "messages.1.content: this field is required", "messages.1.content", "missing_required_parameter"
+        ),
+    ),
+    (
+        b'{"model": "shout", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
+        _error("only text content parts can be served", "messages.0.content", "invalid_value"),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("body", "expected"), BAD_CHATS, ids=["empty", "surrogate", "unknown-field"])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    BAD_CHATS,
+    ids=["empty", "surrogate", "unknown-field", "null-content", "no-content", "image-part"],
+)
 def test_a_bad_chat_request_is_a_400_with_openais_body(gateway, body: bytes, expected: dict) -> None:
     for request in (body, _streamed(body)):
         answer = _post(gateway, request, "/v1/chat/completions")
@@ -601,6 +623,32 @@ def test_chat_n_gives_n_choices(gateway) -> None:
     assert [c["index"] for c in answer["choices"]] == [0, 1]
     contents = [c["message"]["content"] for c in answer["choices"]]
     assert contents[0] != contents[1], contents
+
+
+def test_only_an_assistant_turn_goes_without_content_as_the_published_schema_says(gateway) -> None:
+    """An independent validator of /openapi.json and the gateway agree on each body."""
+    doc = httpx.get(gateway + "/openapi.json").json()
+    validator = jsonschema.Draft202012Validator(
+        {
+            "$ref": "#/paths/~1v1~1chat~1completions/post/requestBody/content/application~1json/schema",
+            "paths": doc["paths"],
+            "components": doc["components"],
+        }
+    )
+    hi = {"role": "user", "content": "hi"}
+    for messages, taken in (
+        ([{"role": "user", "content": None}], False),
+        ([{"role": "user"}], False),
+        ([hi, {"role": "tool", "tool_call_id": "7"}], False),
+        ([{"role": "developer", "content": None}, hi], False),
+        ([hi, {"role": "assistant", "content": None}, hi], True),
+        ([hi, {"role": "assistant"}, hi], True),
+        ([hi], True),
+    ):
+        body = {"model": BASE, "messages": messages, "max_tokens": 1}
+        assert validator.is_valid(body) == taken, messages
+        answer = _post(gateway, body, "/v1/chat/completions")
+        assert answer.status_code == (200 if taken else 400), (messages, answer.text)
 
 
 def test_an_integer_written_as_a_float_is_that_integer(gateway, model) -> None:

@@ -23,7 +23,17 @@ import secrets
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WrapValidator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WrapValidator,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from ftprefix.gateway.errors import ApiError, bad_param
 
@@ -245,11 +255,27 @@ class TextPart(_Strict):
 
 
 class ChatMessage(_Strict):
+    # As OpenAI's schema: every turn but the assistant's (which may carry tool calls instead) has
+    # content. Taken as empty, a missing one made a prompt of the template's frame alone.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"role": {"const": "assistant"}}},
+            "else": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        }
+    )
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart | dict[str, Any]] | None = None
+    content: str | list[TextPart | dict[str, Any]] | None = Field(None, validate_default=True)
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content_unless_assistant(cls, content: Any, info: ValidationInfo) -> Any:
+        if content is None and info.data.get("role", "assistant") != "assistant":
+            raise PydanticCustomError("missing", "Field required")
+        return content
 
 
 class ResponseFormat(_Strict):
@@ -297,7 +323,7 @@ class ChatRequest(_Sampling):
             content = message.content
             if isinstance(content, list):
                 if not all(isinstance(part, TextPart) for part in content):
-                    raise bad_param(f"messages[{i}].content", "only text content parts can be served")
+                    raise bad_param(f"messages.{i}.content", "only text content parts can be served")
                 content = "".join(part.text for part in content)  # type: ignore[union-attr]
             out.append({**message.model_dump(exclude_none=True), "content": content or ""})
         return out
