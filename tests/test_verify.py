@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from background import SCRATCH, Finished
 from convert_support import ignores_peft_internal_warnings
 
 from ftprefix import cli, layout
@@ -18,6 +20,7 @@ from ftprefix.engine.model import Transformer
 from ftprefix.verify import verify_files as verify
 
 TP = 2
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +62,29 @@ def test_verify_passes_on_a_correct_conversion(converted, capsys) -> None:
     assert "MISMATCH" not in out
     # on stderr, as it goes: a model of billions of parameters takes minutes on CPU
     assert [re.sub(r"\d+\.\d s", "T s", line) for line in said.err.splitlines()] == [
-        "ftprefix verify: read both models in T s; 3 checks",
+        "ftprefix verify: read the Hugging Face model in T s; its answers for 3 checks",
+        "ftprefix verify: (base model): Hugging Face answered (1 of 3, T s)",
+        "ftprefix verify: smile: Hugging Face answered (2 of 3, T s)",
+        "ftprefix verify: story: Hugging Face answered (3 of 3, T s)",
+        "ftprefix verify: read the converted model in T s; 3 checks",
         "ftprefix verify: (base model): checked (1 of 3, T s)",
         "ftprefix verify: smile: checked (2 of 3, T s)",
         "ftprefix verify: story: checked (3 of 3, T s)",
     ]
+
+
+@pytest.mark.background(
+    *(sys.executable, BENCHMARKS / "verify_memory.py", "--hidden", "512", "--layers", "8", "--vocab", "4096"),
+    *("--workdir", SCRATCH),
+)
+def test_verify_never_holds_both_models_at_once(background_run: Finished) -> None:
+    """Both in float32 at once, a 3.6 B model needed about 29 GB where either alone fits in 16:
+    verify holding both peaked at 1.54x the larger model's memory (here, a model of 56 MiB in
+    float16), now at 1.08x. Each model's is measured in a process of its own that reads it alone."""
+    out = background_run.stdout
+    assert background_run.returncode == 0, out[-2000:] + background_run.stderr[-2000:]
+    ratio = re.search(r"verify above the imports / the larger model's: ([\d.]+)x", out)
+    assert ratio is not None and 0.5 < float(ratio.group(1)) < 1.25, out
 
 
 def test_tasks_without_their_checkpoint_are_listed_not_checked(converted) -> None:

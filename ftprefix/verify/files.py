@@ -5,7 +5,9 @@ logits and greedy tokens.
 
 from __future__ import annotations
 
+import gc
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,20 @@ def unknown_tasks(cfg: layout.ModelConfig, sources: Sequence[PrefixSource]) -> N
             raise UserError(f"unknown task {source.name!r} in the converted model; {hint}")
 
 
+@dataclass
+class _Answers:
+    """What Hugging Face answered for one check: the logits of every prompt (in a scratch file:
+    thousands of tasks' would not fit in memory) and the greedy tokens."""
+
+    logits_file: Path
+    greedy: list[list[int]]
+
+    def logits(self, lengths: Sequence[int]) -> list[np.ndarray]:
+        rows = np.load(self.logits_file, mmap_mode="r")
+        ends = np.cumsum(lengths)
+        return [rows[end - n : end] for n, end in zip(lengths, ends, strict=True)]
+
+
 def verify_files(
     directory: str | os.PathLike[str],
     hf_dir: str | os.PathLike[str],
@@ -96,7 +112,11 @@ def verify_files(
     say: Say | None = None,
 ) -> FilesReport:
     """One row for the base model and one per task of the converted directory; for an fp16
-    conversion also the fp16-activation check. `say` gets a line per stage and per check done."""
+    conversion also the fp16-activation check. `say` gets a line per stage and per check done.
+
+    Hugging Face answers every check first and its model is released before the converted one is
+    read: both in float32 at once would need twice a large model's memory (about 29 GB for a
+    3.6 B model, where either alone fits in 16)."""
     from ftprefix.engine.engine import Engine
 
     progress = Progress(say)
@@ -114,23 +134,46 @@ def verify_files(
         gelu = GELU_FORMULA[act]
     tolerance = DEFAULT_ATOL[cfg.weight_data_type] if atol is None else atol
     refs = task_references(cfg, sources, trust_pickle)
-    engine = Engine.load(ft_dir, gelu=gelu)
+    checks: list[tuple[str, int | None, TaskReference]] = [(BASE_NAME, None, BASE)]
+    checks += [(task.name, task.id, refs[task.name]) for task in cfg.tasks.live if task.name in refs]
     fp16 = cfg.weight_data_type == "fp16"
-    progress.total = 1 + sum(task.name in refs for task in cfg.tasks.live) + fp16
-    progress.stage("read both models", f"{progress.total} checks")
-    rows = [_check(engine, hf, cfg, BASE_NAME, None, BASE, tolerance)]
-    progress.checked(BASE_NAME)
-    for task in cfg.tasks.live:
-        if task.name not in refs:
-            note = f"not checked: pass --prefix {task.name}=PATH"
-            rows.append(FileCheck(task.name, task.prompt_length, None, None, note))
-            continue
-        rows.append(_check(engine, hf, cfg, task.name, task.id, refs[task.name], tolerance))
-        progress.checked(task.name)
+    progress.total = len(checks)
+    progress.stage("read the Hugging Face model", f"its answers for {len(checks)} checks")
+    batch = prompts(cfg.vocab_size)
+    with tempfile.TemporaryDirectory(prefix="ftprefix-verify-") as scratch:
+        answers: dict[int | None, _Answers] = {}  # by task id; None: the base model
+        for name, task_id, ref in checks:
+            answers[task_id] = _hf_answers(hf, batch, ref, cfg, Path(scratch) / f"{len(answers)}.npy")
+            progress.counted(name, "Hugging Face answered")
+        del hf
+        gc.collect()  # the model's memory goes back before the converted one is read
+
+        engine = Engine.load(ft_dir, gelu=gelu)
+        progress.total, progress.done = len(checks) + fp16, 0
+        progress.stage("read the converted model", f"{progress.total} checks")
+        rows: list[FileCheck] = []
+        for task in [None, *cfg.tasks.live]:
+            if task is None:
+                name, task_id, ref = BASE_NAME, None, BASE
+            elif task.name in refs:
+                name, task_id, ref = task.name, task.id, refs[task.name]
+            else:
+                note = f"not checked: pass --prefix {task.name}=PATH"
+                rows.append(FileCheck(task.name, task.prompt_length, None, None, note))
+                continue
+            rows.append(_check(engine, answers[task_id], batch, name, task_id, ref, tolerance))
+            progress.counted(name)
     activations = check_fp16(engine) if fp16 else None
     if fp16:
-        progress.checked("fp16 activations")
+        progress.counted("fp16 activations")
     return FilesReport(rows, activations)
+
+
+def _hf_answers(
+    hf: Any, batch: list[list[int]], ref: TaskReference, cfg: layout.ModelConfig, logits_file: Path
+) -> _Answers:
+    np.save(logits_file, np.concatenate([hf_logits(hf, ids, ref, cfg) for ids in batch]))
+    return _Answers(logits_file, [hf_greedy(hf, ids, ref, cfg, GREEDY_TOKENS) for ids in batch])
 
 
 def check_fp16(engine: Any) -> Fp16Check:
@@ -152,8 +195,8 @@ def check_fp16(engine: Any) -> Fp16Check:
 
 def _check(
     engine: Any,
-    hf: Any,
-    cfg: layout.ModelConfig,
+    hf: _Answers,
+    batch: list[list[int]],
     name: str,
     task_id: int | None,
     ref: TaskReference,
@@ -161,18 +204,13 @@ def _check(
 ) -> FileCheck:
     from ftprefix.engine.api import GenerationRequest
 
-    batch = prompts(cfg.vocab_size)
     ours = engine.logits(batch, [task_id] * len(batch))
-    diff = max(
-        float(np.abs(o - hf_logits(hf, ids, ref, cfg)).max()) for o, ids in zip(ours, batch, strict=True)
-    )
+    theirs = hf.logits([len(ids) for ids in batch])
+    diff = max(float(np.abs(o - h).max()) for o, h in zip(ours, theirs, strict=True))
     generated = engine.generate(
         [GenerationRequest(ids, GREEDY_TOKENS, task_id=task_id, end_id=-1) for ids in batch]
     )
-    greedy_equal = all(
-        g.generated_ids == hf_greedy(hf, ids, ref, cfg, GREEDY_TOKENS)
-        for g, ids in zip(generated, batch, strict=True)
-    )
+    greedy_equal = all(g.generated_ids == want for g, want in zip(generated, hf.greedy, strict=True))
     if not np.isfinite(diff):
         note = "non-finite logits: the converted model overflows or holds inf/nan"
     else:

@@ -237,5 +237,5 @@ def verify_server(
         if problem:
             check.note = check.note or problem
         if index + 1 == len(rows) or rows[index + 1][0] != check_index:  # the check's last row
-            progress.checked(check.task)
+            progress.counted(check.task)
     return LiveReport(url, info.decoupled, checks)

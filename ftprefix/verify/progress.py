@@ -30,8 +30,9 @@ class Progress:
         if self._say is not None:
             self._say(f"{done} in {seconds:.1f} s" + (f"; {then}" if then else ""))
 
-    def checked(self, name: str) -> None:
+    def counted(self, name: str, what: str = "checked") -> None:
+        """One more of `total` done: "NAME: WHAT (N of TOTAL, S s)"."""
         self.done += 1
         seconds = self._seconds()
         if self._say is not None:
-            self._say(f"{name}: checked ({self.done} of {self.total}, {seconds:.1f} s)")
+            self._say(f"{name}: {what} ({self.done} of {self.total}, {seconds:.1f} s)")
