@@ -78,13 +78,15 @@ def test_verify_passes_on_a_correct_conversion(converted, capsys) -> None:
     *("--workdir", SCRATCH),
 )
 def test_verify_never_holds_both_models_at_once(background_run: Finished) -> None:
-    """Both in float32 at once, a 3.6 B model needed about 29 GB where either alone fits in 16:
-    verify holding both peaked at 1.54x the larger model's memory (here, a model of 56 MiB in
-    float16), now at 1.08x. Each model's is measured in a process of its own that reads it alone."""
+    """Both in float32 at once, a 3.6 B model needed about 29 GB where either alone fits in 16.
+    Here (a model of 56 MiB in float16), verify holding both peaked at 1.54x the larger model's
+    memory with the newest transformers and 1.88x with the oldest, now at 1.08x and 1.30x (with
+    transformers 4.40 the allocator keeps part of the released model's memory). Each model's is
+    measured in a process of its own that reads it alone."""
     out = background_run.stdout
     assert background_run.returncode == 0, out[-2000:] + background_run.stderr[-2000:]
     ratio = re.search(r"verify above the imports / the larger model's: ([\d.]+)x", out)
-    assert ratio is not None and 0.5 < float(ratio.group(1)) < 1.25, out
+    assert ratio is not None and 0.5 < float(ratio.group(1)) < 1.4, out
 
 
 def test_tasks_without_their_checkpoint_are_listed_not_checked(converted) -> None:
