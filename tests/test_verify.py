@@ -12,6 +12,7 @@ import pytest
 import torch
 from background import SCRATCH, Finished
 from convert_support import ignores_peft_internal_warnings
+from hf_reference import HFReference, logits_with_prefix
 
 from ftprefix import cli, layout
 from ftprefix.commands.options import prefix_sources
@@ -87,6 +88,31 @@ def test_verify_never_holds_both_models_at_once(background_run: Finished) -> Non
     assert background_run.returncode == 0, out[-2000:] + background_run.stderr[-2000:]
     ratio = re.search(r"verify above the imports / the larger model's: ([\d.]+)x", out)
     assert ratio is not None and 0.5 < float(ratio.group(1)) < 1.4, out
+
+
+def test_hugging_faces_answers_decoded_with_its_cache_are_those_of_whole_rows(converted) -> None:
+    """verify's reference decodes a token per forward pass with HF's KV cache; the tests' own
+    reference runs the whole row again for every token: the same logits and tokens, FT's end
+    (the row stops right after end_id) included."""
+    from ftprefix.verify.reference import BASE, TaskReference, hf_answer, load_hf
+
+    _, hf_dir, _ = converted
+    prefix = toy.random_prefix(4, 2, 64, seed=11).numpy()
+    reference = HFReference(hf_dir, {"task": prefix})
+    model = load_hf(hf_dir, "fp32")
+    cfg = layout.read_config(layout.find_ft_dir(converted[0]))
+    ids = [7, 3, 99, 41, 5]
+    for task, ref in ((None, BASE), ("task", TaskReference(prefix=prefix))):
+        logits, tokens = hf_answer(model, ids, ref, cfg, 12)
+        assert (
+            np.abs(logits - logits_with_prefix(reference.model, ids, None if task is None else prefix)).max()
+            < 1e-4
+        )
+        assert tokens == reference.greedy(ids, task, 12)[0]
+        ended = tokens[4]  # as if it were the end token: the row stops right after it
+        assert (
+            hf_answer(model, ids, ref, cfg, 12, end_id=ended)[1] == reference.greedy(ids, task, 12, ended)[0]
+        )
 
 
 def test_tasks_without_their_checkpoint_are_listed_not_checked(converted) -> None:

@@ -25,8 +25,7 @@ from ftprefix.verify.reference import (
     BASE,
     TaskReference,
     check_shapes,
-    hf_greedy,
-    hf_logits,
+    hf_answer,
     load_hf,
     task_references,
 )
@@ -172,8 +171,9 @@ def verify_files(
 def _hf_answers(
     hf: Any, batch: list[list[int]], ref: TaskReference, cfg: layout.ModelConfig, logits_file: Path
 ) -> _Answers:
-    np.save(logits_file, np.concatenate([hf_logits(hf, ids, ref, cfg) for ids in batch]))
-    return _Answers(logits_file, [hf_greedy(hf, ids, ref, cfg, GREEDY_TOKENS) for ids in batch])
+    answers = [hf_answer(hf, ids, ref, cfg, GREEDY_TOKENS) for ids in batch]
+    np.save(logits_file, np.concatenate([logits for logits, _ in answers]))
+    return _Answers(logits_file, [greedy for _, greedy in answers])
 
 
 def check_fp16(engine: Any) -> Fp16Check:

@@ -117,6 +117,68 @@ def hf_logits(model: Any, ids: Sequence[int], ref: TaskReference, cfg: layout.Mo
         return out.logits[0].numpy()
 
 
+def hf_answer(
+    model: Any,
+    ids: Sequence[int],
+    ref: TaskReference,
+    cfg: layout.ModelConfig,
+    steps: int,
+    end_id: int | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """HF's logits [len(ids), vocab] for one row with its task's prefix or soft prompt, and up to
+    `steps` greedy tokens after it (with `end_id`, FT's end: the row stops right after it).
+
+    The tokens are decoded with HF's KV cache, one token per forward pass, as `generate` decodes:
+    running the whole row again for every token cost verify most of its time on a large model."""
+    import torch
+
+    from ftprefix.hf_cache import prefix_to_cache
+    from ftprefix.hf_compat import returned_cache
+
+    tokens = torch.tensor([list(ids)], dtype=torch.long)
+    with torch.no_grad():
+        if ref.soft_prompt is not None:
+            soft = torch.from_numpy(ref.soft_prompt).float()[None]
+            embeds = torch.cat([soft, model.get_input_embeddings()(tokens)], dim=1)
+            out = model(inputs_embeds=embeds, use_cache=True)
+            before = soft.shape[1]
+            logits = out.logits[0, before:]
+        else:
+            before = 0 if ref.prefix is None else ref.prefix.shape[0]
+            cache = None
+            if ref.prefix is not None:
+                cache = prefix_to_cache(torch.from_numpy(ref.prefix).float(), cfg.num_layer, cfg.head_num)
+            out = _forward(model, tokens, cache, before)
+            logits = out.logits[0]
+        length = before + len(ids)  # positions in the cache
+        generated: list[int] = []
+        while len(generated) < steps:
+            token = int(out.logits[0, -1].argmax())
+            generated.append(token)
+            if token == end_id or len(generated) == steps:
+                break
+            out = _forward(model, torch.tensor([[token]]), returned_cache(out), length)
+            length += 1
+    return logits.numpy(), generated
+
+
+def _forward(model: Any, tokens: Any, cache: Any, start: int) -> Any:
+    """A forward pass of `tokens` at positions start, start+1, ... after `cache` (None: none),
+    returning the cache extended by them."""
+    import torch
+
+    from ftprefix.hf_compat import cache_argument
+
+    n = tokens.shape[1]
+    return model(
+        tokens,
+        **({} if cache is None else cache_argument(model, cache)),
+        attention_mask=torch.ones((1, start + n), dtype=torch.long),
+        position_ids=torch.arange(start, start + n)[None],
+        use_cache=True,
+    )
+
+
 def hf_greedy(
     model: Any,
     ids: Sequence[int],
@@ -126,11 +188,4 @@ def hf_greedy(
     end_id: int | None = None,
 ) -> list[int]:
     """Up to `steps` greedy tokens; with `end_id`, FT's end: the row stops right after it."""
-    seq, out = list(ids), []
-    for _ in range(steps):
-        token = int(hf_logits(model, seq, ref, cfg)[-1].argmax())
-        out.append(token)
-        seq.append(token)
-        if token == end_id:
-            break
-    return out
+    return hf_answer(model, ids, ref, cfg, steps, end_id)[1]
