@@ -115,6 +115,30 @@ def test_hugging_faces_answers_decoded_with_its_cache_are_those_of_whole_rows(co
         )
 
 
+def test_a_model_memory_cannot_hold_in_float32_is_warned_of_before_it_is_read(converted) -> None:
+    """Killed for lack of memory after minutes of reading a large model, verify said nothing of
+    why. The need is Hugging Face's own count of the model's parameters, 4 bytes each."""
+    from transformers import GPTNeoXForCausalLM
+
+    from ftprefix.commands.tables import human_bytes
+    from ftprefix.commands.verify import memory_note
+
+    ft, hf_dir, _ = converted
+    cfg = layout.read_config(layout.find_ft_dir(ft))
+    needed = 4 * sum(p.numel() for p in GPTNeoXForCausalLM.from_pretrained(hf_dir).parameters())
+    assert memory_note(cfg, needed * 101 // 100) is None and memory_note(cfg, None) is None
+    note = memory_note(cfg, needed * 99 // 100)
+    assert note is not None
+    said = re.fullmatch(
+        r"verify reads the model into float32, ([\d.]+) KiB, and (.+) of memory is available here: "
+        r"it may be killed for lack of memory \(run it where more is free\)",
+        note,
+    )
+    assert said is not None, note
+    assert float(said.group(1)) * 1024 == pytest.approx(needed, rel=0.01)
+    assert said.group(2) == human_bytes(needed * 99 // 100)
+
+
 def test_tasks_without_their_checkpoint_are_listed_not_checked(converted) -> None:
     ft, hf, _ = converted
     rows = verify(ft, hf, []).rows

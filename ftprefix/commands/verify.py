@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ftprefix import model_dirs
+from ftprefix import layout, model_dirs
 from ftprefix.commands.options import add_prefix_option, add_trust_pickle_option
 from ftprefix.commands.tables import format_table
 
@@ -90,8 +90,12 @@ def run(args: argparse.Namespace) -> int:
         print(live_table(live.rows))
         return _summary([r.task for r in live.rows if not r.ok], sum(r.checked for r in live.rows), live.rows)
 
+    from ftprefix.serving.cpus import available_memory
     from ftprefix.verify import verify_files
 
+    cfg = layout.read_config(layout.find_ft_dir(args.directory))
+    if (note := memory_note(cfg, available_memory())) is not None:
+        _progress(f"warning: {note}")
     report = verify_files(
         args.directory,
         args.model,
@@ -113,6 +117,21 @@ def run(args: argparse.Namespace) -> int:
             )
             failed.append("fp16 activations")
     return _summary(failed, sum(r.max_abs_diff is not None for r in report.rows), report.rows)
+
+
+def memory_note(cfg: layout.ModelConfig, available: int | None) -> str | None:
+    """A warning where the model in float32 (what verify reads each model into, one at a time)
+    needs more memory than is available: verify would be killed after minutes of reading."""
+    from ftprefix.commands.tables import human_bytes
+    from ftprefix.serving.cpus import INSTANCE_OVERHEAD_BYTES, instance_bytes
+
+    needed = instance_bytes(cfg) - INSTANCE_OVERHEAD_BYTES
+    if available is None or needed <= available:
+        return None
+    return (
+        f"verify reads the model into float32, {human_bytes(needed)}, and {human_bytes(available)} of "
+        "memory is available here: it may be killed for lack of memory (run it where more is free)"
+    )
 
 
 def _progress(line: str) -> None:
