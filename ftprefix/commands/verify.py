@@ -76,7 +76,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give DIR (converted files) or --url HOST:PORT (a running server), one of them")
     sources = prefix_sources(args.prefix, args.prefix_dir)
     if args.url is not None:
+        from ftprefix.converter.hf_config import read_hf_config
+        from ftprefix.serving.cpus import available_memory
         from ftprefix.verify.live import verify_server
+
+        cfg = read_hf_config(args.model).to_ft(tp=1, dtype="fp32", model_name="")
+        if (note := memory_note(cfg, available_memory())) is not None:
+            _progress(f"warning: {note}")
 
         live = verify_server(
             args.url,
