@@ -92,29 +92,7 @@ def task_references(
 
 def hf_logits(model: Any, ids: Sequence[int], ref: TaskReference, cfg: layout.ModelConfig) -> np.ndarray:
     """HF logits [len(ids), vocab] for one row with its task's prefix or soft prompt."""
-    import torch
-
-    from ftprefix.hf_cache import prefix_to_cache
-    from ftprefix.hf_compat import cache_argument
-
-    tokens = torch.tensor([list(ids)], dtype=torch.long)
-    n = len(ids)
-    with torch.no_grad():
-        if ref.soft_prompt is not None:
-            soft = torch.from_numpy(ref.soft_prompt).float()[None]
-            embeds = torch.cat([soft, model.get_input_embeddings()(tokens)], dim=1)
-            return model(inputs_embeds=embeds).logits[0, soft.shape[1] :].numpy()
-        if ref.prefix is None:
-            return model(tokens).logits[0].numpy()
-        p = ref.prefix.shape[0]
-        cache = prefix_to_cache(torch.from_numpy(ref.prefix).float(), cfg.num_layer, cfg.head_num)
-        out = model(
-            tokens,
-            **cache_argument(model, cache),
-            attention_mask=torch.ones((1, p + n), dtype=torch.long),
-            position_ids=torch.arange(p, p + n)[None],
-        )
-        return out.logits[0].numpy()
+    return hf_answer(model, ids, ref, cfg, 0)[0]
 
 
 def hf_answer(
