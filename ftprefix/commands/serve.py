@@ -252,7 +252,7 @@ def _check_context(max_model_len: int, ft_dir: Path) -> None:
     from ftprefix.errors import UserError
 
     tasks = layout.read_config(ft_dir).tasks
-    longest = max((task.prompt_length for task in tasks if not task.retired), default=0)
+    longest = max((task.prompt_length for task in tasks.live), default=0)
     if max_model_len + longest > MAX_TOTAL_LEN:
         raise UserError(
             f"--max-model-len {max_model_len} does not fit the CPU server, whose rows hold "

@@ -77,13 +77,9 @@ def run(args: argparse.Namespace) -> int:
     sources = prefix_sources(args.prefix, args.prefix_dir)
     if args.url is not None:
         from ftprefix.converter.hf_config import read_hf_config
-        from ftprefix.serving.cpus import available_memory
         from ftprefix.verify.live import verify_server
 
-        cfg = read_hf_config(args.model).to_ft(tp=1, dtype="fp32", model_name="")
-        if (note := memory_note(cfg, available_memory())) is not None:
-            _progress(f"warning: {note}")
-
+        _warn_of_memory(read_hf_config(args.model).to_ft(tp=1, dtype="fp32", model_name=""))
         live = verify_server(
             args.url,
             args.model,
@@ -96,12 +92,9 @@ def run(args: argparse.Namespace) -> int:
         print(live_table(live.rows))
         return _summary([r.task for r in live.rows if not r.ok], sum(r.checked for r in live.rows), live.rows)
 
-    from ftprefix.serving.cpus import available_memory
     from ftprefix.verify import verify_files
 
-    cfg = layout.read_config(layout.find_ft_dir(args.directory))
-    if (note := memory_note(cfg, available_memory())) is not None:
-        _progress(f"warning: {note}")
+    _warn_of_memory(layout.read_config(layout.find_ft_dir(args.directory)))
     report = verify_files(
         args.directory,
         args.model,
@@ -125,13 +118,20 @@ def run(args: argparse.Namespace) -> int:
     return _summary(failed, sum(r.max_abs_diff is not None for r in report.rows), report.rows)
 
 
+def _warn_of_memory(cfg: layout.ModelConfig) -> None:
+    from ftprefix.serving.cpus import available_memory
+
+    if (note := memory_note(cfg, available_memory())) is not None:
+        _progress(f"warning: {note}")
+
+
 def memory_note(cfg: layout.ModelConfig, available: int | None) -> str | None:
     """A warning where the model in float32 (what verify reads each model into, one at a time)
     needs more memory than is available: verify would be killed after minutes of reading."""
     from ftprefix.commands.tables import human_bytes
-    from ftprefix.serving.cpus import INSTANCE_OVERHEAD_BYTES, instance_bytes
+    from ftprefix.serving.cpus import float32_bytes
 
-    needed = instance_bytes(cfg) - INSTANCE_OVERHEAD_BYTES
+    needed = float32_bytes(cfg)
     if available is None or needed <= available:
         return None
     return (

@@ -141,10 +141,14 @@ def available_memory(
     return min(known) if known else None
 
 
+def float32_bytes(cfg: layout.ModelConfig) -> int:
+    """The base model's weights as float32, as the engine (and verify's Hugging Face) holds them."""
+    return 4 * sum(math.prod(spec.shape) for spec in layout.base_tensors(cfg))
+
+
 def instance_bytes(cfg: layout.ModelConfig) -> int:
     """What one engine instance holds: the base weights as float32, and its process."""
-    elements = sum(math.prod(spec.shape) for spec in layout.base_tensors(cfg))
-    return elements * 4 + INSTANCE_OVERHEAD_BYTES
+    return float32_bytes(cfg) + INSTANCE_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True)

@@ -133,15 +133,16 @@ def verify_files(
         gelu = GELU_FORMULA[act]
     tolerance = DEFAULT_ATOL[cfg.weight_data_type] if atol is None else atol
     refs = task_references(cfg, sources, trust_pickle)
-    checks: list[tuple[str, int | None, TaskReference]] = [(BASE_NAME, None, BASE)]
-    checks += [(task.name, task.id, refs[task.name]) for task in cfg.tasks.live if task.name in refs]
+    # by task id (None: the base model): the name it is reported under and its reference
+    checks: dict[int | None, tuple[str, TaskReference]] = {None: (BASE_NAME, BASE)}
+    checks |= {task.id: (task.name, refs[task.name]) for task in cfg.tasks.live if task.name in refs}
     fp16 = cfg.weight_data_type == "fp16"
     progress.total = len(checks)
     progress.stage("read the Hugging Face model", f"its answers for {len(checks)} checks")
     batch = prompts(cfg.vocab_size)
     with tempfile.TemporaryDirectory(prefix="ftprefix-verify-") as scratch:
-        answers: dict[int | None, _Answers] = {}  # by task id; None: the base model
-        for name, task_id, ref in checks:
+        answers: dict[int | None, _Answers] = {}
+        for task_id, (name, ref) in checks.items():
             answers[task_id] = _hf_answers(hf, batch, ref, cfg, Path(scratch) / f"{len(answers)}.npy")
             progress.counted(name, "Hugging Face answered")
         del hf
@@ -152,14 +153,12 @@ def verify_files(
         progress.stage("read the converted model", f"{progress.total} checks")
         rows: list[FileCheck] = []
         for task in [None, *cfg.tasks.live]:
-            if task is None:
-                name, task_id, ref = BASE_NAME, None, BASE
-            elif task.name in refs:
-                name, task_id, ref = task.name, task.id, refs[task.name]
-            else:
+            task_id = None if task is None else task.id
+            if task_id not in checks:
                 note = f"not checked: pass --prefix {task.name}=PATH"
                 rows.append(FileCheck(task.name, task.prompt_length, None, None, note))
                 continue
+            name, ref = checks[task_id]
             rows.append(_check(engine, answers[task_id], batch, name, task_id, ref, tolerance))
             progress.counted(name)
     activations = check_fp16(engine) if fp16 else None
