@@ -17,11 +17,12 @@ models at once, verify's is the one plus the other; reading one after the other,
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from convert import run_measured
 
 MiB = 2**20
 # what verify imports before it reads a model, its lazily imported modeling code included
@@ -33,13 +34,7 @@ IMPORTS = (
 
 def peak_rss(argv: list[str]) -> int:
     """Peak RSS in bytes of one child process (which must succeed)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(
-            f"{' '.join(argv[:3])} ... failed with exit code {os.waitstatus_to_exitcode(status)}"
-        )
-    return usage.ru_maxrss * 1024  # Linux reports KiB
+    return run_measured(argv)[1]
 
 
 def build(workdir: Path, hidden: int, layers: int, vocab: int) -> None:
