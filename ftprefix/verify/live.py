@@ -34,7 +34,7 @@ from ftprefix.errors import UserError
 from ftprefix.task_table import unknown_name_hint
 from ftprefix.verify.files import BASE_NAME
 from ftprefix.verify.progress import Progress, Say
-from ftprefix.verify.reference import BASE, TaskReference, hf_greedy, hf_logits, load_hf, task_references
+from ftprefix.verify.reference import BASE, TaskReference, hf_answer, hf_logits, load_hf, task_references
 
 PROMPT_LENGTHS = (3, 6, 10)
 NEW_TOKENS = 8
@@ -233,7 +233,7 @@ def verify_server(
         check = checks[check_index]
         row = row_of_task[check_index] = row_of_task.get(check_index, -1) + 1
         ref = BASE if name is None else refs[name]
-        _compare(check, row, hf, ids, ref, cfg, hf_greedy(hf, ids, ref, cfg, NEW_TOKENS, end_id), got, gap)
+        _compare(check, row, hf, ids, ref, cfg, hf_answer(hf, ids, ref, cfg, NEW_TOKENS, end_id)[1], got, gap)
         if problem:
             check.note = check.note or problem
         if index + 1 == len(rows) or rows[index + 1][0] != check_index:  # the check's last row

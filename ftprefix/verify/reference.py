@@ -155,15 +155,3 @@ def _forward(model: Any, tokens: Any, cache: Any, start: int) -> Any:
         position_ids=torch.arange(start, start + n)[None],
         use_cache=True,
     )
-
-
-def hf_greedy(
-    model: Any,
-    ids: Sequence[int],
-    ref: TaskReference,
-    cfg: layout.ModelConfig,
-    steps: int,
-    end_id: int | None = None,
-) -> list[int]:
-    """Up to `steps` greedy tokens; with `end_id`, FT's end: the row stops right after it."""
-    return hf_answer(model, ids, ref, cfg, steps, end_id)[1]
