@@ -20,14 +20,16 @@ async def step() -> None:
         await asyncio.sleep(0)  # one pass of the loop's ready queue, no waiting
 
 
-async def _admissions(admission: Admission, arrivals: list[str]) -> list[str]:
+async def _admissions(
+    admission: Admission, arrivals: list[str], weights: dict[str, int] | None = None
+) -> list[str]:
     """Tenants in the order they get a place, when `arrivals` queue (in that order) behind one place
     that is taken, and each admitted request leaves as soon as it got in."""
     order: list[str] = []
     assert await admission.enter("holder", FOREVER) == 0.0  # the one place is taken
 
     async def request(tenant: str) -> None:
-        await admission.enter(tenant, FOREVER)
+        await admission.enter(tenant, FOREVER, weight=(weights or {}).get(tenant, 1))
         order.append(tenant)
 
     tasks = []
@@ -48,6 +50,19 @@ def test_a_tenant_with_one_request_waits_for_one_request_of_each_other_tenant() 
     arrivals = ["A"] * 6 + ["B"] + ["C"] * 2
     order = asyncio.run(_admissions(Admission(1), arrivals))
     assert order == ["A", "B", "C", "A", "C", "A", "A", "A", "A"]
+
+
+def test_a_tenants_weight_is_its_requests_per_turn() -> None:
+    """Weighted round robin: A (weight 3) three requests a turn, B and C one, each turn carried on
+    over places freed one at a time; a tenant whose queue runs dry leaves the turns."""
+    arrivals = ["A"] * 8 + ["B"] * 3 + ["C"]
+    order = asyncio.run(_admissions(Admission(1), arrivals, {"A": 3}))
+    assert order == ["A", "A", "A", "B", "C", "A", "A", "A", "B", "A", "A", "B"]
+
+
+def test_weights_do_not_reorder_fifo_admission() -> None:
+    arrivals = ["A"] * 4 + ["B"] * 2 + ["A"]
+    assert asyncio.run(_admissions(Admission(1, fair=False), arrivals, {"A": 3})) == arrivals
 
 
 def test_fifo_admission_serves_arrival_order() -> None:

@@ -135,7 +135,7 @@ def test_client_benchmark_reports_overhead_and_throughput(background_run: Finish
 
 @pytest.mark.background(
     *_command("noisy_neighbour.py", "--flood", "6", "--samples", "2", "--short", "2", "--long", "4"),
-    *("--hidden", "64", "--layers", "1", "--settle", "0.3"),
+    *("--hidden", "64", "--layers", "1", "--settle", "0.3", "--share-seconds", "0.5"),
 )
 def test_noisy_neighbour_benchmark_compares_admission_policies(background_run: Finished):
     out = _output(background_run)
@@ -146,6 +146,9 @@ def test_noisy_neighbour_benchmark_compares_admission_policies(background_run: F
     }
     assert {"--max-in-flight 1, fair", "--max-in-flight 1, fifo"} <= rows.keys()
     assert all(_number(row, 1) > 0 and _number(row, 2) > 0 for row in rows.values())
+    shares = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| f")}
+    assert shares.keys() == {"fair, weights 1 and 1", "fair, B of weight 3", "fifo"}
+    assert all(_number(row, 1) > 0 and _number(row, 2) > 0 for row in shares.values())
 
 
 @pytest.mark.background(*_command("fuzz_openai.py", "--max-examples", "2", "--phases", "fuzzing"))

@@ -39,6 +39,8 @@ KEYS = {
     "k-free": ["smile", BASE],  # the old form: a list of tasks, no limits
     "k-flood": {"tenant": "flood", "tasks": "*"},
     "k-calm": {"tenant": "calm", "tasks": "*"},
+    "k-heavy": {"tenant": "heavy", "tasks": "*", "weight": 3},
+    "k-light": {"tenant": "light", "tasks": "*"},
 }
 
 
@@ -104,6 +106,9 @@ def test_the_keys_file_takes_limits_and_the_old_forms(model, tmp_path: Path) -> 
         ({"tenant": "a", "tasks": "*", "max_tokens": "5"}, "max_tokens must be a whole number"),
         ({"tenant": "a b", "tasks": "*"}, "tenant must be 1 to 64"),
         ({"tenant": "a", "tasks": "*", "rate": 5}, "unknown setting 'rate'"),
+        ({"tenant": "a", "tasks": "*", "weight": 0}, "weight must be a whole number from 1 to 1000"),
+        ({"tenant": "a", "tasks": "*", "weight": 1.5}, "weight must be a whole number from 1 to 1000"),
+        ({"tenant": "a", "tasks": "*", "weight": 1001}, "weight must be a whole number from 1 to 1000"),
         ({"tenant": "a"}, 'give "tasks"'),
     ],
 )
@@ -120,6 +125,39 @@ def test_a_bad_entry_is_refused_naming_the_key_by_number_only(
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "s3cret" not in err
+
+
+def test_a_weight_is_the_tenants_on_all_its_keys(tmp_path: Path) -> None:
+    """A weight shares out turns between tenants, so a tenant has one: the keys that leave it out
+    take the one its other keys give, and keys of one tenant that give different ones are refused,
+    by number."""
+    path = tmp_path / "keys.json"
+    path.write_text(
+        json.dumps(
+            {
+                "k-1": {"tenant": "gold", "tasks": "*"},
+                "k-2": {"tenant": "gold", "tasks": ["smile"], "weight": 4},
+                "k-3": {"tenant": "plain", "tasks": "*"},
+                "k-4": "*",
+            }
+        )
+    )
+    weights = sorted((p.tenant, p.weight) for p in parse_keys_file(path).values())
+    assert weights == [("gold", 4), ("gold", 4), ("key-4", 1), ("plain", 1)]
+    path.write_text(
+        json.dumps(
+            {
+                "s3cret-1": {"tenant": "gold", "tasks": "*", "weight": 4},
+                "s3cret-2": {"tenant": "plain", "tasks": "*"},
+                "s3cret-3": {"tenant": "gold", "tasks": "*", "weight": 2},
+            }
+        )
+    )
+    with pytest.raises(UserError) as refused:
+        parse_keys_file(path)
+    said = str(refused.value)
+    assert "key number 3 gives tenant 'gold' weight 2, key number 1 weight 4" in said
+    assert "s3cret" not in said
 
 
 # -- limits -------------------------------------------------------------------------------------
@@ -342,6 +380,53 @@ def test_a_calm_tenant_is_not_queued_behind_a_flood(triton, model, admission: st
         assert before <= 5  # one request of the flood per turn, not the whole queue
     else:
         assert before >= 40  # first come, first served: behind the whole flood
+
+
+def test_a_tenant_of_weight_3_gets_three_turns_to_another_tenants_one(triton, model) -> None:
+    """Both tenants keep requests waiting for the one place: between the light tenant's (weight 1)
+    first and last answers, the heavy one's (weight 3) are three to each of its; with weight 1 for
+    both they would be one to one (test_a_calm_tenant_is_not_queued_behind_a_flood)."""
+    server, url = _gateway(triton.grpc_url, model["hf"], model["keys"], max_in_flight=1)
+    finished: list[str] = []
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=60)) as client:
+
+            async def one(key: str) -> None:
+                body = {"model": BASE, "prompt": PROMPT, "max_tokens": 4, "ignore_eos": True}
+                answer = await client.post(
+                    url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+                )
+                assert answer.status_code == 200
+                finished.append(key)
+
+            async def waiting_at_least(count: int) -> None:
+                deadline = time.monotonic() + 60
+                while True:  # bounded poll of the gateway's own gauge
+                    text = (await client.get(url + "/metrics")).text
+                    gauge = [
+                        s.value
+                        for f in text_string_to_metric_families(text)
+                        for s in f.samples
+                        if s.name == "ftprefix_waiting_requests"
+                    ]
+                    if gauge and gauge[0] >= count:
+                        return
+                    assert time.monotonic() < deadline
+
+            heavy = [asyncio.ensure_future(one("k-heavy")) for _ in range(40)]
+            await waiting_at_least(34)
+            light = [asyncio.ensure_future(one("k-light")) for _ in range(8)]
+            await asyncio.gather(*heavy, *light)
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.should_exit = True
+    first, last = finished.index("k-light"), len(finished) - 1 - finished[::-1].index("k-light")
+    between = finished[first:last].count("k-heavy")
+    assert 19 <= between <= 23, finished  # 7 turns of 3 between the light tenant's 8 answers
+    assert finished[-1] == "k-heavy"  # the light tenant's 8 were never left to the end
 
 
 def test_a_batch_in_one_request_takes_a_place_per_prompt(triton, model) -> None:

@@ -201,8 +201,8 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         help=(
             'keys per tenant: a JSON object {"KEY": ["task", ...] or "*"}, or per key an object with '
             '"tasks", "tenant" and the limits max_concurrent, requests_per_minute, tokens_per_minute, '
-            "max_tokens (README: Limits per key); a key sees and uses only its models; read again "
-            "when the file changes"
+            "max_tokens, and the tenant's weight in admission (README: Limits per key); a key sees and "
+            "uses only its models; read again when the file changes"
         ),
     )
     parser.add_argument(

@@ -9,9 +9,12 @@ once), so a batch in one request counts as much as N requests, and one larger th
 alone. When the places are taken, the rest queue per tenant and freed places go to the next
 tenant in turn that has a request waiting, once there are enough of them for it (no request
 overtakes the one whose turn it is: a large one is not starved by small ones): a tenant with one
-request waits for at most one request of each other tenant, however many those others queued. A
-waiting request that gives up (its time is up, its client went away) leaves the queue at once; a
-request holds its places until its last token is out (streams included).
+request waits for at most one request of each other tenant (of weight 1), however many those others
+queued. A tenant's weight (its keys' `weight`, default 1) is how many of its waiting requests one
+turn admits, so tenants that all wait are admitted in proportion to their weights (weighted round
+robin, counted in requests as the turns are). A waiting request that gives up (its time is up, its
+client went away) leaves the queue at once; a request holds its places until its last token is
+out (streams included).
 
 One process, one event loop: no locks. `enter` and `leave` cost a few dict and deque operations.
 """
@@ -41,6 +44,8 @@ class Admission:
         self.in_flight = 0  # places taken: prompt rows at Triton
         self._waiting: dict[str, deque[tuple[asyncio.Future[None], int]]] = {}
         self._turns: deque[str] = deque()  # tenants with waiters, in the order they are served
+        self._weights: dict[str, int] = {}  # a waiting tenant's requests per turn
+        self._turn_used = 0  # requests the tenant at the head of `_turns` was admitted this turn
         self.changed: Callable[[], None] | None = None  # told whenever a place is taken or freed
 
     @property
@@ -58,8 +63,10 @@ class Admission:
         timeout: float,
         gone: Callable[[], Awaitable[object]] | None = None,
         places: int = 1,
+        weight: int = 1,
     ) -> float:
-        """Take `places` places at Triton (one per prompt row) for `tenant`; the seconds waited.
+        """Take `places` places at Triton (one per prompt row) for `tenant`, whose turns admit up to
+        `weight` requests each; the seconds waited.
         QueueTimeout after `timeout` seconds; ClientGone as soon as what `gone()` returns
         completes (the client's disconnect), which is asked for only when the request has to wait.
         `leave(places)` gives them back."""
@@ -74,6 +81,7 @@ class Admission:
         if queue is None:
             queue = self._waiting[tenant] = deque()
             self._turns.append(tenant)
+        self._weights[tenant] = weight if self.fair else 1  # the latest: a keys file read again
         queue.append((place, places))
         self._changed()
         watch = asyncio.ensure_future(gone()) if gone is not None else None
@@ -104,8 +112,7 @@ class Admission:
         if queue is not None and (place, places) in queue:
             queue.remove((place, places))
             if not queue:
-                del self._waiting[tenant]
-                self._turns.remove(tenant)
+                self._drop(tenant)
         self._grant()  # the request it held up may fit now
         self._changed()
 
@@ -123,15 +130,23 @@ class Admission:
             place, places = queue[0]
             if not place.done() and not self._fits(places):
                 return  # its turn: nothing overtakes it
-            self._turns.popleft()
             queue.popleft()
-            if queue:
-                self._turns.append(tenant)  # its next request waits for the others' turns
-            else:
-                del self._waiting[tenant]
             if not place.done():
                 self.in_flight += places
                 place.set_result(None)
+                self._turn_used += 1
+            if not queue:
+                self._drop(tenant)
+            elif self._turn_used >= self._weights[tenant]:
+                self._turns.rotate(-1)  # its next request waits for the others' turns
+                self._turn_used = 0
+
+    def _drop(self, tenant: str) -> None:
+        """`tenant` has no request waiting any more: it leaves the turns."""
+        if self._turns[0] == tenant:
+            self._turn_used = 0  # the next tenant's turn starts afresh
+        self._turns.remove(tenant)
+        del self._waiting[tenant], self._weights[tenant]
 
     def _changed(self) -> None:
         if self.changed is not None:

@@ -470,7 +470,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             await place_limit(ctx)
             # a place per prompt row: a batch in one request counts as that many requests
             waited = await admission.enter(
-                policy.tenant, settings.queue_timeout, request.receive, places=len(ids)
+                policy.tenant, settings.queue_timeout, request.receive, places=len(ids), weight=policy.weight
             )
         except QueueTimeout:
             grant.finish(0)

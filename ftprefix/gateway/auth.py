@@ -6,13 +6,15 @@ model, and from `--api-keys FILE`, a JSON object read again when the file change
 
     {"KEY": ["task", ...] | "*" | {"tenant": "acme", "tasks": [...] | "*", "max_concurrent": 4,
                                     "requests_per_minute": 600, "tokens_per_minute": 100000,
-                                    "max_tokens": 512}}
+                                    "max_tokens": 512, "weight": 2}}
 
 Keys are kept and compared only as SHA-256 digests: the table holds no key, and the time a lookup
 takes says nothing about how much of a wrong key was right (its digest shares no usable prefix with
 a right one's), while thousands of tenants' keys cost one dict lookup. With no key configured the
 API is open. A tenant's name labels its metrics and shares its fair share of the server between
-its keys; a key without one is named by its place in the file (`key-3`), never by the key.
+its keys; a key without one is named by its place in the file (`key-3`), never by the key. A
+tenant's `weight` (default 1) is how many of its waiting requests are admitted per turn
+(admission.py): a tenant's, not a key's, so its keys give the same one or leave it out.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ftprefix.errors import UserError
@@ -34,6 +36,8 @@ ALL = "*"
 OPEN_TENANT = "open"  # the tenant of every request while no key is configured
 ADMIN_TENANT = "api-key"  # the tenant of --api-key / FTPREFIX_API_KEY
 LIMITS = ("max_concurrent", "requests_per_minute", "tokens_per_minute", "max_tokens")
+SETTINGS = ("tenant", "tasks", *LIMITS, "weight")
+MAX_WEIGHT = 1000  # turns of this many requests still end, so every other tenant's come round
 _TENANT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # a metrics label value anyone can read safely
 log = logging.getLogger("ftprefix.gateway")
 
@@ -59,6 +63,7 @@ class KeyPolicy:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     max_tokens: int | None = None
+    weight: int = 1  # the tenant's requests admitted per turn when requests wait (admission.py)
     ident: str = ""
 
     def allows(self, model: str) -> bool:
@@ -88,9 +93,9 @@ def _scope(models: object, where: str) -> Scope:
 def _policy(value: object, where: str, number: int, ident: str) -> KeyPolicy:
     if not isinstance(value, Mapping):
         return KeyPolicy(f"key-{number}", _scope(value, where), ident=ident)
-    unknown = sorted(set(value) - {"tenant", "tasks", *LIMITS})
+    unknown = sorted(set(value) - set(SETTINGS))
     if unknown:
-        known = ", ".join(["tenant", "tasks", *LIMITS])
+        known = ", ".join(SETTINGS)
         raise UserError(f"{where}: unknown setting {unknown[0]!r}; a key's settings are {known}")
     tenant = value.get("tenant", f"key-{number}")
     if not isinstance(tenant, str) or not _TENANT.match(tenant):
@@ -103,7 +108,26 @@ def _policy(value: object, where: str, number: int, ident: str) -> KeyPolicy:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise UserError(f"{where}: {name} must be a whole number of at least 1, got {limit!r}")
         limits[name] = limit
-    return KeyPolicy(tenant, _scope(value["tasks"], where), ident=ident, **limits)
+    weight = value.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+        raise UserError(f"{where}: weight must be a whole number from 1 to {MAX_WEIGHT}, got {weight!r}")
+    return KeyPolicy(tenant, _scope(value["tasks"], where), weight=weight, ident=ident, **limits)
+
+
+def _tenant_weights(data: Mapping[object, object], policies: list[KeyPolicy], path: Path) -> list[KeyPolicy]:
+    """Each tenant's one weight on all its keys: the weight its keys give (they must agree), or 1."""
+    given: dict[str, tuple[int, int]] = {}  # tenant -> (weight, the number of the key that gave it)
+    for number, value in enumerate(data.values(), start=1):
+        if isinstance(value, Mapping) and "weight" in value:
+            policy = policies[number - 1]
+            first = given.setdefault(policy.tenant, (policy.weight, number))
+            if first[0] != policy.weight:
+                raise UserError(
+                    f"{path}: key number {number} gives tenant {policy.tenant!r} weight {policy.weight}, "
+                    f"key number {first[1]} weight {first[0]}: a weight is the tenant's, give its keys "
+                    "the same one"
+                )
+    return [replace(p, weight=given[p.tenant][0]) if p.tenant in given else p for p in policies]
 
 
 def parse_keys_file(path: Path) -> dict[bytes, KeyPolicy]:
@@ -118,14 +142,15 @@ def parse_keys_file(path: Path) -> dict[bytes, KeyPolicy]:
         raise UserError(f"{path} is not JSON ({exc}): {form}") from None
     if not isinstance(data, Mapping):
         raise UserError(f"{path}: {form}")
-    policies: dict[bytes, KeyPolicy] = {}
+    digests: list[bytes] = []
+    policies: list[KeyPolicy] = []
     for number, (key, value) in enumerate(data.items(), start=1):
         where = f"{path}: key number {number}"  # never the key itself
         if not isinstance(key, str) or not key:
             raise UserError(f"{where} is empty")
-        digest = _digest(key)
-        policies[digest] = _policy(value, where, number, digest.hex())
-    return policies
+        digests.append(_digest(key))
+        policies.append(_policy(value, where, number, digests[-1].hex()))
+    return dict(zip(digests, _tenant_weights(data, policies, path), strict=True))
 
 
 class KeyRing:
