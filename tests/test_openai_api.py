@@ -27,7 +27,7 @@ import openai
 import pytest
 import tritonclient.grpc as grpcclient
 from hf_reference import HFReference
-from serving_support import convert_toy, tensors
+from serving_support import convert_toy, rows_counted, tensors
 from transformers import AutoTokenizer
 
 from ftprefix import protocol
@@ -547,11 +547,28 @@ def test_equal_prompts_of_one_request_sample_each_on_its_own_unless_seeded(gatew
     assert seeded == _choice_texts(gateway, {**request, "prompt": [PROMPT], "seed": 5})[0] * 3
 
 
+def _rows_computed(
+    triton: EmbeddedServer, gateway: str, body: dict, expected: int
+) -> tuple[list[str], dict | None, int]:
+    """`_choice_texts` of the body, and the rows Triton computed for it, read once at least
+    `expected` of them and a request of one row sent after it are counted (Triton counts a request
+    once its answer is on its way): more rows than expected show, fewer wait out the poll."""
+    before = rows_counted(triton.grpc_url)
+    texts, use = _choice_texts(gateway, body)
+    _post(gateway, {"model": BASE, "prompt": PROMPT, "max_tokens": 1})
+    deadline = time.monotonic() + 10
+    while rows_counted(triton.grpc_url) - before < expected + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)  # bounded poll of Triton's own statistics
+    return texts, use, rows_counted(triton.grpc_url) - before - 1
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_n_gives_each_prompt_n_choices_in_openais_order(gateway, model, stream) -> None:
+def test_n_gives_each_prompt_n_choices_in_openais_order(gateway, triton, model, stream) -> None:
     """Choice j of prompt i is choices[i * n + j], as OpenAI numbers them; greedy choices are
-    Hugging Face's greedy answer; sampled ones each sample on their own, the first of each prompt
-    as the prompt alone with the caller's seed; the prompt's tokens are counted once in usage."""
+    Hugging Face's greedy answer, computed once per prompt (a row at Triton, not n of the same);
+    sampled ones each sample on their own, a row each, the first of each prompt as the prompt
+    alone with the caller's seed; the prompt's tokens are counted once in usage, every choice's
+    completion as its own."""
     other = "Hello there"
     request = {"model": BASE, "prompt": [PROMPT, other], "n": 3, "max_tokens": 5, "ignore_eos": True}
     request.update(stream=stream, **({"stream_options": {"include_usage": True}} if stream else {}))
@@ -562,11 +579,13 @@ def test_n_gives_each_prompt_n_choices_in_openais_order(gateway, model, stream) 
         generated, _ = model["reference"].greedy(ids, None, 5, end_id=model["end_id"], min_new_tokens=5)
         want.append(tokenizer.decode(ids + generated)[len(tokenizer.decode(ids)) :])
     prompt_tokens = sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in (PROMPT, other))
-    greedy, use = _choice_texts(gateway, {**request, "temperature": 0})
+    greedy, use, rows = _rows_computed(triton, gateway, {**request, "temperature": 0}, 2)
     assert greedy == [want[0]] * 3 + [want[1]] * 3
     assert use == usage(prompt_tokens, 6 * 5)
-    sampled, _ = _choice_texts(gateway, {**request, "temperature": 2, "seed": 9})
+    assert rows == 2
+    sampled, use, rows = _rows_computed(triton, gateway, {**request, "temperature": 2, "seed": 9}, 6)
     assert len(set(sampled)) == 6, sampled  # a random model at temperature 2: any two equal is chance
+    assert rows == 6 and use == usage(prompt_tokens, 6 * 5)
     alone, _ = _choice_texts(gateway, {**request, "n": 1, "temperature": 2, "seed": 9})
     assert [sampled[0], sampled[3]] == alone
 

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -463,9 +463,14 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         if sent_ids or body.stop_token_ids:
             await in_vocabulary(ctx, sent_ids, body.stop_token_ids or [])
         prompt_tokens = sum(len(row) for row in ids)  # once per prompt, however many choices, as OpenAI
-        if body.choices > 1:  # a row per choice: choice j of prompt i is choices[i * n + j]
+        # choice j of prompt i is choices[i * n + j]. Sampled, each choice is a row of its own; greedy
+        # (no temperature in the options), a prompt's choices are one answer, so the prompt goes to
+        # Triton once and its answer is each of its choices (`copies`): n rows of one prompt
+        # would take n places and n rows of every batch to compute the same tokens
+        copies = body.choices if "temperature" not in options else 1
+        if body.choices > 1 and copies == 1:
             ids = [row for row in ids for _ in range(body.choices)]
-        grant = limits.admit(policy, prompt_tokens + max_new * len(ids))
+        grant = limits.admit(policy, prompt_tokens + max_new * len(ids) * copies)
         try:
             await place_limit(ctx)
             # a place per prompt row: a batch in one request counts as that many requests
@@ -491,17 +496,22 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         metrics.waited(policy.tenant, waited)
         if body.stream:
             usage_in = UsageIn(body.include_usage, body.continuous_usage)
-            return stream_answer(ctx, policy, answer, ids, prompt_tokens, task, options, usage_in, grant)
+            return stream_answer(
+                ctx, policy, answer, ids, copies, prompt_tokens, task, options, usage_in, grant
+            )
 
         def ended(done: list[Completion] | None) -> None:  # Triton's generation, not the request
             admission.leave(len(ids))
-            grant.finish(0 if done is None else prompt_tokens + sum(len(c.token_ids) for c in done))
+            generated = 0 if done is None else sum(len(c.token_ids) for c in done) * copies
+            grant.finish(0 if done is None else prompt_tokens + generated)
 
         try:
             call = client().generate_batch(ids, tasks=task, **options)
             done = await within(call, settings.timeout, ended, ctx.request_id)
         except FtprefixClientError as exc:
             raise from_client_error(exc, ctx.request_id) from exc
+        if copies > 1:
+            done = [c for c in done for _ in range(copies)]
         completion_tokens = sum(len(c.token_ids) for c in done)
         finished(ctx, 200, prompt_tokens, completion_tokens)
         content = answer.full(done, usage(prompt_tokens, completion_tokens))
@@ -512,17 +522,18 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         policy: KeyPolicy,
         answer: AnswerFormat,
         ids: list[list[int]],
+        copies: int,
         prompt: int,
         task: str | None,
         options: dict[str, Any],
         usage_in: UsageIn,
         grant: Grant,
     ) -> EventStream:
-        used = [0] * len(ids)  # each row's (a prompt's choice) generated tokens so far
+        used = [0] * len(ids)  # each row's generated tokens so far (a row: `copies` choices)
 
         def close(completed: bool) -> None:
             admission.leave(len(ids))
-            generated = sum(used)
+            generated = sum(used) * copies
             grant.finish(prompt + generated)
             failed = stream.failed
             status = 200 if completed else (failed.status if failed is not None else CLIENT_GONE)
@@ -536,7 +547,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
             return internal_error(exc, ctx.request_id)
 
         stream = EventStream(
-            _events(client(), answer, ids, prompt, task, options, usage_in, used),
+            _events(client(), answer, ids, copies, prompt, task, options, usage_in, used),
             failure=failure,
             on_close=close,
             headers=grant.headers,
@@ -629,43 +640,51 @@ async def _events(
     client: AsyncClient,
     answer: AnswerFormat,
     ids: list[list[int]],
+    copies: int,
     prompt_tokens: int,
     task: str | None,
     options: dict[str, Any],
     usage_in: UsageIn,
     used: list[int],
 ) -> AsyncIterator[bytes]:
-    """The stream's events: the pieces of text of every prompt as they come, usage, `[DONE]`.
-    `used` counts each prompt's generated tokens as they come (for the limits, the metrics and
-    usage on every chunk)."""
+    """The stream's events: the pieces of text of every row as they come, each as the `copies`
+    choices the row answers (greedy choices of one prompt), usage, `[DONE]`. `used` counts each
+    row's generated tokens as they come (for the limits, the metrics and usage on every chunk)."""
 
-    def so_far(index: int) -> dict[str, int] | None:
-        return usage(len(ids[index]), used[index]) if usage_in.every_chunk else None
+    def so_far(row: int) -> dict[str, int] | None:
+        return usage(len(ids[row]), used[row]) if usage_in.every_chunk else None
 
-    for index in range(len(ids)):
-        opening = answer.opening(index, so_far(index))
-        if opening is not None:
-            yield opening
+    def chunks(row: int, text: str, reason: str | None) -> Iterator[bytes]:
+        for index in range(row * copies, (row + 1) * copies):
+            yield answer.chunk(index, text, reason, so_far(row))
+
+    for row in range(len(ids)):
+        for index in range(row * copies, (row + 1) * copies):
+            opening = answer.opening(index, so_far(row))
+            if opening is not None:
+                yield opening
     info = await client.model_info()
     if not info.decoupled:  # the server answers once per request: one chunk per prompt
         done: list[Completion] = await client.generate_batch(ids, tasks=task, **options)
-        for i, c in enumerate(done):
-            used[i] = len(c.token_ids)
-            yield answer.chunk(i, c.text or "", finish_reason(c.finish_reason), so_far(i))
-    elif len(ids) == 1:  # one prompt, the common case: its chunks as they come
+        for row, c in enumerate(done):
+            used[row] = len(c.token_ids)
+            for event in chunks(row, c.text or "", finish_reason(c.finish_reason)):
+                yield event
+    elif len(ids) == 1 and copies == 1:  # one prompt, the common case: its chunks as they come
         async for piece in client.stream(ids[0], task=task, **options):
             used[0] += len(piece.token_ids)
             reason = finish_reason(piece.finish_reason) if piece.finish_reason else None
             if piece.text or reason:
                 yield answer.chunk(0, piece.text or "", reason, so_far(0))
     else:
-        async for index, piece in _merged(client, ids, task, options):
-            used[index] += len(piece.token_ids)
+        async for row, piece in _merged(client, ids, task, options):
+            used[row] += len(piece.token_ids)
             reason = finish_reason(piece.finish_reason) if piece.finish_reason else None
             if piece.text or reason:
-                yield answer.chunk(index, piece.text or "", reason, so_far(index))
+                for event in chunks(row, piece.text or "", reason):
+                    yield event
     if usage_in.end:
-        yield answer.usage_chunk(usage(prompt_tokens, sum(used)))
+        yield answer.usage_chunk(usage(prompt_tokens, sum(used) * copies))
     yield DONE
 
 
