@@ -328,6 +328,29 @@ def test_tenant_metrics_use_tenant_names_never_keys(gateway) -> None:
 # -- fair admission -----------------------------------------------------------------------------
 
 
+async def _answered(client: httpx.AsyncClient, url: str, key: str, finished: list[str]) -> None:
+    """A short request of `key`'s, its key appended to `finished` once answered."""
+    body = {"model": BASE, "prompt": PROMPT, "max_tokens": 4, "temperature": 0, "ignore_eos": True}
+    answer = await client.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200
+    finished.append(key)
+
+
+async def _waiting_at_least(client: httpx.AsyncClient, url: str, count: int) -> None:
+    """Until the gateway's own gauge counts `count` requests waiting for a place (bounded poll)."""
+    deadline = time.monotonic() + 60
+    while True:
+        waiting = [
+            s.value
+            for f in text_string_to_metric_families((await client.get(url + "/metrics")).text)
+            for s in f.samples
+            if s.name == "ftprefix_waiting_requests"
+        ]
+        if waiting and waiting[0] >= count:
+            return
+        assert time.monotonic() < deadline
+
+
 def _completion_order(url: str, flood: int) -> int:
     """Tenant "flood" sends `flood` requests at once; once they all wait for the one place at
     Triton, tenant "calm" sends one. Returns how many of flood's requests finished before calm's."""
@@ -335,34 +358,11 @@ def _completion_order(url: str, flood: int) -> int:
 
     async def run() -> None:
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=flood + 2)) as client:
-
-            async def one(key: str) -> None:
-                body = {
-                    "model": BASE,
-                    "prompt": PROMPT,
-                    "max_tokens": 4,
-                    "temperature": 0,
-                    "ignore_eos": True,
-                }
-                answer = await client.post(
-                    url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}
-                )
-                assert answer.status_code == 200
-                finished.append(key)
-
-            floods = [asyncio.ensure_future(one("k-flood")) for _ in range(flood)]
-            deadline = time.monotonic() + 60
-            while True:  # bounded poll: flood's requests are queued behind the one place
-                waiting = [
-                    s.value
-                    for f in text_string_to_metric_families((await client.get(url + "/metrics")).text)
-                    for s in f.samples
-                    if s.name == "ftprefix_waiting_requests"
-                ]
-                if waiting and waiting[0] >= flood - 4:
-                    break
-                assert time.monotonic() < deadline
-            await one("k-calm")
+            floods = [
+                asyncio.ensure_future(_answered(client, url, "k-flood", finished)) for _ in range(flood)
+            ]
+            await _waiting_at_least(client, url, flood - 4)  # flood's requests queued behind the one place
+            await _answered(client, url, "k-calm", finished)
             await asyncio.gather(*floods)
 
     asyncio.run(run())
@@ -391,32 +391,9 @@ def test_a_tenant_of_weight_3_gets_three_turns_to_another_tenants_one(triton, mo
 
     async def run() -> None:
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=60)) as client:
-
-            async def one(key: str) -> None:
-                body = {"model": BASE, "prompt": PROMPT, "max_tokens": 4, "ignore_eos": True}
-                answer = await client.post(
-                    url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}
-                )
-                assert answer.status_code == 200
-                finished.append(key)
-
-            async def waiting_at_least(count: int) -> None:
-                deadline = time.monotonic() + 60
-                while True:  # bounded poll of the gateway's own gauge
-                    text = (await client.get(url + "/metrics")).text
-                    gauge = [
-                        s.value
-                        for f in text_string_to_metric_families(text)
-                        for s in f.samples
-                        if s.name == "ftprefix_waiting_requests"
-                    ]
-                    if gauge and gauge[0] >= count:
-                        return
-                    assert time.monotonic() < deadline
-
-            heavy = [asyncio.ensure_future(one("k-heavy")) for _ in range(40)]
-            await waiting_at_least(34)
-            light = [asyncio.ensure_future(one("k-light")) for _ in range(8)]
+            heavy = [asyncio.ensure_future(_answered(client, url, "k-heavy", finished)) for _ in range(40)]
+            await _waiting_at_least(client, url, 34)
+            light = [asyncio.ensure_future(_answered(client, url, "k-light", finished)) for _ in range(8)]
             await asyncio.gather(*heavy, *light)
 
     try:
