@@ -526,6 +526,16 @@ def test_cli_generate_stream(streaming_server: EmbeddedServer, model, reference,
     ]
     assert cli.main([*argv, "--stream", "--max-new-tokens", str(NEW_TOKENS), PROMPTS[3]]) == 0
     assert capsys.readouterr().out == text + "\n"
+    # several prompts, a task each: one after another, each on its line, as a batch prints them
+    _, other, _ = reference(PROMPTS[0], "taskA")
+    several = [*argv, "--task", "taskA", "--stream"]  # taskC for the first prompt, taskA the second
+    assert cli.main([*several, "--max-new-tokens", str(NEW_TOKENS), PROMPTS[3], PROMPTS[0]]) == 0
+    assert capsys.readouterr().out == f"{text}\n{other}\n"
+    assert cli.main([*several, "--json", "--max-new-tokens", str(NEW_TOKENS), PROMPTS[3], PROMPTS[0]]) == 0
+    chunks = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    texts = ["".join(c["text"] for c in chunks if c["index"] == i) for i in (0, 1)]
+    assert texts == [text, other]
+    assert [c["index"] for c in chunks if c["finish_reason"]] == [0, 1]
 
 
 def test_a_request_the_server_refuses_is_an_invalid_request_error(client: Client) -> None:

@@ -54,9 +54,15 @@ def register(subparsers: Any) -> None:
         "--stop", action="append", default=[], metavar="TEXT", help="stop after this text; repeatable"
     )
     p.add_argument(
-        "--stream", action="store_true", help="print tokens as they arrive (server started with streaming)"
+        "--stream",
+        action="store_true",
+        help="print tokens as they arrive, prompt after prompt (server started with streaming)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per prompt (with --stream, per chunk; its index is its prompt's)",
+    )
     p.add_argument(
         "--timeout", type=float, default=60.0, metavar="SECONDS", help="per request (default: %(default)s)"
     )
@@ -103,14 +109,11 @@ def _generate(args: argparse.Namespace) -> int:
     prompts: list[Any] = [_token_ids(p) for p in args.prompts] if args.token_ids else list(args.prompts)
     tasks = _tasks(args.task, len(prompts))
     sampling = {name: getattr(args, name) for name in SAMPLING}
-    if args.stream:
-        if len(prompts) != 1:
-            raise UserError("--stream takes exactly one prompt")
-        if args.tokenizer is None and not args.token_ids:
-            raise UserError(
-                "--stream needs --tokenizer HF_DIR (or --token-ids): a stream comes from the "
-                "fastertransformer model, which takes and gives token ids"
-            )
+    if args.stream and args.tokenizer is None and not args.token_ids:
+        raise UserError(
+            "--stream needs --tokenizer HF_DIR (or --token-ids): a stream comes from the "
+            "fastertransformer model, which takes and gives token ids"
+        )
     with Client(
         args.url, tokenizer=args.tokenizer, newline_token=args.newline_token, timeout=args.timeout
     ) as client:
@@ -120,18 +123,21 @@ def _generate(args: argparse.Namespace) -> int:
                     f"--stream: the server at {args.url} answers once per request; leave out --stream, "
                     "or serve the model with `ftprefix serve --streaming` (`triton-repo --streaming` on GPUs)"
                 )
-            task = tasks if tasks is None or isinstance(tasks, str) else tasks[0]
-            for chunk in client.stream(prompts[0], task=task, stop=args.stop or None, **sampling):
-                if args.json:
-                    print(json.dumps(asdict(chunk)), flush=True)
-                else:
-                    print(
-                        chunk.text if chunk.text is not None else _ids(chunk.token_ids) + " ",
-                        end="",
-                        flush=True,
-                    )
-            if not args.json:
-                print()
+            # one prompt after another, each on its line as the batch's answers are; a JSON
+            # chunk's index is its prompt's place, as in a batch
+            for index, prompt in enumerate(prompts):
+                task = tasks if tasks is None or isinstance(tasks, str) else tasks[index]
+                for chunk in client.stream(prompt, task=task, stop=args.stop or None, **sampling):
+                    if args.json:
+                        print(json.dumps({**asdict(chunk), "index": index}), flush=True)
+                    else:
+                        print(
+                            chunk.text if chunk.text is not None else _ids(chunk.token_ids) + " ",
+                            end="",
+                            flush=True,
+                        )
+                if not args.json:
+                    print()
             return 0
         completions = client.generate_batch(prompts, tasks=tasks, stop=args.stop or None, **sampling)
     for completion in completions:
