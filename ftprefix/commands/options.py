@@ -249,8 +249,8 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         choices=("fair", "fifo"),
         default="fair",
         help=(
-            "fair: waiting requests are admitted round-robin by tenant (default); fifo: in arrival "
-            "order, as Triton's own queue serves them"
+            "fair: waiting requests are admitted round-robin by tenant, a turn admitting the tenant's "
+            "weight of them (default); fifo: in arrival order, as Triton's own queue serves them"
         ),
     )
     parser.add_argument(
