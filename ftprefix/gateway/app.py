@@ -502,8 +502,7 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
 
         def ended(done: list[Completion] | None) -> None:  # Triton's generation, not the request
             admission.leave(len(ids))
-            generated = 0 if done is None else sum(len(c.token_ids) for c in done) * copies
-            grant.finish(0 if done is None else prompt_tokens + generated)
+            grant.finish(0 if done is None else prompt_tokens + sum(len(c.token_ids) for c in done) * copies)
 
         try:
             call = client().generate_batch(ids, tasks=task, **options)
@@ -658,11 +657,10 @@ async def _events(
         for index in range(row * copies, (row + 1) * copies):
             yield answer.chunk(index, text, reason, so_far(row))
 
-    for row in range(len(ids)):
-        for index in range(row * copies, (row + 1) * copies):
-            opening = answer.opening(index, so_far(row))
-            if opening is not None:
-                yield opening
+    for index in range(len(ids) * copies):
+        opening = answer.opening(index, so_far(index // copies))
+        if opening is not None:
+            yield opening
     info = await client.model_info()
     if not info.decoupled:  # the server answers once per request: one chunk per prompt
         done: list[Completion] = await client.generate_batch(ids, tasks=task, **options)

@@ -114,22 +114,6 @@ def _policy(value: object, where: str, number: int, ident: str) -> KeyPolicy:
     return KeyPolicy(tenant, _scope(value["tasks"], where), weight=weight, ident=ident, **limits)
 
 
-def _tenant_weights(data: Mapping[object, object], policies: list[KeyPolicy], path: Path) -> list[KeyPolicy]:
-    """Each tenant's one weight on all its keys: the weight its keys give (they must agree), or 1."""
-    given: dict[str, tuple[int, int]] = {}  # tenant -> (weight, the number of the key that gave it)
-    for number, value in enumerate(data.values(), start=1):
-        if isinstance(value, Mapping) and "weight" in value:
-            policy = policies[number - 1]
-            first = given.setdefault(policy.tenant, (policy.weight, number))
-            if first[0] != policy.weight:
-                raise UserError(
-                    f"{path}: key number {number} gives tenant {policy.tenant!r} weight {policy.weight}, "
-                    f"key number {first[1]} weight {first[0]}: a weight is the tenant's, give its keys "
-                    "the same one"
-                )
-    return [replace(p, weight=given[p.tenant][0]) if p.tenant in given else p for p in policies]
-
-
 def parse_keys_file(path: Path) -> dict[bytes, KeyPolicy]:
     """The keys file -> policies by key digest, or UserError naming what is wrong (never the key)."""
     form = 'the API keys file is a JSON object {"KEY": ["task", ...] or "*"}'
@@ -142,15 +126,26 @@ def parse_keys_file(path: Path) -> dict[bytes, KeyPolicy]:
         raise UserError(f"{path} is not JSON ({exc}): {form}") from None
     if not isinstance(data, Mapping):
         raise UserError(f"{path}: {form}")
-    digests: list[bytes] = []
-    policies: list[KeyPolicy] = []
+    policies: dict[bytes, KeyPolicy] = {}
+    # a weight is the tenant's: the one its keys give (they must agree), on all of them, or 1
+    weights: dict[str, tuple[int, int]] = {}  # tenant -> (weight, the number of the key giving it)
     for number, (key, value) in enumerate(data.items(), start=1):
         where = f"{path}: key number {number}"  # never the key itself
         if not isinstance(key, str) or not key:
             raise UserError(f"{where} is empty")
-        digests.append(_digest(key))
-        policies.append(_policy(value, where, number, digests[-1].hex()))
-    return dict(zip(digests, _tenant_weights(data, policies, path), strict=True))
+        digest = _digest(key)
+        policy = policies[digest] = _policy(value, where, number, digest.hex())
+        if isinstance(value, Mapping) and "weight" in value:
+            weight, first = weights.setdefault(policy.tenant, (policy.weight, number))
+            if weight != policy.weight:
+                raise UserError(
+                    f"{where} gives tenant {policy.tenant!r} weight {policy.weight}, key number {first} "
+                    f"weight {weight}: a weight is the tenant's, give its keys the same one"
+                )
+    return {
+        digest: replace(p, weight=weights[p.tenant][0]) if p.tenant in weights else p
+        for digest, p in policies.items()
+    }
 
 
 class KeyRing:
