@@ -48,7 +48,7 @@ def build(workdir: Path, hidden: int, layers: int, vocab: int) -> None:
     model = toy.build_model(hidden_size=hidden, num_heads=8, num_layers=layers, vocab_size=vocab)
     # in float16, as models are published: verify reads them into float32, as the engine does
     # the conversion (a float32 safetensors file is mapped instead, its pages the page cache's)
-    model.half().save_pretrained(hf)
+    toy.save_model(model.half(), hf)
     np.save(prefix, toy.random_prefix(4, layers, hidden, seed=1).numpy())
     argv = ["convert", "--model", str(hf), "--prefix", f"task={prefix}", "--tp", "1", "--dtype", "fp16"]
     if cli.main([*argv, "--out", str(ft)]) != 0:

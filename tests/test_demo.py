@@ -29,7 +29,8 @@ def test_demo_answers_differ_per_task_as_trained(tmp_path, capsys, tokenizer):
         assert config["tokenizer_class"] == "T5Tokenizer" and (workdir / "base" / "spiece.model").is_file()
     else:
         assert (workdir / "base" / "tokenizer.json").is_file()
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "Writing model shards" not in err and "it/s]" not in err  # no library's progress bars
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("prompt "))
     assert "(base model)" in lines[header] and "shout" in lines[header] and "smile" in lines[header]
@@ -47,6 +48,24 @@ def test_demo_answers_differ_per_task_as_trained(tmp_path, capsys, tokenizer):
         "model.prefix_prompt.smile.weight.0.bin",
         "model.prefix_prompt.smile.weight.1.bin",
     ]
+
+
+def test_a_toy_model_is_saved_without_a_progress_bar_and_the_callers_setting_is_kept(tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    from ftprefix.demo.toy import build_model
+
+    shown = hf_logging.is_progress_bar_enabled()  # other tests' commands (verify) turn it off
+    try:
+        for setting in (hf_logging.enable_progress_bar, hf_logging.disable_progress_bar):
+            setting()
+            before = hf_logging.is_progress_bar_enabled()
+            build_model(tmp_path / str(before), num_layers=1, hidden_size=16, num_heads=2, vocab_size=64)
+            assert (tmp_path / str(before) / "config.json").is_file()
+            assert capsys.readouterr().err == ""
+            assert hf_logging.is_progress_bar_enabled() == before
+    finally:
+        (hf_logging.enable_progress_bar if shown else hf_logging.disable_progress_bar)()
 
 
 def test_demo_refuses_a_non_empty_workdir(tmp_path, capsys):

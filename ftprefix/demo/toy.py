@@ -180,8 +180,22 @@ def build_model(
             else:
                 param.copy_(noise)
     if directory is not None:
-        model.save_pretrained(str(directory), safe_serialization=safe_serialization)
+        save_model(model, directory, safe_serialization=safe_serialization)
     return model
+
+
+def save_model(model: Any, directory: str | os.PathLike[str], safe_serialization: bool = True) -> None:
+    """`save_pretrained` without its progress bar, which for a model of one shard is noise in the
+    demo's output and the benchmarks'; the caller's setting of the bar is kept."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(directory), safe_serialization=safe_serialization)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def random_prefix(

@@ -84,12 +84,9 @@ def train_base(
     """Build, train and save the base model (and its tokenizer, byte-level BPE or rinna-style
     SentencePiece) into `hf_dir`. The training ids come from ftprefix.text, what serving uses."""
     import torch
-    from transformers.utils import logging as hf_logging
 
-    from ftprefix.demo.toy import build_model
+    from ftprefix.demo.toy import build_model, save_model
     from ftprefix.text import load_tokenizer
-
-    hf_logging.disable_progress_bar()  # save_pretrained's one-shard bar is noise in the demo
 
     model = build_model(
         hf_dir,
@@ -116,7 +113,7 @@ def train_base(
         loss.backward()
         optimizer.step()
     model.eval()
-    model.save_pretrained(str(hf_dir))
+    save_model(model, hf_dir)
     return model, tokenizer
 
 
