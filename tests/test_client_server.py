@@ -420,6 +420,10 @@ def test_cli_generate_says_its_own_options(server: EmbeddedServer, model: dict, 
             "--max-new-tokens must be within [1, 2**31), got 0",
         ),
         (
+            [*tokenizer, "--temperature", "0", "hi"],
+            "--temperature must be > 0, got 0.0 (for greedy use --top-k 0, --top-p 0)",
+        ),
+        (
             ["--stream", "hi"],
             "--stream needs --tokenizer HF_DIR (or --token-ids): a stream comes from the "
             "fastertransformer model, which takes and gives token ids",

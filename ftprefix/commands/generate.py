@@ -96,10 +96,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _as_options(message: str) -> str:
-    """The client's words for a setting (`max_new_tokens must be ...`) as this command's option."""
+    """The client's words for its settings (`max_new_tokens must be ...`, `use top_k=0`) as this
+    command's options."""
     for name in SAMPLING:
+        option = f"--{name.replace('_', '-')}"
         if message.startswith(f"{name} "):
-            return f"--{name.replace('_', '-')}{message[len(name) :]}"
+            message = option + message[len(name) :]
+        message = message.replace(f" {name}=", f" {option} ")
     return message
 
 
