@@ -40,3 +40,13 @@ def say(line: str, *, error: bool = False) -> None:
         silence(stream)  # the buffered line goes to /dev/null on the next flush, not again here
     except (OSError, ValueError):  # a full disk that may clear, a stream closed in the process
         pass
+
+
+def human_bytes(n: int) -> str:
+    """A size as a person reads it: 512 B, 1.5 KiB ... 14.2 GiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

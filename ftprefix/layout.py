@@ -422,9 +422,11 @@ def hf_to_ft(spec: TensorSpec, sources: Sequence[np.ndarray], cfg: ModelConfig) 
 
 def join_ranks(spec: TensorSpec, parts: Sequence[np.ndarray]) -> np.ndarray:
     """Rank files of `spec` (already reshaped to `rank_shape`) -> the full FT-shaped tensor."""
-    if spec.split is Split.NONE:
+    if len(parts) == 1:  # unsplit, or tp 1: as read (a mapped file stays mapped)
         (only,) = parts
         return only
+    if spec.split is Split.NONE:
+        raise ValueError(f"{spec.name} is one file, not {len(parts)}")
     return np.concatenate(list(parts), axis=_SPLIT_AXIS[spec.split])
 
 
@@ -438,10 +440,15 @@ def _check_array_file(path: Path, shape: Sequence[int], dtype: np.dtype) -> None
         raise UserError(f"{path} has {size} bytes, expected {expected} for shape {tuple(shape)} {dtype.name}")
 
 
-def read_array(path: str | os.PathLike[str], shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
-    """Read one raw FT file, checking its size matches `shape` exactly."""
+def read_array(
+    path: str | os.PathLike[str], shape: Sequence[int], dtype: np.dtype, *, mapped: bool = False
+) -> np.ndarray:
+    """Read one raw FT file, checking its size matches `shape` exactly. `mapped`: the file's pages,
+    shared with every process that maps it, rather than a copy (copy on write: never written back)."""
     path = Path(path)
     _check_array_file(path, shape, dtype)
+    if mapped:
+        return np.memmap(path, dtype=dtype, mode="c", shape=tuple(shape))
     return np.fromfile(path, dtype=dtype).reshape(shape)
 
 
@@ -482,11 +489,15 @@ def write_array(path: str | os.PathLike[str], data: np.ndarray) -> None:
         raise OSError(exc.errno, exc.strerror, str(path)) from None  # a failed write names no file
 
 
-def read_tensor(directory: str | os.PathLike[str], spec: TensorSpec, cfg: ModelConfig) -> np.ndarray:
-    """All rank files of `spec` joined into the full FT-shaped tensor, in the stored dtype."""
+def read_tensor(
+    directory: str | os.PathLike[str], spec: TensorSpec, cfg: ModelConfig, *, mapped: bool = False
+) -> np.ndarray:
+    """All rank files of `spec` joined into the full FT-shaped tensor, in the stored dtype.
+    `mapped` (see read_array) maps a tensor of one file; joined ones are copies either way."""
     d = Path(directory)
     rank_shape = spec.rank_shape(cfg.tensor_para_size)
-    parts = [read_array(d / f, rank_shape, cfg.np_dtype) for f in spec.file_names(cfg.tensor_para_size)]
+    files = spec.file_names(cfg.tensor_para_size)
+    parts = [read_array(d / f, rank_shape, cfg.np_dtype, mapped=mapped) for f in files]
     return join_ranks(spec, parts)
 
 

@@ -105,6 +105,20 @@ def test_convert_benchmark_compares_with_cp(background_run: Finished):
 
 
 @pytest.mark.background(
+    *_command("serve_memory.py", "--hidden", "64", "--layers", "1", "--vocab", "512", "--instances", "2"),
+    *("--workdir", SCRATCH),
+)
+def test_serve_memory_benchmark_compares_shared_and_own_weights(background_run: Finished):
+    out = _output(background_run)
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"mapped from one copy", "read by each instance"} <= rows.keys()
+    for way in ("mapped from one copy", "read by each instance"):
+        assert all(_number(rows[way], column) > 0 for column in (1, 2, 3, 4))
+    assert re.search(r"while a task is added: \d+\.\d\dx", out)
+    assert background_run.scratch is not None and list(background_run.scratch.iterdir()) == []
+
+
+@pytest.mark.background(
     *_command("engine.py", "--hidden", "64", "--heads", "4", "--layers", "1", "--vocab", "256"),
     *("--tasks", "4", "--new-tokens", "4", "--threads", "1"),
 )

@@ -100,6 +100,15 @@ def test_the_default_layout_starts_no_more_instances_than_memory_holds() -> None
     assert (
         cpus.choose_layout(cpus.Cores(16, ""), 8, bytes_per_instance=14 * GiB, memory=8 * GiB).instances == 8
     )
+    # weights every instance maps from one copy count once: 14 GiB shared, then 0.5 GiB each
+    shared = cpus.choose_layout(
+        cpus.Cores(16, ""), bytes_per_instance=GiB // 2, memory=20 * GiB, shared_bytes=14 * GiB
+    )
+    assert shared.instances == 2 and "memory for 2: 0.5 GiB each besides 14.0 GiB shared" in shared.note
+    roomy = cpus.choose_layout(
+        cpus.Cores(16, ""), bytes_per_instance=GiB // 2, memory=60 * GiB, shared_bytes=14 * GiB
+    )
+    assert roomy == cpus.Layout(instances=cpus.MAX_DEFAULT_INSTANCES, threads=1)
 
 
 @pytest.mark.parametrize(

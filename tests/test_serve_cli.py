@@ -522,6 +522,7 @@ def test_serve_runs_the_instances_and_threads_asked_for_and_says_so(converted):
     proc, grpc_url, text = _start(converted, "--instances", "3", "--threads", "2")
     try:
         assert re.search(r"3 engine instance\(s\) x 2 thread\(s\); cores: \d+ \(", text), text
+        assert "ftprefix serve: weights mapped by every instance from the conversion's files\n" in text
         with grpcclient.InferenceServerClient(grpc_url) as client:
             config = client.get_model_config(protocol.FT_MODEL, as_json=True)["config"]
             assert [int(g["count"]) for g in config["instance_group"]] == [3]

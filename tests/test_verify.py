@@ -120,8 +120,8 @@ def test_a_model_memory_cannot_hold_in_float32_is_warned_of_before_it_is_read(co
     why. The need is Hugging Face's own count of the model's parameters, 4 bytes each."""
     from transformers import GPTNeoXForCausalLM
 
-    from ftprefix.commands.tables import human_bytes
     from ftprefix.commands.verify import memory_note
+    from ftprefix.console import human_bytes
 
     ft, hf_dir, _ = converted
     cfg = layout.read_config(layout.find_ft_dir(ft))

@@ -44,7 +44,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ftprefix.commands.options import check_wait, prefix_sources
-    from ftprefix.commands.tables import human_bytes, written_tasks_table
+    from ftprefix.commands.tables import written_tasks_table
+    from ftprefix.console import human_bytes
     from ftprefix.converter import convert
 
     report = convert(

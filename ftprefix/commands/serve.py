@@ -358,6 +358,8 @@ def _serve(
             f"ftprefix serve: {layout.instances} engine instance(s) x {layout.threads} thread(s); "
             f"cores: {server.cores.count} ({server.cores.seen})" + (f"; {layout.note}" if layout.note else "")
         )
+        if server.weights_note:
+            say(f"ftprefix serve: weights {server.weights_note}")
         if tokenizer is not None:
             newline = f"; newline token {args.newline_token!r}" if args.newline_token else ""
             say(f"ftprefix serve: tokenizer {tokenizer.description}{newline}")

@@ -1,9 +1,11 @@
-"""Plain-text tables and sizes for what the commands print."""
+"""Plain-text tables for what the commands print."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from ftprefix.console import human_bytes
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -12,15 +14,6 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths).rstrip())  # an empty last column: no trailing blanks
     return "\n".join(lines)
-
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 # more tasks than this are summarised in one row: convert and add print a summary, not a wall

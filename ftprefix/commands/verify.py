@@ -128,7 +128,7 @@ def _warn_of_memory(cfg: layout.ModelConfig) -> None:
 def memory_note(cfg: layout.ModelConfig, available: int | None) -> str | None:
     """A warning where the model in float32 (what verify reads each model into, one at a time)
     needs more memory than is available: verify would be killed after minutes of reading."""
-    from ftprefix.commands.tables import human_bytes
+    from ftprefix.console import human_bytes
     from ftprefix.serving.cpus import float32_bytes
 
     needed = float32_bytes(cfg)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ftprefix import layout
+from ftprefix.engine import shared_weights as shared
 from ftprefix.engine.api import MAX_TOTAL_LEN, GenerationRequest, GenerationResult, Step
 from ftprefix.engine.model import KVCache, Transformer
 from ftprefix.engine.sampling import Sampler
@@ -65,13 +66,20 @@ class Engine:
         gelu: Literal["tanh", "erf"] = "tanh",
         threads: int | None = None,
         max_total_len: int = MAX_TOTAL_LEN,
+        shared_weights: str | os.PathLike[str] | None = None,
     ) -> Engine:
-        """Load `<out>/<tp>-gpu` (or its parent); any tp. `gelu="erf"` matches HF's exact GELU."""
+        """Load `<out>/<tp>-gpu` (or its parent); any tp. `gelu="erf"` matches HF's exact GELU.
+        `shared_weights`: where `shared_weights.write` put this conversion's base weights (or the
+        conversion itself, where it needs no copy): mapped from there while they are current, so
+        that every process mapping them shares one copy; read from the conversion otherwise."""
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         ft_dir = layout.find_ft_dir(directory)
         cfg = layout.read_config(ft_dir)
-        weights = load_weights(ft_dir, cfg)
+        if shared_weights is not None and shared.current(Path(shared_weights), ft_dir, cfg):
+            weights = load_weights(shared_weights, shared.mapped_config(cfg), mapped=True)
+        else:
+            weights = load_weights(ft_dir, cfg)
         prefixes = load_prefixes(ft_dir, cfg)
         return cls(ft_dir, cfg, Transformer(cfg, weights, gelu), prefixes, max_total_len)
 

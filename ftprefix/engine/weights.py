@@ -56,12 +56,16 @@ class ModelWeights:
     layers: list[LayerWeights]
 
 
-def load_weights(directory: str | os.PathLike[str], cfg: layout.ModelConfig) -> ModelWeights:
-    """Every base tensor FT reads for this config, rank files joined, as float32 torch tensors."""
+def load_weights(
+    directory: str | os.PathLike[str], cfg: layout.ModelConfig, *, mapped: bool = False
+) -> ModelWeights:
+    """Every base tensor FT reads for this config, rank files joined, as float32 torch tensors.
+    `mapped`: tensors on the files' pages where they are float32 files of their own, as
+    shared_weights writes them (a tp-1 fp32 layout), instead of copies."""
     d = Path(directory)
 
     def read(spec: layout.TensorSpec) -> np.ndarray:
-        return layout.read_tensor(d, spec, cfg)
+        return layout.read_tensor(d, spec, cfg, mapped=mapped)
 
     glob = {spec.name: spec for spec in layout.global_tensors(cfg)}
     weights = ModelWeights(

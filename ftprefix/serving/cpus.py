@@ -5,8 +5,9 @@ cgroup's CPU quota (`cpu.max` in cgroup v2; `cpu.cfs_quota_us` / `cpu.cfs_period
 a container's CPU limit sets (Kubernetes `resources.limits.cpu`, compose `cpus:`).
 
 The engine runs one thread per model instance, and the server runs one instance per core (as
-many as memory holds: each instance is its own process, Triton's python backend, with its own
-float32 copy of the weights), so batches run side by side without a thread ever waiting at a
+many as memory holds: each instance is its own process, Triton's python backend, mapping the
+float32 weights from one copy they share, engine/shared_weights.py, or where the disk had no room
+for it reading its own), so batches run side by side without a thread ever waiting at a
 barrier for another that was descheduled. With a pool of threads per instance, every parallel step
 waits for the slowest thread, and a busy neighbour process that preempts one stalls them all
 (OpenMP threads spin at each barrier, then sleep). One thread also keeps the answers independent
@@ -27,7 +28,7 @@ from ftprefix.errors import UserError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PASSIVE = "PASSIVE"  # OpenMP's wait policy where waiting threads sleep (OMP_WAIT_POLICY)
-# beyond this, more instances mostly add memory (each holds a copy of the weights) and start-up time
+# beyond this, more instances mostly add memory (each its own process) and start-up time
 MAX_DEFAULT_INSTANCES = 8
 # what an instance's process holds besides the weights: Python, torch, the activations of a batch
 INSTANCE_OVERHEAD_BYTES = 384 << 20
@@ -146,9 +147,10 @@ def float32_bytes(cfg: layout.ModelConfig) -> int:
     return 4 * sum(math.prod(spec.shape) for spec in layout.base_tensors(cfg))
 
 
-def instance_bytes(cfg: layout.ModelConfig) -> int:
-    """What one engine instance holds: the base weights as float32, and its process."""
-    return float32_bytes(cfg) + INSTANCE_OVERHEAD_BYTES
+def instance_bytes(cfg: layout.ModelConfig, shared: bool = False) -> int:
+    """What one engine instance holds: its process, and the base weights as float32 unless they
+    are `shared` (mapped by every instance from one copy, engine/shared_weights.py)."""
+    return INSTANCE_OVERHEAD_BYTES + (0 if shared else float32_bytes(cfg))
 
 
 @dataclass(frozen=True)
@@ -174,10 +176,12 @@ def choose_layout(
     *,
     bytes_per_instance: int | None = None,
     memory: int | None = None,
+    shared_bytes: int = 0,
 ) -> Layout:
     """What was asked for; by default single-threaded instances, one per usable core, at most
     MAX_DEFAULT_INSTANCES, and no more than MEMORY_SHARE of `memory` holds at `bytes_per_instance`
-    each (never fewer than one). With only --threads given, instances fill the remaining cores."""
+    each beside the `shared_bytes` all of them map once (never fewer than one). With only
+    --threads given, instances fill the remaining cores."""
     check_counts(instances, threads)
     if threads is None:
         threads = 1
@@ -185,10 +189,11 @@ def choose_layout(
         return Layout(instances=instances, threads=threads)
     instances = max(1, min(cores.count // threads, MAX_DEFAULT_INSTANCES))
     if bytes_per_instance and memory is not None:
-        fit = max(1, int(memory * MEMORY_SHARE) // bytes_per_instance)
+        fit = max(1, int(memory * MEMORY_SHARE - shared_bytes) // bytes_per_instance)
         if fit < instances:
+            besides = f" besides {shared_bytes / 2**30:.1f} GiB shared" if shared_bytes else ""
             note = (
-                f"memory for {fit}: {bytes_per_instance / 2**30:.1f} GiB each, "
+                f"memory for {fit}: {bytes_per_instance / 2**30:.1f} GiB each{besides}, "
                 f"{memory / 2**30:.1f} GiB available"
             )
             return Layout(instances=fit, threads=threads, note=note)

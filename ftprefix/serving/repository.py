@@ -25,6 +25,8 @@ from ftprefix.text import Tokenizer, copy_tokenizer_files, load_tokenizer
 
 CPU, GPU = "cpu", "gpu"
 ENGINE_THREADS_PARAMETER = "engine_threads"  # the CPU twin's threads per instance
+# where the CPU twin's instances map the base weights from (engine/shared_weights.py)
+SHARED_WEIGHTS_PARAMETER = "shared_weights"
 # In its model directory, a file the CPU twin holds a shared lock on while it streams (execute on a
 # decoupled model): a stream's request counts as done at Triton from its start, so a stopping
 # server learns from this, not from Triton, that no stream is left (EmbeddedServer.stop)
@@ -110,12 +112,14 @@ def write_repository(
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
     newline_token: str | None = None,
     engine_threads: int = 1,
+    shared_weights: str | None = None,
 ) -> RepositoryInfo:
     """Generate the repository. `checkpoint_path`: the `<tp>-gpu` directory as the server sees it
     (inside the container for the GPU server); default: its absolute path on this machine.
     `max_queue_delay_us`: the dynamic batcher's window (see `batching`). `newline_token`: rinna's
     convention for the text models (see `ftprefix.text`). `instances`: model instances (GPU: each on
-    tp GPUs; CPU: each a process running the engine with `engine_threads` threads, see `cpus`)."""
+    tp GPUs; CPU: each a process running the engine with `engine_threads` threads, see `cpus`, and
+    mapping the base weights from `shared_weights` where given)."""
     if target not in (CPU, GPU):
         raise UserError(f"unknown target {target!r}: use {CPU!r} or {GPU!r}")
     cpus.check_counts(instances, engine_threads)
@@ -140,6 +144,8 @@ def write_repository(
     params = ft_parameters(cfg, ckpt)
     if target == CPU:
         params[ENGINE_THREADS_PARAMETER] = str(engine_threads)
+        if shared_weights is not None:
+            params[SHARED_WEIGHTS_PARAMETER] = shared_weights
     ft_cfg = interface.fastertransformer_config(
         backend=backend,
         parameters=params,

@@ -35,7 +35,8 @@ from pathlib import Path
 from types import TracebackType
 
 from ftprefix import layout, locking, protocol
-from ftprefix.console import say
+from ftprefix.console import human_bytes, say
+from ftprefix.engine import shared_weights
 from ftprefix.errors import UserError
 from ftprefix.serving import cpus, repository, stubs, tritonserver
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
@@ -56,6 +57,8 @@ HEAL_AGAIN_S = 5.0
 # where the model streams: a stream's request counts as done from its start, and only the unload
 # waits for its last token.
 DRAINED = b"All models are stopped, unloading models"
+SHARED_WEIGHTS_DIR = "weights"  # in the scratch directory: see engine/shared_weights.py
+SHARED_WEIGHTS_SPARE_BYTES = 1 << 30  # left free on its disk beside the copy
 FLUSH_S = 0.25
 DRAIN_POLL_S = 0.05
 # Triton's HTTP endpoint, asked directly: the server is this process's child on a loopback address,
@@ -147,6 +150,24 @@ def check_repository_place(workdir: Path | None = None) -> None:
         )
 
 
+def _why_not_shared(cfg: layout.ModelConfig, place: Path) -> str | None:
+    """Why each instance is to read the base weights itself: `place` has no room for the copy
+    they would share; None where it has (or no copy is needed)."""
+    if not shared_weights.needs_copy(cfg):
+        return None
+    needed = cpus.float32_bytes(cfg)
+    try:
+        free = shutil.disk_usage(place).free
+    except OSError:
+        return None  # tried, and said if it fails
+    if free >= needed + SHARED_WEIGHTS_SPARE_BYTES:
+        return None
+    return (
+        f"each instance reads its own: one copy to share needs {human_bytes(needed)}, and "
+        f"{human_bytes(free)} is free in {place} (set TMPDIR to a place with room)"
+    )
+
+
 _GLOG_ERROR = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [^\]]+\]\s*(.+)$")
 
 
@@ -204,20 +225,31 @@ class EmbeddedServer:
         instances: int | None = None,
         threads: int | None = None,
         stop_timeout: float | None = None,
+        share_weights: bool = True,
     ) -> None:
         """`instances` x `threads`: engine processes and the threads of each (cpus.py); by default
         one single-threaded instance per core this process may use, as many as memory holds.
+        `share_weights`: the instances map the base weights from one copy (engine/shared_weights.py);
+        False reads them into each instance, as before (benchmarks/serve_memory.py compares).
         `stop_timeout`: seconds `stop()` lets Triton finish requests in flight before killing it;
         None waits as long as Triton's own exit timeout, 0 kills at once (a throwaway server, such
         as a test's)."""
         self.ft_dir = layout.find_ft_dir(converted_dir).resolve()
+        cfg = layout.read_config(self.ft_dir)
         self.cores = cpus.usable_cores()
+        # the instances map the base weights from one copy where the scratch directory has room
+        # for it (engine/shared_weights.py), or from the conversion itself where it needs none
+        place = Path(workdir or tempfile.gettempdir())
+        unshared = _why_not_shared(cfg, place) if share_weights else "read by each instance"
+        self.weights_note = unshared or ""  # what the start-up says of the weights
+        share = unshared is None
         self.layout = cpus.choose_layout(
             self.cores,
             instances=instances,
             threads=threads,
-            bytes_per_instance=cpus.instance_bytes(layout.read_config(self.ft_dir)),
+            bytes_per_instance=cpus.instance_bytes(cfg, shared=share),
             memory=cpus.available_memory(),
+            shared_bytes=cpus.float32_bytes(cfg) if share else 0,
         )
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
         self.newline_token = newline_token
@@ -242,6 +274,10 @@ class EmbeddedServer:
         self._own_workdir = workdir is None
         check_repository_place(Path(workdir) if workdir is not None else None)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ftprefix-serve-"))
+        self._shared_weights: Path | None = None
+        if share:
+            copied = shared_weights.needs_copy(cfg)
+            self._shared_weights = self.workdir / SHARED_WEIGHTS_DIR if copied else self.ft_dir
         self.repository = self.workdir / "model_repository"
         self.log_path = Path(log_to) if log_to is not None else self.workdir / "tritonserver.log"
         self.models: tuple[str, ...] = ()
@@ -291,6 +327,7 @@ class EmbeddedServer:
 
     def _start(self) -> None:
         self._config_digest = self._digest()
+        self._share_weights(layout.read_config(self.ft_dir))
         info = repository.write_repository(
             self.ft_dir,
             self.repository,
@@ -301,6 +338,7 @@ class EmbeddedServer:
             newline_token=self.newline_token,
             instances=self.layout.instances,
             engine_threads=self.layout.threads,
+            shared_weights=str(self._shared_weights) if self._shared_weights is not None else None,
         )
         self.models = info.models
         self._tasks = info.config.tasks.names
@@ -589,6 +627,7 @@ class EmbeddedServer:
             if digest == self._config_digest:
                 return None
             cfg = layout.read_config(self.ft_dir)
+            self._share_weights(cfg)  # the base weights as well, where a conversion replaced them
             changed = repository.refresh_task_table(self.repository, cfg)
             # fastertransformer always: config.ini changed, so tasks or prefixes did
             names = list(dict.fromkeys(n for n in [protocol.FT_MODEL, *changed] if n in self.models))
@@ -596,6 +635,26 @@ class EmbeddedServer:
             self._config_digest = digest
             tasks, self._tasks = self._tasks, cfg.tasks.names
             return f"{_task_changes(tasks, self._tasks)}; {', '.join(names)} loaded again in {seconds:.1f} s"
+
+    def _share_weights(self, cfg: layout.ModelConfig) -> None:
+        """Write the base weights' copy the instances map, unless the one there is current.
+        Where it cannot be written (the disk filled meanwhile), each instance reads its own."""
+        where = self._shared_weights
+        if where is None or shared_weights.current(where, self.ft_dir, cfg):
+            if where == self.ft_dir:
+                self.weights_note = "mapped by every instance from the conversion's files"
+            return
+        started = time.monotonic()
+        try:
+            written = shared_weights.write(self.ft_dir, cfg, where)
+        except OSError as exc:
+            self._shared_weights = None
+            self.weights_note = f"each instance reads its own: no copy to share ({exc})"
+            return
+        self.weights_note = (
+            f"{human_bytes(written)} in float32, mapped by every instance from one copy "
+            f"(written in {time.monotonic() - started:.1f} s)"
+        )
 
     def _watch(self) -> None:
         while not self._stop_watch.wait(self.watch_interval or HEAL_INTERVAL_S):

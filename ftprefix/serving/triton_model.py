@@ -28,7 +28,7 @@ from ftprefix.engine import Engine
 from ftprefix.errors import UserError
 from ftprefix.serving import stub_args
 from ftprefix.serving.ft_batch import FtBatch, FtRequest, decode_request
-from ftprefix.serving.repository import ENGINE_THREADS_PARAMETER, STREAMS_LOCK
+from ftprefix.serving.repository import ENGINE_THREADS_PARAMETER, SHARED_WEIGHTS_PARAMETER, STREAMS_LOCK
 
 
 class TritonPythonModel:
@@ -38,8 +38,13 @@ class TritonPythonModel:
         threads = int(params.get(ENGINE_THREADS_PARAMETER, "1"))
         with contextlib.suppress(RuntimeError):  # set already in this process (a model reload)
             torch.set_num_interop_threads(1)  # one batch at a time per instance: no inter-op pool
+        shared = params.get(SHARED_WEIGHTS_PARAMETER)
         with stub_args.errors_shown():
-            self.engine = Engine.load(stub_args.stub_path(params["model_checkpoint_path"]), threads=threads)
+            self.engine = Engine.load(
+                stub_args.stub_path(params["model_checkpoint_path"]),
+                threads=threads,
+                shared_weights=stub_args.stub_path(shared) if shared else None,
+            )
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self._streams_lock: int | None = None
         if self.decoupled:

@@ -1,0 +1,175 @@
+"""The CPU server's engine instances share one copy of the base weights (engine/shared_weights.py):
+read from each process's /proc maps, checked by their answers against Hugging Face, through a
+reload and a conversion replaced under the running server."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from hf_reference import HFReference
+from serving_support import HEADS, HIDDEN, LAYERS, add_task, ft_inputs, served_tasks
+
+from ftprefix import layout, protocol
+from ftprefix.cli import main
+from ftprefix.demo.toy import build_model, random_prefix
+from ftprefix.serving import cpus
+from ftprefix.serving import server as server_module
+from ftprefix.serving.server import EmbeddedServer
+
+PROMPT = [5, 9, 14, 3]
+OUT_LEN = 6
+END_ID = 0  # the toy model's
+
+
+def _convert(
+    root: Path, seed: int, tp: int, tasks: dict[str, int], force: bool = False
+) -> tuple[Path, HFReference]:
+    hf = root / f"hf{seed}"
+    build_model(hf, hidden_size=HIDDEN, num_heads=HEADS, num_layers=LAYERS, seed=seed)
+    prefixes = {name: random_prefix(p, LAYERS, HIDDEN, seed=seed + p).numpy() for name, p in tasks.items()}
+    argv = ["convert", "--model", str(hf), "--tp", str(tp), "--dtype", "fp32", "--out", str(root / "ft")]
+    for name, prefix in prefixes.items():
+        np.save(root / f"{name}{seed}.npy", prefix)
+        argv += ["--prefix", f"{name}={root / f'{name}{seed}.npy'}"]
+    assert main(argv + ["--force"] * force) == 0
+    return layout.ft_dir(root / "ft", tp), HFReference(hf, prefixes)
+
+
+def _engines(srv: EmbeddedServer) -> list[int]:
+    """The fastertransformer instances' processes (children of Triton), from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{name}/stat").read_bytes()
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        state, ppid = stat.rpartition(b")")[2].split()[:2]
+        if int(ppid) == srv.pid and state != b"Z" and b"fastertransformer" in cmdline:
+            found.append(int(name))
+    return sorted(found)
+
+
+def _mapped(pid: int, under: Path) -> dict[str, tuple[int, int]]:
+    """File name -> (inode, kB copied on write) of every mapping of a file under `under`: a page
+    of a private file mapping that a process writes becomes anonymous, its own."""
+    found: dict[str, tuple[int, int]] = {}
+    current = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping's header
+            path = fields[5] if len(fields) > 5 else ""
+            current = Path(path).name if path and Path(path).is_relative_to(under) else None
+            if current is not None:
+                found[current] = (int(fields[4]), found.get(current, (0, 0))[1])
+        elif current is not None and fields[0] == "Anonymous:":
+            inode, copied = found[current]
+            found[current] = (inode, copied + int(fields[1]))
+    return found
+
+
+def _used_files(cfg: layout.ModelConfig) -> set[str]:
+    """The base tensors the engine keeps, as files of the tp-1 layout: not the attention and MLP
+    output biases that a parallel-residual model reads as one sum (which is scaled, a copy)."""
+    names = set()
+    for spec in layout.base_tensors(cfg):
+        (name,) = spec.file_names(1)
+        names.add(name)
+    return {n for n in names if not n.endswith(("attention.dense.bias.bin", "4h_to_h.bias.bin", ".sum.bin"))}
+
+
+def _answer(url: str, task_id: int) -> list[int]:
+    with grpcclient.InferenceServerClient(url) as client:
+        result = client.infer(protocol.FT_MODEL, ft_inputs([PROMPT], OUT_LEN, [task_id]))
+    ids = result.as_numpy(protocol.OUTPUT_IDS)[0, 0].tolist()
+    return ids[len(PROMPT) : int(result.as_numpy(protocol.SEQUENCE_LENGTH)[0, 0])]
+
+
+def _wait_for(condition, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("tp", [2, 1], ids=["tp2-copied", "tp1-fp32-as-converted"])
+def test_the_instances_map_one_copy_and_a_reload_maps_the_same_one(tmp_path: Path, tp: int) -> None:
+    ft_dir, hf = _convert(tmp_path, seed=0, tp=tp, tasks={"a": 3})
+    cfg = layout.read_config(ft_dir)
+    with (
+        EmbeddedServer(ft_dir, instances=2, watch_interval=0.1, stop_timeout=0) as srv,
+        grpcclient.InferenceServerClient(srv.grpc_url) as client,
+    ):
+        # tp 2 is copied once into the scratch directory; a tp-1 fp32 conversion is mapped as it is
+        place = srv.workdir / server_module.SHARED_WEIGHTS_DIR if tp == 2 else ft_dir
+        assert (srv.workdir / server_module.SHARED_WEIGHTS_DIR).exists() == (tp == 2)
+        said = (
+            r"\d+\.\d KiB in float32, mapped by every instance from one copy \(written in \d+\.\d s\)"
+            if tp == 2
+            else "mapped by every instance from the conversion's files"
+        )
+        assert re.fullmatch(said, srv.weights_note), srv.weights_note
+        assert _answer(srv.grpc_url, 0) == hf.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+        engines = _engines(srv)
+        assert len(engines) == 2
+        maps = [_mapped(pid, place) for pid in engines]
+        assert set(maps[0]) == set(maps[1]) >= _used_files(cfg)  # every weight the engine computes with
+        assert maps[0] == maps[1]  # the same files (inodes), written by neither: one copy in memory
+        assert all(copied == 0 for _, copied in maps[0].values())
+        written = {name: os.stat(place / name).st_mtime_ns for name in _used_files(cfg)}
+
+        add_task(ft_dir, "b", random_prefix(4, LAYERS, HIDDEN, seed=7).numpy())
+        _wait_for(lambda: served_tasks(client) == ["a", "b"], "the reload")
+        _wait_for(lambda: not set(_engines(srv)) & set(engines), "the old instances to end")
+        again = [_mapped(pid, place) for pid in _engines(srv)]
+        assert again[0] == again[1] == maps[0]  # the reload's instances map the very same copy
+        assert {name: os.stat(place / name).st_mtime_ns for name in written} == written  # not again
+        hf_b = HFReference(tmp_path / "hf0", {"b": random_prefix(4, LAYERS, HIDDEN, seed=7).numpy()})
+        assert _answer(srv.grpc_url, 1) == hf_b.greedy(PROMPT, "b", OUT_LEN, END_ID)[0]
+
+
+def test_a_conversion_replaced_under_the_server_is_answered_with_its_new_weights(tmp_path: Path) -> None:
+    ft_dir, hf_old = _convert(tmp_path, seed=0, tp=2, tasks={"a": 3})
+    with EmbeddedServer(ft_dir, instances=1, watch_interval=0.1, stop_timeout=0) as srv:
+        place = srv.workdir / server_module.SHARED_WEIGHTS_DIR
+        assert _answer(srv.grpc_url, 0) == hf_old.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+        (before,) = _engines(srv)
+        inodes = _mapped(before, place)
+
+        # another model of the same shapes (and another prefix length, so that config.ini changes)
+        _, hf_new = _convert(tmp_path, seed=1, tp=2, tasks={"a": 5}, force=True)
+        want = hf_new.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+        assert want != hf_old.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+        _wait_for(lambda: len(_engines(srv)) == 1 and _engines(srv) != [before], "the reload")
+        assert _answer(srv.grpc_url, 0) == want
+        (after,) = _engines(srv)
+        renewed = _mapped(after, place)
+        assert set(renewed) == set(inodes) and not {i for i, _ in renewed.values()} & {
+            i for i, _ in inodes.values()
+        }
+
+
+def test_without_room_for_the_copy_each_instance_reads_its_own_and_says_so(
+    tmp_path: Path, monkeypatch
+) -> None:
+    ft_dir, hf = _convert(tmp_path, seed=0, tp=2, tasks={"a": 3})
+    needed = cpus.float32_bytes(layout.read_config(ft_dir))
+    real = server_module.shutil.disk_usage
+
+    def little_room(path):  # a nearly full disk for the scratch directory
+        usage = real(path)
+        return usage._replace(free=needed // 2)
+
+    monkeypatch.setattr(server_module.shutil, "disk_usage", little_room)
+    with EmbeddedServer(ft_dir, instances=2, stop_timeout=0, watch_interval=None) as srv:
+        assert srv.weights_note.startswith("each instance reads its own: one copy to share needs")
+        assert not (srv.workdir / server_module.SHARED_WEIGHTS_DIR).exists()
+        for pid in _engines(srv):  # no weight file mapped, neither a copy's nor the conversion's
+            assert not [name for name in _mapped(pid, Path("/")) if name.endswith(".bin")]
+        assert _answer(srv.grpc_url, 0) == hf.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
