@@ -28,9 +28,9 @@ END_ID = 0  # the toy model's
 
 
 def _convert(
-    root: Path, seed: int, tp: int, tasks: dict[str, int], force: bool = False
+    root: Path, seed: int, tp: int, tasks: dict[str, int], force: bool = False, hf_name: str = ""
 ) -> tuple[Path, HFReference]:
-    hf = root / f"hf{seed}"
+    hf = root / (hf_name or f"hf{seed}")
     build_model(hf, hidden_size=HIDDEN, num_heads=HEADS, num_layers=LAYERS, seed=seed)
     prefixes = {name: random_prefix(p, LAYERS, HIDDEN, seed=seed + p).numpy() for name, p in tasks.items()}
     argv = ["convert", "--model", str(hf), "--tp", str(tp), "--dtype", "fp32", "--out", str(root / "ft")]
@@ -135,24 +135,26 @@ def test_the_instances_map_one_copy_and_a_reload_maps_the_same_one(tmp_path: Pat
 
 
 def test_a_conversion_replaced_under_the_server_is_answered_with_its_new_weights(tmp_path: Path) -> None:
-    ft_dir, hf_old = _convert(tmp_path, seed=0, tp=2, tasks={"a": 3})
+    """A base model and prefixes trained again, converted again into the same place with the same
+    names and shapes: config.ini comes out byte for byte as it was, and the server still notices."""
+    ft_dir, hf = _convert(tmp_path, seed=0, tp=2, tasks={"a": 3}, hf_name="hf")
+    old = hf.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+    config = (ft_dir / layout.CONFIG_FILE).read_bytes()
     with EmbeddedServer(ft_dir, instances=1, watch_interval=0.1, stop_timeout=0) as srv:
         place = srv.workdir / server_module.SHARED_WEIGHTS_DIR
-        assert _answer(srv.grpc_url, 0) == hf_old.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+        assert _answer(srv.grpc_url, 0) == old
         (before,) = _engines(srv)
-        inodes = _mapped(before, place)
+        inodes = {inode for inode, _ in _mapped(before, place).values()}
 
-        # another model of the same shapes (and another prefix length, so that config.ini changes)
-        _, hf_new = _convert(tmp_path, seed=1, tp=2, tasks={"a": 5}, force=True)
-        want = hf_new.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
-        assert want != hf_old.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+        _, hf = _convert(tmp_path, seed=1, tp=2, tasks={"a": 3}, hf_name="hf", force=True)
+        assert (ft_dir / layout.CONFIG_FILE).read_bytes() == config
+        want = hf.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+        assert want != old
         _wait_for(lambda: len(_engines(srv)) == 1 and _engines(srv) != [before], "the reload")
         assert _answer(srv.grpc_url, 0) == want
         (after,) = _engines(srv)
-        renewed = _mapped(after, place)
-        assert set(renewed) == set(inodes) and not {i for i, _ in renewed.values()} & {
-            i for i, _ in inodes.values()
-        }
+        renewed = _mapped(after, place)  # the copy written again: the same files, new ones
+        assert len(renewed) == len(inodes) and not {inode for inode, _ in renewed.values()} & inodes
 
 
 def test_without_room_for_the_copy_each_instance_reads_its_own_and_says_so(

@@ -89,7 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="decoupled fastertransformer model: a response per generation step, as FT streams",
     )
-    p.add_argument("--no-watch", action="store_true", help="do not reload when config.ini changes")
+    p.add_argument(
+        "--no-watch", action="store_true", help="do not load the model again when config.ini is written"
+    )
     p.add_argument(
         "--instances",
         type=int,

@@ -587,11 +587,19 @@ class EmbeddedServer:
     # -- model control / hot reload ------------------------------------------------------------
 
     def _digest(self) -> str:
+        """config.ini as it is now: its bytes, and which file it is. Every command that changes the
+        model writes a new config.ini and renames it into place, and `convert --force` replaces
+        the whole directory, weights included, with one that may hold the same config.ini byte for
+        byte (a model trained again, converted again): its file is another all the same."""
         path = self.ft_dir / layout.CONFIG_FILE
         try:
-            return hashlib.sha256(path.read_bytes()).hexdigest()
+            with open(path, "rb") as f:
+                stat = os.fstat(f.fileno())
+                data = f.read()
         except OSError:
             return ""
+        identity = f"{stat.st_dev}:{stat.st_ino}:{stat.st_mtime_ns}".encode()
+        return hashlib.sha256(identity + b"\0" + data).hexdigest()
 
     def load_model(self, name: str) -> None:
         """Ask Triton to (re)load one model; returns once it is loaded."""
@@ -759,5 +767,5 @@ def _task_changes(before: list[str], after: list[str]) -> str:
     added = [f"+{name}" for name in after if name not in before]
     removed = [f"-{name}" for name in before if name not in after]
     if not added and not removed:  # a prefix written again, or the same tasks otherwise changed
-        return f"config.ini changed, the same {len(after)} task(s)"
+        return f"config.ini written again, the same {len(after)} task(s)"
     return f"tasks: {' '.join(added + removed)} ({len(after)} in all)"
