@@ -3,6 +3,7 @@ makes one, with `ftprefix convert` from a toy Hugging Face model, and `ftprefix 
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -189,6 +190,23 @@ def statistics_counting(url: str, inferences: int) -> dict:
             if int(stats.get("inference_count", 0)) >= inferences or time.monotonic() > deadline:
                 return stats
             time.sleep(0.05)  # bounded poll; the caller asserts on what it returns
+
+
+def children_running(parent: int, model: bytes) -> list[int]:
+    """The processes whose parent is `parent` and whose command line names `model`, from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_bytes()
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        state, ppid = stat.rpartition(b")")[2].split()[:2]
+        if int(ppid) == parent and state != b"Z" and model in cmdline:
+            found.append(int(name))
+    return found
 
 
 def descendants(pid: int) -> set[int]:

@@ -25,6 +25,7 @@ from serving_support import (
     HIDDEN,
     LAYERS,
     add_task,
+    children_running,
     ft_inputs,
     make_converted,
     served_tasks,
@@ -212,23 +213,6 @@ def test_wrong_dtype_is_rejected_by_triton(client):
     assert client.is_model_ready(protocol.FT_MODEL)
 
 
-def _children_running(parent: int, model: bytes) -> list[int]:
-    """The processes whose parent is `parent` and whose command line names `model`, from /proc."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_bytes()
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-        except OSError:
-            continue
-        state, ppid = stat.rpartition(b")")[2].split()[:2]
-        if int(ppid) == parent and state != b"Z" and model in cmdline:
-            found.append(int(name))
-    return found
-
-
 def test_an_engine_process_that_dies_is_started_again(converted, capsys):
     """Killed for memory, say. Triton neither starts it again nor calls the model unready, and
     sends every other request to it still: all of those failed, for good. Loading a model again
@@ -247,7 +231,7 @@ def test_an_engine_process_that_dies_is_started_again(converted, capsys):
             check(c.infer(protocol.FT_MODEL, ft_inputs([prompt], OUT_LEN, [1])), [prompt], [want])
 
         def processes() -> list[int]:
-            return sorted(_children_running(srv.pid, b"/1/model.py"))
+            return sorted(children_running(srv.pid, b"/1/model.py"))
 
         for _ in range(4):
             ask()
@@ -260,7 +244,7 @@ def test_an_engine_process_that_dies_is_started_again(converted, capsys):
         assert srv.heal() == []
         assert "ended" not in capsys.readouterr().err
 
-        engines = _children_running(srv.pid, b"fastertransformer")
+        engines = children_running(srv.pid, b"fastertransformer")
         assert len(engines) == 2
         os.kill(engines[0], signal.SIGKILL)
         deadline = time.monotonic() + 60

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from hf_reference import HFReference
-from serving_support import HEADS, HIDDEN, LAYERS, add_task, ft_inputs, served_tasks
+from serving_support import HEADS, HIDDEN, LAYERS, add_task, children_running, ft_inputs, served_tasks
 
 from ftprefix import layout, protocol
 from ftprefix.cli import main
@@ -42,18 +42,9 @@ def _convert(
 
 
 def _engines(srv: EmbeddedServer) -> list[int]:
-    """The fastertransformer instances' processes (children of Triton), from /proc."""
-    found = []
-    for name in os.listdir("/proc"):
-        try:
-            stat = Path(f"/proc/{name}/stat").read_bytes()
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-        except OSError:
-            continue
-        state, ppid = stat.rpartition(b")")[2].split()[:2]
-        if int(ppid) == srv.pid and state != b"Z" and b"fastertransformer" in cmdline:
-            found.append(int(name))
-    return sorted(found)
+    """The fastertransformer instances' processes (children of Triton)."""
+    assert srv.pid is not None
+    return sorted(children_running(srv.pid, b"fastertransformer"))
 
 
 def _mapped(pid: int, under: Path) -> dict[str, tuple[int, int]]:
