@@ -28,12 +28,18 @@ END_ID = 0  # the toy model's
 
 
 def _convert(
-    root: Path, seed: int, tp: int, tasks: dict[str, int], force: bool = False, hf_name: str = ""
+    root: Path,
+    seed: int,
+    tp: int,
+    tasks: dict[str, int],
+    force: bool = False,
+    hf_name: str = "",
+    dtype: str = "fp32",
 ) -> tuple[Path, HFReference]:
     hf = root / (hf_name or f"hf{seed}")
     build_model(hf, hidden_size=HIDDEN, num_heads=HEADS, num_layers=LAYERS, seed=seed)
     prefixes = {name: random_prefix(p, LAYERS, HIDDEN, seed=seed + p).numpy() for name, p in tasks.items()}
-    argv = ["convert", "--model", str(hf), "--tp", str(tp), "--dtype", "fp32", "--out", str(root / "ft")]
+    argv = ["convert", "--model", str(hf), "--tp", str(tp), "--dtype", dtype, "--out", str(root / "ft")]
     for name, prefix in prefixes.items():
         np.save(root / f"{name}{seed}.npy", prefix)
         argv += ["--prefix", f"{name}={root / f'{name}{seed}.npy'}"]
@@ -146,6 +152,27 @@ def test_a_conversion_replaced_under_the_server_is_answered_with_its_new_weights
         (after,) = _engines(srv)
         renewed = _mapped(after, place)  # the copy written again: the same files, new ones
         assert len(renewed) == len(inodes) and not {inode for inode, _ in renewed.values()} & inodes
+
+
+def test_a_conversion_mapped_as_it_is_replaced_by_one_that_needs_a_copy_is_copied_not_touched(
+    tmp_path: Path,
+) -> None:
+    """tp 1 fp32 is mapped where it lies; `convert --force --dtype fp16` into the same place needs
+    a copy in the scratch directory, and the conversion stays as convert wrote it."""
+    ft_dir, _ = _convert(tmp_path, seed=0, tp=1, tasks={"a": 3})
+    with EmbeddedServer(ft_dir, instances=1, watch_interval=0.1, stop_timeout=0) as srv:
+        place = srv.workdir / server_module.SHARED_WEIGHTS_DIR
+        (before,) = _engines(srv)
+        assert _mapped(before, ft_dir) and not place.exists()
+
+        _, hf = _convert(tmp_path, seed=1, tp=1, tasks={"a": 3}, force=True, dtype="fp16")
+        written = {p.name: p.read_bytes() for p in ft_dir.iterdir()}
+        _wait_for(lambda: len(_engines(srv)) == 1 and _engines(srv) != [before], "the reload")
+        assert _answer(srv.grpc_url, 0) == hf.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+        (after,) = _engines(srv)
+        assert _mapped(after, place).keys() >= _used_files(layout.read_config(ft_dir))
+        assert not _mapped(after, ft_dir)
+        assert {p.name: p.read_bytes() for p in ft_dir.iterdir()} == written
 
 
 def test_without_room_for_the_copy_each_instance_reads_its_own_and_says_so(

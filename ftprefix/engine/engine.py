@@ -69,15 +69,16 @@ class Engine:
         shared_weights: str | os.PathLike[str] | None = None,
     ) -> Engine:
         """Load `<out>/<tp>-gpu` (or its parent); any tp. `gelu="erf"` matches HF's exact GELU.
-        `shared_weights`: where `shared_weights.write` put this conversion's base weights (or the
-        conversion itself, where it needs no copy): mapped from there while they are current, so
+        `shared_weights`: where `shared_weights.write` puts this conversion's base weights: mapped
+        from there while they are current (from the conversion itself where it needs no copy), so
         that every process mapping them shares one copy; read from the conversion otherwise."""
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         ft_dir = layout.find_ft_dir(directory)
         cfg = layout.read_config(ft_dir)
-        if shared_weights is not None and shared.current(Path(shared_weights), ft_dir, cfg):
-            weights = load_weights(shared_weights, shared.mapped_config(cfg), mapped=True)
+        source = shared.mapped_from(Path(shared_weights), ft_dir, cfg) if shared_weights is not None else None
+        if source is not None:
+            weights = load_weights(source, shared.mapped_config(cfg), mapped=True)
         else:
             weights = load_weights(ft_dir, cfg)
         prefixes = load_prefixes(ft_dir, cfg)

@@ -53,6 +53,8 @@ def write(ft_dir: str | os.PathLike[str], cfg: layout.ModelConfig, out: str | os
     files stay readable to the processes that map them) and return its bytes. A failed write (a
     full disk) leaves no partial copy and raises the OSError."""
     source, target = Path(ft_dir), Path(out)
+    if target.resolve() == source.resolve():  # replaced below: never the conversion itself
+        raise ValueError(f"the copy of {source}'s weights cannot replace it")
     staging, old = target.with_name(target.name + ".partial"), target.with_name(target.name + ".old")
     for leftover in (staging, old):  # of a write that was killed
         shutil.rmtree(leftover, ignore_errors=True)
@@ -79,12 +81,18 @@ def write(ft_dir: str | os.PathLike[str], cfg: layout.ModelConfig, out: str | os
 
 
 def current(shared: Path, ft_dir: Path, cfg: layout.ModelConfig) -> bool:
-    """Whether `shared` holds the copy of `ft_dir`'s base weights as they are now (or is `ft_dir`
-    itself, where its files need no copy)."""
-    if not needs_copy(cfg):
-        return shared.resolve() == ft_dir.resolve()
+    """Whether `shared` holds the copy of `ft_dir`'s base weights as they are now."""
     try:
         made_from = json.loads((shared / SOURCE_FILE).read_text(encoding="utf-8"))
         return bool(made_from == _sources(ft_dir, cfg))
     except (OSError, ValueError):
         return False
+
+
+def mapped_from(shared: Path, ft_dir: Path, cfg: layout.ModelConfig) -> Path | None:
+    """Where an engine maps `ft_dir`'s base weights from (files of `mapped_config(cfg)`): the
+    conversion itself where it needs no copy, else the copy in `shared` while it is current; None
+    where they are to be read."""
+    if not needs_copy(cfg):
+        return ft_dir
+    return shared if current(shared, ft_dir, cfg) else None

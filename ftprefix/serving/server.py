@@ -274,10 +274,8 @@ class EmbeddedServer:
         self._own_workdir = workdir is None
         check_repository_place(Path(workdir) if workdir is not None else None)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ftprefix-serve-"))
-        self._shared_weights: Path | None = None
-        if share:
-            copied = shared_weights.needs_copy(cfg)
-            self._shared_weights = self.workdir / SHARED_WEIGHTS_DIR if copied else self.ft_dir
+        # where a copy goes, if the conversion (now or after a `convert --force`) needs one
+        self._shared_weights = self.workdir / SHARED_WEIGHTS_DIR if share else None
         self.repository = self.workdir / "model_repository"
         self.log_path = Path(log_to) if log_to is not None else self.workdir / "tritonserver.log"
         self.models: tuple[str, ...] = ()
@@ -648,9 +646,12 @@ class EmbeddedServer:
         """Write the base weights' copy the instances map, unless the one there is current.
         Where it cannot be written (the disk filled meanwhile), each instance reads its own."""
         where = self._shared_weights
-        if where is None or shared_weights.current(where, self.ft_dir, cfg):
-            if where == self.ft_dir:
-                self.weights_note = "mapped by every instance from the conversion's files"
+        if where is None:
+            return
+        if not shared_weights.needs_copy(cfg):
+            self.weights_note = "mapped by every instance from the conversion's files"
+            return
+        if shared_weights.current(where, self.ft_dir, cfg):
             return
         started = time.monotonic()
         try:
