@@ -92,7 +92,7 @@ def _wait_for(condition, what: str, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+        time.sleep(0.05)  # bounded poll for the server's watcher; the assertion above is the check
 
 
 @pytest.mark.parametrize("tp", [2, 1], ids=["tp2-copied", "tp1-fp32-as-converted"])
