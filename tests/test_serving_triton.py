@@ -244,7 +244,7 @@ def test_an_engine_process_that_dies_is_started_again(converted, capsys):
         assert srv.heal() == []
         assert "ended" not in capsys.readouterr().err
 
-        engines = children_running(srv.pid, b"fastertransformer")
+        engines = children_running(srv.pid, b"/fastertransformer/1/model.py")
         assert len(engines) == 2
         os.kill(engines[0], signal.SIGKILL)
         deadline = time.monotonic() + 60

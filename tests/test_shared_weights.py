@@ -48,9 +48,10 @@ def _convert(
 
 
 def _engines(srv: EmbeddedServer) -> list[int]:
-    """The fastertransformer instances' processes (children of Triton)."""
+    """The fastertransformer instances' processes (children of Triton running its model.py: a
+    child Triton has forked but not yet started the stub in still has Triton's command line)."""
     assert srv.pid is not None
-    return sorted(children_running(srv.pid, b"fastertransformer"))
+    return sorted(children_running(srv.pid, b"/fastertransformer/1/model.py"))
 
 
 def _mapped(pid: int, under: Path) -> dict[str, tuple[int, int]]:
@@ -92,7 +93,7 @@ def _wait_for(condition, what: str, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, what
-        time.sleep(0.05)  # bounded poll for the server's watcher; the assertion above is the check
+        time.sleep(0.05)  # bounded poll for the server's processes; the assertion above is the check
 
 
 @pytest.mark.parametrize("tp", [2, 1], ids=["tp2-copied", "tp1-fp32-as-converted"])
@@ -137,7 +138,7 @@ def test_a_conversion_replaced_under_the_server_is_answered_with_its_new_weights
     ft_dir, hf = _convert(tmp_path, seed=0, tp=2, tasks={"a": 3}, hf_name="hf")
     old = hf.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
     config = (ft_dir / layout.CONFIG_FILE).read_bytes()
-    with EmbeddedServer(ft_dir, instances=1, watch_interval=0.1, stop_timeout=0) as srv:
+    with EmbeddedServer(ft_dir, instances=1, watch_interval=None, stop_timeout=0) as srv:
         place = srv.workdir / server_module.SHARED_WEIGHTS_DIR
         assert _answer(srv.grpc_url, 0) == old
         (before,) = _engines(srv)
@@ -147,8 +148,9 @@ def test_a_conversion_replaced_under_the_server_is_answered_with_its_new_weights
         assert (ft_dir / layout.CONFIG_FILE).read_bytes() == config
         want = hf.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
         assert want != old
-        _wait_for(lambda: len(_engines(srv)) == 1 and _engines(srv) != [before], "the reload")
+        assert srv.reload() is not None  # what the watcher calls; returns once loaded again
         assert _answer(srv.grpc_url, 0) == want
+        _wait_for(lambda: before not in _engines(srv), "the old instance to end")
         (after,) = _engines(srv)
         renewed = _mapped(after, place)  # the copy written again: the same files, new ones
         assert len(renewed) == len(inodes) and not {inode for inode, _ in renewed.values()} & inodes
@@ -160,15 +162,16 @@ def test_a_conversion_mapped_as_it_is_replaced_by_one_that_needs_a_copy_is_copie
     """tp 1 fp32 is mapped where it lies; `convert --force --dtype fp16` into the same place needs
     a copy in the scratch directory, and the conversion stays as convert wrote it."""
     ft_dir, _ = _convert(tmp_path, seed=0, tp=1, tasks={"a": 3})
-    with EmbeddedServer(ft_dir, instances=1, watch_interval=0.1, stop_timeout=0) as srv:
+    with EmbeddedServer(ft_dir, instances=1, watch_interval=None, stop_timeout=0) as srv:
         place = srv.workdir / server_module.SHARED_WEIGHTS_DIR
         (before,) = _engines(srv)
         assert _mapped(before, ft_dir) and not place.exists()
 
         _, hf = _convert(tmp_path, seed=1, tp=1, tasks={"a": 3}, force=True, dtype="fp16")
         written = {p.name: p.read_bytes() for p in ft_dir.iterdir()}
-        _wait_for(lambda: len(_engines(srv)) == 1 and _engines(srv) != [before], "the reload")
+        assert srv.reload() is not None
         assert _answer(srv.grpc_url, 0) == hf.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+        _wait_for(lambda: before not in _engines(srv), "the old instance to end")
         (after,) = _engines(srv)
         assert _mapped(after, place).keys() >= _used_files(layout.read_config(ft_dir))
         assert not _mapped(after, ft_dir)
