@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from ftprefix import protocol
+from ftprefix import layout, protocol
 from ftprefix.cli import main as ftprefix
 from ftprefix.demo import toy
+from ftprefix.serving.cpus import float32_bytes
 from ftprefix.serving.server import EmbeddedServer
 
 MiB = 2**20
@@ -138,7 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ftprefix-serve-memory-", dir=args.workdir) as scratch:
         ft = build(Path(scratch), args.hidden, args.layers, args.vocab)
-        weights = 2 * sum(p.stat().st_size for p in (ft / "2-gpu").glob("model.*.bin"))
+        weights = float32_bytes(layout.read_config(layout.find_ft_dir(ft)))
         ways = {
             "mapped from one copy": measure(ft, Path(scratch) / "task2.npy", args.instances, share=True),
             "read by each instance": measure(ft, Path(scratch) / "task2.npy", args.instances, share=False),

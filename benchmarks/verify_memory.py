@@ -24,6 +24,9 @@ from pathlib import Path
 
 from convert import run_measured
 
+from ftprefix import layout
+from ftprefix.serving.cpus import float32_bytes
+
 MiB = 2**20
 # what verify imports before it reads a model, its lazily imported modeling code included
 IMPORTS = (
@@ -73,7 +76,7 @@ def main() -> None:
         sizes = ["--hidden", str(args.hidden), "--layers", str(args.layers), "--vocab", str(args.vocab)]
         subprocess.run([sys.executable, __file__, *sizes, "--build-into", scratch], check=True)
         hf, ft, prefix = Path(scratch) / "hf", Path(scratch) / "ft", Path(scratch) / "task.npy"
-        weights = 2 * sum(p.stat().st_size for p in (ft / "1-gpu").glob("model.*.bin"))
+        weights = float32_bytes(layout.read_config(layout.find_ft_dir(ft)))
         read_hf = f"ftprefix.verify.reference.load_hf(pathlib.Path({str(hf)!r}), 'fp16')"
         read_ft = f"ftprefix.engine.engine.Engine.load({str(ft)!r})"
         verify = ["-m", "ftprefix", "verify", str(ft), "--model", str(hf), "--prefix", f"task={prefix}"]
