@@ -542,7 +542,11 @@ def test_serve_runs_the_instances_and_threads_asked_for_and_says_so(converted):
 def test_serve_by_default_runs_a_single_threaded_instance_per_core(converted):
     proc, _, text = _start(converted)
     try:
-        match = re.search(r"(\d+) engine instance\(s\) x 1 thread\(s\); cores: (\d+)", text)
+        # the first line, said before the start (the models' line comes once Triton is ready)
+        first = text.splitlines()[0]
+        match = re.fullmatch(
+            r"ftprefix serve: starting (\d+) engine instance\(s\) x 1 thread\(s\); cores: (\d+) \(.+\)", first
+        )
         assert match, text
         instances, cores = int(match.group(1)), int(match.group(2))
         assert 1 <= cores <= len(os.sched_getaffinity(0))

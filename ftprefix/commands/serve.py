@@ -347,19 +347,22 @@ def _serve(
     signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
     gateway_thread: threading.Thread | None = None
     try:
+        # a reader of these lines that goes away stops nothing (console.say); this one comes before
+        # the start, which with a model of billions of parameters takes a while (the copy of the
+        # weights the instances share, then Triton loading each instance)
+        layout = server.layout
+        say(
+            f"ftprefix serve: starting {layout.instances} engine instance(s) x {layout.threads} "
+            f"thread(s); cores: {server.cores.count} ({server.cores.seen})"
+            + (f"; {layout.note}" if layout.note else "")
+        )
         try:
             server.start()
         except ServerError as exc:
             print(f"ftprefix serve: error: {exc}", file=sys.stderr)
             return 1
-        # from here on a reader of these lines that goes away stops nothing (console.say)
         say(f"ftprefix serve: models {', '.join(server.models)} from {server.ft_dir}")
         say(f"ftprefix serve: listening on grpc {server.grpc_url} and http {server.http_url}")
-        layout = server.layout
-        say(
-            f"ftprefix serve: {layout.instances} engine instance(s) x {layout.threads} thread(s); "
-            f"cores: {server.cores.count} ({server.cores.seen})" + (f"; {layout.note}" if layout.note else "")
-        )
         if server.weights_note:
             say(f"ftprefix serve: weights {server.weights_note}")
         if tokenizer is not None:
