@@ -196,3 +196,24 @@ def test_without_room_for_the_copy_each_instance_reads_its_own_and_says_so(
         for pid in _engines(srv):  # no weight file mapped, neither a copy's nor the conversion's
             assert not [name for name in _mapped(pid, Path("/")) if name.endswith(".bin")]
         assert _answer(srv.grpc_url, 0) == hf.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+
+
+def test_a_copy_no_longer_needed_after_a_conversion_replaced_under_the_server_is_removed(
+    tmp_path: Path,
+) -> None:
+    """fp16 is copied into the scratch directory; `convert --force --dtype fp32` into the same place
+    is mapped as it is, and the copy, the model's float32 size on disk, goes."""
+    ft_dir, _ = _convert(tmp_path, seed=0, tp=1, tasks={"a": 3}, dtype="fp16")
+    with EmbeddedServer(ft_dir, instances=1, watch_interval=None, stop_timeout=0) as srv:
+        place = srv.workdir / server_module.SHARED_WEIGHTS_DIR
+        (before,) = _engines(srv)
+        assert _mapped(before, place) and not _mapped(before, ft_dir)
+
+        _, hf = _convert(tmp_path, seed=1, tp=1, tasks={"a": 3}, force=True, dtype="fp32")
+        assert srv.reload() is not None
+        assert _answer(srv.grpc_url, 0) == hf.greedy(PROMPT, "a", OUT_LEN, END_ID)[0]
+        assert not place.exists()
+        assert srv.weights_note == "mapped by every instance from the conversion's files"
+        _wait_for(lambda: before not in _engines(srv), "the old instance to end")
+        (after,) = _engines(srv)
+        assert _mapped(after, ft_dir).keys() >= _used_files(layout.read_config(ft_dir))

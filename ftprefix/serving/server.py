@@ -649,6 +649,9 @@ class EmbeddedServer:
         if where is None:
             return
         if not shared_weights.needs_copy(cfg):
+            # a copy of the weights a `convert --force --dtype fp32` replaced: not left taking the
+            # model's size on disk (instances that still map it keep their pages until they end)
+            shutil.rmtree(where, ignore_errors=True)
             self.weights_note = "mapped by every instance from the conversion's files"
             return
         if shared_weights.current(where, self.ft_dir, cfg):
