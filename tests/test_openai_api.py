@@ -215,6 +215,23 @@ BAD_COMPLETIONS = [
         b'{"model": "shout", "prompt": "ok", "max_tokens": 4, "min_tokens": 5}',
         _error("min_tokens (5) is more than max_tokens (4)", "min_tokens", "invalid_value"),
     ),
+    # OpenAI's and vLLM's parameters FT cannot honour: refused naming the value, not ignored
+    (
+        b'{"model": "shout", "prompt": "ok", "presence_penalty": 0.5}',
+        _error("presence_penalty=0.5 is not supported by this server", "presence_penalty", "invalid_value"),
+    ),
+    (
+        b'{"model": "shout", "prompt": "ok", "logit_bias": {"5": 10}}',
+        _error("logit_bias={'5': 10.0} is not supported by this server", "logit_bias", "invalid_value"),
+    ),
+    (  # taken only as null (the gateway never truncates), and refused as the others are
+        b'{"model": "shout", "prompt": "ok", "truncate_prompt_tokens": 5}',
+        _error(
+            "truncate_prompt_tokens=5 is not supported by this server",
+            "truncate_prompt_tokens",
+            "invalid_value",
+        ),
+    ),
 ]
 
 
@@ -268,13 +285,17 @@ BAD_CHATS = [
         b'{"model": "shout", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
         _error("only text content parts can be served", "messages.0.content", "invalid_value"),
     ),
+    (
+        b'{"model": "shout", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "low"}',
+        _error("reasoning_effort='low' is not supported by this server", "reasoning_effort", "invalid_value"),
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("body", "expected"),
     BAD_CHATS,
-    ids=["empty", "surrogate", "unknown-field", "null-content", "no-content", "image-part"],
+    ids=["empty", "surrogate", "unknown-field", "null-content", "no-content", "image-part", "reasoning"],
 )
 def test_a_bad_chat_request_is_a_400_with_openais_body(gateway, body: bytes, expected: dict) -> None:
     for request in (body, _streamed(body)):

@@ -81,6 +81,10 @@ def only(*values: Any) -> Any:
     return Field(json_schema_extra={"enum": list(values)})
 
 
+# a field taken only as null, or left out: any other value gets the 400 of `only`
+NULL_ONLY = Annotated[Any, only(None)]
+
+
 class _Strict(BaseModel):
     # NaN and Infinity are not JSON (RFC 8259), though Python's parsers take them: refused as
     # such, not as a number out of its range
@@ -126,8 +130,8 @@ class _Sampling(_Strict):
     include_stop_str_in_output: Annotated[bool, only(False)] | None = None
     skip_special_tokens: Annotated[bool, only(True)] | None = None
     spaces_between_special_tokens: Annotated[bool, only(True)] | None = None
-    truncate_prompt_tokens: None = None  # taken only when null: the gateway never truncates
-    prompt_logprobs: None = None
+    truncate_prompt_tokens: NULL_ONLY = None  # taken only when null: the gateway never truncates
+    prompt_logprobs: NULL_ONLY = None
 
     @property
     def choices(self) -> int:
@@ -155,6 +159,8 @@ class _Sampling(_Strict):
             ("include_stop_str_in_output", self.include_stop_str_in_output, (None, False)),
             ("skip_special_tokens", self.skip_special_tokens, (None, True)),
             ("spaces_between_special_tokens", self.spaces_between_special_tokens, (None, True)),
+            ("truncate_prompt_tokens", self.truncate_prompt_tokens, (None,)),
+            ("prompt_logprobs", self.prompt_logprobs, (None,)),
             *unsupported,
         ):
             if value not in neutral:
@@ -310,11 +316,11 @@ class ChatRequest(_Sampling):
     modalities: Annotated[list[Literal["text", "audio"]], only(["text"])] | None = None
     functions: Annotated[list[dict[str, Any]], Field(json_schema_extra={"maxItems": 0})] | None = None
     function_call: Annotated[str, only("none")] | None = None
-    audio: None = None
-    prediction: None = None
-    reasoning_effort: None = None
-    verbosity: None = None
-    web_search_options: None = None
+    audio: NULL_ONLY = None
+    prediction: NULL_ONLY = None
+    reasoning_effort: NULL_ONLY = None
+    verbosity: NULL_ONLY = None
+    web_search_options: NULL_ONLY = None
 
     def message_dicts(self) -> list[dict[str, Any]]:
         """The messages as chat templates read them: content a string (text parts joined)."""
@@ -339,6 +345,11 @@ class ChatRequest(_Sampling):
                 ("service_tier", self.service_tier, (None, "auto", "default")),
                 ("modalities", self.modalities, (None, ["text"])),
                 ("response_format", self.response_format and self.response_format.type, (None, "text")),
+                ("audio", self.audio, (None,)),
+                ("prediction", self.prediction, (None,)),
+                ("reasoning_effort", self.reasoning_effort, (None,)),
+                ("verbosity", self.verbosity, (None,)),
+                ("web_search_options", self.web_search_options, (None,)),
             ]
         )
         if self.top_logprobs:
