@@ -433,6 +433,25 @@ def test_min_tokens_and_ignore_eos_give_exactly_the_asked_length(gateway, model)
     assert ignored["choices"][0]["finish_reason"] == "length"
 
 
+def test_generate_min_new_tokens_keeps_the_end_token_away(triton, model, capsys) -> None:
+    """`ftprefix generate --min-new-tokens`, against the same model that stops early, answered and
+    streamed."""
+    from ftprefix.cli import main
+
+    ids = ",".join(map(str, model["ids"]))
+    argv = ["generate", "--url", triton.grpc_url, "--token-ids", "--max-new-tokens", "10", "--json", ids]
+    assert main(argv) == 0
+    assert len(json.loads(capsys.readouterr().out)["token_ids"]) == model["stops_after"] < 6
+    want, _ = model["reference"].greedy(model["ids"], None, 10, end_id=model["end_id"], min_new_tokens=6)
+    assert main([*argv, "--min-new-tokens", "6"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == want
+    assert main([*argv, "--min-new-tokens", "6", "--stream"]) == 0
+    chunks = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [t for chunk in chunks for t in chunk["token_ids"]] == want
+    assert main([*argv, "--min-new-tokens", "-1"]) == 2
+    assert capsys.readouterr().err == "ftprefix generate: error: --min-new-tokens must be 0 or more, got -1\n"
+
+
 def _chunks(gateway: str, body: dict, path: str = "/v1/completions") -> list[dict]:
     return [json.loads(e) for e in _events(_post(gateway, body, path))[:-1]]
 

@@ -12,7 +12,7 @@ from ftprefix.commands.options import add_newline_token_option
 from ftprefix.errors import UserError
 
 # the options that are the client's sampling parameters, under the same names
-SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+SAMPLING = ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
 
 
 def register(subparsers: Any) -> None:
@@ -44,7 +44,14 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--token-ids", action="store_true", help="each PROMPT is token ids separated by commas or spaces"
     )
-    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="(default: %(default)s)")
+    p.add_argument(
+        "--min-new-tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the end token cannot come before N new tokens (FT's min_length; default: %(default)s)",
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 with --top-p 0 decodes greedily (default)")
     p.add_argument("--top-p", type=float, default=0.0)
