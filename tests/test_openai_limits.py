@@ -21,7 +21,9 @@ from serving_support import convert_toy, requests_counted, rows_counted
 from ftprefix import cli
 from ftprefix.errors import UserError
 from ftprefix.gateway.app import GatewaySettings
-from ftprefix.gateway.auth import parse_keys_file
+from ftprefix.gateway.auth import KeyPolicy, parse_keys_file
+from ftprefix.gateway.errors import ApiError
+from ftprefix.gateway.limits import Limits
 from ftprefix.gateway.run import make_server, start_in_thread
 from ftprefix.serving.batching import MAX_QUEUE_DELAY_LIMIT_US
 from ftprefix.serving.interface import MAX_BATCH_SIZE
@@ -125,6 +127,35 @@ def test_a_bad_entry_is_refused_naming_the_key_by_number_only(
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "s3cret" not in err
+
+
+def test_limits_edited_while_a_keys_requests_run_keep_counting_them(tmp_path: Path) -> None:
+    """The policies an edit of the keys file gives (as the gateway reads it again) against the
+    gateway's own bookkeeping: a request admitted before the edit ends on the count the requests
+    after it are checked against, so the key's max_concurrent admits again once it is done; and a
+    rate whose limit the edit left alone keeps its level rather than refilling."""
+    keys = tmp_path / "keys.json"
+
+    def edited(entry: dict) -> KeyPolicy:
+        keys.write_text(json.dumps({"k": {"tasks": "*", **entry}}))
+        (policy,) = parse_keys_file(keys).values()
+        return policy
+
+    limits = Limits()
+    running = limits.admit(edited({"tenant": "t", "max_concurrent": 1, "requests_per_minute": 3}), 10)
+    after = edited({"tenant": "t", "max_concurrent": 1, "requests_per_minute": 3, "tokens_per_minute": 500})
+    with pytest.raises(ApiError) as refused:  # the one running still counts
+        limits.admit(after, 10)
+    assert (refused.value.status, refused.value.reason) == (429, "concurrency")
+    running.finish(10)
+    limits.admit(after, 10).finish(10)  # it is done: the key's one place is free again
+    renamed = edited(
+        {"tenant": "t2", "max_concurrent": 1, "requests_per_minute": 3, "tokens_per_minute": 500}
+    )
+    limits.admit(renamed, 10).finish(10)
+    with pytest.raises(ApiError) as refused:  # 3 per minute, the edits' requests included
+        limits.admit(renamed, 10)
+    assert (refused.value.status, refused.value.reason) == (429, "requests")
 
 
 def test_a_weight_is_the_tenants_on_all_its_keys(tmp_path: Path) -> None:

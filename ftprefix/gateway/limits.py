@@ -91,14 +91,27 @@ class Grant:
             self.usage.release(self.tokens, tokens_used)
 
 
+def _bucket(old: Bucket | None, limit: int | None, now: float) -> Bucket | None:
+    if not limit:
+        return None
+    return old if old is not None and old.limit == limit else Bucket(limit, now)
+
+
 class KeyUsage:
     """One key's buckets and requests in progress."""
 
     def __init__(self, policy: KeyPolicy, now: float) -> None:
-        self.policy = policy
         self.in_progress = 0
-        self.requests = Bucket(policy.requests_per_minute, now) if policy.requests_per_minute else None
-        self.tokens = Bucket(policy.tokens_per_minute, now) if policy.tokens_per_minute else None
+        self.requests: Bucket | None = None
+        self.tokens: Bucket | None = None
+        self.renew(policy, now)
+
+    def renew(self, policy: KeyPolicy, now: float) -> None:
+        """The key's limits as the keys file says now. A bucket whose limit stays keeps its level;
+        the requests in progress, admitted before, end here, on this usage, and so stay counted."""
+        self.policy = policy
+        self.requests = _bucket(self.requests, policy.requests_per_minute, now)
+        self.tokens = _bucket(self.tokens, policy.tokens_per_minute, now)
 
     def release(self, reserved: int, used: int) -> None:
         self.in_progress -= 1
@@ -115,11 +128,10 @@ class Limits:
 
     def _usage_of(self, policy: KeyPolicy) -> KeyUsage:
         usage = self._usage.get(policy.ident)
-        if usage is None or usage.policy != policy:  # new key, or its limits changed in the file
-            usage = KeyUsage(policy, self.clock())
-            if policy.ident in self._usage:
-                usage.in_progress = self._usage[policy.ident].in_progress
-            self._usage[policy.ident] = usage
+        if usage is None:
+            usage = self._usage[policy.ident] = KeyUsage(policy, self.clock())
+        elif usage.policy != policy:  # its limits changed in the file
+            usage.renew(policy, self.clock())
         return usage
 
     def admit(self, policy: KeyPolicy, tokens: int) -> Grant:
