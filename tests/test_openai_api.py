@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.grpc as grpcclient
+from gateway_support import gateway_log, metric_delta, metric_samples
 from hf_reference import HFReference
 from serving_support import convert_toy, rows_counted, tensors
 from transformers import AutoTokenizer
@@ -913,6 +915,33 @@ def test_a_failure_inside_the_gateway_is_a_500_with_its_request_id_and_the_trace
         assert fine.status_code == 200 and fine.json()["usage"]["completion_tokens"] >= 1
     finally:
         server.should_exit = True
+
+
+def test_a_client_that_leaves_before_its_whole_body_came_is_no_failure(gateway, caplog) -> None:
+    """A client that closes its connection halfway through its body (a timeout, a killed process)
+    has nothing to be answered: counted as gone (499), as a client that leaves while its request
+    waits, not as the gateway's internal error with a traceback in the log."""
+
+    def counted(status: str) -> float:
+        return metric_delta(
+            before, metric_samples(gateway), "ftprefix_tenant_requests_total", tenant="api-key", status=status
+        )
+
+    host, port = gateway.removeprefix("http://").split(":")
+    before = metric_samples(gateway)
+    with gateway_log(caplog):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {KEY}\r\nContent-Length: 1000\r\n\r\n".encode()
+                + b'{"model": "toy-base", "prom'
+            )
+        deadline = time.monotonic() + 30
+        while counted("499") + counted("500") == 0:  # the gateway has seen the disconnect
+            assert time.monotonic() < deadline, "the request was never counted"
+            time.sleep(0.05)  # bounded poll of the gateway's own count; the assertions below check
+    assert (counted("499"), counted("500")) == (1, 0)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 STRICT_TEMPLATE = (

@@ -32,6 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
 from ftprefix.client import AsyncClient, Completion, FtprefixClientError
 from ftprefix.gateway import access, openapi
@@ -441,7 +442,12 @@ def create_app(settings: GatewaySettings, *, tokenizer: Tokenizer | None = None)
         ctx = _context(request)
         policy = ctx.policy
         assert policy is not None
-        body = parse_request(await read_body(request), kind)
+        try:
+            raw = await read_body(request)
+        except ClientDisconnect:  # the client left before its whole body came: no answer, no bug
+            finished(ctx, CLIENT_GONE)
+            return Response(status_code=CLIENT_GONE)
+        body = parse_request(raw, kind)
         task = await task_of(ctx, body.model, policy)
         if vocab_checked[0] is None or not tokenizer_fits():  # free once the tokenizer is known to fit
             await model_info(ctx)
