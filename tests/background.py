@@ -1,13 +1,14 @@
 """Commands that some tests check, run beside the rest of the suite from its start.
 
-The benchmark scripts' tiny runs and the oldest supported stack's short job are whole programs that
-spend most of their time starting processes and servers, and the tests that check them assert no
-figure that other work beside them could change. A test marked `background(argv, cwd=, env=)` has
-its command run by one process (background_runner.py) from the moment the session's tests are
-collected, one command after another at a lower CPU priority, so that they take the time the
-suite's own tests leave idle rather than hold those up; the marked tests run last and read the
-command's output through the `background_run` fixture (conftest.py). Run two at a time in the
-middle of the suite, these commands held it up for about two minutes.
+The benchmark scripts' tiny runs, the demo and the oldest supported stack's short job are whole
+programs that spend most of their time starting processes and servers or training on one thread,
+and the tests that check them assert no figure that other work beside them could change. A test
+marked `background(argv, cwd=, env=)` has its command run by one process (background_runner.py)
+from the moment the session's tests are collected, one command after another at a lower CPU
+priority, so that they take the time the suite's own tests leave idle rather than hold those up;
+the marked tests run last and read the command's output through the `background_run` fixture
+(conftest.py). Run two at a time in the middle of the suite, these commands held it up for about
+two minutes.
 
 The runner's processes are the suite's children but belong to no test: `runner_pids` is what
 `serving_support.descendants` leaves out when a test looks for processes that it started.
