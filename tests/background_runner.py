@@ -9,12 +9,14 @@ Not a test module: pytest starts it, and the tests read what it writes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 NICENESS = 10  # CFS gives a process at nice 0 about ten times the CPU of one at 10
 TIMEOUT_S = 600
@@ -62,6 +64,12 @@ def main() -> None:
     _end_with_the_suite(int(sys.argv[1]))
     jobs = json.load(sys.stdin)
     os.nice(NICENESS)  # inherited by every command and all that they start
+    # Linux shares the CPU between sessions (autogroups, sched(7)) before the processes in them, and
+    # the runner has a session of its own: at the session's default it took as much CPU as all the
+    # suite's tests together, whatever its processes' niceness. The Tritons its commands start have
+    # sessions of their own too, which `ftprefix serve` gives its niceness (server.py).
+    with contextlib.suppress(OSError):  # a kernel without autogroups
+        Path("/proc/self/autogroup").write_text(str(NICENESS))
     for job in jobs:
         print(json.dumps(run(job)), flush=True)
 

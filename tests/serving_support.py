@@ -109,11 +109,18 @@ def _ctrl_c_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_serve_cli(ft_dir: Path, *extra: str, env: dict[str, str] | None = None, graceful: bool = False):
+def start_serve_cli(
+    ft_dir: Path, *extra: str, env: dict[str, str] | None = None, graceful: bool = False, niceness: int = 0
+):
     """`ftprefix serve DIR --grpc-port 0 --http-port 0 --stop-timeout 0 EXTRA` as a user runs it:
     (the process, its gRPC address, everything it printed up to "ready"). A test's server is
     thrown away, so it stops at once instead of unloading its models one by one (`graceful`: as
-    a user's does, unloading them)."""
+    a user's does, unloading them). `niceness`: as under `nice -n NICENESS`."""
+
+    def child_setup() -> None:
+        _ctrl_c_as_in_a_terminal()
+        os.nice(niceness)
+
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -132,7 +139,7 @@ def start_serve_cli(ft_dir: Path, *extra: str, env: dict[str, str] | None = None
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        preexec_fn=_ctrl_c_as_in_a_terminal,
+        preexec_fn=child_setup,
     )
     lines = []
     assert proc.stdout is not None

@@ -21,6 +21,7 @@ from serving_support import (
     LAYERS,
     add_task,
     another_models_tokenizer,
+    children_running,
     descendants,
     ft_inputs,
     make_converted,
@@ -135,6 +136,29 @@ def test_a_killed_serve_leaves_no_process_or_file_behind(converted, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/autogroup").exists(),
+    reason="this kernel has no autogroups (CONFIG_SCHED_AUTOGROUP): niceness alone orders the processes",
+)
+def test_serve_under_nice_runs_triton_and_its_engines_at_that_niceness(converted):
+    """Triton runs in a session of its own, and Linux shares the CPU between sessions before the
+    processes in them (autogroups, sched(7)): under `nice -n 5 ftprefix serve`, its processes kept
+    niceness 5 but their session took as much CPU as everything else beside it."""
+    proc, _, _ = start_serve_cli(converted, "--instances", "1", niceness=5)
+    try:
+        (triton,) = [
+            p
+            for p in descendants(proc.pid)
+            if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/tritonserver")
+        ]
+        (engine,) = children_running(triton, b"/fastertransformer/1/model.py")
+        for pid in (triton, engine):
+            assert os.getsid(pid) == triton  # a session of its own, as stop() needs
+            assert Path(f"/proc/{pid}/autogroup").read_text().split()[-2:] == ["nice", "5"]
+    finally:
+        stop_serve_cli(proc)
 
 
 def test_a_killed_tritonserver_ends_serve_with_exit_1_saying_so(converted, tmp_path):

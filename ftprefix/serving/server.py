@@ -67,10 +67,26 @@ DRAIN_POLL_S = 0.05
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def triton_child_setup() -> None:
+    """Runs in Triton's process between fork and exec, in the session of its own it has just made.
+
+    It ends with the process that started it. And it keeps that process's niceness: Linux shares
+    the CPU between sessions before the processes in them (autogroups, sched(7)), so under
+    `nice ftprefix serve` a Triton in a new session at the group's default would still take as much
+    CPU as all the rest of the caller's session; the new session gets the caller's niceness. Raw
+    system calls only: a forked child of a process with threads must not take Python's locks."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    niceness = os.nice(0)
+    if niceness > 0:
+        with contextlib.suppress(OSError):  # no autogroups in this kernel, or they are off
+            fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+            try:
+                os.write(fd, str(niceness).encode())
+            finally:
+                os.close(fd)
 
 
 def triton_host(host: str) -> str:
@@ -371,7 +387,7 @@ class EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 env={**tritonserver.server_env(), **cpus.thread_env(self.layout.threads)},
                 start_new_session=True,  # own process group: stop() signals the stubs too
-                preexec_fn=_die_with_parent,
+                preexec_fn=triton_child_setup,
             )
             # what stops Triton's stubs and removes its files if this process dies without stop()
             self._reaper = subprocess.Popen(
