@@ -80,8 +80,9 @@ def triton_child_setup() -> None:
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     niceness = os.nice(0)
-    if niceness > 0:
-        with contextlib.suppress(OSError):  # no autogroups in this kernel, or they are off
+    if niceness:
+        # OSError: a kernel without autogroups, or a niceness below 0 that only privilege may set
+        with contextlib.suppress(OSError):
             fd = os.open("/proc/self/autogroup", os.O_WRONLY)
             try:
                 os.write(fd, str(niceness).encode())
