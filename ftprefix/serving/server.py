@@ -67,7 +67,7 @@ DRAIN_POLL_S = 0.05
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def triton_child_setup() -> None:
+def _triton_child_setup() -> None:
     """Runs in Triton's process between fork and exec, in the session of its own it has just made.
 
     It ends with the process that started it. And it keeps that process's niceness: Linux shares
@@ -388,7 +388,7 @@ class EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 env={**tritonserver.server_env(), **cpus.thread_env(self.layout.threads)},
                 start_new_session=True,  # own process group: stop() signals the stubs too
-                preexec_fn=triton_child_setup,
+                preexec_fn=_triton_child_setup,
             )
             # what stops Triton's stubs and removes its files if this process dies without stop()
             self._reaper = subprocess.Popen(
