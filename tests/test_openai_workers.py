@@ -43,10 +43,16 @@ def triton(model):
 
 
 def _start(
-    triton: EmbeddedServer, model: dict, keys: Path, *extra: str, open_files: int | None = None
+    triton: EmbeddedServer,
+    model: dict,
+    keys: Path,
+    *extra: str,
+    open_files: int | None = None,
+    tmp: Path | None = None,
 ) -> tuple[subprocess.Popen, str, list[psutil.Process]]:
     """The gateway's process, its URL and its workers, once it says they all listen; started with
-    a soft limit of `open_files` where given (the hard limit as it is)."""
+    a soft limit of `open_files` where given (the hard limit as it is), and with `tmp` as its
+    TMPDIR where given."""
     argv = [sys.executable, "-m", "ftprefix.cli", "openai", "--url", triton.grpc_url]
     argv += ["--http-url", triton.http_url, "--tokenizer", str(model["hf"]), "--base-model", BASE]
     argv += ["--port", "0", "--api-keys", str(keys), *extra]  # any free port: the one it prints
@@ -58,8 +64,9 @@ def _start(
                 resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
             )
 
+    env = None if tmp is None else {**os.environ, "TMPDIR": str(tmp)}
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_started
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_started, env=env
     )
     assert proc.stdout is not None
     url = None
@@ -144,6 +151,30 @@ def test_a_worker_that_dies_stops_the_gateway_with_a_one_line_error(triton, mode
     assert code == 1
     assert "ftprefix openai: error: worker 1 exited with code -9; stopping the others\n" in err
     assert not psutil.wait_procs(workers, timeout=30)[1]
+    with pytest.raises(httpx.ConnectError):  # nothing listens any more
+        httpx.get(url + "/health", timeout=5)
+
+
+def test_a_killed_gateway_leaves_no_worker_or_metrics_file_behind(triton, model, tmp_path: Path) -> None:
+    """Killed itself (SIGKILL, the out-of-memory killer), the supervisor can stop nothing: its
+    workers went on serving the port with no supervisor, the next gateway's start found the port
+    taken, and the workers' metrics directory stayed in /tmp."""
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"key-a": {"tenant": "acme", "tasks": "*"}}))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc, url, workers = _start(triton, model, keys, "--workers", "2", tmp=scratch)
+    try:
+        assert _complete(url, "key-a").status_code == 200  # the workers have written metrics
+        assert [p.name[:16] for p in scratch.iterdir()] == ["ftprefix-metrics"]
+    finally:
+        proc.kill()
+        proc.wait()
+    left = psutil.wait_procs(workers, timeout=30)[1]
+    for worker in left:  # not to outlive the test where they outlived the gateway
+        worker.kill()
+    assert not left  # every worker is gone
+    assert list(scratch.iterdir()) == []
     with pytest.raises(httpx.ConnectError):  # nothing listens any more
         httpx.get(url + "/health", timeout=5)
 

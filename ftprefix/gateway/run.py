@@ -41,12 +41,22 @@ class GatewayServer(uvicorn.Server):
         self._should_exit = False
         # called once start-up is over, whether it listens (`started`) or failed
         self.on_startup: Callable[[], None] | None = None
+        # called once it has stopped serving: uvicorn raises the signal that stopped it again after
+        # that, so the process may end before any code after run() does
+        self.on_shutdown: Callable[[], None] | None = None
         super().__init__(config)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.on_startup is not None:
             self.on_startup()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if self.on_shutdown is not None:
+                self.on_shutdown()
 
     @property  # type: ignore[override]
     def should_exit(self) -> bool:

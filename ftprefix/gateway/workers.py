@@ -21,11 +21,17 @@ worker by their connection, so a share of its limit could starve a client of one
 This process only supervises: it starts the workers, says when all of them listen, and stops them
 all on SIGINT or SIGTERM (each finishes its requests within the stop timeout; a second signal
 kills them at once), or when one of them exits (which it reports; a container's restart policy
-then restarts the whole gateway).
+then restarts the whole gateway). Killed itself (SIGKILL, the out-of-memory killer), it can do
+none of that: each worker then gets SIGTERM from the kernel (PR_SET_PDEATHSIG), stops as on the
+supervisor's, and removes its own files from the metrics directory, the last one the directory.
+Before, the workers went on serving the port with no supervisor, and the next gateway's start
+found it taken.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import shutil
@@ -37,6 +43,7 @@ import time
 from contextlib import closing
 from dataclasses import replace
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 
 from ftprefix.gateway.app import GatewaySettings
 
@@ -44,6 +51,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when a w
 # after SIGTERM, a worker ends what outlived its stop timeout (settings.stop_timeout) by itself;
 # this much longer and it is killed
 STOP_GRACE_S = 5.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class _Stop(Exception):
@@ -63,14 +71,22 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(settings: GatewaySettings, host: str, port: int, ready: Connection) -> None:
+def _serve(settings: GatewaySettings, host: str, port: int, ready: Connection, supervisor: int) -> None:
     """One worker (`settings.worker`): a gateway on its own SO_REUSEPORT socket; tells `ready`
-    once it listens."""
+    once it listens. It stops when the `supervisor` process ends, however that ends."""
     from ftprefix.gateway.run import log_to_stderr, make_server
 
+    if not _ends_with(supervisor):
+        return
     index = settings.worker
     log_to_stderr(f"ftprefix openai [worker {index}]")
     server = make_server(settings, host, port)
+
+    def stopped() -> None:
+        if os.getppid() != supervisor and settings.metrics_dir is not None:
+            _remove_own_metrics(Path(settings.metrics_dir))  # no supervisor left to remove them
+
+    server.on_shutdown = stopped
 
     def listening() -> None:
         if server.started:
@@ -87,6 +103,23 @@ def _serve(settings: GatewaySettings, host: str, port: int, ready: Connection) -
     server.run(sockets=[sock])
 
 
+def _ends_with(supervisor: int) -> bool:
+    """SIGTERM from the kernel once the supervisor is gone (Linux); False if it is gone already."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    return os.getppid() == supervisor
+
+
+def _remove_own_metrics(directory: Path) -> None:
+    """This worker's files of prometheus_client's multiprocess mode (`<kind>_<pid>.db`), then the
+    directory if no other worker's are left in it."""
+    for path in directory.glob(f"*_{os.getpid()}.db"):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # another worker's files are still there
+        directory.rmdir()
+
+
 def run_workers(settings: GatewaySettings, host: str, port: int, count: int) -> int:
     """Serve with `count` workers until SIGINT or SIGTERM (0), or until a worker exits (1)."""
     directory = tempfile.mkdtemp(prefix="ftprefix-metrics-")
@@ -101,7 +134,7 @@ def run_workers(settings: GatewaySettings, host: str, port: int, count: int) -> 
             receive, send = context.Pipe(duplex=False)
             mine = replace(settings, workers=count, worker=index)
             worker = context.Process(
-                target=_serve, args=(mine, host, port, send), name=f"ftprefix-openai-{index}"
+                target=_serve, args=(mine, host, port, send, os.getpid()), name=f"ftprefix-openai-{index}"
             )
             worker.start()
             send.close()
