@@ -3,6 +3,7 @@ makes one, with `ftprefix convert` from a toy Hugging Face model, and `ftprefix 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -218,14 +219,15 @@ def children_running(parent: int, model: bytes) -> list[int]:
 
 def descendants(pid: int) -> set[int]:
     """Every process below `pid`, as /proc lists them, but the background runner's (background.py),
-    which runs beside the tests and belongs to none."""
+    which runs beside the tests and belongs to none. /proc lists a process's children by the
+    thread that started each (embedded servers start Triton from a thread of their own)."""
     found, todo, skipped = set(), [pid], runner_pids()
     while todo:
         p = todo.pop()
-        try:
-            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            continue
+        kids = []
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids += (task / "children").read_text().split()
         for k in map(int, kids):
             if k in skipped:
                 continue

@@ -261,6 +261,25 @@ def test_an_engine_process_that_dies_is_started_again(converted, capsys):
         assert "ended (killed for memory?)" in said and "loading 'fastertransformer' again" in said
 
 
+def test_a_server_started_from_a_thread_that_ends_serves_on(converted):
+    """The kernel sends a child its parent-death signal (PR_SET_PDEATHSIG) when the thread that
+    started it ends, not its process: a server started on a pool's thread, or a request handler's,
+    had its Triton stopped with that thread ("Server exiting" at the next request)."""
+    _, ft_dir, hf = converted
+    prompt = PROMPTS[2]
+    want = hf.greedy(prompt, "story", OUT_LEN, END_ID)[0]
+    server = EmbeddedServer(ft_dir.parent, watch_interval=None, stop_timeout=0, instances=1)
+    starter = threading.Thread(target=server.start)
+    starter.start()
+    starter.join()
+    try:
+        with grpcclient.InferenceServerClient(server.grpc_url) as c:
+            check(c.infer(protocol.FT_MODEL, ft_inputs([prompt], OUT_LEN, [1])), [prompt], [want])
+        assert "Signal (" not in server.log_path.read_text(errors="replace")  # Triton's on SIGTERM
+    finally:
+        server.stop()
+
+
 def test_a_stop_answers_the_request_in_flight_then_waits_for_no_unload(converted):
     """Stopped gracefully (Ctrl-C, SIGTERM), Triton answers the requests in flight, then unloads
     its models, and the python backend's unload of an instance sleeps a second first (server.py,

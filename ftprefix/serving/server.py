@@ -31,8 +31,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from ftprefix import layout, locking, protocol
 from ftprefix.console import human_bytes, say
@@ -313,6 +315,7 @@ class EmbeddedServer:
         self._watcher: threading.Thread | None = None
         # the python backend's processes, and the model instances the watcher keeps alive
         self._stubs: list[stubs.Stub] = []
+        self._release_triton_parent = threading.Event()  # ends the thread that started Triton
         self._instances: dict[str, str] = {}  # instance -> model
         self._healed_at: dict[str, float] = {}
 
@@ -377,11 +380,31 @@ class EmbeddedServer:
         finally:
             start_lock.release()
 
+    def _start_from_a_lasting_thread(self, cmd: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+        """Popen, on a thread of this server's that lives until stop() has ended Triton. The kernel
+        sends a child its parent-death signal (PR_SET_PDEATHSIG, _triton_child_setup) when the
+        thread that started it ends, not its process: a server started from a thread that then
+        ended (a pool's, a request handler's) had its Triton stopped with that thread. A daemon
+        thread, which ends only with the process where stop() never comes."""
+        started: Future[subprocess.Popen[bytes]] = Future()
+        release = self._release_triton_parent = threading.Event()
+
+        def parent() -> None:
+            try:
+                started.set_result(subprocess.Popen(cmd, **popen))
+            except BaseException as exc:
+                started.set_exception(exc)
+                return
+            release.wait()
+
+        threading.Thread(target=parent, name="ftprefix-triton-parent", daemon=True).start()
+        return started.result()
+
     def _launch(self, cmd: list[str], start_lock: tritonserver.StartLock) -> None:
         python_envs_before = tritonserver.python_env_dirs()
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed below)
         try:
-            self._proc = subprocess.Popen(
+            self._proc = self._start_from_a_lasting_thread(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -495,6 +518,7 @@ class EmbeddedServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            self._release_triton_parent.set()
             if self._shm_prefix:  # what a killed server or stub left
                 tritonserver.remove_regions(self._shm_prefix)
             if self._python_env is not None:  # known once Triton was ready (a failed start: not guessed)
