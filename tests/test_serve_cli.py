@@ -50,6 +50,16 @@ def _start(
     return start_serve_cli(ft_dir, *extra, env=env, graceful=graceful)
 
 
+def _triton_under(proc: subprocess.Popen) -> int:
+    """The pid of the one tritonserver that the serve process `proc` runs."""
+    (triton,) = [
+        p
+        for p in descendants(proc.pid)
+        if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/tritonserver")
+    ]
+    return triton
+
+
 def _python_envs() -> set[str]:
     """The python backend's directories in /tmp (it makes one as it starts: python_backend
     `src/pb_env.cc`, and removes it only when Triton exits by itself)."""
@@ -148,11 +158,7 @@ def test_serve_under_nice_runs_triton_and_its_engines_at_that_niceness(converted
     niceness 5 but their session took as much CPU as everything else beside it."""
     proc, _, _ = start_serve_cli(converted, "--instances", "1", niceness=5)
     try:
-        (triton,) = [
-            p
-            for p in descendants(proc.pid)
-            if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/tritonserver")
-        ]
+        triton = _triton_under(proc)
         (engine,) = children_running(triton, b"/fastertransformer/1/model.py")
         for pid in (triton, engine):
             assert os.getsid(pid) == triton  # a session of its own, as stop() needs
@@ -166,11 +172,7 @@ def test_a_killed_tritonserver_ends_serve_with_exit_1_saying_so(converted, tmp_p
     the kernel's out-of-memory killer sends, and Triton's log says nothing of it."""
     proc, _, _ = _start(converted, tmp=tmp_path)
     try:
-        (triton,) = [
-            p
-            for p in descendants(proc.pid)
-            if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/tritonserver")
-        ]
+        triton = _triton_under(proc)
         os.kill(triton, signal.SIGKILL)
         assert proc.wait(timeout=60) == 1
         said = proc.stderr.read().strip().splitlines()
