@@ -9,18 +9,16 @@ Not a test module: pytest starts it, and the tests read what it writes.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
+
+from ftprefix import parent_process
 
 NICENESS = 10  # CFS gives a process at nice 0 about ten times the CPU of one at 10
 TIMEOUT_S = 600
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _end_with_the_suite(suite: int) -> None:
@@ -38,7 +36,7 @@ def _end_with_the_suite(suite: int) -> None:
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_DFL in what it starts
     signal.signal(signal.SIGTERM, end)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    parent_process.end_with_parent()
     if os.getppid() != suite:  # it ended before the request above was made
         end(signal.SIGTERM, None)
 
@@ -68,8 +66,7 @@ def main() -> None:
     # the runner has a session of its own: at the session's default it took as much CPU as all the
     # suite's tests together, whatever its processes' niceness. The Tritons its commands start have
     # sessions of their own too, which `ftprefix serve` gives its niceness (server.py).
-    with contextlib.suppress(OSError):  # a kernel without autogroups
-        Path("/proc/self/autogroup").write_text(str(NICENESS))
+    parent_process.give_session_niceness(NICENESS)
     for job in jobs:
         print(json.dumps(run(job)), flush=True)
 

@@ -27,7 +27,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ftprefix"
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(layer.split())
     for layer in (
-        "__init__ errors protocol words task_table console model_dirs hf_compat hf_cache assets",
+        "__init__ errors protocol words task_table console model_dirs hf_compat hf_cache assets "
+        "parent_process",
         "extras ft_rows layout text",
         "locking",
         "engine client converter demo",
@@ -42,8 +43,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
 # commands and the cli import an extra's packages only behind `extras.require`, which names the
 # extra when it is missing; they are held to the layers alone.
 PARTS_OF_EXTRA: dict[str | None, str] = {
-    None: "__init__ errors protocol words task_table console model_dirs assets extras ft_rows layout "
-    "text locking client",
+    None: "__init__ errors protocol words task_table console model_dirs assets parent_process extras "
+    "ft_rows layout text locking client",
     "convert": "hf_compat hf_cache engine converter demo",
     "verify": "verify",
     "serve": "serving",

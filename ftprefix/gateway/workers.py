@@ -31,7 +31,6 @@ found it taken.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import shutil
@@ -45,13 +44,13 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
+from ftprefix import parent_process
 from ftprefix.gateway.app import GatewaySettings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when a worker imports it
 # after SIGTERM, a worker ends what outlived its stop timeout (settings.stop_timeout) by itself;
 # this much longer and it is killed
 STOP_GRACE_S = 5.0
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class _Stop(Exception):
@@ -105,9 +104,7 @@ def _serve(settings: GatewaySettings, host: str, port: int, ready: Connection, s
 
 def _ends_with(supervisor: int) -> bool:
     """SIGTERM from the kernel once the supervisor is gone (Linux); False if it is gone already."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    parent_process.end_with_parent()
     return os.getppid() == supervisor
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import os
@@ -36,14 +35,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ftprefix import layout, locking, protocol
+from ftprefix import layout, locking, parent_process, protocol
 from ftprefix.console import human_bytes, say
 from ftprefix.engine import shared_weights
 from ftprefix.errors import UserError
 from ftprefix.serving import cpus, repository, stubs, tritonserver
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
 
-_PR_SET_PDEATHSIG = 1
 # how often the watcher looks for engine processes that died when it does not watch config.ini,
 # and how long it waits before loading the same model again for that
 HEAL_INTERVAL_S = 0.5
@@ -70,26 +68,14 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _triton_child_setup() -> None:
-    """Runs in Triton's process between fork and exec, in the session of its own it has just made.
-
-    It ends with the process that started it. And it keeps that process's niceness: Linux shares
-    the CPU between sessions before the processes in them (autogroups, sched(7)), so under
-    `nice ftprefix serve` a Triton in a new session at the group's default would still take as much
-    CPU as all the rest of the caller's session; the new session gets the caller's niceness. Raw
-    system calls only: a forked child of a process with threads must not take Python's locks."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    """Runs in Triton's process between fork and exec, in the session of its own it has just made:
+    it ends with the process that started it, and its session gets that process's niceness (under
+    `nice ftprefix serve`, a session at the default took as much CPU as all the rest of the
+    caller's)."""
+    parent_process.end_with_parent()
     niceness = os.nice(0)
     if niceness:
-        # OSError: a kernel without autogroups, or a niceness below 0 that only privilege may set
-        with contextlib.suppress(OSError):
-            fd = os.open("/proc/self/autogroup", os.O_WRONLY)
-            try:
-                os.write(fd, str(niceness).encode())
-            finally:
-                os.close(fd)
+        parent_process.give_session_niceness(niceness)
 
 
 def triton_host(host: str) -> str:
