@@ -31,7 +31,7 @@ class LockTimeoutError(UserError):
     exit_code = 1
 
 
-def _acquire(path: Path, mode: int, wait: float) -> int:
+def _acquire(path: Path, mode: int, wait: float, subject: Path) -> int:
     deadline = time.monotonic() + wait
     delay = 0.01
     while True:
@@ -44,7 +44,7 @@ def _acquire(path: Path, mode: int, wait: float) -> int:
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         raise LockTimeoutError(
-                            f"another ftprefix command is changing {path.parent} and did not finish within "
+                            f"another ftprefix command is changing {subject} and did not finish within "
                             f"{wait:g} s; wait for it, or pass a larger --wait"
                         ) from None
                     time.sleep(delay)  # poll: flock has no timeout of its own
@@ -63,8 +63,14 @@ def _acquire(path: Path, mode: int, wait: float) -> int:
 @contextlib.contextmanager
 def exclusive(directory: str | os.PathLike[str], wait: float = DEFAULT_WAIT_S) -> Iterator[None]:
     """Hold the model lock of `directory` (the one holding `<tp>-gpu`) alone."""
-    path = Path(directory) / layout.LOCK_FILE
-    fd = _acquire(path, fcntl.LOCK_EX, wait)
+    with exclusive_file(Path(directory) / layout.LOCK_FILE, Path(directory), wait):
+        yield
+
+
+@contextlib.contextmanager
+def exclusive_file(path: Path, subject: Path, wait: float = DEFAULT_WAIT_S) -> Iterator[None]:
+    """Hold the lock file `path`, which guards `subject`, alone; the file is gone afterwards."""
+    fd = _acquire(path, fcntl.LOCK_EX, wait, subject)
     try:
         yield
     finally:
@@ -78,7 +84,7 @@ def shared(directory: str | os.PathLike[str], wait: float = DEFAULT_WAIT_S) -> I
     """Hold the model lock of `directory` with other readers; a read-only directory is read unlocked."""
     path = Path(directory) / layout.LOCK_FILE
     try:
-        fd: int | None = _acquire(path, fcntl.LOCK_SH, wait)
+        fd: int | None = _acquire(path, fcntl.LOCK_SH, wait, Path(directory))
     except OSError:
         fd = None  # a read-only volume has no writers to fear
     try:

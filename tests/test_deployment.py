@@ -36,7 +36,7 @@ from serving_support import HIDDEN, LAYERS, add_task, make_converted
 from tritonclient.grpc import model_config_pb2 as mc
 
 import ftprefix
-from ftprefix import assets
+from ftprefix import assets, locking
 from ftprefix.cli import build_parser, main
 from ftprefix.demo.toy import build_tokenizer, random_prefix
 from ftprefix.serving.interface import parse_pbtxt
@@ -512,7 +512,7 @@ def test_bad_output_directories_are_refused_and_left_as_they_were(tmp_path: Path
     (tmp_path / "file").write_text("x")
     _refused(["triton-repo", conversion, "--out", str(tmp_path / "file")], capsys, "is not a directory")
     _refused(
-        ["triton-repo", str(tmp_path / "missing"), "--out", str(tmp_path / "new")],
+        ["triton-repo", str(tmp_path / "missing"), "--out", str(tmp_path / "new" / "in" / "deploy")],
         capsys,
         "not a converted model",
     )
@@ -523,6 +523,34 @@ def test_bad_output_directories_are_refused_and_left_as_they_were(tmp_path: Path
     )
     assert not (tmp_path / "new").exists()
     assert not [p for p in tmp_path.iterdir() if ".ftprefix-" in p.name]  # no stage left behind
+
+
+def test_runs_writing_one_directory_at_once_take_turns(tmp_path: Path) -> None:
+    conversion = str(example_conversion(tmp_path / "converted", tp=1))
+    deploy = tmp_path / "new" / "deploy"
+    argv = [sys.executable, "-m", "ftprefix", "triton-repo", conversion, "--out", str(deploy)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    runs = [subprocess.Popen(argv, **pipes) for _ in range(4)]
+    results = [(run.wait(120), *run.communicate()) for run in runs]
+    assert [(code, err) for code, _out, err in results] == [(0, "")] * 4
+    outs = sorted(out for _code, out, _err in results)
+    assert [out.startswith(f"updated {deploy}") for out in outs] == [True, True, True, False]
+    assert outs[-1].startswith(f"wrote {deploy}")
+    assert all("0 file(s) changed" in out for out in outs[:3])  # each found the first one's work done
+    assert [p.name for p in deploy.parent.iterdir()] == ["deploy"]  # no stage, no lock file left
+
+
+def test_a_deployment_is_not_written_while_its_conversion_is_being_changed(tmp_path: Path, capsys) -> None:
+    conversion = example_conversion(tmp_path / "converted", tp=1)
+    with locking.exclusive(conversion.parent):  # as `ftprefix tasks add` holds it
+        _refused(
+            ["triton-repo", str(conversion), "--out", str(tmp_path / "deploy"), "--wait", "0.2"],
+            capsys,
+            f"another ftprefix command is changing {conversion.parent}",
+            code=1,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]
+    assert main(["triton-repo", str(conversion), "--out", str(tmp_path / "deploy")]) == 0
 
 
 def test_a_deployment_of_another_version_or_with_edited_files_needs_force(tmp_path: Path, capsys) -> None:

@@ -44,7 +44,7 @@ def add_prefix_option(
         parser.epilog = "Give at least one --prefix or --prefix-dir."
 
 
-def add_wait_option(parser: argparse.ArgumentParser) -> None:
+def add_wait_option(parser: argparse.ArgumentParser, changing: str = "the same model") -> None:
     from ftprefix.locking import DEFAULT_WAIT_S
 
     parser.add_argument(
@@ -52,7 +52,7 @@ def add_wait_option(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_WAIT_S,
         metavar="SECONDS",
-        help="how long to wait for another ftprefix command changing the same model (default %(default)g)",
+        help=f"how long to wait for another ftprefix command changing {changing} (default %(default)g)",
     )
 
 

@@ -7,7 +7,12 @@ import shlex
 import sys
 
 from ftprefix import model_dirs
-from ftprefix.commands.options import UPDATES_NOTE, add_newline_token_option, add_queue_delay_option
+from ftprefix.commands.options import (
+    UPDATES_NOTE,
+    add_newline_token_option,
+    add_queue_delay_option,
+    add_wait_option,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="rewrite a deployment another ftprefix version wrote, or files you changed in it",
     )
     add_queue_delay_option(p, updates=True)
+    add_wait_option(p, changing="DIR or the converted model")
     p.set_defaults(func=run)
 
 
@@ -97,6 +103,7 @@ def _summary(names: list[str], limit: int = 6) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ftprefix import protocol
+    from ftprefix.commands.options import check_wait
     from ftprefix.serving import deployment
 
     report = deployment.write_deployment(
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         newline_token=args.newline_token,
         force=args.force,
+        wait=check_wait(args.wait),
     )
     info, settings, out = report.info, report.settings, report.path
     tasks = info.config.tasks.names

@@ -16,7 +16,8 @@
 Every path in the compose files is relative to DIR, so DIR can be moved; `.env` names the
 conversion (FTPREFIX_MODEL_DIR: absolute, or relative when the conversion lies inside DIR).
 
-Writing is safe the way conversions are: a new DIR is assembled beside it and renamed into place;
+Writing is safe the way conversions are: one run at a time per DIR (a lock file beside it), reading
+the conversion under its shared lock; a new DIR is assembled beside it and renamed into place;
 an existing one is updated only if ftprefix wrote it (its manifest), by this ftprefix version,
 and only the files ftprefix wrote, each replaced atomically, the manifest last (it lists the old
 and the new digest of every file while the update runs, so a killed update is not mistaken for
@@ -29,17 +30,18 @@ rather than rewriting it with the defaults (a GPU target, no tokenizer, one inst
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar, cast
 
-from ftprefix import __version__, assets, layout
+from ftprefix import __version__, assets, layout, locking
 from ftprefix.errors import UserError
 from ftprefix.serving import dotenv, repository
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US
@@ -218,7 +220,6 @@ def _check_out(out: Path, manifest: dict | None, force: bool) -> None:
     """Refuse to write into a directory ftprefix did not write, or one another version wrote."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory; choose another --out")
-    layout.check_creatable(out, "--out")
     if manifest is None:
         others = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
         if others:
@@ -251,27 +252,30 @@ def _assemble(
     stage: Path,
     out: Path,
     choice: Resolved,
+    wait: float,
 ) -> tuple[dict[str, bytes], dict[str, str], Settings, repository.RepositoryInfo]:
     """Every file of the deployment but .env and the manifest, the .env values, the settings."""
     ft_dir = layout.find_ft_dir(converted).resolve()
-    cfg = layout.read_config(ft_dir)
-    tp = cfg.tensor_para_size
-    if choice.tokenizer_dir is not None:  # one line now if unreadable, or another model's
-        tokenizer = load_tokenizer(choice.tokenizer_dir, newline_token=choice.newline_token)
-        repository.check_tokenizer_fits(tokenizer, cfg, ft_dir)
-    # a streaming model has no text ensemble (repository.write_repository says why): then the
-    # tokenizer is for the gateway alone
-    info = repository.write_repository(
-        ft_dir,
-        stage / REPOSITORY_DIR,
-        target=choice.target,
-        tokenizer_dir=None if choice.streaming else choice.tokenizer_dir,
-        streaming=choice.streaming,
-        checkpoint_path=f"{CONTAINER_MODEL_ROOT}/{ft_dir.name}" if choice.target == repository.GPU else None,
-        instances=choice.instances,
-        max_queue_delay_us=choice.max_queue_delay_us,
-        newline_token=None if choice.streaming else choice.newline_token,
-    )
+    gpu = choice.target == repository.GPU
+    with locking.shared(ft_dir.parent, wait):  # never half-way through a `tasks add`
+        cfg = layout.read_config(ft_dir)
+        tp = cfg.tensor_para_size
+        if choice.tokenizer_dir is not None:  # one line now if unreadable, or another model's
+            tokenizer = load_tokenizer(choice.tokenizer_dir, newline_token=choice.newline_token)
+            repository.check_tokenizer_fits(tokenizer, cfg, ft_dir)
+        # a streaming model has no text ensemble (repository.write_repository says why): then the
+        # tokenizer is for the gateway alone
+        info = repository.write_repository(
+            ft_dir,
+            stage / REPOSITORY_DIR,
+            target=choice.target,
+            tokenizer_dir=None if choice.streaming else choice.tokenizer_dir,
+            streaming=choice.streaming,
+            checkpoint_path=f"{CONTAINER_MODEL_ROOT}/{ft_dir.name}" if gpu else None,
+            instances=choice.instances,
+            max_queue_delay_us=choice.max_queue_delay_us,
+            newline_token=None if choice.streaming else choice.newline_token,
+        )
     files = {f"{REPOSITORY_DIR}/{name}": data for name, data in _files_under(stage / REPOSITORY_DIR).items()}
     if choice.tokenizer_dir is not None:
         copy_tokenizer_files(choice.tokenizer_dir, stage / TOKENIZER_DIR)
@@ -357,10 +361,12 @@ def write_deployment(
     max_queue_delay_us: int | None = None,
     newline_token: str | None = None,
     force: bool = False,
+    wait: float = locking.DEFAULT_WAIT_S,
 ) -> Report:
     """Write or update the deployment directory `out` for `converted` (see the module's notes;
     None: the conversion the deployment already written there serves). A setting left None is the
-    deployment's own when it is updated, else the default (DEFAULTS); `newline_token` "" is none."""
+    deployment's own when it is updated, else the default (DEFAULTS); `newline_token` "" is none.
+    `wait`: seconds to wait for another run writing `out`, or changing the conversion."""
     out = Path(out)
     request = Request(
         target=target,
@@ -371,28 +377,57 @@ def write_deployment(
         max_queue_delay_us=max_queue_delay_us,
         newline_token=newline_token,
     )
-    manifest = read_manifest(out) if out.is_dir() else None
-    if converted is None:  # `triton-repo --out DIR` after `tasks add`
-        if manifest is None:
-            raise UserError(
-                f"give the converted model to deploy: ftprefix triton-repo CONVERTED --out {out} "
-                "(only a deployment already written there names its own)"
-            )
-        converted = model_dir(out, env_values(out))
-    _check_out(out, manifest, force)
-    anchor = layout.existing_ancestor(out.parent)  # the stage on out's filesystem: an atomic rename
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.ftprefix-", dir=anchor))
+    with _writing(out, wait):
+        manifest = read_manifest(out) if out.is_dir() else None
+        if converted is None:  # `triton-repo --out DIR` after `tasks add`
+            if manifest is None:
+                raise UserError(
+                    f"give the converted model to deploy: ftprefix triton-repo CONVERTED --out {out} "
+                    "(only a deployment already written there names its own)"
+                )
+            converted = model_dir(out, env_values(out))
+        _check_out(out, manifest, force)
+        anchor = layout.existing_ancestor(out.parent)  # the stage on out's filesystem: an atomic rename
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.ftprefix-", dir=anchor))
+        try:
+            choice = resolve(request, out, manifest, stage / "kept-tokenizer", force)
+            (stage / "deployment").mkdir()
+            files, env, settings, info = _assemble(Path(converted), stage / "deployment", out, choice, wait)
+            report = Report(out, created=manifest is None, settings=settings, info=info, kept=choice.kept)
+            digests = {name: _digest(data) for name, data in files.items()}
+            if manifest is None:
+                return _create(out, stage / "deployment", files, digests, env, settings, report)
+            return _update(out, files, digests, env, settings, manifest, force, report)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _writing(out: Path, wait: float) -> Iterator[None]:
+    """Hold DIR's lock, `.<name>.ftprefix.lock` beside it, for a whole write: two triton-repo runs
+    on one DIR take turns (else both assemble a new DIR and the second finds the first's in its
+    way). The lock needs DIR's parent: one made for it is removed again if the write fails."""
+    layout.check_creatable(out, "--out")
+    missing = []
+    parent = out.parent.absolute()
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    made = []
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:  # another run made it: theirs to keep
+            continue
+        made.append(directory)
     try:
-        choice = resolve(request, out, manifest, stage / "kept-tokenizer", force)
-        (stage / "deployment").mkdir()
-        files, env, settings, info = _assemble(Path(converted), stage / "deployment", out, choice)
-        report = Report(out, created=manifest is None, settings=settings, info=info, kept=choice.kept)
-        digests = {name: _digest(data) for name, data in files.items()}
-        if manifest is None:
-            return _create(out, stage / "deployment", files, digests, env, settings, report)
-        return _update(out, files, digests, env, settings, manifest, force, report)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        with locking.exclusive_file(out.parent / f".{out.name}{layout.LOCK_FILE}", out, wait):
+            yield
+    except BaseException:
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):  # not empty: another run's now
+                directory.rmdir()
+        raise
 
 
 def _previous(manifest: dict | None) -> dict[str, object]:
