@@ -253,7 +253,16 @@ def existing_ancestor(path: Path) -> Path:
 
 def check_creatable(path: Path, option: str) -> None:
     """Refuse (UserError) a directory `path` that cannot be made because a file stands where one of
-    its parents should be, before anything is staged beside it."""
+    its parents should be, or a symbolic link leading where nothing is stands where it or one of
+    its parents should be (mkdir fails on one), before anything is staged beside it."""
+    for part in (path, *path.parents):
+        if part.exists():
+            break
+        if part.is_symlink():
+            raise UserError(
+                f"{option} {path} cannot be created: {part} is a link to {os.readlink(part)}, where "
+                "nothing is; create that directory, or give another path"
+            )
     parent = existing_ancestor(path)
     if path.exists() or parent.is_dir():
         return

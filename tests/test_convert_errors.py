@@ -384,9 +384,13 @@ def test_an_output_path_no_directory_can_be_at_is_one_line_exit_2(work, capsys):
     """A file where a parent of --out should be, or a name longer than the file system takes:
     the user's path to give again, in one line; they were tracebacks from mkdir."""
     (work / "notes.txt").write_text("mine")
+    dangling = work / "dangling"
+    dangling.symlink_to(work / "nowhere")  # mkdir fails on it: it was a traceback
     for out, says in (
         (work / "notes.txt" / "out", f"--out {work / 'notes.txt' / 'out'} cannot be created: "),
         (work / ("x" * 300) / "out", "File name too long ("),
+        (dangling, f"--out {dangling} cannot be created: {dangling} is a link to {work / 'nowhere'}"),
+        (dangling / "out", f"--out {dangling / 'out'} cannot be created: {dangling} is a link to "),
     ):
         argv = _convert_argv(work)
         argv[argv.index("--out") + 1] = str(out)
@@ -397,8 +401,9 @@ def test_an_output_path_no_directory_can_be_at_is_one_line_exit_2(work, capsys):
         assert main(deploy) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"ftprefix triton-repo: error: {says}"), err
-    assert sorted(p.name for p in work.iterdir()) == ["good.pt", "model", "notes.txt"]
+    assert sorted(p.name for p in work.iterdir()) == ["dangling", "good.pt", "model", "notes.txt"]
     assert (work / "notes.txt").read_text() == "mine"
+    assert os.readlink(work / "dangling") == str(work / "nowhere")
 
 
 def _without_permission_override() -> None:

@@ -111,6 +111,24 @@ def test_demo_refuses_a_non_empty_workdir(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("workdir", "says"),
+    [
+        ("notes.txt", "--workdir {tmp}/notes.txt is not a directory"),
+        ("notes.txt/demo", "--workdir {tmp}/notes.txt/demo cannot be created: {tmp}/notes.txt is a file"),
+        ("dangling", "--workdir {tmp}/dangling cannot be created: {tmp}/dangling is a link to {tmp}/nowhere"),
+    ],
+)
+def test_a_workdir_no_directory_can_be_at_is_refused_before_it_trains(tmp_path, capsys, workdir, says):
+    """The dangling link was a traceback from mkdir."""
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert main(["demo", "--workdir", str(tmp_path / workdir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ftprefix demo: error: {says.format(tmp=tmp_path)}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "notes.txt"]
+
+
+@pytest.mark.parametrize(
     ("option", "says"),
     [
         (["--tp", "8"], "argument --tp: invalid choice: 8 (choose from 1, 2, 4)"),  # the model's 4 heads

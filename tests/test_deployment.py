@@ -525,6 +525,19 @@ def test_bad_output_directories_are_refused_and_left_as_they_were(tmp_path: Path
     assert not [p for p in tmp_path.iterdir() if ".ftprefix-" in p.name]  # no stage left behind
 
 
+def test_a_link_to_a_directory_is_written_where_it_leads_and_stays_a_link(tmp_path: Path, capsys) -> None:
+    conversion = str(example_conversion(tmp_path / "converted", tp=1))
+    (tmp_path / "volume").mkdir()
+    link = tmp_path / "deploy"
+    link.symlink_to(tmp_path / "volume")
+    assert main(["triton-repo", conversion, "--out", str(link)]) == 0
+    assert link.is_symlink() and (tmp_path / "volume" / "compose.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "deploy", "volume"]
+    capsys.readouterr()
+    assert main(["triton-repo", "--out", str(link)]) == 0  # and updated through it
+    assert "0 file(s) changed" in capsys.readouterr().out
+
+
 def test_runs_writing_one_directory_at_once_take_turns(tmp_path: Path) -> None:
     conversion = str(example_conversion(tmp_path / "converted", tp=1))
     deploy = tmp_path / "new" / "deploy"

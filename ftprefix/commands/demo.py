@@ -137,13 +137,18 @@ def answers_table(result: DemoResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ftprefix import layout
     from ftprefix.errors import UserError
     from ftprefix.serving.server import ServerError, check_repository_place
 
     if args.steps < 1:  # before a minute of training, as every check here
         raise UserError(f"--steps must be at least 1, got {args.steps}")
-    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
-        raise UserError(f"--workdir {args.workdir} is not empty; pass a new or empty directory")
+    if args.workdir is not None:
+        if args.workdir.exists() and not args.workdir.is_dir():
+            raise UserError(f"--workdir {args.workdir} is not a directory; pass a new or empty directory")
+        layout.check_creatable(args.workdir, "--workdir")
+        if args.workdir.exists() and any(args.workdir.iterdir()):
+            raise UserError(f"--workdir {args.workdir} is not empty; pass a new or empty directory")
     check_repository_place()  # the server of step 4, before a minute of training
     start = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ftprefix-demo-"))

@@ -377,6 +377,9 @@ def write_deployment(
         max_queue_delay_us=max_queue_delay_us,
         newline_token=newline_token,
     )
+    layout.check_creatable(out, "--out")
+    if out.is_symlink():  # a link to a directory: write where it leads (a rename would replace it)
+        out = out.resolve()
     with _writing(out, wait):
         manifest = read_manifest(out) if out.is_dir() else None
         if converted is None:  # `triton-repo --out DIR` after `tasks add`
@@ -407,7 +410,6 @@ def _writing(out: Path, wait: float) -> Iterator[None]:
     """Hold DIR's lock, `.<name>.ftprefix.lock` beside it, for a whole write: two triton-repo runs
     on one DIR take turns (else both assemble a new DIR and the second finds the first's in its
     way). The lock needs DIR's parent: one made for it is removed again if the write fails."""
-    layout.check_creatable(out, "--out")
     missing = []
     parent = out.parent.absolute()
     while not parent.exists():
