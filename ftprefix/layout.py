@@ -252,9 +252,12 @@ def existing_ancestor(path: Path) -> Path:
 
 
 def check_creatable(path: Path, option: str) -> None:
-    """Refuse (UserError) a directory `path` that cannot be made because a file stands where one of
-    its parents should be, or a symbolic link leading where nothing is stands where it or one of
-    its parents should be (mkdir fails on one), before anything is staged beside it."""
+    """Refuse (UserError) an output directory `path` that is a file, or cannot be made because a
+    file stands where one of its parents should be, or a symbolic link leading where nothing is
+    stands where it or one of its parents should be (mkdir fails on one), before anything is
+    staged beside it."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} exists and is not a directory; give another path")
     for part in (path, *path.parents):
         if part.exists():
             break

@@ -113,7 +113,7 @@ def test_demo_refuses_a_non_empty_workdir(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("workdir", "says"),
     [
-        ("notes.txt", "--workdir {tmp}/notes.txt is not a directory"),
+        ("notes.txt", "--workdir {tmp}/notes.txt exists and is not a directory"),
         ("notes.txt/demo", "--workdir {tmp}/notes.txt/demo cannot be created: {tmp}/notes.txt is a file"),
         ("dangling", "--workdir {tmp}/dangling cannot be created: {tmp}/dangling is a link to {tmp}/nowhere"),
     ],

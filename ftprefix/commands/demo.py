@@ -144,8 +144,6 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:  # before a minute of training, as every check here
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if args.workdir is not None:
-        if args.workdir.exists() and not args.workdir.is_dir():
-            raise UserError(f"--workdir {args.workdir} is not a directory; pass a new or empty directory")
         layout.check_creatable(args.workdir, "--workdir")
         if args.workdir.exists() and any(args.workdir.iterdir()):
             raise UserError(f"--workdir {args.workdir} is not empty; pass a new or empty directory")

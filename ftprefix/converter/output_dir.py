@@ -65,8 +65,6 @@ def _is_ft_file(entry: Path) -> bool:
 def check_output(out: Path, tp: int, *, force: bool, inputs: list[Path]) -> None:
     """Refuse an output that holds anything but ftprefix conversions, an existing conversion for
     `tp` without --force, and an output that would swallow an input."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
     layout.check_creatable(out, "--out")
     resolved = out.resolve()
     for src in inputs:

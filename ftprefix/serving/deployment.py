@@ -218,8 +218,6 @@ def model_dir(directory: str | os.PathLike[str], env: Mapping[str, str]) -> Path
 
 def _check_out(out: Path, manifest: dict | None, force: bool) -> None:
     """Refuse to write into a directory ftprefix did not write, or one another version wrote."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory; choose another --out")
     if manifest is None:
         others = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
         if others:
