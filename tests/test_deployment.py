@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -36,7 +37,7 @@ from serving_support import HIDDEN, LAYERS, add_task, make_converted
 from tritonclient.grpc import model_config_pb2 as mc
 
 import ftprefix
-from ftprefix import assets, locking
+from ftprefix import assets, layout, locking
 from ftprefix.cli import build_parser, main
 from ftprefix.demo.toy import build_tokenizer, random_prefix
 from ftprefix.serving.interface import parse_pbtxt
@@ -551,6 +552,29 @@ def test_runs_writing_one_directory_at_once_take_turns(tmp_path: Path) -> None:
     assert outs[-1].startswith(f"wrote {deploy}")
     assert all("0 file(s) changed" in out for out in outs[:3])  # each found the first one's work done
     assert [p.name for p in deploy.parent.iterdir()] == ["deploy"]  # no stage, no lock file left
+
+
+def test_a_run_waiting_for_one_that_fails_writes_the_directory_the_failed_one_made_and_removed(
+    tmp_path: Path,
+) -> None:
+    """The failed run removes the parent it made for DIR's lock, in which the other one waited."""
+    first, second = (example_conversion(tmp_path / name, tp=1) for name in ("first", "second"))
+    deploy = tmp_path / "new" / "deploy"
+    lock_file = deploy.parent / f".deploy{layout.LOCK_FILE}"
+    argv = [sys.executable, "-m", "ftprefix", "triton-repo", "--out", str(deploy)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    with locking.exclusive(first.parent):  # the first run takes DIR's lock, then fails on this one
+        failing = subprocess.Popen([*argv, str(first), "--wait", "3"], **pipes)
+        deadline = time.monotonic() + 60
+        while not lock_file.exists() and failing.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling for the first run's lock file
+        assert lock_file.exists()
+        waiting = subprocess.Popen([*argv, str(second)], **pipes)
+        _out, err = failing.communicate(timeout=60)
+    assert failing.returncode == 1 and f"is changing {first.parent}" in err, err
+    out, err = waiting.communicate(timeout=60)
+    assert (waiting.returncode, err) == (0, "") and out.startswith(f"wrote {deploy}")
+    assert [p.name for p in deploy.parent.iterdir()] == ["deploy"]
 
 
 def test_a_deployment_is_not_written_while_its_conversion_is_being_changed(tmp_path: Path, capsys) -> None:

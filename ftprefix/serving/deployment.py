@@ -407,27 +407,43 @@ def write_deployment(
 def _writing(out: Path, wait: float) -> Iterator[None]:
     """Hold DIR's lock, `.<name>.ftprefix.lock` beside it, for a whole write: two triton-repo runs
     on one DIR take turns (else both assemble a new DIR and the second finds the first's in its
-    way). The lock needs DIR's parent: one made for it is removed again if the write fails."""
-    missing = []
-    parent = out.parent.absolute()
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    made = []
-    for directory in reversed(missing):
+    way). The lock needs DIR's parent: one made for it is removed again if the write fails, and a
+    run that waited in a parent removed so makes it again."""
+    lock_file = out.parent / f".{out.name}{layout.LOCK_FILE}"
+    with contextlib.ExitStack() as held:
+        while True:
+            made = _make_parents(out.parent)
+            try:
+                held.enter_context(locking.exclusive_file(lock_file, out, wait))
+                break
+            except FileNotFoundError:
+                if lock_file.parent.is_dir():
+                    raise
         try:
-            directory.mkdir()
+            yield
+        except BaseException:
+            held.close()  # the lock file goes first: the parents are empty then
+            for directory in reversed(made):
+                with contextlib.suppress(OSError):  # not empty: another run's now
+                    directory.rmdir()
+            raise
+
+
+def _make_parents(directory: Path) -> list[Path]:
+    """Make `directory` and its missing parents; return those this call made, outermost first."""
+    missing = []
+    directory = directory.absolute()
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    made = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
         except FileExistsError:  # another run made it: theirs to keep
             continue
-        made.append(directory)
-    try:
-        with locking.exclusive_file(out.parent / f".{out.name}{layout.LOCK_FILE}", out, wait):
-            yield
-    except BaseException:
-        for directory in reversed(made):
-            with contextlib.suppress(OSError):  # not empty: another run's now
-                directory.rmdir()
-        raise
+        made.append(path)
+    return made
 
 
 def _previous(manifest: dict | None) -> dict[str, object]:
