@@ -7,7 +7,8 @@ released by the kernel when the process dies, so a crash never leaves a stale lo
 
 The lock file (`layout.LOCK_FILE` in the directory that holds `<tp>-gpu`) is removed by the
 exclusive holder when it is done, so a command leaves no trace; a waiter that finds it has locked
-a removed file opens the current one and waits again.
+a removed file opens the current one and waits again. `triton-repo` takes the same kind of lock
+for its deployment directory (`exclusive_making`, with a lock file beside it).
 """
 
 from __future__ import annotations
@@ -77,6 +78,52 @@ def exclusive_file(path: Path, subject: Path, wait: float = DEFAULT_WAIT_S) -> I
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_making(
+    directory: Path, lock_name: str, subject: Path, wait: float = DEFAULT_WAIT_S
+) -> Iterator[None]:
+    """Hold the lock file `directory/lock_name` alone, making `directory` and its missing parents
+    for it. If the block fails, the directories made here are removed again where empty, the lock
+    file first; a command that waited in a directory removed so makes it again and goes on (it
+    raised FileNotFoundError). Removing only what is empty leaves the files of a command that took
+    the lock in between alone."""
+    lock_file = directory / lock_name
+    with contextlib.ExitStack() as held:
+        while True:
+            made = _make_directories(directory)
+            try:
+                held.enter_context(exclusive_file(lock_file, subject, wait))
+                break
+            except FileNotFoundError:
+                if directory.is_dir():
+                    raise
+        try:
+            yield
+        except BaseException:
+            held.close()
+            for path in reversed(made):
+                with contextlib.suppress(OSError):  # not empty: another command's now
+                    path.rmdir()
+            raise
+
+
+def _make_directories(directory: Path) -> list[Path]:
+    """Make `directory` and its missing parents; return those this call made, outermost first."""
+    missing = []
+    directory = directory.absolute()
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    made = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:  # another command made it: theirs to keep
+            continue
+        made.append(path)
+    return made
 
 
 @contextlib.contextmanager

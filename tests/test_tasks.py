@@ -282,6 +282,47 @@ def test_sigkill_at_any_moment_leaves_a_loadable_consistent_model(
     assert "last" in _consistent(out)
 
 
+def _opened(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open (a command holding, or waiting for, a lock file)."""
+    try:
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # it ended, or closed a file while we looked
+        return False
+
+
+def test_a_conversion_waiting_for_one_that_failed_writes_the_output_the_failed_one_made(
+    hf_dir: Path, tmp_path: Path
+) -> None:
+    """The failed conversion removes the output directory it made, in which the other one waited
+    for the lock: the other makes it again and converts (it raised FileNotFoundError)."""
+    big = _prefix(tmp_path, "big", 3000, 7)  # written under the lock: long enough to stop it there
+    for attempt in range(5):
+        out = tmp_path / f"new{attempt}" / "out"
+        lock_file = out / layout.LOCK_FILE
+        argv = ["convert", "--model", str(hf_dir), "--prefix", f"big={big}", "--tp", "2", "--dtype", "fp16"]
+        failing = _ftprefix(*argv, "--out", str(out))
+        while failing.poll() is None and not _opened(failing.pid, lock_file):
+            pass  # it holds the lock for milliseconds: no sleep between looks
+        os.kill(failing.pid, signal.SIGSTOP)
+        if not _opened(failing.pid, lock_file):  # done before it was stopped: try again
+            os.kill(failing.pid, signal.SIGCONT)
+            failing.communicate(timeout=60)
+            continue
+        waiting = _ftprefix(*argv, "--out", str(out))
+        while not _opened(waiting.pid, lock_file):
+            assert waiting.poll() is None, waiting.communicate()
+            time.sleep(0.01)  # polling for the second conversion to reach the lock
+        os.kill(failing.pid, signal.SIGTERM)  # it fails holding the lock, as on Ctrl-C
+        os.kill(failing.pid, signal.SIGCONT)
+        _, err = failing.communicate(timeout=60)
+        assert failing.returncode == 128 + signal.SIGTERM and "terminated" in err, err
+        _, err = waiting.communicate(timeout=120)
+        assert waiting.returncode == 0, err
+        assert _consistent(out) == ["big"] and [p.name for p in out.iterdir()] == ["2-gpu"]
+        return
+    pytest.fail("no conversion was stopped while it held the lock, in 5 tries")
+
+
 def test_a_second_writer_waits_then_fails_in_one_line(converted: Path, tmp_path: Path, capsys) -> None:
     out = converted
     before = tree_digest(out)

@@ -16,7 +16,7 @@ from ftprefix import layout, locking, model_dirs
 from ftprefix.converter.base_weights import plan_base, write_base
 from ftprefix.converter.checkpoints import PrefixSource
 from ftprefix.converter.hf_model import open_hf_model
-from ftprefix.converter.output_dir import check_output, clean_stale, output_directory, staged_ft_dir
+from ftprefix.converter.output_dir import check_output, clean_stale, staged_ft_dir
 from ftprefix.converter.prefixes import check_task_names, load_prefixes, write_placeholder, write_prefix
 from ftprefix.converter.progress import progress_bar
 from ftprefix.errors import UserError
@@ -96,7 +96,8 @@ def convert(
         new_tasks = [(c.name, int(p.shape[0])) for c, p in loaded]
         cfg = cfg.with_tasks(TaskTable(new_tasks))
         report = ConvertReport(out, layout.ft_dir(out, tp), cfg, warnings=warnings)
-        with output_directory(out), locking.exclusive(out, wait):
+        # out made here is removed again if the conversion fails (it holds nothing but the lock then)
+        with locking.exclusive_making(out, layout.LOCK_FILE, out, wait):
             check_output(out, tp, force=force, inputs=inputs)  # again, now that no one else writes
             clean_stale(out, warn)
             previous = layout.ft_dir(out, tp) / layout.CONFIG_FILE

@@ -146,16 +146,3 @@ def staged_ft_dir(out: Path, tp: int) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-@contextmanager
-def output_directory(out: Path) -> Iterator[None]:
-    """Create `out` if needed; if it was created here and the conversion fails, remove it again."""
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        yield
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)  # everything in it was written by this conversion
-        raise

@@ -30,13 +30,12 @@ rather than rewriting it with the defaults (a GPU target, no tokenizer, one inst
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar, cast
@@ -378,7 +377,8 @@ def write_deployment(
     layout.check_creatable(out, "--out")
     if out.is_symlink():  # a link to a directory: write where it leads (a rename would replace it)
         out = out.resolve()
-    with _writing(out, wait):
+    # one run at a time per DIR: else both assemble a new DIR, and the second's rename meets the first's
+    with locking.exclusive_making(out.parent, f".{out.name}{layout.LOCK_FILE}", out, wait):
         manifest = read_manifest(out) if out.is_dir() else None
         if converted is None:  # `triton-repo --out DIR` after `tasks add`
             if manifest is None:
@@ -401,49 +401,6 @@ def write_deployment(
             return _update(out, files, digests, env, settings, manifest, force, report)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _writing(out: Path, wait: float) -> Iterator[None]:
-    """Hold DIR's lock, `.<name>.ftprefix.lock` beside it, for a whole write: two triton-repo runs
-    on one DIR take turns (else both assemble a new DIR and the second finds the first's in its
-    way). The lock needs DIR's parent: one made for it is removed again if the write fails, and a
-    run that waited in a parent removed so makes it again."""
-    lock_file = out.parent / f".{out.name}{layout.LOCK_FILE}"
-    with contextlib.ExitStack() as held:
-        while True:
-            made = _make_parents(out.parent)
-            try:
-                held.enter_context(locking.exclusive_file(lock_file, out, wait))
-                break
-            except FileNotFoundError:
-                if lock_file.parent.is_dir():
-                    raise
-        try:
-            yield
-        except BaseException:
-            held.close()  # the lock file goes first: the parents are empty then
-            for directory in reversed(made):
-                with contextlib.suppress(OSError):  # not empty: another run's now
-                    directory.rmdir()
-            raise
-
-
-def _make_parents(directory: Path) -> list[Path]:
-    """Make `directory` and its missing parents; return those this call made, outermost first."""
-    missing = []
-    directory = directory.absolute()
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    made = []
-    for path in reversed(missing):
-        try:
-            path.mkdir()
-        except FileExistsError:  # another run made it: theirs to keep
-            continue
-        made.append(path)
-    return made
 
 
 def _previous(manifest: dict | None) -> dict[str, object]:
