@@ -256,6 +256,23 @@ def wait_gone(pids: set[int], seconds: float = 30) -> set[int]:
     return {p for p in pids if alive(p)}
 
 
+def has_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open (a command holding, or waiting for, a lock file)."""
+    try:
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # it ended, or closed a file while we looked
+        return False
+
+
+def wait_until_open(proc: subprocess.Popen, path: Path, seconds: float = 60) -> None:
+    """Return once `proc` has `path` open; fail if it ends first, or after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not has_open(proc.pid, path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} was not opened within {seconds} s"
+        time.sleep(0.01)  # polling another process's open files
+
+
 def another_models_tokenizer(hf: Path, out: Path, vocab: int) -> Path:
     """`hf`'s tokenizer (tokenizer.json) grown to give ids up to vocab + 3, four more than a model
     of `vocab` ids has embeddings for: what another model's tokenizer looks like to it. In `out`."""

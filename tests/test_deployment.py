@@ -15,9 +15,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jsonschema
@@ -33,7 +33,7 @@ from deployment_support import (
     missing_copy_sources,
 )
 from dotenv import dotenv_values
-from serving_support import HIDDEN, LAYERS, add_task, make_converted
+from serving_support import HIDDEN, LAYERS, add_task, make_converted, wait_until_open
 from tritonclient.grpc import model_config_pb2 as mc
 
 import ftprefix
@@ -563,15 +563,14 @@ def test_a_run_waiting_for_one_that_fails_writes_the_directory_the_failed_one_ma
     lock_file = deploy.parent / f".deploy{layout.LOCK_FILE}"
     argv = [sys.executable, "-m", "ftprefix", "triton-repo", "--out", str(deploy)]
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-    with locking.exclusive(first.parent):  # the first run takes DIR's lock, then fails on this one
-        failing = subprocess.Popen([*argv, str(first), "--wait", "3"], **pipes)
-        deadline = time.monotonic() + 60
-        while not lock_file.exists() and failing.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)  # polling for the first run's lock file
-        assert lock_file.exists()
+    with locking.exclusive(first.parent):  # the first run takes DIR's lock, then waits for this one
+        failing = subprocess.Popen([*argv, str(first)], **pipes)
+        wait_until_open(failing, lock_file)
         waiting = subprocess.Popen([*argv, str(second)], **pipes)
+        wait_until_open(waiting, lock_file)
+        failing.send_signal(signal.SIGTERM)  # it fails holding DIR's lock, as on Ctrl-C
         _out, err = failing.communicate(timeout=60)
-    assert failing.returncode == 1 and f"is changing {first.parent}" in err, err
+    assert failing.returncode == 128 + signal.SIGTERM and "terminated" in err, err
     out, err = waiting.communicate(timeout=60)
     assert (waiting.returncode, err) == (0, "") and out.startswith(f"wrote {deploy}")
     assert [p.name for p in deploy.parent.iterdir()] == ["deploy"]

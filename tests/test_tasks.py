@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from convert_support import hf_json, read_prefix_files, tree_digest
+from serving_support import has_open, wait_until_open
 
 from ftprefix import layout, locking
 from ftprefix.cli import main
@@ -282,14 +283,6 @@ def test_sigkill_at_any_moment_leaves_a_loadable_consistent_model(
     assert "last" in _consistent(out)
 
 
-def _opened(pid: int, path: Path) -> bool:
-    """Whether process `pid` has `path` open (a command holding, or waiting for, a lock file)."""
-    try:
-        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:  # it ended, or closed a file while we looked
-        return False
-
-
 def test_a_conversion_waiting_for_one_that_failed_writes_the_output_the_failed_one_made(
     hf_dir: Path, tmp_path: Path
 ) -> None:
@@ -301,17 +294,17 @@ def test_a_conversion_waiting_for_one_that_failed_writes_the_output_the_failed_o
         lock_file = out / layout.LOCK_FILE
         argv = ["convert", "--model", str(hf_dir), "--prefix", f"big={big}", "--tp", "2", "--dtype", "fp16"]
         failing = _ftprefix(*argv, "--out", str(out))
-        while failing.poll() is None and not _opened(failing.pid, lock_file):
+        while failing.poll() is None and not out.exists():
+            time.sleep(0.01)  # polling for it to reach the lock: it makes --out just before
+        while failing.poll() is None and not has_open(failing.pid, lock_file):
             pass  # it holds the lock for milliseconds: no sleep between looks
         os.kill(failing.pid, signal.SIGSTOP)
-        if not _opened(failing.pid, lock_file):  # done before it was stopped: try again
+        if not has_open(failing.pid, lock_file):  # done before it was stopped: try again
             os.kill(failing.pid, signal.SIGCONT)
             failing.communicate(timeout=60)
             continue
         waiting = _ftprefix(*argv, "--out", str(out))
-        while not _opened(waiting.pid, lock_file):
-            assert waiting.poll() is None, waiting.communicate()
-            time.sleep(0.01)  # polling for the second conversion to reach the lock
+        wait_until_open(waiting, lock_file)
         os.kill(failing.pid, signal.SIGTERM)  # it fails holding the lock, as on Ctrl-C
         os.kill(failing.pid, signal.SIGCONT)
         _, err = failing.communicate(timeout=60)
