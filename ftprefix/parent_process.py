@@ -16,12 +16,14 @@ import sys
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def end_with_parent(signum: int = signal.SIGTERM) -> None:
+def end_with_parent(parent: int | None = None, signum: int = signal.SIGTERM) -> bool:
     """This process gets `signum` from the kernel once its parent ends. The kernel sends it when
     the *thread* that started this process ends, not its process (prctl(2), PR_SET_PDEATHSIG): a
-    parent that starts children from a thread keeps that thread alive as long as they are to run."""
+    parent that starts children from a thread keeps that thread alive as long as they are to run.
+    False if the parent, pid `parent` where given, has ended already: then nothing will be sent."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+    return parent is None or os.getppid() == parent
 
 
 def give_session_niceness(niceness: int) -> None:

@@ -36,8 +36,7 @@ def _end_with_the_suite(suite: int) -> None:
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_DFL in what it starts
     signal.signal(signal.SIGTERM, end)
-    parent_process.end_with_parent()
-    if os.getppid() != suite:  # it ended before the request above was made
+    if not parent_process.end_with_parent(suite):  # it ended before the request was made
         end(signal.SIGTERM, None)
 
 

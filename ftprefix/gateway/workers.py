@@ -75,7 +75,7 @@ def _serve(settings: GatewaySettings, host: str, port: int, ready: Connection, s
     once it listens. It stops when the `supervisor` process ends, however that ends."""
     from ftprefix.gateway.run import log_to_stderr, make_server
 
-    if not _ends_with(supervisor):
+    if not parent_process.end_with_parent(supervisor):  # SIGTERM once the supervisor is gone
         return
     index = settings.worker
     log_to_stderr(f"ftprefix openai [worker {index}]")
@@ -100,12 +100,6 @@ def _serve(settings: GatewaySettings, host: str, port: int, ready: Connection, s
         )
         sys.exit(2)
     server.run(sockets=[sock])
-
-
-def _ends_with(supervisor: int) -> bool:
-    """SIGTERM from the kernel once the supervisor is gone (Linux); False if it is gone already."""
-    parent_process.end_with_parent()
-    return os.getppid() == supervisor
 
 
 def _remove_own_metrics(directory: Path) -> None:
