@@ -244,13 +244,6 @@ def write_config(directory: str | os.PathLike[str], cfg: ModelConfig) -> Path:
     return path
 
 
-def existing_ancestor(path: Path) -> Path:
-    """`path` where it exists, else its nearest parent that does."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def check_creatable(path: Path, option: str) -> None:
     """Refuse (UserError) an output directory `path` that is a file, or cannot be made because a
     file stands where one of its parents should be, or a symbolic link leading where nothing is
@@ -258,18 +251,16 @@ def check_creatable(path: Path, option: str) -> None:
     staged beside it."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path} exists and is not a directory; give another path")
-    for part in (path, *path.parents):
+    for part in (path, *path.parents):  # up to the first that exists
         if part.exists():
-            break
+            if not part.is_dir():
+                raise UserError(f"{option} {path} cannot be created: {part} is a file, not a directory")
+            return
         if part.is_symlink():
             raise UserError(
                 f"{option} {path} cannot be created: {part} is a link to {os.readlink(part)}, where "
                 "nothing is; create that directory, or give another path"
             )
-    parent = existing_ancestor(path)
-    if path.exists() or parent.is_dir():
-        return
-    raise UserError(f"{option} {path} cannot be created: {parent} is a file, not a directory")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -388,8 +388,8 @@ def write_deployment(
                 )
             converted = model_dir(out, env_values(out))
         _check_out(out, manifest, force)
-        anchor = layout.existing_ancestor(out.parent)  # the stage on out's filesystem: an atomic rename
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.ftprefix-", dir=anchor))
+        # beside DIR, on its filesystem: an atomic rename (the lock made DIR's parent)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.ftprefix-", dir=out.parent))
         try:
             choice = resolve(request, out, manifest, stage / "kept-tokenizer", force)
             (stage / "deployment").mkdir()
@@ -532,7 +532,6 @@ def _create(
         _readable(path)
     if out.is_dir():
         out.rmdir()  # empty (checked): the stage takes its place
-    out.parent.mkdir(parents=True, exist_ok=True)
     os.rename(stage, out)
     report.written = [*sorted(files), ENV_FILE]
     return report
