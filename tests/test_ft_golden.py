@@ -41,7 +41,10 @@ def pooled_server(converted):
 
 @pytest.fixture(scope="module")
 def streaming_server(converted):
-    with EmbeddedServer(converted[1], streaming=True, watch_interval=None, stop_timeout=0) as srv:
+    # one single-threaded instance, as each of the default layout's: the stream is the subject
+    with EmbeddedServer(
+        converted[1], streaming=True, instances=1, watch_interval=None, stop_timeout=0
+    ) as srv:
         yield srv
 
 

@@ -748,7 +748,9 @@ def test_a_stream_cut_by_triton_dying_ends_with_an_error_event_then_done(
     model, tmp_path: Path, transport: str
 ) -> None:
     shutil.copytree(model["ft"], tmp_path / "ft")
-    server = EmbeddedServer(tmp_path / "ft", streaming=True, watch_interval=None, stop_timeout=0).start()
+    # one engine instance: the one request is all it is asked
+    server = EmbeddedServer(tmp_path / "ft", streaming=True, watch_interval=None, stop_timeout=0, instances=1)
+    server.start()
     http_url = server.http_url if transport == "http" else None
     gateway, url = _gateway(server.grpc_url, model["hf"], triton_http_url=http_url)
     try:
@@ -786,7 +788,10 @@ def test_a_request_in_flight_when_triton_dies_is_a_503_with_retry_after(
     model, tmp_path: Path, caplog, transport: str
 ) -> None:
     shutil.copytree(model["ft"], tmp_path / "ft")
-    server = EmbeddedServer(tmp_path / "ft", streaming=False, watch_interval=None, stop_timeout=0).start()
+    server = EmbeddedServer(
+        tmp_path / "ft", streaming=False, watch_interval=None, stop_timeout=0, instances=1
+    )
+    server.start()
     http_url = server.http_url if transport == "http" else None
     gateway, url = _gateway(server.grpc_url, model["hf"], triton_http_url=http_url)
     try:

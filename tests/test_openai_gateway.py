@@ -212,7 +212,9 @@ def test_a_gateway_started_before_triton_tries_it_every_second_and_logs_the_chan
             away.close()
             refusing.join()
             probes_down = [r.getMessage() for r in caplog.records if r.getMessage().startswith("health:")]
-            with EmbeddedServer(model["ft"], grpc_port=triton_port, watch_interval=None, stop_timeout=0):
+            with EmbeddedServer(
+                model["ft"], grpc_port=triton_port, watch_interval=None, stop_timeout=0, instances=1
+            ):
                 up = time.monotonic()
                 while httpx.get(health).status_code != 200:  # bounded: asserted just below
                     assert time.monotonic() - up < 10
@@ -273,7 +275,8 @@ def test_a_task_added_on_the_server_becomes_a_model_and_a_removed_one_is_gone(
 
     shutil.copytree(model["ft"], tmp_path / "ft")
     torch.save(toy.random_prefix(4, 2, 64, seed=99), tmp_path / "fresh.pt")
-    with EmbeddedServer(tmp_path / "ft", watch_interval=0.2, stop_timeout=0) as triton:
+    # one engine instance: every reload starts each instance's process again
+    with EmbeddedServer(tmp_path / "ft", watch_interval=0.2, stop_timeout=0, instances=1) as triton:
         gateway, base_url = _gateway(triton.grpc_url, model["hf"], triton_http_url=triton.http_url)
         try:
             client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)

@@ -42,12 +42,15 @@ def converted(tmp_path_factory) -> Path:
 
 
 def _start(
-    ft_dir: Path, *extra: str, tmp: Path | None = None, graceful: bool = False
+    ft_dir: Path, *extra: str, tmp: Path | None = None, graceful: bool = False, instances: int | None = 1
 ) -> tuple[subprocess.Popen, str, str]:
     """The running `ftprefix serve`, its gRPC address, and what it printed up to "ready". `tmp`: where
-    its scratch directory goes (a serve killed with SIGKILL cannot remove it)."""
+    its scratch directory goes (a serve killed with SIGKILL cannot remove it). `instances`: one
+    engine process unless a test is about how many (None: serve's default, one per core), as each
+    one imports torch for about 1.5 s of CPU."""
     env = None if tmp is None else {**os.environ, "TMPDIR": str(tmp)}
-    return start_serve_cli(ft_dir, *extra, env=env, graceful=graceful)
+    layout = () if instances is None else ("--instances", str(instances))
+    return start_serve_cli(ft_dir, *layout, *extra, env=env, graceful=graceful)
 
 
 def _triton_under(proc: subprocess.Popen) -> int:
@@ -276,7 +279,9 @@ def test_a_host_name_is_served_on_its_ipv4_address(converted) -> None:
     from ftprefix.client import Client
     from ftprefix.serving.server import EmbeddedServer
 
-    with EmbeddedServer(converted, host="localhost", watch_interval=None, stop_timeout=0) as server:
+    with EmbeddedServer(
+        converted, host="localhost", watch_interval=None, stop_timeout=0, instances=1
+    ) as server:
         assert server.grpc_url.startswith("127.0.0.1:")
         with Client(server.grpc_url) as client:
             assert [t.name for t in client.tasks()] == ["smile"]
@@ -367,14 +372,15 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(
 def _start_with_api(
     converted: Path, *extra: str, graceful: bool = False, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, int, str]:
-    """`ftprefix serve` with the OpenAI API beside Triton: the process, the API's port, and what it
-    printed up to "ready"."""
+    """`ftprefix serve` with the OpenAI API beside Triton, one engine instance (as `_start`): the
+    process, the API's port, and what it printed up to "ready"."""
     from ftprefix.serving.server import free_port
 
     port = free_port()
     hf = str(converted.parent.parent / "hf")
+    api = ("--tokenizer", hf, "--openai-port", str(port))
     proc, _, printed = start_serve_cli(
-        converted, "--tokenizer", hf, "--openai-port", str(port), *extra, env=env, graceful=graceful
+        converted, "--instances", "1", *api, *extra, env=env, graceful=graceful
     )
     return proc, port, printed
 
@@ -480,7 +486,7 @@ def test_serve_takes_the_settings_of_a_deployment(form, converted, tmp_path, cap
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"--streaming comes from the deployment {deploy}" in err
     if form == "model-and-deployment":
-        proc, grpc_url, text = _start(converted.parent, "--deployment", str(deploy))
+        proc, grpc_url, text = _start(converted.parent, "--deployment", str(deploy), instances=None)
     else:
         env = deploy / ".env"
         user_env = env.read_text()
@@ -545,7 +551,7 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 def test_serve_runs_the_instances_and_threads_asked_for_and_says_so(converted):
-    proc, grpc_url, text = _start(converted, "--instances", "3", "--threads", "2")
+    proc, grpc_url, text = _start(converted, "--instances", "3", "--threads", "2", instances=None)
     try:
         assert re.search(r"3 engine instance\(s\) x 2 thread\(s\); cores: \d+ \(", text), text
         assert "ftprefix serve: weights mapped by every instance from the conversion's files\n" in text
@@ -566,7 +572,7 @@ def test_serve_runs_the_instances_and_threads_asked_for_and_says_so(converted):
 
 
 def test_serve_by_default_runs_a_single_threaded_instance_per_core(converted):
-    proc, _, text = _start(converted)
+    proc, _, text = _start(converted, instances=None)
     try:
         # the first line, said before the start (the models' line comes once Triton is ready)
         first = text.splitlines()[0]

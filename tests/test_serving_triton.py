@@ -175,7 +175,7 @@ def test_the_batching_window_reaches_triton_and_holds_a_lone_request(converted):
     window_us = 1_500_000
     with (
         EmbeddedServer(
-            converted[1], watch_interval=None, max_queue_delay_us=window_us, stop_timeout=0
+            converted[1], watch_interval=None, max_queue_delay_us=window_us, stop_timeout=0, instances=1
         ) as srv,
         grpcclient.InferenceServerClient(srv.grpc_url) as c,
     ):
@@ -431,7 +431,7 @@ def test_a_model_directory_moved_away_is_said_once_served_then_said_back(convert
     _root, ft_dir, hf = converted
     home, away = tmp_path / "model", tmp_path / "elsewhere"
     shutil.copytree(ft_dir.parent, home)
-    server = EmbeddedServer(home, watch_interval=0.05, stop_timeout=0)
+    server = EmbeddedServer(home, watch_interval=0.05, stop_timeout=0, instances=1)
     reloads: queue.Queue[None] = queue.Queue()
     looks: queue.Queue[None] = queue.Queue()
     reload, follow = server.reload, server._follow_config
