@@ -116,7 +116,7 @@ def test_a_target_naming_several_replicas_spreads_requests_over_all_of_them(
     """Kubernetes' headless Service (`dns:///triton-pods:8001`) names every replica: requests go
     round robin over them, as Triton's own counts show, where one connection would take them all
     to one replica."""
-    with EmbeddedServer(model["ft"], tokenizer_dir=model["hf"], stop_timeout=0) as second:
+    with EmbeddedServer(model["ft"], tokenizer_dir=model["hf"], stop_timeout=0, instances=1) as second:
         replicas = (server.grpc_url, second.grpc_url)
         target = f"ipv4:{','.join(replicas)}"
         jobs = [(PROMPTS[i % len(PROMPTS)], [None, *TASKS][i % (len(TASKS) + 1)]) for i in range(8)]
@@ -212,7 +212,7 @@ def test_a_model_and_tokenizer_under_names_that_are_not_ascii_are_served(model: 
     home = tmp_path / "田中 é"
     shutil.copytree(model["ft"], home / "ft")
     shutil.copytree(model["hf"], home / "hf")
-    server = EmbeddedServer(home / "ft", tokenizer_dir=home / "hf", stop_timeout=0)
+    server = EmbeddedServer(home / "ft", tokenizer_dir=home / "hf", stop_timeout=0, instances=1)
     with server, Client(server.grpc_url) as c:
         for prompt, task in ((PROMPTS[0], None), (PROMPTS[3], "taskB")):
             ids, text, _ = reference(prompt, task)
@@ -344,7 +344,7 @@ def test_a_grpcs_url_speaks_tls_and_checks_the_server_certificate(
 
     monkeypatch.setattr(tritonserver, "command", with_tls)
     expected, _, _ = reference(PROMPTS[0], "taskB")
-    with EmbeddedServer(model["ft"], stop_timeout=0) as srv:
+    with EmbeddedServer(model["ft"], stop_timeout=0, instances=1) as srv:
         url = f"grpcs://localhost:{srv.grpc_port}"
 
         def clients(roots_file: Path | None) -> subprocess.CompletedProcess[str]:
@@ -702,10 +702,12 @@ def pods(model: dict):
     computing what an earlier test gave up waiting for, which Triton counts when it ends."""
     from dns_support import name_server
 
-    with EmbeddedServer(model["ft"], stop_timeout=0) as first:
+    with EmbeddedServer(model["ft"], stop_timeout=0, instances=1) as first:
         _, port = first.grpc_url.rsplit(":", 1)
         with (
-            EmbeddedServer(model["ft"], host="127.0.0.2", grpc_port=int(port), stop_timeout=0) as second,
+            EmbeddedServer(
+                model["ft"], host="127.0.0.2", grpc_port=int(port), stop_timeout=0, instances=1
+            ) as second,
             name_server("triton-pods.test", ["127.0.0.1"]) as dns,
         ):
             yield dns, (first.grpc_url, second.grpc_url)

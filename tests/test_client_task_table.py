@@ -77,7 +77,8 @@ def test_old_ids_keep_their_task_and_a_removed_id_reaches_no_prefix(tmp_path: Pa
     assert len({tuple(w) for w in want.values()}) == len(want)  # otherwise a swap could not show
 
     loop = asyncio.new_event_loop()  # one loop for the async client's whole life
-    with EmbeddedServer(out, stop_timeout=0) as server:
+    # one engine instance: each change of the table loads the model again, every instance anew
+    with EmbeddedServer(out, stop_timeout=0, instances=1) as server:
         sync_client = Client(server.grpc_url, task_table_ttl=None)
         async_client = AsyncClient(server.grpc_url, task_table_ttl=None)
         assert [t.name for t in sync_client.tasks()] == list(TASKS)
@@ -172,7 +173,7 @@ def test_the_client_waits_for_a_server_that_publishes_its_new_table_late(tmp_pat
     out, prefixes = _convert(tmp_path)
     want = HFReference(tmp_path / "hf", prefixes).greedy(PROMPT, "taskC", 6, end_id=0)[0]
     with (
-        EmbeddedServer(out, watch_interval=None, stop_timeout=0) as server,
+        EmbeddedServer(out, watch_interval=None, stop_timeout=0, instances=1) as server,
         Client(server.grpc_url, task_table_ttl=None) as client,
     ):
         assert [t.name for t in client.tasks()] == list(TASKS)

@@ -44,7 +44,8 @@ def model(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "streaming"])
 def served(request, model):
-    extra = ["--tokenizer", str(model["hf"]), "--openai-port", "0"]
+    # one engine instance: the tokenizer is the subject
+    extra = ["--instances", "1", "--tokenizer", str(model["hf"]), "--openai-port", "0"]
     proc, grpc_url, text = start_serve_cli(model["ft"], *extra, *(["--streaming"] if request.param else []))
     try:
         api = re.search(r"OpenAI-compatible API on (\S+)", text)
@@ -215,7 +216,8 @@ def test_postprocessing_decodes_every_recorded_answer(served) -> None:
 
 @pytest.fixture(scope="module")
 def newline_served(model):
-    extra = ["--tokenizer", str(model["hf"]), "--newline-token", "<NL>", "--openai-port", "0"]
+    extra = ["--instances", "1", "--tokenizer", str(model["hf"]), "--openai-port", "0"]
+    extra += ["--newline-token", "<NL>"]
     proc, grpc_url, text = start_serve_cli(model["ft"], *extra)
     try:
         api = re.search(r"OpenAI-compatible API on (\S+)", text)

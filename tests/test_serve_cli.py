@@ -551,7 +551,7 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 def test_serve_runs_the_instances_and_threads_asked_for_and_says_so(converted):
-    proc, grpc_url, text = _start(converted, "--instances", "3", "--threads", "2", instances=None)
+    proc, grpc_url, text = _start(converted, "--threads", "2", instances=3)
     try:
         assert re.search(r"3 engine instance\(s\) x 2 thread\(s\); cores: \d+ \(", text), text
         assert "ftprefix serve: weights mapped by every instance from the conversion's files\n" in text

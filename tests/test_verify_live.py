@@ -57,7 +57,10 @@ def _verify(url: str, model: dict, *extra: str) -> int:
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["plain", "streaming"])
 def test_a_correct_server_agrees(model, streaming, capsys) -> None:
-    with EmbeddedServer(model["ft"], streaming=streaming, watch_interval=None, stop_timeout=0) as server:
+    # one engine instance: verify's requests are its subject, not how many answer them
+    with EmbeddedServer(
+        model["ft"], streaming=streaming, watch_interval=None, stop_timeout=0, instances=1
+    ) as server:
         capsys.readouterr()
         # a URL with its scheme, as users paste them: the streamed requests went out with it
         assert _verify(f"grpc://{server.grpc_url}", model) == 0
@@ -85,7 +88,7 @@ def test_a_server_with_swapped_keys_and_values_is_caught(model, tmp_path: Path, 
     for name in layout.prefix_file_names("story", cfg.tensor_para_size):
         arr = layout.read_array(ft_dir / name, shape, cfg.np_dtype)
         np.ascontiguousarray(arr[:, ::-1]).tofile(ft_dir / name)  # [layers, 2 (k, v), ...]: v, k
-    with EmbeddedServer(broken, watch_interval=None, stop_timeout=0) as server:
+    with EmbeddedServer(broken, watch_interval=None, stop_timeout=0, instances=1) as server:
         capsys.readouterr()
         assert _verify(server.grpc_url, model) == 1
     out = capsys.readouterr().out
@@ -100,7 +103,7 @@ def test_bad_input_is_one_line_and_exit_2(model, tmp_path: Path, capsys) -> None
     wrong_length = tmp_path / "short.pt"
     torch.save(toy.random_prefix(2, 2, 64), wrong_length)
     unreachable = f"127.0.0.1:{free_port()}"
-    with EmbeddedServer(model["ft"], watch_interval=None, stop_timeout=0) as server:
+    with EmbeddedServer(model["ft"], watch_interval=None, stop_timeout=0, instances=1) as server:
         url = server.grpc_url
         for argv, message in (
             (["--url", unreachable, "--prefix", model["prefix"]], "no Triton server reachable"),
