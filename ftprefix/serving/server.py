@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ftprefix import layout, locking, parent_process, protocol
+from ftprefix import layout, locking, protocol
 from ftprefix.console import human_bytes, say
 from ftprefix.engine import shared_weights
 from ftprefix.errors import UserError
@@ -65,17 +65,7 @@ DRAIN_POLL_S = 0.05
 # which a proxy named in the environment (HTTP_PROXY without a NO_PROXY for it, as corporate
 # machines set them) cannot reach; urlopen would send the probes there and never see Triton ready
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _triton_child_setup() -> None:
-    """Runs in Triton's process between fork and exec, in the session of its own it has just made:
-    it ends with the process that started it, and its session gets that process's niceness (under
-    `nice ftprefix serve`, a session at the default took as much CPU as all the rest of the
-    caller's)."""
-    parent_process.end_with_parent()
-    niceness = os.nice(0)
-    if niceness:
-        parent_process.give_session_niceness(niceness)
+TRITON_LAUNCH = Path(__file__).with_name("triton_launch.py")  # Triton starts through it (see there)
 
 
 def triton_host(host: str) -> str:
@@ -368,7 +358,7 @@ class EmbeddedServer:
 
     def _start_from_a_lasting_thread(self, cmd: list[str], **popen: Any) -> subprocess.Popen[bytes]:
         """Popen, on a thread of this server's that lives until stop() has ended Triton. The kernel
-        sends a child its parent-death signal (PR_SET_PDEATHSIG, _triton_child_setup) when the
+        sends a child its parent-death signal (PR_SET_PDEATHSIG, triton_launch.py) when the
         thread that started it ends, not its process: a server started from a thread that then
         ended (a pool's, a request handler's) had its Triton stopped with that thread. A daemon
         thread, which ends only with the process where stop() never comes."""
@@ -391,13 +381,12 @@ class EmbeddedServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child, closed below)
         try:
             self._proc = self._start_from_a_lasting_thread(
-                cmd,
+                [sys.executable, "-I", str(TRITON_LAUNCH), str(os.getpid()), *cmd],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**tritonserver.server_env(), **cpus.thread_env(self.layout.threads)},
                 start_new_session=True,  # own process group: stop() signals the stubs too
-                preexec_fn=_triton_child_setup,
             )
             # what stops Triton's stubs and removes its files if this process dies without stop()
             self._reaper = subprocess.Popen(
