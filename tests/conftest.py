@@ -9,9 +9,9 @@ import os
 
 # Before anything imports grpc, which reads it once. grpcio's fork support (on by default in recent
 # releases) makes every fork() wait in its handler until this process's gRPC work is quiet: a
-# server or command started with a preexec_fn (a fork, not a vfork) while a test's stream was still
-# open hung the suite for good. The suite only ever forks to exec, which needs none of that support
-# (grpc/grpc `doc/fork_support.md`).
+# server started with a preexec_fn (a fork, not a vfork) while earlier tests' gRPC streams were
+# still open hung the suite for good, and its helpers still start commands so. The suite only ever
+# forks to exec, which needs none of that support (grpc/grpc `doc/fork_support.md`).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import pytest

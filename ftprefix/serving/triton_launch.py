@@ -7,8 +7,9 @@ then becomes Triton (exec: the same process).
 A program of its own rather than subprocess's preexec_fn: a child with a preexec_fn is started with
 fork(), which runs the fork handlers of every library the starter has loaded, and grpcio's (its
 fork support, on by default in recent releases) waits in the starter until that process's gRPC
-work is quiet: a server started while a client's stream was open there never started. Without a
-preexec_fn, subprocess starts the child with vfork(), which runs none.
+work is quiet: a server started in the suite's process, where earlier tests' gRPC streams were
+still open, once never started. Without a preexec_fn, subprocess starts the child with vfork(),
+which runs none.
 """
 
 from __future__ import annotations
