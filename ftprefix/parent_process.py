@@ -1,8 +1,9 @@
 """What ties a process ftprefix starts to the process that started it, on Linux (elsewhere these do
 nothing): it ends when its parent ends, and a session of its own keeps its parent's CPU priority.
 
-Raw system calls only: both also run in a child between fork and exec (subprocess's preexec_fn),
-where a forked child of a process with threads must not take Python's locks.
+Each is called first thing by the process it ties (serving/triton_launch.py before it becomes
+Triton, a gateway worker as it starts), not in a preexec_fn: a fork with one runs the starter's
+fork handlers, and grpcio's can wait there for good (see triton_launch.py).
 """
 
 from __future__ import annotations
