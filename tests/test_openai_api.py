@@ -589,13 +589,28 @@ def test_equal_prompts_of_one_request_sample_each_on_its_own_unless_seeded(gatew
     assert seeded == _choice_texts(gateway, {**request, "prompt": [PROMPT], "seed": 5})[0] * 3
 
 
+def _rows_settled(triton: EmbeddedServer, gateway: str) -> int:
+    """Rows Triton counted, read once every request sent before is counted: Triton counts a request
+    after its answer is on its way, so a count read just after an earlier test's last answer can miss
+    its rows, which would then count as this test's. Read once a request of one row sent after them
+    moved the count by exactly its own row."""
+    deadline = time.monotonic() + 10
+    while True:
+        start = rows_counted(triton.grpc_url)
+        _post(gateway, {"model": BASE, "prompt": PROMPT, "max_tokens": 1})
+        while (now := rows_counted(triton.grpc_url)) < start + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # bounded poll of Triton's own statistics
+        if now == start + 1 or time.monotonic() > deadline:
+            return now
+
+
 def _rows_computed(
     triton: EmbeddedServer, gateway: str, body: dict, expected: int
 ) -> tuple[list[str], dict | None, int]:
     """`_choice_texts` of the body, and the rows Triton computed for it, read once at least
     `expected` of them and a request of one row sent after it are counted (Triton counts a request
     once its answer is on its way): more rows than expected show, fewer wait out the poll."""
-    before = rows_counted(triton.grpc_url)
+    before = _rows_settled(triton, gateway)
     texts, use = _choice_texts(gateway, body)
     _post(gateway, {"model": BASE, "prompt": PROMPT, "max_tokens": 1})
     deadline = time.monotonic() + 10
