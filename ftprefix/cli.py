@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from ftprefix import __version__
-from ftprefix.console import silence
+from ftprefix.console import say, silence
 from ftprefix.errors import UserError
 from ftprefix.extras import require
 
@@ -112,9 +112,10 @@ def _run(args: argparse.Namespace) -> int:
             message = http_port_message(exc.url, exc.option) or message
         print(f"ftprefix {args.command}: error: {message}", file=sys.stderr)
         return 1 if isinstance(exc, InferenceError) else 2
-    except Terminated:
-        print(f"ftprefix {args.command}: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except Terminated as exc:
+        # say(): after a hang-up the terminal may take no more lines
+        say(f"ftprefix {args.command}: {_STOPPING_SIGNALS[exc.signum]}", error=True)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"ftprefix {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -130,33 +131,44 @@ def _run(args: argparse.Namespace) -> int:
         return 1
 
 
+# the signals that end a command as Ctrl-C does, and what it says as it ends: SIGTERM (`timeout`,
+# `kill`, a closing session's supervisor) and SIGHUP (the terminal or ssh session it ran in closed)
+_STOPPING_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+
+
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`timeout`, `kill`, a closing session's supervisor) raised where the command runs."""
+    """One of _STOPPING_SIGNALS, raised where the command runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 @contextlib.contextmanager
 def _terminated_as_interrupted() -> Iterator[None]:
-    """SIGTERM ends a command as Ctrl-C does: its `finally` and `except BaseException` blocks run,
-    so a conversion's staging directory, the demo's scratch directory and a server it started are
-    removed, as they are on Ctrl-C (killed by SIGTERM's default action, they were left behind).
-    Only where SIGTERM would otherwise kill the process, and as it was again after the command (the
-    tests run commands in-process). serve installs its own, graceful, handler on top."""
+    """SIGTERM and SIGHUP end a command as Ctrl-C does: its `finally` and `except BaseException`
+    blocks run, so a conversion's staging directory, the demo's scratch directory and a server it
+    started are removed, as they are on Ctrl-C (killed by the signals' default action, they were
+    left behind). Only for a signal that would otherwise kill the process (not one that `nohup`
+    ignores), and as it was again after the command (the tests run commands in-process). serve and
+    openai install their own, graceful, handlers on top."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.getsignal(signal.SIGTERM)
-    if before is not signal.SIG_DFL:
-        yield
-        return
 
-    def terminated(_signum: int, _frame: object) -> None:
-        raise Terminated
+    def terminated(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
 
-    signal.signal(signal.SIGTERM, terminated)
+    before = {signum: signal.getsignal(signum) for signum in _STOPPING_SIGNALS}
+    for signum, handler in before.items():
+        if handler is signal.SIG_DFL:
+            signal.signal(signum, terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for signum, handler in before.items():
+            if handler is signal.SIG_DFL:
+                signal.signal(signum, handler)
 
 
 # what the machine's storage refuses: the user's to fix, in one line (staged writes leave nothing)

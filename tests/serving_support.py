@@ -104,10 +104,12 @@ def tensors(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
 
 
 def _ctrl_c_as_in_a_terminal() -> None:
-    """SIGINT as a terminal delivers it, whatever the suite inherited: a suite started in the
-    background of a non-interactive shell ignores SIGINT, its children would too, and Ctrl-C would
-    not reach `ftprefix serve` (Python installs KeyboardInterrupt only over the default action)."""
+    """SIGINT and SIGHUP as a terminal delivers them, whatever the suite inherited: a suite started
+    in the background of a non-interactive shell ignores SIGINT (under `nohup`, SIGHUP), its
+    children would too, and Ctrl-C would not reach `ftprefix serve` (Python installs
+    KeyboardInterrupt only over the default action, ftprefix its hang-up handling likewise)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def start_serve_cli(

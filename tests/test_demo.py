@@ -13,6 +13,7 @@ import tempfile
 import pytest
 import torch
 from background import SCRATCH, Finished
+from serving_support import _ctrl_c_as_in_a_terminal
 
 from ftprefix.cli import main
 from ftprefix.demo.training import QUESTIONS_AND_ANSWERS, shout, smile, train_demo_tasks
@@ -147,24 +148,30 @@ def test_options_the_demo_cannot_run_with_are_refused_before_it_trains(tmp_path,
     assert not workdir.exists()
 
 
-def test_a_demo_stopped_with_sigterm_removes_its_scratch_directory(tmp_path):
-    """SIGTERM (`timeout`, `kill`) ends a command as Ctrl-C does: its clean-up runs. By SIGTERM's
-    default action the demo died where it stood and left its scratch directory (the models it
-    built) behind."""
+@pytest.mark.parametrize(
+    ("signum", "word"),
+    [(signal.SIGTERM, "terminated"), (signal.SIGHUP, "hung up")],
+    ids=["sigterm", "sighup"],
+)
+def test_a_demo_stopped_with_sigterm_or_sighup_removes_its_scratch_directory(tmp_path, signum, word):
+    """SIGTERM (`timeout`, `kill`) and SIGHUP (the terminal or ssh session it ran in closed) end a
+    command as Ctrl-C does: its clean-up runs. By their default action the demo died where it stood
+    and left its scratch directory (the models it built) behind."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ftprefix.cli", "demo"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TMPDIR": str(tmp_path)},
+        preexec_fn=_ctrl_c_as_in_a_terminal,  # SIGHUP as a terminal sends it, even under nohup
     )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()  # training has begun: the scratch directory exists
         assert first.startswith("[1/5]") and [p.name[:14] for p in tmp_path.iterdir()] == ["ftprefix-demo-"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-        assert proc.stderr is not None and proc.stderr.read() == "ftprefix demo: terminated\n"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 128 + signum
+        assert proc.stderr is not None and proc.stderr.read() == f"ftprefix demo: {word}\n"
         assert list(tmp_path.iterdir()) == []
     finally:
         if proc.poll() is None:

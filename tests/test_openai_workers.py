@@ -65,8 +65,14 @@ def _start(
             )
 
     env = None if tmp is None else {**os.environ, "TMPDIR": str(tmp)}
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_started, env=env
+    proc = subprocess.Popen(  # a process group of its own, as a terminal's job has
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_started,
+        env=env,
+        process_group=0,
     )
     assert proc.stdout is not None
     url = None
@@ -226,10 +232,15 @@ def test_a_bad_gateway_limit_is_one_line_exit_2(option: str, value: str, says: s
     assert err.count("\n") == 1 and says in err
 
 
-def test_sigterm_gives_requests_the_stop_timeout_then_ends_them_as_failures(model, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hang_up", [False, True], ids=["sigterm", "hang-up"])
+def test_sigterm_gives_requests_the_stop_timeout_then_ends_them_as_failures(
+    model, tmp_path: Path, hang_up: bool
+) -> None:
     """As Docker or Kubernetes stop it: the workers finish what they can within --stop-timeout,
     then a stream still running gets an error event and [DONE], an answer not yet sent a 503 to
-    retry; none is cut off bare, and the gateway exits 0."""
+    retry; none is cut off bare, and the gateway exits 0. A hang-up (its terminal closed) sends
+    SIGHUP to all its processes at once, the workers included: they stop the same way (by SIGHUP's
+    default action they were gone at once, every request cut off)."""
     import threading
     import time
 
@@ -253,7 +264,10 @@ def test_sigterm_gives_requests_the_stop_timeout_then_ends_them_as_failures(mode
                 deadline = time.monotonic() + 60
                 while _count(url, "ftprefix_in_flight_requests") < 2:
                     assert time.monotonic() < deadline  # bounded poll: both requests are at Triton
-                proc.send_signal(signal.SIGTERM)
+                if hang_up:
+                    os.killpg(proc.pid, signal.SIGHUP)  # the terminal's process group: all of it
+                else:
+                    proc.send_signal(signal.SIGTERM)
                 events += [line for line in s.iter_lines() if line.startswith("data: ")]
             sender.join(timeout=60)
         finally:
@@ -309,10 +323,13 @@ def test_the_workers_split_the_places_at_triton(model, tmp_path: Path) -> None:
     assert code == 0 and not psutil.wait_procs(workers, timeout=30)[1]
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize(
+    "stop", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "Ctrl-C", "hang-up"]
+)
 def test_one_process_stopped_by_a_signal_exits_0_as_the_workers_do(triton, model, stop) -> None:
     """uvicorn raises the signal again once it has stopped; the command still ends as a clean stop,
-    not a death by SIGTERM (143) or an interruption (130)."""
+    not a death by SIGTERM (143) or an interruption (130). A hang-up (its terminal closed) stops
+    it the same way: by SIGHUP's default action it died at once, its requests cut off."""
 
     port = free_port()
     argv = [sys.executable, "-m", "ftprefix.cli", "openai", "--url", triton.grpc_url]

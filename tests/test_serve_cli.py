@@ -83,7 +83,10 @@ def _start_seeing_python_env(ft_dir: Path, *extra: str, **kwargs) -> tuple[subpr
     pytest.fail("another Triton started beside every start: which directory is this one's is unknown")
 
 
-def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hang-up"])
+def test_serve_prints_address_serves_and_stops_on_ctrl_c_or_a_hang_up(converted, signum):
+    """A hang-up (the terminal or ssh session serve ran in closed) stops it as Ctrl-C does: by
+    SIGHUP's default action serve died at once and left its Triton to the reaper, unsaid."""
     proc, grpc_url, _, python_env = _start_seeing_python_env(converted, graceful=True)
     try:
         children = descendants(proc.pid)
@@ -92,8 +95,9 @@ def test_serve_prints_address_serves_and_stops_on_ctrl_c(converted):
             res = client.infer(protocol.FT_MODEL, ft_inputs([[4, 5, 6]], 2))
             assert res.as_numpy(protocol.SEQUENCE_LENGTH).tolist() == [[5]]
         assert python_env.is_dir()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         assert proc.wait(timeout=60) == 0
+        assert proc.stderr is not None and proc.stderr.read().splitlines()[-1] == "ftprefix serve: stopping"
         assert wait_gone(children, seconds=5) == set()
         # Triton is killed once its requests are done: the directory it would remove at its own
         # exit is removed for it
