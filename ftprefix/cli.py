@@ -150,8 +150,8 @@ def _terminated_as_interrupted() -> Iterator[None]:
     blocks run, so a conversion's staging directory, the demo's scratch directory and a server it
     started are removed, as they are on Ctrl-C (killed by the signals' default action, they were
     left behind). Only for a signal that would otherwise kill the process (not one that `nohup`
-    ignores), and as it was again after the command (the tests run commands in-process). serve and
-    openai install their own, graceful, handlers on top."""
+    ignores), and as it was again after the command (the tests run commands in-process). serve
+    stops on them gracefully, as on Ctrl-C; openai hands them to uvicorn's graceful stop."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
