@@ -20,8 +20,8 @@ worker by their connection, so a share of its limit could starve a client of one
 
 This process only supervises: it starts the workers, says when all of them listen, and stops them
 all on SIGINT, SIGTERM or a hang-up (each finishes its requests within the stop timeout; a
-second signal kills them at once), or when one of them exits (which it reports; a container's restart policy
-then restarts the whole gateway). Killed itself (SIGKILL, the out-of-memory killer), it can do
+second signal kills them at once), or when one of them exits (which it reports; a container's
+restart policy then restarts the whole gateway). Killed itself (SIGKILL, the out-of-memory killer), it can do
 none of that: each worker then gets SIGTERM from the kernel (PR_SET_PDEATHSIG), stops as on the
 supervisor's, and removes its own files from the metrics directory, the last one the directory.
 Before, the workers went on serving the port with no supervisor, and the next gateway's start
