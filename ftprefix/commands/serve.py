@@ -321,7 +321,6 @@ def _serve(
     ensemble_tokenizer: Path | None,
     openai_socket: socket.socket | None,
 ) -> int:
-    from ftprefix.gateway.run import start_in_thread
     from ftprefix.serving.server import EmbeddedServer, ServerError
 
     if args.streaming and (args.openai_port is not None or args.deployment is not None):
@@ -369,6 +368,9 @@ def _serve(
             newline = f"; newline token {args.newline_token!r}" if args.newline_token else ""
             say(f"ftprefix serve: tokenizer {tokenizer.description}{newline}")
         if gateway is not None:
+            # imported here: the web stack adds about 0.3 s to every start that serves no API
+            from ftprefix.gateway.run import start_in_thread
+
             assert openai_socket is not None
             gateway_thread = start_in_thread(gateway, openai_socket)
             port = int(openai_socket.getsockname()[1])
