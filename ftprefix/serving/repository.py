@@ -20,17 +20,11 @@ from ftprefix import layout, protocol
 from ftprefix.errors import UserError
 from ftprefix.serving import cpus, interface
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
+from ftprefix.serving.stub_args import ENGINE_THREADS_PARAMETER, SHARED_WEIGHTS_PARAMETER
 from ftprefix.serving.text_models import NEWLINE_TOKEN_PARAMETER, TOKENIZER_PATH_PARAMETER, TOKENIZER_SUBDIR
 from ftprefix.text import Tokenizer, copy_tokenizer_files, load_tokenizer
 
 CPU, GPU = "cpu", "gpu"
-ENGINE_THREADS_PARAMETER = "engine_threads"  # the CPU twin's threads per instance
-# where the CPU twin's instances map the base weights from (engine/shared_weights.py)
-SHARED_WEIGHTS_PARAMETER = "shared_weights"
-# In its model directory, a file the CPU twin holds a shared lock on while it streams (execute on a
-# decoupled model): a stream's request counts as done at Triton from its start, so a stopping
-# server learns from this, not from Triton, that no stream is left (EmbeddedServer.stop)
-STREAMS_LOCK = "streams-in-flight.lock"
 VERSION = "1"
 SITE_MODULE = "ftprefix_site.py"
 

@@ -39,7 +39,7 @@ from ftprefix import layout, locking, protocol
 from ftprefix.console import human_bytes, say
 from ftprefix.engine import shared_weights
 from ftprefix.errors import UserError
-from ftprefix.serving import cpus, repository, stubs, tritonserver
+from ftprefix.serving import cpus, repository, stub_args, stubs, tritonserver
 from ftprefix.serving.batching import DEFAULT_MAX_QUEUE_DELAY_US, check_max_queue_delay
 
 # how often the watcher looks for engine processes that died when it does not watch config.ini,
@@ -543,7 +543,7 @@ class EmbeddedServer:
         are with Triton's threads, and a stream Triton handed an instance just before the first
         (released at Triton when handed over) holds the lock. No lock to ask: Triton's own exit."""
         try:
-            lock = os.open(self.repository / protocol.FT_MODEL / repository.STREAMS_LOCK, os.O_RDWR)
+            lock = os.open(self.repository / protocol.FT_MODEL / stub_args.STREAMS_LOCK, os.O_RDWR)
         except OSError:
             _exit_by(proc, deadline)
             return

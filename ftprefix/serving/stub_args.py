@@ -21,6 +21,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# The CPU twin's own parameters and files, written by repository.py and read by triton_model.py
+# (here, not in repository.py: that one imports tritonclient and grpc, about 0.1 s more of every
+# engine process's start). Its threads per instance:
+ENGINE_THREADS_PARAMETER = "engine_threads"
+# where its instances map the base weights from (engine/shared_weights.py)
+SHARED_WEIGHTS_PARAMETER = "shared_weights"
+# In its model directory, a file the CPU twin holds a shared lock on while it streams (execute on a
+# decoupled model): a stream's request counts as done at Triton from its start, so a stopping
+# server learns from this, not from Triton, that no stream is left (EmbeddedServer.stop)
+STREAMS_LOCK = "streams-in-flight.lock"
+
 
 def parameters(args: dict[str, Any]) -> dict[str, str]:
     """The model's config.pbtxt `parameters`, name -> string value."""

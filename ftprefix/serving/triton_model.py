@@ -28,7 +28,7 @@ from ftprefix.engine import Engine
 from ftprefix.errors import UserError
 from ftprefix.serving import stub_args
 from ftprefix.serving.ft_batch import FtBatch, FtRequest, decode_request
-from ftprefix.serving.repository import ENGINE_THREADS_PARAMETER, SHARED_WEIGHTS_PARAMETER, STREAMS_LOCK
+from ftprefix.serving.stub_args import ENGINE_THREADS_PARAMETER, SHARED_WEIGHTS_PARAMETER, STREAMS_LOCK
 
 
 class TritonPythonModel:
