@@ -563,3 +563,14 @@ def test_a_bad_http_url_is_one_line_before_anything_listens(url: str, model, cap
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error: --http-url:" in err and "host:port" in err
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8001", "triton", ""])
+def test_a_bad_grpc_url_is_one_line_before_anything_listens(url: str, model, capsys) -> None:
+    """Triton's HTTP URL for its gRPC one, the commonest slip: the gateway's start met it, and
+    uvicorn printed the client's error as a traceback and exited 3."""
+    port = free_port()
+    argv = ["openai", "--tokenizer", str(model["hf"]), "--port", str(port), "--url", url]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: --url:" in err and "host:port" in err

@@ -106,11 +106,15 @@ def run(args: argparse.Namespace) -> int:
             f"--max-in-flight {args.max_in_flight} is fewer places than --workers {args.workers}, which "
             "split them and need one each: give at least as many places as workers, or fewer workers"
         )
+    from ftprefix.client import FtprefixClientError
+    from ftprefix.client.base import normalize_http_url, normalize_url
+
+    try:  # one line now; the gateway's start met it, and uvicorn printed a traceback and exited 3
+        normalize_url(args.url)
+    except FtprefixClientError as exc:
+        raise UserError(f"--url: {exc}") from None
     http_url = None
     if args.http_url is not None:
-        from ftprefix.client import FtprefixClientError
-        from ftprefix.client.base import normalize_http_url
-
         try:
             http_url = normalize_http_url(args.http_url)
         except FtprefixClientError as exc:
