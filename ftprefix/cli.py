@@ -151,7 +151,8 @@ def _terminated_as_interrupted() -> Iterator[None]:
     started are removed, as they are on Ctrl-C (killed by the signals' default action, they were
     left behind). Only for a signal that would otherwise kill the process (not one that `nohup`
     ignores), and as it was again after the command (the tests run commands in-process). serve
-    stops on them gracefully, as on Ctrl-C; openai hands them to uvicorn's graceful stop."""
+    stops on them gracefully, as on Ctrl-C; the gateway takes a hang-up as uvicorn's graceful stop
+    (GatewayServer.capture_signals)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

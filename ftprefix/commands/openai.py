@@ -183,19 +183,12 @@ def _serve(args: argparse.Namespace, tokenizer: Tokenizer, http_url: str | None,
     # again under the handler it found: here, one that ends the command as a clean stop (exit 0,
     # as `serve` and --workers), not a death by SIGTERM (143) or an interruption (130)
     previous = signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
-    # a hang-up (the terminal or ssh session it ran in closed) stops it as SIGTERM does, through
-    # uvicorn's own graceful stop; under nohup, which ignores SIGHUP, it serves on
-    hangup = signal.getsignal(signal.SIGHUP)
-    if hangup is not None and hangup is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, server.handle_exit)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if hangup is not None:
-            signal.signal(signal.SIGHUP, hangup)
     return 0
 
 

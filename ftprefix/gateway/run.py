@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -57,6 +58,24 @@ class GatewayServer(uvicorn.Server):
         finally:
             if self.on_shutdown is not None:
                 self.on_shutdown()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's (SIGINT and SIGTERM stop it gracefully), and a hang-up taken the same way: a
+        closing terminal or ssh session sends SIGHUP to its whole process group, every worker of
+        `--workers` included, and by SIGHUP's default action each request was cut off. Under nohup,
+        which ignores SIGHUP, the gateway serves on."""
+        hangup = None
+        if threading.current_thread() is threading.main_thread():  # where signals can be taken
+            current = signal.getsignal(signal.SIGHUP)
+            if current is not None and current is not signal.SIG_IGN:
+                hangup = signal.signal(signal.SIGHUP, self.handle_exit)
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            if hangup is not None:
+                signal.signal(signal.SIGHUP, hangup)
 
     @property  # type: ignore[override]
     def should_exit(self) -> bool:

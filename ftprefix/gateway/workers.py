@@ -19,13 +19,13 @@ allowed 600 requests a minute may make up to N x 600 through N workers (its requ
 worker by their connection, so a share of its limit could starve a client of one connection).
 
 This process only supervises: it starts the workers, says when all of them listen, and stops them
-all on SIGINT, SIGTERM or a hang-up (each finishes its requests within the stop timeout; a
-second signal kills them at once), or when one of them exits (which it reports; a container's
-restart policy then restarts the whole gateway). Killed itself (SIGKILL, the out-of-memory killer), it can do
-none of that: each worker then gets SIGTERM from the kernel (PR_SET_PDEATHSIG), stops as on the
-supervisor's, and removes its own files from the metrics directory, the last one the directory.
-Before, the workers went on serving the port with no supervisor, and the next gateway's start
-found it taken.
+all on SIGINT, SIGTERM or a hang-up (each finishes its requests within the stop timeout, a hang-up
+reaching them too: GatewayServer.capture_signals; a second signal kills them at once), or when one
+of them exits (which it reports; a container's restart policy then restarts the whole gateway).
+Killed itself (SIGKILL, the out-of-memory killer), it can do none of that: each worker then gets
+SIGTERM from the kernel (PR_SET_PDEATHSIG), stops as on the supervisor's, and removes its own files
+from the metrics directory, the last one the directory. Before, the workers went on serving the
+port with no supervisor, and the next gateway's start found it taken.
 """
 
 from __future__ import annotations
@@ -92,12 +92,6 @@ def _serve(settings: GatewaySettings, host: str, port: int, ready: Connection, s
             ready.send(index)
 
     server.on_startup = listening
-    # a hang-up (the terminal or ssh session closed) reaches every process of the terminal's group,
-    # the workers as well as the supervisor: each stops as on SIGTERM, not cut off by SIGHUP's
-    # default action; under nohup, which ignores SIGHUP, they serve on
-    hangup = signal.getsignal(signal.SIGHUP)
-    if hangup is not None and hangup is not signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, server.handle_exit)
     try:
         sock = listening_socket(host, port)
     except OSError as exc:  # the supervisor checked the port; another process took it since
