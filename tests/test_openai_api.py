@@ -589,6 +589,9 @@ def test_equal_prompts_of_one_request_sample_each_on_its_own_unless_seeded(gatew
     assert seeded == _choice_texts(gateway, {**request, "prompt": [PROMPT], "seed": 5})[0] * 3
 
 
+ONE_ROW = {"model": BASE, "prompt": PROMPT, "max_tokens": 1}  # a request Triton counts as one row
+
+
 def _rows_settled(triton: EmbeddedServer, gateway: str) -> int:
     """Rows Triton counted, read once every request sent before is counted: Triton counts a request
     after its answer is on its way, so a count read just after an earlier test's last answer can miss
@@ -597,7 +600,7 @@ def _rows_settled(triton: EmbeddedServer, gateway: str) -> int:
     deadline = time.monotonic() + 10
     while True:
         start = rows_counted(triton.grpc_url)
-        _post(gateway, {"model": BASE, "prompt": PROMPT, "max_tokens": 1})
+        _post(gateway, ONE_ROW)
         while (now := rows_counted(triton.grpc_url)) < start + 1 and time.monotonic() < deadline:
             time.sleep(0.05)  # bounded poll of Triton's own statistics
         if now == start + 1 or time.monotonic() > deadline:
@@ -612,7 +615,7 @@ def _rows_computed(
     once its answer is on its way): more rows than expected show, fewer wait out the poll."""
     before = _rows_settled(triton, gateway)
     texts, use = _choice_texts(gateway, body)
-    _post(gateway, {"model": BASE, "prompt": PROMPT, "max_tokens": 1})
+    _post(gateway, ONE_ROW)
     deadline = time.monotonic() + 10
     while rows_counted(triton.grpc_url) - before < expected + 1 and time.monotonic() < deadline:
         time.sleep(0.05)  # bounded poll of Triton's own statistics

@@ -28,17 +28,16 @@ from ftprefix.engine import Engine
 from ftprefix.errors import UserError
 from ftprefix.serving import stub_args
 from ftprefix.serving.ft_batch import FtBatch, FtRequest, decode_request
-from ftprefix.serving.stub_args import ENGINE_THREADS_PARAMETER, SHARED_WEIGHTS_PARAMETER, STREAMS_LOCK
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = stub_args.parameters(args)
-        threads = int(params.get(ENGINE_THREADS_PARAMETER, "1"))
+        threads = int(params.get(stub_args.ENGINE_THREADS_PARAMETER, "1"))
         with contextlib.suppress(RuntimeError):  # set already in this process (a model reload)
             torch.set_num_interop_threads(1)  # one batch at a time per instance: no inter-op pool
-        shared = params.get(SHARED_WEIGHTS_PARAMETER)
+        shared = params.get(stub_args.SHARED_WEIGHTS_PARAMETER)
         with stub_args.errors_shown():
             self.engine = Engine.load(
                 stub_args.stub_path(params["model_checkpoint_path"]),
@@ -49,7 +48,7 @@ class TritonPythonModel:
         self._streams_lock: int | None = None
         if self.decoupled:
             with contextlib.suppress(OSError):  # unwritable: a stop waits for Triton's own exit
-                path = stub_args.stub_path(args["model_repository"]) / STREAMS_LOCK
+                path = stub_args.stub_path(args["model_repository"]) / stub_args.STREAMS_LOCK
                 self._streams_lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     # -- decoding / validation -----------------------------------------------------------------
