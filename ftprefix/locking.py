@@ -9,11 +9,15 @@ The lock file (`layout.LOCK_FILE` in the directory that holds `<tp>-gpu`) is rem
 exclusive holder when it is done, so a command leaves no trace; a waiter that finds it has locked
 a removed file opens the current one and waits again. `triton-repo` takes the same kind of lock
 for its deployment directory (`exclusive_making`, with a lock file beside it).
+
+A file system that takes no locks (an NFS client without rpc.statd answers ENOLCK) is refused for
+writing, in one line, rather than written unguarded; readers (`shared`) read it unlocked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -30,6 +34,16 @@ class LockTimeoutError(UserError):
     """Another ftprefix command kept the model locked for longer than we were allowed to wait."""
 
     exit_code = 1
+
+
+class LocksUnavailableError(UserError):
+    """The file system refuses file locks: an NFS client without its lock service, typically."""
+
+    exit_code = 1
+
+
+# what flock raises where the file system takes no locks (NFS without rpc.statd: ENOLCK)
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 def _acquire(path: Path, mode: int, wait: float, subject: Path) -> int:
@@ -50,6 +64,16 @@ def _acquire(path: Path, mode: int, wait: float, subject: Path) -> int:
                         ) from None
                     time.sleep(delay)  # poll: flock has no timeout of its own
                     delay = min(delay * 2, 0.2)
+                except OSError as exc:
+                    if exc.errno not in _NO_LOCKS:
+                        raise
+                    with contextlib.suppress(OSError):  # no command can hold a lock here: ours to remove
+                        path.unlink()
+                    raise LocksUnavailableError(
+                        f"cannot lock {path} ({exc.strerror}): ftprefix locks what it changes, so that "
+                        "two commands never write it at once; on NFS, run the client's lock service "
+                        "(rpc.statd), or write to a local disk"
+                    ) from None
             try:
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
                     return fd
@@ -99,14 +123,22 @@ def exclusive_making(
             except FileNotFoundError:
                 if directory.is_dir():
                     raise
+            except BaseException:  # not locked (a timeout, no locks here): nothing made stays
+                _remove_empty(made)
+                raise
         try:
             yield
         except BaseException:
             held.close()
-            for path in reversed(made):
-                with contextlib.suppress(OSError):  # not empty: another command's now
-                    path.rmdir()
+            _remove_empty(made)
             raise
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the directories `made` (outermost first) where they are empty, innermost first."""
+    for path in reversed(made):
+        with contextlib.suppress(OSError):  # not empty: another command's now
+            path.rmdir()
 
 
 def _make_directories(directory: Path) -> list[Path]:

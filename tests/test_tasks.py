@@ -5,6 +5,8 @@ on the model lock) or one is killed midway (the model still loads and its table 
 from __future__ import annotations
 
 import configparser
+import errno
+import fcntl
 import os
 import random
 import signal
@@ -325,6 +327,34 @@ def test_a_second_writer_waits_then_fails_in_one_line(converted: Path, tmp_path:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "did not finish within 0.3 s" in err and "--wait" in err
     assert tree_digest(out) == before
+
+
+def test_a_file_system_that_takes_no_locks_is_one_line_and_changes_nothing(
+    converted: Path, hf_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """An NFS client without its lock service (rpc.statd) answers flock with ENOLCK. No file system
+    here refuses locks, so flock is made to answer as that one does; the rest is real."""
+    real_flock = fcntl.flock
+
+    def nfs_without_statd(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_EX:
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        real_flock(fd, operation)
+
+    before = tree_digest(converted)
+    torch.save(random_prefix(2, LAYERS, HIDDEN, seed=2), tmp_path / "second.pt")
+    new = tmp_path / "new" / "out"
+    monkeypatch.setattr(fcntl, "flock", nfs_without_statd)
+    for argv in (
+        ["tasks", "add", str(converted), "--prefix", f"second={tmp_path / 'second.pt'}"],
+        ["tasks", "remove", str(converted), "first"],
+        ["convert", "--model", str(hf_dir), "--prefix", str(tmp_path / "second.pt"), "--out", str(new)],
+    ):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "No locks available" in err and "rpc.statd" in err, err
+    assert tree_digest(converted) == before and not (converted / layout.LOCK_FILE).exists()
+    assert not (tmp_path / "new").exists()  # nor the directories convert made for its output
 
 
 # -- what FasterTransformer itself reads ------------------------------------------------------

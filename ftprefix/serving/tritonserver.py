@@ -190,8 +190,9 @@ class StartLock:
     """Held by an ftprefix server from just before its Triton starts until the python backend's
     directory of that Triton appeared (or it was ready, or failed): across processes and users,
     as an OS file lock, which the kernel lets go of when its holder dies. Where the lock file
-    cannot be opened (another user's, where /tmp refuses that), or is held past `wait` seconds,
-    the server starts without it, and its directory may stay unknown, as before."""
+    cannot be opened (another user's, where /tmp refuses that) or locked (a file system without
+    locks), or is held past `wait` seconds, the server starts without it, and its directory may
+    stay unknown, as before."""
 
     def __init__(self, wait: float, path: Path = START_LOCK) -> None:
         self._fd: int | None = None
@@ -211,6 +212,9 @@ class StartLock:
                     os.close(fd)
                     return
                 time.sleep(START_LOCK_POLL_S)  # flock has no timeout of its own
+            except OSError:  # a /tmp that takes no locks (NFS without its lock service)
+                os.close(fd)
+                return
 
     @property
     def held(self) -> bool:
