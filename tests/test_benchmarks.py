@@ -160,7 +160,9 @@ def test_noisy_neighbour_benchmark_compares_admission_policies(background_run: F
     assert all(_number(row, 1) > 0 and _number(row, 2) > 0 for row in rows.values())
     shares = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| f")}
     assert shares.keys() == {"fair, weights 1 and 1", "fair, B of weight 3", "fifo"}
-    assert all(_number(row, 1) > 0 and _number(row, 2) > 0 for row in shares.values())
+    # answers were counted; not by each tenant: in half a second on a busy machine (3 answers, say)
+    # A's one turn in four under B's weight 3 may not come round (A 0.0, B 5.8 answers/s, seen)
+    assert all(_number(row, 1) + _number(row, 2) > 0 for row in shares.values())
 
 
 @pytest.mark.background(*_command("fuzz_openai.py", "--max-examples", "2", "--phases", "fuzzing"))
