@@ -406,6 +406,29 @@ def test_an_output_path_no_directory_can_be_at_is_one_line_exit_2(work, capsys):
     assert os.readlink(work / "dangling") == str(work / "nowhere")
 
 
+def test_an_output_that_holds_an_input_is_refused_however_the_input_is_reached(work, capsys):
+    """--out may not contain the model or a checkpoint (a --force conversion would replace them):
+    named directly, through a link to a directory inside --out, or as a link to a file there. A
+    directory beside --out whose name only begins with --out's is not inside it."""
+    out = work / "out"
+    (out / "2-gpu").mkdir(parents=True)  # a conversion's: --out is ours to write
+    torch.save(random_prefix(3, LAYERS, HIDDEN, seed=4), out / "2-gpu" / "inside.pt")
+    (work / "via").symlink_to(out / "2-gpu")
+    (work / "linked.pt").symlink_to(out / "2-gpu" / "inside.pt")
+    for prefix in (out / "2-gpu" / "inside.pt", work / "via" / "inside.pt", work / "linked.pt"):
+        line = _fails([*_convert_argv(work, str(prefix)), "--force"], work, capsys)
+        says = f"--out {out} contains the input {prefix}; choose another output directory"
+        assert line == f"ftprefix convert: error: {says}"
+    model_inside = _convert_argv(work, str(work / "good.pt"))
+    model_inside[model_inside.index("--out") + 1] = str(work)
+    assert f"--out {work} contains the input {work / 'model'};" in _fails(model_inside, work, capsys)
+    shutil.rmtree(out)
+    (work / "out2").mkdir()
+    shutil.copy(work / "good.pt", work / "out2" / "good.pt")
+    assert main(_convert_argv(work, str(work / "out2" / "good.pt"))) == 0
+    assert (out / "2-gpu" / "config.ini").is_file()
+
+
 def _without_permission_override() -> None:
     """In the child: file permissions hold even for root, who reads anything otherwise. The
     capabilities that let it, CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2), leave the bounding

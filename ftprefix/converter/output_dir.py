@@ -66,10 +66,12 @@ def check_output(out: Path, tp: int, *, force: bool, inputs: list[Path]) -> None
     """Refuse an output that holds anything but ftprefix conversions, an existing conversion for
     `tp` without --force, and an output that would swallow an input."""
     layout.check_creatable(out, "--out")
-    resolved = out.resolve()
+    resolved = os.path.realpath(out)
+    inside = resolved.rstrip(os.sep) + os.sep
+    real_dirs: dict[str, str] = {}  # thousands of prefixes in a few directories: each resolved once
     for src in inputs:
-        src_resolved = src.resolve()
-        if src_resolved == resolved or resolved in src_resolved.parents:
+        src_resolved = _realpath(os.fspath(src), real_dirs)
+        if src_resolved == resolved or src_resolved.startswith(inside):
             raise UserError(f"--out {out} contains the input {src}; choose another output directory")
     if not out.exists():
         return
@@ -89,6 +91,18 @@ def check_output(out: Path, tp: int, *, force: bool, inputs: list[Path]) -> None
                 f"{target} holds {inside.name}, which ftprefix did not write; --force replaces only "
                 "what a conversion wrote: move it out first"
             )
+
+
+def _realpath(path: str, real_dirs: dict[str, str]) -> str:
+    """os.path.realpath(path), its directory's taken from `real_dirs` where resolved before
+    (a path that is itself a link, or ends in `..`, is resolved whole)."""
+    directory, name = os.path.split(path)
+    if not name or name in (".", "..") or os.path.islink(path):
+        return os.path.realpath(path)
+    real = real_dirs.get(directory)
+    if real is None:
+        real = real_dirs[directory] = os.path.realpath(directory or ".")
+    return os.path.join(real, name)
 
 
 def clean_stale(out: Path, report: Callable[[str], None]) -> None:
