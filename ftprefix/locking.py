@@ -160,12 +160,13 @@ def _make_directories(directory: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def shared(directory: str | os.PathLike[str], wait: float = DEFAULT_WAIT_S) -> Iterator[None]:
-    """Hold the model lock of `directory` with other readers; a read-only directory is read unlocked."""
+    """Hold the model lock of `directory` with other readers; a read-only directory, or one that
+    takes no locks, is read unlocked."""
     path = Path(directory) / layout.LOCK_FILE
     try:
         fd: int | None = _acquire(path, fcntl.LOCK_SH, wait, Path(directory))
-    except OSError:
-        fd = None  # a read-only volume has no writers to fear
+    except (OSError, LocksUnavailableError):
+        fd = None  # a read-only volume has no writers to fear, one without locks no ftprefix writer
     try:
         yield
     finally:

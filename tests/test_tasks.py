@@ -333,13 +333,11 @@ def test_a_file_system_that_takes_no_locks_is_one_line_and_changes_nothing(
     converted: Path, hf_dir: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     """An NFS client without its lock service (rpc.statd) answers flock with ENOLCK. No file system
-    here refuses locks, so flock is made to answer as that one does; the rest is real."""
-    real_flock = fcntl.flock
+    here refuses locks, so flock is made to answer as that one does; the rest is real. Writers
+    refuse; readers (a server loading the task table, triton-repo reading the conversion) read."""
 
-    def nfs_without_statd(fd: int, operation: int) -> None:
-        if operation & fcntl.LOCK_EX:
-            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-        real_flock(fd, operation)
+    def nfs_without_statd(_fd: int, _operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     before = tree_digest(converted)
     torch.save(random_prefix(2, LAYERS, HIDDEN, seed=2), tmp_path / "second.pt")
@@ -355,6 +353,9 @@ def test_a_file_system_that_takes_no_locks_is_one_line_and_changes_nothing(
         assert err.count("\n") == 1 and "No locks available" in err and "rpc.statd" in err, err
     assert tree_digest(converted) == before and not (converted / layout.LOCK_FILE).exists()
     assert not (tmp_path / "new").exists()  # nor the directories convert made for its output
+    with locking.shared(converted):
+        assert _task_table(converted) == [("first", "3")]
+    assert tree_digest(converted) == before and not (converted / layout.LOCK_FILE).exists()
 
 
 # -- what FasterTransformer itself reads ------------------------------------------------------
