@@ -109,10 +109,10 @@ def exclusive_making(
     directory: Path, lock_name: str, subject: Path, wait: float = DEFAULT_WAIT_S
 ) -> Iterator[None]:
     """Hold the lock file `directory/lock_name` alone, making `directory` and its missing parents
-    for it. If the block fails, the directories made here are removed again where empty, the lock
-    file first; a command that waited in a directory removed so makes it again and goes on (it
-    raised FileNotFoundError). Removing only what is empty leaves the files of a command that took
-    the lock in between alone."""
+    for it. If the block fails, or the lock is not had (a timeout, a file system without locks),
+    the directories made here are removed again where empty, the lock file first; a command that
+    waited in a directory removed so makes it again and goes on (it raised FileNotFoundError).
+    Removing only what is empty leaves the files of a command that took the lock in between alone."""
     lock_file = directory / lock_name
     with contextlib.ExitStack() as held:
         while True:
@@ -123,7 +123,7 @@ def exclusive_making(
             except FileNotFoundError:
                 if directory.is_dir():
                     raise
-            except BaseException:  # not locked (a timeout, no locks here): nothing made stays
+            except BaseException:
                 _remove_empty(made)
                 raise
         try:
