@@ -103,7 +103,7 @@ def tensors(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
     return inputs
 
 
-def _ctrl_c_as_in_a_terminal() -> None:
+def signals_as_in_a_terminal() -> None:
     """SIGINT and SIGHUP as a terminal delivers them, whatever the suite inherited: a suite started
     in the background of a non-interactive shell ignores SIGINT (under `nohup`, SIGHUP), its
     children would too, and Ctrl-C would not reach `ftprefix serve` (Python installs
@@ -121,7 +121,7 @@ def start_serve_cli(
     a user's does, unloading them). `niceness`: as under `nice -n NICENESS`."""
 
     def child_setup() -> None:
-        _ctrl_c_as_in_a_terminal()
+        signals_as_in_a_terminal()
         os.nice(niceness)
 
     proc = subprocess.Popen(

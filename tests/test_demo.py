@@ -13,7 +13,7 @@ import tempfile
 import pytest
 import torch
 from background import SCRATCH, Finished
-from serving_support import _ctrl_c_as_in_a_terminal
+from serving_support import signals_as_in_a_terminal
 
 from ftprefix.cli import main
 from ftprefix.demo.training import QUESTIONS_AND_ANSWERS, shout, smile, train_demo_tasks
@@ -163,7 +163,7 @@ def test_a_demo_stopped_with_sigterm_or_sighup_removes_its_scratch_directory(tmp
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TMPDIR": str(tmp_path)},
-        preexec_fn=_ctrl_c_as_in_a_terminal,  # SIGHUP as a terminal sends it, even under nohup
+        preexec_fn=signals_as_in_a_terminal,  # SIGHUP as a terminal sends it, even under nohup
     )
     try:
         assert proc.stdout is not None

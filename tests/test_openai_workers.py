@@ -22,7 +22,7 @@ import httpx
 import psutil
 import pytest
 from gateway_support import metric_samples
-from serving_support import _ctrl_c_as_in_a_terminal, convert_toy
+from serving_support import convert_toy, signals_as_in_a_terminal
 
 from ftprefix.serving.server import EmbeddedServer, free_port
 
@@ -58,7 +58,7 @@ def _start(
     argv += ["--port", "0", "--api-keys", str(keys), *extra]  # any free port: the one it prints
 
     def as_started() -> None:
-        _ctrl_c_as_in_a_terminal()
+        signals_as_in_a_terminal()
         if open_files is not None:
             resource.setrlimit(
                 resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
@@ -335,7 +335,7 @@ def test_one_process_stopped_by_a_signal_exits_0_as_the_workers_do(triton, model
     argv = [sys.executable, "-m", "ftprefix.cli", "openai", "--url", triton.grpc_url]
     argv += ["--tokenizer", str(model["hf"]), "--base-model", BASE, "--port", str(port)]
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=signals_as_in_a_terminal
     )
     try:
         _wait_until_listening(f"http://127.0.0.1:{port}", proc)
@@ -375,7 +375,7 @@ def test_one_process_on_any_free_port_says_which_and_when_it_listens(triton, mod
     argv = [sys.executable, "-m", "ftprefix.cli", "openai", "--url", triton.grpc_url, "--port", "0"]
     argv += ["--tokenizer", str(model["hf"]), "--base-model", BASE]
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=signals_as_in_a_terminal
     )
     try:
         assert proc.stdout is not None
