@@ -5,6 +5,8 @@ Tests marked `background` have their commands run beside the rest of the suite (
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 
 # Before anything imports grpc, which reads it once. grpcio's fork support (on by default in recent
@@ -55,3 +57,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def background_run(request: pytest.FixtureRequest) -> Finished:
     """The marked test's command, once it has finished."""
     return request.config.stash[RUNS].result(request.node.nodeid)
+
+
+@pytest.fixture
+def file_system_without_locks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock answers every lock as an NFS client without its lock service (rpc.statd) does: ENOLCK.
+    No file system here refuses locks, so flock itself is made to; the rest stays real."""
+
+    def no_locks(_fd: int, _operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)

@@ -3,8 +3,6 @@ its child processes never outlive it (even when it is killed with SIGKILL)."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import re
 import shutil
@@ -111,19 +109,15 @@ def test_serve_prints_address_serves_and_stops_on_ctrl_c_or_a_hang_up(converted,
             proc.wait()
 
 
-def test_a_tmp_that_takes_no_locks_starts_triton_without_the_start_lock(tmp_path, monkeypatch):
-    """The lock that lets ftprefix's Tritons start one at a time is a convenience: where /tmp
-    answers flock with ENOLCK (NFS without its lock service) a server starts without it, and keeps
-    no descriptor of it. No file system here refuses locks, so flock is made to answer so."""
+def test_a_tmp_that_takes_no_locks_starts_triton_without_the_start_lock(tmp_path, request):
+    """The lock that lets ftprefix's Tritons start one at a time is a convenience: where /tmp takes
+    no locks (NFS without its lock service) a server starts without it, and keeps no descriptor of
+    it."""
     lock_file = tmp_path / "start.lock"
     held = tritonserver.StartLock(5.0, path=lock_file)
     assert held.held  # where locks work, it is taken
     held.release()
-
-    def nfs_without_statd(_fd: int, _operation: int) -> None:
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-
-    monkeypatch.setattr(fcntl, "flock", nfs_without_statd)
+    request.getfixturevalue("file_system_without_locks")
     open_before = len(os.listdir("/proc/self/fd"))
     assert not tritonserver.StartLock(5.0, path=lock_file).held
     assert len(os.listdir("/proc/self/fd")) == open_before

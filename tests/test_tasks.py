@@ -5,8 +5,6 @@ on the model lock) or one is killed midway (the model still loads and its table 
 from __future__ import annotations
 
 import configparser
-import errno
-import fcntl
 import os
 import random
 import signal
@@ -330,19 +328,14 @@ def test_a_second_writer_waits_then_fails_in_one_line(converted: Path, tmp_path:
 
 
 def test_a_file_system_that_takes_no_locks_is_one_line_and_changes_nothing(
-    converted: Path, hf_dir: Path, tmp_path: Path, capsys, monkeypatch
+    converted: Path, hf_dir: Path, tmp_path: Path, capsys, request
 ) -> None:
-    """An NFS client without its lock service (rpc.statd) answers flock with ENOLCK. No file system
-    here refuses locks, so flock is made to answer as that one does; the rest is real. Writers
-    refuse; readers (a server loading the task table, triton-repo reading the conversion) read."""
-
-    def nfs_without_statd(_fd: int, _operation: int) -> None:
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-
+    """On a file system without locks (an NFS client without rpc.statd) writers refuse; readers (a
+    server loading the task table, triton-repo reading the conversion) read."""
     before = tree_digest(converted)
     torch.save(random_prefix(2, LAYERS, HIDDEN, seed=2), tmp_path / "second.pt")
     new = tmp_path / "new" / "out"
-    monkeypatch.setattr(fcntl, "flock", nfs_without_statd)
+    request.getfixturevalue("file_system_without_locks")  # once the model is converted, with locks
     for argv in (
         ["tasks", "add", str(converted), "--prefix", f"second={tmp_path / 'second.pt'}"],
         ["tasks", "remove", str(converted), "first"],
