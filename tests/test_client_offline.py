@@ -7,6 +7,7 @@ only against ftprefix's own server.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import typing
@@ -410,6 +411,44 @@ def test_an_integer_option_is_sent_exactly_or_refused_never_wrapped(name: str) -
     for value in wraps:
         with pytest.raises(InvalidRequestError, match=name):
             GenerationParams(**{name: value}).check()
+
+
+# values of another type, each of which numpy would have sent as another value: 2.5 tokens as 2,
+# True as 1, "yes" as asking for log probabilities
+WRONG_TYPES = {
+    "max_new_tokens": [2.5, True, "12", None, np.float64(3.0)],
+    "top_k": [1.5, False, "4"],
+    "min_new_tokens": [1.5, True],
+    "end_id": [2.0, True, "3"],
+    "temperature": ["0.5", True, None, np.bool_(True)],
+    "top_p": [None, "1", False],
+    "repetition_penalty": ["1.1", True],
+    "return_log_probs": ["yes", 1, None],
+    "seed": [1.5, True, [1, True], "7"],
+    "stop": [5, b"ab"],
+    "bad_words": [3],
+}
+
+
+@pytest.mark.parametrize("name", WRONG_TYPES)
+def test_an_option_of_another_type_is_refused_naming_it_not_sent_as_another_value(name: str) -> None:
+    for value in WRONG_TYPES[name]:
+        with pytest.raises(InvalidRequestError, match=f"^{name} (must|is) .*got {re.escape(repr(value))}"):
+            GenerationParams.from_options({name: value})
+    # numpy's numbers are numbers: what a caller computed with numpy goes as it is
+    params = GenerationParams.from_options(
+        {"max_new_tokens": np.int32(4), "temperature": np.float32(0.5), "return_log_probs": np.bool_(True)}
+    )
+    arrays = ft_inputs([Row([1, 2])], params, ALL_INPUTS)
+    assert arrays[protocol.REQUEST_OUTPUT_LEN].tolist() == [[4]]
+    assert arrays[protocol.TEMPERATURE].tolist() == [[0.5]]
+
+
+@pytest.mark.parametrize("task", [3, b"shout", ["taskA", 1]], ids=["an-id", "bytes", "an-id-in-a-list"])
+def test_a_task_that_is_not_a_name_is_refused_saying_so(task) -> None:
+    prompts = [[1], [2]] if isinstance(task, list) else [[1]]
+    with pytest.raises(InvalidRequestError, match="a task is named by a string"):
+        Plan.build(prompts, task, GenerationParams(), INFO, None)
 
 
 def test_a_word_token_id_is_sent_exactly_or_refused_never_wrapped() -> None:

@@ -6,7 +6,7 @@ Nothing here talks to the network: the clients send `Plan.requests()` and hand t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,12 +39,22 @@ class Request:
 def _task_list(tasks: Tasks, batch: int) -> list[str | None]:
     if tasks is None or isinstance(tasks, str):
         return [tasks] * batch
+    if not isinstance(tasks, Iterable) or isinstance(tasks, (bytes, bytearray)):
+        raise InvalidRequestError(_not_a_task_name(tasks))
     names = list(tasks)
     if len(names) != batch:
         raise InvalidRequestError(
             f"got {batch} prompts but {len(names)} task names; give one task per prompt"
         )
+    for name in names:
+        if name is not None and type(name) is not str:
+            raise InvalidRequestError(_not_a_task_name(name))
     return names
+
+
+def _not_a_task_name(value: object) -> str:
+    # a request carries a task's id, which only the server's table may give: tasks go by name
+    return f"a task is named by a string (None: the base model), got {value!r:.80} ({type(value).__name__})"
 
 
 def _seed_list(seed: int | Sequence[int], batch: int) -> list[int | None]:

@@ -58,9 +58,14 @@ def token_ids(prompt: Prompt | Sequence[int], what: str = "a prompt") -> list[in
     return ids
 
 
-def _words(words: Words) -> tuple[str | list[int], ...]:
-    """Stop or bad words, each text or checked token ids; one string is one word, as OpenAI's
-    `stop` takes it (iterated, each of its characters would be one)."""
+def _words(words: Words, name: str) -> tuple[str | list[int], ...]:
+    """Stop or bad words (option `name`), each text or checked token ids; one string is one word,
+    as OpenAI's `stop` takes it (iterated, each of its characters would be one)."""
+    if not isinstance(words, (str, Iterable)) or isinstance(words, (bytes, bytearray)):
+        raise InvalidRequestError(
+            f"{name} is a string, or a list of strings and token-id lists, got {words!r:.80} "
+            f"({type(words).__name__})"
+        )
     checked: list[str | list[int]] = []
     for word in (words,) if isinstance(words, str) else words:
         if isinstance(word, str):
@@ -102,11 +107,11 @@ class GenerationParams:
 
     def __post_init__(self) -> None:
         # one seed for every row, or one per prompt: ints (numpy's too), a sequence as a tuple
-        if not isinstance(self.seed, int):
+        if type(self.seed) is not int:
             object.__setattr__(self, "seed", _seeds(self.seed))
         for name in ("stop", "bad_words"):
             if (words := getattr(self, name)) is not None:
-                object.__setattr__(self, name, _words(words))
+                object.__setattr__(self, name, _words(words, name))
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> GenerationParams:
@@ -123,6 +128,15 @@ class GenerationParams:
 
     def check(self) -> None:
         """Raise InvalidRequestError for a value FT would reject or misread."""
+        # a value of another type would be read as another one on the wire: 2.5 tokens as 2, True
+        # as 1, "yes" as asking for log probabilities
+        for name in _INTEGER_OPTIONS:
+            _require(name, getattr(self, name), _is_integer, "an integer")
+        if self.end_id is not None:
+            _require("end_id", self.end_id, _is_integer, "a token id (an integer)")
+        for name in _NUMBER_OPTIONS:
+            _require(name, getattr(self, name), _is_number, "a number")
+        _require("return_log_probs", self.return_log_probs, _is_bool, "True or False")
         # integers outside FT's types would wrap on the wire (numpy casts them silently): refused
         if not 1 <= self.max_new_tokens < 2**31:  # uint32, added to the input length in int
             raise InvalidRequestError(f"max_new_tokens must be within [1, 2**31), got {self.max_new_tokens}")
@@ -148,19 +162,40 @@ class GenerationParams:
 
 
 _OPTION_NAMES = frozenset(f.name for f in fields(GenerationParams))
+_INTEGER_OPTIONS = ("max_new_tokens", "top_k", "min_new_tokens")
+_NUMBER_OPTIONS = ("temperature", "top_p", "repetition_penalty")
+_BOOLS = (bool, np.bool_)
+
+
+def _is_integer(value: Any) -> bool:
+    """Python's or numpy's integers, not bools (Python's are ints)."""
+    return type(value) is int or (isinstance(value, (int, np.integer)) and not isinstance(value, _BOOLS))
+
+
+def _is_number(value: Any) -> bool:
+    """Integers or floats, Python's or numpy's, not bools."""
+    return type(value) in (float, int) or (
+        isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, _BOOLS)
+    )
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, _BOOLS)
+
+
+def _require(name: str, value: Any, kind: Any, what: str) -> None:
+    if not kind(value):
+        raise InvalidRequestError(f"{name} must be {what}, got {value!r:.80} ({type(value).__name__})")
 
 
 def _seeds(value: Any) -> int | tuple[int, ...]:
-    try:
+    if _is_integer(value):
         return operator.index(value)
-    except TypeError:
-        pass
-    try:
-        return tuple(operator.index(seed) for seed in value)
-    except TypeError:
-        raise InvalidRequestError(
-            f"seed must be an integer, or a sequence of one per prompt, got {value!r}"
-        ) from None
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes, bytearray)):
+        seeds = tuple(value)
+        if all(map(_is_integer, seeds)):
+            return tuple(map(operator.index, seeds))
+    raise InvalidRequestError(f"seed must be an integer, or a sequence of one per prompt, got {value!r:.80}")
 
 
 def _positive_float32(value: Any, finite: bool) -> bool:
