@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
@@ -183,7 +183,7 @@ def _is_bool(value: Any) -> bool:
     return isinstance(value, _BOOLS)
 
 
-def _require(name: str, value: Any, kind: Any, what: str) -> None:
+def _require(name: str, value: Any, kind: Callable[[Any], bool], what: str) -> None:
     if not kind(value):
         raise InvalidRequestError(f"{name} must be {what}, got {value!r:.80} ({type(value).__name__})")
 
