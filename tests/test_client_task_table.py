@@ -22,7 +22,7 @@ from serving_support import ft_arrays, ft_inputs, requests_counted
 from tritonclient.utils import InferenceServerException
 
 from ftprefix import cli, protocol
-from ftprefix.client import AsyncClient, Client, UnknownTaskError
+from ftprefix.client import AsyncClient, Client, InvalidRequestError, UnknownTaskError
 from ftprefix.client.http_infer import HttpInferPool
 from ftprefix.client.http_stream import HttpStream
 from ftprefix.demo import toy
@@ -167,6 +167,41 @@ def test_server_refuses_ids_that_name_another_task_and_keeps_serving(tmp_path: P
 async def _responses(stream: HttpStream) -> AsyncIterator[dict[str, np.ndarray]]:
     while (outputs := await stream.next()) is not None:
         yield outputs
+
+
+def test_on_a_streaming_server_stale_ids_are_resent_and_a_refusal_is_the_same_error(tmp_path: Path) -> None:
+    # a gRPC stream's error carries no status: the server marks its refusals in the message
+    out, prefixes = _convert(tmp_path)
+    want = HFReference(tmp_path / "hf", prefixes).greedy(PROMPT, "taskC", 6, end_id=0)[0]
+    loop = asyncio.new_event_loop()
+    with EmbeddedServer(out, stop_timeout=0, instances=1, streaming=True) as server:
+        sync_client = Client(server.grpc_url, task_table_ttl=None)
+        async_client = AsyncClient(server.grpc_url, task_table_ttl=None)  # streams over gRPC
+        assert [t.name for t in sync_client.tasks()] == list(TASKS)
+        assert [t.name for t in loop.run_until_complete(async_client.tasks())] == list(TASKS)
+        assert cli.main(["tasks", "remove", str(out), "taskB"]) == 0
+        assert cli.main(["tasks", "compact", str(out), "--force"]) == 0  # taskC: id 2 -> 1
+        _wait_for_table(server.grpc_url, ["taskA", "taskC"])
+
+        # both clients hold the old table (taskC at 2): refused, the table read again, resent
+        chunks = sync_client.stream(PROMPT, task="taskC", max_new_tokens=6)
+        assert [token for chunk in chunks for token in chunk.token_ids] == want
+
+        async def streamed() -> list[int]:
+            chunks = async_client.stream(PROMPT, task="taskC", max_new_tokens=6)
+            return [token async for chunk in chunks for token in chunk.token_ids]
+
+        assert loop.run_until_complete(streamed()) == want
+        assert sync_client.generate(PROMPT, task="taskC", max_new_tokens=6).token_ids == want
+
+        # a request the server refuses is an invalid request, as it is from a server that does not stream
+        with pytest.raises(InvalidRequestError, match="exceeds the limit") as refused:
+            sync_client.generate(PROMPT, task="taskC", max_new_tokens=5000)
+        assert refused.value.status == "StatusCode.INVALID_ARGUMENT"
+        assert protocol.REFUSED_ON_STREAM not in str(refused.value)
+        loop.run_until_complete(async_client.close())
+        sync_client.close()
+    loop.close()
 
 
 def test_the_client_waits_for_a_server_that_publishes_its_new_table_late(tmp_path: Path) -> None:

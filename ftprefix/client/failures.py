@@ -36,6 +36,10 @@ def translate(
     status = str(exc.status() or "") or None
     code = (status or "").removeprefix("StatusCode.")
     message = exc.message() or str(exc)
+    if message.startswith(protocol.REFUSED_ON_STREAM):  # the CPU server's refusal on a stream
+        message = message.removeprefix(protocol.REFUSED_ON_STREAM)
+        if not code:  # a gRPC stream's error has no status of its own
+            code, status = "INVALID_ARGUMENT", "StatusCode.INVALID_ARGUMENT"
     model_missing = any(h in message.lower() for h in _MODEL_MISSING_HINTS)
     if code == "DEADLINE_EXCEEDED" or "deadline exceeded" in message.lower():
         return RequestTimeoutError(url, timeout, status=status, asked=asked)

@@ -111,7 +111,7 @@ class TritonPythonModel:
             try:
                 decoded.append((i, self._decode(request)))
             except Exception as exc:
-                responses[i] = _error_response(exc)
+                responses[i] = _error_response(exc, self.decoupled)
         if self.decoupled:
             with self._streaming():
                 for i, response in enumerate(responses):
@@ -127,7 +127,7 @@ class TritonPythonModel:
                 results = self.engine.generate(batch.engine_rows())
             except Exception as exc:
                 for i in indices:
-                    responses[i] = _error_response(exc)
+                    responses[i] = _error_response(exc, on_stream=False)
                 continue
             tensors = batch.responses([r.generated_ids for r in results], results)
             for i, t in zip(indices, tensors, strict=True):
@@ -175,7 +175,7 @@ class TritonPythonModel:
                     sender.send(_response(tensors), flags=_FINAL)
             except Exception as exc:
                 for sender in senders:
-                    sender.send(_error_response(exc), flags=_FINAL)
+                    sender.send(_error_response(exc, on_stream=True), flags=_FINAL)
 
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -185,9 +185,10 @@ def _response(tensors: dict[str, np.ndarray]) -> object:
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items()])
 
 
-def _error_response(exc: Exception) -> object:
+def _error_response(exc: Exception, on_stream: bool) -> object:
     if isinstance(exc, (ValueError, UserError)):  # BadRequest; the engine's unknown task / too long input
-        error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+        mark = protocol.REFUSED_ON_STREAM if on_stream else ""
+        error = pb_utils.TritonError(f"{mark}{exc}", pb_utils.TritonError.INVALID_ARG)
     else:  # a bug: still answer the client, naming the exception type
         error = pb_utils.TritonError(
             f"internal error: {type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL
