@@ -802,6 +802,38 @@ def test_a_stream_cut_by_triton_dying_ends_with_an_error_event_then_done(
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_a_request_the_model_server_refuses_is_a_400_streamed_or_not(
+    triton, model, caplog, transport: str
+) -> None:
+    # a context the engine cannot hold (4096 tokens with the prefix) passes the gateway's own check
+    http_url = triton.http_url if transport == "http" else None
+    gateway, url = _gateway(triton.grpc_url, model["hf"], triton_http_url=http_url, max_model_len=6000)
+    refused = {
+        "error": {
+            "message": "the model server refused this request",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_request",
+        }
+    }
+    try:
+        request = {"model": "shout", "prompt": PROMPT, "max_tokens": 4500}
+        with gateway_log(caplog):
+            answer = _post(url, request, **{"x-request-id": "too-long-1"})
+            streamed = _post(url, {**request, "stream": True}, **{"x-request-id": "too-long-2"})
+        assert answer.status_code == 400 and answer.json() == refused
+        assert streamed.status_code == 200  # sent before Triton's answer came
+        assert [json.loads(e) for e in _events(streamed)[:-1]] == [refused]
+        assert _events(streamed)[-1] == "[DONE]"
+        for request_id in ("too-long-1", "too-long-2"):  # the operator's detail, under the request id
+            (line,) = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
+            assert "the model server refused it" in line and "exceeds the limit of 4096" in line
+            assert protocol.REFUSED_ON_STREAM not in line
+    finally:
+        gateway.should_exit = True
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_a_request_in_flight_when_triton_dies_is_a_503_with_retry_after(
     model, tmp_path: Path, caplog, transport: str
 ) -> None:

@@ -125,7 +125,8 @@ def from_client_error(exc: FtprefixClientError, request: str, *, logged: bool = 
         # a task removed meanwhile: say only that it does not exist (no other tenant's names)
         return ApiError(404, f"the model {exc.task!r} does not exist", param="model", code="model_not_found")
     if logged:
-        log.warning("request %s: the model server failed: %s", request, _detail(exc))
+        what = "refused it" if isinstance(exc, InvalidRequestError) else "failed"
+        log.warning("request %s: the model server %s: %s", request, what, _detail(exc))
     if isinstance(exc, InvalidRequestError):
         if exc.status is None:  # refused before sending: about the request itself, and says so
             return ApiError(400, str(exc), code="invalid_request")
