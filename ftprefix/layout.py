@@ -25,6 +25,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -196,45 +197,103 @@ def config_to_text(cfg: ModelConfig) -> str:
 def config_from_text(text: str, source: str = CONFIG_FILE) -> ModelConfig:
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
+    invalid = f"{source} is not a valid FasterTransformer GPT-NeoX config"
     try:
         parser.read_string(text, source=source)
-        sec = parser[SECTION]
-        num_tasks = sec.getint("num_tasks", 0)
-        tasks = TaskTable(
-            (
-                parser[f"task_{i}"]["task_name"],
-                parser[f"task_{i}"].getint("prompt_length"),
-                parser[f"task_{i}"].get(REMOVED_KEY),
+    except configparser.Error as exc:
+        raise UserError(f"{invalid}: {_parse_error(exc, text)}") from None
+    read = _IniReader(parser, invalid)
+    num_tasks = read.integer(SECTION, "num_tasks", 0)
+    tasks = []
+    for i in range(num_tasks):
+        section = f"task_{i}"
+        if not parser.has_section(section):
+            raise UserError(
+                f"{invalid}: it has no [{section}] (num_tasks = {num_tasks}: tasks 0 to {num_tasks - 1})"
             )
-            for i in range(num_tasks)
+        tasks.append(
+            (
+                read.text(section, "task_name"),
+                read.integer(section, "prompt_length"),
+                read.text(section, REMOVED_KEY, None),
+            )
         )
-        dtype = sec.get("weight_data_type", "fp32")
-        if dtype not in WEIGHT_DTYPES:
-            raise UserError(f"{source}: weight_data_type {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-        return ModelConfig(
-            model_name=sec.get("model_name", "gptneox"),
-            head_num=sec.getint("head_num"),
-            size_per_head=sec.getint("size_per_head"),
-            inter_size=sec.getint("inter_size"),
-            num_layer=sec.getint("num_layer"),
-            rotary_embedding=sec.getint("rotary_embedding"),
-            vocab_size=sec.getint("vocab_size"),
-            start_id=sec.getint("start_id"),
-            end_id=sec.getint("end_id"),
-            use_gptj_residual=bool(sec.getint("use_gptj_residual", 1)),
-            weight_data_type=dtype,
-            tensor_para_size=sec.getint("tensor_para_size", 1),
-            tasks=tasks,
-        )
-    except (configparser.Error, KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{source} is not a valid FasterTransformer GPT-NeoX config: {exc}") from None
+    try:
+        table = TaskTable(tasks)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{invalid}: {exc}") from None
+    dtype = read.text(SECTION, "weight_data_type", "fp32")
+    if dtype not in WEIGHT_DTYPES:
+        raise UserError(f"{source}: weight_data_type {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    return ModelConfig(
+        model_name=read.text(SECTION, "model_name", "gptneox"),
+        head_num=read.integer(SECTION, "head_num"),
+        size_per_head=read.integer(SECTION, "size_per_head"),
+        inter_size=read.integer(SECTION, "inter_size"),
+        num_layer=read.integer(SECTION, "num_layer"),
+        rotary_embedding=read.integer(SECTION, "rotary_embedding"),
+        vocab_size=read.integer(SECTION, "vocab_size"),
+        start_id=read.integer(SECTION, "start_id"),
+        end_id=read.integer(SECTION, "end_id"),
+        use_gptj_residual=bool(read.integer(SECTION, "use_gptj_residual", 1)),
+        weight_data_type=dtype,
+        tensor_para_size=read.integer(SECTION, "tensor_para_size", 1),
+        tasks=table,
+    )
+
+
+def _parse_error(exc: configparser.Error, text: str) -> str:
+    """What configparser could not read, in one line (its own messages span lines)."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno} comes before any [section]: {exc.line.rstrip()!r}"
+    if isinstance(exc, configparser.ParsingError):
+        lineno = exc.errors[0][0]
+        return f"line {lineno} is neither a [section] nor key = value: {text.splitlines()[lineno - 1]!r}"
+    return "; ".join(line.strip() for line in str(exc).splitlines())
+
+
+_REQUIRED: Any = object()
+
+
+class _IniReader:
+    """config.ini's values, each missing or malformed one refused in a line naming it."""
+
+    def __init__(self, parser: configparser.ConfigParser, invalid: str) -> None:
+        self.parser = parser
+        self.invalid = invalid
+
+    def text(self, section: str, key: str, default: Any = _REQUIRED) -> Any:
+        if not self.parser.has_section(section):
+            raise UserError(f"{self.invalid}: it has no [{section}]")
+        value = self.parser[section].get(key)
+        if value is None:
+            if default is _REQUIRED:
+                raise UserError(f"{self.invalid}: [{section}] has no {key}")
+            return default
+        return value
+
+    def integer(self, section: str, key: str, default: Any = _REQUIRED) -> Any:
+        value = self.text(section, key, default)
+        if value is default:
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"{self.invalid}: [{section}] {key} = {value!r} is not an integer") from None
 
 
 def read_config(directory: str | os.PathLike[str]) -> ModelConfig:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{directory} is not a converted model directory: {CONFIG_FILE} not found")
-    return config_from_text(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path} is not a valid FasterTransformer GPT-NeoX config: it is not UTF-8 text ({exc.reason} "
+            f"at byte {exc.start})"
+        ) from None
+    return config_from_text(text, source=str(path))
 
 
 def write_config(directory: str | os.PathLike[str], cfg: ModelConfig) -> Path:

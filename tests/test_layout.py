@@ -71,6 +71,62 @@ def test_config_ini_gets_the_mode_any_new_file_gets(tmp_path, umask):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.ini", "plain"]
 
 
+# config.ini edited by hand: each is one line naming what is wrong, and nothing changes
+BROKEN_CONFIGS = {
+    "a-key-missing": (lambda t: t.replace("head_num = 8\n", ""), "[gptneox] has no head_num"),
+    "a-task-name-missing": (lambda t: t.replace("task_name = smile\n", ""), "[task_1] has no task_name"),
+    "not-an-integer": (
+        lambda t: t.replace("prompt_length = 8", "prompt_length = x"),
+        "prompt_length = 'x' is not an",
+    ),
+    "a-task-section-missing": (
+        lambda t: t.replace("[task_1]", "[task_5]"),
+        "no [task_1] (num_tasks = 2: tasks 0 to 1)",
+    ),
+    "more-tasks-than-sections": (lambda t: t.replace("num_tasks = 2", "num_tasks = 3"), "it has no [task_2]"),
+    "no-model-section": (lambda t: t.replace("[gptneox]", "[gpt]"), "it has no [gptneox]"),
+    "empty": (lambda t: "", "it has no [gptneox]"),
+    "a-line-of-neither": (
+        lambda t: t + "\x00garbage\n",
+        "is neither a [section] nor key = value: '\\x00garbage'",
+    ),
+    "a-key-before-any-section": (lambda t: "x = 1\n" + t, "line 1 comes before any [section]: 'x = 1'"),
+    "a-section-twice": (lambda t: t + "[task_0]\n", "section 'task_0' already exists"),
+    "a-task-twice": (lambda t: t.replace("task_name = smile", "task_name = shout"), "'shout' appears twice"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_CONFIGS)
+def test_a_config_ini_edited_by_hand_is_one_line_naming_what_is_wrong(tmp_path, capsys, case: str) -> None:
+    from ftprefix import cli
+
+    layout.write_config(tmp_path, _cfg())
+    edit, message = BROKEN_CONFIGS[case]
+    path = tmp_path / "config.ini"
+    path.write_text(edit(path.read_text()))
+    before = path.read_bytes()
+    for argv in (
+        ["tasks", "list", str(tmp_path)],
+        ["serve", str(tmp_path), "--grpc-port", "0", "--http-port", "0"],
+    ):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is not a valid FasterTransformer GPT-NeoX config: " in err, err
+        assert message in err, err
+    assert path.read_bytes() == before
+
+
+def test_a_config_ini_that_is_not_utf8_is_one_line_saying_so(tmp_path, capsys) -> None:
+    from ftprefix import cli
+
+    layout.write_config(tmp_path, _cfg())
+    with open(tmp_path / "config.ini", "ab") as f:
+        f.write(b"\xff\xfe\n")
+    assert cli.main(["tasks", "list", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "it is not UTF-8 text" in err, err
+
+
 def test_config_without_tasks_has_no_prompt_learning_keys(tmp_path):
     layout.write_config(tmp_path, _cfg(tasks=()))
     text = (tmp_path / "config.ini").read_text()
