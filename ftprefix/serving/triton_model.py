@@ -111,7 +111,7 @@ class TritonPythonModel:
             try:
                 decoded.append((i, self._decode(request)))
             except Exception as exc:
-                responses[i] = _error_response(exc, self.decoupled)
+                responses[i] = _error_response(exc, on_stream=self.decoupled)
         if self.decoupled:
             with self._streaming():
                 for i, response in enumerate(responses):
