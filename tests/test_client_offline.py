@@ -428,6 +428,7 @@ WRONG_TYPES = {
     "stop": [5, b"ab"],
     "bad_words": [3],
 }
+EMPTY_WORDS = {"stop": ["", [""], [[]], ["a", []]], "bad_words": [[""], [[]]]}
 
 
 @pytest.mark.parametrize("name", WRONG_TYPES)
@@ -442,6 +443,13 @@ def test_an_option_of_another_type_is_refused_naming_it_not_sent_as_another_valu
     arrays = ft_inputs([Row([1, 2])], params, ALL_INPUTS)
     assert arrays[protocol.REQUEST_OUTPUT_LEN].tolist() == [[4]]
     assert arrays[protocol.TEMPERATURE].tolist() == [[0.5]]
+
+
+@pytest.mark.parametrize("name", EMPTY_WORDS)
+def test_an_empty_stop_or_bad_word_is_refused_as_the_openai_api_refuses_it(name: str) -> None:
+    for value in EMPTY_WORDS[name]:
+        with pytest.raises(InvalidRequestError, match=f"^{name} holds an empty (string|list of token ids)"):
+            GenerationParams.from_options({name: value})
 
 
 @pytest.mark.parametrize("task", [3, b"shout", ["taskA", 1]], ids=["an-id", "bytes", "an-id-in-a-list"])
