@@ -61,7 +61,9 @@ def token_ids(prompt: Prompt | Sequence[int], what: str = "a prompt") -> list[in
 def _words(words: Words, name: str) -> tuple[str | list[int], ...]:
     """Stop or bad words (option `name`), each text or checked token ids; one string is one word,
     as OpenAI's `stop` takes it (iterated, each of its characters would be one)."""
-    if not isinstance(words, (str, Iterable)) or isinstance(words, (bytes, bytearray)):
+    if type(words) not in (list, tuple, str) and (
+        not isinstance(words, Iterable) or isinstance(words, (bytes, bytearray))
+    ):
         raise InvalidRequestError(
             f"{name} is a string, or a list of strings and token-id lists, got {words!r:.80} "
             f"({type(words).__name__})"
@@ -133,14 +135,19 @@ class GenerationParams:
     def check(self) -> None:
         """Raise InvalidRequestError for a value FT would reject or misread."""
         # a value of another type would be read as another one on the wire: 2.5 tokens as 2, True
-        # as 1, "yes" as asking for log probabilities
-        for name in _INTEGER_OPTIONS:
-            _require(name, getattr(self, name), _is_integer, "an integer")
-        if self.end_id is not None:
-            _require("end_id", self.end_id, _is_integer, "a token id (an integer)")
-        for name in _NUMBER_OPTIONS:
-            _require(name, getattr(self, name), _is_number, "a number")
-        _require("return_log_probs", self.return_log_probs, _is_bool, "True or False")
+        # as 1, "yes" as asking for log probabilities. Plain ints, floats and bools pass at once
+        # (the gateway's every request); anything else is looked at option by option.
+        if not (
+            type(self.max_new_tokens) is int
+            and type(self.top_k) is int
+            and type(self.min_new_tokens) is int
+            and (self.end_id is None or type(self.end_id) is int)
+            and type(self.temperature) in _PLAIN_NUMBERS
+            and type(self.top_p) in _PLAIN_NUMBERS
+            and type(self.repetition_penalty) in _PLAIN_NUMBERS
+            and type(self.return_log_probs) is bool
+        ):
+            self._check_types()
         # integers outside FT's types would wrap on the wire (numpy casts them silently): refused
         if not 1 <= self.max_new_tokens < 2**31:  # uint32, added to the input length in int
             raise InvalidRequestError(f"max_new_tokens must be within [1, 2**31), got {self.max_new_tokens}")
@@ -164,8 +171,18 @@ class GenerationParams:
         if self.end_id is not None and not 0 <= self.end_id < 2**32:
             raise InvalidRequestError(f"end_id must be a token id, got {self.end_id}")
 
+    def _check_types(self) -> None:
+        for name in _INTEGER_OPTIONS:
+            _require(name, getattr(self, name), _is_integer, "an integer")
+        if self.end_id is not None:
+            _require("end_id", self.end_id, _is_integer, "a token id (an integer)")
+        for name in _NUMBER_OPTIONS:
+            _require(name, getattr(self, name), _is_number, "a number")
+        _require("return_log_probs", self.return_log_probs, _is_bool, "True or False")
+
 
 _OPTION_NAMES = frozenset(f.name for f in fields(GenerationParams))
+_PLAIN_NUMBERS = (int, float)
 _INTEGER_OPTIONS = ("max_new_tokens", "top_k", "min_new_tokens")
 _NUMBER_OPTIONS = ("temperature", "top_p", "repetition_penalty")
 _BOOLS = (bool, np.bool_)
