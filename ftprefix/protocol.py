@@ -137,9 +137,9 @@ DATA_TYPE_PARAMETER = "data_type"
 # ignores it.
 TASK_NAMES_PARAMETER = "prompt_learning_task_names"
 TASK_TABLE_CHANGED = "task table changed"
-# An error on a stream is a message without a status (gRPC: Triton's ModelStreamInferResponse has
-# only `error_message`; HTTP: generate_stream answers 200, then the error as an event), so the CPU
-# server starts the message of a request it refuses on a stream (a decoupled model) with this, and
-# the client reads it as INVALID_ARGUMENT: a refused request is then the same error streamed or
-# not, and one refused for stale task ids is resent.
+# An error on a gRPC stream is a message without a status (Triton's ModelStreamInferResponse has
+# only `error_message`; over HTTP, generate_stream answers a refusal before its first response
+# with the HTTP status), so the CPU server starts the message of a request it refuses on a stream
+# (a decoupled model) with this, and the client reads it as INVALID_ARGUMENT: a refused request is
+# then the same error streamed or not, and one refused for stale task ids is resent.
 REFUSED_ON_STREAM = "INVALID_ARGUMENT: "

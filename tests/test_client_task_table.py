@@ -199,6 +199,14 @@ def test_on_a_streaming_server_stale_ids_are_resent_and_a_refusal_is_the_same_er
             sync_client.generate(PROMPT, task="taskC", max_new_tokens=5000)
         assert refused.value.status == "StatusCode.INVALID_ARGUMENT"
         assert protocol.REFUSED_ON_STREAM not in str(refused.value)
+
+        async def refused_over_http() -> InvalidRequestError:  # the status as HTTP names it
+            async with AsyncClient(server.grpc_url, http_url=server.http_url) as over_http:
+                with pytest.raises(InvalidRequestError, match="exceeds the limit") as refused:
+                    await over_http.generate(PROMPT, task="taskC", max_new_tokens=5000)
+            return refused.value
+
+        assert loop.run_until_complete(refused_over_http()).status == "INVALID_ARGUMENT"
         loop.run_until_complete(async_client.close())
         sync_client.close()
     loop.close()

@@ -38,7 +38,7 @@ def translate(
     message = exc.message() or str(exc)
     if message.startswith(protocol.REFUSED_ON_STREAM):  # the CPU server's refusal on a stream
         message = message.removeprefix(protocol.REFUSED_ON_STREAM)
-        if not code:  # a stream's error has no status of its own (gRPC and HTTP alike)
+        if not code:  # a gRPC stream's error has no status of its own
             code, status = "INVALID_ARGUMENT", "StatusCode.INVALID_ARGUMENT"
     model_missing = any(h in message.lower() for h in _MODEL_MISSING_HINTS)
     if code == "DEADLINE_EXCEEDED" or "deadline exceeded" in message.lower():
