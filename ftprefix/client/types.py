@@ -78,7 +78,7 @@ def _words(words: Words, name: str) -> tuple[str | list[int], ...]:
         ids = token_ids(word, "a stop or bad word") or []
         if not ids:
             raise InvalidRequestError(f"{name} holds an empty list of token ids: leave it out")
-        if ids and max(ids) >= 2**31:  # stop_words_list and bad_words_list are INT32
+        if max(ids) >= 2**31:  # stop_words_list and bad_words_list are INT32
             raise InvalidRequestError(f"token id {max(ids)} in a stop or bad word does not fit FT's int32")
         checked.append(ids)
     return tuple(checked)
