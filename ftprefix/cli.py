@@ -96,22 +96,12 @@ def _reader_gone() -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ftprefix.client.errors import FtprefixClientError, InferenceError, ServerUnavailableError
-    from ftprefix.client.wrong_port import http_port_message
-
     try:
         require(*getattr(args, "extras", ()))
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"ftprefix {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except FtprefixClientError as exc:
-        # the server failing a request is not the user's mistake (1); the rest is bad input (2)
-        message = str(exc)
-        if isinstance(exc, ServerUnavailableError):
-            message = http_port_message(exc.url, exc.option) or message
-        print(f"ftprefix {args.command}: error: {message}", file=sys.stderr)
-        return 1 if isinstance(exc, InferenceError) else 2
     except Terminated as exc:
         # say(): after a hang-up the terminal may take no more lines
         say(f"ftprefix {args.command}: {_STOPPING_SIGNALS[exc.signum]}", error=True)
@@ -119,7 +109,14 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"ftprefix {args.command}: interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:
+    except Exception as exc:
+        # the client's errors, where the command used the client: importing it (tritonclient,
+        # grpc) for every command only to name its errors took a third of `tasks list`'s time
+        client_errors = sys.modules.get("ftprefix.client.errors")
+        if client_errors is not None and isinstance(exc, client_errors.FtprefixClientError):
+            return _client_error(args.command, exc)
+        if not isinstance(exc, OSError):
+            raise
         message = path_error(exc)
         if message is not None:
             print(f"ftprefix {args.command}: error: {message}", file=sys.stderr)
@@ -129,6 +126,18 @@ def _run(args: argparse.Namespace) -> int:
             raise  # not the machine's storage: a bug, with its traceback
         print(f"ftprefix {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _client_error(command: str, exc: Exception) -> int:
+    from ftprefix.client.errors import InferenceError, ServerUnavailableError
+    from ftprefix.client.wrong_port import http_port_message
+
+    # the server failing a request is not the user's mistake (1); the rest is bad input (2)
+    message = str(exc)
+    if isinstance(exc, ServerUnavailableError):
+        message = http_port_message(exc.url, exc.option) or message
+    print(f"ftprefix {command}: error: {message}", file=sys.stderr)
+    return 1 if isinstance(exc, InferenceError) else 2
 
 
 # the signals that end a command as Ctrl-C does, and what it says as it ends: SIGTERM (`timeout`,

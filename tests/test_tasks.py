@@ -455,3 +455,30 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(converted: Path) -
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (128 + signal.SIGPIPE, "")
+
+
+def test_commands_that_do_not_talk_to_a_server_load_no_client(converted: Path) -> None:
+    """The client (tritonclient, grpc) is loaded by the commands that use it: loading it for every
+    command, only to name its errors, took a third of `tasks list`'s time."""
+    code = (
+        "import sys; from ftprefix.cli import main; status = main(sys.argv[1:]); "
+        "loaded = sorted(m for m in ('ftprefix.client', 'tritonclient', 'grpc') if m in sys.modules); "
+        "print(loaded, file=sys.stderr); sys.exit(status or (1 if loaded else 0))"
+    )
+    for argv in (["tasks", "list", str(converted)], ["tasks", "list", str(converted / "nope")]):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.stderr.splitlines()[-1] == "[]", done.stderr
+    # and a command that does use it still says its errors in one line (no server listens there)
+    from ftprefix.serving.server import free_port
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ftprefix", "tasks", "list", "--url", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "no Triton server reachable" in done.stderr
