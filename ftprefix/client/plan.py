@@ -6,7 +6,7 @@ Nothing here talks to the network: the clients send `Plan.requests()` and hand t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +16,15 @@ from ftprefix.client import wire
 from ftprefix.client.completion_text import TextReader, cut_at_stop
 from ftprefix.client.errors import FtprefixClientError, InvalidRequestError
 from ftprefix.client.model_info import ModelInfo
-from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk, Words, token_ids
+from ftprefix.client.types import (
+    Completion,
+    GenerationParams,
+    Prompt,
+    StreamChunk,
+    Words,
+    is_items,
+    token_ids,
+)
 from ftprefix.text import Tokenizer
 
 Tasks = str | Sequence[str | None] | None
@@ -39,7 +47,7 @@ class Request:
 def _task_list(tasks: Tasks, batch: int) -> list[str | None]:
     if tasks is None or isinstance(tasks, str):
         return [tasks] * batch
-    if not isinstance(tasks, Iterable) or isinstance(tasks, (bytes, bytearray)):
+    if not is_items(tasks):
         raise InvalidRequestError(_not_a_task_name(tasks))
     names = list(tasks)
     if len(names) != batch:

@@ -32,13 +32,21 @@ class GenerateOptions(TypedDict, total=False):
     min_new_tokens: int
 
 
+def is_items(value: Any) -> bool:
+    """Whether `value` is a collection of items (a list, a tuple, numpy's array, ...), not text or
+    bytes, which iterate too: one prompt, word or task name is a string, never its characters."""
+    return type(value) in (list, tuple) or (
+        isinstance(value, Iterable) and not isinstance(value, (str, bytes, bytearray))
+    )
+
+
 def token_ids(prompt: Prompt | Sequence[int], what: str = "a prompt") -> list[int] | None:
     """A prompt's (or a stop word's: `what`) token ids, or None for text. Ids are integers
     (Python's, numpy's): a string among them is a list of prompts given where one belongs, and
     int("12") had read a number written as text as an id."""
     if isinstance(prompt, str):
         return None
-    if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, Iterable):
+    if not is_items(prompt):
         own_list = f" ({what}'s ids go in a list of their own: [[1, 2]])" if isinstance(prompt, int) else ""
         raise InvalidRequestError(f"{what} is text (str) or token ids (ints), got {prompt!r:.80}{own_list}")
     # numpy's integer arrays whole; Python's ints at once (the gateway's lists): no call per id
@@ -61,9 +69,7 @@ def token_ids(prompt: Prompt | Sequence[int], what: str = "a prompt") -> list[in
 def _words(words: Words, name: str) -> tuple[str | list[int], ...]:
     """Stop or bad words (option `name`), each text or checked token ids; one string is one word,
     as OpenAI's `stop` takes it (iterated, each of its characters would be one)."""
-    if type(words) not in (list, tuple, str) and (
-        not isinstance(words, Iterable) or isinstance(words, (bytes, bytearray))
-    ):
+    if not isinstance(words, str) and not is_items(words):
         raise InvalidRequestError(
             f"{name} is a string, or a list of strings and token-id lists, got {words!r:.80} "
             f"({type(words).__name__})"
@@ -195,7 +201,7 @@ def _is_integer(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     """Integers or floats, Python's or numpy's, not bools."""
-    return type(value) in (float, int) or (
+    return type(value) in _PLAIN_NUMBERS or (
         isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, _BOOLS)
     )
 
@@ -212,7 +218,7 @@ def _require(name: str, value: Any, kind: Callable[[Any], bool], what: str) -> N
 def _seeds(value: Any) -> int | tuple[int, ...]:
     if _is_integer(value):
         return operator.index(value)
-    if isinstance(value, Iterable) and not isinstance(value, (str, bytes, bytearray)):
+    if is_items(value):
         seeds = tuple(value)
         if all(map(_is_integer, seeds)):
             return tuple(map(operator.index, seeds))
