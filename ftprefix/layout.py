@@ -197,7 +197,7 @@ def config_to_text(cfg: ModelConfig) -> str:
 def config_from_text(text: str, source: str = CONFIG_FILE) -> ModelConfig:
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    invalid = f"{source} is not a valid FasterTransformer GPT-NeoX config"
+    invalid = _not_valid(source)
     try:
         parser.read_string(text, source=source)
     except configparser.Error as exc:
@@ -240,6 +240,10 @@ def config_from_text(text: str, source: str = CONFIG_FILE) -> ModelConfig:
         tensor_para_size=read.integer(SECTION, "tensor_para_size", 1),
         tasks=table,
     )
+
+
+def _not_valid(source: str | os.PathLike[str]) -> str:
+    return f"{source} is not a valid FasterTransformer GPT-NeoX config"
 
 
 def _parse_error(exc: configparser.Error, text: str) -> str:
@@ -290,8 +294,7 @@ def read_config(directory: str | os.PathLike[str]) -> ModelConfig:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(
-            f"{path} is not a valid FasterTransformer GPT-NeoX config: it is not UTF-8 text ({exc.reason} "
-            f"at byte {exc.start})"
+            f"{_not_valid(path)}: it is not UTF-8 text ({exc.reason} at byte {exc.start})"
         ) from None
     return config_from_text(text, source=str(path))
 
