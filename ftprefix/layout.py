@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import configparser
 import enum
+import errno
 import io
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -317,12 +319,31 @@ def check_creatable(path: Path, option: str) -> None:
         if part.exists():
             if not part.is_dir():
                 raise UserError(f"{option} {path} cannot be created: {part} is a file, not a directory")
+            if part != path:
+                _check_takes_new_entries(part, path, option)
             return
         if part.is_symlink():
             raise UserError(
                 f"{option} {path} cannot be created: {part} is a link to {os.readlink(part)}, where "
                 "nothing is; create that directory, or give another path"
             )
+
+
+def _check_takes_new_entries(directory: Path, path: Path, option: str) -> None:
+    """Refuse `path` where `directory`, the first of its parents that exists, takes no new entries
+    at all: a kernel file system such as /proc (mkdir answers ENOENT, which read as a bug's
+    traceback) or /sys (EPERM). A directory made and removed again is the only test that is sure;
+    what a disk refuses (read-only, full, not allowed) is said where the write meets it."""
+    try:
+        probe = tempfile.mkdtemp(prefix=".ftprefix-probe-", dir=directory)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EPERM):
+            return
+        raise UserError(
+            f"{option} {path} cannot be created: {directory} takes no new files or directories "
+            f"({exc.strerror}), as a kernel file system such as /proc or /sys; give a path on a disk"
+        ) from None
+    os.rmdir(probe)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

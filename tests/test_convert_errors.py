@@ -406,6 +406,29 @@ def test_an_output_path_no_directory_can_be_at_is_one_line_exit_2(work, capsys):
     assert os.readlink(work / "dangling") == str(work / "nowhere")
 
 
+@pytest.mark.parametrize(
+    ("parent", "refusal"), [("/proc", "No such file or directory"), ("/sys", "Operation not permitted")]
+)
+def test_an_output_on_a_kernel_file_system_is_one_line_exit_2(work, capsys, parent, refusal):
+    """/proc and /sys take no new directories (mkdir answers ENOENT and EPERM there): both were
+    tracebacks, the first one reading as a bug's. As another user than root, the directory's
+    permissions refuse it first, as for any directory that user may not write."""
+    out = Path(parent) / "ftprefix-nowhere" / "out"
+    refusal = f"{parent} takes no new files or directories ({refusal}),"
+    if os.geteuid() == 0:
+        code, says = 2, f"--out {out} cannot be created: {refusal}"
+    else:
+        code, says = 1, "Permission denied ("
+    convert = _convert_argv(work)
+    convert[convert.index("--out") + 1] = str(out)
+    deploy = ["triton-repo", str(work / "model"), "--out", str(out)]
+    for command, args in (("convert", convert), ("triton-repo", deploy)):
+        assert main(args) == code
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"ftprefix {command}: error: {says}"), err
+    assert not out.parent.exists()
+
+
 def test_an_output_that_holds_an_input_is_refused_however_the_input_is_reached(work, capsys):
     """--out may not contain the model or a checkpoint (a --force conversion would replace them):
     named directly, through a link to a directory inside --out, or as a link to a file there. A

@@ -129,6 +129,16 @@ def test_a_workdir_no_directory_can_be_at_is_refused_before_it_trains(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "notes.txt"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="as another user, /proc's permissions refuse it first")
+def test_a_workdir_on_a_kernel_file_system_is_refused_before_it_trains(capsys):
+    """mkdir answers ENOENT in /proc: it was a traceback, after the demo had begun."""
+    assert main(["demo", "--workdir", "/proc/ftprefix-nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    says = "--workdir /proc/ftprefix-nowhere cannot be created: /proc takes no new files or directories"
+    assert err.startswith(f"ftprefix demo: error: {says}"), err
+
+
 @pytest.mark.parametrize(
     ("option", "says"),
     [
