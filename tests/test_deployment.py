@@ -526,6 +526,20 @@ def test_bad_output_directories_are_refused_and_left_as_they_were(tmp_path: Path
     assert not [p for p in tmp_path.iterdir() if ".ftprefix-" in p.name]  # no stage left behind
 
 
+def test_the_root_directory_is_refused_naming_only_files_that_were_there(tmp_path: Path, capsys) -> None:
+    """`/` is its own parent, so the lock file this run keeps beside DIR is in it: the refusal named
+    that lock first, as if it were one of the files found there."""
+    conversion = str(example_conversion(tmp_path / "converted", tp=1))
+    before = sorted(os.listdir("/"))
+    as_root = os.geteuid() == 0  # another user may not write the lock in / at all
+    assert main(["triton-repo", conversion, "--out", "/"]) == (2 if as_root else 1)
+    err = capsys.readouterr().err
+    named = f"--out / holds files that are not a deployment's ({', '.join(before[:3])}, ...)"
+    says = named if as_root else "Permission denied"
+    assert err.count("\n") == 1 and err.startswith(f"ftprefix triton-repo: error: {says}"), err
+    assert sorted(os.listdir("/")) == before
+
+
 def test_a_link_to_a_directory_is_written_where_it_leads_and_stays_a_link(tmp_path: Path, capsys) -> None:
     conversion = str(example_conversion(tmp_path / "converted", tp=1))
     (tmp_path / "volume").mkdir()

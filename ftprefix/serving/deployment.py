@@ -215,10 +215,17 @@ def model_dir(directory: str | os.PathLike[str], env: Mapping[str, str]) -> Path
     return conversion
 
 
+def _lock_name(out: Path) -> str:
+    """The lock file of the deployment directory `out`, beside it (in it, for the root `/`)."""
+    return f".{out.name}{layout.LOCK_FILE}"
+
+
 def _check_out(out: Path, manifest: dict | None, force: bool) -> None:
     """Refuse to write into a directory ftprefix did not write, or one another version wrote."""
     if manifest is None:
-        others = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        # `/` is its own parent: the lock this run holds is in it, and not one of the user's files
+        lock = out.parent / _lock_name(out)
+        others = sorted(p.name for p in out.iterdir() if p != lock) if out.is_dir() else []
         if others:
             if layout.ft_dirs(out):
                 raise UserError(
@@ -378,7 +385,7 @@ def write_deployment(
     if out.is_symlink():  # a link to a directory: write where it leads (a rename would replace it)
         out = out.resolve()
     # one run at a time per DIR: else both assemble a new DIR, and the second's rename meets the first's
-    with locking.exclusive_making(out.parent, f".{out.name}{layout.LOCK_FILE}", out, wait):
+    with locking.exclusive_making(out.parent, _lock_name(out), out, wait):
         manifest = read_manifest(out) if out.is_dir() else None
         if converted is None:  # `triton-repo --out DIR` after `tasks add`
             if manifest is None:
