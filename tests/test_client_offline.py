@@ -333,6 +333,16 @@ def test_a_malformed_call_is_refused_before_the_client_connects(call, message) -
         call(client)
 
 
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), True, "5"])
+def test_a_timeout_that_is_no_wait_is_refused_when_the_client_is_made(timeout) -> None:
+    """0 and below timed every request out at once, as a timeout error blaming the server."""
+    from ftprefix.client import AsyncClient, Client
+
+    for make in (Client, AsyncClient):
+        with pytest.raises(InvalidRequestError, match="timeout must be a number of seconds more than 0"):
+            make("127.0.0.1:1", timeout=timeout)
+
+
 def test_the_async_client_refuses_a_malformed_call_before_it_connects() -> None:
     import asyncio
 

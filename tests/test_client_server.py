@@ -266,6 +266,22 @@ def test_timeout_is_reported(server: EmbeddedServer, model: dict) -> None:
             c.generate(PROMPTS[0], task="taskA", max_new_tokens=200)
 
 
+@pytest.mark.parametrize("timeout", [None, float("inf"), 1e10])
+def test_a_timeout_of_forever_waits_for_the_answer(
+    server: EmbeddedServer, streaming_server: EmbeddedServer, model: dict, reference, timeout: float | None
+) -> None:
+    """None, inf and a wait too long for gRPC's clock all wait as long as it takes. 1e10 s and inf
+    were DEADLINE_EXCEEDED at once (gRPC counts a deadline in int64 nanoseconds since 1970), and a
+    stream's wait for its next token past threading.TIMEOUT_MAX raised OverflowError."""
+    ids, text, reason = reference(PROMPTS[0], "taskB")
+    with Client(server.grpc_url, tokenizer=model["hf"], timeout=timeout) as c:
+        completion = c.generate(PROMPTS[0], task="taskB", max_new_tokens=NEW_TOKENS)
+    assert (completion.token_ids, completion.text, completion.finish_reason) == (ids, text, reason)
+    with Client(streaming_server.grpc_url, tokenizer=model["hf"], timeout=timeout) as c:
+        chunks = list(c.stream(PROMPTS[0], task="taskB", max_new_tokens=NEW_TOKENS))
+    assert [t for chunk in chunks for t in chunk.token_ids] == ids
+
+
 def test_a_check_left_unanswered_says_what_it_asked_and_for_how_long(
     server: EmbeddedServer, monkeypatch
 ) -> None:
@@ -424,6 +440,14 @@ def test_cli_generate_says_its_own_options(server: EmbeddedServer, model: dict, 
             "--temperature must be > 0, got 0.0 (for greedy use --top-k 0, --top-p 0)",
         ),
         (
+            [*tokenizer, "--timeout", "0", "hi"],
+            "--timeout must be more than 0 seconds (inf: wait as long as it takes), got 0.0",
+        ),
+        (
+            [*tokenizer, "--timeout", "nan", "hi"],
+            "--timeout must be more than 0 seconds (inf: wait as long as it takes), got nan",
+        ),
+        (
             ["--stream", "hi"],
             "--stream needs --tokenizer HF_DIR (or --token-ids): a stream comes from the "
             "fastertransformer model, which takes and gives token ids",
@@ -529,6 +553,9 @@ def test_cli_generate_stream(streaming_server: EmbeddedServer, model, reference,
         str(model["hf"]),
     ]
     assert cli.main([*argv, "--stream", "--max-new-tokens", str(NEW_TOKENS), PROMPTS[3]]) == 0
+    assert capsys.readouterr().out == text + "\n"
+    forever = [*argv, "--stream", "--timeout", "inf", "--max-new-tokens", str(NEW_TOKENS), PROMPTS[3]]
+    assert cli.main(forever) == 0  # it timed out at once
     assert capsys.readouterr().out == text + "\n"
     # several prompts, a task each: one after another, each on its line, as a batch prints them
     _, other, _ = reference(PROMPTS[0], "taskA")

@@ -21,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 from ftprefix import protocol
 from ftprefix.client.errors import (
     FtprefixClientError,
+    InvalidRequestError,
     ModelNotReadyError,
     ServerUnavailableError,
     StreamingNotSupportedError,
@@ -37,6 +38,10 @@ T = TypeVar("T")
 DEFAULT_URL = "localhost:8001"
 DEFAULT_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 5.0
+# A wait this long is waiting forever. gRPC counts a deadline in int64 nanoseconds since 1970, so
+# one past 2262 (a timeout of 1e10 s) overflowed into DEADLINE_EXCEEDED at once, and a stream's
+# `queue.get` raises OverflowError past threading.TIMEOUT_MAX (about 9.2e9 s).
+FOREVER_S = 1e9  # about 31 years
 TASK_TABLE_TTL_S = 5.0
 # how often a client whose target is a DNS name (Kubernetes' headless Service of the Triton pods)
 # opens a new channel, so a new lookup: gRPC looks a name up again only when a connection fails,
@@ -173,6 +178,18 @@ def normalize_http_url(url: str) -> str:
     return text
 
 
+def request_timeout(timeout: float | None) -> float | None:
+    """`timeout` as the client keeps it: seconds more than 0, or None to wait forever (which `inf`,
+    and any wait of FOREVER_S or more, is too); InvalidRequestError for anything else."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidRequestError(
+            f"timeout must be a number of seconds more than 0, or None to wait forever; got {timeout!r}"
+        )
+    return None if timeout >= FOREVER_S else float(timeout)
+
+
 class ClientBase:
     """Settings, caches and flows common to `Client` and `AsyncClient`."""
 
@@ -193,12 +210,13 @@ class ClientBase:
         """`tokenizer`: the model's HF directory (tokenise here) or None (text goes to the ensemble).
         `newline_token`: rinna's convention, e.g. "<NL>": `\\n` in prompts and words is sent as that
         token and the token comes back as `\\n` (with the ensemble, the server's `--newline-token`
-        does this). `timeout` bounds each generation in seconds (None: wait forever). `connect_retries` extra
-        attempts, `retry_delay` seconds apart and doubling, are made to reach a ready server. The
-        task table is read again when older than `task_table_ttl` seconds (None: read once). The
-        gRPC channel opens on first use. `resolve_every`: for a `dns:` target, the seconds after
-        which the next call opens a new channel, which looks the name up again (None: never);
-        calls on the old channel finish there, and the connections it had carry over."""
+        does this). `timeout` bounds each generation in seconds (None or inf: wait forever).
+        `connect_retries` extra attempts, `retry_delay` seconds apart and doubling, are made to reach
+        a ready server. The task table is read again when older than `task_table_ttl` seconds
+        (None: read once). The gRPC channel opens on first use. `resolve_every`: for a `dns:`
+        target, the seconds after which the next call opens a new channel, which looks the name up
+        again (None: never); calls on the old channel finish there, and the connections it had
+        carry over."""
         self.url = normalize_url(url)
         self.tls = uses_tls(url)
         if resolve_every is not None and not resolve_every >= 0:
@@ -206,7 +224,7 @@ class ClientBase:
         self.resolve_every = resolve_every if looks_up_a_name(self.url) else None
         self._renew_at = float("inf")
         self.tokenizer = self._tokenizer(tokenizer, newline_token)
-        self.timeout = timeout
+        self.timeout = request_timeout(timeout)
         self.connect_retries = connect_retries
         self.retry_delay = retry_delay
         self.task_table_ttl = task_table_ttl

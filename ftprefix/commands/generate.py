@@ -71,7 +71,11 @@ def register(subparsers: Any) -> None:
         help="print one JSON object per prompt (with --stream, per chunk; its index is its prompt's)",
     )
     p.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS", help="per request (default: %(default)s)"
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="per request (default: %(default)s; inf: wait as long as it takes)",
     )
     p.set_defaults(func=run)
 
@@ -116,6 +120,10 @@ def _as_options(message: str) -> str:
 def _generate(args: argparse.Namespace) -> int:
     from ftprefix.client import Client
 
+    if not args.timeout > 0:
+        raise UserError(
+            f"--timeout must be more than 0 seconds (inf: wait as long as it takes), got {args.timeout}"
+        )
     prompts: list[Any] = [_token_ids(p) for p in args.prompts] if args.token_ids else list(args.prompts)
     tasks = _tasks(args.task, len(prompts))
     sampling = {name: getattr(args, name) for name in SAMPLING}
