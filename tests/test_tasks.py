@@ -127,6 +127,7 @@ def test_add_then_remove_leaves_base_weights_byte_identical(converted, hf_dir, t
             "task deep: prefix shape [3, 192] does not match the base model",
         ),
         (["remove", "{out}", "nope"], "unknown task 'nope'; the tasks are: 'first'"),
+        (["remove", "{out}", "first", "first"], "task 'first' is given twice; name each task to remove once"),
         (["add", "{out}", "--prefix", "_retired.7={ckpt}"], "are the slots of removed tasks"),
         (["list", "{tmp}"], "is not a converted model"),
     ],

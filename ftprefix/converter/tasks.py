@@ -97,8 +97,9 @@ def remove_tasks(
     stays). Returns the retired slots (their `removed` is the task's name)."""
     if not names:
         raise UserError("no task names given")
-    if len(set(names)) != len(names):
-        raise UserError("a task name is given twice")
+    twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if twice is not None:
+        raise UserError(f"task {twice!r} is given twice; name each task to remove once")
     ft_dir = layout.find_ft_dir(directory)
     with locking.exclusive(ft_dir.parent, wait):
         cfg = layout.read_config(ft_dir)
