@@ -218,9 +218,9 @@ def test_fewer_places_than_workers_is_one_line_exit_2(model, capsys) -> None:
         ),
         ("--request-timeout", "0", "--request-timeout must be more than 0 seconds (and finite), got 0"),
         ("--request-timeout", "inf", "--request-timeout must be more than 0 seconds (and finite), got inf"),
-        ("--stop-timeout", "-1", "--stop-timeout must be 0 or more seconds, got -1"),
-        ("--stop-timeout", "inf", "--stop-timeout must be 0 or more seconds, got inf"),
-        ("--stop-timeout", "nan", "--stop-timeout must be 0 or more seconds, got nan"),
+        ("--stop-timeout", "-1", "--stop-timeout must be 0 or more seconds (and finite), got -1"),
+        ("--stop-timeout", "inf", "--stop-timeout must be 0 or more seconds (and finite), got inf"),
+        ("--stop-timeout", "nan", "--stop-timeout must be 0 or more seconds (and finite), got nan"),
     ],
 )
 def test_a_bad_gateway_limit_is_one_line_exit_2(option: str, value: str, says: str, model, capsys) -> None:

@@ -209,8 +209,9 @@ def test_a_killed_tritonserver_ends_serve_with_exit_1_saying_so(converted, tmp_p
     ("flag", "value", "message"),
     [
         ("--max-queue-delay-us", "-1", "--max-queue-delay-us must be between 0 and"),
-        ("--stop-timeout", "-1", "--stop-timeout must be 0 or more seconds, got -1"),
-        ("--stop-timeout", "nan", "--stop-timeout must be 0 or more seconds, got nan"),
+        ("--stop-timeout", "-1", "--stop-timeout must be 0 or more seconds (and finite), got -1"),
+        ("--stop-timeout", "nan", "--stop-timeout must be 0 or more seconds (and finite), got nan"),
+        ("--stop-timeout", "inf", "--stop-timeout must be 0 or more seconds (and finite), got inf"),
         # Triton writes the address before ":port" as it is: no IPv6 address can listen
         ("--host", "::1", "--host ::1: no IPv4 address"),
     ],

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     check_port(args.port, "--port")
     args.cors_origin = cors_origins(args.cors_origin)  # one line now, before anything starts
     if not 0 <= args.stop_timeout < float("inf"):
-        raise UserError(f"--stop-timeout must be 0 or more seconds, got {args.stop_timeout:g}")
+        raise UserError(f"--stop-timeout must be 0 or more seconds (and finite), got {args.stop_timeout:g}")
     if not 1 <= args.workers <= MAX_WORKERS:
         raise UserError(f"--workers {args.workers}: use 1 to {MAX_WORKERS} (about one per core)")
     if args.max_in_flight is not None and 0 < args.max_in_flight < args.workers:

@@ -263,7 +263,7 @@ class EmbeddedServer:
         self.max_queue_delay_us = max_queue_delay_us
         self.start_timeout = start_timeout
         if stop_timeout is not None and not 0 <= stop_timeout < float("inf"):
-            raise UserError(f"--stop-timeout must be 0 or more seconds, got {stop_timeout:g}")
+            raise UserError(f"--stop-timeout must be 0 or more seconds (and finite), got {stop_timeout:g}")
         self.stop_timeout = stop_timeout
         self.watch_interval = watch_interval
         self._own_workdir = workdir is None
