@@ -47,7 +47,7 @@ WEIGHT_DTYPES: dict[str, np.dtype] = {"fp32": np.dtype("<f4"), "fp16": np.dtype(
 
 # INIReader (FT's config parser) splits on '=' / ':' and trims whitespace, and task names become
 # part of file names, so only a conservative character set survives the round trip.
-_TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_TASK_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")  # the whole name (fullmatch: `$` takes a last "\n")
 # FT's INIReader (3rdparty/INIReader.h) reads config.ini with fgets into a buffer of INI_MAX_LINE =
 # 200 bytes: a longer line is cut, and the rest read as another line. So every line, its newline
 # included, must fit in 199 bytes; for `task_name = <name>` that leaves 186 bytes for the name.
@@ -104,7 +104,7 @@ def find_ft_dir(path: str | os.PathLike[str]) -> Path:
 def validate_task_name(name: str) -> None:
     if not name:
         raise UserError("empty task name; give each prefix a name, e.g. --prefix taskA=path")
-    if not _TASK_NAME_RE.match(name):
+    if not _TASK_NAME_RE.fullmatch(name):
         raise UserError(
             f"task name {name!r} cannot be read back by FasterTransformer "
             "(use only letters, digits, '_', '-', '.'; no whitespace, '/', '[', ']', '=')"

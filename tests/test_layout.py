@@ -133,7 +133,7 @@ def test_config_without_tasks_has_no_prompt_learning_keys(tmp_path):
     assert "num_tasks" not in text and "prompt_learning_type" not in text and "task_0" not in text
 
 
-@pytest.mark.parametrize("name", ["", "a b", "a/b", "a[b", "a]b", "a=b", "tab\t", "..", "ü"])
+@pytest.mark.parametrize("name", ["", "a b", "a/b", "a[b", "a]b", "a=b", "tab\t", "..", "ü", "newline\n"])
 def test_task_names_ft_cannot_read_back_are_refused(name):
     with pytest.raises(UserError):
         layout.validate_task_name(name)

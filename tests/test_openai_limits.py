@@ -107,6 +107,7 @@ def test_the_keys_file_takes_limits_and_the_old_forms(model, tmp_path: Path) -> 
         ({"tenant": "a", "tasks": "*", "max_concurrent": True}, "max_concurrent must be a whole number"),
         ({"tenant": "a", "tasks": "*", "max_tokens": "5"}, "max_tokens must be a whole number"),
         ({"tenant": "a b", "tasks": "*"}, "tenant must be 1 to 64"),
+        ({"tenant": "a\n", "tasks": "*"}, "tenant must be 1 to 64"),  # a line of its own in the metrics
         ({"tenant": "a", "tasks": "*", "rate": 5}, "unknown setting 'rate'"),
         ({"tenant": "a", "tasks": "*", "weight": 0}, "weight must be a whole number from 1 to 1000"),
         ({"tenant": "a", "tasks": "*", "weight": 1.5}, "weight must be a whole number from 1 to 1000"),
@@ -127,6 +128,53 @@ def test_a_bad_entry_is_refused_naming_the_key_by_number_only(
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "s3cret" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            '{"s3cret-a": ["smile"], "k-good": "*", "s3cret-a": "*"}',
+            "key number 1 is given again further on; give each key once",
+            id="a-key-twice",  # json.loads kept the later one: every model, where smile was meant
+        ),
+        pytest.param(
+            '{"k-good": "*", "s3cret-b": {"tasks": ["smile"], "tenant": "t", "tasks": "*"}}',
+            "key number 2: setting 'tasks' is given twice; give it once",
+            id="a-setting-twice",
+        ),
+        pytest.param(
+            '{"k-good": "*", "s3cret-c\\n": "*"}',
+            "key number 2 cannot be sent in an Authorization header: it begins or ends with a space or "
+            "a line break",
+            id="a-line-break-at-the-end",
+        ),
+        pytest.param(
+            '{"k-good": "*", "s3cret-d\\u00e9": "*"}',
+            "key number 2 cannot be sent in an Authorization header: it has a letter outside ASCII",
+            id="not-ascii",
+        ),
+        pytest.param(
+            '{"k-good": "*", "s3cret\\te": "*"}',
+            "key number 2 cannot be sent in an Authorization header: it has a control character",
+            id="a-tab",
+        ),
+    ],
+)
+def test_a_keys_file_that_would_not_do_what_it_says_is_refused_naming_keys_by_number(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """Each of these was taken without a word: a key given twice as the last one says, and a key
+    no request can match (an HTTP client sends no line break in a header, nor a letter outside
+    Latin-1, and the server reads a header's bytes as Latin-1) as a key that answers every
+    request 401."""
+    path = tmp_path / "keys.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as refused:
+        parse_keys_file(path)
+    said = str(refused.value)
+    assert said == f"{path}: {message}" or said.startswith(f"{path}: {message}"), said
+    assert "s3cret" not in said
 
 
 def test_limits_edited_while_a_keys_requests_run_keep_counting_them(tmp_path: Path) -> None:

@@ -215,6 +215,18 @@ def test_a_bad_keys_file_stops_the_command_in_one_line(model, tmp_path: Path, ca
     assert said in err
 
 
+def test_a_key_no_request_can_send_stops_the_command_in_one_line(model, capsys, monkeypatch) -> None:
+    """A Secret's value written as a YAML block (`api-key: |`) ends with a line break, and so did
+    FTPREFIX_API_KEY: the gateway started, and answered every request 401."""
+    monkeypatch.setenv("FTPREFIX_API_KEY", "s3cret-key\n")
+    argv = ["openai", "--tokenizer", str(model["hf"]), "--port", str(free_port())]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "ftprefix openai: error: --api-key (or FTPREFIX_API_KEY) cannot be sent in an Authorization "
+        "header: it begins or ends with a space or a line break\n"
+    )
+
+
 # -- chat --------------------------------------------------------------------------------------
 
 

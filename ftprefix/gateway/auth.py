@@ -38,7 +38,7 @@ ADMIN_TENANT = "api-key"  # the tenant of --api-key / FTPREFIX_API_KEY
 LIMITS = ("max_concurrent", "requests_per_minute", "tokens_per_minute", "max_tokens")
 SETTINGS = ("tenant", "tasks", *LIMITS, "weight")
 MAX_WEIGHT = 1000  # turns of this many requests still end, so every other tenant's come round
-_TENANT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # a metrics label value anyone can read safely
+_TENANT = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # a metrics label value anyone can read safely
 log = logging.getLogger("ftprefix.gateway")
 
 
@@ -82,6 +82,37 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
+# What an Authorization header can carry of a key, as the gateway reads it (the value stripped):
+# visible ASCII, spaces only inside. A key with a newline or a space at its end (pasted), or a
+# letter outside ASCII (the server reads header bytes as Latin-1), is one no request can match.
+_SENDABLE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+
+
+def unsendable(key: str) -> str | None:
+    """Why no request can send `key` (never quoting it), or None where one can."""
+    if _SENDABLE.fullmatch(key):
+        return None
+    if key != key.strip(" \t\r\n"):
+        return "it begins or ends with a space or a line break"
+    if not key.isascii():
+        return "it has a letter outside ASCII"
+    return "it has a control character or a space that is not a single one"
+
+
+class _Object(dict):
+    """A JSON object, with the names it gives more than once (json.loads keeps the last silently)."""
+
+    twice: tuple[str, ...] = ()
+
+
+def _object(pairs: list[tuple[str, object]]) -> _Object:
+    found = _Object(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        found.twice = tuple(name for name, _ in pairs if name in seen or seen.add(name))
+    return found
+
+
 def _scope(models: object, where: str) -> Scope:
     if models == ALL:
         return Scope()
@@ -93,12 +124,14 @@ def _scope(models: object, where: str) -> Scope:
 def _policy(value: object, where: str, number: int, ident: str) -> KeyPolicy:
     if not isinstance(value, Mapping):
         return KeyPolicy(f"key-{number}", _scope(value, where), ident=ident)
+    if isinstance(value, _Object) and value.twice:
+        raise UserError(f"{where}: setting {value.twice[0]!r} is given twice; give it once")
     unknown = sorted(set(value) - set(SETTINGS))
     if unknown:
         known = ", ".join(SETTINGS)
         raise UserError(f"{where}: unknown setting {unknown[0]!r}; a key's settings are {known}")
     tenant = value.get("tenant", f"key-{number}")
-    if not isinstance(tenant, str) or not _TENANT.match(tenant):
+    if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
         raise UserError(f"{where}: tenant must be 1 to 64 letters, digits or _ . : -, got {tenant!r}")
     if "tasks" not in value:
         raise UserError(f'{where}: give "tasks", a list of model names or "*"')
@@ -119,13 +152,16 @@ def parse_keys_file(path: Path) -> dict[bytes, KeyPolicy]:
     form = 'the API keys file is a JSON object {"KEY": ["task", ...] or "*"}'
     try:
         # utf-8-sig: a byte order mark (Windows editors, PowerShell's Out-File) is no JSON error
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_object)
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read the API keys file {path}: {exc}") from None
     except json.JSONDecodeError as exc:  # its message names a place, never the text there
         raise UserError(f"{path} is not JSON ({exc}): {form}") from None
     if not isinstance(data, Mapping):
         raise UserError(f"{path}: {form}")
+    if isinstance(data, _Object) and data.twice:  # the later one would count, whatever it allows
+        number = list(data).index(data.twice[0]) + 1
+        raise UserError(f"{path}: key number {number} is given again further on; give each key once")
     policies: dict[bytes, KeyPolicy] = {}
     # a weight is the tenant's: the one its keys give (they must agree), on all of them, or 1
     weights: dict[str, tuple[int, int]] = {}  # tenant -> (weight, the number of the key giving it)
@@ -133,6 +169,9 @@ def parse_keys_file(path: Path) -> dict[bytes, KeyPolicy]:
         where = f"{path}: key number {number}"  # never the key itself
         if not isinstance(key, str) or not key:
             raise UserError(f"{where} is empty")
+        why = unsendable(key)
+        if why is not None:
+            raise UserError(f"{where} cannot be sent in an Authorization header: {why}")
         digest = _digest(key)
         policy = policies[digest] = _policy(value, where, number, digest.hex())
         if isinstance(value, Mapping) and "weight" in value:
@@ -155,7 +194,10 @@ class KeyRing:
         self._fixed: dict[bytes, KeyPolicy] = {}
         for key in keys:
             if not key:
-                raise UserError("--api-key must not be empty")
+                raise UserError(f"--api-key (or {ENV_KEY}) must not be empty")
+            why = unsendable(key)
+            if why is not None:
+                raise UserError(f"--api-key (or {ENV_KEY}) cannot be sent in an Authorization header: {why}")
             digest = _digest(key)
             self._fixed[digest] = KeyPolicy(ADMIN_TENANT, ident=digest.hex())
         self.keys_file = Path(keys_file) if keys_file is not None else None
