@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -474,6 +475,28 @@ def test_stream_yields_the_generate_tokens(streaming_server: EmbeddedServer, mod
     assert [t for chunk in chunks for t in chunk.token_ids] == completion.token_ids == ids
     assert "".join(chunk.text or "" for chunk in chunks) == completion.text == text
     assert chunks[-1].finish_reason == reason and all(ch.finish_reason is None for ch in chunks[:-1])
+
+
+def test_streams_leave_no_thread_behind(streaming_server: EmbeddedServer, model: dict) -> None:
+    """Read to the end, left after the first chunk, or timed out, a stream ends every thread it
+    started. Each one left a thread waiting for more requests for the rest of the process
+    (tritonclient's stream, stopped with cancel_requests=True, never ends its request queue): a
+    service streaming all day would have gathered a thread per stream."""
+    before = set(threading.enumerate())
+    with Client(streaming_server.grpc_url, tokenizer=model["hf"]) as c:
+        for _ in range(3):
+            assert list(c.stream(PROMPTS[0], task="taskB", max_new_tokens=NEW_TOKENS))
+        for _chunk in c.stream(PROMPTS[1], task="taskA", max_new_tokens=NEW_TOKENS):
+            break
+    with (
+        Client(streaming_server.grpc_url, tokenizer=model["hf"], timeout=0.001) as c,
+        pytest.raises(RequestTimeoutError),
+    ):
+        list(c.stream(PROMPTS[0], task="taskB", max_new_tokens=200))
+    started = [t for t in threading.enumerate() if t not in before]
+    for thread in started:
+        thread.join(timeout=10)
+    assert [t.name for t in started if t.is_alive()] == []
 
 
 def test_mixed_batch_on_streaming_server(streaming_server: EmbeddedServer, model, reference) -> None:

@@ -1,15 +1,17 @@
-"""`Client`: the blocking gRPC client. Only its transport lives here (tritonclient.grpc); what each
-call does is written once, in `base.ClientBase`."""
+"""`Client`: the blocking gRPC client. Only its transport lives here (tritonclient.grpc; streams on
+the service's generated stub, as AsyncClient's); what each call does is written once, in
+`base.ClientBase`."""
 
 from __future__ import annotations
 
-import queue
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from ftprefix.client.base import (
@@ -27,12 +29,12 @@ from ftprefix.client.base import (
     OpenStream,
     Sleep,
 )
-from ftprefix.client.errors import FtprefixClientError, RequestTimeoutError
-from ftprefix.client.failures import translate
+from ftprefix.client.errors import FtprefixClientError
+from ftprefix.client.failures import from_rpc_error, translate
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
-from ftprefix.client.wire import channel_options, infer_inputs, output_arrays
+from ftprefix.client.wire import channel_options, infer_inputs, infer_request, output_arrays, response_arrays
 from ftprefix.task_table import Task
 
 if TYPE_CHECKING:
@@ -41,52 +43,47 @@ if TYPE_CHECKING:
     from ftprefix.client.types import GenerateOptions
 
 
-def _is_final(result: grpcclient.InferResult) -> bool:
-    parameters = result.get_response().parameters
-    return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
-
-
 class ResponseStream:
-    """One request to a decoupled model on a private gRPC stream (tritonclient allows one stream per
-    client object): `next()` gives each response's outputs until the last, then None."""
+    """One request to a decoupled model on a gRPC stream of its own, whose request iterator ends
+    after the request (as AsyncClient's `_Stream`): the server closes the stream once the request's
+    last response is out, and its gRPC deadline bounds the whole generation. tritonclient's
+    `start_stream`, stopped with cancel_requests=True, left the thread that waits for the stream's
+    next request waiting for the rest of the process (its request queue is ended only without
+    cancelling): a thread per stream."""
 
     def __init__(self, url: str, tls: bool, timeout: float | None, op: OpenStream) -> None:
         self.url, self.timeout, self.model, self.names = url, timeout, op.model, op.outputs
-        self.responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
-        self.done = False
-        self.grpc = grpcclient.InferenceServerClient(url, ssl=tls, channel_args=channel_options(url))
+        options = channel_options(url)
+        if tls:
+            self.channel = grpc.secure_channel(url, grpc.ssl_channel_credentials(), options=options)
+        else:
+            self.channel = grpc.insecure_channel(url, options=options)
         try:
-            self.grpc.start_stream(
-                callback=lambda result, error: self.responses.put((result, error)), stream_timeout=timeout
-            )
-            self.grpc.async_stream_infer(
-                op.model,
-                infer_inputs(op.request.arrays),
-                outputs=[grpcclient.InferRequestedOutput(n) for n in op.outputs],
-                enable_empty_final_response=True,
-                parameters=op.request.parameters,
-            )
+            request = infer_request(op.model, op.request.arrays, op.outputs, op.request.parameters)
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+            self.call = stub.ModelStreamInfer(iter((request,)), timeout=timeout)
         except BaseException:
-            self.close()
+            self.channel.close()
             raise
 
     def next(self) -> dict[str, np.ndarray] | None:
-        while not self.done:
+        while True:
             try:
-                result, error = self.responses.get(timeout=self.timeout)
-            except queue.Empty:
-                raise RequestTimeoutError(self.url, self.timeout) from None
-            if error is not None:
-                raise translate(error, self.url, self.model, self.timeout) from error
-            self.done = _is_final(result)
-            outputs = output_arrays(result, self.names)
-            if len(outputs) == len(self.names):  # not the empty final one
+                response = next(self.call)
+            except StopIteration:
+                return None
+            except grpc.RpcError as exc:
+                raise translate(from_rpc_error(exc), self.url, self.model, self.timeout) from exc
+            if response.error_message:  # Triton's error for this request, inside the stream
+                error = InferenceServerException(msg=response.error_message)
+                raise translate(error, self.url, self.model, self.timeout)
+            outputs = response_arrays(response.infer_response, self.names)
+            if len(outputs) == len(self.names):  # not the empty final response
                 return outputs
-        return None
 
     def close(self) -> None:
-        self.grpc.stop_stream(cancel_requests=True)
-        self.grpc.close()
+        self.call.cancel()  # nothing, once the stream has ended
+        self.channel.close()
 
 
 class Client(ClientBase):
