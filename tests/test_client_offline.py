@@ -343,6 +343,17 @@ def test_a_timeout_that_is_no_wait_is_refused_when_the_client_is_made(timeout) -
             make("127.0.0.1:1", timeout=timeout)
 
 
+def test_a_timeout_is_any_real_number_of_seconds_and_inf_or_none_waits_forever() -> None:
+    import numpy as np
+
+    from ftprefix.client import AsyncClient, Client
+
+    seconds, forever = (2, 0.5, np.int64(3), np.float32(1.5)), (None, float("inf"), 1e10)
+    for make in (Client, AsyncClient):
+        assert [make("127.0.0.1:1", timeout=t).timeout for t in seconds] == [2.0, 0.5, 3.0, 1.5]
+        assert [make("127.0.0.1:1", timeout=t).timeout for t in forever] == [None, None, None]
+
+
 def test_the_async_client_refuses_a_malformed_call_before_it_connects() -> None:
     import asyncio
 

@@ -10,6 +10,7 @@ task-table resolution and the resend after a task-table change exist in one plac
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -183,7 +184,7 @@ def request_timeout(timeout: float | None) -> float | None:
     and any wait of FOREVER_S or more, is too); InvalidRequestError for anything else."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
         raise InvalidRequestError(
             f"timeout must be a number of seconds more than 0, or None to wait forever; got {timeout!r}"
         )
