@@ -37,6 +37,7 @@ from ftprefix.client.base import (
     OpenStream,
     Sleep,
     normalize_http_url,
+    stream_outputs,
 )
 from ftprefix.client.errors import FtprefixClientError
 from ftprefix.client.failures import from_rpc_error, translate
@@ -75,11 +76,8 @@ class _Stream:
                 return None
             except grpc.RpcError as exc:
                 raise translate(from_rpc_error(exc), client.url, self.model, client.timeout) from exc
-            if response.error_message:  # Triton's error for this request, inside the stream
-                error = InferenceServerException(msg=response.error_message)
-                raise translate(error, client.url, self.model, client.timeout)
-            outputs = response_arrays(response.infer_response, self.names)
-            if len(outputs) == len(self.names):  # not the empty final response
+            outputs = stream_outputs(response, self.names, client.url, self.model, client.timeout)
+            if outputs is not None:
                 return outputs
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 from tritonclient.utils import InferenceServerException
 
 from ftprefix import protocol
@@ -32,6 +33,7 @@ from ftprefix.client.failures import translate
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import ChunkMaker, Collector, Plan, Prompts, Request, Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt
+from ftprefix.client.wire import response_arrays
 from ftprefix.text import Tokenizer, TokenizerError, load_tokenizer
 
 T = TypeVar("T")
@@ -189,6 +191,17 @@ def request_timeout(timeout: float | None) -> float | None:
             f"timeout must be a number of seconds more than 0, or None to wait forever; got {timeout!r}"
         )
     return None if timeout >= FOREVER_S else float(timeout)
+
+
+def stream_outputs(
+    response: Any, names: Sequence[str], url: str, model: str, timeout: float | None
+) -> dict[str, np.ndarray] | None:
+    """The outputs of one ModelStreamInfer response, or None for the empty final one; Triton's
+    error for the request, sent inside the stream, raised as the client's error."""
+    if response.error_message:
+        raise translate(InferenceServerException(msg=response.error_message), url, model, timeout)
+    outputs = response_arrays(response.infer_response, names)
+    return outputs if len(outputs) == len(names) else None
 
 
 class ClientBase:

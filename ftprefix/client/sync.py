@@ -28,13 +28,14 @@ from ftprefix.client.base import (
     Op,
     OpenStream,
     Sleep,
+    stream_outputs,
 )
 from ftprefix.client.errors import FtprefixClientError
 from ftprefix.client.failures import from_rpc_error, translate
 from ftprefix.client.model_info import ModelInfo
 from ftprefix.client.plan import Tasks
 from ftprefix.client.types import Completion, GenerationParams, Prompt, StreamChunk
-from ftprefix.client.wire import channel_options, infer_inputs, infer_request, output_arrays, response_arrays
+from ftprefix.client.wire import channel_options, infer_inputs, infer_request, output_arrays
 from ftprefix.task_table import Task
 
 if TYPE_CHECKING:
@@ -74,11 +75,8 @@ class ResponseStream:
                 return None
             except grpc.RpcError as exc:
                 raise translate(from_rpc_error(exc), self.url, self.model, self.timeout) from exc
-            if response.error_message:  # Triton's error for this request, inside the stream
-                error = InferenceServerException(msg=response.error_message)
-                raise translate(error, self.url, self.model, self.timeout)
-            outputs = response_arrays(response.infer_response, self.names)
-            if len(outputs) == len(self.names):  # not the empty final response
+            outputs = stream_outputs(response, self.names, self.url, self.model, self.timeout)
+            if outputs is not None:
                 return outputs
 
     def close(self) -> None:
